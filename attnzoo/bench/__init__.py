@@ -1,0 +1,1 @@
+"""Benches: the zoo sweep (quality), speed/memory, cost model, reports and plots."""

@@ -1,0 +1,71 @@
+"""Small building blocks shared by mixers: RMSNorm, gated RMSNorm, rotary embeddings."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    """y = x / sqrt(mean(x^2) + eps) * weight (weight optional: elementwise_affine=False gives SRMSNorm)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, elementwise_affine: bool = True):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim)) if elementwise_affine else None
+
+    def forward(self, x):
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.weight is not None:
+            y = y * self.weight.to(y.dtype)
+        return y.to(x.dtype)
+
+
+class GatedRMSNorm(RMSNorm):
+    """RMSNorm(x) * act(gate), per head (Mamba-2 / Gated DeltaNet output norm)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, activation: str = "silu"):
+        super().__init__(dim, eps)
+        self.act = {"silu": nn.functional.silu, "sigmoid": torch.sigmoid}[activation]
+
+    def forward(self, x, gate):
+        return super().forward(x) * self.act(gate)
+
+
+def rope_frequencies(head_dim: int, theta: float = 10000.0, device=None) -> torch.Tensor:
+    if head_dim % 2:
+        raise ValueError(f"RoPE needs an even head_dim, got {head_dim}")
+    return theta ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float64) / head_dim)
+
+
+def apply_rope(x: torch.Tensor, pos: torch.Tensor, theta: float = 10000.0) -> torch.Tensor:
+    """Rotary position embedding (Su et al. 2021, arXiv:2104.09864), rotate-half convention.
+
+    x [B, T, H, D], pos [B, T] integer positions. Angles are computed in float64 then cast.
+    """
+    D = x.shape[-1]
+    inv = rope_frequencies(D, theta, x.device)
+    ang = pos.to(torch.float64)[..., None] * inv  # [B, T, D/2]
+    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    cos = torch.cos(ang).to(ct)[:, :, None, :]
+    sin = torch.sin(ang).to(ct)[:, :, None, :]
+    xf = x.to(ct)
+    x1, x2 = xf[..., : D // 2], xf[..., D // 2 :]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+
+
+def token_positions(mask: torch.Tensor | None, B: int, T: int, start: torch.Tensor | None, device):
+    """Positions of the new tokens, counting real tokens only: [B, T] long.
+
+    start [B] = number of real tokens already seen (from a state), or None for 0.
+    A padded step gets the position of the last real token before it (it is never used as a key).
+    """
+    if mask is None:
+        pos = torch.arange(T, device=device).expand(B, T)
+    else:
+        pos = mask.long().cumsum(1) - 1
+        pos = pos.clamp_min(0)
+    if start is not None:
+        pos = pos + start[:, None]
+    return pos

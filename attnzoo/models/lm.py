@@ -1,0 +1,153 @@
+"""LanguageModel: token embeddings, pre-norm blocks of (mixer, optional SwiGLU MLP), tied head.
+
+    lm = LanguageModel(vocab_size=256, d_model=128, n_layers=4, mixer="gla,gla,gla,softmax")
+    logits = lm(ids)                                  # ids [B, T] long -> logits [B, T, vocab]
+    out = lm.generate(prompt, max_new_tokens=32)      # prefill once, then decode with states
+
+A hybrid pattern is a comma- or plus-separated list of registered names, each optionally with
+"*N" (`"gated_deltanet*3+softmax"`), or a list like `[("gla", 3), ("softmax", 1)]`; it is
+repeated to fill n_layers (n_layers must be a multiple of its length).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from attnzoo.mixers.layers import RMSNorm
+from attnzoo.registry import build, get_card
+
+
+def parse_pattern(mixer, n_layers: int) -> list[str]:
+    """Expand a mixer name or hybrid pattern into one registered name per layer."""
+    if isinstance(mixer, str):
+        items = []
+        for part in mixer.replace("+", ",").split(","):
+            part = part.strip()
+            if not part:
+                raise ValueError(f"empty entry in mixer pattern {mixer!r}")
+            name, _, count = part.partition("*")
+            items.append((name.strip(), int(count) if count else 1))
+    else:
+        items = [(str(n), int(c)) for n, c in mixer]
+    unit = [name for name, count in items for _ in range(count)]
+    for name in set(unit):
+        get_card(name)  # raises ValueError with close matches for an unknown name
+    if not unit or n_layers % len(unit):
+        raise ValueError(f"n_layers={n_layers} must be a positive multiple of the pattern length {len(unit)}")
+    return unit * (n_layers // len(unit))
+
+
+class SwiGLU(nn.Module):
+    """MLP(x) = W_2 (silu(W_1 x) ⊙ W_3 x) (Shazeer 2020, arXiv:2002.05202)."""
+
+    def __init__(self, d_model: int, hidden: int):
+        super().__init__()
+        self.w13 = nn.Linear(d_model, 2 * hidden, bias=False)
+        self.w2 = nn.Linear(hidden, d_model, bias=False)
+
+    def forward(self, x):
+        a, b = self.w13(x).chunk(2, dim=-1)
+        return self.w2(nn.functional.silu(a) * b)
+
+
+class Block(nn.Module):
+    def __init__(self, mixer: nn.Module, d_model: int, mlp_ratio: float):
+        super().__init__()
+        self.norm1 = RMSNorm(d_model)
+        self.mixer = mixer
+        hidden = int(mlp_ratio * d_model)
+        self.norm2 = RMSNorm(d_model) if hidden else None
+        self.mlp = SwiGLU(d_model, hidden) if hidden else None
+
+    def forward(self, x, *, mask=None, state=None, return_state=False):
+        out = self.mixer(self.norm1(x), mask=mask, state=state, return_state=return_state)
+        h, new_state = out if return_state else (out, None)
+        x = x + h
+        if self.mlp is not None:
+            x = x + self.mlp(self.norm2(x))
+        return x, new_state
+
+
+class LanguageModel(nn.Module):
+    def __init__(
+        self, vocab_size: int, d_model: int, n_layers: int, mixer="softmax", *,
+        mixer_kwargs: dict | None = None, mlp_ratio: float = 4.0, norm_eps: float = 1e-6,
+    ):
+        """mixer_kwargs maps a mixer name to its constructor arguments, e.g. {"softmax": {"n_heads": 4}}."""
+        super().__init__()
+        self.layer_names = parse_pattern(mixer, n_layers)
+        mixer_kwargs = mixer_kwargs or {}
+        unknown = set(mixer_kwargs) - set(self.layer_names)
+        if unknown:
+            raise ValueError(f"mixer_kwargs names {sorted(unknown)} that are not in the pattern {self.layer_names}")
+        self.vocab_size = vocab_size
+        self.d_model = d_model
+        self.embed = nn.Embedding(vocab_size, d_model)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        self.blocks = nn.ModuleList(
+            Block(build(name, d_model=d_model, **mixer_kwargs.get(name, {})), d_model, mlp_ratio)
+            for name in self.layer_names
+        )
+        self.norm = RMSNorm(d_model, eps=norm_eps)
+
+    @property
+    def causal(self) -> bool:
+        return all(b.mixer.causal for b in self.blocks)
+
+    def aux_loss(self):
+        """Sum of the mixers' auxiliary losses from the last forward (0 when none has one)."""
+        total = None
+        for b in self.blocks:
+            a = getattr(b.mixer, "aux_loss", None)
+            if a is not None:
+                total = a if total is None else total + a
+        return total
+
+    def state_bytes(self, seq_len: int) -> int:
+        return sum(b.mixer.state_bytes(seq_len) for b in self.blocks)
+
+    def forward(self, ids, *, mask=None, state=None, return_state=False):
+        """ids [B, T] long -> logits [B, T, vocab]; state is the list returned by an earlier call."""
+        if ids.dim() != 2 or ids.dtype not in (torch.long, torch.int32, torch.int64):
+            raise ValueError(f"ids must be an integer tensor [B, T], got {ids.dtype} {tuple(ids.shape)}")
+        if state is not None and len(state) != len(self.blocks):
+            raise ValueError(f"state must be a list of {len(self.blocks)} layer states, got {len(state)}")
+        x = self.embed(ids)
+        states = []
+        for i, block in enumerate(self.blocks):
+            x, s = block(x, mask=mask, state=None if state is None else state[i], return_state=return_state)
+            states.append(s)
+        logits = self.norm(x) @ self.embed.weight.t()
+        return (logits, states) if return_state else logits
+
+    @torch.no_grad()
+    def generate(self, prompt, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
+                 generator: torch.Generator | None = None):
+        """Prefill the prompt [B, T] once, then decode token by token with the mixers' states.
+
+        temperature 0 is greedy. Returns [B, T + max_new_tokens].
+        """
+        if not self.causal:
+            raise ValueError("generate() needs every mixer to be causal")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        out = [prompt]
+        logits, state = self(prompt, return_state=True)
+        for i in range(max_new_tokens):
+            nxt = sample_next(logits[:, -1], temperature, top_k, generator)
+            out.append(nxt)
+            if i + 1 < max_new_tokens:
+                logits, state = self(nxt, state=state, return_state=True)
+        return torch.cat(out, dim=1)
+
+
+def sample_next(logits, temperature: float, top_k: int | None, generator=None):
+    """logits [B, V] -> next token [B, 1]."""
+    if temperature == 0:
+        return logits.argmax(-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)

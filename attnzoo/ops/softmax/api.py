@@ -1,0 +1,97 @@
+"""softmax_attention: one entry point, masks built from token positions.
+
+Which key a query sees is decided from positions (so that KV-cache decoding, padding and
+windows share one rule):
+- key_mask [B, Tk] bool: False keys are never seen (padding);
+- causal: k_pos <= q_pos;
+- window w: q_pos - k_pos < w (the query sees itself and the w-1 keys before it);
+- prefix_len (int or [B]): keys with k_pos < prefix_len are seen by every query
+  (prefix-LM: bidirectional over the prefix, causal after).
+Default positions: k_pos = 0..Tk-1 and q_pos = Tk-Tq..Tk-1 (queries are the newest tokens).
+A query that sees no key gets a zero output.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from attnzoo.ops.dispatch import resolve_impl
+from attnzoo.ops.softmax.reference import softmax_attention_reference
+from attnzoo.ops.softmax.sdpa import softmax_attention_sdpa
+
+
+def _positions(pos, B, T, default_start, device):
+    if pos is None:
+        return torch.arange(default_start, default_start + T, device=device).expand(B, T)
+    pos = torch.as_tensor(pos, device=device)
+    if pos.dim() == 1:
+        pos = pos.expand(B, T)
+    if tuple(pos.shape) != (B, T):
+        raise ValueError(f"positions must have shape [{T}] or [{B}, {T}], got {tuple(pos.shape)}")
+    return pos
+
+
+def attention_allowed(
+    B: int, Tq: int, Tk: int, *, device, causal=False, window=None, prefix_len=None,
+    q_pos=None, k_pos=None, key_mask=None,
+):
+    """Bool [B, Tq, Tk]: True where query i may attend to key j. None means everything is allowed."""
+    if not (causal or window or prefix_len is not None or key_mask is not None):
+        return None
+    qp = _positions(q_pos, B, Tq, Tk - Tq, device)
+    kp = _positions(k_pos, B, Tk, 0, device)
+    rel = qp[:, :, None] - kp[:, None, :]  # [B, Tq, Tk]
+    allowed = torch.ones(B, Tq, Tk, dtype=torch.bool, device=device)
+    if causal:
+        allowed &= rel >= 0
+    if window is not None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        allowed &= rel < window
+    if prefix_len is not None:
+        pl = torch.as_tensor(prefix_len, device=device).reshape(-1, 1, 1)
+        allowed |= kp[:, None, :] < pl
+    if key_mask is not None:
+        if tuple(key_mask.shape) != (B, Tk) or key_mask.dtype != torch.bool:
+            raise ValueError(f"key_mask must be bool [B, Tk] = [{B}, {Tk}], got {key_mask.dtype} {tuple(key_mask.shape)}")
+        allowed &= key_mask[:, None, :]
+    return allowed
+
+
+def check_qkv(q, k, v):
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(
+            f"q, k, v must be [B, T, H, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    B, _, Hq, D = q.shape
+    if k.shape[0] != B or v.shape[0] != B or k.shape[:3] != v.shape[:3] or k.shape[-1] != D:
+        raise ValueError(f"k [B,Tk,Hkv,{D}] and v [B,Tk,Hkv,Dv] must match q; got {tuple(k.shape)}, {tuple(v.shape)}")
+    if Hq % k.shape[2]:
+        raise ValueError(f"query heads ({Hq}) must be a multiple of key/value heads ({k.shape[2]}) for GQA")
+
+
+def softmax_attention(
+    q, k, v, *, causal=False, window=None, prefix_len=None, q_pos=None, k_pos=None, key_mask=None,
+    scale=None, return_probs=False, impl="auto",
+):
+    """Multi-head softmax attention with GQA. Returns o [B, Tq, Hq, Dv] (and probs if asked)."""
+    check_qkv(q, k, v)
+    B, Tq, _, D = q.shape
+    Tk = k.shape[1]
+    scale = D**-0.5 if scale is None else scale
+    impl = resolve_impl(impl, q)
+    if return_probs and impl != "reference":
+        raise ValueError('return_probs=True needs impl="reference" (SDPA does not expose the probabilities)')
+    simple_causal = (
+        causal and window is None and prefix_len is None and key_mask is None
+        and q_pos is None and k_pos is None and Tq == Tk
+    )
+    allowed = None if simple_causal else attention_allowed(
+        B, Tq, Tk, device=q.device, causal=causal, window=window, prefix_len=prefix_len,
+        q_pos=q_pos, k_pos=k_pos, key_mask=key_mask,
+    )
+    if impl == "reference":
+        if simple_causal:
+            allowed = attention_allowed(B, Tq, Tk, device=q.device, causal=True)
+        return softmax_attention_reference(q, k, v, allowed=allowed, scale=scale, return_probs=return_probs)
+    return softmax_attention_sdpa(q, k, v, allowed=allowed, is_causal=simple_causal, scale=scale)
