@@ -1,0 +1,28 @@
+"""The truth for the (gated) delta rule: a loop over time in float32 (float64 for float64 inputs).
+
+    S_t = exp(g_t) (I - β_t k_t k_tᵀ) S_{t-1} + β_t k_t v_tᵀ,     o_t = scale · q_tᵀ S_t
+"""
+
+from __future__ import annotations
+
+import torch
+
+from attnzoo.ops.linear.reference import compute_dtype
+
+
+def delta_rule_reference(q, k, v, beta, g=None, *, scale, initial_state=None, output_final_state=False):
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    ct = compute_dtype(q, k, v, beta, g, initial_state)
+    qf, kf, vf, bf = q.to(ct), k.to(ct), v.to(ct), beta.to(ct)
+    S = torch.zeros(B, H, K, V, dtype=ct, device=q.device) if initial_state is None else initial_state.to(ct)
+    outs = []
+    for t in range(T):
+        if g is not None:
+            S = torch.exp(g[:, t].to(ct))[..., None, None] * S
+        kt, bt = kf[:, t], bf[:, t, :, None]
+        pred = torch.einsum("bhk,bhkv->bhv", kt, S)  # what the state recalls for k_t
+        S = S + kt[..., None] * (bt * (vf[:, t] - pred))[..., None, :]
+        outs.append(scale * torch.einsum("bhk,bhkv->bhv", qf[:, t], S))
+    o = torch.stack(outs, 1).to(q.dtype)
+    return o, (S if output_final_state else None)
