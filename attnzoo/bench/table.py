@@ -56,7 +56,7 @@ def print_registry(seq_len: int, d_model: int, n_heads: int):
 
     table = Table(title=f"attnzoo mixers (state per sequence at T={seq_len}, d_model={d_model}, fp32)")
     for col in COLUMNS:
-        table.add_column(col)
+        table.add_column(col, no_wrap=col in ("name", "state @T"), overflow="fold")
     for row in registry_rows(seq_len, d_model, n_heads):
         table.add_row(*row)
     Console().print(table)

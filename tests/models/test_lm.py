@@ -1,0 +1,53 @@
+import pytest
+import torch
+
+from attnzoo.models import LanguageModel, parse_pattern
+
+
+def test_pattern_forms():
+    assert parse_pattern("softmax", 3) == ["softmax"] * 3
+    assert parse_pattern("sliding_window*3+softmax", 8) == (["sliding_window"] * 3 + ["softmax"]) * 2
+    assert parse_pattern("sliding_window,sliding_window,softmax", 3) == ["sliding_window"] * 2 + ["softmax"]
+    assert parse_pattern([("sliding_window", 3), ("softmax", 1)], 4) == ["sliding_window"] * 3 + ["softmax"]
+    with pytest.raises(ValueError, match="multiple"):
+        parse_pattern("sliding_window*3+softmax", 6)
+    with pytest.raises(ValueError, match="did you mean"):
+        parse_pattern("softmx*2", 2)
+
+
+def test_greedy_generation_with_states_equals_rerunning_the_full_sequence():
+    torch.manual_seed(0)
+    lm = LanguageModel(50, 32, 3, mixer="sliding_window*2+gated_softmax",
+                       mixer_kwargs={"sliding_window": {"window": 4}}).double().eval()
+    prompt = torch.randint(0, 50, (2, 7))
+    out = lm.generate(prompt, max_new_tokens=12, temperature=0)
+    ref = prompt
+    with torch.no_grad():
+        for _ in range(12):
+            ref = torch.cat([ref, lm(ref)[:, -1:].argmax(-1)], 1)
+    assert torch.equal(out, ref)
+
+
+def test_sampling_is_seeded_and_top_k_restricts():
+    torch.manual_seed(0)
+    lm = LanguageModel(50, 32, 2).eval()
+    prompt = torch.randint(0, 50, (1, 5))
+    a = lm.generate(prompt, 8, temperature=1.0, top_k=3, generator=torch.Generator().manual_seed(1))
+    b = lm.generate(prompt, 8, temperature=1.0, top_k=3, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and a.shape == (1, 13)
+    top1 = lm.generate(prompt, 8, temperature=1.0, top_k=1)
+    assert torch.equal(top1, lm.generate(prompt, 8, temperature=0))
+
+
+def test_forward_shapes_errors_and_bidirectional_cannot_generate():
+    lm = LanguageModel(20, 16, 2, mixer_kwargs={"softmax": {"n_heads": 2}})
+    assert lm(torch.randint(0, 20, (3, 6))).shape == (3, 6, 20)
+    with pytest.raises(ValueError, match="integer"):
+        lm(torch.randn(3, 6))
+    with pytest.raises(ValueError, match="not in the pattern"):
+        LanguageModel(20, 16, 2, mixer_kwargs={"gla_typo": {}})
+    enc = LanguageModel(20, 16, 2, mixer_kwargs={"softmax": {"causal": False}})
+    with pytest.raises(ValueError, match="causal"):
+        enc.generate(torch.randint(0, 20, (1, 4)), 3)
+    assert lm.aux_loss() is None
+    assert lm.state_bytes(10) == 2 * (2 * 16 * 10 * 4)
