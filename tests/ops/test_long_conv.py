@@ -1,0 +1,98 @@
+"""Long causal conv: FFT == direct sum over lags == F.conv1d; cache continuation and padding."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attnzoo.ops.conv import causal_conv1d, direct_causal_conv, fft_causal_conv, long_causal_conv
+from attnzoo.ops.conv.long import fft_size
+
+
+def rand(*shape, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
+
+
+def hand_conv(x, k):
+    """y[b,t,c] = sum_i k[c,i] x[b,t-i,c], written with F.conv1d on a left-padded input."""
+    L = k.shape[1]
+    xp = F.pad(x.transpose(1, 2), (L - 1, 0))
+    return F.conv1d(xp, k.flip(-1)[:, None], groups=x.shape[-1]).transpose(1, 2)
+
+
+@pytest.mark.parametrize("T,L", [(1, 1), (1, 5), (7, 3), (21, 16), (33, 33), (65, 200), (200, 65)])
+def test_fft_equals_direct_and_conv1d(T, L):
+    x, k = rand(2, T, 5, seed=T), rand(5, L, seed=L + 1)
+    ref = hand_conv(x, k)
+    assert torch.allclose(direct_causal_conv(x, k), ref, atol=1e-12)
+    assert torch.allclose(fft_causal_conv(x, k), ref, atol=1e-10)
+
+
+def test_fft_float32_and_bfloat16_tolerances():
+    x, k = rand(2, 100, 4, seed=3), rand(4, 100, seed=4) / 10
+    ref = direct_causal_conv(x, k)
+    y32 = fft_causal_conv(x.float(), k.float())
+    assert y32.dtype == torch.float32
+    assert (y32.double() - ref).abs().max() < 1e-5 * ref.abs().max()
+    y16 = fft_causal_conv(x.bfloat16(), k.bfloat16())
+    assert y16.dtype == torch.bfloat16
+    assert (y16.double() - ref).abs().max() < 3e-2 * ref.abs().max()
+
+
+def test_fft_size_is_at_least_2T():
+    for T in (1, 2, 3, 64, 65, 1000):
+        n = fft_size(T)
+        assert n >= 2 * T and n & (n - 1) == 0
+
+
+def test_fft_gradient_matches_direct():
+    x, k = rand(2, 19, 3, seed=5).requires_grad_(), rand(3, 11, seed=6).requires_grad_()
+    w = rand(2, 19, 3, seed=7)
+    gx1, gk1 = torch.autograd.grad((fft_causal_conv(x, k) * w).sum(), (x, k))
+    gx2, gk2 = torch.autograd.grad((direct_causal_conv(x, k) * w).sum(), (x, k))
+    assert torch.allclose(gx1, gx2, atol=1e-10) and torch.allclose(gk1, gk2, atol=1e-10)
+
+
+@pytest.mark.parametrize("impl", ["fft", "direct"])
+def test_cache_continuation_token_by_token(impl):
+    x, k = rand(2, 23, 4, seed=8), rand(4, 9, seed=9)
+    full, _ = long_causal_conv(x, k, impl=impl)
+    assert torch.allclose(full, hand_conv(x, k), atol=1e-10)
+    y1, c = long_causal_conv(x[:, :5], k, output_cache=True, impl=impl)
+    ys = [y1]
+    for t in range(5, 23):
+        y, c = long_causal_conv(x[:, t : t + 1], k, cache=c, output_cache=True, impl=impl)
+        ys.append(y)
+    assert torch.allclose(torch.cat(ys, 1), full, atol=1e-10)
+    assert torch.equal(c, x[:, -8:])
+
+
+def test_long_conv_equals_short_conv_op_with_flipped_kernel():
+    x, k = rand(2, 15, 3, seed=10), rand(3, 6, seed=11)
+    m = torch.ones(2, 15, dtype=torch.bool)
+    m[0, :4] = False
+    m[1, 10:] = False
+    y1, c1 = long_causal_conv(x, k, mask=m, output_cache=True)
+    y2, c2 = causal_conv1d(x, k.flip(-1), mask=m, output_cache=True)
+    assert torch.allclose(y1[m], y2[m], atol=1e-10) and torch.allclose(c1, c2)
+
+
+def test_padding_never_changes_real_outputs_or_cache():
+    x, k = rand(1, 12, 3, seed=12), rand(3, 5, seed=13)
+    y, c = long_causal_conv(x, k, output_cache=True)
+    xp = torch.cat([rand(1, 3, 3, seed=14) * 9, x[:, :6], rand(1, 2, 3, seed=15) * 9, x[:, 6:]], 1)
+    m = torch.ones(1, 17, dtype=torch.bool)
+    m[0, :3] = False
+    m[0, 9:11] = False
+    yp, cp = long_causal_conv(xp, k, mask=m, output_cache=True)
+    assert torch.allclose(yp[m].view(1, 12, 3), y, atol=1e-10) and torch.allclose(cp, c)
+
+
+def test_bad_shapes_raise():
+    x = rand(2, 5, 3)
+    with pytest.raises(ValueError, match="kernel"):
+        fft_causal_conv(x, rand(4, 5))
+    with pytest.raises(ValueError, match="cache"):
+        long_causal_conv(x, rand(3, 5), cache=rand(2, 3, 3))
+    with pytest.raises(ValueError, match="impl"):
+        long_causal_conv(x, rand(3, 5), impl="magic")
