@@ -11,7 +11,8 @@ State h [B, D, N], float32 (float64 for float64 inputs); None unless output_fina
 
 (zero-order hold on A, Euler on B, as in the paper). A step with Δ_t = 0 leaves h unchanged,
 which is how mixers make padded steps invisible.
-impl: "reference" (loop over time), "torch" (chunked log-depth scan), "auto" (= torch).
+impl: "reference" (loop over time), "torch" (chunked log-depth scan, chunk_size steps per chunk),
+"auto" (= torch).
 """
 
 from __future__ import annotations
@@ -35,13 +36,17 @@ def check_scan_inputs(u, delta, A, B, C, D, initial_state):
         raise ValueError(f"initial_state must be [B, D, N] = {(Bsz, Dm, N)}, got {tuple(initial_state.shape)}")
 
 
-def selective_scan(u, delta, A, B, C, D=None, *, initial_state=None, output_final_state=False, impl="auto"):
+def selective_scan(u, delta, A, B, C, D=None, *, initial_state=None, output_final_state=False, impl="auto",
+                   chunk_size=64):
     check_scan_inputs(u, delta, A, B, C, D, initial_state)
     impl = resolve_impl(impl, u, triton_supported=False)
+    kw = dict(initial_state=initial_state, output_final_state=output_final_state)
     if impl == "reference":
-        from attnzoo.ops.scan.reference import selective_scan_reference as fn
-    elif impl == "torch":
-        from attnzoo.ops.scan.chunk import chunk_selective_scan as fn
-    else:
-        raise ValueError('selective_scan has no Triton kernel yet; use impl="torch" or "reference"')
-    return fn(u, delta, A, B, C, D, initial_state=initial_state, output_final_state=output_final_state)
+        from attnzoo.ops.scan.reference import selective_scan_reference
+
+        return selective_scan_reference(u, delta, A, B, C, D, **kw)
+    if impl == "torch":
+        from attnzoo.ops.scan.chunk import chunk_selective_scan
+
+        return chunk_selective_scan(u, delta, A, B, C, D, chunk_size=chunk_size, **kw)
+    raise ValueError('selective_scan has no Triton kernel yet; use impl="torch" or "reference"')
