@@ -13,7 +13,6 @@ log decay is set to 0, k and v to 0) and do not advance positions.
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -109,5 +108,3 @@ class RetNet(Mixer):
 
     def extra_repr(self):
         return f"d_model={self.d_model}, n_heads={self.n_heads}, head_dim={self.head_dim}, v_dim={self.v_dim}, rope={self.rope}"
-
-
