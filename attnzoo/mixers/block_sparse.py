@@ -1,0 +1,165 @@
+"""Block-sparse causal attention: per-query top-k key blocks (NSA selection branch, Yuan et al. 2025,
+arXiv:2502.11089; SSA, Shen et al. 2025, arXiv:2511.20102; Kinetics, Sadhukhan et al. 2025,
+arXiv:2506.05333).
+
+    k̄_b = mean(k_j : j in block b)                           (block_size tokens, real tokens only)
+    S_i = topk_b( mean_group softmax_b(q_i · k̄_b / sqrt(d)) )   plus the query's own block
+    y_i = W_o softmax_j(q_i · k_j / sqrt(d) | j <= i, block(j) in S_i or j < n_sink or i - j < window) v_j
+
+x [B, T, d_model] -> y [B, T, d_model]. Scores: `score="softmax"` is SSA's (softmax over block
+scores, averaged over the GQA group); `score="logits"` is Kinetics' (raw logits averaged over the
+group). The current block is always kept and counts as one of the `top_k`; only *complete* earlier
+blocks are scored, so the pooled key of the current, partial block (which would contain future
+tokens) is never used. Blocks are counted over real tokens (positions skip padding), so padding
+changes neither the selection nor the outputs.
+
+Training modes (`mode`, a plain attribute like `top_k`):
+- "sparse" / "full": always the block-sparse / dense causal output.
+- "mixed" (SSA): in training each forward computes both, picks one with probability 0.5 to feed
+  o_proj, and sets `aux_loss = 10 * (SmoothL1(o_f, sg(o_s)) + SmoothL1(sg(o_f), o_s))` over real
+  tokens; in eval "mixed" uses the sparse output (SSA's default inference mode).
+The state is a KV cache on the position timeline (index = position), so decoding reads blocks directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from attnzoo.mixers.layers import apply_rope, token_positions
+from attnzoo.mixers.softmax import KVCacheState, SoftmaxAttention, kv_cache_bytes
+from attnzoo.ops.softmax import softmax_attention
+from attnzoo.ops.sparse.block_topk import (
+    block_sparse_attention,
+    block_sparse_attention_reference,
+    pooled_block_keys,
+    select_blocks,
+)
+from attnzoo.registry import Card, Paper, register
+
+MODES = ("sparse", "full", "mixed")
+
+
+@dataclass
+class BlockKVState(KVCacheState):
+    """KV cache where slot j holds the key/value at real position j (valid = j < seen)."""
+
+
+class BlockSparseAttention(SoftmaxAttention):
+    state_class = BlockKVState
+
+    def __init__(
+        self, d_model: int, *, n_heads: int = 4, n_kv_heads: int | None = None, head_dim: int | None = None,
+        block_size: int = 16, top_k: int = 16, n_sink: int = 0, window: int | None = None,
+        mode: str = "sparse", score: str = "softmax", rope: bool = True, qk_norm: bool = False,
+        impl: str = "auto",
+    ):
+        super().__init__(d_model, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim, causal=True,
+                         rope=rope, qk_norm=qk_norm, impl=impl)
+        if block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {block_size}")
+        if n_sink < 0:
+            raise ValueError(f"n_sink must be >= 0, got {n_sink}")
+        if score not in ("softmax", "logits"):
+            raise ValueError(f'score must be "softmax" or "logits", got {score!r}')
+        self.window = None  # the parent's window means "sliding window only"; ours is added to the blocks
+        self.local_window = window
+        if window is not None and window < 1:
+            raise ValueError(f"window must be >= 1 or None, got {window}")
+        self.block_size, self.top_k, self.n_sink, self.mode, self.score = block_size, top_k, n_sink, mode, score
+
+    def _check_attrs(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if not isinstance(self.top_k, int) or self.top_k < 1:
+            raise ValueError(f"top_k must be a positive int, got {self.top_k!r}")
+
+    def _timeline(self, t, pos, real, seen0, total, old):
+        """Place the new real tokens' t [B, T, H, D] at their positions after the cached ones."""
+        B, T, H, D = t.shape
+        L = int(total.max())
+        buf = t.new_zeros(B, L + 1, H, D)
+        if old is not None and old.shape[1] > 0:
+            buf[:, : old.shape[1]] = old.to(t.dtype)
+        idx = torch.where(real, pos, torch.full_like(pos, L))  # padded tokens go to a dropped slot
+        buf = buf.scatter(1, idx[..., None, None].expand(B, T, H, D), t)
+        return buf[:, :L]
+
+    def _forward(self, x, mask, state, return_state):
+        self._check_attrs()
+        B, T, _ = x.shape
+        hd = self.head_dim
+        q, _ = self.split_q(self.q_proj(x))
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, hd)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, hd)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        real = torch.ones(B, T, dtype=torch.bool, device=x.device) if mask is None else mask
+        seen0 = torch.zeros(B, dtype=torch.long, device=x.device) if state is None else state.seen
+        pos = token_positions(mask, B, T, seen0, x.device)
+        if self.rope:
+            q, k = apply_rope(q, pos, self.rope_theta), apply_rope(k, pos, self.rope_theta)
+        total = seen0 + real.long().sum(1)
+        K = self._timeline(k, pos, real, seen0, total, None if state is None else state.k)
+        V = self._timeline(v, pos, real, seen0, total, None if state is None else state.v)
+        L = K.shape[1]
+        kpos = torch.arange(L, device=x.device).expand(B, L)
+        valid = kpos < total[:, None]
+
+        mode = self.mode
+        if mode == "mixed" and not self.training:
+            mode = "sparse"
+        o_f = o_s = None
+        if mode in ("full", "mixed"):
+            o_f = softmax_attention(q, K, V, causal=True, q_pos=pos, k_pos=kpos, key_mask=valid, impl=self.impl)
+        if mode in ("sparse", "mixed"):
+            o_s = self.sparse_attention(q, K, V, pos, valid)
+        self.aux_loss = None
+        if mode == "mixed":
+            w = real[..., None, None].to(o_f.dtype)
+            n = (real.sum() * o_f.shape[2] * o_f.shape[3]).clamp_min(1)
+            la = F.smooth_l1_loss(o_f * w, (o_s * w).detach(), reduction="sum") / n
+            lb = F.smooth_l1_loss((o_f * w).detach(), o_s * w, reduction="sum") / n
+            self.aux_loss = 10.0 * (la + lb)
+            o = o_f if bool(torch.rand(()) < 0.5) else o_s
+        else:
+            o = o_f if mode == "full" else o_s
+        y = self.o_proj(o.reshape(B, T, self.n_heads * hd))
+        new_state = BlockKVState(k=K, v=V, valid=valid, kpos=kpos, seen=total) if return_state else None
+        return y, new_state
+
+    def sparse_attention(self, q, K, V, pos, valid):
+        kbar = pooled_block_keys(K, valid, self.block_size)
+        ids, sel = select_blocks(q, pos, kbar, block_size=self.block_size, top_k=self.top_k, score=self.score)
+        kw = dict(block_size=self.block_size, n_sink=self.n_sink, window=self.local_window)
+        if self.impl == "reference":
+            return block_sparse_attention_reference(q, K, V, pos, sel, **kw)
+        return block_sparse_attention(q, K, V, pos, ids, **kw)
+
+    def extra_repr(self):
+        return (f"{super().extra_repr()}, block_size={self.block_size}, top_k={self.top_k}, "
+                f"n_sink={self.n_sink}, window={self.local_window}, mode={self.mode!r}, score={self.score!r}")
+
+    @staticmethod
+    def tokens_read_per_step(seq_len: int, *, block_size: int = 16, top_k: int = 16, local: int = 0) -> int:
+        """Cached tokens one decode step reads (cost model): min(L, local + block_size * top_k)."""
+        return min(seq_len, local + block_size * top_k)
+
+
+@register(
+    "block_sparse",
+    card=Card(
+        title="Block top-k sparse attention (NSA selection / SSA / Kinetics)",
+        paper=Paper("SSA: Sparse Sparse Attention by aligning full and sparse attention outputs",
+                    "Shen et al.", 2025, "2511.20102"),
+        family="sparse",
+        complexity="O(T (k·bs + T/bs) d)",
+        state_bytes=kv_cache_bytes,
+        causal=True,
+        example_kwargs={"n_heads": 4, "n_kv_heads": 2, "block_size": 4, "top_k": 2, "n_sink": 1, "window": 2},
+    ),
+)
+class BlockSparse(BlockSparseAttention):
+    """Block top-k sparse attention; see the module docstring."""

@@ -1,0 +1,118 @@
+"""Sparse, routed and head-mixture mixers: block_sparse, routing, moh, gaam, maelre."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import attnzoo
+from attnzoo.ops.sparse.block_topk import (
+    block_sparse_allowed,
+    block_sparse_attention,
+    block_sparse_attention_reference,
+    pooled_block_keys,
+    select_blocks,
+)
+
+D = 32
+
+
+def rand(*shape, seed=0, dtype=torch.float64):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def build(name, seed=0, dtype=torch.float64, **kw):
+    torch.manual_seed(seed)
+    return attnzoo.build(name, d_model=D, **kw).to(dtype).eval()
+
+
+# ---------------------------------------------------------------- block_sparse
+def test_block_sparse_with_all_blocks_equals_dense_causal():
+    T = 37
+    m = build("block_sparse", n_heads=4, n_kv_heads=2, block_size=8, top_k=5)  # 5 blocks >= ceil(37/8)
+    ref = build("softmax", n_heads=4, n_kv_heads=2)
+    ref.load_state_dict(m.state_dict())
+    x = rand(2, T, D)
+    with torch.no_grad():
+        assert torch.allclose(m(x), ref(x), atol=1e-10)
+        m.impl = "reference"
+        assert torch.allclose(m(x), ref(x), atol=1e-10)
+
+
+def test_block_sparse_fast_path_matches_reference_and_is_really_sparse():
+    m = build("block_sparse", n_heads=4, n_kv_heads=2, block_size=4, top_k=2, n_sink=2, window=3)
+    x = rand(2, 40, D, seed=1)
+    with torch.no_grad():
+        y = m(x)
+        m.impl = "reference"
+        y_ref = m(x)
+        m.mode = "full"
+        y_full = m(x)
+    assert torch.allclose(y, y_ref, atol=1e-10)
+    assert (y - y_full).abs().max() > 1e-3  # sparse differs from dense at these sizes
+
+
+def test_block_selection_ops_gradients_and_dense_mask():
+    B, L, Hq, Hkv, Dh, bs = 2, 23, 4, 2, 8, 4
+    q, k, v = rand(B, L, Hq, Dh, seed=2), rand(B, L, Hkv, Dh, seed=3), rand(B, L, Hkv, Dh, seed=4)
+    pos = torch.arange(L).expand(B, L)
+    valid = torch.ones(B, L, dtype=torch.bool)
+    kbar = pooled_block_keys(k, valid, bs)
+    assert torch.allclose(kbar[:, 1], k[:, 4:8].mean(1))
+    ids, sel = select_blocks(q, pos, kbar, block_size=bs, top_k=3)
+    # own block always kept, only complete earlier blocks otherwise, at most top_k blocks
+    own = pos // bs
+    assert torch.gather(sel, 3, own[:, :, None, None].expand(B, L, Hkv, 1)).all()
+    blk = torch.arange(sel.shape[-1])
+    assert not (sel & (blk > own[:, :, None, None])).any()
+    assert (sel.sum(-1) <= 3).all() and (sel.sum(-1) == torch.clamp(own + 1, max=3)[:, :, None]).all()
+    allowed = block_sparse_allowed(sel, pos, L, block_size=bs, n_sink=1, window=2)
+    assert not (allowed & (torch.arange(L)[None, None, None, :] > pos[:, None, :, None])).any()
+    qg, kg, vg = (t.clone().requires_grad_(True) for t in (q, k, v))
+    o = block_sparse_attention(qg, kg, vg, pos, ids, block_size=bs, n_sink=1, window=2, q_chunk=5)
+    qr, kr, vr = (t.clone().requires_grad_(True) for t in (q, k, v))
+    o_ref = block_sparse_attention_reference(qr, kr, vr, pos, sel, block_size=bs, n_sink=1, window=2)
+    assert torch.allclose(o, o_ref, atol=1e-12)
+    w = rand(*o.shape, seed=5)
+    (o * w).sum().backward()
+    (o_ref * w).sum().backward()
+    for a, b in ((qg, qr), (kg, kr), (vg, vr)):
+        assert torch.allclose(a.grad, b.grad, atol=1e-12)
+
+
+def test_block_scores_softmax_and_logits_can_differ():
+    # SSA (softmax per head, then group mean) and Kinetics (logit mean) are different rankings
+    B, L, Hq, Hkv, Dh, bs = 1, 64, 8, 1, 4, 4
+    q, k = rand(B, L, Hq, Dh, seed=6) * 4, rand(B, L, Hkv, Dh, seed=7) * 4
+    pos = torch.arange(L).expand(B, L)
+    kbar = pooled_block_keys(k, torch.ones(B, L, dtype=torch.bool), bs)
+    s1 = select_blocks(q, pos, kbar, block_size=bs, top_k=2, score="softmax")[1]
+    s2 = select_blocks(q, pos, kbar, block_size=bs, top_k=2, score="logits")[1]
+    assert not torch.equal(s1, s2)
+    with pytest.raises(ValueError, match="score"):
+        select_blocks(q, pos, kbar, block_size=bs, top_k=2, score="max")
+
+
+def test_block_sparse_mixed_mode_sets_alignment_loss_and_top_k_is_adjustable():
+    m = build("block_sparse", dtype=torch.float32, n_heads=4, block_size=4, top_k=2, mode="mixed").train()
+    x = rand(2, 30, D, dtype=torch.float32)
+    y = m(x)
+    assert m.aux_loss is not None and m.aux_loss.item() > 0
+    (y.sum() + m.aux_loss).backward()
+    assert all(p.grad is not None for p in m.parameters())
+    m.eval()
+    with torch.no_grad():
+        y_sparse = m(x)
+        assert m.aux_loss is None
+        m.top_k = 100  # changed after training: now every block is kept
+        m.mode = "full"
+        y_full = m(x)
+        m.mode = "sparse"
+        assert torch.allclose(m(x), y_full, atol=1e-5)
+        assert not torch.allclose(y_sparse, y_full, atol=1e-3)
+        m.top_k = 0
+        with pytest.raises(ValueError, match="top_k"):
+            m(x)
+        m.top_k, m.mode = 2, "both"
+        with pytest.raises(ValueError, match="mode"):
+            m(x)
