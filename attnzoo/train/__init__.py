@@ -1,0 +1,6 @@
+"""Training: the loop (trainer.py), LAMB (lamb.py), optimizer + schedule (optim.py), checkpoints."""
+
+from attnzoo.train.lamb import LAMB, lamb_param_groups
+from attnzoo.train.trainer import TrainConfig, TrainResult, evaluate, train_lm
+
+__all__ = ["LAMB", "lamb_param_groups", "TrainConfig", "TrainResult", "evaluate", "train_lm"]
