@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from attnzoo.ops.conv import causal_conv1d, direct_causal_conv, fft_causal_conv, long_causal_conv
+from attnzoo.ops.conv.long import causal_long_conv, conv1d_causal_conv
 from attnzoo.ops.conv.long import fft_size
 
 
@@ -26,6 +27,20 @@ def test_fft_equals_direct_and_conv1d(T, L):
     ref = hand_conv(x, k)
     assert torch.allclose(direct_causal_conv(x, k), ref, atol=1e-12)
     assert torch.allclose(fft_causal_conv(x, k), ref, atol=1e-10)
+    assert torch.allclose(conv1d_causal_conv(x, k), ref, atol=1e-12)
+    for n_out in {1, T // 2 + 1, T}:
+        assert torch.allclose(causal_long_conv(x, k, impl="fft", n_out=n_out), ref[:, T - n_out :], atol=1e-10)
+        assert torch.allclose(causal_long_conv(x, k, impl="direct", n_out=n_out), ref[:, T - n_out :], atol=1e-12)
+
+
+def test_direct_path_is_exactly_causal_fft_only_up_to_rounding():
+    x, k = rand(1, 40, 3, seed=20), rand(3, 40, seed=21)
+    x2 = x.clone()
+    x2[:, 20:] = rand(1, 20, 3, seed=22) * 100
+    d1, d2 = conv1d_causal_conv(x, k), conv1d_causal_conv(x2, k)
+    assert torch.equal(d1[:, :20], d2[:, :20])
+    f1, f2 = fft_causal_conv(x, k), fft_causal_conv(x2, k)
+    assert (f1[:, :20] - f2[:, :20]).abs().max() < 1e-11 * f2.abs().max()
 
 
 def test_fft_float32_and_bfloat16_tolerances():
@@ -53,7 +68,7 @@ def test_fft_gradient_matches_direct():
     assert torch.allclose(gx1, gx2, atol=1e-10) and torch.allclose(gk1, gk2, atol=1e-10)
 
 
-@pytest.mark.parametrize("impl", ["fft", "direct"])
+@pytest.mark.parametrize("impl", ["fft", "direct", "auto"])
 def test_cache_continuation_token_by_token(impl):
     x, k = rand(2, 23, 4, seed=8), rand(4, 9, seed=9)
     full, _ = long_causal_conv(x, k, impl=impl)

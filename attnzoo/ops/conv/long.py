@@ -9,6 +9,10 @@ than T is zero beyond L (so the receptive field is exactly L tokens).
 - `direct_causal_conv` is the truth: an explicit sum over lags (float64 for float64 inputs).
 - `fft_causal_conv` multiplies spectra with an FFT of size n >= 2T (a power of two), so the
   circular convolution equals the linear one on the first T outputs: O(T log T) per channel.
+- `conv1d_causal_conv` is the direct fast path (F.conv1d, O(T·L) per channel). It is exactly
+  causal, bit for bit; the FFT path is causal only up to rounding (later inputs perturb earlier
+  outputs at the level of machine epsilon times the output scale). `causal_long_conv(impl="auto")`
+  uses the direct path while T <= DIRECT_MAX_T (where it is also the faster one on CPU), FFT beyond.
 - `long_causal_conv` adds the decode cache (the last L-1 *real* inputs, zeros at the start of a
   sequence) and padding masks, with the same semantics as `causal_conv1d` in short.py: padded
   steps are skipped, so padding never changes real outputs or the returned cache.
@@ -19,6 +23,9 @@ from __future__ import annotations
 import torch
 
 from attnzoo.ops.conv.short import compact_real_tokens
+
+DIRECT_MAX_T = 64
+IMPLS = ("auto", "fft", "direct")
 
 
 def _check(x, kernel):
@@ -62,18 +69,42 @@ def fft_causal_conv(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     return y.to(x.dtype)
 
 
-def long_causal_conv(x, kernel, *, cache=None, mask=None, output_cache=False, impl="fft"):
+def conv1d_causal_conv(x: torch.Tensor, kernel: torch.Tensor, *, n_out: int | None = None) -> torch.Tensor:
+    """Direct path with F.conv1d; only the last n_out outputs (default all T) are computed."""
+    _check(x, kernel)
+    ct = _compute_dtype(x, kernel)
+    T = x.shape[1]
+    n_out = T if n_out is None else n_out
+    k = kernel[:, :T].to(ct)
+    L = k.shape[1]
+    xs = x[:, T - n_out - min(L - 1, T - n_out) :].to(ct)  # the inputs the last n_out outputs need
+    xp = torch.nn.functional.pad(xs.transpose(1, 2), (L - 1 - min(L - 1, T - n_out), 0))
+    y = torch.nn.functional.conv1d(xp, k.flip(-1)[:, None], groups=x.shape[-1]).transpose(1, 2)
+    return y.to(x.dtype)
+
+
+def causal_long_conv(x: torch.Tensor, kernel: torch.Tensor, *, impl: str = "auto", n_out: int | None = None):
+    """Dispatch: "direct" (F.conv1d), "fft", or "auto" (direct while T <= DIRECT_MAX_T). Last n_out outputs."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    n_out = x.shape[1] if n_out is None else n_out
+    if impl == "direct" or (impl == "auto" and (n_out <= DIRECT_MAX_T or kernel.shape[1] <= DIRECT_MAX_T)):
+        return conv1d_causal_conv(x, kernel, n_out=n_out)
+    return fft_causal_conv(x, kernel)[:, x.shape[1] - n_out :]
+
+
+def long_causal_conv(x, kernel, *, cache=None, mask=None, output_cache=False, impl="auto"):
     """Long causal conv with decode cache and padding. Returns (y [B, T, C], new_cache [B, L-1, C] or None).
 
     cache [B, L-1, C]: the L-1 previous real inputs, oldest first (None: zeros, a fresh sequence).
     mask [B, T] bool (True = real): each real output sees the previous real inputs only.
-    impl: "fft" or "direct" (the reference), used on the cache + input concatenation.
+    impl: "auto", "fft" or "direct" (see causal_long_conv), used on the cache + input concatenation.
     """
     _check(x, kernel)
     B, T, C = x.shape
     L = kernel.shape[1]
-    if impl not in ("fft", "direct"):
-        raise ValueError(f"impl must be 'fft' or 'direct', got {impl!r}")
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if cache is None:
         cache = x.new_zeros(B, L - 1, C)
     elif tuple(cache.shape) != (B, L - 1, C):
@@ -84,8 +115,7 @@ def long_causal_conv(x, kernel, *, cache=None, mask=None, output_cache=False, im
         x = torch.gather(x, 1, perm[..., None].expand(B, T, C))
         x = x * torch.gather(mask, 1, perm)[..., None].to(x.dtype)  # padded steps (now last) are zero
     xc = torch.cat([cache.to(x.dtype), x], 1)  # [B, L-1+T, C]
-    conv = fft_causal_conv if impl == "fft" else direct_causal_conv
-    y = conv(xc, kernel)[:, L - 1 :]
+    y = causal_long_conv(xc, kernel, impl=impl, n_out=T)
     new_cache = None
     if output_cache:
         n_real = torch.full((B,), T, device=x.device) if mask is None else mask.sum(1)
