@@ -1,0 +1,180 @@
+"""Triton gated linear attention: chunked forward/backward and a token-by-token decode kernel.
+
+    o, S = triton_gated_linear_attention(q, k, v, g=None, *, g_gamma=None, scale, initial_state=None,
+                                         output_final_state=False, cu_seqlens=None)
+
+q, k [B, T, H, K]; v [B, T, H, V]; g [B, T, H] (scalar gate) or [B, T, H, K] (vector gate), log
+space (<= 0); g_gamma [H]; initial_state [N, H, K, V] float32; o [B, T, H, V] in q's dtype;
+S [N, H, K, V] float32 (N = B, or the number of packed sequences).
+
+    S_t = diag(exp(g_t + g_gamma)) S_{t-1} + k_t v_tᵀ,     o_t = scale · q_tᵀ S_t
+
+Covers RetNet (Sun et al. 2023, arXiv:2307.08621) and Lightning Attention-2 (Qin et al. 2024,
+arXiv:2401.04658) through g_gamma; Mamba-2's scalar decay (Dao & Gu 2024, arXiv:2405.21060);
+GLA's per-channel gate (Yang et al. 2023, arXiv:2312.06635). The chunked algorithm is the one of
+GLA §3-4 in the numerically safe form of CHUNKED.md (exponents <= 0 as written).
+
+cu_seqlens (int [N + 1], FlashAttention convention, needs B == 1) packs N sequences into T; each
+starts from initial_state[n] and returns its own final state.
+
+The chunked pass is the torch.library custom op `attnzoo::gla_chunk` (forward `gla_chunk`,
+backward `gla_chunk_bwd`), so torch.compile treats it as one opaque node; with no gradient
+needed and T <= DECODE_MAX_T per sequence, the recurrent kernel (triton_recurrent.py) runs instead.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from attnzoo.ops.dispatch import triton_interpret
+
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _patch_interpreter_index():
+    """Triton 3.6's interpreter turns a runtime scalar into a loop bound with int() of a 1-element
+    array, which numpy >= 2.4 refuses; use .item() instead (interpreter only, for CPU tests)."""
+    import triton.runtime.interpreter as interp
+
+    if getattr(interp, "_attnzoo_index_patched", False):
+        return
+    original = interp._patch_lang_tensor
+
+    def patched(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    interp._patch_lang_tensor = patched
+    interp._attnzoo_index_patched = True
+
+
+if triton_interpret():
+    _patch_interpreter_index()
+MAX_HEAD_DIM = 256
+DECODE_MAX_T = 16
+
+
+def triton_supported(q, k, v, g=None, *, initial_state=None) -> bool:
+    """Shapes and dtypes the Triton kernels take (the device is dispatch's business)."""
+    return (
+        q.dtype in DTYPES and k.dtype == q.dtype and v.dtype == q.dtype
+        and q.shape[-1] <= MAX_HEAD_DIM and v.shape[-1] <= MAX_HEAD_DIM and q.shape[1] > 0
+    )
+
+
+def _check(q, k, v, g, initial_state, cu_seqlens):
+    if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"triton gated_linear_attention needs q, k, v of one dtype in {DTYPES}, "
+                         f"got {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.shape[-1] > MAX_HEAD_DIM or v.shape[-1] > MAX_HEAD_DIM:
+        raise ValueError(f"triton gated_linear_attention needs head dims K, V <= {MAX_HEAD_DIM}, "
+                         f"got K={q.shape[-1]}, V={v.shape[-1]}")
+    if not (q.is_cuda or triton_interpret()):
+        raise ValueError("triton gated_linear_attention needs CUDA tensors (or TRITON_INTERPRET=1)")
+    if cu_seqlens is not None:
+        if q.shape[0] != 1:
+            raise ValueError(f"cu_seqlens needs packed inputs with B == 1, got B={q.shape[0]}")
+        if cu_seqlens.dim() != 1 or cu_seqlens.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"cu_seqlens must be a 1-D int32/int64 tensor, got {tuple(cu_seqlens.shape)} {cu_seqlens.dtype}")
+        n = cu_seqlens.shape[0] - 1
+        if initial_state is not None and initial_state.shape[0] != n:
+            raise ValueError(f"initial_state must be [N={n}, H, K, V] for {n} packed sequences, "
+                             f"got {tuple(initial_state.shape)}")
+
+
+@torch.library.custom_op("attnzoo::gla_chunk", mutates_args=())
+def gla_chunk(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
+    initial_state: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor], batch: int, scale: float,
+    output_final_state: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    from attnzoo.ops.linear.triton_chunk import gla_chunk_fwd, make_tables
+
+    tab = make_tables(q.shape[0], batch, cu_seqlens, q.device)
+    o, ht = gla_chunk_fwd(q, k, v, g, scale=scale, initial_state=initial_state,
+                          output_final_state=output_final_state, tab=tab)
+    return o, (ht if ht is not None else q.new_empty(0, dtype=torch.float32))
+
+
+@gla_chunk.register_fake
+def _(q, k, v, g, initial_state, cu_seqlens, batch, scale, output_final_state):
+    n = batch if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    ht = (q.new_empty(n, q.shape[1], q.shape[2], v.shape[2], dtype=torch.float32) if output_final_state
+          else q.new_empty(0, dtype=torch.float32))
+    return torch.empty_like(v), ht
+
+
+@torch.library.custom_op("attnzoo::gla_chunk_bwd", mutates_args=())
+def gla_chunk_bwd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
+    initial_state: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor], batch: int, scale: float,
+    do: torch.Tensor, dht: Optional[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    from attnzoo.ops.linear.triton_chunk import gla_chunk_bwd as bwd, make_tables
+
+    tab = make_tables(q.shape[0], batch, cu_seqlens, q.device)
+    dq, dk, dv, dg, dh0 = bwd(q, k, v, g, do.contiguous(), dht, scale=scale, initial_state=initial_state, tab=tab)
+    empty = q.new_empty(0, dtype=torch.float32)
+    return dq, dk, dv, (dg if dg is not None else empty), (dh0 if dh0 is not None else empty)
+
+
+@gla_chunk_bwd.register_fake
+def _(q, k, v, g, initial_state, cu_seqlens, batch, scale, do, dht):
+    empty = q.new_empty(0, dtype=torch.float32)
+    dg = torch.empty_like(g, dtype=torch.float32) if g is not None else empty
+    dh0 = torch.empty_like(initial_state) if initial_state is not None else empty
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dg, dh0
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, g, initial_state, cu_seqlens, batch, scale, output_final_state = inputs
+    ctx.save_for_backward(q, k, v, g, initial_state, cu_seqlens)
+    ctx.batch, ctx.scale = batch, scale
+
+
+def _backward(ctx, do, dht):
+    q, k, v, g, initial_state, cu_seqlens = ctx.saved_tensors
+    if dht is not None and dht.numel() == 0:
+        dht = None
+    dq, dk, dv, dg, dh0 = gla_chunk_bwd(q, k, v, g, initial_state, cu_seqlens, ctx.batch, ctx.scale,
+                                        do, dht.contiguous() if dht is not None else None)
+    return (dq, dk, dv, dg if g is not None else None, dh0 if initial_state is not None else None,
+            None, None, None, None)
+
+
+gla_chunk.register_autograd(_backward, setup_context=_setup_context)
+
+
+def triton_gated_linear_attention(
+    q, k, v, g=None, *, g_gamma=None, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
+):
+    _check(q, k, v, g, initial_state, cu_seqlens)
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    scale = K ** -0.5 if scale is None else float(scale)
+    gt = None
+    if g is not None:
+        gt = g.float()
+    if g_gamma is not None:
+        gg = g_gamma.float()[:, None] if (g is not None and g.dim() == 4) else g_gamma.float()
+        gt = gg.expand(B, T, *gg.shape) if gt is None else gt + gg
+    packed = lambda x: x.reshape(B * T, *x.shape[2:]).contiguous()  # noqa: E731
+    qp, kp, vp = packed(q), packed(k), packed(v)
+    gp = packed(gt) if gt is not None else None
+    h0 = initial_state.float().contiguous() if initial_state is not None else None
+    cu = cu_seqlens.to(device=q.device, dtype=torch.int32) if cu_seqlens is not None else None
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (q, k, v, g, g_gamma, initial_state))
+    if not needs_grad and T <= DECODE_MAX_T * (1 if cu is None else cu.shape[0] - 1):
+        from attnzoo.ops.linear.triton_recurrent import recurrent_gla_fwd
+
+        if cu is None:
+            cu = torch.arange(B + 1, device=q.device, dtype=torch.int32) * T
+        o, ht = recurrent_gla_fwd(qp, kp, vp, gp, scale=scale, initial_state=h0,
+                                  output_final_state=output_final_state, cu_seqlens=cu, n_seqs=cu.shape[0] - 1)
+    else:
+        o, ht = gla_chunk(qp, kp, vp, gp, h0, cu, B, scale, output_final_state)
+        ht = ht if output_final_state else None
+    return o.reshape(B, T, H, V), ht

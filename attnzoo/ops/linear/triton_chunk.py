@@ -1,0 +1,162 @@
+"""Forward and backward passes of chunked gated linear attention, as sequences of Triton launches.
+
+Packed layout: q, k [N_tok, H, K], v [N_tok, H, V]; sequences given by cu_seqlens (a regular batch
+[B, T] is cu_seqlens = [0, T, ..., B·T], built without a host sync). g [N_tok, H] (scalar gate)
+or [N_tok, H, K] (vector gate), float32, the per-step log gate with g_gamma already added, or
+None. States are float32 [N, H, K, V]. The math is CHUNKED.md §1 and §3; each kernel's file gives
+its formula:
+
+    forward:  b = chunk cumsum(g);  h = states entering chunks (triton_state);
+              [vector gate: A, intra-chunk scores (triton_vector)];  o (triton_output)
+    backward: b, h recomputed;  dh (triton_state);  dv (triton_output);
+              dq, dk, db (triton_scalar_bwd / triton_vector);  dg = reverse cumsum of db,
+              seeded with rowsum(S_T ⊙ dS_T) (triton_cumsum)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+
+from attnzoo.ops.linear.triton_cumsum import chunk_local_cumsum, segment_reverse_cumsum
+from attnzoo.ops.linear.triton_output import chunk_dv_kernel, chunk_output_kernel
+from attnzoo.ops.linear.triton_scalar_bwd import chunk_scalar_dqdk_kernel
+from attnzoo.ops.linear.triton_state import chunk_state_bwd_kernel, chunk_state_fwd_kernel
+from attnzoo.ops.linear.triton_vector import chunk_intra_kernel, chunk_vector_dqdk_kernel
+
+BT = 64  # chunk length
+BC = 16  # sub-chunk length for the vector gate's intra-chunk scores
+
+
+@dataclass
+class ChunkTables:
+    cu_seqlens: torch.Tensor     # int32 [N + 1]
+    chunk_seq: torch.Tensor      # int32 [n_chunks]: the sequence of each chunk
+    chunk_idx: torch.Tensor      # int32 [n_chunks]: its index inside the sequence
+    chunk_offsets: torch.Tensor  # int32 [N + 1]: first global chunk of each sequence
+    n_seqs: int
+    n_chunks: int
+
+
+def make_tables(n_tok: int, batch: int, cu_seqlens: torch.Tensor | None, device) -> ChunkTables:
+    i32 = dict(dtype=torch.int32, device=device)
+    if cu_seqlens is None:
+        T = n_tok // batch
+        nt = triton.cdiv(T, BT)
+        ar = torch.arange(batch * nt, **i32)
+        return ChunkTables(torch.arange(batch + 1, **i32) * T, ar // nt, ar % nt,
+                           torch.arange(batch + 1, **i32) * nt, batch, batch * nt)
+    cu = cu_seqlens.to(torch.int64).cpu()
+    nts = [triton.cdiv(int(b - a), BT) for a, b in zip(cu[:-1].tolist(), cu[1:].tolist())]
+    n_chunks = sum(nts)
+    seq = torch.repeat_interleave(torch.arange(len(nts)), torch.tensor(nts, dtype=torch.int64))
+    offs = torch.zeros(len(nts) + 1, dtype=torch.int64)
+    offs[1:] = torch.cumsum(torch.tensor(nts, dtype=torch.int64), 0)
+    idx = torch.arange(n_chunks) - offs[seq]
+    return ChunkTables(cu_seqlens.to(**i32), seq.to(**i32), idx.to(**i32), offs.to(**i32), len(nts), n_chunks)
+
+
+def _gate_kind(g):
+    return 0 if g is None else (1 if g.dim() == 2 else 2)
+
+
+def _state_dtype(q):
+    return q.dtype if q.dtype in (torch.float16, torch.bfloat16) else torch.float32
+
+
+def _blocks(K, V):
+    BK = min(64, max(16, triton.next_power_of_2(K)))
+    BV = min(64, max(16, triton.next_power_of_2(V)))
+    return BK, BV
+
+
+def _states(k, v, b, gate, h0, tab, store_ht):
+    N_tok, H, K = k.shape
+    V = v.shape[-1]
+    BK, BV = _blocks(K, V)
+    h = k.new_empty(tab.n_chunks, H, K, V, dtype=_state_dtype(k))
+    ht = k.new_empty(tab.n_seqs, H, K, V, dtype=torch.float32) if store_ht else None
+    grid = (triton.cdiv(K, BK), triton.cdiv(V, min(BV, 32)), tab.n_seqs * H)
+    chunk_state_fwd_kernel[grid](
+        k, v, b if b is not None else k, h, h0 if h0 is not None else k, ht if ht is not None else k,
+        tab.cu_seqlens, tab.chunk_offsets, H=H, K=K, V=V, BT=BT, BK=BK, BV=min(BV, 32), GATE=gate,
+        HAS_H0=h0 is not None, STORE_HT=store_ht, num_warps=4,
+    )
+    return h, ht
+
+
+def _intra(q, k, b, tab):
+    N_tok, H, K = q.shape
+    A = q.new_empty(N_tok, H, BT, dtype=torch.float32)
+    chunk_intra_kernel[(tab.n_chunks * (BT // BC), H)](
+        q, k, b, A, tab.cu_seqlens, tab.chunk_seq, tab.chunk_idx, H=H, K=K, BT=BT, BC=BC,
+        BK=min(32, max(16, triton.next_power_of_2(K))), num_warps=4,
+    )
+    return A
+
+
+def gla_chunk_fwd(q, k, v, g, *, scale, initial_state, output_final_state, tab):
+    N_tok, H, K = q.shape
+    V = v.shape[-1]
+    gate = _gate_kind(g)
+    b = chunk_local_cumsum(g, tab, BT) if g is not None else None
+    h, ht = _states(k, v, b, gate, initial_state, tab, output_final_state)
+    A = _intra(q, k, b, tab) if gate == 2 else None
+    o = torch.empty_like(v)
+    BK, BV = _blocks(K, V)
+    chunk_output_kernel[(tab.n_chunks, triton.cdiv(V, BV), H)](
+        q, k, v, b if b is not None else q, h, A if A is not None else q, o, tab.cu_seqlens, tab.chunk_seq,
+        tab.chunk_idx, scale, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, num_warps=4,
+    )
+    return o, ht
+
+
+def gla_chunk_bwd(q, k, v, g, do, dht, *, scale, initial_state, tab):
+    """Returns dq, dk, dv (input dtype), dg (float32, g's shape, or None), dh0 (float32 or None)."""
+    N_tok, H, K = q.shape
+    V = v.shape[-1]
+    gate = _gate_kind(g)
+    b = chunk_local_cumsum(g, tab, BT) if g is not None else None
+    need_ht = gate > 0 and dht is not None
+    h, ht = _states(k, v, b, gate, initial_state, tab, need_ht)
+    BK, BV = _blocks(K, V)
+    dh = torch.empty_like(h)
+    dh0 = q.new_empty(tab.n_seqs, H, K, V, dtype=torch.float32) if initial_state is not None else None
+    chunk_state_bwd_kernel[(triton.cdiv(K, BK), triton.cdiv(V, min(BV, 32)), tab.n_seqs * H)](
+        q, do, b if b is not None else q, dh, dht if dht is not None else q, dh0 if dh0 is not None else q,
+        tab.cu_seqlens, tab.chunk_offsets, scale, H=H, K=K, V=V, BT=BT, BK=BK, BV=min(BV, 32), GATE=gate,
+        HAS_DHT=dht is not None, STORE_DH0=dh0 is not None, num_warps=4,
+    )
+    A = _intra(q, k, b, tab) if gate == 2 else None
+    dv = torch.empty_like(v)
+    chunk_dv_kernel[(tab.n_chunks, triton.cdiv(V, BV), H)](
+        q, k, do, b if b is not None else q, dh, A if A is not None else q, dv, tab.cu_seqlens, tab.chunk_seq,
+        tab.chunk_idx, scale, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=gate, num_warps=4,
+    )
+    dq, dk = torch.empty_like(q), torch.empty_like(k)
+    db = torch.empty_like(g, dtype=torch.float32) if g is not None else None
+    if gate == 2:
+        BKv = min(32, max(16, triton.next_power_of_2(K)))
+        chunk_vector_dqdk_kernel[(tab.n_chunks * (BT // BC), triton.cdiv(K, BKv), H)](
+            q, k, v, do, b, h, dh, dq, dk, db, tab.cu_seqlens, tab.chunk_seq, tab.chunk_idx, scale,
+            H=H, K=K, V=V, BT=BT, BC=BC, BK=BKv, BV=BV, num_warps=4,
+        )
+    else:
+        chunk_scalar_dqdk_kernel[(tab.n_chunks, H)](
+            q, k, v, do, b if b is not None else q, h, dh, dq, dk, db if db is not None else q,
+            tab.cu_seqlens, tab.chunk_seq, tab.chunk_idx, scale,
+            H=H, K=K, V=V, BT=BT, BK=max(16, triton.next_power_of_2(K)), BV=min(BV, 32), GATE=gate,
+            num_warps=8 if K > 64 else 4,
+        )
+    dg = None
+    if g is not None:
+        carry = None
+        if need_ht:
+            carry = (ht * dht).sum(-1)
+            if gate == 1:
+                carry = carry.sum(-1)
+            carry = carry.contiguous()
+        dg = segment_reverse_cumsum(db, tab, BT, carry)
+    return dq, dk, dv, dg, dh0

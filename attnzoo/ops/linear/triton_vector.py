@@ -1,0 +1,145 @@
+"""Triton kernels for the intra-chunk part of gated linear attention with a per-key-channel gate
+g [B, T, H, K] (GLA, Yang et al. 2023, arXiv:2312.06635; HGRN2, Qin et al. 2024, arXiv:2404.07904).
+
+Layout as in triton_state.py. A chunk of BT tokens is cut into sub-chunks of BC tokens. For the
+sub-chunk I with first row r and last row r', every exponent stays <= 0 (CHUNKED.md §1):
+
+    rows of I against earlier columns j < r:   A_ij = Σ_k (q_ik e^{b_ik - b_rk}) (k_jk e^{b_rk - b_jk})
+    the diagonal block I x I:                  A_ij = Σ_k q_ik k_jk e^{b_ik - b_jk}   (pairwise, i >= j)
+
+and in the backward the same split gives dq_I (reference r) and dk_I (reference r', rows i > r').
+Nothing forms e^{-b}, so a chunk that forgets strongly (g ~ -10 per token) stays finite.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def chunk_intra_kernel(
+    q, k, b, A, cu_seqlens, chunk_seq, chunk_idx,
+    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+):
+    """A [N_tok, H, BT] float32: row i holds A_ij for the chunk's columns j (zero above the diagonal)."""
+    i_cs, i_h = tl.program_id(0), tl.program_id(1)
+    NS: tl.constexpr = BT // BC
+    i_c, s = i_cs // NS, i_cs % NS
+    n = tl.load(chunk_seq + i_c)
+    bos = tl.load(cu_seqlens + n).to(tl.int64)
+    eos = tl.load(cu_seqlens + n + 1).to(tl.int64)
+    t0 = bos + tl.load(chunk_idx + i_c).to(tl.int64) * BT
+    r = t0 + s * BC
+    ti = r + tl.arange(0, BC)
+    mi = ti < eos
+    tj = t0 + tl.arange(0, BT)
+    mj = (tj < r) & (r < eos)
+    ac = tl.arange(0, BC)
+    m3 = ((ac[:, None] >= ac[None, :]) & mi[:, None] & mi[None, :])[:, :, None]
+    A_off = tl.zeros([BC, BT], dtype=tl.float32)
+    A_d = tl.zeros([BC, BC], dtype=tl.float32)
+    for i_k in range(tl.cdiv(K, BK)):
+        kk = i_k * BK + tl.arange(0, BK)
+        mk = kk < K
+        mik = mi[:, None] & mk[None, :]
+        qI = tl.load(q + ti[:, None] * (H * K) + i_h * K + kk[None, :], mask=mik, other=0.0)
+        kI = tl.load(k + ti[:, None] * (H * K) + i_h * K + kk[None, :], mask=mik, other=0.0)
+        bI = tl.load(b + ti[:, None] * (H * K) + i_h * K + kk[None, :], mask=mik, other=0.0)
+        br = tl.load(b + r * (H * K) + i_h * K + kk, mask=mk & (r < eos), other=0.0)
+        qh = tl.where(mik, qI * tl.exp(tl.where(mik, bI - br[None, :], 0.0)), 0.0)
+        mjk = mk[:, None] & mj[None, :]
+        kT = tl.load(k + tj[None, :] * (H * K) + i_h * K + kk[:, None], mask=mjk, other=0.0)
+        bT = tl.load(b + tj[None, :] * (H * K) + i_h * K + kk[:, None], mask=mjk, other=0.0)
+        kh = tl.where(mjk, kT * tl.exp(tl.where(mjk, br[:, None] - bT, 0.0)), 0.0)
+        A_off += tl.dot(qh.to(qI.dtype), kh.to(qI.dtype))
+        d = tl.where(m3, bI[:, None, :] - bI[None, :, :], 0.0)
+        e = tl.where(m3, tl.exp(d), 0.0)
+        A_d += tl.sum(qI.to(tl.float32)[:, None, :] * kI.to(tl.float32)[None, :, :] * e, axis=2)
+    cols = tl.arange(0, BT)
+    in_diag = (cols >= s * BC) & (cols < s * BC + BC)
+    base = A + ti[:, None] * (H * BT) + i_h * BT
+    tl.store(base + cols[None, :], A_off, mask=mi[:, None] & ~in_diag[None, :])
+    tl.store(base + s * BC + ac[None, :], A_d, mask=mi[:, None])
+
+
+@triton.jit
+def chunk_vector_dqdk_kernel(
+    q, k, v, do, b, h, dh, dq, dk, db, cu_seqlens, chunk_seq, chunk_idx, scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr,
+):
+    """dq, dk [N_tok, H, K] and db = q ⊙ dq − k ⊙ dk (float32) for the sub-chunk's rows and K block."""
+    i_cs, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    NS: tl.constexpr = BT // BC
+    i_c, s = i_cs // NS, i_cs % NS
+    n = tl.load(chunk_seq + i_c)
+    bos = tl.load(cu_seqlens + n).to(tl.int64)
+    eos = tl.load(cu_seqlens + n + 1).to(tl.int64)
+    t0 = bos + tl.load(chunk_idx + i_c).to(tl.int64) * BT
+    last = tl.minimum(t0 + BT, eos) - 1
+    r = t0 + s * BC
+    re = tl.minimum(r + BC, eos) - 1
+    ti = r + tl.arange(0, BC)
+    mi = ti < eos
+    tc = t0 + tl.arange(0, BT)
+    mc = tc < eos
+    kk = i_k * BK + tl.arange(0, BK)
+    mk = kk < K
+    mik = mi[:, None] & mk[None, :]
+    s_base = i_c.to(tl.int64) * H * K * V + i_h * K * V
+    dq_acc = tl.zeros([BC, BK], dtype=tl.float32)
+    dk_acc = tl.zeros([BC, BK], dtype=tl.float32)
+    dA_row = tl.zeros([BC, BT], dtype=tl.float32)   # [i in I, j in chunk] = do_i · v_j
+    dA_colT = tl.zeros([BC, BT], dtype=tl.float32)  # [j in I, i in chunk] = v_j · do_i
+    dA_d = tl.zeros([BC, BC], dtype=tl.float32)     # [i in I, j in I] = do_i · v_j
+    for i_v in range(tl.cdiv(V, BV)):
+        vv = i_v * BV + tl.arange(0, BV)
+        mv = vv < V
+        miv = mi[:, None] & mv[None, :]
+        doI = tl.load(do + ti[:, None] * (H * V) + i_h * V + vv[None, :], mask=miv, other=0.0)
+        vI = tl.load(v + ti[:, None] * (H * V) + i_h * V + vv[None, :], mask=miv, other=0.0)
+        vIT = tl.load(v + ti[None, :] * (H * V) + i_h * V + vv[:, None], mask=mv[:, None] & mi[None, :], other=0.0)
+        vT = tl.load(v + tc[None, :] * (H * V) + i_h * V + vv[:, None], mask=mv[:, None] & mc[None, :], other=0.0)
+        doT = tl.load(do + tc[None, :] * (H * V) + i_h * V + vv[:, None], mask=mv[:, None] & mc[None, :], other=0.0)
+        hT = tl.load(h + s_base + kk[None, :] * V + vv[:, None], mask=mk[None, :] & mv[:, None], other=0.0)
+        dhT = tl.load(dh + s_base + kk[None, :] * V + vv[:, None], mask=mk[None, :] & mv[:, None], other=0.0)
+        dq_acc += tl.dot(doI, hT.to(doI.dtype))
+        dk_acc += tl.dot(vI, dhT.to(vI.dtype))
+        dA_row += tl.dot(doI, vT)
+        dA_colT += tl.dot(vI, doT)
+        dA_d += tl.dot(doI, vIT)
+    off_I = ti[:, None] * (H * K) + i_h * K + kk[None, :]
+    qI = tl.load(q + off_I, mask=mik, other=0.0)
+    kI = tl.load(k + off_I, mask=mik, other=0.0)
+    bI = tl.load(b + off_I, mask=mik, other=0.0)
+    bl = tl.load(b + last * (H * K) + i_h * K + kk, mask=mk, other=0.0)
+    dq_acc *= scale * tl.exp(bI)
+    dk_acc *= tl.exp(tl.where(mik, bl[None, :] - bI, 0.0))
+    off_c = tc[:, None] * (H * K) + i_h * K + kk[None, :]
+    mck = mc[:, None] & mk[None, :]
+    bc = tl.load(b + off_c, mask=mck, other=0.0)
+    # dq_I from the earlier columns j < r, reference row r
+    br = tl.load(b + r * (H * K) + i_h * K + kk, mask=mk & (r < eos), other=0.0)
+    kc = tl.load(k + off_c, mask=mck, other=0.0)
+    mj = mck & ((tc < r) & (r < eos))[:, None]
+    kh = tl.where(mj, kc * tl.exp(tl.where(mj, br[None, :] - bc, 0.0)), 0.0)
+    dq_acc += tl.exp(tl.where(mik, bI - br[None, :], 0.0)) * tl.dot((dA_row * scale).to(kc.dtype), kh.to(kc.dtype))
+    # dk_I from the later rows i > r', reference row r'
+    bre = tl.load(b + re * (H * K) + i_h * K + kk, mask=mk & (r < eos), other=0.0)
+    qc = tl.load(q + off_c, mask=mck, other=0.0)
+    ml = mck & (tc > re)[:, None]
+    qh = tl.where(ml, qc * tl.exp(tl.where(ml, bc - bre[None, :], 0.0)), 0.0)
+    dk_acc += tl.exp(tl.where(mik, bre[None, :] - bI, 0.0)) * tl.dot((dA_colT * scale).to(qc.dtype), qh.to(qc.dtype))
+    # the diagonal block, pairwise
+    ac = tl.arange(0, BC)
+    m3 = ((ac[:, None] >= ac[None, :]) & mi[:, None] & mi[None, :])[:, :, None]
+    e = tl.where(m3, tl.exp(tl.where(m3, bI[:, None, :] - bI[None, :, :], 0.0)), 0.0)  # [i, j, k]
+    w = (dA_d * scale)[:, :, None] * e
+    qf = qI.to(tl.float32)
+    kf = kI.to(tl.float32)
+    dq_acc += tl.sum(w * kf[None, :, :], axis=1)
+    dk_acc += tl.sum(w * qf[:, None, :], axis=0)
+    tl.store(dq + off_I, dq_acc.to(dq.dtype.element_ty), mask=mik)
+    tl.store(dk + off_I, dk_acc.to(dk.dtype.element_ty), mask=mik)
+    tl.store(db + off_I, qf * dq_acc - kf * dk_acc, mask=mik)
