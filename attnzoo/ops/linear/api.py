@@ -47,7 +47,9 @@ def gated_linear_attention(
 ):
     check_gla_inputs(q, k, v, g, g_gamma, initial_state, normalize)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    impl = resolve_impl(impl, q, triton_supported=False)
+    from attnzoo.ops.linear.triton import triton_supported
+
+    impl = resolve_impl(impl, q, triton_supported=triton_supported(q, k, v, g, initial_state=initial_state))
     if normalize:
         ones = torch.ones_like(v[..., :1])
         o, S = gated_linear_attention(
