@@ -82,7 +82,7 @@ class Based(Mixer):
     def check_state(self, state):
         check_recurrent_state(RecurrentState(S=state.S), (self.n_heads, self.n_features, self.head_dim + 1))
         if not isinstance(state.window, KVCacheState):
-            raise ValueError(f"state.window must be a KVCacheState, got {type(state.window).__name__}")
+            raise ValueError(f"state.window must be a KVCacheState, got {type(state.window).__name__}")  # noqa: TRY004
         self.swa.check_state(state.window)
 
     def taylor_branch(self, x, mask, S0, return_state):

@@ -16,7 +16,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attnzoo.mixers._linear_common import check_recurrent_state, l2_normalize, mask_steps, recurrent_state_bytes
+from attnzoo.mixers._linear_common import (
+    check_recurrent_state,
+    l2_normalize,
+    mask_steps,
+    recurrent_state_bytes,
+)
 from attnzoo.mixers.base import Mixer, RecurrentState, check_heads
 from attnzoo.mixers.layers import RMSNorm
 from attnzoo.mixers.short_conv import ShortConv
@@ -69,7 +74,7 @@ class DeltaNet(Mixer):
 
     def log_gate(self, x):
         """Scalar log decay per head [B, T, H]; None: DeltaNet does not forget."""
-        return None
+        return
 
     def check_state(self, state):
         check_recurrent_state(state, (self.n_heads, self.head_dim, self.head_dim), conv=self.conv)

@@ -16,7 +16,12 @@ from __future__ import annotations
 from torch import nn
 
 from attnzoo.mixers._linear_common import (
-    FEATURE_MAPS, check_recurrent_state, feature_dim, feature_map, mask_steps, recurrent_state_bytes,
+    FEATURE_MAPS,
+    check_recurrent_state,
+    feature_dim,
+    feature_map,
+    mask_steps,
+    recurrent_state_bytes,
 )
 from attnzoo.mixers.base import Mixer, RecurrentState, check_heads
 from attnzoo.ops.linear import gated_linear_attention
