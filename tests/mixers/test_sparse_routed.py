@@ -116,3 +116,44 @@ def test_block_sparse_mixed_mode_sets_alignment_loss_and_top_k_is_adjustable():
         m.top_k, m.mode = 2, "both"
         with pytest.raises(ValueError, match="mode"):
             m(x)
+
+
+# ---------------------------------------------------------------- moh
+def test_moh_active_head_path_equals_all_heads_path_with_padding_and_state():
+    m = build("moh", n_heads=6, n_kv_heads=3, head_dim=8, n_shared_heads=2, top_k=2)
+    x = rand(2, 19, D, seed=8)
+    mask = torch.ones(2, 19, dtype=torch.bool)
+    mask[0, :3] = False
+    mask[1, 15:] = False
+    with torch.no_grad():
+        y_fast, s_fast = m(x, mask=mask, return_state=True)
+        m.skip_inactive_heads = False
+        y_all, s_all = m(x, mask=mask, return_state=True)
+        nxt = rand(2, 4, D, seed=9)
+        assert torch.allclose(m(nxt, state=s_fast), m(nxt, state=s_all), atol=1e-10)
+        m.skip_inactive_heads = True
+        assert torch.allclose(m(nxt, state=s_fast), m(nxt, state=s_all), atol=1e-10)
+    assert torch.allclose(y_fast[mask], y_all[mask], atol=1e-10)
+
+
+def test_moh_gates_follow_the_formula_and_balance_loss():
+    m = build("moh", n_heads=6, head_dim=8, n_shared_heads=2, top_k=2).train()
+    x = rand(3, 11, D, seed=10)
+    g, chosen = m.head_gates(x, None)
+    logits = m.router(x)
+    alpha = 2 * torch.softmax(logits[..., -2:], -1)
+    assert torch.allclose(g[..., :2].sum(-1), alpha[..., 0] * 2)
+    assert torch.allclose(g[..., 2:].sum(-1), alpha[..., 1] * 2)
+    assert (chosen.sum(-1) == 2).all() and ((g[..., 2:] > 0) == chosen).all()
+    p = torch.softmax(logits[..., 2:6], -1)
+    f = chosen.double().mean((0, 1)) / 2
+    assert torch.allclose(m.aux_loss, 0.01 * 4 * (p.mean((0, 1)) * f).sum())
+    # uniform routing probabilities give L_b = 1, so aux_loss = 0.01
+    with torch.no_grad():
+        m.router.weight.zero_()
+        m.head_gates(x, None)
+        assert torch.allclose(m.aux_loss, torch.tensor(0.01, dtype=torch.float64))
+    with pytest.raises(ValueError, match="top_k"):
+        attnzoo.build("moh", d_model=D, n_heads=4, n_shared_heads=1, top_k=4)
+    with pytest.raises(ValueError, match="n_shared_heads"):
+        attnzoo.build("moh", d_model=D, n_heads=4, n_shared_heads=0)
