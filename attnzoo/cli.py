@@ -26,6 +26,27 @@ def cmd_demo(args):
     run_demo()
 
 
+def cmd_zoo(args):
+    from attnzoo.bench.zoo import run_zoo
+    from attnzoo.bench.zoo_presets import get_preset
+
+    preset = get_preset(args.preset, d_models=args.d_models, lrs=args.lrs, steps=args.steps,
+                        total_seconds=args.total_seconds)
+    mixers = [m.strip() for m in args.mixers.split(",")] if args.mixers else None
+    if mixers is not None and not all(mixers):
+        raise ValueError(f"--mixers must be a comma list of names or patterns, got {args.mixers!r}")
+    run_zoo(preset=preset, out=args.out or f"runs/zoo_{args.preset}", mixers=mixers, task=args.task,
+            device=args.device, resume=args.resume, workers=args.workers, threads=args.threads)
+
+
+def _floats(text):
+    return tuple(float(v) for v in text.split(","))
+
+
+def _ints(text):
+    return tuple(int(v) for v in text.split(","))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="attnzoo", description=__doc__)
     p.add_argument("--version", action="version", version=f"attnzoo {attnzoo.__version__}")
@@ -41,7 +62,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     pd = sub.add_parser("demo", help="the main job (what `make demo` runs)")
     pd.set_defaults(func=cmd_demo)
+
+    pz = sub.add_parser("zoo", help="sweep mixers x d_model x lr on MQAR (Zoology); leaderboard + plot")
+    pz.add_argument("--preset", default="quick", choices=["quick", "standard", "paper"])
+    pz.add_argument("--mixers", help="comma list of mixers or hybrid patterns (default: every causal mixer). "
+                    "Put a pattern with '+', e.g. gated_deltanet*3+softmax")
+    pz.add_argument("--task", default="mqar", choices=["mqar", "passkey", "bytes"])
+    pz.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    pz.add_argument("--out", help="results folder (default runs/zoo_<preset>)")
+    pz.add_argument("--resume", action="store_true", help="skip the runs already in <out>/results.jsonl")
+    pz.add_argument("--d-models", type=_ints, help="override the preset's widths, e.g. 64,128")
+    pz.add_argument("--lrs", type=_floats, help="override the preset's learning rates, e.g. 1e-3,3e-3")
+    pz.add_argument("--steps", type=int, help="override the most steps per run")
+    pz.add_argument("--total-seconds", type=float, help="override the whole sweep's time budget")
+    pz.add_argument("--workers", type=int, help="runs at once (default: preset's on CUDA, 1 on CPU)")
+    pz.add_argument("--threads", type=int, help="torch CPU threads per run")
+    pz.set_defaults(func=cmd_zoo)
     return p
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def main(argv=None):

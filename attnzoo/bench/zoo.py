@@ -1,0 +1,233 @@
+"""`attnzoo zoo`: sweep mixers × d_model × learning rate on a recall task, Zoology style.
+
+Arora et al. (2023), "Zoology: Measuring and Improving Recall in Efficient Language Models",
+arXiv:2312.04927: 2-layer models, the best learning rate kept per (mixer, d_model), accuracy
+plotted against the bytes of state a sequence keeps at inference and against d_model.
+
+Each finished run is appended at once to <out>/results.jsonl (one JSON object per line), so an
+interrupted sweep loses nothing and `resume=True` skips the runs already there. At the end
+<out>/leaderboard.md and <out>/zoo.png are written (zoo_report.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict
+
+import torch
+
+from attnzoo.bench.zoo_presets import ZooPreset
+from attnzoo.registry import get_card, list_mixers
+
+RESULTS = "results.jsonl"
+KEY_FIELDS = ("task", "mixer", "d_model", "lr", "seq_len", "num_pairs", "vocab_size")
+SKIP_FAMILIES = ("vision",)
+
+
+def default_mixers() -> list[str]:
+    """Every registered causal sequence mixer (the zoo trains causal language models)."""
+    return [n for n in list_mixers() if get_card(n).causal and get_card(n).family not in SKIP_FAMILIES]
+
+
+def machine_line(device: str) -> str:
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        name = torch.cuda.get_device_name(dev)
+        return f"{name}, torch {torch.__version__}, CUDA {torch.version.cuda}"
+    return (f"{platform.processor() or platform.machine()} CPU x{os.cpu_count()}, {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}")
+
+
+def run_key(rec: dict) -> tuple:
+    return tuple(round(rec[k], 12) if isinstance(rec[k], float) else rec[k] for k in KEY_FIELDS)
+
+
+def plan_runs(preset: ZooPreset, mixers: list[str], task: str) -> list[dict]:
+    specs = []
+    for seq_len, num_pairs in preset.grid:
+        for mixer in mixers:
+            for d_model in preset.d_models:
+                for lr in preset.lrs:
+                    specs.append({"task": task, "mixer": mixer, "d_model": d_model, "lr": float(lr),
+                                  "seq_len": seq_len, "num_pairs": num_pairs if task == "mqar" else 0,
+                                  "vocab_size": preset.vocab_size if task == "mqar" else 256})
+    return specs
+
+
+def read_results(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:     # a line cut by a kill mid-write: that run is redone
+                    continue
+    return out
+
+
+def append_result(path: str, rec: dict):
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(rec, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+_TASK_CACHE: dict = {}
+
+
+def task_data(spec: dict, preset: ZooPreset):
+    from attnzoo.tasks import token_task
+
+    key = (spec["task"], spec["seq_len"], spec["num_pairs"], spec["vocab_size"], preset.num_train,
+           preset.num_test, preset.seed)
+    if key not in _TASK_CACHE:
+        _TASK_CACHE.clear()
+        _TASK_CACHE[key] = token_task(spec["task"], seq_len=spec["seq_len"], num_train=preset.num_train,
+                                      num_test=preset.num_test, seed=preset.seed,
+                                      num_pairs=max(1, spec["num_pairs"]), vocab_size=spec["vocab_size"])
+    return _TASK_CACHE[key]
+
+
+def build_model(spec: dict, preset: ZooPreset):
+    """A Zoology-style LM: n_layers blocks of the mixer alone (no MLP); hybrids get one layer per entry."""
+    from attnzoo.models import LanguageModel
+
+    names = _pattern_names(spec["mixer"])
+    n_layers = preset.n_layers if len(names) <= preset.n_layers else len(names)
+    if n_layers % len(names):
+        n_layers = len(names) * -(-n_layers // len(names))
+    kwargs = {n: dict(get_card(n).example_kwargs) for n in set(names)}
+    torch.manual_seed(preset.seed)
+    return LanguageModel(spec["vocab_size"], spec["d_model"], n_layers, spec["mixer"], mixer_kwargs=kwargs,
+                         mlp_ratio=0)
+
+
+def _pattern_names(mixer: str) -> list[str]:
+    from attnzoo.models.lm import parse_pattern
+
+    for n in range(1, 65):
+        try:
+            return parse_pattern(mixer, n)
+        except ValueError as e:
+            if "multiple of the pattern length" not in str(e):
+                raise
+    raise ValueError(f"mixer pattern {mixer!r} is longer than 64 layers")
+
+
+def run_one(spec: dict, preset: ZooPreset, *, device: str, max_seconds: float | None,
+            on_step=None, on_eval=None) -> dict:
+    """Train one configuration; return its record (with an 'error' field if it failed)."""
+    from attnzoo.train import TrainConfig, train_lm
+
+    rec = dict(spec, preset=preset.name, machine=machine_line(device))
+    t0 = time.perf_counter()
+    try:
+        data = task_data(spec, preset)
+        lm = build_model(spec, preset)
+        cfg = TrainConfig(steps=preset.steps, batch_size=preset.batch_size, lr=spec["lr"],
+                          weight_decay=preset.weight_decay, warmup_steps=preset.warmup_steps,
+                          eval_every=preset.eval_every, target_accuracy=preset.target_accuracy,
+                          max_seconds=max_seconds, seed=preset.seed, device=device)
+        res = train_lm(lm, train=data.train, test=data.test, config=cfg, on_step=on_step, on_eval=on_eval)
+        rec.update(accuracy=round(res.accuracy, 6), loss=round(res.loss, 6), steps=res.steps, stopped=res.stopped,
+                   state_bytes=int(lm.state_bytes(spec["seq_len"])),
+                   params=sum(p.numel() for p in lm.parameters()))
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as e:  # a broken mixer must not stop the sweep: record why and go on
+        rec.update(accuracy=None, error=f"{type(e).__name__}: {e}"[:500], steps=0, stopped="error")
+    rec["seconds"] = round(time.perf_counter() - t0, 2)
+    return rec
+
+
+def _worker(spec: dict, preset_dict: dict, device: str, max_seconds, threads):
+    if threads:
+        torch.set_num_threads(threads)
+    return run_one(spec, ZooPreset(**preset_dict), device=device, max_seconds=max_seconds)
+
+
+def run_zoo(*, preset: ZooPreset, out: str, mixers: list[str] | None = None, task: str = "mqar",
+            device: str = "cpu", resume: bool = False, max_runs: int | None = None, workers: int | None = None,
+            threads: int | None = None, quiet: bool = False, on_step=None) -> list[dict]:
+    """Run the sweep; return every record in <out>/results.jsonl. max_runs stops after that many
+    new runs (what a kill does, for tests). on_step(step, loss) is passed to every run."""
+    from attnzoo.bench.zoo_progress import ZooProgress
+    from attnzoo.bench.zoo_report import write_report
+
+    mixers = list(mixers) if mixers else default_mixers()
+    for m in mixers:
+        _pattern_names(m)          # unknown names fail here, before any run
+    if threads:
+        torch.set_num_threads(threads)
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, RESULTS)
+    if not resume and os.path.exists(path):
+        os.replace(path, path + ".previous")
+    done = {run_key(r) for r in read_results(path)}
+    pending = [s for s in plan_runs(preset, mixers, task) if run_key(s) not in done]
+    if max_runs is not None:
+        pending = pending[:max_runs]
+    workers = max(1, workers or (preset.workers if torch.device(device).type == "cuda" else 1))
+
+    def budget(n_left: int) -> float | None:
+        per = None
+        if preset.total_seconds is not None and n_left:
+            per = max(1.0, (preset.total_seconds - (time.perf_counter() - t_start)) * workers / n_left)
+        if preset.run_seconds is not None:
+            per = preset.run_seconds if per is None else min(per, preset.run_seconds)
+        return per
+
+    t_start = time.perf_counter()
+    with ZooProgress(total=len(pending), quiet=quiet) as prog:
+        if workers == 1:
+            for i, spec in enumerate(pending):
+                prog.start_run(spec, preset.steps)
+
+                def step_cb(step, loss):
+                    prog.step(step, loss)
+                    if on_step is not None:
+                        on_step(step, loss)
+
+                rec = run_one(spec, preset, device=device, max_seconds=budget(len(pending) - i),
+                              on_step=step_cb, on_eval=prog.eval)
+                append_result(path, rec)
+                prog.finish_run(rec)
+        else:
+            _run_parallel(pending, preset, device, workers, threads, path, prog, budget)
+    records = read_results(path)
+    write_report(records, out, quiet=quiet)
+    return records
+
+
+def _run_parallel(pending, preset, device, workers, threads, path, prog, budget):
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        queue = list(pending)
+        running = {}
+        try:
+            while queue or running:
+                while queue and len(running) < workers:
+                    spec = queue.pop(0)
+                    fut = pool.submit(_worker, spec, asdict(preset), device, budget(len(queue) + 1 + len(running)),
+                                      threads)
+                    running[fut] = spec
+                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    spec = running.pop(fut)
+                    rec = fut.result()
+                    append_result(path, rec)
+                    prog.finish_run(rec)
+        except BaseException:
+            for fut in running:
+                fut.cancel()
+            raise

@@ -1,0 +1,62 @@
+"""Presets of the zoo sweep: which (T, pairs), vocabulary, widths, learning rates and budgets.
+
+quick     this 2-core CPU, all registered causal mixers in under 10 minutes: one small MQAR
+          setting, one width, one learning rate; the whole sweep has a wall-clock budget that is
+          split evenly over the runs (so each run's steps are set by time, and recorded).
+standard  one GPU in about 6 minutes: two settings, two widths, two learning rates, several runs
+          at once on the GPU (each tiny model leaves it mostly idle).
+paper     Zoology Figure 2 (Arora et al. 2023, arXiv:2312.04927): (T, pairs) = (64,4), (128,8),
+          (256,16), (512,64); vocab 8192; d_model 64..512; lr ∈ logspace(-3, -1.5, 4); hours on a GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ZooPreset:
+    name: str
+    grid: tuple                     # ((seq_len, num_pairs), ...)
+    vocab_size: int
+    d_models: tuple
+    lrs: tuple
+    num_train: int
+    num_test: int
+    batch_size: int
+    steps: int                      # most steps a run takes
+    eval_every: int
+    n_layers: int = 2
+    target_accuracy: float = 0.99
+    weight_decay: float = 0.1
+    warmup_steps: int = 20
+    total_seconds: float | None = None     # wall-clock budget of the whole sweep (None: none)
+    run_seconds: float | None = None       # cap per run (None: none)
+    workers: int = 1                        # runs at once (processes); >1 only pays on a GPU
+    seed: int = 0
+
+
+PRESETS = {
+    "quick": ZooPreset(
+        name="quick", grid=((64, 4),), vocab_size=128, d_models=(64,), lrs=(3e-3,), num_train=20_000,
+        num_test=256, batch_size=64, steps=3000, eval_every=50, total_seconds=480.0, run_seconds=60.0,
+    ),
+    "standard": ZooPreset(
+        name="standard", grid=((64, 4), (128, 8)), vocab_size=2048, d_models=(64, 128), lrs=(1e-3, 3e-3),
+        num_train=50_000, num_test=1000, batch_size=128, steps=4000, eval_every=100,
+        total_seconds=300.0, run_seconds=60.0, workers=8,
+    ),
+    "paper": ZooPreset(
+        name="paper", grid=((64, 4), (128, 8), (256, 16), (512, 64)), vocab_size=8192,
+        d_models=(64, 128, 256, 512), lrs=tuple(float(x) for x in np.logspace(-3, -1.5, 4)),
+        num_train=100_000, num_test=3000, batch_size=256, steps=12_500, eval_every=500, workers=4,
+    ),
+}
+
+
+def get_preset(name: str, **overrides) -> ZooPreset:
+    if name not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
+    return replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,100 @@
+"""The zoo's report: best learning rate per (mixer, d_model, T, pairs), a Markdown leaderboard,
+and a plot of accuracy against state size (log x) and against d_model, one line per mixer."""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+
+from attnzoo.bench.table import human_bytes
+
+
+def best_runs(records: list[dict]) -> list[dict]:
+    """Keep, per (task, mixer, d_model, seq_len, num_pairs), the run with the best accuracy (Zoology)."""
+    best: dict[tuple, dict] = {}
+    for r in records:
+        if r.get("accuracy") is None:
+            continue
+        k = (r["task"], r["mixer"], r["d_model"], r["seq_len"], r["num_pairs"])
+        if k not in best or r["accuracy"] > best[k]["accuracy"]:
+            best[k] = r
+    return list(best.values())
+
+
+def _settings(rows):
+    return sorted({(r["task"], r["seq_len"], r["num_pairs"]) for r in rows})
+
+
+def leaderboard_markdown(records: list[dict]) -> str:
+    rows = best_runs(records)
+    failed = sorted({(r["mixer"], r.get("error", "")) for r in records if r.get("accuracy") is None})
+    machines = sorted({r.get("machine", "") for r in records})
+    lines = ["# attnzoo zoo leaderboard", "",
+             "Best learning rate per (mixer, d_model), as Zoology reports; accuracy on held-out sequences.", "",
+             "Machine: " + "; ".join(machines), ""]
+    for task, T, D in _settings(rows):
+        sub = [r for r in rows if (r["task"], r["seq_len"], r["num_pairs"]) == (task, T, D)]
+        d_models = sorted({r["d_model"] for r in sub})
+        head = f"## {task}, T={T}" + (f", {D} pairs, vocab {sub[0]['vocab_size']}" if task == "mqar" else "")
+        lines += [head, "", "| rank | mixer | " + " | ".join(f"acc d={d} (lr, steps)" for d in d_models)
+                  + f" | state @T={T}, d={d_models[-1]} |", "|---|---|" + "---|" * (len(d_models) + 1)]
+        by_mixer = defaultdict(dict)
+        for r in sub:
+            by_mixer[r["mixer"]][r["d_model"]] = r
+        order = sorted(by_mixer, key=lambda m: (-max(x["accuracy"] for x in by_mixer[m].values()), m))
+        for i, m in enumerate(order, 1):
+            cells = []
+            for d in d_models:
+                r = by_mixer[m].get(d)
+                cells.append("—" if r is None else f"{r['accuracy']:.3f} ({r['lr']:.2g}, {r['steps']})")
+            last = by_mixer[m].get(d_models[-1]) or next(iter(by_mixer[m].values()))
+            lines.append(f"| {i} | `{m}` | " + " | ".join(cells) + f" | {human_bytes(last['state_bytes'])} |")
+        lines.append("")
+    if failed:
+        lines += ["## Runs that failed", ""] + [f"- `{m}`: {e}" for m, e in failed] + [""]
+    return "\n".join(lines)
+
+
+def plot_zoo(records: list[dict], path: str) -> str | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = best_runs(records)
+    settings = _settings(rows)
+    if not settings:
+        return None
+    fig, axes = plt.subplots(len(settings), 2, figsize=(12, 4.2 * len(settings)), squeeze=False)
+    for (task, T, D), (ax_s, ax_d) in zip(settings, axes):
+        sub = [r for r in rows if (r["task"], r["seq_len"], r["num_pairs"]) == (task, T, D)]
+        for m in sorted({r["mixer"] for r in sub}):
+            pts = sorted((r for r in sub if r["mixer"] == m), key=lambda r: r["d_model"])
+            ax_s.plot([r["state_bytes"] for r in pts], [r["accuracy"] for r in pts], "o-", label=m)
+            ax_d.plot([r["d_model"] for r in pts], [r["accuracy"] for r in pts], "o-", label=m)
+        title = f"{task} T={T}" + (f" pairs={D}" if D else "")
+        ax_s.set(xscale="log", xlabel="state per sequence (bytes, log)", ylabel="accuracy", title=title, ylim=(0, 1.02))
+        ax_d.set(xscale="log", xlabel="d_model", ylabel="accuracy", title=title, ylim=(0, 1.02))
+        ax_d.legend(fontsize=7, ncol=2, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(records: list[dict], out: str, *, quiet: bool = False) -> tuple[str, str | None]:
+    md = leaderboard_markdown(records)
+    md_path = os.path.join(out, "leaderboard.md")
+    tmp = md_path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(md + "\n")
+    os.replace(tmp, md_path)
+    png = plot_zoo(records, os.path.join(out, "zoo.png"))
+    if not quiet:
+        from rich.console import Console
+        from rich.markdown import Markdown
+
+        console = Console()
+        console.print(Markdown(md))
+        console.print(f"leaderboard: {md_path}\nplot: {png}")
+    return md_path, png
