@@ -116,15 +116,14 @@ def gla_chunk_bwd(
 
     tab = make_tables(q.shape[0], batch, cu_seqlens, q.device)
     dq, dk, dv, dg, dh0 = bwd(q, k, v, g, do.contiguous(), dht, scale=scale, initial_state=initial_state, tab=tab)
-    empty = q.new_empty(0, dtype=torch.float32)
-    return dq, dk, dv, (dg if dg is not None else empty), (dh0 if dh0 is not None else empty)
+    empty = lambda: q.new_empty(0, dtype=torch.float32)  # noqa: E731 (outputs must not alias)
+    return dq, dk, dv, (dg if dg is not None else empty()), (dh0 if dh0 is not None else empty())
 
 
 @gla_chunk_bwd.register_fake
 def _(q, k, v, g, initial_state, cu_seqlens, batch, scale, do, dht):
-    empty = q.new_empty(0, dtype=torch.float32)
-    dg = torch.empty_like(g, dtype=torch.float32) if g is not None else empty
-    dh0 = torch.empty_like(initial_state) if initial_state is not None else empty
+    dg = torch.empty_like(g, dtype=torch.float32) if g is not None else q.new_empty(0, dtype=torch.float32)
+    dh0 = torch.empty_like(initial_state) if initial_state is not None else q.new_empty(0, dtype=torch.float32)
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dg, dh0
 
 

@@ -102,9 +102,9 @@ def chunk_state_bwd_kernel(
             bT = tl.load(b + t[None, :] * (H * K) + i_h * K + kk[:, None],
                          mask=(kk < K)[:, None] & mt[None, :], other=0.0)
             dS *= tl.exp(bl)[:, None]
-            qT = (qT * scale * tl.exp(bT)).to(dot_.dtype)
+            qT = (qT.to(tl.float32) * scale * tl.exp(bT)).to(dot_.dtype)
         else:
-            qT = (qT * scale).to(dot_.dtype)
+            qT = (qT.to(tl.float32) * scale).to(dot_.dtype)
         dS += tl.dot(qT, dot_)
     if STORE_DH0:
         tl.store(dh0 + n * H * K * V + s_off, dS, mask=mkv)

@@ -1,0 +1,149 @@
+"""Triton gated linear attention against the float64 reference loop, on the CPU through Triton's
+interpreter (TRITON_INTERPRET=1 is set before triton is imported). Shapes are tiny: the interpreter
+is slow. The same checks at real shapes on a GPU live in benchmarks/gpu_gla.py."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+pytest.importorskip("triton")
+
+from attnzoo.ops.linear import gated_linear_attention  # noqa: E402
+from attnzoo.ops.linear.reference import gated_linear_attention_reference as reference  # noqa: E402
+from attnzoo.ops.linear.triton import triton_gated_linear_attention, triton_supported  # noqa: E402
+
+H, K, V = 2, 16, 16
+TOL = {torch.float32: 1e-4, torch.float16: 5e-3}
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def make(B, T, gate, strength, dtype, seed, n_state=None):
+    gen = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
+    q, k, v = r(B, T, H, K).to(dtype), r(B, T, H, K).to(dtype), r(B, T, H, V).to(dtype)
+    u = lambda *s: torch.rand(*s, generator=gen)  # noqa: E731
+    g = {"scalar": -strength * u(B, T, H), "vector": -strength * u(B, T, H, K)}.get(gate)
+    g_gamma = -strength * u(H) if gate == "gamma" else None
+    h0 = r(n_state or B, H, K, V)
+    return q, k, v, g, g_gamma, h0
+
+
+def fwd_bwd(fn, q, k, v, g, g_gamma, h0, do, dS, **kw):
+    ins = [t.detach().clone().requires_grad_(True) if t is not None else None for t in (q, k, v, g, g_gamma, h0)]
+    o, S = fn(ins[0], ins[1], ins[2], ins[3], g_gamma=ins[4], scale=K ** -0.5, initial_state=ins[5],
+              output_final_state=True, **kw)
+    torch.autograd.backward([o, S], [do.to(o.dtype), dS])
+    return o, S, [t.grad if t is not None else None for t in ins]
+
+
+def check_against_reference(B, T, gate, strength, dtype=torch.float32, seed=0):
+    q, k, v, g, g_gamma, h0 = make(B, T, gate, strength, dtype, seed)
+    do, dS = torch.randn(B, T, H, V), torch.randn(B, H, K, V)
+    o, S, grads = fwd_bwd(triton_gated_linear_attention, q, k, v, g, g_gamma, h0, do, dS)
+    d = lambda t: t.double() if t is not None else None  # noqa: E731
+    o_r, S_r, grads_r = fwd_bwd(reference, *map(d, (q, k, v, g, g_gamma, h0)), do.double(), dS.double())
+    tol = TOL[dtype]
+    assert o.dtype == dtype and S.dtype == torch.float32
+    assert rel(o, o_r) < tol and rel(S, S_r) < tol, (rel(o, o_r), rel(S, S_r))
+    for name, a, b in zip(("dq", "dk", "dv", "dg", "dg_gamma", "dh0"), grads, grads_r):
+        if b is not None:
+            assert a is not None and torch.isfinite(a).all(), name
+            assert rel(a, b) < tol, (name, rel(a, b))
+
+
+@pytest.mark.parametrize("gate,T,strength", [
+    (None, 37, 0.0), ("gamma", 65, 1.0), ("scalar", 70, 10.0), ("scalar", 64, 0.0), ("vector", 37, 10.0),
+    ("vector", 70, 0.05),
+])
+def test_chunked_matches_reference_fp32(gate, T, strength):
+    """Forward, final state and every gradient (q, k, v, gates, initial state); odd T, T = C, T > C;
+    strong forgetting (g down to -10 per token) and none (g = 0)."""
+    check_against_reference(B=2 if T < 64 else 1, T=T, gate=gate, strength=strength)
+
+
+@pytest.mark.parametrize("gate", ["scalar", "vector"])
+def test_chunked_half_inputs_fp32_state(gate):
+    """float16 here: Triton 3.6's interpreter multiplies bfloat16 tiles as raw bits in tl.dot, so
+    bfloat16 is checked on the GPU (benchmarks/gpu_gla.py); the kernels treat both alike."""
+    check_against_reference(B=1, T=23, gate=gate, strength=1.0, dtype=torch.float16)
+
+
+@pytest.mark.parametrize("gate", ["scalar", "vector"])
+def test_varlen_matches_sequences_one_by_one(gate):
+    """cu_seqlens packs sequences (lengths 5, 66, 20) into B = 1; each starts from its own initial
+    state and returns its own final state; outputs and gradients equal running them one by one."""
+    lens = [5, 66, 20]
+    cu = torch.tensor([0, 5, 71, 91])
+    q, k, v, g, _, h0 = make(1, sum(lens), gate, 1.0, torch.float32, seed=3, n_state=len(lens))
+    do, dS = torch.randn(1, sum(lens), H, V), torch.randn(len(lens), H, K, V)
+    o, S, grads = fwd_bwd(triton_gated_linear_attention, q, k, v, g, None, h0, do, dS, cu_seqlens=cu)
+    for n, (a, b) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+        part = lambda t: t[:, a:b].double()  # noqa: E731
+        o_r, S_r, gr = fwd_bwd(reference, part(q), part(k), part(v), part(g), None, h0[n:n + 1].double(),
+                               part(do), dS[n:n + 1].double())
+        assert rel(o[:, a:b], o_r) < 1e-4 and rel(S[n:n + 1], S_r) < 1e-4
+        for name, x, y in zip(("dq", "dk", "dv", "dg"), grads[:4], gr[:4]):
+            assert rel(x[:, a:b], y) < 1e-4, (n, name, rel(x[:, a:b], y))
+        assert rel(grads[5][n:n + 1], gr[5]) < 1e-4
+
+
+@pytest.mark.parametrize("gate", [None, "scalar", "vector"])
+def test_recurrent_decode_kernel(gate):
+    """With no gradient and small T the token-by-token kernel runs; it continues a state."""
+    q, k, v, g, _, h0 = make(2, 3, gate, 1.0, torch.float32, seed=5)
+    with torch.no_grad():
+        o, S = triton_gated_linear_attention(q, k, v, g, scale=0.3, initial_state=h0, output_final_state=True)
+    o_r, S_r = reference(q.double(), k.double(), v.double(), g.double() if g is not None else None,
+                         scale=0.3, initial_state=h0.double(), output_final_state=True)
+    assert rel(o, o_r) < 1e-5 and rel(S, S_r) < 1e-5
+
+
+def test_auto_and_explicit_dispatch():
+    q, k, v, g, _, _ = make(1, 9, "scalar", 1.0, torch.float32, seed=6)
+    o_t, _ = gated_linear_attention(q, k, v, g, impl="triton")
+    o_a, _ = gated_linear_attention(q, k, v, g, impl="auto")  # CPU tensors: the torch path
+    assert rel(o_t, o_a) < 1e-5
+    assert triton_supported(q, k, v, g) and not triton_supported(q.double(), k.double(), v.double(), g)
+
+
+def test_bad_inputs_raise():
+    q, k, v, g, _, h0 = make(2, 9, "scalar", 1.0, torch.float32, seed=7)
+    with pytest.raises(ValueError, match="dtype"):
+        triton_gated_linear_attention(q.double(), k.double(), v.double(), g, scale=1.0)
+    big = torch.randn(1, 4, 1, 300)
+    with pytest.raises(ValueError, match="head dims"):
+        triton_gated_linear_attention(big, big, big[..., :16], None, scale=1.0)
+    with pytest.raises(ValueError, match="B == 1"):
+        triton_gated_linear_attention(q, k, v, g, scale=1.0, cu_seqlens=torch.tensor([0, 4, 9]))
+    with pytest.raises(ValueError, match="initial_state"):
+        triton_gated_linear_attention(q[:1], k[:1], v[:1], g[:1], scale=1.0, initial_state=h0,
+                                      cu_seqlens=torch.tensor([0, 2, 5, 9]))
+
+
+def test_custom_op_under_torch_compile():
+    """The chunked pass is a torch.library custom op: a fullgraph compile keeps it as one node and
+    gives the eager values and gradients."""
+    q, k, v, g, _, h0 = make(1, 20, "vector", 1.0, torch.float32, seed=8)
+
+    def loss(q, k, v, g, h0):
+        o, S = triton_gated_linear_attention(q, k, v, g, scale=0.25, initial_state=h0, output_final_state=True)
+        return (o * o).sum() + S.sum()
+
+    ins = [t.clone().requires_grad_(True) for t in (q, k, v, g, h0)]
+    eager = loss(*ins)
+    ge = torch.autograd.grad(eager, ins)
+    compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)
+    out = compiled(*ins)
+    gc = torch.autograd.grad(out, ins)
+    assert rel(out, eager) < 1e-6
+    for a, b in zip(gc, ge):
+        assert rel(a, b) < 1e-6
