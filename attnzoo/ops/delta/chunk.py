@@ -61,18 +61,23 @@ def chunk_delta_rule(
     vc = _to_chunks(v, ct, N, C)
     bc = _to_chunks(beta, ct, N, C)  # [B, H, N, C]
     lower = torch.ones(C, C, dtype=torch.bool, device=dev).tril()
+    strict = lower.tril(-1)
 
     if g is None:
         D = lower.to(ct)
         k_beta = kc * bc[..., None]
         q_dec, k_dec, chunk_decay = qc, kc, None
     else:
-        b = _to_chunks(g, ct, N, C).cumsum(-1)  # [B, H, N, C], <= 0, relative to the chunk start
-        D = torch.exp((b[..., :, None] - b[..., None, :]).masked_fill(~lower, float("-inf")))
+        gc = _to_chunks(g, ct, N, C)  # [B, H, N, C]
+        b = gc.cumsum(-1)  # <= 0, relative to the chunk start
+        # seg[i, j] = b_i - b_j = sum of g over (j, i], summed directly rather than subtracted, so
+        # no cancellation: the gate gradients stay accurate under strong forgetting in fp32.
+        seg = gc[..., :, None].expand(*gc.shape, C).masked_fill(~strict, 0.0).cumsum(-2)
+        D = torch.exp(seg.masked_fill(~lower, float("-inf")))
         eb = torch.exp(b)
         k_beta = kc * (bc * eb)[..., None]
         q_dec = qc * eb[..., None]
-        k_dec = kc * torch.exp(b[..., -1:] - b)[..., None]
+        k_dec = kc * torch.exp(seg[..., -1, :])[..., None]  # exp(b_c - b_j)
         chunk_decay = eb[..., -1]  # [B, H, N]
 
     # UT transform: (I + A) [W U] = [diag(β) (K ⊙ e^b), diag(β) V], a unit-lower-triangular solve.
