@@ -28,10 +28,11 @@ over chunks (T / C steps, not T). Every exponent is <= 0 as computed, so nothing
 strongly the gate forgets:
 - scalar gate: A = (Q Kᵀ) ⊙ exp(b_i − b_j), the exponent masked to −inf above the diagonal
   *before* exp;
-- vector gate: sub-chunks of s <= 16 tokens. Diagonal s x s blocks are pairwise per channel;
-  the block of sub-chunk I against all earlier keys is factorised around the reference row
-  r = the last token before sub-chunk I, as (q_i ⊙ e^{b_i − b_r}) · (k_j ⊙ e^{b_r − b_j}),
-  where both exponents are <= 0 because j <= r < i.
+- vector gate: nested sub-chunks (C -> 16 -> 4 tokens). At each level, queries of sub-chunk I
+  meet the keys of the earlier sub-chunks of the same parent block through the reference row
+  r = the last token before sub-chunk I, as (q_i ⊙ e^{b_i − b_r}) · (k_j ⊙ e^{b_r − b_j}), a
+  matrix product in which both exponents are <= 0 because j <= r < i; only the 4 x 4 diagonal
+  blocks are pairwise per channel (the exponent masked before exp).
 Arithmetic is in float32 for bf16/fp16/fp32 inputs and float64 for float64 inputs.
 """
 
@@ -43,7 +44,9 @@ import torch.nn.functional as F
 from attnzoo.ops.linear.api import check_gla_inputs
 from attnzoo.ops.linear.reference import compute_dtype
 
-SUB_CHUNK = 16  # longest sub-chunk of a vector gate (pairwise diagonal blocks cost s·K per token)
+SUB_CHUNK = 16  # chunks shorter than this are not padded
+# nested sub-chunk lengths of a vector gate; the last one's diagonal blocks are pairwise (cost s·K per token)
+SUB_CHUNKS = (16, 4)
 
 
 def _largest_divisor_at_most(n: int, cap: int) -> int:
@@ -82,38 +85,54 @@ def _to_chunks(x, N: int, C: int):
     pad = N * C - x.shape[2]
     if pad:
         x = F.pad(x, (0, 0) * (x.dim() - 3) + (0, pad))
-    return x.reshape(*x.shape[:2], N, C, *x.shape[3:])
+    return x.reshape(*x.shape[:2], N, C, *x.shape[3:]).contiguous()  # strided batches make bmm slow
 
 
 def _causal(n: int, device) -> torch.Tensor:
     return torch.ones(n, n, dtype=torch.bool, device=device).tril()
 
 
-def _vector_gate_intra(q, k, v, b, sub: int):
-    """Σ_{j<=i} A_ij v_j inside each chunk for a vector gate. q, k, b [..., C, K]; v [..., C, V]."""
+def _earlier_subchunks(q, k, v, b, sub: int):
+    """Inside blocks of P tokens (q, k, b [..., P, K]; v [..., P, V]): the part of Σ_{j<=i} A_ij v_j
+    from keys j in earlier sub-chunks (of `sub` tokens) than query i, factorised around the
+    reference row r = the last token before i's sub-chunk: (q_i ⊙ e^{b_i − b_r})·(k_j ⊙ e^{b_r − b_j}).
+    Both exponents are <= 0 since j <= r < i. Returns [..., P, V]."""
+    *lead, P, K = q.shape
+    nS = P // sub
+    qs, bs = (x.reshape(*lead, nS, sub, K) for x in (q, b))
+    b_ref = bs[..., :-1, -1, :]  # [..., nS-1, K]: reference rows of sub-chunks 1..nS-1
+    q_ref = qs[..., 1:, :, :] * (bs[..., 1:, :, :] - b_ref[..., None, :]).exp()  # [..., nS-1, sub, K]
+    n_keys = P - sub
+    j = torch.arange(n_keys, device=q.device)
+    before = j[None, :] < (torch.arange(1, nS, device=q.device) * sub)[:, None]  # [nS-1, n_keys]
+    expo = (b_ref[..., :, None, :] - b[..., None, :n_keys, :]).masked_fill(~before[..., None], float("-inf"))
+    k_ref = k[..., None, :n_keys, :] * expo.exp()  # [..., nS-1, n_keys, K]
+    A = (q_ref @ k_ref.transpose(-1, -2)).reshape(*lead, n_keys, n_keys)  # rows: queries sub..P-1
+    return F.pad(A @ v[..., :n_keys, :], (0, 0, sub, 0))
+
+
+def _vector_gate_intra(q, k, v, b):
+    """Σ_{j<=i} A_ij v_j inside each chunk for a vector gate. q, k, b [..., C, K]; v [..., C, V].
+
+    Nested sub-chunks (C -> <=16 -> <=4 tokens): each level adds the earlier sub-chunks of its
+    parent block through the reference-row factorisation; the smallest diagonal blocks are
+    pairwise per channel (exponent b_i − b_j, i >= j, masked before exp)."""
     *lead, C, K = q.shape
     V = v.shape[-1]
-    nS = C // sub
-    qs, ks, bs = (x.reshape(*lead, nS, sub, K) for x in (q, k, b))
-    vs = v.reshape(*lead, nS, sub, V)
-    # diagonal sub-blocks, pairwise per channel: exponent b_i − b_j (i >= j) masked before exp
-    tri = _causal(sub, q.device)[..., None]
+    sizes = [C]
+    for cap in SUB_CHUNKS:
+        sizes.append(_largest_divisor_at_most(sizes[-1], cap))
+    s = sizes[-1]
+    qs, ks, bs = (x.reshape(*lead, C // s, s, K) for x in (q, k, b))
+    tri = _causal(s, q.device)[..., None]
     decay = (bs[..., :, None, :] - bs[..., None, :, :]).masked_fill(~tri, float("-inf")).exp()
-    A_diag = (qs[..., :, None, :] * ks[..., None, :, :] * decay).sum(-1)  # [..., nS, s, s]
-    o = (A_diag @ vs).reshape(*lead, C, V)
-    if nS == 1:
-        return o
-    # sub-chunk I >= 1 against keys j < I·s, factorised around r = I·s − 1
-    b_ref = bs[..., :-1, -1, :]  # [..., nS-1, K]
-    q_ref = qs[..., 1:, :, :] * (bs[..., 1:, :, :] - b_ref[..., None, :]).exp()  # [..., nS-1, s, K]
-    n_keys = C - sub
-    j = torch.arange(n_keys, device=q.device)
-    before = j[None, :] < (torch.arange(1, nS, device=q.device) * sub)[:, None]  # [nS-1, C-s]
-    expo = (b_ref[..., :, None, :] - b[..., None, :n_keys, :]).masked_fill(~before[..., None], float("-inf"))
-    k_ref = k[..., None, :n_keys, :] * expo.exp()  # [..., nS-1, C-s, K]
-    A_off = q_ref @ k_ref.transpose(-1, -2)  # [..., nS-1, s, C-s]
-    o_off = (A_off @ v[..., None, :n_keys, :]).reshape(*lead, C - sub, V)
-    return o + F.pad(o_off, (0, 0, sub, 0))
+    A_diag = (qs[..., :, None, :] * ks[..., None, :, :] * decay).sum(-1)  # [..., C/s, s, s]
+    o = (A_diag @ v.reshape(*lead, C // s, s, V)).reshape(*lead, C, V)
+    for parent, sub in zip(sizes[:-1], sizes[1:]):
+        if parent > sub:
+            blocks = [x.reshape(*lead, C // parent, parent, x.shape[-1]) for x in (q, k, v, b)]
+            o = o + _earlier_subchunks(*blocks, sub).reshape(*lead, C, V)
+    return o
 
 
 def chunk_gated_linear_attention(
@@ -145,7 +164,7 @@ def chunk_gated_linear_attention(
         chunk_decay = b[..., -1].exp()[..., None, None]  # [B, H, N, 1, 1]
     else:  # vector gate per key channel
         b = _to_chunks(gate, N, C).cumsum(-2)  # [B, H, N, C, K]
-        o = _vector_gate_intra(qc, kc, vc, b, _largest_divisor_at_most(C, SUB_CHUNK))
+        o = _vector_gate_intra(qc, kc, vc, b)
         k_out = kc * (b[..., -1:, :] - b).exp()
         q_in = qc * b.exp()
         chunk_decay = b[..., -1, :].exp()[..., None]  # [B, H, N, K, 1]
@@ -153,9 +172,11 @@ def chunk_gated_linear_attention(
     S_local = k_out.transpose(-1, -2) @ vc  # [B, H, N, K, V]: each chunk's own contribution
     S = torch.zeros(B, H, K, V, dtype=ct, device=q.device) if initial_state is None else initial_state.to(ct)
     entering = []
-    for n in range(N):
+    # unbind, not indexing: the backward of N index ops would allocate N full-size zero tensors
+    decays = [None] * N if chunk_decay is None else chunk_decay.unbind(2)
+    for S_n, decay_n in zip(S_local.unbind(2), decays):
         entering.append(S)
-        S = (S if chunk_decay is None else chunk_decay[:, :, n] * S) + S_local[:, :, n]
+        S = (S if decay_n is None else decay_n * S) + S_n
     o = o + q_in @ torch.stack(entering, 2)
     o = o.reshape(B, H, N * C, V)[:, :, :T].transpose(1, 2).contiguous().to(q.dtype)
     return o, (S if output_final_state else None)
