@@ -157,3 +157,91 @@ def test_moh_gates_follow_the_formula_and_balance_loss():
         attnzoo.build("moh", d_model=D, n_heads=4, n_shared_heads=1, top_k=4)
     with pytest.raises(ValueError, match="n_shared_heads"):
         attnzoo.build("moh", d_model=D, n_heads=4, n_shared_heads=0)
+
+
+# ---------------------------------------------------------------- routing
+def _dense(m, x, causal):
+    from attnzoo.mixers.layers import apply_rope
+    from attnzoo.ops.softmax import softmax_attention
+
+    q, k, v = m.qkv(x)
+    pos = torch.arange(x.shape[1]).expand(x.shape[0], -1)
+    q, k = apply_rope(q, pos), apply_rope(k, pos)
+    o = softmax_attention(q, k, v, causal=causal, impl="reference")
+    return m.o_proj(o.reshape(*x.shape[:2], -1))
+
+
+@pytest.mark.parametrize("name,causal", [("routing", True), ("routing_balanced", False)])
+def test_routing_with_one_cluster_and_window_T_equals_dense_attention(name, causal):
+    T = 17
+    m = build(name, n_heads=4, n_clusters=1, window=T, n_local_heads=0)
+    x = rand(2, T, D, seed=11)
+    with torch.no_grad():
+        assert torch.allclose(m(x), _dense(m, x, causal), atol=1e-10)
+        m2 = build(name, n_heads=4, n_clusters=1, window=T, n_local_heads=2)  # local heads, window T: dense too
+        assert torch.allclose(m2(x), _dense(m2, x, causal), atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["routing", "routing_balanced"])
+@pytest.mark.parametrize("share_qk", [True, False])
+def test_routing_torch_path_matches_reference(name, share_qk):
+    m = build(name, n_heads=4, n_clusters=3, window=5, n_local_heads=1, share_qk=share_qk)
+    x = rand(2, 23, D, seed=12)
+    mask = torch.ones(2, 23, dtype=torch.bool)
+    mask[1, :4] = False
+    with torch.no_grad():
+        y = m(x, mask=mask)
+        m.impl = "reference"
+        y_ref = m(x, mask=mask)
+    assert torch.allclose(y[mask], y_ref[mask], atol=1e-10)
+
+
+def test_routing_causal_attends_only_within_its_cluster():
+    m = build("routing", n_heads=1, n_clusters=4, window=1, n_local_heads=0)  # one routing head
+
+    def ids_of(x):
+        return torch.einsum("bthd,hcd->bthc", m.qkv(x)[0], m.centroids).argmax(-1)[0, :, 0]
+
+    x = rand(1, 30, D, seed=13)
+    ids, t = ids_of(x), 29
+    others = (ids != ids[t]).nonzero().squeeze(1)
+    same = (ids[:t] == ids[t]).nonzero().squeeze(1)
+    assert len(others) > 0 and len(same) > 0
+    with torch.no_grad():
+        y = m(x)[0, t]
+        x2 = x.clone()
+        x2[0, others] += 0.01 * rand(len(others), D, seed=14)  # small: cluster ids stay put
+        assert torch.equal(ids, ids_of(x2))
+        assert torch.allclose(m(x2)[0, t], y, atol=1e-12)  # other clusters are invisible
+        x3 = x.clone()
+        x3[0, same[0]] += 0.01 * rand(D, seed=15)
+        assert not torch.allclose(m(x3)[0, t], y, atol=1e-9)  # an earlier token of its cluster is seen
+
+
+def test_routing_centroids_move_toward_clustered_data_in_training_only():
+    torch.manual_seed(0)
+    m = attnzoo.build("routing", d_model=D, n_heads=2, n_clusters=3, window=4, n_local_heads=0,
+                      kmeans_decay=0.9).train()
+    centers = rand(3, D, seed=16) * 3
+    def batch(seed):
+        lab = torch.randint(0, 3, (4, 32), generator=torch.Generator().manual_seed(seed))
+        return (centers[lab] + 0.1 * rand(4, 32, D, seed=seed + 1)).float()
+
+    def spread():  # mean distance from each data point's normalized query to its nearest centroid
+        with torch.no_grad():
+            q = m.qkv(batch(999))[0]  # [B, T, H, hd], both heads route
+            d = [torch.cdist(q[:, :, h].reshape(-1, q.shape[-1]), m.centroids[h]) for h in range(2)]
+            return sum(dh.min(-1).values.mean().item() for dh in d) / 2
+
+    before = spread()
+    mu0 = m.centroids.clone()
+    m.eval()
+    with torch.no_grad():
+        m(batch(0))
+    assert torch.equal(m.centroids, mu0), "eval forwards must not move the centroids"
+    m.train()
+    for s in range(40):
+        y = m(batch(s))
+        assert m.aux_loss is not None and m.aux_loss.item() > 0
+    assert spread() < 0.5 * before
+    assert not any(b.requires_grad for b in m.buffers())
