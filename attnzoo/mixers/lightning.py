@@ -67,8 +67,11 @@ class LightningAttention(Mixer):
         self.qkvu_proj = nn.Linear(d_model, 4 * width, bias=False)
         self.o_proj = nn.Linear(width, d_model, bias=False)
         self.norm = RMSNorm(width, eps=1e-6, elementwise_affine=False)
-        self.register_buffer(
-            "log_decay", lightning_log_decays(n_heads, layer_idx, n_layers).float(), persistent=False)
+
+    @property
+    def log_decay(self) -> torch.Tensor:
+        """log lambda_h [H] in float64 (cast where used, so float64 runs keep full precision)."""
+        return lightning_log_decays(self.n_heads, self.layer_idx, self.n_layers)
 
     def decays(self) -> torch.Tensor:
         return torch.exp(self.log_decay)
@@ -82,7 +85,7 @@ class LightningAttention(Mixer):
         q, k, v, u = self.qkvu_proj(x).view(B, T, H, 4 * D).chunk(4, -1)
         q, k = F.silu(q), mask_steps(F.silu(k), mask)
         v = mask_steps(v, mask)
-        log_decay = self.log_decay.to(x.dtype)
+        log_decay = self.log_decay.to(device=x.device, dtype=x.dtype)
         if mask is None:
             g, g_gamma = None, log_decay
         else:

@@ -65,10 +65,13 @@ class RetNet(Mixer):
         self.g_proj = nn.Linear(d_model, hv, bias=False)
         self.o_proj = nn.Linear(hv, d_model, bias=False)
         self.group_norm = HeadNorm(n_heads, self.v_dim, kind="layer")
-        self.register_buffer("log_gamma", torch.log(retnet_decays(n_heads)).float(), persistent=False)
+
+    def log_decays(self, dtype=torch.float64, device=None) -> torch.Tensor:
+        """log gamma_h [H], computed in float64 (a float32 buffer would cost float64 runs precision)."""
+        return torch.log(retnet_decays(self.n_heads)).to(device=device, dtype=dtype)
 
     def decays(self) -> torch.Tensor:
-        return torch.exp(self.log_gamma)
+        return retnet_decays(self.n_heads)
 
     def check_state(self, state):
         check_recurrent_state(state, (self.n_heads, self.head_dim, self.v_dim))
@@ -86,7 +89,7 @@ class RetNet(Mixer):
             pos = token_positions(mask, B, T, seen, x.device)
             q, k = apply_rope(q, pos, self.rope_theta), apply_rope(k, pos, self.rope_theta)
         k = mask_steps(k, mask)
-        log_gamma = self.log_gamma.to(x.dtype)
+        log_gamma = self.log_decays(x.dtype, x.device)
         if mask is None:
             g, g_gamma = None, log_gamma
         else:
