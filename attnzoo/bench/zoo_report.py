@@ -75,7 +75,7 @@ def plot_zoo(records: list[dict], path: str) -> str | None:
         title = f"{task} T={T}" + (f" pairs={D}" if D else "")
         ax_s.set(xscale="log", xlabel="state per sequence (bytes, log)", ylabel="accuracy", title=title, ylim=(0, 1.02))
         ax_d.set(xscale="log", xlabel="d_model", ylabel="accuracy", title=title, ylim=(0, 1.02))
-        ax_d.legend(fontsize=7, ncol=2, loc="lower right")
+        ax_d.legend(fontsize=7, bbox_to_anchor=(1.02, 1.0), loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -64,12 +64,13 @@ class LAMB(torch.optim.Optimizer):
                     continue
                 if p.grad.is_sparse:
                     raise ValueError("LAMB does not support sparse gradients")
-                g = p.grad.float()
+                dt = torch.promote_types(p.dtype, torch.float32)    # bf16/fp16 params: fp32 moments
+                g = p.grad.to(dt)
                 st = self.state[p]
                 if not st:
                     st["step"] = 0
-                    st["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
-                    st["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
+                    st["exp_avg"] = torch.zeros_like(p, dtype=dt)
+                    st["exp_avg_sq"] = torch.zeros_like(p, dtype=dt)
                 st["step"] += 1
                 t = st["step"]
                 m, v = st["exp_avg"], st["exp_avg_sq"]
@@ -77,7 +78,7 @@ class LAMB(torch.optim.Optimizer):
                 v.mul_(b2).addcmul_(g, g, value=1 - b2)
                 m_hat = m / (1 - b1 ** t)
                 v_hat = v / (1 - b2 ** t)
-                w = p.float()
+                w = p.to(dt)
                 u = m_hat / (v_hat.sqrt() + group["eps"])
                 if group["weight_decay"]:
                     u = u + group["weight_decay"] * w
