@@ -39,6 +39,13 @@ def cmd_zoo(args):
             device=args.device, resume=args.resume, workers=args.workers, threads=args.threads)
 
 
+def cmd_bench_ops(args):
+    from attnzoo.bench.ops_cpu import run_ops_bench
+
+    run_ops_bench(seq_lens=args.seq_lens, ops=args.ops, repeats=args.repeats, ref_max_t=args.ref_max_t,
+                  threads=args.threads, out=args.out)
+
+
 def _floats(text):
     return tuple(float(v) for v in text.split(","))
 
@@ -78,6 +85,18 @@ def build_parser() -> argparse.ArgumentParser:
     pz.add_argument("--workers", type=int, help="runs at once (default: preset's on CUDA, 1 on CPU)")
     pz.add_argument("--threads", type=int, help="torch CPU threads per run")
     pz.set_defaults(func=cmd_zoo)
+
+    pb = sub.add_parser("bench", help="speed benches")
+    bsub = pb.add_subparsers(dest="bench", required=True)
+    pbo = bsub.add_parser("ops", help="CPU: reference loop vs torch chunked GLA and gated delta rule")
+    pbo.add_argument("--seq-lens", type=_ints, default=(512, 2048, 8192))
+    pbo.add_argument("--ops", type=lambda s: tuple(s.split(",")),
+                     default=("gla_vector_gate", "gla_scalar_gate", "gated_delta_rule"))
+    pbo.add_argument("--repeats", type=int, default=3, help="runs of the torch path (fastest kept); reference once")
+    pbo.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own)")
+    pbo.add_argument("--ref-max-t", type=int, default=2048, help="largest T at which to run the reference")
+    pbo.add_argument("--out", default="benchmarks/results/ops_cpu.jsonl", help="JSON lines appended here")
+    pbo.set_defaults(func=cmd_bench_ops)
     return p
 
 
