@@ -1,0 +1,254 @@
+"""`attnzoo bench speed`: time and memory of the linear-attention ops against SDPA and fla.
+
+Providers (one name each in the results):
+  attnzoo_scalar  gated_linear_attention, scalar gate g [B, T, H]      (impl="triton")
+  attnzoo_vector  gated_linear_attention, vector gate g [B, T, H, K]   (impl="triton")
+  sdpa_flash / sdpa_cudnn / sdpa_efficient   F.scaled_dot_product_attention(is_causal=True) under
+                  torch.nn.attention.sdpa_kernel with that one backend (skipped if it refuses)
+  fla_simple_gla / fla_gla   fla.ops chunk_simple_gla / chunk_gla, when fla is importable
+                  (fla's Hopper guard on the gated backward, Triton < 3.7.1, is lifted for
+                  chunk_simple_gla: its timing only, its gradients are not trusted there)
+Modes: fwd, fwdbwd, decode (one new token against a context of T: our recurrent kernel with a
+state; SDPA with a KV cache of length T). Times are triton.testing.do_bench medians after warm-up,
+on random inputs. FLOPs: SDPA causal fwd 2·B·H·T²·D (half of 4·B·H·T²·D), fwd+bwd 3.5 x fwd;
+chunked GLA fwd B·H·T·(4·K·V + 2·C·(K + V)) with C = 64, fwd+bwd 3.5 x fwd (a model, stated so).
+Results: JSON lines (first a machine line), a Markdown table with ratios per shape, a PNG plot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+DEFAULT_T = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
+PROVIDERS = ("attnzoo_scalar", "attnzoo_vector", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient",
+             "fla_simple_gla", "fla_gla")
+MODES = ("fwd", "fwdbwd", "decode")
+
+
+@dataclass
+class Shape:
+    B: int
+    T: int
+    H: int = 16
+    D: int = 128
+
+
+def default_shapes(tokens=16384, H=16, D=128, Ts=DEFAULT_T):
+    return [Shape(B=max(1, tokens // T), T=T, H=H, D=D) for T in Ts]
+
+
+def parse_shapes(text: str, H=16, D=128, tokens=16384):
+    """'1024,8192x2' -> T=1024 with B = tokens // T, T=8192 with B=2."""
+    shapes = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        T, _, B = item.partition("x")
+        if not T.isdigit() or (B and not B.isdigit()):
+            raise ValueError(f"--shapes items must be T or TxB (integers), got {item!r}")
+        T = int(T)
+        shapes.append(Shape(B=int(B) if B else max(1, tokens // T), T=T, H=H, D=D))
+    return shapes
+
+
+def machine_line():
+    import triton
+
+    p = torch.cuda.get_device_properties(0)
+    try:
+        import subprocess
+        drv = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20).stdout.strip()
+    except Exception:
+        drv = "unknown"
+    return {"machine": {"gpu": p.name, "sms": p.multi_processor_count, "driver": drv, "torch": torch.__version__,
+                        "triton": triton.__version__, "cuda": torch.version.cuda,
+                        "cudnn": torch.backends.cudnn.version()}}
+
+
+def gla_flops(s: Shape, mode):
+    f = s.B * s.H * s.T * (4 * s.D * s.D + 2 * 64 * 2 * s.D)
+    return {"fwd": f, "fwdbwd": 3.5 * f}.get(mode)
+
+
+def sdpa_flops(s: Shape, mode):
+    f = 2 * s.B * s.H * s.T * s.T * s.D
+    return {"fwd": f, "fwdbwd": 3.5 * f, "decode": 4 * s.B * s.H * s.T * s.D}.get(mode)
+
+
+def fla_module():
+    try:
+        import fla.ops.common.chunk_o as chunk_o
+        from fla.ops.gla import chunk_gla
+        from fla.ops.simple_gla import chunk_simple_gla
+    except Exception:
+        return None
+    chunk_o.TRITON_ABOVE_3_7_1 = True  # lift the Hopper guard: speed only
+    return {"fla_simple_gla": chunk_simple_gla, "fla_gla": chunk_gla}
+
+
+def make_call(provider, s: Shape, mode, dtype=torch.bfloat16, fla=None):
+    """Returns (fn, flops) or None when the provider cannot run this case."""
+    import torch.nn.functional as F
+
+    dev = "cuda"
+    B, T, H, D = s.B, s.T, s.H, s.D
+    rg = mode == "fwdbwd"
+    rnd = lambda *shape: torch.randn(*shape, device=dev, dtype=dtype).requires_grad_(rg)  # noqa: E731
+    if provider.startswith("sdpa_"):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        backend = {"sdpa_flash": SDPBackend.FLASH_ATTENTION, "sdpa_cudnn": SDPBackend.CUDNN_ATTENTION,
+                   "sdpa_efficient": SDPBackend.EFFICIENT_ATTENTION}[provider]
+        if mode == "decode":
+            q, k, v = rnd(B, H, 1, D), rnd(B, H, T, D), rnd(B, H, T, D)
+            causal = False
+        else:
+            q, k, v = rnd(B, H, T, D), rnd(B, H, T, D), rnd(B, H, T, D)
+            causal = True
+        do = torch.randn_like(q)
+
+        def fn():
+            with sdpa_kernel(backend):
+                o = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+            if rg:
+                torch.autograd.grad(o, (q, k, v), do)
+        return fn, sdpa_flops(s, mode)
+    vector = provider in ("attnzoo_vector", "fla_gla")
+    if mode == "decode":
+        if not provider.startswith("attnzoo"):
+            return None
+        from attnzoo.ops.linear import gated_linear_attention
+
+        q, k, v = rnd(B, 1, H, D), rnd(B, 1, H, D), rnd(B, 1, H, D)
+        g = -torch.rand(B, 1, H, *((D,) if vector else ()), device=dev) * 0.1
+        S = torch.randn(B, H, D, D, device=dev)
+        return (lambda: gated_linear_attention(q, k, v, g, initial_state=S, output_final_state=True,
+                                               impl="triton")), 4 * B * H * D * D
+    q, k, v = rnd(B, T, H, D), rnd(B, T, H, D), rnd(B, T, H, D)
+    g = torch.nn.functional.logsigmoid(torch.randn(B, T, H, *((D,) if vector else ()), device=dev)) / 16
+    g.requires_grad_(rg)
+    do = torch.randn_like(v)
+    if provider.startswith("attnzoo"):
+        from attnzoo.ops.linear import gated_linear_attention
+        op = lambda: gated_linear_attention(q, k, v, g, impl="triton")[0]  # noqa: E731
+    else:
+        if fla is None:
+            return None
+        f = fla[provider]
+        op = lambda: f(q, k, v, g, scale=D ** -0.5)[0]  # noqa: E731
+
+    def fn():
+        o = op()
+        if rg:
+            torch.autograd.grad(o, (q, k, v, g), do)
+    return fn, gla_flops(s, mode)
+
+
+def measure(provider, s, mode, fla=None):
+    import triton
+
+    rec = {"provider": provider, "mode": mode, **asdict(s)}
+    try:
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated()
+        call = make_call(provider, s, mode, fla=fla)
+        if call is None:
+            return None
+        fn, flops = call
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        rec["first_call_s"] = time.perf_counter() - t0
+        torch.cuda.reset_peak_memory_stats()
+        inputs = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        rec["peak_mb"] = (torch.cuda.max_memory_allocated() - inputs) / 2**20
+        rec["inputs_mb"] = (inputs - base) / 2**20
+        ms = triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+        rec["ms"] = ms
+        rec["tflops"] = flops / ms / 1e9 if flops else None
+        rec["tokens_per_s"] = (s.B if mode == "decode" else s.B * s.T) / ms * 1e3
+    except Exception as e:  # a backend that refuses this shape is recorded, not fatal
+        rec["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+    return rec
+
+
+def markdown(records):
+    rows = {}
+    for r in records:
+        if "ms" in r:
+            rows.setdefault((r["mode"], r["T"], r["B"]), {})[r["provider"]] = r
+    provs = [p for p in PROVIDERS if any(p in v for v in rows.values())]
+    head = "| mode | T | B | " + " | ".join(f"{p} ms" for p in provs) + " | scalar/fla | vector/fla | scalar/best SDPA | vector/best SDPA |"
+    lines = [head, "|" + "---|" * (3 + len(provs) + 4)]
+    for (mode, T, B), v in sorted(rows.items()):
+        sd = [v[p]["ms"] for p in v if p.startswith("sdpa_")]
+        best = min(sd) if sd else None
+        ratio = lambda a, b: f"{v[a]['ms'] / b:.2f}" if a in v and b else "-"  # noqa: E731
+        fs = v["fla_simple_gla"]["ms"] if "fla_simple_gla" in v else None
+        fv = v["fla_gla"]["ms"] if "fla_gla" in v else None
+        cells = [f"{v[p]['ms']:.3f}" if p in v else "-" for p in provs]
+        lines.append(f"| {mode} | {T} | {B} | " + " | ".join(cells) + f" | {ratio('attnzoo_scalar', fs)} | "
+                     f"{ratio('attnzoo_vector', fv)} | {ratio('attnzoo_scalar', best)} | {ratio('attnzoo_vector', best)} |")
+    return "\n".join(lines) + "\n\nRatios are time(ours) / time(baseline): below 1 means ours is faster.\n"
+
+
+def plot(records, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = sorted({r["mode"] for r in records if "ms" in r})
+    fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 4.5), squeeze=False)
+    for ax, mode in zip(axes[0], modes):
+        for p in PROVIDERS:
+            pts = sorted((r["T"], r["ms"]) for r in records if r.get("provider") == p and r["mode"] == mode and "ms" in r)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=p)
+        ax.set(xscale="log", yscale="log", xlabel="T (B·T fixed where B >= 1)", ylabel="ms", title=mode)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def run_speed(shapes, out_dir, providers=PROVIDERS, modes=("fwd", "fwdbwd"), progress=print):
+    if not torch.cuda.is_available():
+        raise ValueError("bench speed needs a CUDA GPU (torch.cuda.is_available() is False)")
+    bad = [p for p in providers if p not in PROVIDERS] + [m for m in modes if m not in MODES]
+    if bad:
+        raise ValueError(f"unknown providers/modes {bad}; providers: {PROVIDERS}, modes: {MODES}")
+    os.makedirs(out_dir, exist_ok=True)
+    jl = os.path.join(out_dir, "speed.jsonl")
+    fla = fla_module() if any(p.startswith("fla_") for p in providers) else None
+    records = []
+    with open(jl, "a") as f:
+        f.write(json.dumps(machine_line()) + "\n")
+        for mode in modes:
+            for s in shapes:
+                for p in providers:
+                    if p.startswith("fla_") and fla is None:
+                        continue
+                    rec = measure(p, s, mode, fla=fla)
+                    if rec is None:
+                        continue
+                    records.append(rec)
+                    f.write(json.dumps(rec) + "\n")
+                    f.flush()
+                    progress(f"{mode:7s} T={s.T:6d} B={s.B:3d} {p:16s} "
+                             + (f"{rec['ms']:9.3f} ms  peak {rec['peak_mb']:8.1f} MB" if "ms" in rec else rec["error"]))
+    md = markdown(records)
+    with open(os.path.join(out_dir, "speed.md"), "w") as f:
+        f.write(md)
+    plot(records, os.path.join(out_dir, "speed.png"))
+    return records, md
+

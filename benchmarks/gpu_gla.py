@@ -1,0 +1,168 @@
+"""One GPU call: correctness of the Triton GLA kernels at real shapes, the two ceilings, and the
+speed bench (attnzoo.bench.speed). Run on the GPU machine:
+
+    python benchmarks/gpu_gla.py --out $OUT [--shapes 1024,8192] [--providers ...] [--skip-checks]
+
+Checks (against the float64 reference loop on the GPU; relative error ‖x − ref‖ / ‖ref‖; tolerances:
+bf16 inputs 2e-2, fp32 inputs 5e-3 (tf32 dots)): forward, final state and every gradient for no
+gate, g_gamma, scalar and vector gates, T up to 16k, D 64 and 128, strong gates, an initial state;
+varlen against sequences one by one; the decode kernel; torch.compile (inductor) fwd+bwd.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from attnzoo.ops.linear.reference import gated_linear_attention_reference as reference  # noqa: E402
+from attnzoo.ops.linear.triton import triton_gated_linear_attention as tri  # noqa: E402
+
+TOL = {torch.bfloat16: 2e-2, torch.float16: 1e-2, torch.float32: 5e-3}
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def inputs(B, T, H, D, gate, dtype, strength, n_state=None, seed=0):
+    torch.manual_seed(seed)
+    dev = "cuda"
+    q, k, v = (torch.randn(B, T, H, D, device=dev).to(dtype) for _ in range(3))
+    g = gg = None
+    if gate == "scalar":
+        g = -strength * torch.rand(B, T, H, device=dev)
+    elif gate == "vector":
+        g = -strength * torch.rand(B, T, H, D, device=dev)
+    elif gate == "gamma":
+        gg = -strength * torch.rand(H, device=dev)
+    h0 = torch.randn(n_state or B, H, D, D, device=dev)
+    return q, k, v, g, gg, h0
+
+
+def fwd_bwd(fn, q, k, v, g, gg, h0, do, dS, **kw):
+    ins = [t.detach().clone().requires_grad_(True) if t is not None else None for t in (q, k, v, g, gg, h0)]
+    o, S = fn(ins[0], ins[1], ins[2], ins[3], g_gamma=ins[4], scale=q.shape[-1] ** -0.5, initial_state=ins[5],
+              output_final_state=True, **kw)
+    torch.autograd.backward([o, S], [do.to(o.dtype), dS])
+    return o, S, [t.grad if t is not None else None for t in ins]
+
+
+def check(name, B, T, H, D, gate, dtype=torch.bfloat16, strength=1.0):
+    q, k, v, g, gg, h0 = inputs(B, T, H, D, gate, dtype, strength)
+    do, dS = torch.randn(B, T, H, D, device="cuda"), torch.randn(B, H, D, D, device="cuda")
+    o, S, gr = fwd_bwd(tri, q, k, v, g, gg, h0, do, dS)
+    d = lambda t: t.double() if t is not None else None  # noqa: E731
+    o_r, S_r, gr_r = fwd_bwd(reference, *map(d, (q, k, v, g, gg, h0)), do.double(), dS.double())
+    errs = {"o": rel(o, o_r), "S": rel(S, S_r)}
+    for n, a, b in zip(("dq", "dk", "dv", "dg", "dg_gamma", "dh0"), gr, gr_r):
+        if b is not None:
+            errs[n] = rel(a, b) if torch.isfinite(a).all() else float("nan")
+    ok = all(e < TOL[dtype] for e in errs.values())
+    return {"check": name, "B": B, "T": T, "H": H, "D": D, "gate": gate, "dtype": str(dtype), "strength": strength,
+            "tol": TOL[dtype], "ok": ok, **errs}
+
+
+def check_varlen(gate, lens=(100, 2900, 1097), D=128, H=2):
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], device="cuda")
+    q, k, v, g, _, h0 = inputs(1, sum(lens), H, D, gate, torch.bfloat16, 1.0, n_state=len(lens), seed=3)
+    do, dS = torch.randn(1, sum(lens), H, D, device="cuda"), torch.randn(len(lens), H, D, D, device="cuda")
+    o, S, gr = fwd_bwd(tri, q, k, v, g, None, h0, do, dS, cu_seqlens=cu)
+    worst = 0.0
+    for n, (a, b) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+        p = lambda t: t[:, a:b].double()  # noqa: E731
+        o_r, S_r, grr = fwd_bwd(reference, p(q), p(k), p(v), p(g), None, h0[n:n + 1].double(), p(do),
+                                dS[n:n + 1].double())
+        errs = [rel(o[:, a:b], o_r), rel(S[n:n + 1], S_r), rel(gr[5][n:n + 1], grr[5])]
+        errs += [rel(x[:, a:b], y) for x, y in zip(gr[:4], grr[:4])]
+        worst = max(worst, *errs)
+    return {"check": f"varlen_{gate}", "lens": list(lens), "D": D, "max_rel": worst, "tol": 2e-2, "ok": worst < 2e-2}
+
+
+def check_decode():
+    q, k, v, g, _, h0 = inputs(4, 1, 16, 128, "vector", torch.bfloat16, 1.0, seed=5)
+    with torch.no_grad():
+        o, S = tri(q, k, v, g, scale=128 ** -0.5, initial_state=h0, output_final_state=True)
+    d = lambda t: t.double()  # noqa: E731
+    o_r, S_r = reference(d(q), d(k), d(v), d(g), scale=128 ** -0.5, initial_state=d(h0), output_final_state=True)
+    e = max(rel(o, o_r), rel(S, S_r))
+    return {"check": "decode_T1_vector", "max_rel": e, "tol": 2e-2, "ok": e < 2e-2}
+
+
+def check_compile():
+    q, k, v, g, _, h0 = inputs(2, 1000, 4, 64, "scalar", torch.bfloat16, 1.0, seed=8)
+
+    def loss(q, k, v, g, h0):
+        o, S = tri(q, k, v, g, scale=0.125, initial_state=h0, output_final_state=True)
+        return (o.float() ** 2).sum() + S.sum()
+
+    ins = [t.clone().requires_grad_(True) for t in (q, k, v, g, h0)]
+    ge = torch.autograd.grad(loss(*ins), ins)
+    c = torch.compile(loss, fullgraph=True)
+    gc = torch.autograd.grad(c(*ins), ins)
+    e = max(rel(a, b) for a, b in zip(gc, ge))
+    return {"check": "torch_compile_inductor_fullgraph", "max_rel": e, "tol": 1e-3, "ok": e < 1e-3}
+
+
+def ceilings():
+    import triton
+
+    x = torch.empty(2 ** 30, dtype=torch.uint8, device="cuda").random_(0, 255)
+    y = torch.empty_like(x)
+    ms = triton.testing.do_bench(lambda: y.copy_(x), return_mode="median")
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    ms2 = triton.testing.do_bench(lambda: a @ b, return_mode="median")
+    return {"copy_TBps": 2 * x.numel() / ms / 1e9, "bf16_matmul_TFLOPs": 2 * 8192 ** 3 / ms2 / 1e9}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.environ.get("OUT", "gpu_out"))
+    ap.add_argument("--shapes", default=None)
+    ap.add_argument("--providers", default=None)
+    ap.add_argument("--modes", default="fwd,fwdbwd,decode")
+    ap.add_argument("--skip-checks", action="store_true")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    results = []
+    t0 = time.time()
+    if not args.skip_checks:
+        cases = [
+            ("scalar_16k_D128", 1, 16384, 2, 128, "scalar"), ("vector_16k_D128", 1, 16384, 2, 128, "vector"),
+            ("gamma_4k_D64", 2, 4096, 2, 64, "gamma"), ("none_1000_D64", 2, 1000, 2, 64, None),
+            ("vector_strong_2049_D128", 1, 2049, 2, 128, "vector", torch.bfloat16, 8.0),
+            ("scalar_strong_2049_D64", 1, 2049, 2, 64, "scalar", torch.bfloat16, 8.0),
+            ("vector_fp32_1000_D128", 1, 1000, 2, 128, "vector", torch.float32),
+            ("scalar_fp16_777_D64", 1, 777, 2, 64, "scalar", torch.float16),
+        ]
+        for c in cases:
+            results.append(check(*c))
+            print(json.dumps(results[-1]), flush=True)
+        for r in (check_varlen("vector"), check_varlen("scalar"), check_decode(), check_compile()):
+            results.append(r)
+            print(json.dumps(r), flush=True)
+        results.append(ceilings())
+        print(json.dumps(results[-1]), flush=True)
+    with open(os.path.join(args.out, "gpu_gla_checks.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    print(f"checks done in {time.time() - t0:.0f} s", flush=True)
+
+    from attnzoo.bench.speed import PROVIDERS, default_shapes, parse_shapes, run_speed
+
+    shapes = parse_shapes(args.shapes) if args.shapes else default_shapes()
+    providers = tuple(args.providers.split(",")) if args.providers else PROVIDERS
+    _, md = run_speed(shapes, args.out, providers=providers, modes=tuple(args.modes.split(",")))
+    print("\nCHECKS: " + ", ".join(f"{r['check']}={'ok' if r['ok'] else 'FAIL'}" for r in results if "check" in r))
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
