@@ -19,6 +19,7 @@ def load(name: str):
 
 @pytest.mark.parametrize("name,key", [
     ("halo_shift_copy", "mse"),
+    ("maxvit_global_mean", "mse"),
 ])
 def test_example_runs_small(name, key, capsys):
     result = load(name).main(["--small"])
