@@ -15,8 +15,8 @@ A sequence of length T+1 (before the shift) is
 - filler tokens (zeros) are replaced by random tokens from [0, V) (Zoology's random_non_queries);
 - inputs = seq[:-1], labels = seq[1:], so both are [N, T] int64.
 
-Constraints (ValueError otherwise): 4·D <= T (so that S >= D gaps exist), V > T, and D < V/2
-(enough distinct keys). Generation is vectorised with numpy: uniform sampling without
+Constraints (ValueError otherwise): 4·D <= T (so that S >= D gaps exist) and V > T (which then
+leaves V/2 - 1 >= 2D - 1 >= D distinct keys and values). Generation is vectorised with numpy: uniform sampling without
 replacement is Floyd's algorithm run on all rows at once, weighted sampling without replacement is the
 Gumbel top-k trick (Efraimidis & Spirakis 2006), which draws exactly the same distribution as
 drawing one item at a time with probability proportional to p among those left.
@@ -49,8 +49,6 @@ class MQARConfig:
             raise ValueError(f"MQAR needs 4 * num_pairs <= seq_len (room to query every key), got 4*{D} > {T}")
         if V <= T:
             raise ValueError(f"MQAR needs vocab_size > seq_len, got vocab_size={V} <= seq_len={T}")
-        if D > V // 2 - 1:
-            raise ValueError(f"MQAR needs num_pairs <= vocab_size//2 - 1 distinct keys, got {D} > {V // 2 - 1}")
         if not 0 < self.power_a <= 1:
             raise ValueError(f"power_a must be in (0, 1], got {self.power_a}")
 
