@@ -46,6 +46,12 @@ def cmd_bench_ops(args):
                   threads=args.threads, out=args.out)
 
 
+def cmd_cost(args):
+    from attnzoo.bench.cost import print_cost_table
+
+    print_cost_table(d_model=args.d_model, n_heads=args.n_heads, E=args.E, plot=args.plot)
+
+
 def _floats(text):
     return tuple(float(v) for v in text.split(","))
 
@@ -97,7 +103,33 @@ def build_parser() -> argparse.ArgumentParser:
     pbo.add_argument("--ref-max-t", type=int, default=2048, help="largest T at which to run the reference")
     pbo.add_argument("--out", default="benchmarks/results/ops_cpu.jsonl", help="JSON lines appended here")
     pbo.set_defaults(func=cmd_bench_ops)
+    pbs = bsub.add_parser("speed", help="GPU: Triton GLA ops vs SDPA backends and fla; ms, TFLOP/s, memory")
+    pbs.add_argument("--shapes", help="comma list of T or TxB (default: T 1k..64k with B·T = --tokens)")
+    pbs.add_argument("--tokens", type=int, default=16384, help="B·T for shapes given as T alone")
+    pbs.add_argument("--heads", type=int, default=16)
+    pbs.add_argument("--head-dim", type=int, default=128)
+    pbs.add_argument("--providers", default=None, help="comma list (default: all that run)")
+    pbs.add_argument("--modes", default="fwd,fwdbwd,decode", help="comma list of fwd, fwdbwd, decode")
+    pbs.add_argument("--out", default="benchmarks/results/speed", help="folder for speed.jsonl/.md/.png")
+    pbs.set_defaults(func=cmd_bench_speed)
+
+    pc = sub.add_parser("cost", help="Kinetics cost model: eFLOPs per token at L = 4k, 32k, 128k, and a plot")
+    pc.add_argument("--d-model", type=int, default=2048)
+    pc.add_argument("--n-heads", type=int, default=16)
+    pc.add_argument("--E", type=float, default=562.5, help="FLOPs per byte moved (Kinetics: 562.5)")
+    pc.add_argument("--plot", default="cost_vs_context.png", help="PNG path ('' for none)")
+    pc.set_defaults(func=cmd_cost)
     return p
+
+
+def cmd_bench_speed(args):
+    from attnzoo.bench.speed import PROVIDERS, default_shapes, parse_shapes, run_speed
+
+    shapes = (parse_shapes(args.shapes, H=args.heads, D=args.head_dim, tokens=args.tokens) if args.shapes
+              else default_shapes(tokens=args.tokens, H=args.heads, D=args.head_dim))
+    providers = tuple(args.providers.split(",")) if args.providers else PROVIDERS
+    _, md = run_speed(shapes, args.out, providers=providers, modes=tuple(args.modes.split(",")))
+    print(md)
 
 
 def _cuda() -> bool:

@@ -152,7 +152,7 @@ class BlockSparseAttention(SoftmaxAttention):
     "block_sparse",
     card=Card(
         title="Block top-k sparse attention (NSA selection / SSA / Kinetics)",
-        paper=Paper("SSA: Sparse Sparse Attention by aligning full and sparse attention outputs",
+        paper=Paper("SSA: Sparse Sparse Attention by Aligning Full and Sparse Attention Outputs in Feature Space",
                     "Shen et al.", 2025, "2511.20102"),
         family="sparse",
         complexity="O(T (k·bs + T/bs) d)",

@@ -176,6 +176,13 @@ class RoutingAttention(Mixer):
         outs.append(fn(q[:, :, R], k[:, :, R], v[:, :, R], qi, qok, ki, kok)[0])
         return torch.cat(outs, 2)
 
+    @staticmethod
+    def kv_read_fraction(seq_len: int, *, n_heads: int = 4, n_local_heads: int = 1, n_clusters: int = 4,
+                         window: int = 64) -> float:
+        """Expected share of the cache one decode step reads (cost model): the local window for local
+        heads, one cluster (1/n_clusters of the keys if balanced) for routing heads."""
+        return (n_local_heads * min(1.0, window / seq_len) + (n_heads - n_local_heads) / n_clusters) / n_heads
+
     def extra_repr(self):
         return (f"d_model={self.d_model}, n_heads={self.n_heads}, n_local_heads={self.n_local}, "
                 f"n_clusters={self.n_clusters}, window={self.window}, causal={self.causal}, share_qk={self.share_qk}")
