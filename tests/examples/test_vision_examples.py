@@ -20,6 +20,7 @@ def load(name: str):
 @pytest.mark.parametrize("name,key", [
     ("halo_shift_copy", "mse"),
     ("maxvit_global_mean", "mse"),
+    ("attention_unet_discs", "dice"),
 ])
 def test_example_runs_small(name, key, capsys):
     result = load(name).main(["--small"])
