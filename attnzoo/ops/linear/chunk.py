@@ -88,20 +88,46 @@ def _to_chunks(x, N: int, C: int):
     return x.reshape(*x.shape[:2], N, C, *x.shape[3:]).contiguous()  # strided batches make bmm slow
 
 
-def _causal(n: int, device) -> torch.Tensor:
-    return torch.ones(n, n, dtype=torch.bool, device=device).tril()
+def _pair_exponent_fill(n: int, dtype, device) -> torch.Tensor:
+    """[n, n]: 0 on the diagonal (a constant, so no gradient that would have to cancel), −inf above."""
+    return torch.zeros(n, n, dtype=dtype, device=device).masked_fill(
+        torch.ones(n, n, dtype=torch.bool, device=device).triu(1), float("-inf"))
 
 
-def _earlier_subchunks(q, k, v, b, sub: int):
-    """Inside blocks of P tokens (q, k, b [..., P, K]; v [..., P, V]): the part of Σ_{j<=i} A_ij v_j
+def _pairwise_decay(g, dim: int):
+    """exp(b_i − b_j) for i > j, 1 for i = j, 0 for i < j, where b = cumsum(g) along `dim` (size n).
+
+    The exponent is the segment sum Σ_{j<l<=i} g_l, summed directly (a cumsum down each column of
+    a masked copy of g) rather than as b_i − b_j: no cancellation of large cumulative gates.
+    g [..., n] -> [..., n, n] (scalar gate); g [..., n, K] -> [..., n, n, K] (vector gate)."""
+    n = g.shape[dim]
+    strict = torch.ones(n, n, dtype=torch.bool, device=g.device).tril(-1)
+    fill = _pair_exponent_fill(n, g.dtype, g.device)
+    if dim == -1:  # scalar gate
+        seg = g[..., :, None].expand(*g.shape, n).masked_fill(~strict, 0.0).cumsum(-2)
+        return torch.where(strict, seg, fill).exp()
+    seg = g[..., :, None, :].expand(*g.shape[:-1], n, g.shape[-1]).masked_fill(~strict[..., None], 0.0).cumsum(-3)
+    return torch.where(strict[..., None], seg, fill[..., None]).exp()
+
+
+def _sum_after(g, dim: int):
+    """Σ_{l > j} g_l along `dim` (= b_last − b_j, summed directly: exact 0 at the last position)."""
+    suffix = g.flip(dim).cumsum(dim).flip(dim)
+    n = g.shape[dim]
+    return torch.cat([suffix.narrow(dim, 1, n - 1), torch.zeros_like(suffix.narrow(dim, 0, 1))], dim)
+
+
+def _earlier_subchunks(q, k, v, g, sub: int):
+    """Inside blocks of P tokens (q, k, g [..., P, K]; v [..., P, V]): the part of Σ_{j<=i} A_ij v_j
     from keys j in earlier sub-chunks (of `sub` tokens) than query i, factorised around the
     reference row r = the last token before i's sub-chunk: (q_i ⊙ e^{b_i − b_r})·(k_j ⊙ e^{b_r − b_j}).
-    Both exponents are <= 0 since j <= r < i. Returns [..., P, V]."""
+    Both exponents are <= 0 since j <= r < i; b_i − b_r is summed within the sub-chunk. Returns [..., P, V]."""
     *lead, P, K = q.shape
     nS = P // sub
-    qs, bs = (x.reshape(*lead, nS, sub, K) for x in (q, b))
+    b = g.cumsum(-2)  # from the block start
+    qs, gs, bs = (x.reshape(*lead, nS, sub, K) for x in (q, g, b))
+    q_ref = qs[..., 1:, :, :] * gs[..., 1:, :, :].cumsum(-2).exp()  # [..., nS-1, sub, K]
     b_ref = bs[..., :-1, -1, :]  # [..., nS-1, K]: reference rows of sub-chunks 1..nS-1
-    q_ref = qs[..., 1:, :, :] * (bs[..., 1:, :, :] - b_ref[..., None, :]).exp()  # [..., nS-1, sub, K]
     n_keys = P - sub
     j = torch.arange(n_keys, device=q.device)
     before = j[None, :] < (torch.arange(1, nS, device=q.device) * sub)[:, None]  # [nS-1, n_keys]
@@ -111,26 +137,25 @@ def _earlier_subchunks(q, k, v, b, sub: int):
     return F.pad(A @ v[..., :n_keys, :], (0, 0, sub, 0))
 
 
-def _vector_gate_intra(q, k, v, b):
-    """Σ_{j<=i} A_ij v_j inside each chunk for a vector gate. q, k, b [..., C, K]; v [..., C, V].
+def _vector_gate_intra(q, k, v, g):
+    """Σ_{j<=i} A_ij v_j inside each chunk for a vector gate. q, k, g [..., C, K]; v [..., C, V].
 
     Nested sub-chunks (C -> <=16 -> <=4 tokens): each level adds the earlier sub-chunks of its
     parent block through the reference-row factorisation; the smallest diagonal blocks are
-    pairwise per channel (exponent b_i − b_j, i >= j, masked before exp)."""
+    pairwise per channel. Cumulative gates are taken from each block's own start, so they stay small."""
     *lead, C, K = q.shape
     V = v.shape[-1]
     sizes = [C]
     for cap in SUB_CHUNKS:
         sizes.append(_largest_divisor_at_most(sizes[-1], cap))
     s = sizes[-1]
-    qs, ks, bs = (x.reshape(*lead, C // s, s, K) for x in (q, k, b))
-    tri = _causal(s, q.device)[..., None]
-    decay = (bs[..., :, None, :] - bs[..., None, :, :]).masked_fill(~tri, float("-inf")).exp()
+    qs, ks, gs = (x.reshape(*lead, C // s, s, K) for x in (q, k, g))
+    decay = _pairwise_decay(gs, dim=-2)  # [..., C/s, s, s, K]
     A_diag = (qs[..., :, None, :] * ks[..., None, :, :] * decay).sum(-1)  # [..., C/s, s, s]
     o = (A_diag @ v.reshape(*lead, C // s, s, V)).reshape(*lead, C, V)
     for parent, sub in zip(sizes[:-1], sizes[1:]):
         if parent > sub:
-            blocks = [x.reshape(*lead, C // parent, parent, x.shape[-1]) for x in (q, k, v, b)]
+            blocks = [x.reshape(*lead, C // parent, parent, x.shape[-1]) for x in (q, k, v, g)]
             o = o + _earlier_subchunks(*blocks, sub).reshape(*lead, C, V)
     return o
 
@@ -150,22 +175,22 @@ def chunk_gated_linear_attention(
     kc = _to_chunks(k.to(ct), N, C)
     vc = _to_chunks(v.to(ct), N, C)  # [B, H, N, C, V]
     gate = _combined_log_gate(g, g_gamma, q.shape, ct)
-    causal = _causal(C, q.device)
-
     if gate is None:  # plain linear attention
+        causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
         o = (qc @ kc.transpose(-1, -2)).masked_fill(~causal, 0.0) @ vc
         k_out, q_in, chunk_decay = kc, qc, None
     elif gate.dim() == 3:  # scalar gate per head
-        b = _to_chunks(gate, N, C).cumsum(-1)  # [B, H, N, C]
-        pair = (b[..., :, None] - b[..., None, :]).masked_fill(~causal, float("-inf")).exp()
-        o = ((qc @ kc.transpose(-1, -2)) * pair) @ vc
-        k_out = kc * (b[..., -1:] - b).exp()[..., None]
+        gc = _to_chunks(gate, N, C)  # [B, H, N, C]
+        b = gc.cumsum(-1)
+        o = ((qc @ kc.transpose(-1, -2)) * _pairwise_decay(gc, dim=-1)) @ vc
+        k_out = kc * _sum_after(gc, -1).exp()[..., None]
         q_in = qc * b.exp()[..., None]
         chunk_decay = b[..., -1].exp()[..., None, None]  # [B, H, N, 1, 1]
     else:  # vector gate per key channel
-        b = _to_chunks(gate, N, C).cumsum(-2)  # [B, H, N, C, K]
-        o = _vector_gate_intra(qc, kc, vc, b)
-        k_out = kc * (b[..., -1:, :] - b).exp()
+        gc = _to_chunks(gate, N, C)  # [B, H, N, C, K]
+        b = gc.cumsum(-2)
+        o = _vector_gate_intra(qc, kc, vc, gc)
+        k_out = kc * _sum_after(gc, -2).exp()
         q_in = qc * b.exp()
         chunk_decay = b[..., -1, :].exp()[..., None]  # [B, H, N, K, 1]
 
