@@ -245,3 +245,59 @@ def test_routing_centroids_move_toward_clustered_data_in_training_only():
         assert m.aux_loss is not None and m.aux_loss.item() > 0
     assert spread() < 0.5 * before
     assert not any(b.requires_grad for b in m.buffers())
+
+
+# ---------------------------------------------------------------- gaam
+def _gauss_product(x, mu, var, delta, c):
+    """Π_g N_g directly (no logs): x, mu, var scalars-per-channel tensors [..., Dh], delta/c [G]."""
+    M = torch.ones_like(x)
+    for dg, cg in zip(delta, c):
+        z = (x - (mu + dg)) / var.sqrt()
+        M = M * torch.exp(-z**2 / (2 * cg**2)) / torch.sqrt(2 * torch.pi * cg**2)
+    return M
+
+
+def test_gaam_sequence_axis_matches_a_loop_over_time():
+    m = build("gaam", n_heads=4, n_gaussians=3)
+    with torch.no_grad():
+        m.delta.copy_(0.3 * rand(4, 3, seed=20))
+        m.c.copy_(1 + 0.5 * rand(4, 3, seed=21).abs())
+    x = rand(2, 9, D, seed=22)
+    y = m(x)
+    Dh = D // 4
+    ref = torch.zeros_like(x)
+    Ms = []
+    for t in range(9):
+        mu = x[:, : t + 1].mean(1)
+        var = x[:, : t + 1].var(1, unbiased=False) + 1e-8
+        M = torch.cat([_gauss_product(x[:, t, h * Dh:(h + 1) * Dh], mu[:, h * Dh:(h + 1) * Dh],
+                                      var[:, h * Dh:(h + 1) * Dh], m.delta[h], m.c[h]) for h in range(4)], -1)
+        Ms.append(M)
+        ref[:, t] = x[:, t] * M / torch.stack(Ms, 0).mean(0)
+    # t = 0: σ² = eps, so M_0 underflows in the direct form; in log space M_0 / mean(M_0) = 1 exactly
+    assert torch.equal(y[:, 0], x[:, 0])
+    assert torch.allclose(y[:, 1:], ref[:, 1:], rtol=1e-9, atol=1e-12)
+    assert sum(p.numel() for p in m.parameters()) == 2 * 3 * 4
+
+
+def test_gaam_feature_axis_matches_the_formula_and_block_keeps_padding():
+    torch.manual_seed(0)
+    m = attnzoo.get_class("gaam")(D, n_heads=2, n_gaussians=2, axis="feature").double()
+    x = rand(2, 5, D, seed=23)
+    y = m(x)
+    Dh = D // 2
+    for h in range(2):
+        xh = x[..., h * Dh:(h + 1) * Dh]
+        M = _gauss_product(xh, xh.mean(-1, keepdim=True), xh.var(-1, unbiased=False, keepdim=True) + 1e-8,
+                           m.delta[h], m.c[h])
+        assert torch.allclose(y[..., h * Dh:(h + 1) * Dh], xh * M / M.sum(-1, keepdim=True), rtol=1e-9)
+    from attnzoo.mixers.gaam import GaussianBlock
+
+    blk = GaussianBlock(D, layers=(("feature", 2, 2), ("sequence", 4, 3))).double()
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    mask[0, :2] = False
+    yb = blk(x, mask=mask)
+    assert torch.allclose(yb[~mask], 4 * x[~mask])  # padded tokens pass each layer unchanged: x + x, twice
+    assert torch.allclose(yb[1], blk(x[1:])[0])
+    with pytest.raises(ValueError, match="axis"):
+        attnzoo.build("gaam", d_model=D, axis="time")
