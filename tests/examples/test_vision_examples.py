@@ -21,6 +21,7 @@ def load(name: str):
     ("halo_shift_copy", "mse"),
     ("maxvit_global_mean", "mse"),
     ("attention_unet_discs", "dice"),
+    ("slot_attention_clusters", "chamfer"),
 ])
 def test_example_runs_small(name, key, capsys):
     result = load(name).main(["--small"])
