@@ -84,5 +84,5 @@ def ols_ar_predict(H: torch.Tensor) -> torch.Tensor:
     lags = h[:, :-1, :-1].transpose(1, 2)           # [N, n, p] rows (x_{s-p..s-1})
     y = h[:, -1, :-1, None]                         # [N, n, 1]
     phi = torch.linalg.pinv(lags) @ y               # [N, p, 1] (min-norm when n < p)
-    q = h[:, 1:, -1]                                # query lags x_{t-p+1..t}  [N, p]
+    q = h[:, :-1, -1]                               # query lags x_{t-p+1..t}  [N, p]
     return (q[:, None, :] @ phi)[:, 0, 0].to(H.dtype)
