@@ -1,0 +1,78 @@
+import json
+
+import pytest
+
+from attnzoo.bench import zoo as zoo_mod
+from attnzoo.bench.zoo import read_results, run_zoo
+from attnzoo.bench.zoo_presets import ZooPreset, get_preset
+from attnzoo.bench.zoo_report import best_runs, leaderboard_markdown
+from attnzoo.cli import main
+
+TINY = ZooPreset(name="tiny", grid=((16, 2),), vocab_size=32, d_models=(16,), lrs=(1e-3, 3e-3), num_train=128,
+                 num_test=32, batch_size=8, steps=3, eval_every=3, warmup_steps=1)
+MIXERS = ["softmax", "sliding_window"]
+VOLATILE = ("seconds", "machine")
+
+
+def _stable(records):
+    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in records]
+
+
+def test_killed_and_resumed_zoo_equals_uninterrupted(tmp_path):
+    full = run_zoo(preset=TINY, out=str(tmp_path / "a"), mixers=MIXERS, quiet=True)
+    assert len(full) == 4 and all(r["accuracy"] is not None for r in full)
+
+    out = str(tmp_path / "b")
+    run_zoo(preset=TINY, out=out, mixers=MIXERS, quiet=True, max_runs=1)            # killed between runs
+    assert len(read_results(f"{out}/results.jsonl")) == 1
+
+    def kill(step, loss):
+        raise KeyboardInterrupt                                                      # killed inside a run
+    with pytest.raises(KeyboardInterrupt):
+        run_zoo(preset=TINY, out=out, mixers=MIXERS, quiet=True, resume=True, on_step=kill)
+    assert len(read_results(f"{out}/results.jsonl")) == 1                            # nothing half-written
+
+    resumed = run_zoo(preset=TINY, out=out, mixers=MIXERS, quiet=True, resume=True)
+    assert _stable(resumed) == _stable(full)                                         # no loss, no duplicate
+    lines = open(f"{out}/results.jsonl").read().splitlines()
+    assert len(lines) == 4 and all(json.loads(line)["machine"] for line in lines)
+    assert (tmp_path / "b" / "leaderboard.md").exists() and (tmp_path / "b" / "zoo.png").stat().st_size > 1000
+
+
+def test_best_lr_kept_per_mixer_and_width():
+    recs = [dict(task="mqar", mixer="m", d_model=16, seq_len=16, num_pairs=2, vocab_size=32, lr=lr, accuracy=a,
+                 steps=3, state_bytes=100, machine="x") for lr, a in ((1e-3, 0.5), (3e-3, 0.9), (1e-2, 0.7))]
+    recs.append(dict(recs[0], mixer="broken", accuracy=None, error="ValueError: boom"))
+    best = best_runs(recs)
+    assert len(best) == 1 and best[0]["lr"] == 3e-3
+    md = leaderboard_markdown(recs)
+    assert "0.900 (0.003, 3)" in md and "`broken`: ValueError: boom" in md
+
+
+def test_a_failing_mixer_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    real = zoo_mod.build_model
+
+    def build(spec, preset):
+        if spec["mixer"] == "sliding_window":
+            raise RuntimeError("kaput")
+        return real(spec, preset)
+    monkeypatch.setattr(zoo_mod, "build_model", build)
+    recs = run_zoo(preset=TINY, out=str(tmp_path), mixers=MIXERS, quiet=True)
+    bad = [r for r in recs if r["mixer"] == "sliding_window"]
+    assert len(recs) == 4 and all(r["accuracy"] is None and "kaput" in r["error"] for r in bad)
+
+
+def test_hybrid_pattern_is_a_mixer(tmp_path):
+    recs = run_zoo(preset=TINY, out=str(tmp_path), mixers=["softmax*1+sliding_window"], quiet=True)
+    assert len(recs) == 2 and recs[0]["state_bytes"] > 0 and recs[0].get("error") is None
+
+
+def test_presets_and_errors():
+    paper = get_preset("paper")
+    assert paper.grid == ((64, 4), (128, 8), (256, 16), (512, 64)) and paper.vocab_size == 8192
+    assert paper.lrs == pytest.approx((1e-3, 10 ** -2.5, 10 ** -2, 10 ** -1.5))
+    with pytest.raises(ValueError, match="preset must be one of"):
+        get_preset("huge")
+    with pytest.raises(ValueError, match="unknown mixer"):
+        run_zoo(preset=TINY, out="/nonexistent/never", mixers=["no_such_mixer"], quiet=True)
+    assert main(["zoo", "--mixers", "no_such_mixer", "--out", "/nonexistent/never"]) == 2
