@@ -1,5 +1,6 @@
-"""The main job for now: the registry table, then a small hybrid LanguageModel prefilling and
-decoding with its mixers' states (checked against re-running the whole sequence)."""
+"""The main job (`make demo`): the registry table, a small hybrid LanguageModel prefilling and
+decoding with its mixers' states (checked against re-running the whole sequence), then the quick
+zoo: every registered causal mixer trained on MQAR, leaderboard and plot in runs/zoo_quick/."""
 
 from __future__ import annotations
 
@@ -28,3 +29,9 @@ def run_demo():
     console.print(f"prompt    {prompt[0].tolist()}")
     console.print(f"generated {out[0, 12:].tolist()}")
     console.print(f"decoding with states equals re-running the full sequence: {bool(torch.equal(out, ref))}")
+
+    from attnzoo.bench.zoo import run_zoo
+    from attnzoo.bench.zoo_presets import get_preset
+
+    console.print("\nthe quick zoo (MQAR, every registered causal mixer): `attnzoo zoo --help` for more")
+    run_zoo(preset=get_preset("quick"), out="runs/zoo_quick")
