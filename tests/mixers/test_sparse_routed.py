@@ -301,3 +301,69 @@ def test_gaam_feature_axis_matches_the_formula_and_block_keeps_padding():
     assert torch.allclose(yb[1], blk(x[1:])[0])
     with pytest.raises(ValueError, match="axis"):
         attnzoo.build("gaam", d_model=D, axis="time")
+
+
+# ---------------------------------------------------------------- maelre
+def _stack_reference(m, x, kind):
+    """No merging: h <- h + W_o Attn(RMSNorm(h)) per stage, softmax or linear (elu+1), y = W_out h."""
+    B, T, _ = x.shape
+    h = x
+    for s in range(m.n_stages):
+        q, k, v = m.qkv[s](m.norms[s](h)).view(B, T, 3, m.n_heads, -1).unbind(2)
+        if kind == "softmax":
+            a = torch.softmax(torch.einsum("bihd,bjhd->bhij", q, k) / q.shape[-1] ** 0.5, -1)
+            o = torch.einsum("bhij,bjhd->bihd", a, v)
+        else:
+            fq, fk = torch.nn.functional.elu(q) + 1, torch.nn.functional.elu(k) + 1
+            a = torch.einsum("bihd,bjhd->bhij", fq, fk)
+            o = torch.einsum("bhij,bjhd->bihd", a / (a.sum(-1, keepdim=True) + 1e-6), v)
+        h = h + m.o[s](o.reshape(B, T, -1))
+    return m.out_proj(h)
+
+
+@pytest.mark.parametrize("threshold,kind", [(100, "softmax"), (1, "linear")])
+def test_maelre_without_merging_is_a_stack_of_attention_stages(threshold, kind):
+    m = build("maelre", n_heads=4, n_stages=2, merge_ratio=0.0, switch_threshold=threshold)
+    x = rand(2, 13, D, seed=30)
+    with torch.no_grad():
+        assert torch.allclose(m(x), _stack_reference(m, x, kind), atol=1e-10)
+
+
+def test_maelre_merges_progressively_and_unmerges_to_input_length():
+    m = build("maelre", n_heads=4, n_stages=3, merge_ratio=0.3, switch_threshold=12)
+    x = rand(2, 21, D, seed=31)
+    x[:, 6] = x[:, 3]  # an A slot (even) equal to a B slot (odd): merged first...
+    with torch.no_grad():
+        y = m(x)
+    assert m.last_token_counts == [[21, 21], [15, 15], [11, 11]]  # 21 - 6, then 15 - 4; last two stages softmax
+    assert torch.allclose(y[:, 6], y[:, 3])  # ...and then both take their group's output
+    for b in range(2):  # every original token takes one of the 11 final groups' outputs
+        assert len(torch.unique(y[b].round(decimals=8), dim=0)) == 11
+
+
+def test_bipartite_merge_is_size_weighted_and_never_touches_padding():
+    from attnzoo.ops.sparse.token_merging import bipartite_merge
+
+    x = torch.tensor([[[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [-1.0, 0.2], [5.0, 5.0]]], dtype=torch.float64)
+    size = torch.tensor([[2.0, 1.0, 1.0, 1.0, 1.0]], dtype=torch.float64)
+    active = torch.tensor([[True, True, True, True, False]])  # last slot is padding
+    group = torch.arange(5)[None]
+    h, s, a, g = bipartite_merge(x, x, size, active, group, ratio=0.25)  # r = floor(0.25 * 4) = 1
+    assert a.sum() == 3 and s.sum() == 5  # one merge; total size kept
+    assert torch.allclose(h[0, 0], (2 * x[0, 0] + x[0, 1]) / 3)  # slot 0 (size 2) merged into slot 1
+    assert g[0, 0] == g[0, 1] == 0 and g[0, 2] == 1 and g[0, 3] == 2
+    assert not torch.isin(torch.tensor(5.0, dtype=torch.float64), h[0, :3]).any()
+
+
+@pytest.mark.parametrize("fn", ["size_weighted_softmax", "size_weighted_linear"])
+def test_size_weighted_attention_equals_attention_over_duplicated_tokens(fn):
+    from attnzoo.mixers import maelre
+
+    f = getattr(maelre, fn)
+    q, k, v = rand(1, 3, 2, 4, seed=32), rand(1, 3, 2, 4, seed=33), rand(1, 3, 2, 4, seed=34)
+    ones = torch.ones(1, 3, dtype=torch.float64)
+    act = torch.ones(1, 3, dtype=torch.bool)
+    dup = lambda t: torch.cat([t, t[:, :1]], 1)  # noqa: E731  token 0 twice
+    full = f(q, dup(k), dup(v), torch.ones(1, 4, dtype=torch.float64), torch.ones(1, 4, dtype=torch.bool))
+    sized = f(q, k, v, ones + torch.tensor([[1.0, 0, 0]], dtype=torch.float64), act)
+    assert torch.allclose(full, sized, atol=1e-12)
