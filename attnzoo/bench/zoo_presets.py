@@ -3,7 +3,7 @@
 quick     this 2-core CPU, all registered causal mixers in under 10 minutes: one small MQAR
           setting, one width, one learning rate; the whole sweep has a wall-clock budget that is
           split evenly over the runs (so each run's steps are set by time, and recorded).
-standard  one GPU in about 6 minutes: two settings, two widths, two learning rates, several runs
+standard  one GPU in about 5 minutes: two settings, two widths, two learning rates, eight runs
           at once on the GPU (each tiny model leaves it mostly idle).
 paper     Zoology Figure 2 (Arora et al. 2023, arXiv:2312.04927): (T, pairs) = (64,4), (128,8),
           (256,16), (512,64); vocab 8192; d_model 64..512; lr ∈ logspace(-3, -1.5, 4); hours on a GPU.
@@ -46,7 +46,7 @@ PRESETS = {
     "standard": ZooPreset(
         name="standard", grid=((64, 4), (128, 8)), vocab_size=2048, d_models=(64, 128), lrs=(1e-3, 3e-3),
         num_train=50_000, num_test=1000, batch_size=128, steps=4000, eval_every=100,
-        total_seconds=300.0, run_seconds=60.0, workers=8,
+        total_seconds=270.0, run_seconds=60.0, workers=8,
     ),
     "paper": ZooPreset(
         name="paper", grid=((64, 4), (128, 8), (256, 16), (512, 64)), vocab_size=8192,
