@@ -49,6 +49,19 @@ SUB_CHUNK = 16  # chunks shorter than this are not padded
 SUB_CHUNKS = (16, 4)
 
 
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward makes the incoming gradient contiguous. The gradient of o arrives as
+    a transposed view; batched matmuls on it would otherwise copy matrix by matrix."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous()
+
+
 def _largest_divisor_at_most(n: int, cap: int) -> int:
     for d in range(min(n, cap), 0, -1):
         if n % d == 0:
@@ -202,6 +215,6 @@ def chunk_gated_linear_attention(
     for S_n, decay_n in zip(S_local.unbind(2), decays):
         entering.append(S)
         S = (S if decay_n is None else decay_n * S) + S_n
-    o = o + q_in @ torch.stack(entering, 2)
+    o = _ContiguousGrad.apply(o + q_in @ torch.stack(entering, 2))
     o = o.reshape(B, H, N * C, V)[:, :, :T].transpose(1, 2).contiguous().to(q.dtype)
     return o, (S if output_final_state else None)
