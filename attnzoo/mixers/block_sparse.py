@@ -133,7 +133,7 @@ class BlockSparseAttention(SoftmaxAttention):
     def sparse_attention(self, q, K, V, pos, valid):
         kbar = pooled_block_keys(K, valid, self.block_size)
         ids, sel = select_blocks(q, pos, kbar, block_size=self.block_size, top_k=self.top_k, score=self.score)
-        kw = dict(block_size=self.block_size, n_sink=self.n_sink, window=self.local_window)
+        kw = {"block_size": self.block_size, "n_sink": self.n_sink, "window": self.local_window}
         if self.impl == "reference":
             return block_sparse_attention_reference(q, K, V, pos, sel, **kw)
         return block_sparse_attention(q, K, V, pos, ids, **kw)

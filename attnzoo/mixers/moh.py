@@ -21,9 +21,8 @@ compute every head and multiply by the gates (zero for inactive heads): the same
 from __future__ import annotations
 
 import torch
-from torch import nn
-
 import torch.nn.functional as F
+from torch import nn
 
 from attnzoo.mixers.layers import apply_rope, rope_frequencies, token_positions
 from attnzoo.mixers.softmax import KVCacheState, SoftmaxAttention, kv_cache_bytes
@@ -50,7 +49,7 @@ def routed_attention(q, k, v, q_pos, k_pos, valid, *, simple: bool, q_chunk: int
     """Causal attention of each head's own query subset: q [h, n, D] (sorted by position per head),
     k/v [h, L, D], q_pos [h, n], k_pos/valid [L]. Query chunks only read keys up to their last
     position when keys are in position order (`simple`), which keeps the causal saving."""
-    h, n, _ = q.shape
+    _h, n, _ = q.shape
     zero, neg = q.new_zeros(()), q.new_full((), float("-inf"))
     out = []
     for c0 in range(0, n, q_chunk):
@@ -151,7 +150,6 @@ class MoHAttention(SoftmaxAttention):
         o = x.new_zeros(B, T, H, hd)
         for b in range(B):
             rows = torch.arange(T, device=x.device) if simple else real[b].nonzero().squeeze(1)
-            n = rows.numel()
             cos, sin = rope_cos_sin(pos[b, rows], hd, self.rope_theta, x.dtype) if self.rope else (None, None)
             kb, vb = k_all[b : b + 1], v_all[b : b + 1]
             # shared heads: every real token

@@ -56,7 +56,7 @@ def masked_attention(q, k, v, allowed, *, impl):
     B, Tq, H, D = q.shape
     L = k.shape[1]
     if impl == "reference":
-        fold = lambda t: t.permute(0, 2, 1, 3).reshape(B * H, t.shape[1], 1, t.shape[-1])  # noqa: E731
+        fold = lambda t: t.permute(0, 2, 1, 3).reshape(B * H, t.shape[1], 1, t.shape[-1])
         o = softmax_attention_reference(fold(q), fold(k), fold(v), allowed=allowed.reshape(B * H, Tq, L),
                                         scale=D**-0.5)
         return o.view(B, H, Tq, -1).permute(0, 2, 1, 3)
@@ -123,7 +123,7 @@ class RoutingAttention(Mixer):
             if not self.share_qk:
                 loss = loss + commitment_loss(kr, self.centroids, kc, w)
             self.aux_loss = self.commitment * loss
-            upd = dict(decay=self.kmeans_decay)
+            upd = {"decay": self.kmeans_decay}
             kmeans_ema_update(self.ema_sums, self.ema_counts, self.centroids, qr.detach(), qc, w, **upd)
             if not self.share_qk:
                 kmeans_ema_update(self.ema_sums, self.ema_counts, self.centroids, kr.detach(), kc, w, **upd)

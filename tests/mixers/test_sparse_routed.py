@@ -241,7 +241,7 @@ def test_routing_centroids_move_toward_clustered_data_in_training_only():
     assert torch.equal(m.centroids, mu0), "eval forwards must not move the centroids"
     m.train()
     for s in range(40):
-        y = m(batch(s))
+        m(batch(s))
         assert m.aux_loss is not None and m.aux_loss.item() > 0
     assert spread() < 0.5 * before
     assert not any(b.requires_grad for b in m.buffers())
@@ -363,7 +363,7 @@ def test_size_weighted_attention_equals_attention_over_duplicated_tokens(fn):
     q, k, v = rand(1, 3, 2, 4, seed=32), rand(1, 3, 2, 4, seed=33), rand(1, 3, 2, 4, seed=34)
     ones = torch.ones(1, 3, dtype=torch.float64)
     act = torch.ones(1, 3, dtype=torch.bool)
-    dup = lambda t: torch.cat([t, t[:, :1]], 1)  # noqa: E731  token 0 twice
+    dup = lambda t: torch.cat([t, t[:, :1]], 1)
     full = f(q, dup(k), dup(v), torch.ones(1, 4, dtype=torch.float64), torch.ones(1, 4, dtype=torch.bool))
     sized = f(q, k, v, ones + torch.tensor([[1.0, 0, 0]], dtype=torch.float64), act)
     assert torch.allclose(full, sized, atol=1e-12)

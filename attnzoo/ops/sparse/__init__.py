@@ -9,6 +9,9 @@ from attnzoo.ops.sparse.block_topk import (
 )
 
 __all__ = [
-    "pooled_block_keys", "select_blocks", "block_sparse_allowed", "block_sparse_attention",
+    "block_sparse_allowed",
+    "block_sparse_attention",
     "block_sparse_attention_reference",
+    "pooled_block_keys",
+    "select_blocks",
 ]

@@ -21,7 +21,7 @@ def nearest_centroid(x: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
 def kmeans_ema_update(sums, counts, centroids, x, ids, weight, *, decay: float, eps: float = 1e-5):
     """In-place EMA k-means step. sums/centroids [H, C, D], counts [H, C]; x [B, T, H, D],
     ids [B, T, H] (assignments), weight [B, T] (1 for real tokens, 0 for padding)."""
-    H, C, D = centroids.shape
+    _H, C, _D = centroids.shape
     onehot = torch.nn.functional.one_hot(ids, C).to(sums.dtype) * weight[..., None, None].to(sums.dtype)
     batch_counts = onehot.sum((0, 1))  # [H, C]
     batch_sums = torch.einsum("bthc,bthd->hcd", onehot, x.to(sums.dtype))
@@ -45,7 +45,7 @@ def balanced_members(x, mu, real, w: int):
 
     x [B, T, H, D], mu [H, C, D], real [B, T] -> idx [B, H, C, w] (sorted by position), ok [B, H, C, w].
     """
-    B, T = real.shape
+    _B, T = real.shape
     w = min(w, T)
     s = torch.einsum("bthd,hcd->bhct", x, mu.to(x.dtype))
     s = s.masked_fill(~real[:, None, None, :], float("-inf"))
@@ -100,7 +100,7 @@ def balanced_cluster_attention_reference(q, k, v, q_idx, q_ok, k_idx, k_ok, *, s
         return m.scatter(-1, torch.where(ok, idx, torch.full_like(idx, T)), True)[..., :T]
 
     q_in, k_in = members(q_idx, q_ok), members(k_idx, k_ok)
-    fold = lambda t: t.permute(0, 2, 1, 3).reshape(B * H, T, 1, t.shape[-1])  # noqa: E731
+    fold = lambda t: t.permute(0, 2, 1, 3).reshape(B * H, T, 1, t.shape[-1])
     acc = 0
     for c in range(C):
         allowed = (q_in[:, :, c, :, None] & k_in[:, :, c, None, :]).reshape(B * H, T, T)
