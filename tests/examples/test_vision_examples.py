@@ -22,6 +22,7 @@ def load(name: str):
     ("maxvit_global_mean", "mse"),
     ("attention_unet_discs", "dice"),
     ("slot_attention_clusters", "chamfer"),
+    ("partial_attention_reverse", "accuracy"),
 ])
 def test_example_runs_small(name, key, capsys):
     result = load(name).main(["--small"])

@@ -1,0 +1,1 @@
+"""Analyses of trained mixers: where attention goes (prefix mass, sinks, entropy, sparsity)."""
