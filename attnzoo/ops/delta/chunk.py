@@ -89,14 +89,16 @@ def chunk_delta_rule(
     qk = (qc @ kc.transpose(-1, -2)) * D  # D is zero above the diagonal
 
     S = torch.zeros(B, H, K, V, dtype=ct, device=dev) if initial_state is None else initial_state.to(ct)
-    k_dec_t = k_dec.transpose(-1, -2)
+    # unbind, not U[:, :, n]: each indexing op's backward would fill a zero tensor of the whole
+    # sequence (quadratic in T); unbind's backward is one stack.
+    Us, Ws, Ks = U.unbind(2), W.unbind(2), k_dec.transpose(-1, -2).unbind(2)
+    decays = None if chunk_decay is None else chunk_decay[..., None, None].unbind(2)
     entering, corrected = [], []
     for n in range(N):
         entering.append(S)
-        vn = U[:, :, n] - W[:, :, n] @ S
+        vn = Us[n] - Ws[n] @ S
         corrected.append(vn)
-        S_next = k_dec_t[:, :, n] @ vn
-        S = S_next + (S if chunk_decay is None else chunk_decay[:, :, n, None, None] * S)
+        S = Ks[n] @ vn + (S if decays is None else decays[n] * S)
     S0 = torch.stack(entering, 2)  # [B, H, N, K, V]
     Vp = torch.stack(corrected, 2)  # [B, H, N, C, V]
     o = q_dec @ S0 + qk @ Vp
