@@ -23,6 +23,7 @@ def load(name: str):
     ("attention_unet_discs", "dice"),
     ("slot_attention_clusters", "chamfer"),
     ("partial_attention_reverse", "accuracy"),
+    ("prompt_tuning_teacher", "relative_mse"),
 ])
 def test_example_runs_small(name, key, capsys):
     result = load(name).main(["--small"])
