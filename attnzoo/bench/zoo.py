@@ -211,6 +211,7 @@ def _run_parallel(pending, preset, device, workers, threads, path, prog, budget)
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     ctx = mp.get_context("spawn")
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)     # no oversubscription of the cores
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         queue = list(pending)
         running = {}
