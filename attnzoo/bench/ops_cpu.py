@@ -6,9 +6,9 @@ gated `delta_rule` at B=1, H=4, K=V=64 for several T, forward (no grad) and forw
 impl="reference" / impl="torch". Prints a table with the speed-up (reference / torch) and the
 T-scaling time(T_max) / time(T_prev), and appends JSON lines to `out`: one machine line (CPU
 model, cores, torch version and threads, load average: the machine may be shared), then one line
-per finished measurement. The reference is only run up to `ref_max_t` (its fwd+bwd at 8192 takes
-minutes); above that the row says 'reference at T not run' and gives a linear extrapolation from
-the largest T that was run, marked as an estimate.
+per finished measurement (wall and CPU seconds). The reference forward runs at every T; its
+fwd+bwd only up to `ref_max_t` (at 8192 it takes minutes); above that the row says 'reference at
+T not run' and gives a linear extrapolation from the largest T that was run, marked '~'.
 """
 
 from __future__ import annotations
@@ -73,19 +73,20 @@ def call_op(op: str, xs, impl: str):
     return gated_linear_attention(*xs, output_final_state=True, impl=impl)
 
 
-def time_once(op: str, impl: str, mode: str, *, B: int, T: int, H: int, D: int) -> float:
+def time_once(op: str, impl: str, mode: str, *, B: int, T: int, H: int, D: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process, all threads) of one call."""
     xs = make_inputs(op, B=B, T=T, H=H, D=D, grad=mode == "fwd+bwd")
+    gen = torch.Generator().manual_seed(1)
+    if mode == "fwd+bwd":  # upstream gradients made outside the timed region
+        shapes = [(B, T, H, D), (B, H, D, D)]
+        grads_out = [torch.randn(sh, generator=gen) for sh in shapes]
+    t0, c0 = time.perf_counter(), time.process_time()
     if mode == "fwd":
         with torch.no_grad():
-            t0 = time.perf_counter()
             call_op(op, xs, impl)
-            return time.perf_counter() - t0
-    gen = torch.Generator().manual_seed(1)
-    t0 = time.perf_counter()
-    o, S = call_op(op, xs, impl)
-    do, dS = torch.randn(o.shape, generator=gen), torch.randn(S.shape, generator=gen)
-    torch.autograd.backward([o, S], [do, dS])
-    return time.perf_counter() - t0
+    else:
+        torch.autograd.backward(list(call_op(op, xs, impl)), grads_out)
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def run_ops_bench(
@@ -130,46 +131,54 @@ def run_ops_bench(
                 warm_t = min(seq_lens) if impl == "torch" else min(32, min(seq_lens))
                 time_once(op, impl, mode, T=warm_t, **shape)  # warm-up (allocator, lazy imports)
                 for T in seq_lens:
-                    if impl == "reference" and T > ref_max_t:
+                    if impl == "reference" and mode == "fwd+bwd" and T > ref_max_t:
                         echo(f"  {op:17s} {mode:8s} reference T={T:5d}: not run (ref_max_t={ref_max_t})")
                         continue
                     n = repeats if impl == "torch" else 1
-                    times = [time_once(op, impl, mode, T=T, **shape) for _ in range(n)]
+                    wall, cpu = min(time_once(op, impl, mode, T=T, **shape) for _ in range(n))
                     row = {"kind": "result", "run_id": run_id, "op": op, "impl": impl, "mode": mode,
-                           "T": T, **shape, "seconds": min(times), "repeats": n,
+                           "T": T, **shape, "seconds": wall, "cpu_seconds": cpu, "repeats": n,
                            "loadavg_1m": round(os.getloadavg()[0], 2)}
                     write(row)
                     rows.append(row)
-                    echo(f"  {op:17s} {mode:8s} {impl:9s} T={T:5d}: {row['seconds'] * 1e3:10.1f} ms")
+                    echo(f"  {op:17s} {mode:8s} {impl:9s} T={T:5d}: {wall * 1e3:10.1f} ms "
+                         f"(CPU {cpu * 1e3:.1f} ms, load {row['loadavg_1m']})")
     for line in summary_lines(rows, seq_lens, ref_max_t):
         echo(line)
     return rows
 
 
 def summary_lines(rows: list[dict], seq_lens, ref_max_t: int) -> list[str]:
-    """A plain-text table: times, speed-up reference/torch, and T-scaling of the largest step."""
+    """A plain-text table: wall times, speed-up reference/torch (wall and CPU time), T-scaling."""
     t = {(r["op"], r["mode"], r["impl"], r["T"]): r["seconds"] for r in rows}
+    c = {(r["op"], r["mode"], r["impl"], r["T"]): r.get("cpu_seconds") for r in rows}
     t_hi, t_lo = seq_lens[-1], (seq_lens[-2] if len(seq_lens) > 1 else seq_lens[-1])
-    head = f"{'op':17s} {'mode':8s} {'T':>5s} {'reference':>14s} {'torch':>10s} {'speed-up':>10s}"
+    head = (f"{'op':17s} {'mode':8s} {'T':>5s} {'reference':>14s} {'torch':>10s} {'speed-up':>10s} "
+            f"{'(CPU time)':>10s}")
     lines = ["", head, "-" * len(head)]
     ops_modes = sorted({(r["op"], r["mode"]) for r in rows}, key=lambda x: (OPS.index(x[0]), MODES.index(x[1])))
     for op, mode in ops_modes:
         ran = [T for T in seq_lens if (op, mode, "reference", T) in t]
         for T in seq_lens:
-            tt = t.get((op, mode, "torch", T))
-            tr = t.get((op, mode, "reference", T))
+            key_t, key_r = (op, mode, "torch", T), (op, mode, "reference", T)
+            tt, tr, ct, cr = t.get(key_t), t.get(key_r), c.get(key_t), c.get(key_r)
             note = ""
             if tr is None and ran:  # linear extrapolation from the largest T that was run
-                tr, note = t[(op, mode, "reference", ran[-1])] * T / ran[-1], "~"
+                last = (op, mode, "reference", ran[-1])
+                tr, note = t[last] * T / ran[-1], "~"
+                cr = c[last] * T / ran[-1] if c.get(last) is not None else None
             ref_s = f"{note}{tr * 1e3:.1f} ms" if tr is not None else "not run"
             speed = f"{note}{tr / tt:.1f}x" if tr is not None and tt else "-"
+            speed_cpu = f"{note}{cr / ct:.1f}x" if cr is not None and ct else "-"
             tt_s = f"{tt * 1e3:.1f} ms" if tt is not None else "-"
-            lines.append(f"{op:17s} {mode:8s} {T:5d} {ref_s:>14s} {tt_s:>10s} {speed:>10s}")
+            lines.append(f"{op:17s} {mode:8s} {T:5d} {ref_s:>14s} {tt_s:>10s} {speed:>10s} {speed_cpu:>10s}")
         if (op, mode, "torch", t_hi) in t and (op, mode, "torch", t_lo) in t and t_hi != t_lo:
             s = t[(op, mode, "torch", t_hi)] / t[(op, mode, "torch", t_lo)]
-            lines.append(f"{'':17s} {'':8s} torch T-scaling time({t_hi})/time({t_lo}) = {s:.2f} "
+            sc = c.get((op, mode, "torch", t_hi)), c.get((op, mode, "torch", t_lo))
+            cpu_s = f", CPU time {sc[0] / sc[1]:.2f}" if sc[0] is not None and sc[1] else ""
+            lines.append(f"{'':17s} {'':8s} torch T-scaling time({t_hi})/time({t_lo}) = {s:.2f}{cpu_s} "
                          f"(linear: {t_hi / t_lo:.0f})")
     if any(T > ref_max_t for T in seq_lens):
-        lines.append(f"'~': reference at T > {ref_max_t} not run; extrapolated linearly from the largest "
-                     f"T that was run (the reference loop is linear in T).")
+        lines.append(f"'~': reference fwd+bwd at T > {ref_max_t} not run; extrapolated linearly from the "
+                     f"largest T that was run (the reference loop is linear in T).")
     return lines

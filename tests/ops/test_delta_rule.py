@@ -111,8 +111,11 @@ def test_extreme_forgetting_stays_finite(dtype):
     o, S, grads = run_with_grads(chunk_delta_rule, inp)
     assert torch.isfinite(o).all() and torch.isfinite(S).all()
     assert all(torch.isfinite(gr).all() for gr in grads.values())
-    o_ref, S_ref, _ = run_with_grads(delta_rule_reference, inp)
-    assert rel_err(o, o_ref) < (BF16_RTOL if dtype == torch.bfloat16 else FP32_RTOL)
+    o_ref, S_ref, g_ref = run_with_grads(delta_rule_reference, inp)
+    rtol = BF16_RTOL if dtype == torch.bfloat16 else FP32_RTOL
+    assert rel_err(o, o_ref) < rtol and rel_err(S, S_ref) < rtol
+    for name in ("q", "k", "v", "beta"):
+        assert rel_err(grads[name], g_ref[name]) < rtol, name
 
 
 @pytest.mark.parametrize("init", [False, True])
@@ -125,7 +128,7 @@ def test_padded_steps_leave_state_untouched(init):
                                 initial_state=real["initial_state"], output_final_state=True, chunk_size=8)
     # Interleave pads at the start, in the middle (across the chunk boundary 8) and at the end.
     pads_before = {0: 3, 5: 4, 12: 1, T_real: 6}
-    layout, src = [], 0
+    layout = []
     for t in range(T_real + 1):
         layout += [None] * pads_before.get(t, 0)
         if t < T_real:
