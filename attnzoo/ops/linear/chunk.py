@@ -130,42 +130,54 @@ def _sum_after(g, dim: int):
     return torch.cat([suffix.narrow(dim, 1, n - 1), torch.zeros_like(suffix.narrow(dim, 0, 1))], dim)
 
 
+def _diagonal_blocks(q, k, v, g, s: int):
+    """The part of Σ_{j<=i} A_ij v_j with j in i's own block of s tokens (q, k, g [..., C, K];
+    v [..., C, V]), walked along the band j = i − d, d < s. The decay e^{b_i − b_j} is built as a
+    product of per-step factors e^{g_l} <= 1 (no exp of a difference, nothing to overflow)."""
+    C = q.shape[-2]
+    a = g.exp()
+    o = (q * k).sum(-1, keepdim=True) * v  # d = 0: no decay
+    decay = None  # decay[i - d] = Π_{i-d < l <= i} a_l for i = d..C-1
+    for d in range(1, s):
+        decay = a[..., 1:, :] if decay is None else decay[..., 1:, :] * a[..., 1:C - d + 1, :]
+        same_block = (torch.arange(d, C, device=q.device) % s >= d).to(q.dtype)  # j = i - d in i's block
+        A_d = (q[..., d:, :] * k[..., :C - d, :] * decay).sum(-1) * same_block  # [..., C-d]
+        o = o + F.pad(A_d[..., None] * v[..., :C - d, :], (0, 0, d, 0))
+    return o
+
+
 def _earlier_subchunks(q, k, v, g, sub: int):
     """Inside blocks of P tokens (q, k, g [..., P, K]; v [..., P, V]): the part of Σ_{j<=i} A_ij v_j
-    from keys j in earlier sub-chunks (of `sub` tokens) than query i, factorised around the
-    reference row r = the last token before i's sub-chunk: (q_i ⊙ e^{b_i − b_r})·(k_j ⊙ e^{b_r − b_j}).
-    Both exponents are <= 0 since j <= r < i; b_i − b_r is summed within the sub-chunk. Returns [..., P, V]."""
+    from keys j in earlier sub-chunks (of `sub` tokens) than query i. With b the cumulative gate,
+    I the query's sub-chunk, J < I the key's, and end(J) the last token of J:
+
+        e^{b_i − b_j} = e^{b_i − b_end(I−1)} · e^{b_end(I−1) − b_end(J)} · e^{b_end(J) − b_j},
+
+    three factors <= 1 (each exponent a sum of gates, summed directly): one per query, one per
+    (I, J) pair of sub-chunks, one per key; then a matrix product. Returns [..., P, V]."""
     *lead, P, K = q.shape
     nS = P // sub
-    b = g.cumsum(-2)  # from the block start
-    qs, gs, bs = (x.reshape(*lead, nS, sub, K) for x in (q, g, b))
-    q_ref = qs[..., 1:, :, :] * gs[..., 1:, :, :].cumsum(-2).exp()  # [..., nS-1, sub, K]
-    b_ref = bs[..., :-1, -1, :]  # [..., nS-1, K]: reference rows of sub-chunks 1..nS-1
-    n_keys = P - sub
-    j = torch.arange(n_keys, device=q.device)
-    before = j[None, :] < (torch.arange(1, nS, device=q.device) * sub)[:, None]  # [nS-1, n_keys]
-    expo = (b_ref[..., :, None, :] - b[..., None, :n_keys, :]).masked_fill(~before[..., None], float("-inf"))
-    k_ref = k[..., None, :n_keys, :] * expo.exp()  # [..., nS-1, n_keys, K]
-    A = (q_ref @ k_ref.transpose(-1, -2)).reshape(*lead, n_keys, n_keys)  # rows: queries sub..P-1
-    return F.pad(A @ v[..., :n_keys, :], (0, 0, sub, 0))
+    qs, ks, gs = (x.reshape(*lead, nS, sub, K) for x in (q, k, g))
+    q_ref = qs[..., 1:, :, :] * gs.cumsum(-2)[..., 1:, :, :].exp()  # [..., nS-1, sub, K]
+    k_end = ks[..., :-1, :, :] * _sum_after(gs, -2)[..., :-1, :, :].exp()  # [..., nS-1, sub, K]
+    between = _pairwise_decay(gs[..., :-1, :, :].sum(-2), dim=-2)  # [..., I-1, J, K], 0 for J > I-1
+    k_ref = (between[..., :, :, None, :] * k_end[..., None, :, :, :]).reshape(*lead, nS - 1, P - sub, K)
+    A = (q_ref @ k_ref.transpose(-1, -2)).reshape(*lead, P - sub, P - sub)  # queries sub.., keys ..P-sub
+    return F.pad(A @ v[..., :P - sub, :], (0, 0, sub, 0))
 
 
 def _vector_gate_intra(q, k, v, g):
     """Σ_{j<=i} A_ij v_j inside each chunk for a vector gate. q, k, g [..., C, K]; v [..., C, V].
 
     Nested sub-chunks (C -> <=16 -> <=4 tokens): each level adds the earlier sub-chunks of its
-    parent block through the reference-row factorisation; the smallest diagonal blocks are
-    pairwise per channel. Cumulative gates are taken from each block's own start, so they stay small."""
+    parent block as a matrix product of decayed queries and keys; the smallest blocks are walked
+    along their band. Gates are summed within blocks, so exponents stay small and <= 0."""
     *lead, C, K = q.shape
     V = v.shape[-1]
     sizes = [C]
     for cap in SUB_CHUNKS:
         sizes.append(_largest_divisor_at_most(sizes[-1], cap))
-    s = sizes[-1]
-    qs, ks, gs = (x.reshape(*lead, C // s, s, K) for x in (q, k, g))
-    decay = _pairwise_decay(gs, dim=-2)  # [..., C/s, s, s, K]
-    A_diag = (qs[..., :, None, :] * ks[..., None, :, :] * decay).sum(-1)  # [..., C/s, s, s]
-    o = (A_diag @ v.reshape(*lead, C // s, s, V)).reshape(*lead, C, V)
+    o = _diagonal_blocks(q, k, v, g, sizes[-1])
     for parent, sub in zip(sizes[:-1], sizes[1:]):
         if parent > sub:
             blocks = [x.reshape(*lead, C // parent, parent, x.shape[-1]) for x in (q, k, v, g)]
