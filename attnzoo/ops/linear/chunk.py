@@ -26,13 +26,16 @@ cumulative log gate from the chunk start, and with S_0 the state entering the ch
 All chunks' local terms are batched matrix products; the states are then passed by a short loop
 over chunks (T / C steps, not T). Every exponent is <= 0 as computed, so nothing overflows however
 strongly the gate forgets:
-- scalar gate: A = (Q Kᵀ) ⊙ exp(b_i − b_j), the exponent masked to −inf above the diagonal
-  *before* exp;
-- vector gate: nested sub-chunks (C -> 16 -> 4 tokens). At each level, queries of sub-chunk I
-  meet the keys of the earlier sub-chunks of the same parent block through the reference row
-  r = the last token before sub-chunk I, as (q_i ⊙ e^{b_i − b_r}) · (k_j ⊙ e^{b_r − b_j}), a
-  matrix product in which both exponents are <= 0 because j <= r < i; only the 4 x 4 diagonal
-  blocks are pairwise per channel (the exponent masked before exp).
+- scalar gate: A = (Q Kᵀ) ⊙ exp(b_i − b_j), the exponent (Σ_{j<l<=i} g_l) set to −inf above
+  the diagonal *before* exp;
+- vector gate: nested sub-chunks (C -> 16 -> 4 tokens). At each level, the queries of sub-chunk I
+  meet the keys of the earlier sub-chunks J < I of the same parent block through
+  e^{b_i − b_j} = e^{b_i − b_end(I−1)} · e^{b_end(I−1) − b_end(J)} · e^{b_end(J) − b_j}
+  (three factors <= 1: per query, per pair of sub-chunks, per key), i.e. a matrix product of
+  decayed queries and keys; inside the 4-token blocks the pairs are walked along the band j = i − d
+  with the decay built as a product of per-step factors e^{g} <= 1.
+Exponents are sums of gates taken directly (never b_i − b_j of two large cumulative sums), and
+are exactly 0 where the decay is 1, so float32 gate gradients stay accurate under strong decay.
 Arithmetic is in float32 for bf16/fp16/fp32 inputs and float64 for float64 inputs.
 """
 
