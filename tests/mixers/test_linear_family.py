@@ -93,6 +93,28 @@ def test_linear_taylor_equals_quadratic_form():
     torch.testing.assert_close(m(x), m.o_proj(o.reshape(B, T, -1)), rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.parametrize("fmap", ["identity", "relu", "elu", "taylor"])
+def test_linear_unnormalized_equals_masked_kernel_product(fmap):
+    """normalize=False: o_t = F^{-1/2} Σ_{s<=t} (phi(q_t)·phi(k_s)) v_s; prefix + state and left padding agree."""
+    m = build("linear", feature_map=fmap, normalize=False)
+    x = rand(T=10)
+    B, T, _ = x.shape
+    sh = (B, T, m.n_heads, m.head_dim)
+    phi = {"identity": lambda u: u, "relu": torch.relu, "elu": lambda u: F.elu(u) + 1,
+           "taylor": taylor_feature_map}[fmap]
+    q, k = phi(m.q_proj(x).view(sh)), phi(m.k_proj(x).view(sh))
+    a = torch.einsum("bthf,bshf->bhts", q, k).tril() * q.shape[-1] ** -0.5
+    o = torch.einsum("bhts,bshv->bthv", a, m.v_proj(x).view(sh))
+    y = m(x)
+    torch.testing.assert_close(y, m.o_proj(o.reshape(B, T, -1)), rtol=1e-9, atol=1e-10)
+    y1, s = m(x[:, :4], return_state=True)
+    torch.testing.assert_close(torch.cat([y1, m(x[:, 4:], state=s)], 1), y, rtol=1e-9, atol=1e-10)
+    mask = torch.ones(B, T + 3, dtype=torch.bool)
+    mask[:, :3] = False
+    yp = m(torch.cat([rand(T=3, seed=4) * 5, x], 1), mask=mask)
+    torch.testing.assert_close(yp[:, 3:], y, rtol=1e-9, atol=1e-10)
+
+
 def test_based_is_taylor_branch_plus_sliding_window():
     m = build("based")
     x = rand(T=19)
