@@ -45,20 +45,52 @@ def rotate_half(x, cos, sin):
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
 
 
+# CPU flash attention that also returns the log-sum-exp (lets two key ranges be merged exactly)
+_FLASH_LSE = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def _prefix_band_attention(q, k, v, q_pos):
+    """Causal attention for queries at sorted positions q_pos [h, n] over keys in position order:
+    keys [0, P0) (P0 = first query position + 1) are seen by every query, so they go unmasked through
+    flash attention; the band [P0, last position] is computed explicitly with its mask; the two are
+    merged through their log-sum-exps."""
+    scale = q.shape[-1] ** -0.5
+    P0, Lc = int(q_pos.min()) + 1, int(q_pos.max()) + 1
+    o1, lse1 = _FLASH_LSE(q[None], k[None, :, :P0], v[None, :, :P0], scale=scale)
+    o1, lse1 = o1[0], lse1[0].to(q.dtype)
+    if Lc == P0:
+        return o1
+    s = torch.bmm(q, k[:, P0:Lc].transpose(1, 2)) * scale  # [h, n, band]
+    s.masked_fill_(torch.arange(P0, Lc, device=q.device)[None, None, :] > q_pos[:, :, None], float("-inf"))
+    lse2 = torch.logsumexp(s, -1)
+    o2 = torch.bmm(torch.exp(s - lse2.clamp_min(-1e30)[..., None]), v[:, P0:Lc])
+    lse = torch.logaddexp(lse1, lse2)
+    return o1 * torch.exp(lse1 - lse)[..., None] + o2 * torch.exp(lse2 - lse)[..., None]
+
+
 def routed_attention(q, k, v, q_pos, k_pos, valid, *, simple: bool, q_chunk: int = 64):
     """Causal attention of each head's own query subset: q [h, n, D] (sorted by position per head),
     k/v [h, L, D], q_pos [h, n], k_pos/valid [L]. Query chunks only read keys up to their last
     position when keys are in position order (`simple`), which keeps the causal saving."""
-    _h, n, _ = q.shape
+    h, n, _ = q.shape
+    if simple and _FLASH_LSE is not None:
+        return torch.cat([_prefix_band_attention(q[:, c0 : c0 + q_chunk], k, v, q_pos[:, c0 : c0 + q_chunk])
+                          for c0 in range(0, n, q_chunk)], 1)
     zero, neg = q.new_zeros(()), q.new_full((), float("-inf"))
+    Lk = k.shape[1]
+    # keys in position order: the rows of one causal bias matrix, gathered (cheaper than comparing)
+    tri = q.new_full((Lk, Lk), float("-inf")).triu_(1) if simple and Lk <= 4096 else None
     out = []
     for c0 in range(0, n, q_chunk):
         qp = q_pos[:, c0 : c0 + q_chunk]
-        L = int(qp.max()) + 1 if simple else k.shape[1]
-        allowed = k_pos[None, None, :L] <= qp[:, :, None]
-        if not simple:
-            allowed = allowed & valid[None, None, :L]
-        bias = torch.where(allowed, zero, neg)
+        L = int(qp.max()) + 1 if simple else Lk
+        if tri is not None:
+            bias = tri.index_select(0, qp.reshape(-1)).view(h, qp.shape[1], Lk)[:, :, :L]
+        else:
+            allowed = k_pos[None, None, :L] <= qp[:, :, None]
+            if not simple:
+                allowed = allowed & valid[None, None, :L]
+            bias = torch.where(allowed, zero, neg)
         out.append(F.scaled_dot_product_attention(  # 4-D so CPU picks its flash kernel
             q[None, :, c0 : c0 + q_chunk], k[None, :, :L], v[None, :, :L], attn_mask=bias[None])[0])
     return torch.cat(out, 1)
@@ -145,39 +177,53 @@ class MoHAttention(SoftmaxAttention):
         else:
             k_all, v_all, valid, kpos = k, v, real, pos
         simple = mask is None and state is None
-        kv_shared = torch.arange(hs, device=x.device) // G
-        kv_routed = torch.arange(hs, H, device=x.device) // G
+        def kv_heads(t, heads):  # t [L, Hkv, hd] -> [L, len(heads), hd]; a view when there is no GQA
+            if G == 1:
+                return t[:, heads.start : heads.stop]
+            return t.index_select(1, torch.arange(heads.start, heads.stop, device=x.device) // G)
+
         o = x.new_zeros(B, T, H, hd)
+        o_flat = o.view(B * T * H, hd)
+        W_r = self.q_proj.weight.view(H, hd, self.d_model)[hs:]  # [hr, hd, d]
         for b in range(B):
             rows = torch.arange(T, device=x.device) if simple else real[b].nonzero().squeeze(1)
-            cos, sin = rope_cos_sin(pos[b, rows], hd, self.rope_theta, x.dtype) if self.rope else (None, None)
-            kb, vb = k_all[b : b + 1], v_all[b : b + 1]
+            xb = x[b] if simple else x[b].index_select(0, rows)  # [n, d]
+            pb = pos[b] if simple else pos[b].index_select(0, rows)
+            cos, sin = rope_cos_sin(pb, hd, self.rope_theta, x.dtype) if self.rope else (None, None)
+            kb, vb = k_all[b], v_all[b]  # [L, Hkv, hd]
             # shared heads: every real token
-            qs = self._queries(x[b, rows], list(range(hs)), cos, sin)[None]  # [1, n, hs, hd]
+            qs = self._queries(xb, list(range(hs)), cos, sin)[None]  # [1, n, hs, hd]
+            ks, vs = kv_heads(kb, range(hs))[None], kv_heads(vb, range(hs))[None]
             if simple:
-                os_ = softmax_attention(qs, kb[:, :, kv_shared], vb[:, :, kv_shared], causal=True, impl="torch")
+                o[b, :, :hs] = softmax_attention(qs, ks, vs, causal=True, impl="torch")[0]
             else:
-                os_ = softmax_attention(qs, kb[:, :, kv_shared], vb[:, :, kv_shared], causal=True, impl="torch",
-                                        q_pos=pos[b : b + 1, rows], k_pos=kpos[b : b + 1], key_mask=valid[b : b + 1])
-            o[b, rows, :hs] = os_[0]
-            # routed heads: the tokens that chose each head, all heads in one padded batch
-            ch = chosen[b, rows].t()  # [hr, n]
+                o[b, rows, :hs] = softmax_attention(qs, ks, vs, causal=True, impl="torch", q_pos=pb[None],
+                                                    k_pos=kpos[b : b + 1], key_mask=valid[b : b + 1])[0]
+            # routed heads: the tokens that chose each head, all routed heads in one padded batch
+            ch = chosen[b].t() if simple else chosen[b].index_select(0, rows).t()  # [hr, n]
             count = ch.sum(1)
             n_max = int(count.max())
             idx = torch.argsort((~ch).to(torch.int8), dim=1, stable=True)[:, :n_max]  # [hr, n_max]
-            ok = torch.arange(n_max, device=x.device) < count[:, None]
-            W = self.q_proj.weight.view(H, hd, self.d_model)[hs:]  # [hr, hd, d]
-            qr = torch.einsum("hnd,hkd->hnk", x[b, rows][idx], W)[:, :, None]  # [hr, n_max, 1, hd]
+            flat = idx.reshape(-1)
+            xr = xb.index_select(0, flat).view(hr, n_max, -1)
+            qr = torch.bmm(xr, W_r.transpose(1, 2))[:, :, None]  # [hr, n_max, 1, hd]
             if self.q_norm is not None:
                 qr = self.q_norm(qr)
             if self.rope:
-                qr = rotate_half(qr, cos[idx], sin[idx])
-            qpos = pos[b, rows][idx]  # [hr, n_max]
-            Kr = kb[0][:, kv_routed].transpose(0, 1)  # [hr, L, hd]
-            Vr = vb[0][:, kv_routed].transpose(0, 1)
+                qr = rotate_half(qr, cos.index_select(0, flat).view(hr, n_max, 1, -1),
+                                 sin.index_select(0, flat).view(hr, n_max, 1, -1))
+            qpos = pb.index_select(0, flat).view(hr, n_max)
+            # padding slots (beyond a head's count) repeat the head's last query position, keeping
+            # positions sorted so query chunks stay narrow; their outputs are dropped below
+            last = torch.gather(qpos, 1, (count - 1).clamp_min(0)[:, None])
+            qpos = torch.where(torch.arange(n_max, device=x.device) < count[:, None], qpos, last)
+            Kr = kv_heads(kb, range(hs, H)).transpose(0, 1)  # [hr, L, hd]
+            Vr = kv_heads(vb, range(hs, H)).transpose(0, 1)
             orr = routed_attention(qr[:, :, 0], Kr, Vr, qpos, kpos[b], valid[b], simple=simple)
-            heads = torch.arange(hs, H, device=x.device)[:, None].expand(hr, n_max)
-            o[b, rows[idx[ok]], heads[ok]] = orr[ok]
+            ok = (torch.arange(n_max, device=x.device) < count[:, None]).reshape(-1).nonzero().squeeze(1)
+            token = rows.index_select(0, flat.index_select(0, ok))
+            head = hs + torch.div(ok, n_max, rounding_mode="floor")
+            o_flat.index_copy_(0, (b * T + token) * H + head, orr.reshape(-1, hd).index_select(0, ok))
         y = self.o_proj((o * gates[..., None].to(o.dtype)).reshape(B, T, H * hd))
         new_state = None
         if return_state:

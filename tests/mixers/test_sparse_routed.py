@@ -134,6 +134,13 @@ def test_moh_active_head_path_equals_all_heads_path_with_padding_and_state():
         m.skip_inactive_heads = True
         assert torch.allclose(m(nxt, state=s_fast), m(nxt, state=s_all), atol=1e-10)
     assert torch.allclose(y_fast[mask], y_all[mask], atol=1e-10)
+    x = rand(2, 150, D, seed=10)  # no padding, no state: the prefix-flash + band path, several query chunks
+    with torch.no_grad():
+        m.skip_inactive_heads = False
+        y_all = m(x)
+        m.skip_inactive_heads = True
+        assert torch.allclose(m(x), y_all, atol=1e-10)
+        assert torch.allclose(m.float()(x.float()), y_all.float(), atol=1e-5)
 
 
 def test_moh_gates_follow_the_formula_and_balance_loss():
