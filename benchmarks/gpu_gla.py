@@ -137,7 +137,7 @@ def main():
     if not args.skip_checks:
         cases = [
             ("scalar_16k_D128", 1, 16384, 2, 128, "scalar"), ("vector_16k_D128", 1, 16384, 2, 128, "vector"),
-            ("gamma_4k_D64", 2, 4096, 2, 64, "gamma"), ("none_1000_D64", 2, 1000, 2, 64, None),
+            ("vector_4k_D128", 1, 4096, 2, 128, "vector"), ("gamma_4k_D64", 2, 4096, 2, 64, "gamma"), ("none_1000_D64", 2, 1000, 2, 64, None),
             ("vector_strong_2049_D128", 1, 2049, 2, 128, "vector", torch.bfloat16, 8.0),
             ("scalar_strong_2049_D64", 1, 2049, 2, 64, "scalar", torch.bfloat16, 8.0),
             ("vector_fp32_1000_D128", 1, 1000, 2, 128, "vector", torch.float32),
@@ -164,5 +164,68 @@ def main():
     print(md)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__" and not os.environ.get("GLA_EXTRA"):
     main()
+
+
+def breakdown(B=2, T=8192, H=16, D=128):
+    """Median ms of each launch of the chunked fwd and bwd (bf16), scalar and vector gate."""
+    import triton
+    from attnzoo.ops.linear import triton_chunk as tc
+
+    out = []
+    for gate in ("scalar", "vector"):
+        q, k, v, g, _, _ = inputs(B, T, H, D, gate, torch.bfloat16, 0.1)
+        P = lambda x: x.reshape(B * T, *x.shape[2:]).contiguous()  # noqa: E731
+        q, k, v, g = P(q), P(k), P(v), P(g)
+        do = torch.randn_like(v)
+        tab = tc.make_tables(B * T, B, None, q.device)
+        kind = 1 if gate == "scalar" else 2
+        b = tc.chunk_local_cumsum(g, tab, tc.BT)
+        h, _ = tc._states(k, v, b, kind, None, tab, False)
+        stages = {
+            "cumsum": lambda: tc.chunk_local_cumsum(g, tab, tc.BT),
+            "states_fwd": lambda: tc._states(k, v, b, kind, None, tab, False),
+            "intra_A": (lambda: tc._intra(q, k, b, tab)) if kind == 2 else None,
+            "fwd_total": lambda: tc.gla_chunk_fwd(q, k, v, g, scale=0.1, initial_state=None,
+                                                  output_final_state=False, tab=tab),
+            "bwd_total": lambda: tc.gla_chunk_bwd(q, k, v, g, do, None, scale=0.1, initial_state=None, tab=tab),
+        }
+        for name, fn in stages.items():
+            if fn is not None:
+                out.append({"gate": gate, "stage": name, "ms": triton.testing.do_bench(fn, return_mode="median")})
+                print(json.dumps(out[-1]), flush=True)
+    return out
+
+
+def fla_grad_check(T=4096):
+    """fla chunk_gla's own error against the same reference (context for the dg tolerance)."""
+    from attnzoo.bench.speed import fla_module
+
+    fla = fla_module()
+    if fla is None:
+        return None
+    f = fla["fla_gla"]
+
+    def fn(q, k, v, g, *, g_gamma, scale, initial_state, output_final_state):
+        return f(q, k, v, g, scale=scale, initial_state=initial_state, output_final_state=output_final_state)
+    q, k, v, g, gg, h0 = inputs(1, T, 2, 128, "vector", torch.bfloat16, 1.0)
+    do, dS = torch.randn(1, T, 2, 128, device="cuda"), torch.randn(1, 2, 128, 128, device="cuda")
+    res = {}
+    for name, impl in (("fla_gla", fn), ("attnzoo", tri)):
+        o, S, gr = fwd_bwd(impl, q, k, v, g, None, h0, do, dS)
+        d = lambda t: t.double() if t is not None else None  # noqa: E731
+        o_r, S_r, gr_r = fwd_bwd(reference, *map(d, (q, k, v, g, None, h0)), do.double(), dS.double())
+        res[name] = {"o": rel(o, o_r), "dq": rel(gr[0], gr_r[0]), "dk": rel(gr[1], gr_r[1]),
+                     "dv": rel(gr[2], gr_r[2]), "dg": rel(gr[3], gr_r[3]), "dh0": rel(gr[5], gr_r[5])}
+    return {"check": f"fla_vs_attnzoo_errors_vector_T{T}", **res}
+
+
+if __name__ == "__main__" and os.environ.get("GLA_EXTRA"):
+    os.makedirs(os.environ["OUT"], exist_ok=True)
+    extra = {"breakdown": breakdown()}
+    r = fla_grad_check()
+    extra["fla_errors"] = r
+    print(json.dumps(r), flush=True)
+    with open(os.path.join(os.environ["OUT"], "gpu_gla_extra.json"), "w") as f:
+        json.dump(extra, f, indent=1)

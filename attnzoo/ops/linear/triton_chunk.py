@@ -9,8 +9,8 @@ its formula:
     forward:  b = chunk cumsum(g);  h = states entering chunks (triton_state);
               [vector gate: A, intra-chunk scores (triton_vector)];  o (triton_output)
     backward: b, h recomputed;  dh (triton_state);  dv (triton_output);
-              dq, dk, db (triton_scalar_bwd / triton_vector);  dg = reverse cumsum of db,
-              seeded with rowsum(S_T ⊙ dS_T) (triton_cumsum)
+              dq, dk, db (triton_scalar_bwd / triton_vector);  dg = reverse cumsum of db inside
+              each chunk + rowsum(S_c ⊙ dS_c) at the chunk's end (triton_state, triton_cumsum)
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import triton
 
-from attnzoo.ops.linear.triton_cumsum import chunk_local_cumsum, segment_reverse_cumsum
+from attnzoo.ops.linear.triton_cumsum import chunk_local_cumsum, chunk_reverse_cumsum
 from attnzoo.ops.linear.triton_output import chunk_dv_kernel, chunk_output_kernel
 from attnzoo.ops.linear.triton_scalar_bwd import chunk_scalar_dqdk_kernel
 from attnzoo.ops.linear.triton_state import chunk_state_bwd_kernel, chunk_state_fwd_kernel
@@ -119,15 +119,21 @@ def gla_chunk_bwd(q, k, v, g, do, dht, *, scale, initial_state, tab):
     V = v.shape[-1]
     gate = _gate_kind(g)
     b = chunk_local_cumsum(g, tab, BT) if g is not None else None
-    need_ht = gate > 0 and dht is not None
-    h, ht = _states(k, v, b, gate, initial_state, tab, need_ht)
+    h, ht = _states(k, v, b, gate, initial_state, tab, gate > 0)
     BK, BV = _blocks(K, V)
     dh = torch.empty_like(h)
     dh0 = q.new_empty(tab.n_seqs, H, K, V, dtype=torch.float32) if initial_state is not None else None
-    chunk_state_bwd_kernel[(triton.cdiv(K, BK), triton.cdiv(V, min(BV, 32)), tab.n_seqs * H)](
+    grid = (triton.cdiv(K, BK), triton.cdiv(V, min(BV, 32)), tab.n_seqs * H)
+    term = None
+    if gate == 1:
+        term = q.new_empty(grid[0] * grid[1], tab.n_chunks, H, dtype=torch.float32)
+    elif gate == 2:
+        term = q.new_empty(grid[1], tab.n_chunks, H, K, dtype=torch.float32)
+    chunk_state_bwd_kernel[grid](
         q, do, b if b is not None else q, dh, dht if dht is not None else q, dh0 if dh0 is not None else q,
-        tab.cu_seqlens, tab.chunk_offsets, scale, H=H, K=K, V=V, BT=BT, BK=BK, BV=min(BV, 32), GATE=gate,
-        HAS_DHT=dht is not None, STORE_DH0=dh0 is not None, num_warps=4,
+        h, ht if ht is not None else q, term if term is not None else q,
+        tab.cu_seqlens, tab.chunk_offsets, scale, tab.n_chunks, H=H, K=K, V=V, BT=BT, BK=BK, BV=min(BV, 32),
+        GATE=gate, HAS_DHT=dht is not None, STORE_DH0=dh0 is not None, num_warps=4,
     )
     A = _intra(q, k, b, tab) if gate == 2 else None
     dv = torch.empty_like(v)
@@ -150,13 +156,5 @@ def gla_chunk_bwd(q, k, v, g, do, dht, *, scale, initial_state, tab):
             H=H, K=K, V=V, BT=BT, BK=max(16, triton.next_power_of_2(K)), BV=min(BV, 32), GATE=gate,
             num_warps=8 if K > 64 else 4,
         )
-    dg = None
-    if g is not None:
-        carry = None
-        if need_ht:
-            carry = (ht * dht).sum(-1)
-            if gate == 1:
-                carry = carry.sum(-1)
-            carry = carry.contiguous()
-        dg = segment_reverse_cumsum(db, tab, BT, carry)
+    dg = chunk_reverse_cumsum(db, term.sum(0), tab, BT) if g is not None else None
     return dq, dk, dv, dg, dh0

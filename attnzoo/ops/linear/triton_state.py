@@ -65,10 +65,13 @@ def chunk_state_fwd_kernel(
 
 @triton.jit
 def chunk_state_bwd_kernel(
-    q, do, b, dh, dht, dh0, cu_seqlens, chunk_offsets, scale,
+    q, do, b, dh, dht, dh0, h, ht, term, cu_seqlens, chunk_offsets, scale, NC,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, GATE: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
 ):
+    """With a gate, also writes term = rowsum(S_c ⊙ dS_c) per chunk (S_c the state leaving the chunk,
+    from h of the next chunk or ht), partial over this program's V block (and K block if scalar):
+    the gradient of every later cumulative gate, so the reverse cumsum stays inside each chunk."""
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     n, i_h = i_nh // H, i_nh % H
     bos = tl.load(cu_seqlens + n).to(tl.int64)
@@ -85,6 +88,14 @@ def chunk_state_bwd_kernel(
     for j in range(n_chunks):
         i = n_chunks - 1 - j
         tl.store(dh + (c0 + i) * H * K * V + s_off, dS.to(dh.dtype.element_ty), mask=mkv)
+        if GATE > 0:
+            S_c = tl.load(h + (c0 + i + 1) * H * K * V + s_off, mask=mkv & (i < n_chunks - 1), other=0.0)
+            S_c = S_c.to(tl.float32) + tl.load(ht + n * H * K * V + s_off, mask=mkv & (i == n_chunks - 1), other=0.0)
+            part = tl.sum(S_c * dS, axis=1)
+            if GATE == 1:
+                tl.store(term + ((i_k * tl.num_programs(1) + i_v) * NC + c0 + i) * H + i_h, tl.sum(part, axis=0))
+            else:
+                tl.store(term + ((i_v * NC + c0 + i) * H + i_h) * K + kk, part, mask=kk < K)
         t = bos + i * BT + tl.arange(0, BT)
         mt = t < eos
         qT = tl.load(q + t[None, :] * (H * K) + i_h * K + kk[:, None],
