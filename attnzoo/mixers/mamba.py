@@ -65,10 +65,11 @@ class Mamba(Mixer):
     def __init__(
         self, d_model: int, *, d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_rank: int | None = None,
         dt_min: float = 1e-3, dt_max: float = 1e-1, dt_init_floor: float = 1e-4, bias: bool = False,
-        conv_bias: bool = True, chunk_size: int = 64, impl: str = "auto",
+        conv_bias: bool = True, chunk_size: int | None = None, impl: str = "auto",
     ):
         super().__init__(d_model)
-        for name, v in (("d_state", d_state), ("d_conv", d_conv), ("expand", expand), ("chunk_size", chunk_size)):
+        sizes = (("d_state", d_state), ("d_conv", d_conv), ("expand", expand), ("chunk_size", chunk_size or 1))
+        for name, v in sizes:
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         if not 0 < dt_min <= dt_max:

@@ -1,10 +1,10 @@
-"""Selective scan: the chunked log-depth torch scan == the loop over time (forward and gradients)."""
+"""Selective scan: the chunked torch scan == the loop over time (forward and gradients)."""
 
 import pytest
 import torch
 
 from attnzoo.ops.scan import selective_scan
-from attnzoo.ops.scan.chunk import chunk_selective_scan, prefix_scan
+from attnzoo.ops.scan.chunk import chunk_selective_scan
 
 
 def make(Bsz=2, T=21, D=6, N=4, dtype=torch.float64, seed=0, strength=1.0):
@@ -19,17 +19,6 @@ def make(Bsz=2, T=21, D=6, N=4, dtype=torch.float64, seed=0, strength=1.0):
     return [t.to(dtype) for t in (u, delta, A, B, C, Dskip, h0)]
 
 
-def test_prefix_scan_is_the_recurrence():
-    g = torch.Generator().manual_seed(1)
-    a = torch.rand(2, 13, 3, generator=g, dtype=torch.float64)
-    b = torch.randn(2, 13, 3, generator=g, dtype=torch.float64)
-    P, h = prefix_scan(a, b)
-    hh, pp = torch.zeros(2, 3, dtype=torch.float64), torch.ones(2, 3, dtype=torch.float64)
-    for t in range(13):
-        hh, pp = a[:, t] * hh + b[:, t], pp * a[:, t]
-        assert torch.allclose(h[:, t], hh) and torch.allclose(P[:, t], pp)
-
-
 @pytest.mark.parametrize("T", [1, 7, 8, 9, 63, 65])
 @pytest.mark.parametrize("strength", [0.01, 1.0, 20.0])
 def test_chunked_equals_reference_fp64(T, strength):
@@ -38,6 +27,8 @@ def test_chunked_equals_reference_fp64(T, strength):
     y2, s2 = chunk_selective_scan(u, delta, A, B, C, D, initial_state=h0, output_final_state=True, chunk_size=8)
     assert torch.allclose(y1, y2, rtol=1e-10, atol=1e-10)
     assert torch.allclose(s1, s2, rtol=1e-10, atol=1e-10)
+    y3, s3 = chunk_selective_scan(u, delta, A, B, C, D, initial_state=h0, output_final_state=True)  # sqrt(T)
+    assert torch.allclose(y1, y3, rtol=1e-10, atol=1e-10) and torch.allclose(s1, s3, rtol=1e-10, atol=1e-10)
 
 
 def test_gradients_agree_including_initial_state():

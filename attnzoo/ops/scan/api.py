@@ -11,7 +11,7 @@ State h [B, D, N], float32 (float64 for float64 inputs); None unless output_fina
 
 (zero-order hold on A, Euler on B, as in the paper). A step with Δ_t = 0 leaves h unchanged,
 which is how mixers make padded steps invisible.
-impl: "reference" (loop over time), "torch" (chunked log-depth scan, chunk_size steps per chunk),
+impl: "reference" (loop over time), "torch" (chunked scan, chunk_size steps per chunk; None: ~sqrt(T)),
 "auto" (= torch).
 """
 
@@ -37,7 +37,7 @@ def check_scan_inputs(u, delta, A, B, C, D, initial_state):
 
 
 def selective_scan(u, delta, A, B, C, D=None, *, initial_state=None, output_final_state=False, impl="auto",
-                   chunk_size=64):
+                   chunk_size=None):
     check_scan_inputs(u, delta, A, B, C, D, initial_state)
     impl = resolve_impl(impl, u, triton_supported=False)
     kw = dict(initial_state=initial_state, output_final_state=output_final_state)
