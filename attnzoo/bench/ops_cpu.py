@@ -8,12 +8,13 @@ T-scaling time(T_max) / time(T_prev), and appends JSON lines to `out`: one machi
 model, cores, torch version and threads, load average: the machine may be shared), then one line
 per finished measurement (wall and CPU seconds). The reference forward runs at every T; its
 fwd+bwd only up to `ref_max_t` (at 8192 it takes minutes); above that the row says 'reference at
-T not run' and gives a linear extrapolation from the largest T that was run, marked '~'.
+T not run' and gives an estimate (power law through the two largest T run), marked '~'.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import time
@@ -148,6 +149,19 @@ def run_ops_bench(
     return rows
 
 
+def extrapolate(times: dict, cpu: dict, op_mode, ran: list, T: int):
+    """Reference time at T from a power law through its two largest measured T (linear if one)."""
+    op, mode = op_mode
+    hi = times.get((op, mode, "reference", ran[-1]))
+    if hi is None:
+        return None
+    if len(ran) < 2 or not times.get((op, mode, "reference", ran[-2])):
+        return hi * T / ran[-1]
+    lo = times[(op, mode, "reference", ran[-2])]
+    exponent = math.log(hi / lo) / math.log(ran[-1] / ran[-2])
+    return hi * (T / ran[-1]) ** exponent
+
+
 def summary_lines(rows: list[dict], seq_lens, ref_max_t: int) -> list[str]:
     """A plain-text table: wall times, speed-up reference/torch (wall and CPU time), T-scaling."""
     t = {(r["op"], r["mode"], r["impl"], r["T"]): r["seconds"] for r in rows}
@@ -163,10 +177,8 @@ def summary_lines(rows: list[dict], seq_lens, ref_max_t: int) -> list[str]:
             key_t, key_r = (op, mode, "torch", T), (op, mode, "reference", T)
             tt, tr, ct, cr = t.get(key_t), t.get(key_r), c.get(key_t), c.get(key_r)
             note = ""
-            if tr is None and ran:  # linear extrapolation from the largest T that was run
-                last = (op, mode, "reference", ran[-1])
-                tr, note = t[last] * T / ran[-1], "~"
-                cr = c[last] * T / ran[-1] if c.get(last) is not None else None
+            if tr is None and ran:
+                tr, cr, note = extrapolate(t, c, (op, mode), ran, T), extrapolate(c, c, (op, mode), ran, T), "~"
             ref_s = f"{note}{tr * 1e3:.1f} ms" if tr is not None else "not run"
             speed = f"{note}{tr / tt:.1f}x" if tr is not None and tt else "-"
             speed_cpu = f"{note}{cr / ct:.1f}x" if cr is not None and ct else "-"
@@ -179,6 +191,6 @@ def summary_lines(rows: list[dict], seq_lens, ref_max_t: int) -> list[str]:
             lines.append(f"{'':17s} {'':8s} torch T-scaling time({t_hi})/time({t_lo}) = {s:.2f}{cpu_s} "
                          f"(linear: {t_hi / t_lo:.0f})")
     if any(T > ref_max_t for T in seq_lens):
-        lines.append(f"'~': reference fwd+bwd at T > {ref_max_t} not run; extrapolated linearly from the "
-                     f"largest T that was run (the reference loop is linear in T).")
+        lines.append(f"'~': reference fwd+bwd at T > {ref_max_t} not run; estimated by a power law through the "
+                     f"two largest T that were run (linearly from one), an estimate, not a measurement.")
     return lines

@@ -25,7 +25,7 @@ def test_bench_writes_machine_line_results_and_table(tmp_path):
     }
     assert all(r["seconds"] > 0 and r["cpu_seconds"] >= 0 and r["run_id"] == lines[0]["run_id"] for r in rows)
     text = "\n".join(echoed)
-    assert "not run" in text and "T-scaling time(16)/time(8)" in text and "extrapolated" in text
+    assert "not run" in text and "T-scaling time(16)/time(8)" in text and "an estimate" in text
 
 
 def test_summary_speedup_and_scaling_are_computed_from_rows():
@@ -36,8 +36,12 @@ def test_summary_speedup_and_scaling_are_computed_from_rows():
     ]
     text = "\n".join(summary_lines(rows, (2, 4), ref_max_t=2))
     assert "20.0x" in text  # measured at T=2
-    assert "~20000.0 ms" in text and "~20.0x" in text  # extrapolated to T=4, marked
+    assert "~20000.0 ms" in text and "~20.0x" in text  # extrapolated linearly (one point) to T=4, marked
     assert "time(4)/time(2) = 2.00" in text
+    rows += [{"op": "gated_delta_rule", "mode": "fwd", "impl": "reference", "T": 1, "seconds": 2.5},
+             {"op": "gated_delta_rule", "mode": "fwd", "impl": "torch", "T": 1, "seconds": 0.25}]
+    text = "\n".join(summary_lines(rows, (1, 2, 4), ref_max_t=2))
+    assert "~40000.0 ms" in text and "~40.0x" in text  # quadratic from T=1..2, so 4x from T=2 to 4
 
 
 def test_bad_arguments_raise(tmp_path):
