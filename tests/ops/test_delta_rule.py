@@ -164,6 +164,14 @@ def test_public_op_dispatches_to_the_chunked_path():
     assert S_n is None and rel_err(o_n, o_d) < FP64_RTOL
 
 
+def test_empty_sequence_passes_the_state_through():
+    inp = {n: (t.detach() if t is not None else None)
+           for n, t in make_inputs(0, gate="weak", init=True, dtype=torch.float32).items()}
+    o, S = chunk_delta_rule(inp["q"], inp["k"], inp["v"], inp["beta"], inp["g"], scale=SCALE,
+                            initial_state=inp["initial_state"], output_final_state=True)
+    assert o.shape == (B, 0, H, V) and torch.equal(S, inp["initial_state"])
+
+
 def _good():
     return {n: (t.detach() if t is not None else None)
             for n, t in make_inputs(9, gate="weak", init=True, dtype=torch.float32).items()}

@@ -53,7 +53,10 @@ def chunk_delta_rule(
     V = v.shape[-1]
     ct = compute_dtype(q, k, v, beta, g, initial_state)
     dev = q.device
-    C = max(1, min(chunk_size, T))
+    if T == 0:  # an empty sequence: nothing to output, the state passes through
+        S = torch.zeros(B, H, K, V, dtype=ct, device=dev) if initial_state is None else initial_state.to(ct)
+        return v.new_zeros(B, 0, H, V, dtype=q.dtype), (S if output_final_state else None)
+    C = min(chunk_size, T)
     N = -(-T // C)  # the padded tail has beta = g = k = v = 0: it leaves the state untouched
 
     qc = _to_chunks(q, ct, N, C) * scale
