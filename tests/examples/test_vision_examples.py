@@ -24,6 +24,7 @@ def load(name: str):
     ("slot_attention_clusters", "chamfer"),
     ("partial_attention_reverse", "accuracy"),
     ("prompt_tuning_teacher", "relative_mse"),
+    ("time_freq_denoise", "mse"),
 ])
 def test_example_runs_small(name, key, capsys):
     result = load(name).main(["--small"])
