@@ -38,7 +38,7 @@ def rel_err(x, ref):
 def make_gate(kind, T, gen, dtype=torch.float64):
     """Log gates mixing weak (~ -0.05), none (0 exactly) and strong (-10) forgetting."""
     g = g_gamma = None
-    if kind.startswith("scalar") or kind.startswith("vector"):
+    if kind.startswith(("scalar", "vector")):
         shape = (B, T, H) if kind.startswith("scalar") else (B, T, H, K)
         g = F.logsigmoid(3.0 + 2.0 * torch.randn(shape, generator=gen, dtype=torch.float64))
         r = torch.rand(shape, generator=gen, dtype=torch.float64)
@@ -55,8 +55,8 @@ def make_inputs(kind, T, seed, dtype=torch.float64, initial_state=True, v_dim=V)
     q, k = (torch.randn(B, T, H, K, generator=gen, dtype=torch.float64) for _ in range(2))
     v = torch.randn(B, T, H, v_dim, generator=gen, dtype=torch.float64)
     g, g_gamma = make_gate(kind, T, gen, dtype)
-    inp = dict(q=q.to(dtype).requires_grad_(), k=k.to(dtype).requires_grad_(), v=v.to(dtype).requires_grad_(),
-               g=g, g_gamma=g_gamma, initial_state=None)
+    inp = {"q": q.to(dtype).requires_grad_(), "k": k.to(dtype).requires_grad_(), "v": v.to(dtype).requires_grad_(),
+               "g": g, "g_gamma": g_gamma, "initial_state": None}
     if initial_state:
         state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         S0 = torch.randn(B, H, K, v_dim, generator=gen, dtype=torch.float64)
@@ -178,7 +178,7 @@ def test_state_continuation_across_calls(gate):
     inp = make_inputs(gate, 130, seed=6)
     args = [inp[n].detach() if inp[n] is not None else None for n in ("q", "k", "v", "g")]
     g_gamma = None if inp["g_gamma"] is None else inp["g_gamma"].detach()
-    kw = dict(g_gamma=g_gamma, scale=0.5, output_final_state=True, chunk_size=16)
+    kw = {"g_gamma": g_gamma, "scale": 0.5, "output_final_state": True, "chunk_size": 16}
     o_full, S_full = chunk_gated_linear_attention(*args, initial_state=inp["initial_state"].detach(), **kw)
     S, outs = inp["initial_state"].detach(), []
     for lo, hi in [(0, 37), (37, 38), (38, 100), (100, 130)]:
@@ -187,6 +187,23 @@ def test_state_continuation_across_calls(gate):
         outs.append(o)
     assert_close(torch.cat(outs, 1), o_full, 1e-12, "o of the pieces")
     assert_close(S, S_full, 1e-12, "final state of the pieces")
+
+
+@pytest.mark.parametrize("gate", ["scalar", "vector"])
+def test_hard_reset_gate_minus_infinity(gate):
+    """g = -inf at a step (inside a sub-chunk, and on a chunk's first token) forgets everything
+    before it, as in the reference: no inf - inf or 0 * inf anywhere."""
+    inp = make_inputs(gate, 70, seed=12)
+    g = inp["g"].detach().clone()
+    g[:, 5] = float("-inf")
+    g[:, 32] = float("-inf")
+    args = (inp["q"].detach(), inp["k"].detach(), inp["v"].detach(), g)
+    kw = {"scale": 0.5, "initial_state": inp["initial_state"].detach(), "output_final_state": True}
+    o_r, S_r = gated_linear_attention_reference(*args, **kw)
+    o, S = chunk_gated_linear_attention(*args, chunk_size=16, **kw)
+    assert torch.isfinite(o).all()
+    assert_close(o, o_r, FP64_RTOL, "o")
+    assert_close(S, S_r, FP64_RTOL, "final state")
 
 
 def test_api_torch_impl_is_the_chunked_op():
@@ -217,7 +234,7 @@ def test_padding_steps_leave_state_and_outputs_untouched(gate):
             fill = fill - inp["g_gamma"].detach()[:, None].expand(x.shape[2:])
         fill[mask] = x.reshape(B * T_real, *x.shape[2:])
         padded[n] = fill
-    kw = dict(g_gamma=inp["g_gamma"], scale=0.5, initial_state=inp["initial_state"], output_final_state=True)
+    kw = {"g_gamma": inp["g_gamma"], "scale": 0.5, "initial_state": inp["initial_state"], "output_final_state": True}
     with torch.no_grad():
         o, S = chunk_gated_linear_attention(inp["q"], inp["k"], inp["v"], inp["g"], chunk_size=16, **kw)
         o_pad, S_pad = chunk_gated_linear_attention(padded["q"], padded["k"], padded["v"], padded["g"],
@@ -228,18 +245,18 @@ def test_padding_steps_leave_state_and_outputs_untouched(gate):
 
 def _bad_inputs():
     q, k, v = torch.zeros(1, 5, 2, 4), torch.zeros(1, 5, 2, 4), torch.zeros(1, 5, 2, 3)
-    ok = dict(q=q, k=k, v=v, g=None, g_gamma=None, initial_state=None, chunk_size=64)
+    ok = {"q": q, "k": k, "v": v, "g": None, "g_gamma": None, "initial_state": None, "chunk_size": 64}
     cases = {
-        "q of rank 3": dict(q=q[0], k=k[0]),
-        "k shape differs": dict(k=torch.zeros(1, 5, 2, 5)),
-        "v of another length": dict(v=torch.zeros(1, 6, 2, 3)),
-        "g [B, T]": dict(g=torch.zeros(1, 5)),
-        "g of another K": dict(g=torch.zeros(1, 5, 2, 3)),
-        "g_gamma of another H": dict(g_gamma=torch.zeros(3)),
-        "initial_state of another V": dict(initial_state=torch.zeros(1, 2, 4, 4)),
-        "chunk_size 0": dict(chunk_size=0),
-        "chunk_size float": dict(chunk_size=16.0),
-        "chunk_size bool": dict(chunk_size=True),
+        "q of rank 3": {"q": q[0], "k": k[0]},
+        "k shape differs": {"k": torch.zeros(1, 5, 2, 5)},
+        "v of another length": {"v": torch.zeros(1, 6, 2, 3)},
+        "g [B, T]": {"g": torch.zeros(1, 5)},
+        "g of another K": {"g": torch.zeros(1, 5, 2, 3)},
+        "g_gamma of another H": {"g_gamma": torch.zeros(3)},
+        "initial_state of another V": {"initial_state": torch.zeros(1, 2, 4, 4)},
+        "chunk_size 0": {"chunk_size": 0},
+        "chunk_size float": {"chunk_size": 16.0},
+        "chunk_size bool": {"chunk_size": True},
     }
     return {name: {**ok, **change} for name, change in cases.items()}
 

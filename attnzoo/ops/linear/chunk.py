@@ -41,6 +41,8 @@ Arithmetic is in float32 for bf16/fp16/fp32 inputs and float64 for float64 input
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 
@@ -175,13 +177,13 @@ def _vector_gate_intra(q, k, v, g):
     Nested sub-chunks (C -> <=16 -> <=4 tokens): each level adds the earlier sub-chunks of its
     parent block as a matrix product of decayed queries and keys; the smallest blocks are walked
     along their band. Gates are summed within blocks, so exponents stay small and <= 0."""
-    *lead, C, K = q.shape
+    *lead, C, _K = q.shape
     V = v.shape[-1]
     sizes = [C]
     for cap in SUB_CHUNKS:
         sizes.append(_largest_divisor_at_most(sizes[-1], cap))
     o = _diagonal_blocks(q, k, v, g, sizes[-1])
-    for parent, sub in zip(sizes[:-1], sizes[1:]):
+    for parent, sub in itertools.pairwise(sizes):
         if parent > sub:
             blocks = [x.reshape(*lead, C // parent, parent, x.shape[-1]) for x in (q, k, v, g)]
             o = o + _earlier_subchunks(*blocks, sub).reshape(*lead, C, V)
