@@ -68,10 +68,13 @@ def plot_zoo(records: list[dict], path: str) -> str | None:
     fig, axes = plt.subplots(len(settings), 2, figsize=(12, 4.2 * len(settings)), squeeze=False)
     for (task, T, D), (ax_s, ax_d) in zip(settings, axes):
         sub = [r for r in rows if (r["task"], r["seq_len"], r["num_pairs"]) == (task, T, D)]
-        for m in sorted({r["mixer"] for r in sub}):
+        names = sorted({r["mixer"] for r in sub})
+        colors = plt.get_cmap("tab20")
+        for i, m in enumerate(names):
             pts = sorted((r for r in sub if r["mixer"] == m), key=lambda r: r["d_model"])
-            ax_s.plot([r["state_bytes"] for r in pts], [r["accuracy"] for r in pts], "o-", label=m)
-            ax_d.plot([r["d_model"] for r in pts], [r["accuracy"] for r in pts], "o-", label=m)
+            style = dict(marker="osD^v<>"[i // 20 % 7], color=colors(i % 20), label=m)
+            ax_s.plot([r["state_bytes"] for r in pts], [r["accuracy"] for r in pts], "-", **style)
+            ax_d.plot([r["d_model"] for r in pts], [r["accuracy"] for r in pts], "-", **style)
         title = f"{task} T={T}" + (f" pairs={D}" if D else "")
         ax_s.set(xscale="log", xlabel="state per sequence (bytes, log)", ylabel="accuracy", title=title, ylim=(0, 1.02))
         ax_d.set(xscale="log", xlabel="d_model", ylabel="accuracy", title=title, ylim=(0, 1.02))
