@@ -49,15 +49,15 @@ def main():
     print("\nlong conv, B=4, C=256, kernel length = T (ms): T, direct(F.conv1d), fft")
     for T in (32, 64, 128, 256, 1024, 4096):
         x, k = torch.randn(4, T, 256, device=dev), torch.randn(256, T, device=dev)
-        print(f"  {T:5d}  {timeit(lambda: conv1d_causal_conv(x, k), device=dev):9.2f}  "
-              f"{timeit(lambda: fft_causal_conv(x, k), device=dev):9.2f}")
+        print(f"  {T:5d}  {timeit(lambda x=x, k=k: conv1d_causal_conv(x, k), device=dev):9.2f}  "
+              f"{timeit(lambda x=x, k=k: fft_causal_conv(x, k), device=dev):9.2f}")
     print("\nselective scan fwd+bwd, B=2, D=256, N=16 (ms): T, reference loop, chunked torch")
     for T in (256, 1024):
         ins = [torch.randn(2, T, 256, device=dev), torch.rand(2, T, 256, device=dev) * 0.1,
                -torch.rand(256, 16, device=dev), torch.randn(2, T, 16, device=dev), torch.randn(2, T, 16, device=dev)]
         ins = [t.requires_grad_() for t in ins]
 
-        def run(impl):
+        def run(impl, ins=ins):
             y, _ = selective_scan(*ins, impl=impl)
             y.sum().backward()
 
@@ -68,14 +68,14 @@ def main():
     for name, k in kw.items():
         m = attnzoo.build(name, d_model=128, **k).to(dev)
         x = torch.randn(2, 512, 128, device=dev, requires_grad=True)
-        ms = timeit(lambda: m(x).sum().backward(), 2, dev)
+        ms = timeit(lambda m=m, x=x: m(x).sum().backward(), 2, dev)
         tps = "-"
         if attnzoo.get_card(name).decode:
             lm = LanguageModel(vocab_size=64, d_model=128, n_layers=2, mixer=name,
                                               mixer_kwargs={name: k}).to(dev).eval()
             prompt = torch.randint(0, 64, (1, 16), device=dev)
             with torch.no_grad():
-                t = timeit(lambda: lm.generate(prompt, max_new_tokens=64), 1, dev)
+                t = timeit(lambda lm=lm, prompt=prompt: lm.generate(prompt, max_new_tokens=64), 1, dev)
             tps = f"{64 / (t / 1e3):.0f}"
         print(f"  {name:10s} {ms:9.1f}  {tps}")
 

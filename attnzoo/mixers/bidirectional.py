@@ -49,7 +49,9 @@ class Bidirectional(Mixer):
             fwd = build(mixer, d_model=d_model, **(mixer_kwargs or {}))
             bwd = fwd if shared else build(mixer, d_model=d_model, **(mixer_kwargs or {}))
         else:
-            raise ValueError(f"mixer must be a registered name or a Mixer instance, got {type(mixer).__name__}")
+            raise ValueError(  # noqa: TRY004 (the mixer contract: bad input is a ValueError)
+                f"mixer must be a registered name or a Mixer instance, got {type(mixer).__name__}"
+            )
         if not fwd.causal:
             raise ValueError(f"the inner mixer must be causal, got non-causal {type(fwd).__name__}")
         self.merge, self.shared = merge, shared

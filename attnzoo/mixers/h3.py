@@ -128,7 +128,7 @@ class H3(Mixer):
 
     def ssm_recurrent(self, u, h0, real):
         """The decoding step, looped: h <- Ā h + B̄ u_t (skipped where real is False)."""
-        Bsz, T, Cn = u.shape
+        Bsz, T, _ = u.shape
         dtA, Bbar, C = self.discretize(u.dtype)
         Abar = torch.exp(dtA)
         h = torch.zeros(Bsz, *dtA.shape, dtype=dtA.dtype, device=u.device) if h0 is None else h0

@@ -100,7 +100,7 @@ class RWKV6TimeMix(Mixer):
         """(r, k, v, g, log w) from x and the previous tokens, each [B, T, d] (g after SiLU)."""
         dx = x_prev - x
         xxx = x + dx * self.mu_x
-        B, T, d = x.shape
+        B, T, _ = x.shape
         low = torch.tanh(xxx @ self.mix_A).view(B, T, 5, -1)
         m = torch.einsum("btir,ird->btid", low, self.mix_B) + self.mu  # [B, T, 5, d]
         xw, xk, xv, xr, xg = (x + dx * m[:, :, i] for i in range(5))

@@ -5,8 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from attnzoo.ops.conv import causal_conv1d, direct_causal_conv, fft_causal_conv, long_causal_conv
-from attnzoo.ops.conv.long import causal_long_conv, conv1d_causal_conv
-from attnzoo.ops.conv.long import fft_size
+from attnzoo.ops.conv.long import causal_long_conv, conv1d_causal_conv, fft_size
 
 
 def rand(*shape, seed=0, dtype=torch.float64):

@@ -9,7 +9,7 @@ from attnzoo.ops.scan.chunk import chunk_selective_scan
 
 def make(Bsz=2, T=21, D=6, N=4, dtype=torch.float64, seed=0, strength=1.0):
     g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
     u = r(Bsz, T, D)
     delta = torch.nn.functional.softplus(r(Bsz, T, D) - 1) * strength
     A = -torch.exp(r(D, N))
@@ -46,7 +46,7 @@ def test_gradients_agree_including_initial_state():
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 5e-2)])
 def test_low_precision_inputs_keep_fp32_state(dtype, tol):
-    u, delta, A, B, C, D, h0 = make(T=70, seed=5)
+    u, delta, A, B, C, D, _h0 = make(T=70, seed=5)
     y_ref, _ = selective_scan(u, delta, A, B, C, D, impl="reference")
     lo = [t.to(dtype) for t in (u, delta, A, B, C, D)]
     y, s = selective_scan(*lo, output_final_state=True, impl="torch")
@@ -56,7 +56,7 @@ def test_low_precision_inputs_keep_fp32_state(dtype, tol):
 
 
 def test_zero_delta_steps_leave_the_state_unchanged():
-    u, delta, A, B, C, D, h0 = make(T=10, seed=6)
+    u, delta, A, B, C, _D, h0 = make(T=10, seed=6)
     delta[:, 3:6] = 0
     _, s_all = selective_scan(u, delta, A, B, C, initial_state=h0, output_final_state=True)
     keep = [0, 1, 2, 6, 7, 8, 9]
@@ -66,7 +66,7 @@ def test_zero_delta_steps_leave_the_state_unchanged():
 
 
 def test_state_split_continues():
-    u, delta, A, B, C, D, h0 = make(T=30, seed=7)
+    u, delta, A, B, C, D, _h0 = make(T=30, seed=7)
     y, _ = selective_scan(u, delta, A, B, C, D)
     y1, s = selective_scan(u[:, :11], delta[:, :11], A, B[:, :11], C[:, :11], D, output_final_state=True)
     y2, _ = selective_scan(u[:, 11:], delta[:, 11:], A, B[:, 11:], C[:, 11:], D, initial_state=s)
@@ -74,7 +74,7 @@ def test_state_split_continues():
 
 
 def test_bad_shapes_raise():
-    u, delta, A, B, C, D, h0 = make()
+    u, delta, A, B, C, _, h0 = make()
     with pytest.raises(ValueError, match="A must be"):
         selective_scan(u, delta, A[:-1], B, C)
     with pytest.raises(ValueError, match="B must be"):

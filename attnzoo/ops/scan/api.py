@@ -40,7 +40,7 @@ def selective_scan(u, delta, A, B, C, D=None, *, initial_state=None, output_fina
                    chunk_size=None):
     check_scan_inputs(u, delta, A, B, C, D, initial_state)
     impl = resolve_impl(impl, u, triton_supported=False)
-    kw = dict(initial_state=initial_state, output_final_state=output_final_state)
+    kw = {"initial_state": initial_state, "output_final_state": output_final_state}
     if impl == "reference":
         from attnzoo.ops.scan.reference import selective_scan_reference
 
