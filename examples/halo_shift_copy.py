@@ -47,7 +47,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (small models: 1 is fastest)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    steps = args.steps or (20 if args.small else 300)
+    steps = args.steps or (5 if args.small else 300)
     size, batch = (8, 4) if args.small else (16, 16)
     torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)

@@ -25,6 +25,7 @@ def load(name: str):
     ("partial_attention_reverse", "accuracy"),
     ("prompt_tuning_teacher", "relative_mse"),
     ("time_freq_denoise", "mse"),
+    ("care_count_spots", "accuracy"),
 ])
 def test_example_runs_small(name, key, capsys):
     result = load(name).main(["--small"])
