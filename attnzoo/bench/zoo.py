@@ -147,25 +147,53 @@ def run_one(spec: dict, preset: ZooPreset, *, device: str, max_seconds: float | 
     return rec
 
 
-def _worker(spec: dict, preset_dict: dict, device: str, max_seconds, threads):
+class _Reporter:
+    """Sends a worker's progress to the main process's bars, at most every `every` seconds."""
+
+    def __init__(self, queue, key, every: float = 0.5):
+        self.queue, self.key, self.every, self.last = queue, key, every, 0.0
+
+    def step(self, step, loss):
+        now = time.perf_counter()
+        if now - self.last >= self.every:
+            self.last = now
+            self.queue.put((self.key, "step", step, loss))
+
+    def eval(self, step, loss, acc):
+        self.queue.put((self.key, "eval", step, loss, acc))
+
+
+def _worker(spec: dict, preset_dict: dict, device: str, max_seconds, threads, queue, key):
     if threads:
         torch.set_num_threads(threads)
-    return run_one(spec, ZooPreset(**preset_dict), device=device, max_seconds=max_seconds)
+    rep = _Reporter(queue, key)
+    queue.put((key, "start"))
+    return run_one(spec, ZooPreset(**preset_dict), device=device, max_seconds=max_seconds, on_step=rep.step,
+                   on_eval=rep.eval)
+
+
+def default_workers(device: str, preset: ZooPreset) -> int:
+    """Runs at once: the preset's on CUDA; on a CPU one single-threaded run per core (up to 8),
+    since a tiny model uses one core poorly and two runs on two cores beat one run on both."""
+    if torch.device(device).type == "cuda":
+        return preset.workers
+    return max(1, min(8, os.cpu_count() or 1))
 
 
 def run_zoo(*, preset: ZooPreset, out: str, mixers: list[str] | None = None, task: str = "mqar",
             device: str = "cpu", resume: bool = False, max_runs: int | None = None, workers: int | None = None,
             threads: int | None = None, quiet: bool = False, on_step=None) -> list[dict]:
-    """Run the sweep; return every record in <out>/results.jsonl. max_runs stops after that many
-    new runs (what a kill does, for tests). on_step(step, loss) is passed to every run."""
+    """Run the sweep; return every record in <out>/results.jsonl.
+
+    max_runs stops after that many new runs (what a kill does, for tests). on_step(step, loss) is
+    passed to every run (in-process runs only, workers=1). Every run gets the same time budget,
+    total_seconds · workers / runs (capped by run_seconds), fixed when the sweep starts."""
     from attnzoo.bench.zoo_progress import ZooProgress
     from attnzoo.bench.zoo_report import write_report
 
     mixers = list(mixers) if mixers else default_mixers()
     for m in mixers:
         _pattern_names(m)          # unknown names fail here, before any run
-    if threads:
-        torch.set_num_threads(threads)
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, RESULTS)
     if not resume and os.path.exists(path):
@@ -174,60 +202,73 @@ def run_zoo(*, preset: ZooPreset, out: str, mixers: list[str] | None = None, tas
     pending = [s for s in plan_runs(preset, mixers, task) if run_key(s) not in done]
     if max_runs is not None:
         pending = pending[:max_runs]
-    workers = max(1, workers or (preset.workers if torch.device(device).type == "cuda" else 1))
-
-    def budget(n_left: int) -> float | None:
-        per = None
-        if preset.total_seconds is not None and n_left:
-            per = max(1.0, (preset.total_seconds - (time.perf_counter() - t_start)) * workers / n_left)
-        if preset.run_seconds is not None:
-            per = preset.run_seconds if per is None else min(per, preset.run_seconds)
-        return per
-
-    t_start = time.perf_counter()
+    workers = max(1, min(workers or default_workers(device, preset), max(1, len(pending))))
+    per_run = preset.run_seconds
+    if preset.total_seconds is not None and pending:
+        share = preset.total_seconds * workers / len(pending)
+        per_run = share if per_run is None else min(per_run, share)
     with ZooProgress(total=len(pending), quiet=quiet) as prog:
         if workers == 1:
+            if threads:
+                torch.set_num_threads(threads)
             for i, spec in enumerate(pending):
-                prog.start_run(spec, preset.steps)
+                prog.start_run(i, spec, preset.steps)
 
-                def step_cb(step, loss):
-                    prog.step(step, loss)
+                def step_cb(step, loss, i=i):
+                    prog.step(i, step, loss)
                     if on_step is not None:
                         on_step(step, loss)
 
-                rec = run_one(spec, preset, device=device, max_seconds=budget(len(pending) - i),
-                              on_step=step_cb, on_eval=prog.eval)
+                rec = run_one(spec, preset, device=device, max_seconds=per_run, on_step=step_cb,
+                              on_eval=lambda s, lo, a, i=i: prog.eval(i, s, lo, a))
                 append_result(path, rec)
-                prog.finish_run(rec)
+                prog.finish_run(i, rec)
         else:
-            _run_parallel(pending, preset, device, workers, threads, path, prog, budget)
+            _run_parallel(pending, preset, device, workers, threads, path, prog, per_run)
     records = read_results(path)
     write_report(records, out, quiet=quiet)
     return records
 
 
-def _run_parallel(pending, preset, device, workers, threads, path, prog, budget):
+def _run_parallel(pending, preset, device, workers, threads, path, prog, per_run):
     import multiprocessing as mp
+    import queue as queue_mod
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     ctx = mp.get_context("spawn")
     threads = threads or max(1, (os.cpu_count() or 1) // workers)     # no oversubscription of the cores
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        queue = list(pending)
+    with ctx.Manager() as manager, ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        events = manager.Queue()
+        todo = list(enumerate(pending))
         running = {}
+
+        def drain():
+            while True:
+                try:
+                    ev = events.get_nowait()
+                except queue_mod.Empty:
+                    return
+                key = ev[0]
+                if ev[1] == "start":
+                    prog.start_run(key, pending[key], preset.steps)
+                elif ev[1] == "step":
+                    prog.step(key, ev[2], ev[3])
+                else:
+                    prog.eval(key, ev[2], ev[3], ev[4])
+
         try:
-            while queue or running:
-                while queue and len(running) < workers:
-                    spec = queue.pop(0)
-                    fut = pool.submit(_worker, spec, asdict(preset), device, budget(len(queue) + 1 + len(running)),
-                                      threads)
-                    running[fut] = spec
-                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            while todo or running:
+                while todo and len(running) < workers:
+                    key, spec = todo.pop(0)
+                    fut = pool.submit(_worker, spec, asdict(preset), device, per_run, threads, events, key)
+                    running[fut] = key
+                finished, _ = wait(list(running), timeout=0.25, return_when=FIRST_COMPLETED)
+                drain()
                 for fut in finished:
-                    spec = running.pop(fut)
+                    key = running.pop(fut)
                     rec = fut.result()
                     append_result(path, rec)
-                    prog.finish_run(rec)
+                    prog.finish_run(key, rec)
         except BaseException:
             for fut in running:
                 fut.cancel()

@@ -34,14 +34,14 @@ class ZooPreset:
     warmup_steps: int = 20
     total_seconds: float | None = None     # wall-clock budget of the whole sweep (None: none)
     run_seconds: float | None = None       # cap per run (None: none)
-    workers: int = 1                        # runs at once (processes); >1 only pays on a GPU
+    workers: int = 8                        # runs at once on CUDA (processes); on a CPU one per core
     seed: int = 0
 
 
 PRESETS = {
     "quick": ZooPreset(
         name="quick", grid=((64, 4),), vocab_size=128, d_models=(64,), lrs=(3e-3,), num_train=20_000,
-        num_test=256, batch_size=64, steps=3000, eval_every=50, total_seconds=480.0, run_seconds=60.0,
+        num_test=256, batch_size=64, steps=3000, eval_every=50, total_seconds=420.0, run_seconds=90.0,
     ),
     "standard": ZooPreset(
         name="standard", grid=((64, 4), (128, 8)), vocab_size=2048, d_models=(64, 128), lrs=(1e-3, 3e-3),

@@ -1,4 +1,4 @@
-"""Live progress of a zoo sweep (rich): one bar for the whole sweep, one for the run in flight."""
+"""Live progress of a zoo sweep (rich): one bar for the whole sweep, one per run in flight."""
 
 from __future__ import annotations
 
@@ -12,15 +12,16 @@ def describe(spec: dict) -> str:
 
 
 class ZooProgress:
+    """start_run(key, spec, steps), step(key, ...), eval(key, ...), finish_run(key, record)."""
+
     def __init__(self, *, total: int, quiet: bool = False):
-        self.quiet = quiet
         self.console = Console(stderr=True)
         self.progress = None if quiet else Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TextColumn("{task.fields[info]}"), console=self.console, transient=False)
         self.total = total
         self.overall = None
-        self.run = None
+        self.runs: dict = {}
 
     def __enter__(self):
         if self.progress is not None:
@@ -32,27 +33,23 @@ class ZooProgress:
         if self.progress is not None:
             self.progress.__exit__(*exc)
 
-    def start_run(self, spec: dict, steps: int):
+    def start_run(self, key, spec: dict, steps: int):
+        if self.progress is not None and key not in self.runs:
+            self.runs[key] = self.progress.add_task(f"  {describe(spec)}", total=steps, info="")
+
+    def step(self, key, step: int, loss: float):
+        if key in self.runs:
+            self.progress.update(self.runs[key], completed=step)
+
+    def eval(self, key, step: int, loss: float, acc: float):
+        if key in self.runs:
+            self.progress.update(self.runs[key], completed=step, info=f"loss {loss:.3f} acc {acc:.3f}")
+
+    def finish_run(self, key, rec: dict):
         if self.progress is None:
             return
-        if self.run is not None:
-            self.progress.remove_task(self.run)
-        self.run = self.progress.add_task(f"  {describe(spec)}", total=steps, info="")
-
-    def step(self, step: int, loss: float):
-        if self.run is not None:
-            self.progress.update(self.run, completed=step)
-
-    def eval(self, step: int, loss: float, acc: float):
-        if self.run is not None:
-            self.progress.update(self.run, info=f"loss {loss:.3f} acc {acc:.3f}")
-
-    def finish_run(self, rec: dict):
-        if self.progress is None:
-            return
-        if self.run is not None:
-            self.progress.remove_task(self.run)
-            self.run = None
+        if key in self.runs:
+            self.progress.remove_task(self.runs.pop(key))
         acc = "error" if rec.get("accuracy") is None else f"acc {rec['accuracy']:.3f}"
         self.progress.console.print(f"{describe(rec)}: {acc}, {rec.get('steps', 0)} steps, {rec['seconds']:.0f} s"
                                     + (f"  ({rec['error']})" if rec.get("error") else ""))

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from attnzoo.bench import zoo as zoo_mod
-from attnzoo.bench.zoo import read_results, run_zoo
+from attnzoo.bench.zoo import read_results, run_key, run_zoo
 from attnzoo.bench.zoo_presets import ZooPreset, get_preset
 from attnzoo.bench.zoo_report import best_runs, leaderboard_markdown
 from attnzoo.cli import main
@@ -15,24 +15,26 @@ VOLATILE = ("seconds", "machine")
 
 
 def _stable(records):
-    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in records]
+    """The records without timing, in run order (parallel runs finish in any order)."""
+    return sorted(({k: v for k, v in r.items() if k not in VOLATILE} for r in records), key=run_key)
 
 
 def test_killed_and_resumed_zoo_equals_uninterrupted(tmp_path):
-    full = run_zoo(preset=TINY, out=str(tmp_path / "a"), mixers=MIXERS, quiet=True)
+    # the uninterrupted sweep runs 2 at a time in worker processes; the killed one in process
+    full = run_zoo(preset=TINY, out=str(tmp_path / "a"), mixers=MIXERS, quiet=True, workers=2, threads=1)
     assert len(full) == 4 and all(r["accuracy"] is not None for r in full)
 
     out = str(tmp_path / "b")
-    run_zoo(preset=TINY, out=out, mixers=MIXERS, quiet=True, max_runs=1)            # killed between runs
+    run_zoo(preset=TINY, out=out, mixers=MIXERS, quiet=True, max_runs=1, workers=1, threads=1)            # killed between runs
     assert len(read_results(f"{out}/results.jsonl")) == 1
 
     def kill(step, loss):
         raise KeyboardInterrupt                                                      # killed inside a run
     with pytest.raises(KeyboardInterrupt):
-        run_zoo(preset=TINY, out=out, mixers=MIXERS, quiet=True, resume=True, on_step=kill)
+        run_zoo(preset=TINY, out=out, mixers=MIXERS, quiet=True, resume=True, on_step=kill, workers=1)
     assert len(read_results(f"{out}/results.jsonl")) == 1                            # nothing half-written
 
-    resumed = run_zoo(preset=TINY, out=out, mixers=MIXERS, quiet=True, resume=True)
+    resumed = run_zoo(preset=TINY, out=out, mixers=MIXERS, quiet=True, resume=True, workers=1, threads=1)
     assert _stable(resumed) == _stable(full)                                         # no loss, no duplicate
     lines = open(f"{out}/results.jsonl").read().splitlines()
     assert len(lines) == 4 and all(json.loads(line)["machine"] for line in lines)
@@ -57,13 +59,13 @@ def test_a_failing_mixer_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch
             raise RuntimeError("kaput")
         return real(spec, preset)
     monkeypatch.setattr(zoo_mod, "build_model", build)
-    recs = run_zoo(preset=TINY, out=str(tmp_path), mixers=MIXERS, quiet=True)
+    recs = run_zoo(preset=TINY, out=str(tmp_path), mixers=MIXERS, quiet=True, workers=1)
     bad = [r for r in recs if r["mixer"] == "sliding_window"]
     assert len(recs) == 4 and all(r["accuracy"] is None and "kaput" in r["error"] for r in bad)
 
 
 def test_hybrid_pattern_is_a_mixer(tmp_path):
-    recs = run_zoo(preset=TINY, out=str(tmp_path), mixers=["softmax*1+sliding_window"], quiet=True)
+    recs = run_zoo(preset=TINY, out=str(tmp_path), mixers=["softmax*1+sliding_window"], quiet=True, workers=1)
     assert len(recs) == 2 and recs[0]["state_bytes"] > 0 and recs[0].get("error") is None
 
 
