@@ -35,7 +35,7 @@ def attention_probs(mixer: SoftmaxAttention, x: torch.Tensor, *, prefix_len: int
     (default: the mixer's prefix_len attribute if it has one, else none).
     """
     if not isinstance(mixer, SoftmaxAttention):
-        raise ValueError(f"mixer must be a softmax attention mixer (SoftmaxAttention), got {type(mixer).__name__}")
+        raise ValueError(f"mixer must be a softmax attention mixer (SoftmaxAttention), got {type(mixer).__name__}")  # noqa: TRY004
     mixer.check_input(x, None, None)
     B, T, _ = x.shape
     if prefix_len is None:

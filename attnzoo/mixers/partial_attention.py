@@ -23,7 +23,6 @@ encodings and language embeddings belong to the model, not to this mixer, and ar
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from attnzoo.mixers.layers import apply_rope, token_positions

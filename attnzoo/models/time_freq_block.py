@@ -56,7 +56,7 @@ class TimeFrequencyBlock(nn.Module):
         self.attention = SharedAxisAttention(channels, n_heads=n_heads)  # the one shared MHA
         self.time_norm, self.freq_norm = nn.LayerNorm(channels), nn.LayerNorm(channels)
         self.time_mixer_norm, self.freq_mixer_norm = RMSNorm(channels, eps=1e-5), RMSNorm(channels, eps=1e-5)
-        kw = dict(mixer=inner_mixer, merge="concat", mixer_kwargs=inner_kwargs or {})
+        kw = {"mixer": inner_mixer, "merge": "concat", "mixer_kwargs": inner_kwargs or {}}
         self.time_mixer = Bidirectional(channels, **kw)
         self.freq_mixer = Bidirectional(channels, **kw)
 

@@ -108,7 +108,7 @@ class ResidualAttentionUNet(nn.Module):
 
     def forward(self, x):
         check_image(x, self.in_channels)
-        check_divisible(x.shape[1], x.shape[2], 2**self.depth, f"U-Net downsampling factor 2**depth")
+        check_divisible(x.shape[1], x.shape[2], 2**self.depth, "U-Net downsampling factor 2**depth")
         skips, h = [], _nchw(x)
         for i, block in enumerate(self.down):
             h = block(h if i == 0 else F.max_pool2d(h, 2))

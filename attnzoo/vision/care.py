@@ -60,7 +60,7 @@ class CAREBlock(nn.Module):
         memory_dim: int | None = None, mlp_ratio: int = 4,
     ):
         super().__init__()
-        c_g = int(round(global_ratio * dim))
+        c_g = round(global_ratio * dim)
         if not 0 < c_g < dim:
             raise ValueError(f"global_ratio={global_ratio} must leave both parts non-empty for dim={dim}")
         if c_g % n_heads:

@@ -8,7 +8,7 @@ import torch
 def check_image(x, channels: int, name: str = "x") -> None:
     """Raise ValueError unless x is a floating tensor [B, H, W, channels]."""
     if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor of shape [B, H, W, {channels}], got {type(x).__name__}")
+        raise ValueError(f"{name} must be a torch.Tensor of shape [B, H, W, {channels}], got {type(x).__name__}")  # noqa: TRY004
     if x.dim() != 4:
         raise ValueError(f"{name} must have shape [B, H, W, {channels}] (rank 4), got shape {tuple(x.shape)}")
     if x.shape[-1] != channels:

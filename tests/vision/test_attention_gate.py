@@ -39,7 +39,7 @@ def test_gate_rejects_g_at_the_wrong_scale():
     with pytest.raises(ValueError, match="batch"):
         gate(torch.randn(2, 8, 8, 8), torch.randn(1, 4, 4, 16))
     full = AttentionGate(8, 16, grid=False)  # non-grid: any g size, upsampled to x
-    out, alpha = full(torch.randn(1, 8, 8, 8), torch.randn(1, 4, 4, 16))
+    _, alpha = full(torch.randn(1, 8, 8, 8), torch.randn(1, 4, 4, 16))
     assert alpha.shape == (1, 8, 8, 1)
 
 

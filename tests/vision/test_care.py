@@ -14,7 +14,7 @@ def test_linear_attention_equals_its_quadratic_form():
     q, k, v = rand(2, 20, 3, 4, seed=1), rand(2, 20, 3, 4, seed=2), rand(2, 20, 3, 5, seed=3)
     torch.testing.assert_close(linear_attention(q, k, v), linear_attention_quadratic(q, k, v))
     # the quadratic form written out: rows of phi(Q)phi(K)^T normalised to sum 1
-    phi = lambda t: torch.where(t > 0, t + 1, t.exp())  # noqa: E731  elu + 1
+    phi = lambda t: torch.where(t > 0, t + 1, t.exp())  # elu + 1
     a = torch.einsum("ihd,jhd->hij", phi(q[0]), phi(k[0]))
     want = torch.einsum("hij,jhe->ihe", a / a.sum(-1, keepdim=True), v[0])
     torch.testing.assert_close(linear_attention(q, k, v)[0], want, rtol=1e-5, atol=1e-6)

@@ -2,8 +2,14 @@ import pytest
 import torch
 
 from attnzoo.vision.maxvit import (
-    BlockAttention, GridAttention, MaxViTBlock, RelativeGroupAttention, block_partition, block_unpartition,
-    grid_partition, grid_unpartition,
+    BlockAttention,
+    GridAttention,
+    MaxViTBlock,
+    RelativeGroupAttention,
+    block_partition,
+    block_unpartition,
+    grid_partition,
+    grid_unpartition,
 )
 
 F64 = torch.float64

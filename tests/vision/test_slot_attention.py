@@ -58,7 +58,7 @@ def test_permuting_inputs_leaves_slots_unchanged():
 
 def test_image_inputs_and_bad_inputs():
     m = make()
-    out, attn = m(rand(2, 3, 4, 6, seed=1), generator=torch.Generator().manual_seed(0))
+    _, attn = m(rand(2, 3, 4, 6, seed=1), generator=torch.Generator().manual_seed(0))
     assert attn.shape == (2, 4, 12)
     with pytest.raises(ValueError, match=r"\[B, N, 6\]"):
         m(rand(2, 10, 5))
