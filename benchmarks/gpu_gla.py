@@ -130,6 +130,8 @@ def main():
     ap.add_argument("--providers", default=None)
     ap.add_argument("--modes", default="fwd,fwdbwd,decode")
     ap.add_argument("--skip-checks", action="store_true")
+    ap.add_argument("--only", default=None, help="comma list of check names to run (default: all)")
+    ap.add_argument("--no-bench", action="store_true")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     results = []
@@ -143,17 +145,29 @@ def main():
             ("vector_fp32_1000_D128", 1, 1000, 2, 128, "vector", torch.float32),
             ("scalar_fp16_777_D64", 1, 777, 2, 64, "scalar", torch.float16),
         ]
+        only = args.only.split(",") if args.only else None
         for c in cases:
+            if only and c[0] not in only:
+                continue
             results.append(check(*c))
             print(json.dumps(results[-1]), flush=True)
-        for r in (check_varlen("vector"), check_varlen("scalar"), check_decode(), check_compile()):
+        extra = {"varlen_vector": lambda: check_varlen("vector"), "varlen_scalar": lambda: check_varlen("scalar"),
+                 "decode": check_decode, "compile": check_compile}
+        for name, fn in extra.items():
+            if only and name not in only:
+                continue
+            r = fn()
             results.append(r)
             print(json.dumps(r), flush=True)
-        results.append(ceilings())
-        print(json.dumps(results[-1]), flush=True)
+        if not only:
+            results.append(ceilings())
+            print(json.dumps(results[-1]), flush=True)
     with open(os.path.join(args.out, "gpu_gla_checks.json"), "w") as f:
         json.dump(results, f, indent=1)
     print(f"checks done in {time.time() - t0:.0f} s", flush=True)
+    if args.no_bench:
+        print("\nCHECKS: " + ", ".join(f"{r['check']}={'ok' if r['ok'] else 'FAIL'}" for r in results if "check" in r))
+        return
 
     from attnzoo.bench.speed import PROVIDERS, default_shapes, parse_shapes, run_speed
 
