@@ -73,7 +73,7 @@ def routed_attention(q, k, v, q_pos, k_pos, valid, *, simple: bool, q_chunk: int
     k/v [h, L, D], q_pos [h, n], k_pos/valid [L]. Query chunks only read keys up to their last
     position when keys are in position order (`simple`), which keeps the causal saving."""
     h, n, _ = q.shape
-    if simple and _FLASH_LSE is not None:
+    if simple and _FLASH_LSE is not None and q.device.type == "cpu":  # the op exists for CPU only
         return torch.cat([_prefix_band_attention(q[:, c0 : c0 + q_chunk], k, v, q_pos[:, c0 : c0 + q_chunk])
                           for c0 in range(0, n, q_chunk)], 1)
     zero, neg = q.new_zeros(()), q.new_full((), float("-inf"))
