@@ -100,7 +100,7 @@ def build_model(spec: dict, preset: ZooPreset):
     from attnzoo.models import LanguageModel
 
     names = _pattern_names(spec["mixer"])
-    n_layers = preset.n_layers if len(names) <= preset.n_layers else len(names)
+    n_layers = max(preset.n_layers, len(names))
     if n_layers % len(names):
         n_layers = len(names) * -(-n_layers // len(names))
     kwargs = {n: dict(get_card(n).example_kwargs) for n in set(names)}
@@ -141,7 +141,7 @@ def run_one(spec: dict, preset: ZooPreset, *, device: str, max_seconds: float | 
                    params=sum(p.numel() for p in lm.parameters()))
     except (KeyboardInterrupt, SystemExit):
         raise
-    except Exception as e:  # a broken mixer must not stop the sweep: record why and go on
+    except Exception as e:  # noqa: BLE001 -- a broken mixer must not stop the sweep: record why and go on
         rec.update(accuracy=None, error=f"{type(e).__name__}: {e}"[:500], steps=0, stopped="error")
     rec["seconds"] = round(time.perf_counter() - t0, 2)
     return rec

@@ -72,7 +72,7 @@ def plot_zoo(records: list[dict], path: str) -> str | None:
         colors = plt.get_cmap("tab20")
         for i, m in enumerate(names):
             pts = sorted((r for r in sub if r["mixer"] == m), key=lambda r: r["d_model"])
-            style = dict(marker="osD^v<>"[i // 20 % 7], color=colors(i % 20), label=m)
+            style = {"marker": "osD^v<>"[i // 20 % 7], "color": colors(i % 20), "label": m}
             ax_s.plot([r["state_bytes"] for r in pts], [r["accuracy"] for r in pts], "-", **style)
             ax_d.plot([r["d_model"] for r in pts], [r["accuracy"] for r in pts], "-", **style)
         title = f"{task} T={T}" + (f" pairs={D}" if D else "")

@@ -131,8 +131,8 @@ def mqar_splits(*, seq_len: int, num_pairs: int, vocab_size: int, num_train: int
                 seed: int = 0, power_a: float = 0.01, random_non_queries: bool = True):
     """Train and test sets from different seeds; test rows that also occur in train are dropped
     (with V >= 128 and T >= 16 this almost never happens)."""
-    kw = dict(seq_len=seq_len, num_pairs=num_pairs, vocab_size=vocab_size, power_a=power_a,
-              random_non_queries=random_non_queries)
+    kw = {"seq_len": seq_len, "num_pairs": num_pairs, "vocab_size": vocab_size, "power_a": power_a,
+          "random_non_queries": random_non_queries}
     train = generate_mqar(num_train, seed=2 * seed, **kw)
     test = generate_mqar(num_test, seed=2 * seed + 1, **kw)
     seen = sequence_hashes(train[0])

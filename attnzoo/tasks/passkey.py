@@ -53,7 +53,7 @@ def generate_passkey(num_examples: int, *, seq_len: int = 256, num_digits: int =
     for i in range(num_examples):
         key = "".join(str(d) for d in rng.integers(0, 10, size=num_digits))
         d = rng.random() if depth is None else depth
-        a = int(round(d * n_fill))
+        a = round(d * n_fill)
         text = filler[:a] + _needle(key).encode() + filler[: n_fill - a] + QUESTION.encode() + key.encode()
         seq = np.frombuffer(text, dtype=np.uint8).astype(np.int64)
         assert seq.shape[0] == seq_len + 1

@@ -3,4 +3,4 @@
 from attnzoo.train.lamb import LAMB, lamb_param_groups
 from attnzoo.train.trainer import TrainConfig, TrainResult, evaluate, train_lm
 
-__all__ = ["LAMB", "lamb_param_groups", "TrainConfig", "TrainResult", "evaluate", "train_lm"]
+__all__ = ["LAMB", "TrainConfig", "TrainResult", "evaluate", "lamb_param_groups", "train_lm"]

@@ -164,7 +164,6 @@ def train_lm(model: nn.Module, *, train: tuple[torch.Tensor, torch.Tensor], test
     if device.type != "cpu":
         x_all, y_all = x_all.to(device), y_all.to(device)
     n = x_all.shape[0]
-    local = config.batch_size // world
     t0 = time.perf_counter()
     stopped = "steps"
     loss_val = float("nan")

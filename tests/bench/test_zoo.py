@@ -36,14 +36,15 @@ def test_killed_and_resumed_zoo_equals_uninterrupted(tmp_path):
 
     resumed = run_zoo(preset=TINY, out=out, mixers=MIXERS, quiet=True, resume=True, workers=1, threads=1)
     assert _stable(resumed) == _stable(full)                                         # no loss, no duplicate
-    lines = open(f"{out}/results.jsonl").read().splitlines()
+    with open(f"{out}/results.jsonl") as f:
+        lines = f.read().splitlines()
     assert len(lines) == 4 and all(json.loads(line)["machine"] for line in lines)
     assert (tmp_path / "b" / "leaderboard.md").exists() and (tmp_path / "b" / "zoo.png").stat().st_size > 1000
 
 
 def test_best_lr_kept_per_mixer_and_width():
-    recs = [dict(task="mqar", mixer="m", d_model=16, seq_len=16, num_pairs=2, vocab_size=32, lr=lr, accuracy=a,
-                 steps=3, state_bytes=100, machine="x") for lr, a in ((1e-3, 0.5), (3e-3, 0.9), (1e-2, 0.7))]
+    recs = [{"task": "mqar", "mixer": "m", "d_model": 16, "seq_len": 16, "num_pairs": 2, "vocab_size": 32, "lr": lr, "accuracy": a,
+                 "steps": 3, "state_bytes": 100, "machine": "x"} for lr, a in ((1e-3, 0.5), (3e-3, 0.9), (1e-2, 0.7))]
     recs.append(dict(recs[0], mixer="broken", accuracy=None, error="ValueError: boom"))
     best = best_runs(recs)
     assert len(best) == 1 and best[0]["lr"] == 3e-3

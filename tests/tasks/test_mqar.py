@@ -64,7 +64,7 @@ def test_gap_distribution_follows_power_law():
 
 
 def test_mqar_gaps_without_replacement_prefer_short_gaps():
-    x, y = generate_mqar(2000, seq_len=64, num_pairs=4, vocab_size=128, seed=1)
+    _x, y = generate_mqar(2000, seq_len=64, num_pairs=4, vocab_size=128, seed=1)
     pos = (y != -100).nonzero()[:, 1]
     gaps = (pos - 8) // 2
     counts = torch.bincount(gaps, minlength=28).double()

@@ -5,8 +5,14 @@ import pytest
 import torch
 
 from attnzoo.tasks import token_task
-from attnzoo.tasks.ar_forecast import (generate_ar_forecast, hankel_samples, is_stationary, ols_ar_predict,
-                                       sample_stationary_coefficients, simulate_ar)
+from attnzoo.tasks.ar_forecast import (
+    generate_ar_forecast,
+    hankel_samples,
+    is_stationary,
+    ols_ar_predict,
+    sample_stationary_coefficients,
+    simulate_ar,
+)
 from attnzoo.tasks.bytes import StdlibBytes, bits_per_byte, is_validation
 from attnzoo.tasks.icl_regression import baseline_mse, generate_icl_regression, ridge_predict
 from attnzoo.tasks.passkey import generate_passkey

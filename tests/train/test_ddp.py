@@ -10,7 +10,7 @@ from attnzoo.models import LanguageModel
 from attnzoo.tasks.mqar import mqar_splits
 from attnzoo.train import TrainConfig, train_lm
 
-CFG = dict(steps=4, batch_size=16, lr=3e-3, eval_every=2, warmup_steps=1, seed=0)
+CFG = {"steps": 4, "batch_size": 16, "lr": 3e-3, "eval_every": 2, "warmup_steps": 1, "seed": 0}
 
 
 def _model():

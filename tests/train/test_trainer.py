@@ -29,7 +29,7 @@ def test_batch_order_depends_only_on_step():
 
 def test_resume_from_checkpoint_equals_uninterrupted(tmp_path):
     train, test = _data()
-    cfg = dict(steps=12, batch_size=16, lr=3e-3, eval_every=4, warmup_steps=2, seed=0)
+    cfg = {"steps": 12, "batch_size": 16, "lr": 3e-3, "eval_every": 4, "warmup_steps": 2, "seed": 0}
     full = _tiny()
     r_full = train_lm(full, train=train, test=test, config=TrainConfig(**cfg))
 
@@ -41,7 +41,8 @@ def test_resume_from_checkpoint_equals_uninterrupted(tmp_path):
             raise KeyboardInterrupt  # a kill after the step-8 checkpoint
     with pytest.raises(KeyboardInterrupt):
         train_lm(part, train=train, test=test, config=TrainConfig(**cfg, checkpoint_dir=ck), on_step=stop_at_8)
-    assert json.load(open(os.path.join(ck, "latest.json")))["step"] == 8
+    with open(os.path.join(ck, "latest.json")) as f:
+        assert json.load(f)["step"] == 8
     resumed = _tiny(seed=123)          # different init: everything must come from the checkpoint
     r_res = train_lm(resumed, train=train, test=test, config=TrainConfig(**cfg, checkpoint_dir=ck))
     assert r_res.steps == 12
