@@ -81,6 +81,22 @@ def continuation(name, d, device):
     return rel(torch.cat(ys, 1), full)
 
 
+def measure(name, a, x, dev):
+    m = build(name, a.d, dev)
+    with torch.no_grad():
+        fwd = timeit(lambda m=m: m(x), a.repeats, dev)
+    xg = x.clone().requires_grad_(True)
+    fb = timeit(lambda m=m, xg=xg: m(xg).sum().backward(), a.repeats, dev)
+    err_y, err_g = agreement(name, a.d, dev) if name != "softmax" else (float("nan"), float("nan"))
+    err_s = continuation(name, a.d, dev)
+    row = {"mixer": name, "forward_s": fwd, "fwd_bwd_s": fb, "rel_err_vs_reference": err_y,
+           "rel_err_grad_vs_reference": err_g, "rel_err_state_continuation": err_s,
+           "state_bytes_per_seq": m.state_bytes(a.T)}
+    print(f"{name:15s} fwd {fwd * 1e3:8.2f} ms  fwd+bwd {fb * 1e3:8.2f} ms  "
+          f"err y {err_y:.1e} grad {err_g:.1e} cont {err_s:.1e}  state {row['state_bytes_per_seq']} B", flush=True)
+    return row
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -98,19 +114,12 @@ def main():
     rows = []
     x = torch.randn(a.B, a.T, a.d, device=dev)
     for name in a.names.split(",") + ["softmax"]:
-        m = build(name, a.d, dev)
-        with torch.no_grad():
-            fwd = timeit(lambda m=m: m(x), a.repeats, dev)
-        xg = x.clone().requires_grad_(True)
-        fb = timeit(lambda m=m, xg=xg: m(xg).sum().backward(), a.repeats, dev)
-        err_y, err_g = agreement(name, a.d, dev) if name != "softmax" else (float("nan"), float("nan"))
-        err_s = continuation(name, a.d, dev)
-        row = {"mixer": name, "forward_s": fwd, "fwd_bwd_s": fb, "rel_err_vs_reference": err_y,
-               "rel_err_grad_vs_reference": err_g, "rel_err_state_continuation": err_s,
-               "state_bytes_per_seq": m.state_bytes(a.T)}
+        try:
+            row = measure(name, a, x, dev)
+        except Exception as e:  # noqa: BLE001 (a failing kernel is a result too: record it, go on)
+            row = {"mixer": name, "error": f"{type(e).__name__}: {str(e)[:300]}"}
+            print(f"{name:15s} FAILED {row['error']}", flush=True)
         rows.append(row)
-        print(f"{name:15s} fwd {fwd * 1e3:8.2f} ms  fwd+bwd {fb * 1e3:8.2f} ms  "
-              f"err y {err_y:.1e} grad {err_g:.1e} cont {err_s:.1e}  state {row['state_bytes_per_seq']} B", flush=True)
     res = {"machine": machine, "config": {"B": a.B, "T": a.T, "d_model": a.d, "dtype": "float32",
                                           "repeats": a.repeats, "stat": "median", "device": dev},
            "rows": rows}
