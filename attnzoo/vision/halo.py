@@ -43,7 +43,8 @@ def _check_heads(q, k, v, rel_h, rel_w, block: int, halo: int):
     win = block + 2 * halo
     want = (2 * win - 1, q.shape[-1])
     if tuple(rel_h.shape) != want or tuple(rel_w.shape) != want:
-        raise ValueError(f"rel_h and rel_w must be [2*win-1, d] = {want}, got {tuple(rel_h.shape)}, {tuple(rel_w.shape)}")
+        got = (tuple(rel_h.shape), tuple(rel_w.shape))
+        raise ValueError(f"rel_h and rel_w must be [2*win-1, d] = {want}, got {got[0]}, {got[1]}")
 
 
 def halo_attention_reference(q, k, v, rel_h, rel_w, *, block: int, halo: int, pad_mode: str = "zeros"):

@@ -127,7 +127,7 @@ def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
 
 
 class MBConv(nn.Module):
-    """Pre-BN inverted bottleneck with squeeze-excitation; returns the branch proj(SE(dw(expand(BN x)))), [B, H, W, C]."""
+    """Pre-BN inverted bottleneck with squeeze-excitation; returns the branch proj(SE(dw(expand(BN x))))."""
 
     def __init__(self, dim: int, *, expansion: int = 4, se_ratio: float = 0.25):
         super().__init__()
