@@ -47,10 +47,7 @@ def gated_linear_attention(
 ):
     check_gla_inputs(q, k, v, g, g_gamma, initial_state, normalize)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    from attnzoo.ops.linear.triton import triton_supported
-
-    impl = resolve_impl(impl, q, triton_supported=triton_supported(q, k, v, g, initial_state=initial_state))
-    if normalize:
+    if normalize:  # the normaliser is the state of a value column of ones; dispatch sees V + 1
         ones = torch.ones_like(v[..., :1])
         o, S = gated_linear_attention(
             q, k, torch.cat([v, ones], -1), g, g_gamma=g_gamma, scale=scale, initial_state=initial_state,
@@ -58,6 +55,9 @@ def gated_linear_attention(
         )
         of = o.float() if o.dtype in (torch.float16, torch.bfloat16) else o
         return (of[..., :-1] / (of[..., -1:] + NORMALIZE_EPS)).to(q.dtype), S
+    from attnzoo.ops.linear.triton import triton_supported
+
+    impl = resolve_impl(impl, q, triton_supported=triton_supported(q, k, v, g, initial_state=initial_state))
     if impl == "reference":
         from attnzoo.ops.linear.reference import gated_linear_attention_reference as fn
     elif impl == "torch":
