@@ -132,7 +132,7 @@ def test_bad_inputs_raise():
 def test_custom_op_under_torch_compile():
     """The chunked pass is a torch.library custom op: a fullgraph compile keeps it as one node and
     gives the eager values and gradients."""
-    q, k, v, g, _, h0 = make(1, 20, "vector", 1.0, torch.float32, seed=8)
+    q, k, v, g, _, h0 = make(1, 20, "scalar", 1.0, torch.float32, seed=8)
 
     def loss(q, k, v, g, h0):
         o, S = triton_gated_linear_attention(q, k, v, g, scale=0.25, initial_state=h0, output_final_state=True)
