@@ -139,7 +139,8 @@ def main():
     if not args.skip_checks:
         cases = [
             ("scalar_16k_D128", 1, 16384, 2, 128, "scalar"), ("vector_16k_D128", 1, 16384, 2, 128, "vector"),
-            ("vector_4k_D128", 1, 4096, 2, 128, "vector"), ("gamma_4k_D64", 2, 4096, 2, 64, "gamma"), ("none_1000_D64", 2, 1000, 2, 64, None),
+            ("vector_4k_D128", 1, 4096, 2, 128, "vector"), ("gamma_4k_D64", 2, 4096, 2, 64, "gamma"),
+            ("none_1000_D64", 2, 1000, 2, 64, None),
             ("vector_strong_2049_D128", 1, 2049, 2, 128, "vector", torch.bfloat16, 8.0),
             ("scalar_strong_2049_D64", 1, 2049, 2, 64, "scalar", torch.bfloat16, 8.0),
             ("vector_fp32_1000_D128", 1, 1000, 2, 128, "vector", torch.float32),

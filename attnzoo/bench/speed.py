@@ -188,7 +188,8 @@ def markdown(records):
         if "ms" in r:
             rows.setdefault((r["mode"], r["T"], r["B"]), {})[r["provider"]] = r
     provs = [p for p in PROVIDERS if any(p in v for v in rows.values())]
-    head = "| mode | T | B | " + " | ".join(f"{p} ms" for p in provs) + " | scalar/fla | vector/fla | scalar/best SDPA | vector/best SDPA |"
+    head = ("| mode | T | B | " + " | ".join(f"{p} ms" for p in provs)
+            + " | scalar/fla | vector/fla | scalar/best SDPA | vector/best SDPA |")
     lines = [head, "|" + "---|" * (3 + len(provs) + 4)]
     for (mode, T, B), v in sorted(rows.items()):
         sd = [v[p]["ms"] for p in v if p.startswith("sdpa_")]
@@ -197,8 +198,9 @@ def markdown(records):
         fs = v["fla_simple_gla"]["ms"] if "fla_simple_gla" in v else None
         fv = v["fla_gla"]["ms"] if "fla_gla" in v else None
         cells = [f"{v[p]['ms']:.3f}" if p in v else "-" for p in provs]
-        lines.append(f"| {mode} | {T} | {B} | " + " | ".join(cells) + f" | {ratio('attnzoo_scalar', fs)} | "
-                     f"{ratio('attnzoo_vector', fv)} | {ratio('attnzoo_scalar', best)} | {ratio('attnzoo_vector', best)} |")
+        ratios = [ratio("attnzoo_scalar", fs), ratio("attnzoo_vector", fv), ratio("attnzoo_scalar", best),
+                  ratio("attnzoo_vector", best)]
+        lines.append(f"| {mode} | {T} | {B} | " + " | ".join(cells + ratios) + " |")
     return "\n".join(lines) + "\n\nRatios are time(ours) / time(baseline): below 1 means ours is faster.\n"
 
 
@@ -211,7 +213,8 @@ def plot(records, path):
     fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 4.5), squeeze=False)
     for ax, mode in zip(axes[0], modes):
         for p in PROVIDERS:
-            pts = sorted((r["T"], r["ms"]) for r in records if r.get("provider") == p and r["mode"] == mode and "ms" in r)
+            pts = sorted((r["T"], r["ms"]) for r in records
+                         if r.get("provider") == p and r["mode"] == mode and "ms" in r)
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=p)
         ax.set(xscale="log", yscale="log", xlabel="T (B·T fixed where B >= 1)", ylabel="ms", title=mode)

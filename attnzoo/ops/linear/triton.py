@@ -82,7 +82,8 @@ def _check(q, k, v, g, initial_state, cu_seqlens):
         if q.shape[0] != 1:
             raise ValueError(f"cu_seqlens needs packed inputs with B == 1, got B={q.shape[0]}")
         if cu_seqlens.dim() != 1 or cu_seqlens.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f"cu_seqlens must be a 1-D int32/int64 tensor, got {tuple(cu_seqlens.shape)} {cu_seqlens.dtype}")
+            raise ValueError(f"cu_seqlens must be a 1-D int32/int64 tensor, "
+                             f"got {tuple(cu_seqlens.shape)} {cu_seqlens.dtype}")
         n = cu_seqlens.shape[0] - 1
         if initial_state is not None and initial_state.shape[0] != n:
             raise ValueError(f"initial_state must be [N={n}, H, K, V] for {n} packed sequences, "
@@ -91,9 +92,9 @@ def _check(q, k, v, g, initial_state, cu_seqlens):
 
 @torch.library.custom_op("attnzoo::gla_chunk", mutates_args=())
 def gla_chunk(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
-    initial_state: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor], batch: int, scale: float,
-    output_final_state: bool,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],  # noqa: UP045
+    initial_state: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor],  # noqa: UP045
+    batch: int, scale: float, output_final_state: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     from attnzoo.ops.linear.triton_chunk import gla_chunk_fwd, make_tables
 
@@ -113,9 +114,9 @@ def _(q, k, v, g, initial_state, cu_seqlens, batch, scale, output_final_state):
 
 @torch.library.custom_op("attnzoo::gla_chunk_bwd", mutates_args=())
 def gla_chunk_bwd(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
-    initial_state: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor], batch: int, scale: float,
-    do: torch.Tensor, dht: Optional[torch.Tensor],
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],  # noqa: UP045
+    initial_state: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor],  # noqa: UP045
+    batch: int, scale: float, do: torch.Tensor, dht: Optional[torch.Tensor],  # noqa: UP045
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     from attnzoo.ops.linear.triton_chunk import gla_chunk_bwd as bwd, make_tables
 
