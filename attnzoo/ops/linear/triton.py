@@ -57,7 +57,8 @@ def _patch_interpreter_index():
 
 if triton_interpret():
     _patch_interpreter_index()
-MAX_HEAD_DIM = 256
+MAX_K = 128  # the scalar-gate dq/dk kernel holds all of K: K = 256 overflowed shared memory on the H200
+MAX_V = 256
 DECODE_MAX_T = 16
 
 
@@ -65,7 +66,7 @@ def triton_supported(q, k, v, g=None, *, initial_state=None) -> bool:
     """Shapes and dtypes the Triton kernels take (the device is dispatch's business)."""
     return (
         q.dtype in DTYPES and k.dtype == q.dtype and v.dtype == q.dtype
-        and q.shape[-1] <= MAX_HEAD_DIM and v.shape[-1] <= MAX_HEAD_DIM and q.shape[1] > 0
+        and q.shape[-1] <= MAX_K and v.shape[-1] <= MAX_V and q.shape[1] > 0
     )
 
 
@@ -73,9 +74,9 @@ def _check(q, k, v, g, initial_state, cu_seqlens):
     if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError(f"triton gated_linear_attention needs q, k, v of one dtype in {DTYPES}, "
                          f"got {q.dtype}, {k.dtype}, {v.dtype}")
-    if q.shape[-1] > MAX_HEAD_DIM or v.shape[-1] > MAX_HEAD_DIM:
-        raise ValueError(f"triton gated_linear_attention needs head dims K, V <= {MAX_HEAD_DIM}, "
-                         f"got K={q.shape[-1]}, V={v.shape[-1]}")
+    if q.shape[-1] > MAX_K or v.shape[-1] > MAX_V:
+        raise ValueError(f"triton gated_linear_attention needs head dims K <= {MAX_K} and V <= {MAX_V}, "
+                         f"got K={q.shape[-1]}, V={v.shape[-1]} (impl='torch' takes any size)")
     if not (q.is_cuda or triton_interpret()):
         raise ValueError("triton gated_linear_attention needs CUDA tensors (or TRITON_INTERPRET=1)")
     if cu_seqlens is not None:
