@@ -57,7 +57,11 @@ def gated_linear_attention(
         return (of[..., :-1] / (of[..., -1:] + NORMALIZE_EPS)).to(q.dtype), S
     from attnzoo.ops.linear.triton import triton_supported
 
-    impl = resolve_impl(impl, q, triton_supported=triton_supported(q, k, v, g, initial_state=initial_state))
+    # the Triton g_gamma gradient is inaccurate in bf16 (notes/triton_gla.md): a trained g_gamma stays on torch
+    trained_gamma = g_gamma is not None and g_gamma.requires_grad and torch.is_grad_enabled()
+    impl = resolve_impl(
+        impl, q, triton_supported=triton_supported(q, k, v, g, initial_state=initial_state) and not trained_gamma
+    )
     if impl == "reference":
         from attnzoo.ops.linear.reference import gated_linear_attention_reference as fn
     elif impl == "torch":
