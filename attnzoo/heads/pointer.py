@@ -10,7 +10,8 @@ the node). For agent k and node i, with K^(k), V^(k), L^(k) linear maps of agent
 
     g_k       = MHA(W_q q_k; K^(k), V^(k), feasible_k)          glimpse, heads of d / n_heads
     u_{k,i}   = W_o g_k · L^(k)_i / sqrt(d)
-    logit_k,i = C · tanh(u_{k,i})        (C = tanh_clipping = 10; None: no clipping)
+    logit_k,i = C · tanh(u_{k,i} + b_{k,i})   (C = tanh_clipping = 10; None: no clipping;
+                                               b = optional score_bias, default 0)
     logit_k,i = -inf where the pair is infeasible
     P_{k,i}   = softmax over all m·N pairs jointly                   (joint_log_softmax)
 
@@ -107,20 +108,37 @@ class PointerDecoder(nn.Module):
         B, m, d = query.shape
         H, dh = self.n_heads, d // self.n_heads
         q = self.q_proj(query).view(B, m, H, dh)
-        k = keys.glimpse_k.unflatten(-1, (H, dh))  # [B, m|1, N, H, dh]
-        v = keys.glimpse_v.unflatten(-1, (H, dh))
-        s = torch.einsum("bmhe,bmnhe->bmhn", q, k.expand(B, m, -1, -1, -1)) / math.sqrt(dh)
-        s = s.masked_fill(~feasible[:, :, None, :], float("-inf"))
-        a = torch.softmax(s, dim=-1)
-        g = torch.einsum("bmhn,bmnhe->bmhe", a, v.expand(B, m, -1, -1, -1)).reshape(B, m, d)
-        return self.out_proj(g)
+        k = keys.glimpse_k.unflatten(-1, (H, dh)).transpose(-2, -3)  # [B, m|1, H, N, dh]
+        v = keys.glimpse_v.unflatten(-1, (H, dh)).transpose(-2, -3)
+        blocked = ~feasible[:, :, None, :]
+        if k.shape[1] == 1:  # shared nodes: one key set for all agents, batched over heads
+            s = q.transpose(1, 2) @ k[:, 0].transpose(-1, -2)  # [B, H, m, N]
+            s = s.masked_fill(blocked.transpose(1, 2), float("-inf")) / math.sqrt(dh)
+            g = (torch.softmax(s, dim=-1) @ v[:, 0]).transpose(1, 2)  # [B, m, H, dh]
+        else:
+            s = (q[..., None, :] @ k.transpose(-1, -2)).squeeze(-2)  # [B, m, H, N]
+            s = s.masked_fill(blocked, float("-inf")) / math.sqrt(dh)
+            g = (torch.softmax(s, dim=-1)[..., None, :] @ v).squeeze(-2)
+        return self.out_proj(g.reshape(B, m, d))
 
-    def forward(self, query, nodes, *, feasible) -> torch.Tensor:
-        """query [B, m, d], nodes (tensor or PointerKeys), feasible [B, m, N] -> logits [B, m, N]."""
+    def forward(self, query, nodes, *, feasible, score_bias=None) -> torch.Tensor:
+        """query [B, m, d], nodes (tensor or PointerKeys), feasible [B, m, N] -> logits [B, m, N].
+
+        score_bias [B, m, N] (optional) is added to u before clipping: a known per-pair score such as
+        minus the travel distance, as in USPR's profile-aware score reshaping (arXiv:2505.05119).
+        """
         keys = nodes if isinstance(nodes, PointerKeys) else self.project_nodes(nodes)
         self._check(query, keys, feasible)
+        if score_bias is not None and tuple(score_bias.shape) != tuple(feasible.shape):
+            raise ValueError(f"score_bias must be [B, m, N] = {tuple(feasible.shape)}, got {tuple(score_bias.shape)}")
         g = self.glimpse(query, keys, feasible)
-        u = torch.einsum("bmd,bmnd->bmn", g, keys.logit_k.expand(-1, g.shape[1], -1, -1)) / math.sqrt(self.d_model)
+        if keys.logit_k.shape[1] == 1:
+            u = g @ keys.logit_k[:, 0].transpose(-1, -2)
+        else:
+            u = (g[..., None, :] @ keys.logit_k.transpose(-1, -2)).squeeze(-2)
+        u = u / math.sqrt(self.d_model)
+        if score_bias is not None:
+            u = u + score_bias
         if self.tanh_clipping is not None:
             u = self.tanh_clipping * torch.tanh(u)
         return u.masked_fill(~feasible, float("-inf"))

@@ -6,7 +6,11 @@ import pytest
 import torch
 
 from attnzoo.heads.pointer import (
-    AgentCommunication, PointerDecoder, joint_log_softmax, resolve_conflicts, select_actions,
+    AgentCommunication,
+    PointerDecoder,
+    joint_log_softmax,
+    resolve_conflicts,
+    select_actions,
 )
 
 
@@ -65,7 +69,12 @@ def test_logits_bounded_by_clipping_and_masked_to_minus_inf():
     assert logits[feas].abs().max() <= 10.0 and logits[feas].abs().max() > 9.0  # large inputs saturate
     unclipped = PointerDecoder(16, n_heads=4, tanh_clipping=None).double()
     unclipped.load_state_dict(dec.state_dict())
-    assert unclipped(q, h, feasible=feas)[feas].abs().max() > 10.0
+    u = unclipped(q, h, feasible=feas)
+    assert u[feas].abs().max() > 10.0
+    assert torch.allclose(logits[feas], 10.0 * torch.tanh(u[feas]))
+    bias = r(3, 2, 7, seed=9)
+    assert torch.allclose(unclipped(q, h, feasible=feas, score_bias=bias)[feas], (u + bias)[feas])
+    assert torch.allclose(dec(q, h, feasible=feas, score_bias=bias)[feas], 10.0 * torch.tanh(u + bias)[feas])
 
 
 def test_shared_nodes_equal_identical_per_agent_profiles_and_profiles_matter():
@@ -191,6 +200,8 @@ def test_bad_inputs_raise_value_errors():
         dec(q, torch.randn(2, 5, 7), feasible=feas)
     with pytest.raises(ValueError, match="nodes must be"):
         dec(q, torch.randn(2, 2, 5, 8), feasible=feas)  # profiles for 2 agents, 3 queries
+    with pytest.raises(ValueError, match="score_bias"):
+        dec(q, h, feasible=feas, score_bias=torch.zeros(2, 3, 4))
     with pytest.raises(ValueError, match="query must be"):
         dec(torch.randn(2, 8), h, feasible=feas)
     with pytest.raises(ValueError, match="feasible must be"):
