@@ -17,12 +17,12 @@ def delta_rule_reference(q, k, v, beta, g=None, *, scale, initial_state=None, ou
     qf, kf, vf, bf = q.to(ct), k.to(ct), v.to(ct), beta.to(ct)
     S = torch.zeros(B, H, K, V, dtype=ct, device=q.device) if initial_state is None else initial_state.to(ct)
     outs = []
-    for t in range(T):
-        if g is not None:
-            S = torch.exp(g[:, t].to(ct))[..., None, None] * S
-        kt, bt = kf[:, t], bf[:, t, :, None]
+    decay = torch.ones_like(bf) if g is None else torch.exp(g.to(ct))
+    # unbind: per-step views whose backward is one stack (indexing x[:, t] would cost O(T) per step)
+    for qt, kt, vt, bt, at in zip(qf.unbind(1), kf.unbind(1), vf.unbind(1), bf.unbind(1), decay.unbind(1)):
+        S = at[..., None, None] * S
         pred = torch.einsum("bhk,bhkv->bhv", kt, S)  # what the state recalls for k_t
-        S = S + kt[..., None] * (bt * (vf[:, t] - pred))[..., None, :]
-        outs.append(scale * torch.einsum("bhk,bhkv->bhv", qf[:, t], S))
+        S = S + kt[..., None] * (bt[..., None] * (vt - pred))[..., None, :]
+        outs.append(scale * torch.einsum("bhk,bhkv->bhv", qt, S))
     o = torch.stack(outs, 1).to(q.dtype)
     return o, (S if output_final_state else None)
