@@ -103,3 +103,10 @@ def test_softmax_solves_mqar_t64_4_pairs():
         steps=1200, batch_size=64, lr=3e-3, warmup_steps=20, eval_every=50, target_accuracy=0.99, seed=0))
     assert before < 0.1
     assert r.accuracy >= 0.99, r.history
+
+
+def test_bf16_autocast_path_trains():
+    """The CUDA path uses bf16 autocast; on the CPU it can be forced, which exercises the same code."""
+    train, test = _data()
+    r = train_lm(_tiny(), train=train, test=test, config=TrainConfig(steps=3, batch_size=8, eval_every=3, amp=True))
+    assert r.steps == 3 and 0.0 < r.loss < 10.0
