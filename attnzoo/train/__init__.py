@@ -1,4 +1,5 @@
-"""Training: the loop (trainer.py), LAMB (lamb.py), optimizer + schedule (optim.py), checkpoints."""
+"""Training: the loop (trainer.py), LAMB (lamb.py), optimizer + schedule (optim.py), checkpoints
+(checkpoint.py), torchrun set-up (distributed.py)."""
 
 from attnzoo.train.lamb import LAMB, lamb_param_groups
 from attnzoo.train.trainer import TrainConfig, TrainResult, evaluate, train_lm
