@@ -49,7 +49,8 @@ class LAMB(torch.optim.Optimizer):
             raise ValueError(f"betas must be in [0, 1), got {betas}")
         if eps < 0 or weight_decay < 0:
             raise ValueError(f"eps and weight_decay must be >= 0, got eps={eps}, weight_decay={weight_decay}")
-        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay, "adapt": adapt})
+        defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay, "adapt": adapt}
+        super().__init__(params, defaults)
 
     @torch.no_grad()
     def step(self, closure=None):
