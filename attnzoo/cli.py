@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     pz.add_argument("--lrs", type=_floats, help="override the preset's learning rates, e.g. 1e-3,3e-3")
     pz.add_argument("--steps", type=int, help="override the most steps per run")
     pz.add_argument("--total-seconds", type=float, help="override the whole sweep's time budget")
-    pz.add_argument("--workers", type=int, help="runs at once (default: the preset's on CUDA, one per core up to 8 on a CPU)")
+    pz.add_argument("--workers", type=int,
+                    help="runs at once (default: the preset's on CUDA, one per core up to 8 on a CPU)")
     pz.add_argument("--threads", type=int, help="torch CPU threads per run")
     pz.set_defaults(func=cmd_zoo)
 

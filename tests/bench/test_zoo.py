@@ -25,7 +25,8 @@ def test_killed_and_resumed_zoo_equals_uninterrupted(tmp_path):
     assert len(full) == 4 and all(r["accuracy"] is not None for r in full)
 
     out = str(tmp_path / "b")
-    run_zoo(preset=TINY, out=out, mixers=MIXERS, quiet=True, max_runs=1, workers=1, threads=1)            # killed between runs
+    # killed between runs
+    run_zoo(preset=TINY, out=out, mixers=MIXERS, quiet=True, max_runs=1, workers=1, threads=1)
     assert len(read_results(f"{out}/results.jsonl")) == 1
 
     def kill(step, loss):
@@ -43,8 +44,9 @@ def test_killed_and_resumed_zoo_equals_uninterrupted(tmp_path):
 
 
 def test_best_lr_kept_per_mixer_and_width():
-    recs = [{"task": "mqar", "mixer": "m", "d_model": 16, "seq_len": 16, "num_pairs": 2, "vocab_size": 32, "lr": lr, "accuracy": a,
-                 "steps": 3, "state_bytes": 100, "machine": "x"} for lr, a in ((1e-3, 0.5), (3e-3, 0.9), (1e-2, 0.7))]
+    base = {"task": "mqar", "mixer": "m", "d_model": 16, "seq_len": 16, "num_pairs": 2, "vocab_size": 32,
+            "steps": 3, "state_bytes": 100, "machine": "x"}
+    recs = [dict(base, lr=lr, accuracy=a) for lr, a in ((1e-3, 0.5), (3e-3, 0.9), (1e-2, 0.7))]
     recs.append(dict(recs[0], mixer="broken", accuracy=None, error="ValueError: boom"))
     best = best_runs(recs)
     assert len(best) == 1 and best[0]["lr"] == 3e-3
