@@ -31,7 +31,7 @@ def cmd_zoo(args):
     from attnzoo.bench.zoo_presets import get_preset
 
     preset = get_preset(args.preset, d_models=args.d_models, lrs=args.lrs, steps=args.steps,
-                        total_seconds=args.total_seconds)
+                        total_seconds=args.total_seconds, grid=args.grid)
     mixers = [m.strip() for m in args.mixers.split(",")] if args.mixers else None
     if mixers is not None and not all(mixers):
         raise ValueError(f"--mixers must be a comma list of names or patterns, got {args.mixers!r}")
@@ -58,6 +58,15 @@ def _floats(text):
 
 def _ints(text):
     return tuple(int(v) for v in text.split(","))
+
+
+def _grid(text):
+    """"64:4,128:8" -> ((64, 4), (128, 8)); a bare length means 0 pairs (passkey, bytes)."""
+    out = []
+    for item in text.split(","):
+        t, _, d = item.partition(":")
+        out.append((int(t), int(d) if d else 0))
+    return tuple(out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     pz.add_argument("--d-models", type=_ints, help="override the preset's widths, e.g. 64,128")
     pz.add_argument("--lrs", type=_floats, help="override the preset's learning rates, e.g. 1e-3,3e-3")
     pz.add_argument("--steps", type=int, help="override the most steps per run")
+    pz.add_argument("--grid", type=_grid, help="override the (T, pairs) settings, e.g. 64:4,128:8 (passkey: 256)")
     pz.add_argument("--total-seconds", type=float, help="override the whole sweep's time budget")
     pz.add_argument("--workers", type=int,
                     help="runs at once (default: the preset's on CUDA, one per core up to 8 on a CPU)")

@@ -147,6 +147,14 @@ def run_one(spec: dict, preset: ZooPreset, *, device: str, max_seconds: float | 
     return rec
 
 
+def _check_settings(specs: list[dict]):
+    """Impossible task settings (MQAR's 4·pairs > T, a passkey longer than T...) fail before any run."""
+    from attnzoo.tasks import token_task
+
+    for task, T, D, V in sorted({(s["task"], s["seq_len"], s["num_pairs"], s["vocab_size"]) for s in specs}):
+        token_task(task, seq_len=T, num_train=1, num_test=1, num_pairs=max(1, D), vocab_size=V)
+
+
 class _Reporter:
     """Sends a worker's progress to the main process's bars, at most every `every` seconds."""
 
@@ -202,6 +210,7 @@ def run_zoo(*, preset: ZooPreset, out: str, mixers: list[str] | None = None, tas
     pending = [s for s in plan_runs(preset, mixers, task) if run_key(s) not in done]
     if max_runs is not None:
         pending = pending[:max_runs]
+    _check_settings(pending)
     workers = max(1, min(workers or default_workers(device, preset), max(1, len(pending))))
     per_run = preset.run_seconds
     if preset.total_seconds is not None and pending:

@@ -81,3 +81,13 @@ def test_presets_and_errors():
     with pytest.raises(ValueError, match="unknown mixer"):
         run_zoo(preset=TINY, out="/nonexistent/never", mixers=["no_such_mixer"], quiet=True)
     assert main(["zoo", "--mixers", "no_such_mixer", "--out", "/nonexistent/never"]) == 2
+
+
+def test_impossible_task_settings_fail_before_any_run(tmp_path):
+    bad = ZooPreset(name="bad", grid=((16, 8),), vocab_size=32, d_models=(16,), lrs=(1e-3,), num_train=8,
+                    num_test=8, batch_size=4, steps=1, eval_every=1)
+    with pytest.raises(ValueError, match="4 \\* num_pairs <= seq_len"):
+        run_zoo(preset=bad, out=str(tmp_path), mixers=["softmax"], quiet=True, workers=1)
+    with pytest.raises(ValueError, match="seq_len must be >="):
+        run_zoo(preset=TINY, out=str(tmp_path), mixers=["softmax"], task="passkey", quiet=True, workers=1)
+    assert not (tmp_path / "results.jsonl").exists()
