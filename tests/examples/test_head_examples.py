@@ -15,7 +15,7 @@ def load(name):
     return mod
 
 
-@pytest.mark.parametrize("name", ["label_attention_icd", "xpool_retrieval", "attention_pool_mil", "hierarchical_smith", "sepsis_irregular", "swapmix_vqa", "pointer_routing"])
+@pytest.mark.parametrize("name", ["label_attention_icd", "xpool_retrieval", "attention_pool_mil", "hierarchical_smith", "sepsis_irregular", "swapmix_vqa", "pointer_routing", "melm_mechanics"])
 def test_example_runs_small(name, capsys):
     result = load(name).main(["--small"])
     out = capsys.readouterr().out
