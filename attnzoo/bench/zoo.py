@@ -12,6 +12,7 @@ interrupted sweep loses nothing and `resume=True` skips the runs already there. 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import time
@@ -139,6 +140,8 @@ def run_one(spec: dict, preset: ZooPreset, *, device: str, max_seconds: float | 
         rec.update(accuracy=round(res.accuracy, 6), loss=round(res.loss, 6), steps=res.steps, stopped=res.stopped,
                    state_bytes=int(lm.state_bytes(spec["seq_len"])),
                    params=sum(p.numel() for p in lm.parameters()))
+        if spec["task"] == "bytes":          # a real-text LM: bits per byte is the number that matters
+            rec["bits_per_byte"] = round(res.loss / math.log(2), 4)
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as e:  # noqa: BLE001 -- a broken mixer must not stop the sweep: record why and go on
