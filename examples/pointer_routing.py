@@ -20,6 +20,10 @@ samples, get a baseline for free!"), a batch mean taken over each instance's own
 Evaluation: greedy decoding on held-out instances vs the sequential nearest-neighbour heuristic
 (each vehicle in turn goes to the nearest unserved customer until full, then home).
 
+Measured (2-core CPU shared with other jobs), default 200 steps, 512 held-out instances of 20
+customers, greedy vs nearest neighbour: 1 vehicle 4.214 vs 4.621 (-8.8%, 72 s), 2 vehicles
+5.175 vs 5.402 (-4.2%, 98 s at load ~6), 3 vehicles 6.377 vs 6.380 (-0.1%, 69 s).
+
     python examples/pointer_routing.py [--small] [--vehicles 2] [--customers 20] [--steps 200]
 """
 
