@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--d-model", type=int, default=2048)
     pc.add_argument("--n-heads", type=int, default=16)
     pc.add_argument("--E", type=float, default=562.5, help="FLOPs per byte moved (Kinetics: 562.5)")
-    pc.add_argument("--plot", default="cost_vs_context.png", help="PNG path ('' for none)")
+    pc.add_argument("--plot", default="runs/cost_vs_context.png", help="PNG path ('' for none)")
     pc.set_defaults(func=cmd_cost)
     return p
 

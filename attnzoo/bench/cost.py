@@ -21,6 +21,8 @@ is fixed, a class with `tokens_read_per_step` (block_sparse) reads only its budg
 
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass
 
 E_FLOPS_PER_BYTE = 562.5
@@ -160,6 +162,7 @@ def plot_cost(path, *, d_model=2048, n_heads=16, E=E_FLOPS_PER_BYTE, max_log2=17
     ax.set_title(f"one layer, d_model={d_model}, {n_heads} heads, state as stored (fp32)")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
