@@ -1,4 +1,4 @@
-"""Chunked gated linear attention in plain torch: fast on CPU, differentiated by autograd.
+"""Chunked gated linear attention in plain torch, with a hand-written backward: fast on CPU.
 
 Papers: Yang, Wang, Shen, Panda, Kim (2023), "Gated Linear Attention Transformers with
 Hardware-Efficient Training", arXiv:2312.06635 (the chunkwise form and the secondary chunking of
@@ -23,55 +23,39 @@ cumulative log gate from the chunk start, and with S_0 the state entering the ch
     o_i = (q_i ⊙ e^{b_i})ᵀ S_0 + Σ_{j<=i} A_ij v_j,   A_ij = Σ_k q_ik k_jk e^{b_ik − b_jk}
     S_C = diag(e^{b_C}) S_0 + Σ_j (k_j ⊙ e^{b_C − b_j}) v_jᵀ
 
-All chunks' local terms are batched matrix products; the states are then passed by a short loop
-over chunks (T / C steps, not T). Every exponent is <= 0 as computed, so nothing overflows however
-strongly the gate forgets:
-- scalar gate: A = (Q Kᵀ) ⊙ exp(b_i − b_j), the exponent (Σ_{j<l<=i} g_l) set to −inf above
-  the diagonal *before* exp;
-- vector gate: nested sub-chunks (C -> 16 -> 4 tokens). At each level, the queries of sub-chunk I
-  meet the keys of the earlier sub-chunks J < I of the same parent block through
-  e^{b_i − b_j} = e^{b_i − b_end(I−1)} · e^{b_end(I−1) − b_end(J)} · e^{b_end(J) − b_j}
-  (three factors <= 1: per query, per pair of sub-chunks, per key), i.e. a matrix product of
-  decayed queries and keys; inside the 4-token blocks the pairs are walked along the band j = i − d
-  with the decay built as a product of per-step factors e^{g} <= 1.
-Exponents are sums of gates taken directly (never b_i − b_j of two large cumulative sums), and
-are exactly 0 where the decay is 1, so float32 gate gradients stay accurate under strong decay.
-Arithmetic is in float32 for bf16/fp16/fp32 inputs and float64 for float64 inputs.
+The intra-chunk sums (chunk_intra.py) and the chunk-local states are batched matrix products over
+all chunks; the states are then passed by a short loop over chunks (T / C steps, two small
+elementwise ops each), and the inter-chunk outputs are one more batched product. Every exponent
+is a sum of gates taken directly and is <= 0, so nothing overflows however strongly the gate
+forgets, and float32 gate gradients stay accurate.
+
+The backward is written by hand (one torch.autograd.Function, no autograd graph of the many small
+ops): the state gradients run the same scan in reverse (dS_{n-1} = e^{b_C} ⊙ dS_n + q_inᵀ do),
+and each gate gradient is the sum over the pairs (query, key) whose decay spans that step, summed
+as cumsums of products (e.g. Σ_{i>=l} (q_in ⊙ dq_in)_i for the e^{b_i} factor of the inter term,
+Σ_{j<l} (k_out ⊙ dk_out)_j for e^{b_C − b_j}, and rowsum(S_0 ⊙ dS_C) ⊙ e^{b_C} for every step of
+the chunk). It is not twice differentiable. Arithmetic is in float32 for bf16/fp16/fp32 inputs
+and float64 for float64 inputs.
 """
 
 from __future__ import annotations
-
-import itertools
 
 import torch
 import torch.nn.functional as F
 
 from attnzoo.ops.linear.api import check_gla_inputs
+from attnzoo.ops.linear.chunk_intra import (
+    prefix_excl,
+    revcumsum,
+    scalar_intra_backward,
+    scalar_intra_forward,
+    suffix_excl,
+    vector_intra_backward,
+    vector_intra_forward,
+)
 from attnzoo.ops.linear.reference import compute_dtype
 
 SUB_CHUNK = 16  # chunks shorter than this are not padded
-# nested sub-chunk lengths of a vector gate; the last one's diagonal blocks are pairwise (cost s·K per token)
-SUB_CHUNKS = (16, 4)
-
-
-class _ContiguousGrad(torch.autograd.Function):
-    """Identity whose backward makes the incoming gradient contiguous. The gradient of o arrives as
-    a transposed view; batched matmuls on it would otherwise copy matrix by matrix."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad.contiguous()
-
-
-def _largest_divisor_at_most(n: int, cap: int) -> int:
-    for d in range(min(n, cap), 0, -1):
-        if n % d == 0:
-            return d
-    return 1
 
 
 def _chunk_length(T: int, chunk_size: int) -> int:
@@ -98,96 +82,92 @@ def _combined_log_gate(g, g_gamma, shape, ct):
 
 
 def _to_chunks(x, N: int, C: int):
-    """[B, T, H, ...] -> [B, H, N, C, ...], zero-padded along T to N·C."""
+    """[B, T, H, ...] -> [B, H, N, C, ...], zero-padded along T to N·C, contiguous."""
     x = x.transpose(1, 2)
     pad = N * C - x.shape[2]
     if pad:
         x = F.pad(x, (0, 0) * (x.dim() - 3) + (0, pad))
-    return x.reshape(*x.shape[:2], N, C, *x.shape[3:]).contiguous()  # strided batches make bmm slow
+    return x.reshape(*x.shape[:2], N, C, *x.shape[3:]).contiguous()
 
 
-def _pair_exponent_fill(n: int, dtype, device) -> torch.Tensor:
-    """[n, n]: 0 on the diagonal (a constant, so no gradient that would have to cancel), −inf above."""
-    return torch.zeros(n, n, dtype=dtype, device=device).masked_fill(
-        torch.ones(n, n, dtype=torch.bool, device=device).triu(1), float("-inf"))
+class _ChunkGLA(torch.autograd.Function):
+    """q (scaled), k, g [B, H, N, C, K] (g [B, H, N, C] scalar, or None); v [B, H, N, C, V];
+    S0 [B, H, K, V] or None -> (o [B, H, N, C, V], final state [B, H, K, V])."""
 
+    @staticmethod
+    def forward(ctx, q, k, v, g, S0):
+        B, H, N, C, K = q.shape
+        V = v.shape[-1]
+        R = B * H * N
+        qr, kr, vr = q.view(R, C, K), k.view(R, C, K), v.view(R, C, V)
+        if g is None or g.dim() == 4:  # no gate, or a scalar gate per head
+            gr = None if g is None else g.view(R, C)
+            o, A, D = scalar_intra_forward(qr, kr, vr, gr)
+            intra = (A, D)
+            if g is None:
+                q_in, k_out, decay = q, k, None
+            else:
+                b = g.cumsum(-1)
+                q_in = q * b.exp()[..., None]
+                k_out = k * suffix_excl(g, -1).exp()[..., None]
+                decay = b[..., -1].exp()[..., None, None]  # [B, H, N, 1, 1]
+        else:  # vector gate per key channel
+            o, intra = vector_intra_forward(qr, kr, vr, g.view(R, C, K))
+            b = g.cumsum(-2)
+            q_in = q * b.exp()
+            k_out = k * suffix_excl(g, -2).exp()
+            decay = b[..., -1, :].exp()[..., None]  # [B, H, N, K, 1]
+        S_local = k_out.transpose(-1, -2) @ v  # [B, H, N, K, V]
+        S_enter = torch.empty_like(S_local)
+        S = q.new_zeros(B, H, K, V) if S0 is None else S0
+        for n in range(N):
+            S_enter[:, :, n] = S
+            S = S_local[:, :, n] + (S if decay is None else decay[:, :, n] * S)
+        o = o.view(B, H, N, C, V).add_(q_in @ S_enter)
+        ctx.save_for_backward(q, k, v, g, q_in, k_out, decay, S_enter, S)
+        ctx.intra = intra
+        ctx.has_S0 = S0 is not None
+        return o, S
 
-def _pairwise_decay(g, dim: int):
-    """exp(b_i − b_j) for i > j, 1 for i = j, 0 for i < j, where b = cumsum(g) along `dim` (size n).
-
-    The exponent is the segment sum Σ_{j<l<=i} g_l, summed directly (a cumsum down each column of
-    a masked copy of g) rather than as b_i − b_j: no cancellation of large cumulative gates.
-    g [..., n] -> [..., n, n] (scalar gate); g [..., n, K] -> [..., n, n, K] (vector gate)."""
-    n = g.shape[dim]
-    strict = torch.ones(n, n, dtype=torch.bool, device=g.device).tril(-1)
-    fill = _pair_exponent_fill(n, g.dtype, g.device)
-    if dim == -1:  # scalar gate
-        seg = g[..., :, None].expand(*g.shape, n).masked_fill(~strict, 0.0).cumsum(-2)
-        return torch.where(strict, seg, fill).exp()
-    seg = g[..., :, None, :].expand(*g.shape[:-1], n, g.shape[-1]).masked_fill(~strict[..., None], 0.0).cumsum(-3)
-    return torch.where(strict[..., None], seg, fill[..., None]).exp()
-
-
-def _sum_after(g, dim: int):
-    """Σ_{l > j} g_l along `dim` (= b_last − b_j, summed directly: exact 0 at the last position)."""
-    suffix = g.flip(dim).cumsum(dim).flip(dim)
-    n = g.shape[dim]
-    return torch.cat([suffix.narrow(dim, 1, n - 1), torch.zeros_like(suffix.narrow(dim, 0, 1))], dim)
-
-
-def _diagonal_blocks(q, k, v, g, s: int):
-    """The part of Σ_{j<=i} A_ij v_j with j in i's own block of s tokens (q, k, g [..., C, K];
-    v [..., C, V]), walked along the band j = i − d, d < s. The decay e^{b_i − b_j} is built as a
-    product of per-step factors e^{g_l} <= 1 (no exp of a difference, nothing to overflow)."""
-    C = q.shape[-2]
-    a = g.exp()
-    o = (q * k).sum(-1, keepdim=True) * v  # d = 0: no decay
-    decay = None  # decay[i - d] = Π_{i-d < l <= i} a_l for i = d..C-1
-    for d in range(1, s):
-        decay = a[..., 1:, :] if decay is None else decay[..., 1:, :] * a[..., 1:C - d + 1, :]
-        same_block = (torch.arange(d, C, device=q.device) % s >= d).to(q.dtype)  # j = i - d in i's block
-        A_d = (q[..., d:, :] * k[..., :C - d, :] * decay).sum(-1) * same_block  # [..., C-d]
-        o = o + F.pad(A_d[..., None] * v[..., :C - d, :], (0, 0, d, 0))
-    return o
-
-
-def _earlier_subchunks(q, k, v, g, sub: int):
-    """Inside blocks of P tokens (q, k, g [..., P, K]; v [..., P, V]): the part of Σ_{j<=i} A_ij v_j
-    from keys j in earlier sub-chunks (of `sub` tokens) than query i. With b the cumulative gate,
-    I the query's sub-chunk, J < I the key's, and end(J) the last token of J:
-
-        e^{b_i − b_j} = e^{b_i − b_end(I−1)} · e^{b_end(I−1) − b_end(J)} · e^{b_end(J) − b_j},
-
-    three factors <= 1 (each exponent a sum of gates, summed directly): one per query, one per
-    (I, J) pair of sub-chunks, one per key; then a matrix product. Returns [..., P, V]."""
-    *lead, P, K = q.shape
-    nS = P // sub
-    qs, ks, gs = (x.reshape(*lead, nS, sub, K) for x in (q, k, g))
-    q_ref = qs[..., 1:, :, :] * gs.cumsum(-2)[..., 1:, :, :].exp()  # [..., nS-1, sub, K]
-    k_end = ks[..., :-1, :, :] * _sum_after(gs, -2)[..., :-1, :, :].exp()  # [..., nS-1, sub, K]
-    between = _pairwise_decay(gs[..., :-1, :, :].sum(-2), dim=-2)  # [..., I-1, J, K], 0 for J > I-1
-    k_ref = (between[..., :, :, None, :] * k_end[..., None, :, :, :]).reshape(*lead, nS - 1, P - sub, K)
-    A = (q_ref @ k_ref.transpose(-1, -2)).reshape(*lead, P - sub, P - sub)  # queries sub.., keys ..P-sub
-    return F.pad(A @ v[..., :P - sub, :], (0, 0, sub, 0))
-
-
-def _vector_gate_intra(q, k, v, g):
-    """Σ_{j<=i} A_ij v_j inside each chunk for a vector gate. q, k, g [..., C, K]; v [..., C, V].
-
-    Nested sub-chunks (C -> <=16 -> <=4 tokens): each level adds the earlier sub-chunks of its
-    parent block as a matrix product of decayed queries and keys; the smallest blocks are walked
-    along their band. Gates are summed within blocks, so exponents stay small and <= 0."""
-    *lead, C, _K = q.shape
-    V = v.shape[-1]
-    sizes = [C]
-    for cap in SUB_CHUNKS:
-        sizes.append(_largest_divisor_at_most(sizes[-1], cap))
-    o = _diagonal_blocks(q, k, v, g, sizes[-1])
-    for parent, sub in itertools.pairwise(sizes):
-        if parent > sub:
-            blocks = [x.reshape(*lead, C // parent, parent, x.shape[-1]) for x in (q, k, v, g)]
-            o = o + _earlier_subchunks(*blocks, sub).reshape(*lead, C, V)
-    return o
+    @staticmethod
+    def backward(ctx, do, dS):
+        q, k, v, g, q_in, k_out, decay, S_enter, S_final = ctx.saved_tensors
+        B, H, N, C, K = q.shape
+        V = v.shape[-1]
+        R = B * H * N
+        do = do.contiguous() if do is not None else q.new_zeros(B, H, N, C, V)
+        dS = torch.zeros_like(S_final) if dS is None else dS.contiguous()
+        qdo = q_in.transpose(-1, -2) @ do  # [B, H, N, K, V]: each chunk's outputs' pull on its entering state
+        dS_next = torch.empty_like(S_enter)  # gradient of the state leaving chunk n
+        for n in range(N - 1, -1, -1):
+            dS_next[:, :, n] = dS
+            dS = qdo[:, :, n] + (dS if decay is None else decay[:, :, n] * dS)
+        dq_in = do @ S_enter.transpose(-1, -2)  # [B, H, N, C, K]
+        dk_out = v @ dS_next.transpose(-1, -2)
+        dv = k_out @ dS_next
+        # gradients through e^{b} (queries), e^{b_C − b} (keys) and e^{b_C} (the state)
+        if g is None:
+            dq, dk, dg = dq_in, dk_out, None
+        elif g.dim() == 4:  # scalar gate: sum the per-channel terms over K
+            dq = dq_in * g.cumsum(-1).exp()[..., None]
+            dk = dk_out * suffix_excl(g, -1).exp()[..., None]
+            dg = (revcumsum((dq_in * q_in).sum(-1), -1) + prefix_excl((dk_out * k_out).sum(-1), -1)
+                  + ((S_enter * dS_next).sum((-1, -2)) * decay[..., 0, 0])[..., None])
+        else:
+            dq = dq_in * g.cumsum(-2).exp()
+            dk = dk_out * suffix_excl(g, -2).exp()
+            dg = (revcumsum(dq_in.mul_(q_in), -2) + prefix_excl(dk_out.mul_(k_out), -2)
+                  + ((S_enter * dS_next).sum(-1) * decay[..., 0])[..., None, :])
+        dq, dk = dq.contiguous(), dk.contiguous()
+        dor = do.view(R, C, V)
+        qr, kr, vr = q.view(R, C, K), k.view(R, C, K), v.view(R, C, V)
+        dqr, dkr, dvr = dq.view(R, C, K), dk.view(R, C, K), dv.view(R, C, V)
+        if g is None or g.dim() == 4:
+            A, D = ctx.intra
+            scalar_intra_backward(qr, kr, vr, A, D, dor, dqr, dkr, dvr, None if dg is None else dg.view(R, C))
+        else:
+            vector_intra_backward(qr, kr, vr, ctx.intra, dor, dqr, dkr, dvr, dg.view(R, C, K))
+        return dq, dk, dv, dg, (dS if ctx.has_S0 else None)
 
 
 def chunk_gated_linear_attention(
@@ -205,33 +185,8 @@ def chunk_gated_linear_attention(
     kc = _to_chunks(k.to(ct), N, C)
     vc = _to_chunks(v.to(ct), N, C)  # [B, H, N, C, V]
     gate = _combined_log_gate(g, g_gamma, q.shape, ct)
-    if gate is None:  # plain linear attention
-        causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-        o = (qc @ kc.transpose(-1, -2)).masked_fill(~causal, 0.0) @ vc
-        k_out, q_in, chunk_decay = kc, qc, None
-    elif gate.dim() == 3:  # scalar gate per head
-        gc = _to_chunks(gate, N, C)  # [B, H, N, C]
-        b = gc.cumsum(-1)
-        o = ((qc @ kc.transpose(-1, -2)) * _pairwise_decay(gc, dim=-1)) @ vc
-        k_out = kc * _sum_after(gc, -1).exp()[..., None]
-        q_in = qc * b.exp()[..., None]
-        chunk_decay = b[..., -1].exp()[..., None, None]  # [B, H, N, 1, 1]
-    else:  # vector gate per key channel
-        gc = _to_chunks(gate, N, C)  # [B, H, N, C, K]
-        b = gc.cumsum(-2)
-        o = _vector_gate_intra(qc, kc, vc, gc)
-        k_out = kc * _sum_after(gc, -2).exp()
-        q_in = qc * b.exp()
-        chunk_decay = b[..., -1, :].exp()[..., None]  # [B, H, N, K, 1]
-
-    S_local = k_out.transpose(-1, -2) @ vc  # [B, H, N, K, V]: each chunk's own contribution
-    S = torch.zeros(B, H, K, V, dtype=ct, device=q.device) if initial_state is None else initial_state.to(ct)
-    entering = []
-    # unbind, not indexing: the backward of N index ops would allocate N full-size zero tensors
-    decays = [None] * N if chunk_decay is None else chunk_decay.unbind(2)
-    for S_n, decay_n in zip(S_local.unbind(2), decays):
-        entering.append(S)
-        S = (S if decay_n is None else decay_n * S) + S_n
-    o = _ContiguousGrad.apply(o + q_in @ torch.stack(entering, 2))
+    gc = None if gate is None else _to_chunks(gate, N, C)
+    S0 = None if initial_state is None else initial_state.to(ct)
+    o, S = _ChunkGLA.apply(qc, kc, vc, gc, S0)
     o = o.reshape(B, H, N * C, V)[:, :, :T].transpose(1, 2).contiguous().to(q.dtype)
     return o, (S if output_final_state else None)
