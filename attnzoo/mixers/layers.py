@@ -44,13 +44,23 @@ def apply_rope(x: torch.Tensor, pos: torch.Tensor, theta: float = 10000.0) -> to
 
     x [B, T, H, D], pos [B, T] integer positions. Angles are computed in float64 then cast.
     """
+    cos, sin = rope_cos_sin(pos, x.shape[-1], theta, x.dtype)
+    return rotate_half(x, cos[..., None, :], sin[..., None, :])
+
+
+def rope_cos_sin(pos: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
+    """cos, sin of the RoPE angles, shape pos.shape + [head_dim/2], float64 for float64 else float32.
+
+    Compute them once and gather rows for any subset of tokens (MoH's routed queries)."""
+    ang = pos.to(torch.float64)[..., None] * rope_frequencies(head_dim, theta, pos.device)
+    ct = torch.float64 if dtype == torch.float64 else torch.float32
+    return torch.cos(ang).to(ct), torch.sin(ang).to(ct)
+
+
+def rotate_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE, rotate-half convention: x [..., D] with cos/sin broadcastable to [..., D/2]."""
     D = x.shape[-1]
-    inv = rope_frequencies(D, theta, x.device)
-    ang = pos.to(torch.float64)[..., None] * inv  # [B, T, D/2]
-    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
-    cos = torch.cos(ang).to(ct)[:, :, None, :]
-    sin = torch.sin(ang).to(ct)[:, :, None, :]
-    xf = x.to(ct)
+    xf = x.to(cos.dtype)
     x1, x2 = xf[..., : D // 2], xf[..., D // 2 :]
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
 

@@ -143,6 +143,45 @@ def test_moh_active_head_path_equals_all_heads_path_with_padding_and_state():
         assert torch.allclose(m.float()(x.float()), y_all.float(), atol=1e-5)
 
 
+@pytest.mark.parametrize("block_size", [3, None])
+def test_moh_active_heads_decode_token_by_token_and_attend_only_selected_pairs(block_size, monkeypatch):
+    import attnzoo.mixers.moh as moh_module
+
+    m = build("moh", n_heads=8, head_dim=8, n_shared_heads=2, top_k=3, block_size=block_size, qk_norm=True)
+    x = rand(3, 40, D, seed=11)
+    mask = torch.ones(3, 40, dtype=torch.bool)
+    mask[1, :5] = False  # left padding in one row
+    calls = []
+    real_op = moh_module.subset_causal_attention
+
+    def spy(q, k, v, q_pos, count=None, **kw):
+        calls.append((q.shape, None if count is None else count.clone()))
+        return real_op(q, k, v, q_pos, count, **kw)
+
+    with torch.no_grad():
+        m.skip_inactive_heads = False
+        y_all = m(x, mask=mask)
+        m.skip_inactive_heads = True
+        monkeypatch.setattr(moh_module, "subset_causal_attention", spy)
+        y = m(x[:, :25], mask=mask[:, :25], return_state=True)
+        state, outs = y[1], [y[0]]
+        for t in range(25, 40):
+            y, state = m(x[:, t : t + 1], mask=mask[:, t : t + 1], state=state, return_state=True)
+            outs.append(y)
+    assert torch.allclose(torch.cat(outs, 1)[mask], y_all[mask], atol=1e-10)
+    # routed heads: exactly top_k (token, head) queries per real token reach the attention
+    routed = [c for shape, c in calls if c is not None]
+    assert sum(int(c.sum()) for c in routed) == 3 * int(mask.sum())
+    # the no-padding prefill takes the batched path: shared heads through one causal SDPA call
+    calls.clear()
+    with torch.no_grad():
+        m.skip_inactive_heads = False
+        y_all = m(x)
+        m.skip_inactive_heads = True
+        assert torch.allclose(m(x), y_all, atol=1e-10)
+    assert len(calls) == 1 and int(calls[0][1].sum()) == 3 * 3 * 40
+
+
 def test_moh_gates_follow_the_formula_and_balance_loss():
     m = build("moh", n_heads=6, head_dim=8, n_shared_heads=2, top_k=2).train()
     x = rand(3, 11, D, seed=10)
