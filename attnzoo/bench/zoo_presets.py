@@ -3,7 +3,7 @@
 quick     a 2-core CPU, all registered causal mixers in under 10 minutes: one small MQAR setting
           (T=64, 4 pairs, vocab 128), d_model 64, lr 3e-3; one single-threaded run per core; the
           sweep's 420 s budget is split evenly over the runs when it starts (each run's steps are
-          set by time and recorded). Measured on the shared 2-core CPU: 22 mixers in 7m38s.
+          set by time and recorded). Measured on the shared 2-core CPU: 22 mixers in 7m21s.
 standard  one GPU in about 5 minutes: two settings, two widths, two learning rates, eight runs
           at once on the GPU (each tiny model leaves it mostly idle).
 paper     Zoology Figure 2 (Arora et al. 2023, arXiv:2312.04927): (T, pairs) = (64,4), (128,8),
