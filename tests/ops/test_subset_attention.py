@@ -34,7 +34,7 @@ def test_reference_is_softmax_attention_at_the_selected_positions():
             assert (o[b, h, c:] == 0).all()  # padding slots
 
 
-@pytest.mark.parametrize("block", [None, 1, 3, 7, 16, 64])
+@pytest.mark.parametrize("block", [None, 1, 3, 7, 16, 64, (12, 4), (9, 3, 1)])
 def test_fast_path_equals_reference_for_any_block_size(block):
     q, k, v, q_pos, count = subsets(seed=1)
     o = subset_causal_attention(q, k, v, q_pos, count, block=block)
@@ -59,8 +59,11 @@ def test_gradients_match_the_reference():
     ins = [t.clone().requires_grad_() for t in (q, k, v)]
     ref = [t.clone().requires_grad_() for t in (q, k, v)]
     w = torch.randn(q.shape[:3] + (v.shape[-1],), dtype=q.dtype)
-    (subset_causal_attention(*ins, q_pos, count, block=5) * w).sum().backward()
-    (subset_causal_attention_reference(*ref, q_pos, count) * w).sum().backward()
+    o = subset_causal_attention(*ins, q_pos, count, block=5)  # autograd: the masked-SDPA path
+    o_ref = subset_causal_attention_reference(*ref, q_pos, count)
+    assert torch.allclose(o, o_ref, atol=1e-12)
+    (o * w).sum().backward()
+    (o_ref * w).sum().backward()
     for a, b in zip(ins, ref):
         assert torch.allclose(a.grad, b.grad, atol=1e-10)
 

@@ -11,8 +11,11 @@ keys 0..q_pos[b,h,i]:
 This is the all-queries causal attention with the unselected rows removed, computed at a cost
 proportional to the rows kept. The queries are grouped by position block [a, a+Bp): every query of
 a block sees the keys [0, a) unmasked, which go through the CPU flash kernel (it also returns the
-log-sum-exp); only the keys of the block itself, [a, a+Bp), need a mask and are computed
-explicitly; the two parts are merged exactly through the log-sum-exp (CHUNKED.md's merge rule).
+log-sum-exp); only the keys of the block itself, [a, a+Bp), need a mask (a small additive one,
+also through the flash kernel); the parts merge exactly through their log-sum-exps (CHUNKED.md's
+merge rule). With two levels (block=(big, small)) each big block's own keys are again split by
+the small blocks, so most keys go through big flash calls with little padding. (Padding: all heads
+of one call share the block, so each takes the largest count of selected queries in it.)
 Off the CPU (the flash-with-lse op is CPU-only), and when autograd needs gradients (the op's backward
 ignores the log-sum-exp's gradient), each block is one masked SDPA call over [0, a+Bp) instead.
 `subset_causal_attention_reference` is the explicit masked softmax, float64-exact.
@@ -63,55 +66,35 @@ def _band_bias(width: int, dtype, device):
         torch.ones(width, width, dtype=torch.bool, device=device).triu_(1), float("-inf"))
 
 
-def _block_attention(qj, pj, k, v, a, b, scale, bias_table, flash):
-    """Queries qj [B,H,m,D] at positions pj [B,H,m] in [a, b): keys [0, a) unmasked, [a, b) masked.
-
-    On the CPU both parts go through the flash kernel, which also returns each part's log-sum-exp;
-    they merge exactly as o = σ(lse1 - lse2)·o1 + σ(lse2 - lse1)·o2 (CHUNKED.md's merge rule)."""
-    B, H, m, D = qj.shape
-    if not flash:
-        allowed = torch.arange(b, device=qj.device) <= pj[..., None]
-        return F.scaled_dot_product_attention(qj, k[:, :, :b], v[:, :, :b], attn_mask=allowed, scale=scale)
-    w = b - a
-    bias = bias_table[:w].index_select(0, (pj - a).reshape(-1))[:, :w].view(B, H, m, w)
-    o2, lse2 = _FLASH_LSE(qj, k[:, :, a:b], v[:, :, a:b], attn_mask=bias, scale=scale)
-    if a == 0:
-        return o2
-    o1, lse1 = _FLASH_LSE(qj, k[:, :, :a], v[:, :, :a], scale=scale)
-    return torch.lerp(o2, o1, torch.sigmoid(lse1 - lse2).to(o1.dtype)[..., None])
+def _flash(q, k, v, scale, mask=None):
+    """(o, lse) of unmasked (or additively masked) attention through the CPU flash kernel."""
+    o, lse = _FLASH_LSE(q, k, v, attn_mask=mask, scale=scale)
+    return o, lse.to(o.dtype)
 
 
-def subset_causal_attention(q, k, v, q_pos, count=None, *, scale=None, block=None):
-    """Causal attention of sorted query subsets; see the module docstring. Returns o [B, H, n, Dv]."""
-    _check(q, k, v, q_pos, count)
+def _merge(o1, lse1, o2, lse2):
+    """Softmax attention over two disjoint key sets from each one's (o, lse): exact."""
+    return torch.lerp(o2, o1, torch.sigmoid(lse1 - lse2)[..., None]), torch.logaddexp(lse1, lse2)
+
+
+def _subset_blocks(q, q_pos, count, k, v, key_lo, blocks, scale, bias_table):
+    """(o, lse) [B,H,n,Dv], [B,H,n] of queries q [B,H,n,D] (first count[b,h] slots real, positions
+    q_pos ascending) over the keys key_lo..q_pos. Queries are grouped by position block blocks[0]:
+    each group sees the keys [key_lo, a) unmasked (one flash call) and its own block [a, b) either
+    with a mask (last level) or recursively with the next, smaller block size."""
     B, H, n, D = q.shape
-    L = k.shape[2]
-    scale = D**-0.5 if scale is None else scale
-    if n == 0:
-        return q.new_zeros(B, H, 0, v.shape[-1])
-    slot = torch.arange(n, device=q.device)
-    real = torch.ones(B, H, n, dtype=torch.bool, device=q.device) if count is None else slot < count[..., None]
-    if not bool(real.any()):
-        return q.new_zeros(B, H, n, v.shape[-1])
+    real = torch.arange(n, device=q.device) < count[..., None]
+    block = blocks[0]
     lo, hi = int(q_pos[real].min()), int(q_pos[real].max())
-    if lo < 0 or hi >= L:
-        raise ValueError(f"query positions must lie in [0, L) = [0, {L}), got [{lo}, {hi}]")
-    block = default_block(int(real.sum()) // (B * H), hi - lo + 1) if block is None else block
-    if block < 1:
-        raise ValueError(f"block must be >= 1, got {block}")
     nb = (hi - lo) // block + 1
     blk = torch.where(real, torch.div(q_pos - lo, block, rounding_mode="floor"), nb)  # padding: block nb
     cnt = torch.zeros(B, H, nb + 1, dtype=torch.long, device=q.device).scatter_add_(2, blk, torch.ones_like(blk))
     start = cnt.cumsum(2) - cnt  # first slot of each block (slots are sorted by position)
-    m_all = cnt[..., :nb].amax((0, 1)).tolist()
     out = q.new_zeros(B, H, n + 1, v.shape[-1])  # slot n: sink for the padding of each block
-    # the flash op's backward ignores the gradient of its log-sum-exp output: autograd takes SDPA
-    flash = (_FLASH_LSE is not None and q.device.type == "cpu"
-             and not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))))
-    bias_table = _band_bias(block, q.dtype, q.device)
-    q_rows = q.reshape(B * H * n, D)  # row gathers (index_select) are much faster than torch.gather
+    out_lse = q.new_full((B, H, n + 1), float("-inf"))
+    q_rows, pos_rows = q.reshape(B * H * n, D), q_pos.reshape(-1)  # row gathers: faster than gather
     row_offset = n * torch.arange(B * H, device=q.device).view(B, H, 1)
-    for j, m in enumerate(m_all):
+    for j, m in enumerate(cnt[..., :nb].amax((0, 1)).tolist()):
         if m == 0:
             continue
         a, b = lo + j * block, min(lo + (j + 1) * block, hi + 1)
@@ -120,7 +103,72 @@ def subset_causal_attention(q, k, v, q_pos, count=None, *, scale=None, block=Non
         idx = (start[..., j, None] + r).clamp_max_(n - 1)
         flat = (idx + row_offset).reshape(-1)
         qj = q_rows.index_select(0, flat).view(B, H, m, D)
-        pj = torch.where(ok, q_pos.reshape(-1).index_select(0, flat).view(B, H, m), a)  # padding: a query at a
-        oj = _block_attention(qj, pj, k, v, a, b, scale, bias_table, flash)
-        out.scatter_(2, torch.where(ok, idx, n)[..., None].expand_as(oj), oj)
-    return out[:, :, :n]
+        pj = torch.where(ok, pos_rows.index_select(0, flat).view(B, H, m), a)  # padding: a query at a
+        if len(blocks) > 1:
+            oj, lj = _subset_blocks(qj, pj, cnt[..., j], k, v, a, blocks[1:], scale, bias_table)
+        else:
+            w = b - a
+            bias = bias_table[:w].index_select(0, (pj - a).reshape(-1))[:, :w].view(B, H, m, w)
+            oj, lj = _flash(qj, k[:, :, a:b], v[:, :, a:b], scale, bias)
+        if a > key_lo:
+            oj, lj = _merge(*_flash(qj, k[:, :, key_lo:a], v[:, :, key_lo:a], scale), oj, lj)
+        dest = torch.where(ok, idx, n)
+        out.scatter_(2, dest[..., None].expand_as(oj), oj)
+        out_lse.scatter_(2, dest, lj)
+    return out[:, :, :n], out_lse[:, :, :n]
+
+
+def _masked_blocks(q, q_pos, count, k, v, block, scale):
+    """Differentiable / non-CPU path: per position block one masked SDPA call over keys [0, b)."""
+    B, H, n, D = q.shape
+    out = q.new_zeros(B, H, n, v.shape[-1])
+    real = torch.arange(n, device=q.device) < count[..., None]
+    lo, hi = int(q_pos[real].min()), int(q_pos[real].max())
+    for a in range(lo, hi + 1, block):
+        sel = real & (q_pos >= a) & (q_pos < a + block)
+        if not bool(sel.any()):
+            continue
+        b = min(a + block, hi + 1)
+        allowed = torch.arange(b, device=q.device) <= q_pos[..., None]  # [B,H,n,b]
+        o = F.scaled_dot_product_attention(q, k[:, :, :b], v[:, :, :b], attn_mask=allowed | ~sel[..., None],
+                                           scale=scale)
+        out = torch.where(sel[..., None], o, out)
+    return out
+
+
+def default_blocks(n_queries: int, span: int) -> tuple[int, ...]:
+    """Position blocks for `n_queries` selected queries over `span` positions: about 64 queries per
+    block; over long spans a first level of about 384 queries per block (bigger flash calls with less
+    padding), each split into the small blocks (benchmarks/bench_moh.py: -8% at T=4096, -23% at 8192)."""
+    small = default_block(n_queries, span, 64)
+    big = default_block(n_queries, span, 384) // small * small
+    return (big, small) if span >= 2 * big else (small,)
+
+
+def subset_causal_attention(q, k, v, q_pos, count=None, *, scale=None, block=None):
+    """Causal attention of sorted query subsets; see the module docstring. Returns o [B, H, n, Dv].
+
+    block: position block size, or a tuple of decreasing sizes (levels); None chooses them."""
+    _check(q, k, v, q_pos, count)
+    B, H, n, D = q.shape
+    L = k.shape[2]
+    scale = D**-0.5 if scale is None else scale
+    count = torch.full((B, H), n, dtype=torch.long, device=q.device) if count is None else count
+    real = torch.arange(n, device=q.device) < count[..., None]
+    if n == 0 or not bool(real.any()):
+        return q.new_zeros(B, H, n, v.shape[-1])
+    lo, hi = int(q_pos[real].min()), int(q_pos[real].max())
+    if lo < 0 or hi >= L:
+        raise ValueError(f"query positions must lie in [0, L) = [0, {L}), got [{lo}, {hi}]")
+    if block is None:
+        blocks = default_blocks(int(real.sum()) // (B * H), hi - lo + 1)
+    else:
+        blocks = tuple(block) if isinstance(block, (tuple, list)) else (block,)
+    if not blocks or min(blocks) < 1:
+        raise ValueError(f"block must be >= 1 (or a tuple of such sizes), got {block}")
+    # the flash op's backward ignores the gradient of its log-sum-exp output: autograd takes SDPA
+    if (_FLASH_LSE is None or q.device.type != "cpu"
+            or (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))):
+        return _masked_blocks(q, q_pos, count, k, v, blocks[-1], scale)
+    bias_table = _band_bias(blocks[-1], q.dtype, q.device)
+    return _subset_blocks(q, q_pos, count, k, v, 0, blocks, scale, bias_table)[0]
