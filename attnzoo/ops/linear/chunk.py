@@ -45,8 +45,8 @@ import torch.nn.functional as F
 
 from attnzoo.ops.linear.api import check_gla_inputs
 from attnzoo.ops.linear.chunk_intra import (
-    prefix_excl,
-    revcumsum,
+    add_prefix_excl_,
+    add_revcumsum_,
     scalar_intra_backward,
     scalar_intra_forward,
     suffix_excl,
@@ -105,18 +105,16 @@ class _ChunkGLA(torch.autograd.Function):
             o, A, D = scalar_intra_forward(qr, kr, vr, gr)
             intra = (A, D)
             if g is None:
-                q_in, k_out, decay = q, k, None
+                q_in, k_out, decay, eb, ea = q, k, None, None, None
             else:
-                b = g.cumsum(-1)
-                q_in = q * b.exp()[..., None]
-                k_out = k * suffix_excl(g, -1).exp()[..., None]
-                decay = b[..., -1].exp()[..., None, None]  # [B, H, N, 1, 1]
+                eb, ea = g.cumsum(-1).exp()[..., None], suffix_excl(g, -1).exp()[..., None]  # [B, H, N, C, 1]
+                q_in, k_out = q * eb, k * ea
+                decay = eb[..., -1:, :]  # [B, H, N, 1, 1]
         else:  # vector gate per key channel
             o, intra = vector_intra_forward(qr, kr, vr, g.view(R, C, K))
-            b = g.cumsum(-2)
-            q_in = q * b.exp()
-            k_out = k * suffix_excl(g, -2).exp()
-            decay = b[..., -1, :].exp()[..., None]  # [B, H, N, K, 1]
+            eb, ea = g.cumsum(-2).exp(), suffix_excl(g, -2).exp()  # e^{b_i}, e^{b_C − b_j}
+            q_in, k_out = q * eb, k * ea
+            decay = eb[..., -1, :, None]  # [B, H, N, K, 1]
         S_local = k_out.transpose(-1, -2) @ v  # [B, H, N, K, V]
         S_enter = torch.empty_like(S_local)
         S = q.new_zeros(B, H, K, V) if S0 is None else S0
@@ -124,14 +122,15 @@ class _ChunkGLA(torch.autograd.Function):
             S_enter[:, :, n] = S
             S = S_local[:, :, n] + (S if decay is None else decay[:, :, n] * S)
         o = o.view(B, H, N, C, V).add_(q_in @ S_enter)
-        ctx.save_for_backward(q, k, v, g, q_in, k_out, decay, S_enter, S)
+        ctx.save_for_backward(q, k, v, g, q_in, k_out, eb, ea, S_enter, S)
         ctx.intra = intra
         ctx.has_S0 = S0 is not None
         return o, S
 
     @staticmethod
     def backward(ctx, do, dS):
-        q, k, v, g, q_in, k_out, decay, S_enter, S_final = ctx.saved_tensors
+        q, k, v, g, q_in, k_out, eb, ea, S_enter, S_final = ctx.saved_tensors
+        decay = None if g is None else (eb[..., -1:, :] if g.dim() == 4 else eb[..., -1, :, None])
         B, H, N, C, K = q.shape
         V = v.shape[-1]
         R = B * H * N
@@ -149,15 +148,15 @@ class _ChunkGLA(torch.autograd.Function):
         if g is None:
             dq, dk, dg = dq_in, dk_out, None
         elif g.dim() == 4:  # scalar gate: sum the per-channel terms over K
-            dq = dq_in * g.cumsum(-1).exp()[..., None]
-            dk = dk_out * suffix_excl(g, -1).exp()[..., None]
-            dg = (revcumsum((dq_in * q_in).sum(-1), -1) + prefix_excl((dk_out * k_out).sum(-1), -1)
-                  + ((S_enter * dS_next).sum((-1, -2)) * decay[..., 0, 0])[..., None])
+            dq, dk = dq_in * eb, dk_out * ea
+            dg = ((S_enter * dS_next).sum((-1, -2)) * decay[..., 0, 0])[..., None].expand(B, H, N, C).contiguous()
+            add_revcumsum_(dg, (dq_in * q_in).sum(-1), -1)
+            add_prefix_excl_(dg, (dk_out * k_out).sum(-1), -1)
         else:
-            dq = dq_in * g.cumsum(-2).exp()
-            dk = dk_out * suffix_excl(g, -2).exp()
-            dg = (revcumsum(dq_in.mul_(q_in), -2) + prefix_excl(dk_out.mul_(k_out), -2)
-                  + ((S_enter * dS_next).sum(-1) * decay[..., 0])[..., None, :])
+            dq, dk = dq_in * eb, dk_out * ea
+            dg = ((S_enter * dS_next).sum(-1) * decay[..., 0])[..., None, :].expand(B, H, N, C, K).contiguous()
+            add_revcumsum_(dg, dq_in.mul_(q_in), -2)
+            add_prefix_excl_(dg, dk_out.mul_(k_out), -2)
         dq, dk = dq.contiguous(), dk.contiguous()
         dor = do.view(R, C, V)
         qr, kr, vr = q.view(R, C, K), k.view(R, C, K), v.view(R, C, V)

@@ -39,17 +39,46 @@ def largest_divisor_at_most(n: int, cap: int) -> int:
 
 def level_sizes(C: int) -> tuple[list[tuple[int, int]], int]:
     """(parent, sub) block lengths of the nested levels of a vector gate, coarse to fine, and the
-    length of the finest blocks (<= 4 tokens), whose pairs are walked along their band."""
-    sizes = [C]
-    for cap in (16, 4):
-        sizes.append(largest_divisor_at_most(sizes[-1], cap))
-    return [(p, s) for p, s in zip(sizes, sizes[1:]) if p > s], sizes[-1]
+    length of the finest blocks (<= 4 tokens when C has the factors), whose pairs are walked along
+    their band. Halving levels while the block is even (no factor between two halves), then one
+    level of sub-chunks of <= 4 tokens for an odd block longer than 4."""
+    levels, P = [], C
+    while P > 4 and P % 2 == 0:
+        levels.append((P, P // 2))
+        P //= 2
+    if P > 4:
+        s = largest_divisor_at_most(P, 4)
+        levels.append((P, s))
+        P = s
+    return levels, P
+
+
+def add_revcumsum_(dst, x, dim: int):
+    """dst += Σ_{l >= j} x_l along dim, in place, by a running sum over slices."""
+    n = x.shape[dim]
+    run = x.select(dim, n - 1).clone()
+    dst.select(dim, n - 1).add_(run)
+    for j in range(n - 2, -1, -1):
+        run.add_(x.select(dim, j))
+        dst.select(dim, j).add_(run)
+
+
+def add_prefix_excl_(dst, x, dim: int):
+    """dst += Σ_{l < j} x_l along dim, in place, by a running sum over slices."""
+    n = x.shape[dim]
+    if n < 2:
+        return
+    run = x.select(dim, 0).clone()
+    dst.select(dim, 1).add_(run)
+    for j in range(2, n):
+        run.add_(x.select(dim, j - 1))
+        dst.select(dim, j).add_(run)
 
 
 def suffix_excl(x, dim: int):
     """Σ_{l > j} x_l along dim (exactly 0 at the last position), summed directly from the end."""
     n = x.shape[dim]
-    if n > 16:  # long: one cumsum of the flipped tensor
+    if n > 64:  # long: one cumsum of the flipped tensor
         pad = [0, 0] * (x.dim() - 1 - (dim % x.dim())) + [1, 0]
         return F.pad(x.flip(dim).cumsum(dim).narrow(dim, 0, n - 1), pad).flip(dim)
     out = torch.empty_like(x)
@@ -125,6 +154,38 @@ def scalar_intra_backward(q, k, v, A, D, do, dq, dk, dv, dg):
 
 # ---------------------------------------------------------------- vector gate
 
+def _half_forward(q, k, v, g, P: int, o):
+    """A level of two halves: queries of the second half of each block of P tokens against the
+    keys of the first, e^{b_i − b_j} = e^{b_i − b_mid} · e^{b_mid − b_j} (no factor in between)."""
+    R, C, K = q.shape
+    V = v.shape[-1]
+    h, L = P // 2, R * (C // P)
+    qs, ks, gs = (x.view(L, 2, h, K) for x in (q, k, g))
+    eq = gs[:, 1].cumsum(1).exp_()
+    q_ref = qs[:, 1] * eq
+    ek = suffix_excl(gs[:, 0], 1).exp_()
+    k_end = ks[:, 0] * ek
+    A = q_ref @ k_end.transpose(-1, -2)  # [L, h, h]
+    o.view(L, 2, h, V)[:, 1] += A @ v.view(L, 2, h, V)[:, 0]
+    return ("half", P, eq, q_ref, ek, k_end, A)
+
+
+def _half_backward(saved, v, do, dq, dk, dv, dg):
+    _, P, eq, q_ref, ek, k_end, A = saved
+    L, h, K = q_ref.shape
+    V = v.shape[-1]
+    dos, v0 = do.view(L, 2, h, V)[:, 1], v.view(L, 2, h, V)[:, 0]
+    dA = dos @ v0.transpose(-1, -2)
+    dv.view(L, 2, h, V)[:, 0] += A.transpose(-1, -2) @ dos
+    dq_ref = dA @ k_end
+    dk_end = dA.transpose(-1, -2) @ q_ref
+    dq.view(L, 2, h, K)[:, 1].addcmul_(dq_ref, eq)
+    dk.view(L, 2, h, K)[:, 0].addcmul_(dk_end, ek)
+    dgs = dg.view(L, 2, h, K)
+    add_revcumsum_(dgs[:, 1], dq_ref.mul_(q_ref), 1)  # each query's factor spans the steps up to it
+    add_prefix_excl_(dgs[:, 0], dk_end.mul_(k_end), 1)  # each key's factor spans the steps after it
+
+
 def _level_forward(q, k, v, g, P: int, s: int, o):
     """One level of the vector gate (see module docstring); adds into o [R, C, V]. Returns what
     the backward needs."""
@@ -141,11 +202,11 @@ def _level_forward(q, k, v, g, P: int, s: int, o):
     A = (q_ref @ k_ref.transpose(-1, -2)).reshape(L, (nS - 1) * s, (nS - 1) * s)
     vk = v.reshape(L, P, V)[:, :P - s]
     o.view(L, P, V)[:, s:] += A @ vk
-    return (P, s, eq, q_ref, ek, k_end, between, k_ref, A)
+    return ("level", P, s, eq, q_ref, ek, k_end, between, k_ref, A)
 
 
 def _level_backward(saved, v, do, dq, dk, dv, dg):
-    P, s, eq, q_ref, ek, k_end, between, k_ref, A = saved
+    _, P, s, eq, q_ref, ek, k_end, between, k_ref, A = saved
     L, nS1, _, K = q_ref.shape
     V = v.shape[-1]
     nS = nS1 + 1
@@ -206,7 +267,9 @@ def vector_intra_forward(q, k, v, g):
     levels, P = level_sizes(q.shape[-2])
     o = (q * k).sum(-1, keepdim=True) * v  # i = j: no decay
     band = _band_forward(q, k, v, g, P, o) if P > 1 else (P, [])
-    return o, ([_level_forward(q, k, v, g, Pl, s, o) for Pl, s in levels], band)
+    saved = [_half_forward(q, k, v, g, Pl, o) if Pl == 2 * s else _level_forward(q, k, v, g, Pl, s, o)
+             for Pl, s in levels]
+    return o, (saved, band)
 
 
 def vector_intra_backward(q, k, v, saved, do, dq, dk, dv, dg):
@@ -218,4 +281,4 @@ def vector_intra_backward(q, k, v, saved, do, dq, dk, dv, dg):
     dv.addcmul_((q * k).sum(-1, keepdim=True), do)
     _band_backward(band, q, k, v, do, dq, dk, dv, dg)
     for lv in levels:
-        _level_backward(lv, v, do, dq, dk, dv, dg)
+        (_half_backward if lv[0] == "half" else _level_backward)(lv, v, do, dq, dk, dv, dg)
