@@ -1,11 +1,20 @@
 """MoH at inference: attention only for the active (token, head) pairs vs computing every head.
 
-    .venv/bin/python benchmarks/bench_moh.py [--T 1024 --d 512 --heads 16 --shared 4 --top-k 4]
+    .venv/bin/python benchmarks/bench_moh.py                      # the sweep below, 1 and 2 threads
+    .venv/bin/python benchmarks/bench_moh.py --T 4096 --d 512 --threads 1 --repeats 9
 
-Same weights, eval mode, one forward (prefill) of [B, T, d]. "all heads" = the same MoH model with
-skip_inactive_heads=False (every head through SDPA, inactive ones multiplied by a zero gate);
-"active heads" = the default inference path. Plain softmax attention of the same size is shown
-for scale. Prints a table and writes benchmarks/results/moh_cpu.json.
+Same weights, eval mode, no grad, one forward (prefill) of [B, T, d]. "all heads" = the same MoH
+model with skip_inactive_heads=False (every head through one causal SDPA call, inactive ones
+multiplied by a zero gate); "active heads" = the default inference path (shared heads through
+SDPA, each routed head's selected queries through subset_causal_attention). Plain softmax
+attention of the same size is shown for scale. One decode step (1 token after a T-token prefill)
+is timed too. Candidates run interleaved (A, B, C, A, B, C, ...) so that load from other processes
+hits all alike; wall and process CPU time are recorded, median and min over the repeats.
+
+Compute floor (multiply-adds per forward): projections 4·T·d² (q, k, v, o: all computed, see
+attnzoo/mixers/moh.py), causal attention T²·d over all heads; the active path does only the
+active fraction a = (shared + top_k) / heads of the attention, so the best possible ratio is
+(4·d + a·T) / (4·d + T). Writes benchmarks/results/moh_cpu.json.
 """
 
 from __future__ import annotations
@@ -22,71 +31,101 @@ import attnzoo
 
 
 def interleaved_times(fns, repeats):
-    """Run the candidates in turn (A, B, C, A, B, C, ...) so that load from other processes hits all
-    of them alike; return per candidate (min, median) seconds."""
+    """Per candidate: wall and CPU (process) seconds, min and median over interleaved repeats."""
     for fn in fns.values():
         fn()  # warm-up
-    ts = {k: [] for k in fns}
+    wall = {k: [] for k in fns}
+    cpu = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
-            t0 = time.perf_counter()
+            w0, c0 = time.perf_counter(), time.process_time()
             fn()
-            ts[k].append(time.perf_counter() - t0)
-    return {k: (min(v), sorted(v)[len(v) // 2]) for k, v in ts.items()}
+            cpu[k].append(time.process_time() - c0)
+            wall[k].append(time.perf_counter() - w0)
+    med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
+    return {k: {"wall_median_s": med(wall[k]), "wall_min_s": min(wall[k]), "cpu_median_s": med(cpu[k]),
+                "cpu_min_s": min(cpu[k])} for k in fns}
 
 
-def set_skip(m, skip):
-    m.skip_inactive_heads = skip
-    return m
+def floor_ratio(T, d, active):
+    """Best possible active/all time ratio when only the attention shrinks (see the docstring)."""
+    return (4 * d + active * T) / (4 * d + T)
+
+
+def bench_one(B, T, d, heads, shared, top_k, repeats, threads):
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    m = attnzoo.build("moh", d_model=d, n_heads=heads, n_shared_heads=shared, top_k=top_k).eval()
+    sm = attnzoo.build("softmax", d_model=d, n_heads=heads).eval()
+    x = torch.randn(B, T, d)
+    nxt = torch.randn(B, 1, d)
+    active = (shared + top_k) / heads
+
+    def run(skip, inp, state=None):
+        m.skip_inactive_heads = skip
+        return m(inp, state=state)
+
+    with torch.no_grad():
+        err = (run(True, x) - run(False, x)).abs().max().item()
+        m.skip_inactive_heads = True
+        _, st = m(x, return_state=True)
+        err_dec = (run(True, nxt, st) - run(False, nxt, st)).abs().max().item()
+        t = interleaved_times({
+            "moh_active_heads": lambda: run(True, x),
+            "moh_all_heads": lambda: run(False, x),
+            "softmax": lambda: sm(x),
+        }, repeats)
+        td = interleaved_times({
+            "decode_active_heads": lambda: run(True, nxt, st),
+            "decode_all_heads": lambda: run(False, nxt, st),
+        }, 5 * repeats)
+    res = {"B": B, "T": T, "d_model": d, "n_heads": heads, "n_shared_heads": shared, "top_k": top_k,
+           "active_fraction": active, "threads": threads, "repeats": repeats,
+           "floor_ratio_active_over_all": floor_ratio(T, d, active),
+           "max_abs_diff_active_vs_all": err, "max_abs_diff_decode": err_dec, **t, **td,
+           "load_average": os.getloadavg()}
+    for kind in ("wall", "cpu"):
+        res[f"speedup_{kind}_median"] = (t["moh_all_heads"][f"{kind}_median_s"]
+                                         / t["moh_active_heads"][f"{kind}_median_s"])
+        res[f"decode_speedup_{kind}_median"] = (td["decode_all_heads"][f"{kind}_median_s"]
+                                                / td["decode_active_heads"][f"{kind}_median_s"])
+    return res
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--B", type=int, default=1)
-    ap.add_argument("--T", type=int, default=1024)
-    ap.add_argument("--d", type=int, default=512)
+    ap.add_argument("--T", type=int, nargs="+", default=[512, 1024, 2048, 4096])
+    ap.add_argument("--d", type=int, nargs="+", default=[512, 1024])
     ap.add_argument("--heads", type=int, default=16)
     ap.add_argument("--shared", type=int, default=4)
     ap.add_argument("--top-k", type=int, default=4)
-    ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "moh_cpu.json"))
     a = ap.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    torch.manual_seed(0)
-    m = attnzoo.build("moh", d_model=a.d, n_heads=a.heads, n_shared_heads=a.shared, top_k=a.top_k).eval()
-    sm = attnzoo.build("softmax", d_model=a.d, n_heads=a.heads).eval()
-    x = torch.randn(a.B, a.T, a.d)
-    active = (a.shared + a.top_k) / a.heads
-    with torch.no_grad():
-        y_fast = set_skip(m, True)(x)
-        y_all = set_skip(m, False)(x)
-        t = interleaved_times({
-            "moh_active_heads": lambda: set_skip(m, True)(x),
-            "moh_all_heads": lambda: set_skip(m, False)(x),
-            "softmax": lambda: sm(x),
-        }, a.repeats)
-    res = {f"{k}_{stat}_s": v[i] for k, v in t.items() for i, stat in enumerate(("min", "median"))}
-    err = (y_fast - y_all).abs().max().item()
-    res["speedup_active_vs_all_min"] = res["moh_all_heads_min_s"] / res["moh_active_heads_min_s"]
-    res["speedup_active_vs_all_median"] = res["moh_all_heads_median_s"] / res["moh_active_heads_median_s"]
+    runs = []
+    print(f"MoH: {a.heads} heads, {a.shared} shared + top-{a.top_k} of {a.heads - a.shared} routed "
+          f"({(a.shared + a.top_k) / a.heads:.0%} active), B={a.B}; medians of {a.repeats} interleaved runs")
+    print(f"{'thr':>3} {'T':>5} {'d':>5} | {'all ms':>8} {'active ms':>9} {'x wall':>6} {'x cpu':>6} "
+          f"{'floor':>6} | {'decode x wall':>13} | load")
+    for threads in a.threads:
+        for d in a.d:
+            for T in a.T:
+                r = bench_one(a.B, T, d, a.heads, a.shared, a.top_k, a.repeats, threads)
+                runs.append(r)
+                print(f"{threads:>3} {T:>5} {d:>5} | {r['moh_all_heads']['wall_median_s'] * 1e3:8.1f} "
+                      f"{r['moh_active_heads']['wall_median_s'] * 1e3:9.1f} {r['speedup_wall_median']:6.2f} "
+                      f"{r['speedup_cpu_median']:6.2f} {1 / r['floor_ratio_active_over_all']:6.2f} | "
+                      f"{r['decode_speedup_wall_median']:13.2f} | {r['load_average'][0]:.1f}", flush=True)
     out = {
-        "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs, "
-                   f"torch {torch.__version__}, threads {torch.get_num_threads()}",
-        "config": {"B": a.B, "T": a.T, "d_model": a.d, "n_heads": a.heads, "n_shared_heads": a.shared,
-                   "top_k": a.top_k, "active_fraction": active, "repeats": a.repeats,
-                   "timing": "interleaved runs; min and median seconds"},
-        "max_abs_diff_active_vs_all": err,
-        **res,
+        "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs (shared with "
+                   f"other jobs), torch {torch.__version__}",
+        "conditions": "eval, no grad, float32, prefill of [B, T, d] (and one decode step after it); "
+                      "candidates interleaved; wall and process CPU seconds; x = all-heads / active-heads "
+                      "median time; floor = best possible x when only the attention shrinks",
+        "runs": runs,
     }
-    print(f"MoH B={a.B} T={a.T} d={a.d} heads={a.heads} ({a.shared} shared + top-{a.top_k} of "
-          f"{a.heads - a.shared} routed = {active:.0%} active)")
-    for k, label in (("moh_all_heads", "all heads   "), ("moh_active_heads", "active heads"), ("softmax", "softmax MHA ")):
-        print(f"  {label} min {res[k + '_min_s'] * 1e3:8.1f} ms   median {res[k + '_median_s'] * 1e3:8.1f} ms")
-    print(f"  speed-up active vs all heads: x{res['speedup_active_vs_all_min']:.2f} (min), "
-          f"x{res['speedup_active_vs_all_median']:.2f} (median)")
-    print(f"  max |diff| active vs all heads: {err:.2e}")
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out, "w") as f:
         json.dump(out, f, indent=2)

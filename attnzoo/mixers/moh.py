@@ -153,6 +153,45 @@ class MoHAttention(SoftmaxAttention):
                                 (o_r * g_r[..., None]).transpose(1, 2))
         return buf
 
+    def _decode_step(self, x, cos, sin, k_all, v_all, valid, gates, chosen, real):
+        """One new token per row: it sees every valid cached key, so each active head is one
+        attention over the whole cache (key-masked only where the cache holds padding). Runs of
+        consecutive key/value heads with the same number of active query heads share one SDPA call
+        on a view of the cache: only the active heads' keys and values are read, nothing is copied."""
+        B = x.shape[0]
+        H, hd, hs, G = self.n_heads, self.head_dim, self.n_shared, self.n_heads // self.n_kv_heads
+        q = self.q_proj(x).view(B, 1, H, hd)
+        if self.q_norm is not None:
+            q = self.q_norm(q)
+        if self.rope:
+            q = rotate_half(q, cos[:, :, None], sin[:, :, None])
+        o = x.new_zeros(B, 1, H, hd)
+        active = torch.cat([torch.ones_like(chosen[:, 0, :hs]), chosen[:, 0]], -1)  # [B, H]
+        all_valid = bool(valid.all())
+        for b in range(B):
+            if not bool(real[b, 0]):
+                continue
+            heads = active[b].nonzero().squeeze(1)
+            per_kv = torch.bincount(heads // G, minlength=self.n_kv_heads).tolist()  # active q heads per kv head
+            keep = None if all_valid else valid[b].view(1, 1, 1, -1)
+            g, pos_in_heads = 0, 0
+            while g < self.n_kv_heads:
+                r = per_kv[g]
+                if r == 0:
+                    g += 1
+                    continue
+                g1 = g
+                while g1 < self.n_kv_heads and per_kv[g1] == r:
+                    g1 += 1
+                hq = heads[pos_in_heads : pos_in_heads + r * (g1 - g)]  # sorted: grouped by kv head
+                qq = q[b, 0].index_select(0, hq).view(1, g1 - g, r, hd)
+                kk, vv = k_all[b, :, g:g1].transpose(0, 1)[None], v_all[b, :, g:g1].transpose(0, 1)[None]
+                oo = F.scaled_dot_product_attention(qq, kk, vv, attn_mask=keep)
+                o[b, 0].index_copy_(0, hq, oo.reshape(-1, hd) * gates[b, 0].index_select(0, hq)[:, None].to(o.dtype))
+                pos_in_heads += r * (g1 - g)
+                g = g1
+        return o
+
     def _forward_active_heads(self, x, mask, state, return_state, gates, chosen):
         B, T, _ = x.shape
         hd, Hkv = self.head_dim, self.n_kv_heads
@@ -170,7 +209,9 @@ class MoHAttention(SoftmaxAttention):
             valid, kpos = torch.cat([state.valid, real], 1), torch.cat([state.kpos, pos], 1)
         else:
             k_all, v_all, valid, kpos = k, v, real, pos
-        if mask is None and (state is None or bool(state.valid.all())):
+        if T == 1 and state is not None:
+            o = self._decode_step(x, cos, sin, k_all, v_all, valid, gates, chosen, real)
+        elif mask is None and (state is None or bool(state.valid.all())):
             # every row has the same positions: one batched pass, keys already in position order
             # (contiguous per head: the subset attention re-reads key prefixes once per position block)
             o = self._attend(x, pos, cos, sin, k_all.transpose(1, 2).contiguous(),

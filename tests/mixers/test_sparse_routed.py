@@ -151,12 +151,16 @@ def test_moh_active_heads_decode_token_by_token_and_attend_only_selected_pairs(b
     x = rand(3, 40, D, seed=11)
     mask = torch.ones(3, 40, dtype=torch.bool)
     mask[1, :5] = False  # left padding in one row
-    calls = []
-    real_op = moh_module.subset_causal_attention
+    calls, sdpa_rows = [], []
+    real_op, real_sdpa = moh_module.subset_causal_attention, moh_module.F.scaled_dot_product_attention
 
     def spy(q, k, v, q_pos, count=None, **kw):
         calls.append((q.shape, None if count is None else count.clone()))
         return real_op(q, k, v, q_pos, count, **kw)
+
+    def spy_sdpa(q, *args, **kw):
+        sdpa_rows.append(q.shape[1] * q.shape[2])  # (kv heads) x (query heads per kv head) read
+        return real_sdpa(q, *args, **kw)
 
     with torch.no_grad():
         m.skip_inactive_heads = False
@@ -165,13 +169,17 @@ def test_moh_active_heads_decode_token_by_token_and_attend_only_selected_pairs(b
         monkeypatch.setattr(moh_module, "subset_causal_attention", spy)
         y = m(x[:, :25], mask=mask[:, :25], return_state=True)
         state, outs = y[1], [y[0]]
+        monkeypatch.setattr(moh_module.F, "scaled_dot_product_attention", spy_sdpa)
         for t in range(25, 40):
             y, state = m(x[:, t : t + 1], mask=mask[:, t : t + 1], state=state, return_state=True)
             outs.append(y)
+        monkeypatch.setattr(moh_module.F, "scaled_dot_product_attention", real_sdpa)
     assert torch.allclose(torch.cat(outs, 1)[mask], y_all[mask], atol=1e-10)
-    # routed heads: exactly top_k (token, head) queries per real token reach the attention
+    # prefill: exactly top_k routed (token, head) queries per real token reach the attention;
+    # decode: each step attends with the 2 shared + 3 routed heads of each row, no other head
     routed = [c for shape, c in calls if c is not None]
-    assert sum(int(c.sum()) for c in routed) == 3 * int(mask.sum())
+    assert sum(int(c.sum()) for c in routed) == 3 * int(mask[:, :25].sum())
+    assert sum(sdpa_rows) == 5 * int(mask[:, 25:].sum())
     # the no-padding prefill takes the batched path: shared heads through one causal SDPA call
     calls.clear()
     with torch.no_grad():
