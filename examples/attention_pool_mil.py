@@ -12,6 +12,7 @@ import argparse
 
 import torch
 
+from _common import fit
 from attnzoo.heads.attention_pool import AttentionPool
 
 
@@ -41,14 +42,13 @@ def main(argv=None):
     key = torch.nn.functional.normalize(torch.randn(d, generator=gen), dim=0) * 2
     pool = AttentionPool(d, hidden=32, gated=True, n_types=3)
     clf = torch.nn.Sequential(torch.nn.Linear(d, 32), torch.nn.GELU(), torch.nn.Linear(32, 1))
-    opt = torch.optim.AdamW([*pool.parameters(), *clf.parameters()], lr=3e-3)
-    for _ in range(steps):
-        h, types, y, _ = bags(64, N, d, gen, key)
+
+    def loss_fn(h, types, y, _):
         out, _ = pool(h, types=types)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(clf(out).squeeze(-1), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        return torch.nn.functional.binary_cross_entropy_with_logits(clf(out).squeeze(-1), y)
+
+    fit([*pool.parameters(), *clf.parameters()], lambda: bags(64, N, d, gen, key), loss_fn,
+        steps=steps, lr=3e-3, optimizer="adamw")
     h, types, y, pos = bags(1000, N, d, gen, key)
     with torch.no_grad():
         out, att = pool(h, types=types)

@@ -10,11 +10,11 @@ inside vs outside the objects.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 
+from _common import example_args, fit, report
 from attnzoo.vision.attention_gate import ResidualAttentionUNet
 
 
@@ -45,27 +45,15 @@ def dice_iou(logits, mask):
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--small", action="store_true", help="tiny run for the smoke test")
-    ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (small models: 1 is fastest)")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    steps = args.steps or (10 if args.small else 200)
+    args = example_args(__doc__, argv, default_steps=200, small_steps=10)
     size, batch, base = (8, 4, 4) if args.small else (16, 16, 8)
-    torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)
     net = ResidualAttentionUNet(1, 1, base=base, depth=2)
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     xv, mv = make_batch(64, size, torch.Generator().manual_seed(1234))
     t0 = time.time()
-    for _ in range(steps):
-        x, m = make_batch(batch, size, g)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(net(x).squeeze(-1), m)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    fit(net, lambda: make_batch(batch, size, g),
+        lambda x, m: torch.nn.functional.binary_cross_entropy_with_logits(net(x).squeeze(-1), m),
+        steps=args.steps, lr=3e-3)
     net.eval()
     with torch.no_grad():
         logits = net(xv).squeeze(-1)
@@ -73,10 +61,9 @@ def main(argv=None) -> dict:
     alpha = net.alphas[-1].squeeze(-1)
     inside, outside = alpha[mv > 0].mean().item(), alpha[mv == 0].mean().item()
     learned = dice > 0.8
-    print(f"attention_unet_discs: {steps} steps in {time.time() - t0:.1f}s; validation Dice {dice:.3f}, "
-          f"IoU {iou:.3f}; gate mean inside objects {inside:.2f} vs outside {outside:.2f} -> learned={learned}")
+    report("attention_unet_discs", steps=args.steps, t0=t0, result=f"validation Dice {dice:.3f}, IoU {iou:.3f}; "
+           f"gate mean inside objects {inside:.2f} vs outside {outside:.2f}", learned=learned)
     return {"dice": dice, "iou": iou, "learned": learned}
-
 
 if __name__ == "__main__":
     main()

@@ -10,12 +10,12 @@ the first block's memory) -> mean pool -> linear classifier. Prints validation a
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 from torch import nn
 
+from _common import example_args, fit, report
 from attnzoo.vision.care import CAREBlock
 
 
@@ -46,34 +46,20 @@ class Model(nn.Module):
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--small", action="store_true", help="tiny run for the smoke test")
-    ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (small models: 1 is fastest)")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    steps = args.steps or (5 if args.small else 250)
+    args = example_args(__doc__, argv, default_steps=250, small_steps=5)
     size, batch = (8, 4) if args.small else (16, 32)
-    torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)
     model = Model(24)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     xv, yv = make_batch(256, size, torch.Generator().manual_seed(1234))
     t0 = time.time()
-    for _ in range(steps):
-        x, y = make_batch(batch, size, g)
-        loss = nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    fit(model, lambda: make_batch(batch, size, g), lambda x, y: nn.functional.cross_entropy(model(x), y),
+        steps=args.steps, lr=3e-3, optimizer="adamw")
     with torch.no_grad():
         acc = (model(xv).argmax(-1) == yv).float().mean().item()
     learned = acc > 0.8
-    print(f"care_count_spots: {steps} steps in {time.time() - t0:.1f}s; validation accuracy {acc:.3f} "
-          f"(chance 0.25) -> learned={learned}")
+    report("care_count_spots", steps=args.steps, t0=t0, result=f"validation accuracy {acc:.3f} (chance 0.25)",
+           learned=learned)
     return {"accuracy": acc, "learned": learned}
-
 
 if __name__ == "__main__":
     main()

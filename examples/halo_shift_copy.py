@@ -11,12 +11,12 @@ padding supplies the 0 outside the image.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 from torch import nn
 
+from _common import example_args, fit, report, validation_mse
 from attnzoo.vision.halo import HaloAttention
 
 
@@ -40,35 +40,20 @@ class Model(nn.Module):
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--small", action="store_true", help="tiny run for the smoke test")
-    ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (small models: 1 is fastest)")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    steps = args.steps or (5 if args.small else 300)
+    args = example_args(__doc__, argv, default_steps=300, small_steps=5)
     size, batch = (8, 4) if args.small else (16, 16)
-    torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)
     model = Model(16)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     xv, yv = make_batch(64, size, torch.Generator().manual_seed(1234))
     baseline = yv.square().mean().item()  # predicting 0 everywhere
     t0 = time.time()
-    for _ in range(steps):
-        x, y = make_batch(batch, size, g)
-        loss = (model(x) - y).square().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        mse = (model(xv) - yv).square().mean().item()
+    fit(model, lambda: make_batch(batch, size, g), lambda x, y: (model(x) - y).square().mean(),
+        steps=args.steps, lr=1e-2)
+    mse = validation_mse(model, xv, yv)
     learned = mse < 0.1 * baseline
-    print(f"halo_shift_copy: {steps} steps in {time.time() - t0:.1f}s; validation MSE {mse:.4f} "
-          f"vs predict-zero baseline {baseline:.4f} -> learned={learned}")
+    report("halo_shift_copy", steps=args.steps, t0=t0,
+           result=f"validation MSE {mse:.4f} vs predict-zero baseline {baseline:.4f}", learned=learned)
     return {"mse": mse, "baseline": baseline, "learned": learned}
-
 
 if __name__ == "__main__":
     main()

@@ -12,6 +12,7 @@ import argparse
 
 import torch
 
+from _common import fit
 from attnzoo.heads.hierarchical import HierarchicalEncoder
 
 
@@ -32,23 +33,12 @@ def main(argv=None):
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     m = HierarchicalEncoder(64, 32, block_layers=1, doc_layers=1, mixer_kwargs={"softmax": {"n_heads": 2}})
-    opt = torch.optim.AdamW(m.parameters(), lr=2e-3)
-    losses = []
-    for _ in range(pre):
-        ids, _ = docs(batch, gen)
-        loss = m.masked_block_loss(ids, generator=gen)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit(m, lambda: docs(batch, gen), lambda ids, _: m.masked_block_loss(ids, generator=gen),
+                 steps=pre, lr=2e-3, optimizer="adamw")
     head = torch.nn.Linear(32, 4)
-    opt = torch.optim.AdamW([*m.parameters(), *head.parameters()], lr=2e-3)
-    for _ in range(fine):
-        ids, topic = docs(batch, gen)
-        loss = torch.nn.functional.cross_entropy(head(m(ids)[0]), topic)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    fit([*m.parameters(), *head.parameters()], lambda: docs(batch, gen),
+        lambda ids, topic: torch.nn.functional.cross_entropy(head(m(ids)[0]), topic),
+        steps=fine, lr=2e-3, optimizer="adamw")
     ids, topic = docs(n_test, gen)
     with torch.no_grad():
         acc = (head(m(ids)[0]).argmax(-1) == topic).float().mean().item()

@@ -14,6 +14,7 @@ import argparse
 import torch
 
 import attnzoo
+from _common import fit
 from attnzoo.heads.label_attention import LabelAttention, ldam_bce_loss, ldam_margins
 
 
@@ -44,8 +45,6 @@ def main(argv=None):
     emb = torch.nn.Embedding(V, d)
     mixer = attnzoo.build("softmax", d_model=d, n_heads=2, causal=False)
     head = LabelAttention(d, L)
-    params = [*emb.parameters(), *mixer.parameters(), *head.parameters()]
-    opt = torch.optim.AdamW(params, lr=3e-3)
     margins = ldam_margins(y.sum(0), c_ldam=1.0)
 
     def logits_of(x):
@@ -53,13 +52,12 @@ def main(argv=None):
         h = h + mixer(h)
         return head(h)
 
-    for step in range(steps):
+    def sample():
         idx = torch.randint(0, n_train, (64,), generator=gen)
-        logits, _ = logits_of(ids[idx])
-        loss = ldam_bce_loss(logits, y[idx], margins)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        return ids[idx], y[idx]
+
+    fit([*emb.parameters(), *mixer.parameters(), *head.parameters()], sample,
+        lambda x, t: ldam_bce_loss(logits_of(x)[0], t, margins), steps=steps, lr=3e-3, optimizer="adamw")
     with torch.no_grad():
         logits, attn = logits_of(ids_te)
     pred = (logits > 0).float()

@@ -29,6 +29,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from _common import cpu_threads, fit
 from attnzoo.models.lm import LanguageModel
 
 
@@ -111,12 +112,8 @@ def main(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (small ops: 1 is fastest)")
     a = p.parse_args(argv)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(a.threads)
-    try:
+    with cpu_threads(a.threads):
         return run(a)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def run(a):
@@ -126,18 +123,12 @@ def run(a):
     torch.manual_seed(0)
     lm = LanguageModel(256, a.d_model, a.layers, "softmax", mixer_kwargs={"softmax": {"n_heads": 4}},
                        mlp_ratio=2.0).to(a.device)
-    opt = torch.optim.AdamW(lm.parameters(), lr=a.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=a.lr, total_steps=max(steps, 1), pct_start=0.1)
     t0 = time.perf_counter()
-    for _ in range(steps):
-        ids, mask = (t.to(a.device) for t in batch(n_batch, gen))
-        logits = lm(ids[:, :-1])
-        loss = F.cross_entropy(logits[mask], ids[:, 1:][mask])
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
-        opt.step()
-        sched.step()
+    fit(lm, lambda: tuple(t.to(a.device) for t in batch(n_batch, gen)),
+        lambda ids, mask: F.cross_entropy(lm(ids[:, :-1])[mask], ids[:, 1:][mask]),
+        steps=steps, lr=a.lr, optimizer="adamw", weight_decay=0.01, clip_norm=1.0,
+        lr_schedule=lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=a.lr, total_steps=max(steps, 1),
+                                                                    pct_start=0.1))
     train_s = time.perf_counter() - t0
     train_pairs = sample_pairs(20000, torch.Generator().manual_seed(1), test=False)
     mean_T = sum(period(m, k) for m, k in train_pairs.tolist()) / len(train_pairs)

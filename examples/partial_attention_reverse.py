@@ -12,11 +12,11 @@ on the prefix at each generation step (Fu et al. 2023's attention degeneration).
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 
+from _common import example_args, fit, report
 from attnzoo.analysis.prefix_mass import prefix_mass_per_step
 from attnzoo.models.lm import LanguageModel
 
@@ -34,14 +34,12 @@ def train(mixer: str, n: int, steps: int, batch: int, seed: int):
     g = torch.Generator().manual_seed(seed)
     kwargs = {"partial_attention": {"n_heads": 4, "prefix_len": n + 1}, "softmax": {"n_heads": 4}}
     lm = LanguageModel(VOCAB, 64, 2, mixer=mixer, mixer_kwargs={mixer: kwargs[mixer]})
-    opt = torch.optim.AdamW(lm.parameters(), lr=3e-3, weight_decay=0.0)
-    for _ in range(steps):
-        ids = make_batch(batch, n, g)
+
+    def loss_fn(ids):
         logits = lm(ids[:, :-1])[:, n:]  # predictions for the target tokens
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), ids[:, n + 1:].reshape(-1))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), ids[:, n + 1:].reshape(-1))
+
+    fit(lm, lambda: make_batch(batch, n, g), loss_fn, steps=steps, lr=3e-3, optimizer="adamw", weight_decay=0.0)
     ids = make_batch(256, n, torch.Generator().manual_seed(1234))
     with torch.no_grad():
         acc = (lm(ids[:, :-1])[:, n:].argmax(-1) == ids[:, n + 1:]).float().mean().item()
@@ -52,27 +50,19 @@ def train(mixer: str, n: int, steps: int, batch: int, seed: int):
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--small", action="store_true", help="tiny run for the smoke test")
-    ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (small models: 1 is fastest)")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    steps = args.steps or (5 if args.small else 400)
+    args = example_args(__doc__, argv, default_steps=400, small_steps=5)
     n, batch = (4, 8) if args.small else (8, 32)
     t0 = time.time()
     out = {}
     for mixer in ("softmax", "partial_attention"):
-        acc, mass = train(mixer, n, steps, batch, args.seed)
+        acc, mass = train(mixer, n, args.steps, batch, args.seed)
         out[mixer] = acc
         steps_txt = " ".join(f"{m:.2f}" for m in mass.tolist())
         print(f"  {mixer:18s} target accuracy {acc:.3f}; layer-1 attention mass on the prefix per step: {steps_txt}")
     learned = out["partial_attention"] > 0.9
-    print(f"partial_attention_reverse: {steps} steps each in {time.time() - t0:.1f}s; accuracy softmax "
-          f"{out['softmax']:.3f}, partial_attention {out['partial_attention']:.3f} -> learned={learned}")
+    report("partial_attention_reverse", steps=args.steps, t0=t0, each=True, result=f"accuracy softmax "
+           f"{out['softmax']:.3f}, partial_attention {out['partial_attention']:.3f}", learned=learned)
     return {"accuracy": out["partial_attention"], "softmax_accuracy": out["softmax"], "learned": learned}
-
 
 if __name__ == "__main__":
     main()

@@ -34,6 +34,7 @@ import time
 import torch
 from torch import nn
 
+from _common import cpu_threads, fit
 from attnzoo.heads.pointer import AgentCommunication, PointerDecoder, select_actions
 from attnzoo.models.encoder import Encoder
 
@@ -139,12 +140,8 @@ def main(argv=None):
     p.add_argument("--no-distance-bias", action="store_true", help="pointer scores without the distance bias")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (small ops: 1 is fastest)")
     a = p.parse_args(argv)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(a.threads)
-    try:
+    with cpu_threads(a.threads):
         return run(a)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def run(a):
@@ -156,21 +153,18 @@ def run(a):
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     policy = RoutingPolicy(distance_bias=not a.no_distance_bias)
-    opt = torch.optim.Adam(policy.parameters(), lr=1e-3)
     test = instances(n_test, N, torch.Generator().manual_seed(123))
     with torch.no_grad():
         before = policy.rollout(test, a.vehicles)[0].mean().item()
     t0 = time.perf_counter()
-    for _ in range(steps):
-        xy = instances(batch, N, gen)
+
+    def reinforce_loss(xy):
         length, logp = policy.rollout(xy, a.vehicles, samples=a.samples, mode="sampling", generator=gen)
         adv = length.view(batch, a.samples)
         adv = (adv - adv.mean(1, keepdim=True)).flatten()
-        loss = (adv.detach() * logp).mean()
-        opt.zero_grad()
-        loss.backward()
-        nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-        opt.step()
+        return (adv.detach() * logp).mean()
+
+    fit(policy, lambda: instances(batch, N, gen), reinforce_loss, steps=steps, lr=1e-3, clip_norm=1.0)
     train_s = time.perf_counter() - t0
     with torch.no_grad():
         model = policy.rollout(test, a.vehicles)[0].mean().item()

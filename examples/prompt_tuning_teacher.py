@@ -12,25 +12,17 @@ only approximate it. Prints each student's validation MSE relative to its MSE be
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 
 import attnzoo
+from _common import example_args, fit, report, validation_mse
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--small", action="store_true", help="tiny run for the smoke test")
-    ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (small models: 1 is fastest)")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    steps = args.steps or (5 if args.small else 400)
+    args = example_args(__doc__, argv, default_steps=400, small_steps=5)
     d, T, batch = 32, (8 if args.small else 32), (4 if args.small else 32)
-    torch.manual_seed(args.seed)
     teacher = attnzoo.build("prompt_tuning", d_model=d, n_heads=4, n_prompts=4, mode="exact")
     with torch.no_grad():
         teacher.prompt_v.mul_(8.0)  # prompts that matter
@@ -49,24 +41,16 @@ def main(argv=None) -> dict:
         params = student.prompt_parameters()
         for p in params:
             p.requires_grad_(True)
-        opt = torch.optim.Adam(params, lr=3e-2)
-        with torch.no_grad():
-            before = (student(xv) - yv).square().mean().item()
-        for _ in range(steps):
-            x = torch.randn(batch, T, d, generator=g)
-            loss = (student(x) - teacher(x)).square().mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        with torch.no_grad():
-            after = (student(xv) - yv).square().mean().item()
+        before = validation_mse(student, xv, yv)
+        fit(params, lambda: torch.randn(batch, T, d, generator=g),
+            lambda x, s=student: (s(x) - teacher(x)).square().mean(), steps=args.steps, lr=3e-2)
+        after = validation_mse(student, xv, yv)
         out[mode] = after / before
         print(f"  {mode:5s} student: validation MSE {before:.4f} -> {after:.4f} ({after / before:.3f} of the start)")
     learned = out["exact"] < 0.1
-    print(f"prompt_tuning_teacher: {steps} steps each in {time.time() - t0:.1f}s; relative MSE exact "
-          f"{out['exact']:.3f}, apt {out['apt']:.3f} -> learned={learned}")
+    report("prompt_tuning_teacher", steps=args.steps, t0=t0, each=True,
+           result=f"relative MSE exact {out['exact']:.3f}, apt {out['apt']:.3f}", learned=learned)
     return {"relative_mse": out["exact"], "apt_relative_mse": out["apt"], "learned": learned}
-
 
 if __name__ == "__main__":
     main()

@@ -13,6 +13,7 @@ import argparse
 
 import torch
 
+from _common import fit
 from attnzoo.models.sequence_classifier import SequenceClassifier
 
 
@@ -54,15 +55,14 @@ def main(argv=None):
     torch.manual_seed(0)
     model = SequenceClassifier(5, 32, 2, mixer_kwargs={"softmax": {"n_heads": 2}})
     base = torch.nn.Linear(10, 1)
-    opt = torch.optim.AdamW([*model.parameters(), *base.parameters()], lr=3e-3)
     bce = torch.nn.functional.binary_cross_entropy_with_logits
-    for _ in range(steps):
-        x, obs, y = cohort(batch, gen)
+
+    def loss_fn(x, obs, y):
         feats = torch.cat([locf(x, obs), obs.float()], -1)
-        loss = bce(model(x, obs), y) + bce(base(feats).squeeze(-1), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        return bce(model(x, obs), y) + bce(base(feats).squeeze(-1), y)
+
+    fit([*model.parameters(), *base.parameters()], lambda: cohort(batch, gen), loss_fn,
+        steps=steps, lr=3e-3, optimizer="adamw")
     x, obs, y = cohort(n_test, gen)
     with torch.no_grad():
         a_model = auroc(model(x, obs), y)

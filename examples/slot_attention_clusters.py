@@ -11,12 +11,12 @@ of the slot assignment (argmax over slots of the attention) against the true clu
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 from torch import nn
 
+from _common import example_args, fit, report
 from attnzoo.vision.slot_attention import SlotAttention
 
 
@@ -56,36 +56,22 @@ def purity(attn, labels):
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--small", action="store_true", help="tiny run for the smoke test")
-    ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (small models: 1 is fastest)")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    steps = args.steps or (10 if args.small else 600)
+    args = example_args(__doc__, argv, default_steps=600, small_steps=10)
     batch = 8 if args.small else 64
-    torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)
     model = Model(3)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     xv, cv, lv = make_batch(256, 8, torch.Generator().manual_seed(1234))
     baseline = chamfer(xv.mean(1, keepdim=True).expand(-1, 3, -1), cv).item()
     t0 = time.time()
-    for _ in range(steps):
-        x, c, _ = make_batch(batch, 8, g)
-        loss = chamfer(model(x, generator=g)[0], c)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    fit(model, lambda: make_batch(batch, 8, g), lambda x, c, _: chamfer(model(x, generator=g)[0], c),
+        steps=args.steps, lr=2e-3)
     with torch.no_grad():
         pred, attn = model(xv, generator=torch.Generator().manual_seed(7))
     dist, pur = chamfer(pred, cv).item(), purity(attn, lv)
     learned = dist < 0.5 * baseline
-    print(f"slot_attention_clusters: {steps} steps in {time.time() - t0:.1f}s; validation Chamfer {dist:.3f} "
-          f"vs mean-of-points baseline {baseline:.3f}; assignment purity {pur:.2f} (chance ~0.33) -> learned={learned}")
+    report("slot_attention_clusters", steps=args.steps, t0=t0, result=f"validation Chamfer {dist:.3f} vs "
+           f"mean-of-points baseline {baseline:.3f}; assignment purity {pur:.2f} (chance ~0.33)", learned=learned)
     return {"chamfer": dist, "baseline": baseline, "purity": pur, "learned": learned}
-
 
 if __name__ == "__main__":
     main()

@@ -14,6 +14,7 @@ import argparse
 
 import torch
 
+from _common import fit
 from attnzoo.heads.swapmix import context_reliance, swapmix
 from attnzoo.models.encoder import Encoder
 
@@ -57,15 +58,15 @@ class SetQA(torch.nn.Module):
 def train(use_swapmix, steps, gen, bank):
     torch.manual_seed(0)
     model = SetQA()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(steps):
+
+    def sample():
         obj, qs, ans, rel = scenes(64, gen, bias=0.8)
         if use_swapmix:
             obj = swapmix(obj, rel, bank, p=0.5, dims=ATTR, generator=gen)
-        loss = torch.nn.functional.cross_entropy(model(obj, qs), ans)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        return obj, qs, ans
+
+    fit(model, sample, lambda obj, qs, ans: torch.nn.functional.cross_entropy(model(obj, qs), ans),
+        steps=steps, lr=3e-3, optimizer="adamw")
     return model.eval()
 
 

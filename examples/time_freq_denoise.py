@@ -12,12 +12,12 @@ spectrogram. Prints the validation MSE vs the noisy input's MSE.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 from torch import nn
 
+from _common import example_args, fit, report, validation_mse
 from attnzoo.models.time_freq_block import TimeFrequencyBlock
 
 
@@ -45,35 +45,20 @@ class Model(nn.Module):
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--small", action="store_true", help="tiny run for the smoke test")
-    ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (small models: 1 is fastest)")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    steps = args.steps or (2 if args.small else 120)
+    args = example_args(__doc__, argv, default_steps=120, small_steps=2)
     T, F, batch = (8, 8, 2) if args.small else (16, 16, 8)
-    torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)
     model = Model(16, {"d_state": 8, "expand": 2, "d_conv": 4, "chunk_size": 8})
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     xv, yv = make_batch(64, T, F, torch.Generator().manual_seed(1234))
     noisy_mse = (xv - yv).square().mean().item()
     t0 = time.time()
-    for _ in range(steps):
-        x, y = make_batch(batch, T, F, g)
-        loss = (model(x) - y).square().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        mse = (model(xv) - yv).square().mean().item()
+    fit(model, lambda: make_batch(batch, T, F, g), lambda x, y: (model(x) - y).square().mean(),
+        steps=args.steps, lr=3e-3, optimizer="adamw")
+    mse = validation_mse(model, xv, yv)
     learned = mse < 0.1 * noisy_mse
-    print(f"time_freq_denoise: {steps} steps in {time.time() - t0:.1f}s; validation MSE {mse:.4f} "
-          f"vs noisy input {noisy_mse:.4f} -> learned={learned}")
+    report("time_freq_denoise", steps=args.steps, t0=t0,
+           result=f"validation MSE {mse:.4f} vs noisy input {noisy_mse:.4f}", learned=learned)
     return {"mse": mse, "noisy_mse": noisy_mse, "learned": learned}
-
 
 if __name__ == "__main__":
     main()

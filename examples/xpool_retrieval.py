@@ -13,6 +13,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
+from _common import fit
 from attnzoo.heads.xpool import XPool, symmetric_infonce
 
 
@@ -38,13 +39,9 @@ def main(argv=None):
     d, F_ = 32, 12
     model = XPool(d, n_heads=1, dropout=0.0)
     logit_scale = torch.nn.Parameter(torch.tensor(2.0))
-    opt = torch.optim.AdamW([*model.parameters(), logit_scale], lr=1e-3, weight_decay=0.2)
-    for _ in range(steps):
-        t, v = batch(32, F_, d, gen)
-        loss = symmetric_infonce(model(t, v), logit_scale)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    fit([*model.parameters(), logit_scale], lambda: batch(32, F_, d, gen),
+        lambda t, v: symmetric_infonce(model(t, v), logit_scale), steps=steps, lr=1e-3, optimizer="adamw",
+        weight_decay=0.2)
     model.eval()
     t, v = batch(256, F_, d, gen)
     with torch.no_grad():

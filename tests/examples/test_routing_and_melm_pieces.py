@@ -1,23 +1,12 @@
 """The environment pieces of examples/pointer_routing.py and examples/melm_mechanics.py."""
 
-import importlib.util
 import math
-import pathlib
 
 import torch
 
-EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples"
 
-
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_rollouts_serve_every_customer_once_with_the_only_possible_lengths():
-    pr = load("pointer_routing")
+def test_rollouts_serve_every_customer_once_with_the_only_possible_lengths(load_example):
+    pr = load_example("pointer_routing")
     torch.manual_seed(0)
     policy = pr.RoutingPolicy(d_model=16, n_layers=1)
     xy = pr.instances(6, 2, torch.Generator().manual_seed(0))  # depot + 2 customers
@@ -34,8 +23,8 @@ def test_rollouts_serve_every_customer_once_with_the_only_possible_lengths():
         policy.rollout(pr.instances(4, 7, torch.Generator().manual_seed(2)), 3, samples=2, mode="sampling")
 
 
-def test_nearest_neighbour_on_a_hand_case():
-    pr = load("pointer_routing")
+def test_nearest_neighbour_on_a_hand_case(load_example):
+    pr = load_example("pointer_routing")
     xy = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [3.0, 0.0], [0.0, 2.0]]])
     # one vehicle: (0,0) -> (1,0) [1] -> (3,0) [2 < sqrt5] -> (0,2) [sqrt13] -> depot [2]
     assert torch.allclose(pr.nearest_neighbour(xy, 1), torch.tensor([1 + 2 + math.sqrt(13) + 2]))
@@ -43,8 +32,8 @@ def test_nearest_neighbour_on_a_hand_case():
     assert torch.allclose(pr.nearest_neighbour(xy, 3), torch.tensor([2.0 + 6.0 + 4.0]))
 
 
-def test_melm_strings_split_and_errors():
-    mm = load("melm_mechanics")
+def test_melm_strings_split_and_errors(load_example):
+    mm = load_example("melm_mechanics")
     pairs = torch.tensor([[100, 100], [400, 100]])
     prompts, answers = mm.strings(pairs, "F")
     assert prompts[0] == "F m=1.00 k=1.00 T=" and answers == ["06.28", "12.57"]
