@@ -41,7 +41,6 @@ and float64 for float64 inputs.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from attnzoo.ops.linear.api import check_gla_inputs
 from attnzoo.ops.linear.chunk_intra import (
@@ -53,6 +52,7 @@ from attnzoo.ops.linear.chunk_intra import (
     vector_intra_backward,
     vector_intra_forward,
 )
+from attnzoo.ops.linear.chunk_layout import from_chunks, to_chunks
 from attnzoo.ops.linear.reference import compute_dtype
 
 SUB_CHUNK = 16  # chunks shorter than this are not padded
@@ -81,21 +81,20 @@ def _combined_log_gate(g, g_gamma, shape, ct):
     return gl
 
 
-def _to_chunks(x, N: int, C: int):
-    """[B, T, H, ...] -> [B, H, N, C, ...], zero-padded along T to N·C, contiguous."""
-    x = x.transpose(1, 2)
-    pad = N * C - x.shape[2]
-    if pad:
-        x = F.pad(x, (0, 0) * (x.dim() - 3) + (0, pad))
-    return x.reshape(*x.shape[:2], N, C, *x.shape[3:]).contiguous()
-
-
 class _ChunkGLA(torch.autograd.Function):
-    """q (scaled), k, g [B, H, N, C, K] (g [B, H, N, C] scalar, or None); v [B, H, N, C, V];
-    S0 [B, H, K, V] or None -> (o [B, H, N, C, V], final state [B, H, K, V])."""
+    """q, k [B, T, H, K]; v [B, T, H, V]; gate [B, T, H] or [B, T, H, K] in the compute dtype ct,
+    or None; S0 [B, H, K, V] in ct or None -> (o [B, T, H, V] in q's dtype, final state in ct).
+    Inside, chunks [B, H, N, C, ...] in ct, q times scale."""
 
     @staticmethod
-    def forward(ctx, q, k, v, g, S0):
+    def forward(ctx, q_in_, k_in_, v_in_, gate, S0, scale, C, ct):
+        T = q_in_.shape[1]
+        N = -(-T // C)
+        ctx.meta = (T, scale, q_in_.dtype, k_in_.dtype, v_in_.dtype)
+        q = to_chunks(q_in_, N, C, ct, scale)
+        k = to_chunks(k_in_, N, C, ct)
+        v = to_chunks(v_in_, N, C, ct)
+        g = None if gate is None else to_chunks(gate, N, C, ct)
         B, H, N, C, K = q.shape
         V = v.shape[-1]
         R = B * H * N
@@ -125,7 +124,7 @@ class _ChunkGLA(torch.autograd.Function):
         ctx.save_for_backward(q, k, v, g, q_in, k_out, eb, ea, S_enter, S)
         ctx.intra = intra
         ctx.has_S0 = S0 is not None
-        return o, S
+        return from_chunks(o, T, q_in_.dtype), S
 
     @staticmethod
     def backward(ctx, do, dS):
@@ -134,8 +133,9 @@ class _ChunkGLA(torch.autograd.Function):
         B, H, N, C, K = q.shape
         V = v.shape[-1]
         R = B * H * N
-        do = do.contiguous() if do is not None else q.new_zeros(B, H, N, C, V)
-        dS = torch.zeros_like(S_final) if dS is None else dS.contiguous()
+        T, scale, q_dtype, k_dtype, v_dtype = ctx.meta
+        do = to_chunks(do, N, C, q.dtype)
+        dS = dS.to(q.dtype).contiguous()
         qdo = q_in.transpose(-1, -2) @ do  # [B, H, N, K, V]: each chunk's outputs' pull on its entering state
         dS_next = torch.empty_like(S_enter)  # gradient of the state leaving chunk n
         for n in range(N - 1, -1, -1):
@@ -166,7 +166,8 @@ class _ChunkGLA(torch.autograd.Function):
             scalar_intra_backward(qr, kr, vr, A, D, dor, dqr, dkr, dvr, None if dg is None else dg.view(R, C))
         else:
             vector_intra_backward(qr, kr, vr, ctx.intra, dor, dqr, dkr, dvr, dg.view(R, C, K))
-        return dq, dk, dv, dg, (dS if ctx.has_S0 else None)
+        return (from_chunks(dq, T, q_dtype, scale), from_chunks(dk, T, k_dtype), from_chunks(dv, T, v_dtype),
+                None if dg is None else from_chunks(dg, T, dg.dtype), (dS if ctx.has_S0 else None), None, None, None)
 
 
 def chunk_gated_linear_attention(
@@ -175,17 +176,10 @@ def chunk_gated_linear_attention(
     check_gla_inputs(q, k, v, g, g_gamma, initial_state, normalize=False)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    B, T, H, K = q.shape
-    V = v.shape[-1]
+    T = q.shape[1]
     ct = compute_dtype(q, k, v, g, initial_state)
     C = _chunk_length(T, chunk_size)
-    N = -(-T // C)
-    qc = _to_chunks(q.to(ct) * scale, N, C)  # [B, H, N, C, K]
-    kc = _to_chunks(k.to(ct), N, C)
-    vc = _to_chunks(v.to(ct), N, C)  # [B, H, N, C, V]
     gate = _combined_log_gate(g, g_gamma, q.shape, ct)
-    gc = None if gate is None else _to_chunks(gate, N, C)
     S0 = None if initial_state is None else initial_state.to(ct)
-    o, S = _ChunkGLA.apply(qc, kc, vc, gc, S0)
-    o = o.reshape(B, H, N * C, V)[:, :, :T].transpose(1, 2).contiguous().to(q.dtype)
+    o, S = _ChunkGLA.apply(q, k, v, gate, S0, scale, C, ct)
     return o, (S if output_final_state else None)

@@ -56,6 +56,9 @@ def level_sizes(C: int) -> tuple[list[tuple[int, int]], int]:
 def add_revcumsum_(dst, x, dim: int):
     """dst += Σ_{l >= j} x_l along dim, in place, by a running sum over slices."""
     n = x.shape[dim]
+    if n > 64 or x.numel() < 2048 * n:  # long, or thin slices (op overhead): flip and cumsum
+        dst.add_(revcumsum(x, dim))
+        return
     run = x.select(dim, n - 1).clone()
     dst.select(dim, n - 1).add_(run)
     for j in range(n - 2, -1, -1):
@@ -68,6 +71,9 @@ def add_prefix_excl_(dst, x, dim: int):
     n = x.shape[dim]
     if n < 2:
         return
+    if n > 64 or x.numel() < 2048 * n:  # long, or thin slices (op overhead): one cumsum
+        dst.add_(prefix_excl(x, dim))
+        return
     run = x.select(dim, 0).clone()
     dst.select(dim, 1).add_(run)
     for j in range(2, n):
@@ -78,7 +84,7 @@ def add_prefix_excl_(dst, x, dim: int):
 def suffix_excl(x, dim: int):
     """Σ_{l > j} x_l along dim (exactly 0 at the last position), summed directly from the end."""
     n = x.shape[dim]
-    if n > 64:  # long: one cumsum of the flipped tensor
+    if n > 64 or x.numel() < 2048 * n:  # long, or thin slices: one cumsum of the flipped tensor
         pad = [0, 0] * (x.dim() - 1 - (dim % x.dim())) + [1, 0]
         return F.pad(x.flip(dim).cumsum(dim).narrow(dim, 0, n - 1), pad).flip(dim)
     out = torch.empty_like(x)
@@ -104,24 +110,40 @@ def pairwise_decay(g, dim: int):
     """exp(Σ_{j<l<=i} g_l) for i > j, 1 for i = j, 0 for i < j, along `dim` (size n).
     g [..., n] -> [..., n, n] (dim=-1); g [..., n, K] -> [..., n, n, K] (dim=-2)."""
     n = g.shape[dim]
-    strict = torch.ones(n, n, dtype=torch.bool, device=g.device).tril(-1)
-    fill = torch.zeros(n, n, dtype=g.dtype, device=g.device).masked_fill(
-        torch.ones(n, n, dtype=torch.bool, device=g.device).triu(1), float("-inf"))
-    if dim == -1:
-        seg = g[..., :, None].expand(*g.shape, n).masked_fill(~strict, 0.0).cumsum(-2)
-        return torch.where(strict, seg, fill).exp()
-    seg = g[..., :, None, :].expand(*g.shape[:-1], n, g.shape[-1]).masked_fill(~strict[..., None], 0.0).cumsum(-3)
-    return torch.where(strict[..., None], seg, fill[..., None]).exp()
+    upper = torch.ones(n, n, dtype=torch.bool, device=g.device).triu()
+    if dim == -1:  # masks as float multiplies (masked_fill is several times slower on CPU)
+        lower = (~upper).to(g.dtype)
+        seg = (g.clamp_min(-1e30)[..., :, None] * lower).cumsum_(-2)  # -inf -> -1e30: -inf * 0 would be nan
+        return seg.exp_().mul_(_lower_incl(n, g))
+    upper = upper[..., None]
+    seg = g[..., :, None, :].expand(*g.shape[:-1], n, g.shape[-1]).masked_fill(upper, 0.0).cumsum(-3)
+    return seg.masked_fill_(_strict_upper(n, g.device)[..., None], float("-inf")).exp_()
+
+
+def _lower_incl(n: int, ref):
+    return torch.ones(n, n, dtype=ref.dtype, device=ref.device).tril_()
+
+
+def _strict_upper(n: int, device):
+    return torch.ones(n, n, dtype=torch.bool, device=device).triu(1)
 
 
 def pairwise_decay_grad(p, dim: int):
-    """Gradient of g from p = dL/dD ⊙ D for D = pairwise_decay(g, dim): Σ_{i>=l} Σ_{j<l} p_ij."""
-    n = p.shape[dim - 1]
-    strict = torch.ones(n, n, dtype=torch.bool, device=p.device).tril(-1)
+    """Gradient of g from p = dL/dD ⊙ D for D = pairwise_decay(g, dim): Σ_{i>=l} Σ_{j<l} p_ij
+    (the diagonal and the upper triangle of p are ignored). Summed as a cumsum over j (contiguous)
+    of p, read at j = l − 1 and summed over the rows i >= l."""
+    n = p.shape[dim]
+    out_shape = list(p.shape)
+    del out_shape[dim - 1]
+    out = p.new_zeros(out_shape)
+    if n < 2:
+        return out
+    rows_below = _strict_upper(n, p.device).T[:, :-1]  # [i, m = l − 1]: i > m
     if dim == -2:
-        strict = strict[..., None]
-    p = p.masked_fill(~strict, 0.0)
-    return revcumsum(p, dim - 1).masked_fill(~strict, 0.0).sum(dim)
+        rows_below = rows_below[..., None]
+    prefix = p.cumsum(dim).narrow(dim, 0, n - 1)  # Σ_{j<=m} p_ij
+    out.narrow(dim, 1, n - 1).copy_((prefix * rows_below.to(p.dtype)).sum(dim - 1))
+    return out
 
 
 # ---------------------------------------------------------------- scalar gate (and no gate)
@@ -142,14 +164,14 @@ def scalar_intra_forward(q, k, v, g):
 def scalar_intra_backward(q, k, v, A, D, do, dq, dk, dv, dg):
     """Adds the intra-chunk gradients into dq, dk, dv [R, C, *] and dg [R, C] (if D is given)."""
     dA = do @ v.transpose(-1, -2)
-    dv.add_(A.transpose(-1, -2) @ do)
+    dv.baddbmm_(A.transpose(-1, -2), do)
     if D is not None:
         dg.add_(pairwise_decay_grad(dA * A, dim=-1))
         dA.mul_(D)
     else:
         dA = dA.tril_()
-    dq.add_(dA @ k)
-    dk.add_(dA.transpose(-1, -2) @ q)
+    dq.baddbmm_(dA, k)
+    dk.baddbmm_(dA.transpose(-1, -2), q)
 
 
 # ---------------------------------------------------------------- vector gate

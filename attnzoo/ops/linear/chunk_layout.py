@@ -1,0 +1,38 @@
+"""Layout moves of the chunked linear-attention ops: [B, T, H, ...] <-> [B, H, N, C, ...].
+
+One pass each way: the transpose, the zero padding of T up to N·C, the dtype change (bf16 inputs
+-> float32 arithmetic and back) and an optional scale factor are folded into a single copy, so
+the chunked ops (chunk.py here, ops/delta/chunk.py) pay for the layout once per tensor.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def to_chunks(x, N: int, C: int, dtype, scale=None):
+    """x [B, T, H, ...] -> [B, H, N, C, ...] contiguous in dtype, zero-padded along T to N·C,
+    times scale if given."""
+    B, T, H, *rest = x.shape
+    out = torch.empty(B, H, N * C, *rest, dtype=dtype, device=x.device)
+    if N * C > T:
+        out[:, :, T:].zero_()
+    src = x.transpose(1, 2)
+    if scale is None:
+        out[:, :, :T].copy_(src)
+    else:
+        torch.mul(src, scale, out=out[:, :, :T])
+    return out.view(B, H, N, C, *rest)
+
+
+def from_chunks(xc, T: int, dtype, scale=None):
+    """xc [B, H, N, C, ...] -> [B, T, H, ...] contiguous in dtype (the first T of N·C steps),
+    times scale if given."""
+    B, H, N, C, *rest = xc.shape
+    src = xc.reshape(B, H, N * C, *rest)[:, :, :T].transpose(1, 2)
+    out = torch.empty(B, T, H, *rest, dtype=dtype, device=xc.device)
+    if scale is None:
+        out.copy_(src)
+    else:
+        torch.mul(src, scale, out=out)
+    return out
