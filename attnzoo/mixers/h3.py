@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from attnzoo.mixers.base import Mixer, MixerState
-from attnzoo.ops.conv import causal_conv1d, compact_real_tokens
+from attnzoo.ops.conv import causal_conv1d
+from attnzoo.ops.conv.short import real_tokens_first, restore_token_order
 from attnzoo.ops.conv.long import causal_long_conv
 from attnzoo.registry import Card, Paper, register
 
@@ -144,9 +145,7 @@ class H3(Mixer):
         H, dh = self.n_heads, self.head_dim
         perm = None
         if mask is not None:
-            perm = compact_real_tokens(mask)
-            x = torch.gather(x, 1, perm[..., None].expand(Bsz, T, d))
-            mask = torch.gather(mask, 1, perm)
+            x, mask, perm = real_tokens_first(x, mask)
         real = torch.ones(Bsz, T, dtype=torch.bool, device=x.device) if mask is None else mask
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         kbar, shift = causal_conv1d(k, self.shift_c.flip(-1), cache=None if state is None else state.shift,
@@ -164,7 +163,7 @@ class H3(Mixer):
         o = torch.einsum("bthi,bthij->bthj", q.view(Bsz, T, H, dh), Y).reshape(Bsz, T, d)
         y = self.out_proj(o)
         if perm is not None:
-            y = torch.empty_like(y).scatter_(1, perm[..., None].expand(Bsz, T, d), y)
+            y = restore_token_order(y, perm)
         new_state = H3State(shift=shift, ssm=torch.view_as_real(h).contiguous()) if return_state else None
         return y, new_state
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from attnzoo.mixers.base import Mixer, check_heads
 from attnzoo.mixers.layers import RMSNorm
-from attnzoo.ops.conv.short import compact_real_tokens
+from attnzoo.ops.conv.short import real_tokens_first, restore_token_order
 from attnzoo.ops.sparse.token_merging import bipartite_merge
 from attnzoo.registry import Card, Paper, register
 
@@ -81,9 +81,7 @@ class TokenMergingEncoder(Mixer):
     def _forward(self, x, mask, state, return_state):
         B, T, C = x.shape
         real = torch.ones(B, T, dtype=torch.bool, device=x.device) if mask is None else mask
-        perm = compact_real_tokens(real)  # real tokens first, in order
-        h = torch.gather(x, 1, perm[..., None].expand(B, T, C))
-        active = torch.gather(real, 1, perm)
+        h, active, perm = real_tokens_first(x, real)  # real tokens first, in order
         size = active.to(x.dtype)
         group = torch.arange(T, device=x.device).expand(B, T)
         self.last_token_counts = []
@@ -93,7 +91,7 @@ class TokenMergingEncoder(Mixer):
             if s + 1 < self.n_stages and self.merge_ratio > 0:
                 h, size, active, group = bipartite_merge(h, k.detach(), size, active, group, ratio=self.merge_ratio)
         y = self.out_proj(torch.gather(h, 1, group[..., None].expand(B, T, C)))  # unmerge
-        y = torch.empty_like(y).scatter(1, perm[..., None].expand(B, T, C), y)  # back to input order
+        y = restore_token_order(y, perm)  # back to input order
         return y, None
 
     def extra_repr(self):

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnzoo.mixers.base import Mixer, MixerState, check_heads
-from attnzoo.ops.conv import compact_real_tokens
+from attnzoo.ops.conv.short import real_tokens_first, restore_token_order
 from attnzoo.ops.linear import gated_linear_attention
 from attnzoo.registry import Card, Paper, register
 
@@ -112,9 +112,7 @@ class RWKV6TimeMix(Mixer):
         H, K = self.n_heads, self.head_dim
         perm = None
         if mask is not None:
-            perm = compact_real_tokens(mask)
-            x = torch.gather(x, 1, perm[..., None].expand(B, T, d))
-            mask = torch.gather(mask, 1, perm)  # real tokens first
+            x, mask, perm = real_tokens_first(x, mask)
         shift = x.new_zeros(B, d) if state is None else state.shift.to(x.dtype)
         x_prev = torch.cat([shift[:, None], x[:, :-1]], 1)
         r, k, v, g, logw = self.projections(x, x_prev)
@@ -132,7 +130,7 @@ class RWKV6TimeMix(Mixer):
             shift = torch.where((n_real > 0)[:, None], last, shift)
             new_state = RWKV6State(S=S, shift=shift)
         if perm is not None:
-            y = torch.empty_like(y).scatter_(1, perm[..., None].expand(B, T, d), y)
+            y = restore_token_order(y, perm)
         return y, new_state
 
     def wkv(self, r, k, v, logw, S0, return_state):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from attnzoo.ops.conv.short import compact_real_tokens
+from attnzoo.ops.conv.short import last_real_inputs, previous_inputs, real_tokens_first, restore_token_order
 
 DIRECT_MAX_T = 64
 IMPLS = ("auto", "fft", "direct")
@@ -105,22 +105,14 @@ def long_causal_conv(x, kernel, *, cache=None, mask=None, output_cache=False, im
     L = kernel.shape[1]
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    if cache is None:
-        cache = x.new_zeros(B, L - 1, C)
-    elif tuple(cache.shape) != (B, L - 1, C):
-        raise ValueError(f"long-conv cache must be [B, L-1, C] = {(B, L - 1, C)}, got {tuple(cache.shape)}")
+    cache = previous_inputs(x, cache, L - 1, name="long-conv cache must be [B, L-1, C]")
     perm = None
     if mask is not None:
-        perm = compact_real_tokens(mask)
-        x = torch.gather(x, 1, perm[..., None].expand(B, T, C))
-        x = x * torch.gather(mask, 1, perm)[..., None].to(x.dtype)  # padded steps (now last) are zero
+        x, real, perm = real_tokens_first(x, mask)
+        x = x * real[..., None].to(x.dtype)  # padded steps (now last) are zero
     xc = torch.cat([cache.to(x.dtype), x], 1)  # [B, L-1+T, C]
     y = causal_long_conv(xc, kernel, impl=impl, n_out=T)
-    new_cache = None
-    if output_cache:
-        n_real = torch.full((B,), T, device=x.device) if mask is None else mask.sum(1)
-        idx = n_real[:, None] + torch.arange(L - 1, device=x.device)  # last L-1 entries of cache + real
-        new_cache = torch.gather(xc, 1, idx[..., None].expand(B, L - 1, C))
+    new_cache = last_real_inputs(xc, mask, L - 1) if output_cache else None
     if perm is not None:
-        y = torch.empty_like(y).scatter_(1, perm[..., None].expand(B, T, C), y)
+        y = restore_token_order(y, perm)
     return y, new_cache

@@ -19,20 +19,51 @@ def compact_real_tokens(mask: torch.Tensor) -> torch.Tensor:
     return torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
 
 
+def real_tokens_first(x: torch.Tensor, mask: torch.Tensor):
+    """x [B, T, C] and mask [B, T] gathered so that each row's real steps come first, in order.
+
+    Returns (x, mask, perm [B, T]); `restore_token_order(y, perm)` puts an output back in place.
+    """
+    perm = compact_real_tokens(mask)
+    return torch.gather(x, 1, perm[..., None].expand_as(x)), torch.gather(mask, 1, perm), perm
+
+
+def restore_token_order(y: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """Undo `real_tokens_first` on y [B, T, C]: row b's step i goes back to position perm[b, i]."""
+    return torch.empty_like(y).scatter_(1, perm[..., None].expand_as(y), y)
+
+
+def previous_inputs(x: torch.Tensor, cache: torch.Tensor | None, keep: int, *, name: str) -> torch.Tensor:
+    """The decode cache [B, keep, C] of a causal conv over x [B, T, C]: zeros for a fresh sequence.
+
+    `name` says what the cache is in the error, e.g. "conv cache must be [B, W-1, C]".
+    """
+    B, _, C = x.shape
+    if cache is None:
+        return x.new_zeros(B, keep, C)
+    if tuple(cache.shape) != (B, keep, C):
+        raise ValueError(f"{name} = {(B, keep, C)}, got {tuple(cache.shape)}")
+    return cache
+
+
+def last_real_inputs(xc: torch.Tensor, mask: torch.Tensor | None, keep: int) -> torch.Tensor:
+    """The next decode cache: the last `keep` real steps of xc = [cache ; real steps first] [B, keep+T, C]."""
+    B, n, C = xc.shape
+    n_real = torch.full((B,), n - keep, device=xc.device) if mask is None else mask.sum(1)
+    idx = n_real[:, None] + torch.arange(keep, device=xc.device)  # last keep entries of cache + real
+    return torch.gather(xc, 1, idx[..., None].expand(B, keep, C))
+
+
 def causal_conv1d(x, weight, bias=None, *, cache=None, mask=None, activation=None, output_cache=False):
     """Returns (y [B, T, C], new_cache [B, W-1, C] or None)."""
     B, T, C = x.shape
     if weight.dim() != 2 or weight.shape[0] != C:
         raise ValueError(f"weight must be [C, W] = [{C}, W], got {tuple(weight.shape)}")
     W = weight.shape[1]
-    if cache is None:
-        cache = x.new_zeros(B, W - 1, C)
-    elif tuple(cache.shape) != (B, W - 1, C):
-        raise ValueError(f"conv cache must be [B, W-1, C] = {(B, W - 1, C)}, got {tuple(cache.shape)}")
+    cache = previous_inputs(x, cache, W - 1, name="conv cache must be [B, W-1, C]")
     perm = None
     if mask is not None:
-        perm = compact_real_tokens(mask)
-        x = torch.gather(x, 1, perm[..., None].expand(B, T, C))
+        x, _, perm = real_tokens_first(x, mask)
     xc = torch.cat([cache.to(x.dtype), x], 1)  # [B, W-1+T, C]
     y = F.conv1d(xc.transpose(1, 2), weight[:, None, :].to(x.dtype), None if bias is None else bias.to(x.dtype),
                  groups=C).transpose(1, 2)
@@ -40,13 +71,7 @@ def causal_conv1d(x, weight, bias=None, *, cache=None, mask=None, activation=Non
         y = F.silu(y)
     elif activation is not None:
         raise ValueError(f"activation must be None or 'silu', got {activation!r}")
-    new_cache = None
-    if output_cache and W > 1:
-        n_real = torch.full((B,), T, device=x.device) if mask is None else mask.sum(1)
-        idx = n_real[:, None] + torch.arange(W - 1, device=x.device)  # last W-1 entries of cache+real
-        new_cache = torch.gather(xc, 1, idx[..., None].expand(B, W - 1, C))
-    elif output_cache:
-        new_cache = x.new_zeros(B, 0, C)
+    new_cache = last_real_inputs(xc, mask, W - 1) if output_cache else None
     if perm is not None:
-        y = torch.empty_like(y).scatter_(1, perm[..., None].expand(B, T, C), y)
+        y = restore_token_order(y, perm)
     return y, new_cache
