@@ -67,25 +67,23 @@ class TimeFrequencyBlock(nn.Module):
         if not x.is_floating_point():
             raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}")
 
-    def _axis(self, h, norm, mixer_norm, mixer):  # h [N, L, C]
+    def _along(self, x, axis, norm, mixer_norm, mixer):
+        """One stage along x's dim `axis` (2 = T, 3 = F): every line along it is a sequence of C-vectors."""
+        self.check(x)
+        h = x.movedim(1, -1).movedim(axis - 1, 2)  # [B, other axis, axis, C]
+        rows = h.shape
+        h = h.reshape(-1, rows[2], rows[3])  # [N, L, C]
         h = self.attention(norm(h)) + h
-        return mixer(mixer_norm(h)) + h
+        h = mixer(mixer_norm(h)) + h
+        return h.view(rows).movedim(2, axis - 1).movedim(-1, 1)
 
     def time_stage(self, x):
         """Mix along T only: x [B, C, T, F] -> [B, C, T, F]."""
-        self.check(x)
-        B, C, T, F = x.shape
-        h = x.permute(0, 3, 2, 1).reshape(B * F, T, C)
-        h = self._axis(h, self.time_norm, self.time_mixer_norm, self.time_mixer)
-        return h.view(B, F, T, C).permute(0, 3, 2, 1)
+        return self._along(x, 2, self.time_norm, self.time_mixer_norm, self.time_mixer)
 
     def freq_stage(self, x):
         """Mix along F only: x [B, C, T, F] -> [B, C, T, F]."""
-        self.check(x)
-        B, C, T, F = x.shape
-        h = x.permute(0, 2, 3, 1).reshape(B * T, F, C)
-        h = self._axis(h, self.freq_norm, self.freq_mixer_norm, self.freq_mixer)
-        return h.view(B, T, F, C).permute(0, 3, 1, 2)
+        return self._along(x, 3, self.freq_norm, self.freq_mixer_norm, self.freq_mixer)
 
     def forward(self, x):
         return self.freq_stage(self.time_stage(x))
