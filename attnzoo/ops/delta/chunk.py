@@ -39,28 +39,26 @@ Not twice differentiable.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from attnzoo.ops.delta.api import check_delta_inputs
 from attnzoo.ops.linear.chunk_intra import pairwise_decay, pairwise_decay_grad, prefix_excl, revcumsum, suffix_excl
+from attnzoo.ops.linear.chunk_layout import from_chunks, to_chunks
 from attnzoo.ops.linear.reference import compute_dtype
 
 
-def _to_chunks(x: torch.Tensor, ct: torch.dtype, n_chunks: int, chunk: int) -> torch.Tensor:
-    """[B, T, H, ...] -> [B, H, N, C, ...] in dtype ct, zero-padded at the end of T, contiguous."""
-    x = x.to(ct).transpose(1, 2)
-    pad = n_chunks * chunk - x.shape[2]
-    if pad:
-        x = F.pad(x, (0, 0, 0, pad) if x.dim() == 4 else (0, pad))
-    return x.reshape(x.shape[0], x.shape[1], n_chunks, chunk, *x.shape[3:]).contiguous()
-
-
 class _ChunkDelta(torch.autograd.Function):
-    """q (scaled), k [B, H, N, C, K]; v [B, H, N, C, V]; beta, g [B, H, N, C] (g may be None);
-    S0 [B, H, K, V] or None -> (o [B, H, N, C, V], final state [B, H, K, V])."""
+    """q, k [B, T, H, K]; v [B, T, H, V]; beta, g [B, T, H] (g may be None); S0 [B, H, K, V] in
+    the compute dtype ct, or None -> (o [B, T, H, V] in q's dtype, final state in ct). Inside,
+    chunks [B, H, N, C, ...] in ct, q times scale."""
 
     @staticmethod
-    def forward(ctx, q, k, v, beta, g, S0):
+    def forward(ctx, q_, k_, v_, beta_, g_, S0, scale, C, ct):
+        T = q_.shape[1]
+        N = -(-T // C)  # the padded tail has beta = g = k = v = 0: it leaves the state untouched
+        ctx.meta = (T, scale, [None if x is None else x.dtype for x in (q_, k_, v_, beta_, g_)])
+        q = to_chunks(q_, N, C, ct, scale)
+        k, v, beta = to_chunks(k_, N, C, ct), to_chunks(v_, N, C, ct), to_chunks(beta_, N, C, ct)
+        g = None if g_ is None else to_chunks(g_, N, C, ct)
         B, H, N, C, K = q.shape
         V = v.shape[-1]
         lower = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
@@ -95,7 +93,7 @@ class _ChunkDelta(torch.autograd.Function):
         o = (q_dec @ S_enter).add_(QK @ Vp)
         ctx.save_for_backward(q, k, v, beta, g, D, eb, ea, KK, L, WU, QK, S_enter, Vp, S)
         ctx.has_S0 = S0 is not None
-        return o, S
+        return from_chunks(o, T, q_.dtype), S
 
     @staticmethod
     def backward(ctx, dO, dS):
@@ -105,8 +103,9 @@ class _ChunkDelta(torch.autograd.Function):
         q_dec = q if g is None else q * eb[..., None]
         k_dec = k if g is None else k * ea[..., None]
         W = WU[..., :K]
-        dO = q.new_zeros(Vp.shape) if dO is None else dO.contiguous()
-        G = torch.zeros_like(S_final) if dS is None else dS.contiguous()
+        T, scale, dtypes = ctx.meta
+        dO = to_chunks(dO, N, C, q.dtype)
+        G = dS.to(q.dtype).contiguous()
         P1 = QK.transpose(-1, -2) @ dO  # [B, H, N, C, V]
         P2 = q_dec.transpose(-1, -2) @ dO  # [B, H, N, K, V]
         G_next = torch.empty_like(S_enter)  # gradient of the state leaving chunk n
@@ -155,7 +154,9 @@ class _ChunkDelta(torch.autograd.Function):
             pair = M.mul_(KK).mul_(beta[..., :, None])  # dL/d(exponent) of A_ij = β_i (KKᵀ)_ij D_ij
             pair += dQK_raw.mul_(QK)  # ... and of (QKᵀ ⊙ D)_ij
             dg = revcumsum(r, -1) + prefix_excl(s, -1) + dgam + pairwise_decay_grad(pair, dim=-1)
-        return dq, dk, dv, dbeta, dg, (dS0 if ctx.has_S0 else None)
+        grads = [from_chunks(x, T, dt, scale if i == 0 else None) if x is not None else None
+                 for i, (x, dt) in enumerate(zip((dq, dk, dv, dbeta, dg), dtypes))]
+        return (*grads, (dS0 if ctx.has_S0 else None), None, None, None)
 
 
 def chunk_delta_rule(
@@ -172,13 +173,6 @@ def chunk_delta_rule(
         S = torch.zeros(B, H, K, V, dtype=ct, device=dev) if initial_state is None else initial_state.to(ct)
         return v.new_zeros(B, 0, H, V, dtype=q.dtype), (S if output_final_state else None)
     C = min(chunk_size, T)
-    N = -(-T // C)  # the padded tail has beta = g = k = v = 0: it leaves the state untouched
-    qc = _to_chunks(q, ct, N, C) * scale
-    kc = _to_chunks(k, ct, N, C)
-    vc = _to_chunks(v, ct, N, C)
-    bc = _to_chunks(beta, ct, N, C)  # [B, H, N, C]
-    gc = None if g is None else _to_chunks(g, ct, N, C)
     S0 = None if initial_state is None else initial_state.to(ct)
-    o, S = _ChunkDelta.apply(qc, kc, vc, bc, gc, S0)
-    o = o.reshape(B, H, N * C, V)[:, :, :T].transpose(1, 2).to(q.dtype)
+    o, S = _ChunkDelta.apply(q, k, v, beta, g, S0, scale, C, ct)
     return o, (S if output_final_state else None)

@@ -20,8 +20,10 @@ def to_chunks(x, N: int, C: int, dtype, scale=None):
     src = x.transpose(1, 2)
     if scale is None:
         out[:, :, :T].copy_(src)
-    else:
+    elif x.dtype == dtype:
         torch.mul(src, scale, out=out[:, :, :T])
+    else:  # scale after the cast: a bf16 product would be rounded to bf16
+        out[:, :, :T].copy_(src).mul_(scale)
     return out.view(B, H, N, C, *rest)
 
 
