@@ -12,17 +12,22 @@ x [B, T, d_model] -> y [B, T, d_model]; heads 0..h_s-1 are shared, the rest rout
 `aux_loss = 0.01 · L_b`, L_b = h_r · Σ_i P_i f_i (P_i mean routing probability of routed head i,
 f_i share of the token→head assignments that go to i, so L_b = 1 when balanced), over real tokens.
 
-Inference (eval, `skip_inactive_heads=True`) computes only the active (token, head) pairs: the
-shared heads for every token (one causal SDPA call), and for each routed head only the tokens that
-chose it. Those tokens are gathered per head, their queries projected with that head's slice of
-W_q alone, rotated with the RoPE angles computed once for all tokens, and attended against that
-head's keys with `subset_causal_attention` (attnzoo/ops/softmax/subset.py: causal attention for
-sorted query subsets at a cost proportional to the queries kept). Keys and values are projected
-(and k rotated) once for all tokens: every query needs them. Gated head outputs are scattered into
-a [T, H·hd] buffer that is zero for the unselected heads, then W_o. Training and
+Inference (eval, `skip_inactive_heads=True`) computes attention only for the active (token, head)
+pairs. Prefill: the shared heads for every token (one causal SDPA call); for each routed head only
+the tokens that chose it, gathered per head (sorted by position) and attended against that head's
+keys with `subset_causal_attention` (attnzoo/ops/softmax/subset.py: causal attention for sorted
+query subsets, cost proportional to the queries kept). Decode (one new token per row): each active
+head attends over a view of its cache, so only the active heads' keys and values are read. Keys and
+values are projected (and k rotated) once for all tokens, as every query needs them; the RoPE
+angles are computed once and gathered for the routed queries. The q projection is done for every
+head in one matmul and W_o applied to a [T, H·hd] buffer that is zero for the unselected heads:
+projecting only the selected rows per routed head needs d-wide row gathers, which cost more than
+they save at 50% activity (T=4096, d=512, 1 CPU thread: gather 16.6 ms + projection 7.6 ms vs
+11.9 ms to project every token; scattering W_o per head is the same trade). So the saving is the attention's:
+the best possible time ratio is (4·d + a·T) / (4·d + T) for active fraction a. Training and
 `skip_inactive_heads=False` compute every head and multiply by the gates (zero for inactive
-heads): the same output. `block_size` is the position block of the subset attention (None: about
-64 selected queries per block).
+heads): the same output. `block_size` is the position block of the subset attention (an int, a
+tuple of levels, or None: chosen from the density of selected queries).
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ class MoHAttention(SoftmaxAttention):
     def __init__(
         self, d_model: int, *, n_heads: int = 8, n_kv_heads: int | None = None, head_dim: int | None = None,
         n_shared_heads: int = 2, top_k: int = 2, balance_coef: float = 0.01, rope: bool = True,
-        qk_norm: bool = False, skip_inactive_heads: bool = True, block_size: int | None = None,
+        qk_norm: bool = False, skip_inactive_heads: bool = True, block_size: int | tuple | None = None,
         impl: str = "auto",
     ):
         super().__init__(d_model, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim, causal=True,
@@ -56,8 +61,9 @@ class MoHAttention(SoftmaxAttention):
         self.n_shared, self.n_routed, self.top_k = n_shared_heads, n_routed, top_k
         self.balance_coef = balance_coef
         self.skip_inactive_heads = skip_inactive_heads
-        if block_size is not None and block_size < 1:
-            raise ValueError(f"block_size must be >= 1 or None, got {block_size}")
+        sizes = () if block_size is None else tuple(block_size) if isinstance(block_size, tuple) else (block_size,)
+        if not all(isinstance(b, int) and b >= 1 for b in sizes):
+            raise ValueError(f"block_size must be None, an int >= 1 or a tuple of them, got {block_size!r}")
         self.block_size = block_size
         self.router = nn.Linear(d_model, n_shared_heads + n_routed + 2, bias=False)  # [W_s; W_r; W_h]
         self._gates = None
@@ -116,8 +122,7 @@ class MoHAttention(SoftmaxAttention):
         Bq, n, d = xq.shape
         H, hd, hs, hr = self.n_heads, self.head_dim, self.n_shared, self.n_routed
         buf = xq.new_zeros(Bq, n, H, hd)
-        # one projection for every head: gathering d-wide token rows per routed head to project only
-        # the selected ones cost more than it saved at 50% activity (benchmarks/bench_moh.py)
+        # one projection for every head (see the module docstring: per-head row gathers cost more)
         q = self.q_proj(xq).view(Bq, n, H, hd)
         if self.q_norm is not None:
             q = self.q_norm(q)

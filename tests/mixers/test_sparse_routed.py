@@ -211,6 +211,9 @@ def test_moh_gates_follow_the_formula_and_balance_loss():
         attnzoo.build("moh", d_model=D, n_heads=4, n_shared_heads=1, top_k=4)
     with pytest.raises(ValueError, match="n_shared_heads"):
         attnzoo.build("moh", d_model=D, n_heads=4, n_shared_heads=0)
+    for bad in (0, (8, 0), 2.5):
+        with pytest.raises(ValueError, match="block_size"):
+            attnzoo.build("moh", d_model=D, n_heads=4, n_shared_heads=1, block_size=bad)
 
 
 # ---------------------------------------------------------------- routing
