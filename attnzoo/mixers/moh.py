@@ -150,8 +150,9 @@ class MoHAttention(SoftmaxAttention):
             qr = rotate_half(qr, self._take_rows(cos, flat).view(Bq, hr, n_max, half),
                              self._take_rows(sin, flat).view(Bq, hr, n_max, half))
         qp = self._take_rows(qpos, flat).view(Bq, hr, n_max)
-        o_r = subset_causal_attention(qr, self._kv_heads(K, hs, H), self._kv_heads(V, hs, H), qp, count,
-                                      block=self.block_size)  # [Bq, hr, n_max, hd], zero beyond count
+        # routed keys contiguous per head: the subset attention re-reads key prefixes once per block
+        o_r = subset_causal_attention(qr, self._kv_heads(K, hs, H).contiguous(), self._kv_heads(V, hs, H).contiguous(),
+                                      qp, count, block=self.block_size)  # [Bq, hr, n_max, hd], zero beyond count
         g_r = torch.gather(gates[..., hs:].transpose(1, 2), 2, idx).to(xq.dtype)
         # each (token, head) cell is written once; padding slots write 0 into unselected cells
         buf[:, :, hs:].scatter_(1, idx.transpose(1, 2)[..., None].expand(Bq, n_max, hr, hd),
@@ -218,9 +219,7 @@ class MoHAttention(SoftmaxAttention):
             o = self._decode_step(x, cos, sin, k_all, v_all, valid, gates, chosen, real)
         elif mask is None and (state is None or bool(state.valid.all())):
             # every row has the same positions: one batched pass, keys already in position order
-            # (contiguous per head: the subset attention re-reads key prefixes once per position block)
-            o = self._attend(x, pos, cos, sin, k_all.transpose(1, 2).contiguous(),
-                             v_all.transpose(1, 2).contiguous(), gates, chosen,
+            o = self._attend(x, pos, cos, sin, k_all.transpose(1, 2), v_all.transpose(1, 2), gates, chosen,
                              dense=state is None)
         else:
             # per row: real queries only, real keys compacted (the j-th real key has position j)

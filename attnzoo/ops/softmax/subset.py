@@ -69,12 +69,12 @@ def _band_bias(width: int, dtype, device):
 def _flash(q, k, v, scale, mask=None):
     """(o, lse) of unmasked (or additively masked) attention through the CPU flash kernel."""
     o, lse = _FLASH_LSE(q, k, v, attn_mask=mask, scale=scale)
-    return o, lse.to(o.dtype)
+    return o, lse.to(torch.float64 if o.dtype == torch.float64 else torch.float32)  # lse kept >= fp32
 
 
 def _merge(o1, lse1, o2, lse2):
     """Softmax attention over two disjoint key sets from each one's (o, lse): exact."""
-    return torch.lerp(o2, o1, torch.sigmoid(lse1 - lse2)[..., None]), torch.logaddexp(lse1, lse2)
+    return torch.lerp(o2, o1, torch.sigmoid(lse1 - lse2).to(o1.dtype)[..., None]), torch.logaddexp(lse1, lse2)
 
 
 def _subset_blocks(q, q_pos, count, k, v, key_lo, blocks, scale, bias_table):
@@ -91,7 +91,8 @@ def _subset_blocks(q, q_pos, count, k, v, key_lo, blocks, scale, bias_table):
     cnt = torch.zeros(B, H, nb + 1, dtype=torch.long, device=q.device).scatter_add_(2, blk, torch.ones_like(blk))
     start = cnt.cumsum(2) - cnt  # first slot of each block (slots are sorted by position)
     out = q.new_zeros(B, H, n + 1, v.shape[-1])  # slot n: sink for the padding of each block
-    out_lse = q.new_full((B, H, n + 1), float("-inf"))
+    out_lse = torch.full((B, H, n + 1), float("-inf"), device=q.device,
+                         dtype=torch.float64 if q.dtype == torch.float64 else torch.float32)
     q_rows, pos_rows = q.reshape(B * H * n, D), q_pos.reshape(-1)  # row gathers: faster than gather
     row_offset = n * torch.arange(B * H, device=q.device).view(B, H, 1)
     for j, m in enumerate(cnt[..., :nb].amax((0, 1)).tolist()):
