@@ -232,7 +232,7 @@ class MoHAttention(SoftmaxAttention):
                 cs = (None, None) if cos is None else (cos[b, rows][None], sin[b, rows][None])
                 o[b, rows] = self._attend(x[b, rows][None], pos[b, rows][None], *cs, K.transpose(0, 1)[None],
                                           V.transpose(0, 1)[None], gates[b, rows][None], chosen[b, rows][None],
-                                          dense=False)[0]
+                                          dense=state is None)[0]
         y = self.o_proj(o.reshape(B, T, self.n_heads * hd))
         new_state = None
         if return_state:
