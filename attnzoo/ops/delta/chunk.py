@@ -42,7 +42,7 @@ import torch
 
 from attnzoo.ops.delta.api import check_delta_inputs
 from attnzoo.ops.linear.chunk_intra import pairwise_decay, pairwise_decay_grad, prefix_excl, revcumsum, suffix_excl
-from attnzoo.ops.linear.chunk_layout import from_chunks, to_chunks
+from attnzoo.ops.linear.chunk_layout import from_chunks, segments, to_chunks
 from attnzoo.ops.linear.reference import compute_dtype
 
 
@@ -173,6 +173,14 @@ def chunk_delta_rule(
         S = torch.zeros(B, H, K, V, dtype=ct, device=dev) if initial_state is None else initial_state.to(ct)
         return v.new_zeros(B, 0, H, V, dtype=q.dtype), (S if output_final_state else None)
     C = min(chunk_size, T)
-    S0 = None if initial_state is None else initial_state.to(ct)
-    o, S = _ChunkDelta.apply(q, k, v, beta, g, S0, scale, C, ct)
+    S = None if initial_state is None else initial_state.to(ct)
+    # long sequences: cache-sized segments, the state carried over (split, not slicing: the
+    # backward of a slice would allocate a zero gradient of the whole sequence per segment)
+    sizes = [hi - lo for lo, hi in segments(T, C, B * H, max(K, V))]
+    parts = zip(*(x.split(sizes, 1) if x is not None else [None] * len(sizes) for x in (q, k, v, beta, g)))
+    outs = []
+    for qs, ks, vs, bs, gs in parts:
+        o, S = _ChunkDelta.apply(qs, ks, vs, bs, gs, S, scale, C, ct)
+        outs.append(o)
+    o = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
     return o, (S if output_final_state else None)

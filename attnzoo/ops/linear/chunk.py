@@ -52,7 +52,7 @@ from attnzoo.ops.linear.chunk_intra import (
     vector_intra_backward,
     vector_intra_forward,
 )
-from attnzoo.ops.linear.chunk_layout import from_chunks, to_chunks
+from attnzoo.ops.linear.chunk_layout import from_chunks, segments, to_chunks
 from attnzoo.ops.linear.reference import compute_dtype
 
 SUB_CHUNK = 16  # chunks shorter than this are not padded
@@ -180,6 +180,15 @@ def chunk_gated_linear_attention(
     ct = compute_dtype(q, k, v, g, initial_state)
     C = _chunk_length(T, chunk_size)
     gate = _combined_log_gate(g, g_gamma, q.shape, ct)
-    S0 = None if initial_state is None else initial_state.to(ct)
-    o, S = _ChunkGLA.apply(q, k, v, gate, S0, scale, C, ct)
+    S = None if initial_state is None else initial_state.to(ct)
+    B, _, H, K = q.shape
+    # long sequences: cache-sized segments (split, not slicing: the backward of a slice would
+    # allocate a zero gradient of the whole sequence per segment)
+    sizes = [hi - lo for lo, hi in segments(T, C, B * H, max(K, v.shape[-1]))]
+    parts = zip(*(x.split(sizes, 1) if x is not None else [None] * len(sizes) for x in (q, k, v, gate)))
+    outs = []
+    for qs, ks, vs, gs in parts:
+        o, S = _ChunkGLA.apply(qs, ks, vs, gs, S, scale, C, ct)
+        outs.append(o)
+    o = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
     return o, (S if output_final_state else None)

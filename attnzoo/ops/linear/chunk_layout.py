@@ -38,3 +38,16 @@ def from_chunks(xc, T: int, dtype, scale=None):
     else:
         torch.mul(src, scale, out=out)
     return out
+
+
+# Working-set cap of one pass of the chunked ops, in elements of a [B, H, T, width] tensor. A long
+# sequence is run as consecutive segments of whole chunks (the state carried from one to the next),
+# so every intermediate stays about cache-sized and the time grows linearly in T.
+SEGMENT_ELEMENTS = 2**18
+
+
+def segments(T: int, C: int, batch_heads: int, width: int) -> list[tuple[int, int]]:
+    """[start, end) of the segments of a sequence of T steps: whole chunks of C, about
+    SEGMENT_ELEMENTS / (batch_heads · width) steps each (at least one chunk)."""
+    seg = max(C, SEGMENT_ELEMENTS // max(1, batch_heads * width) // C * C)
+    return [(s, min(s + seg, T)) for s in range(0, T, seg)]
