@@ -53,6 +53,7 @@ from attnzoo.ops.linear.chunk_intra import (
     vector_intra_forward,
 )
 from attnzoo.ops.linear.chunk_layout import from_chunks, segments, to_chunks
+from attnzoo.ops.linear.chunk_vector import assembled_plan, vector_backward, vector_forward
 from attnzoo.ops.linear.reference import compute_dtype
 
 SUB_CHUNK = 16  # chunks shorter than this are not padded
@@ -109,7 +110,11 @@ class _ChunkGLA(torch.autograd.Function):
                 eb, ea = g.cumsum(-1).exp()[..., None], suffix_excl(g, -1).exp()[..., None]  # [B, H, N, C, 1]
                 q_in, k_out = q * eb, k * ea
                 decay = eb[..., -1:, :]  # [B, H, N, 1, 1]
-        else:  # vector gate per key channel
+        elif assembled_plan(C) is not None:  # vector gate, chunk of nb·2^m: one assembled A (chunk_vector.py)
+            A, q_in, k_out, decay, saved = vector_forward(qr, kr, g.view(R, C, K), assembled_plan(C))
+            q_in, k_out, decay = q_in.view(q.shape), k_out.view(k.shape), decay.view(B, H, N, K, 1)
+            o, intra, eb, ea = None, ("assembled", A, saved), None, None
+        else:  # vector gate per key channel, other chunk lengths: nested levels (chunk_intra.py)
             o, intra = vector_intra_forward(qr, kr, vr, g.view(R, C, K))
             eb, ea = g.cumsum(-2).exp(), suffix_excl(g, -2).exp()  # e^{b_i}, e^{b_C − b_j}
             q_in, k_out = q * eb, k * ea
@@ -120,16 +125,18 @@ class _ChunkGLA(torch.autograd.Function):
         for n in range(N):
             S_enter[:, :, n] = S
             S = S_local[:, :, n] + (S if decay is None else decay[:, :, n] * S)
-        o = o.view(B, H, N, C, V).add_(q_in @ S_enter)
-        ctx.save_for_backward(q, k, v, g, q_in, k_out, eb, ea, S_enter, S)
+        if o is None:
+            o = (q_in @ S_enter).view(R, C, V).baddbmm_(intra[1], vr).view(B, H, N, C, V)
+        else:
+            o = o.view(B, H, N, C, V).add_(q_in @ S_enter)
+        ctx.save_for_backward(q, k, v, g, q_in, k_out, eb, ea, decay, S_enter, S)
         ctx.intra = intra
         ctx.has_S0 = S0 is not None
         return from_chunks(o, T, q_in_.dtype), S
 
     @staticmethod
     def backward(ctx, do, dS):
-        q, k, v, g, q_in, k_out, eb, ea, S_enter, S_final = ctx.saved_tensors
-        decay = None if g is None else (eb[..., -1:, :] if g.dim() == 4 else eb[..., -1, :, None])
+        q, k, v, g, q_in, k_out, eb, ea, decay, S_enter, S_final = ctx.saved_tensors
         B, H, N, C, K = q.shape
         V = v.shape[-1]
         R = B * H * N
@@ -144,6 +151,18 @@ class _ChunkGLA(torch.autograd.Function):
         dq_in = do @ S_enter.transpose(-1, -2)  # [B, H, N, C, K]
         dk_out = v @ dS_next.transpose(-1, -2)
         dv = k_out @ dS_next
+        dor = do.view(R, C, V)
+        qr, kr, vr = q.view(R, C, K), k.view(R, C, K), v.view(R, C, V)
+        if ctx.intra[0] == "assembled":
+            _, A, saved = ctx.intra
+            dv.view(R, C, V).baddbmm_(A.transpose(-1, -2), dor)
+            d_decay = (S_enter * dS_next).sum(-1).mul_(decay[..., 0])
+            dq, dk, dg = vector_backward(saved, qr, kr, q_in.view(R, C, K), k_out.view(R, C, K),
+                                         dor @ vr.transpose(-1, -2), dq_in.view(R, C, K), dk_out.view(R, C, K),
+                                         d_decay.view(R, K))
+            return (from_chunks(dq.view(q.shape), T, q_dtype, scale), from_chunks(dk.view(k.shape), T, k_dtype),
+                    from_chunks(dv, T, v_dtype), from_chunks(dg.view(g.shape), T, dg.dtype),
+                    (dS if ctx.has_S0 else None), None, None, None)
         # gradients through e^{b} (queries), e^{b_C − b} (keys) and e^{b_C} (the state)
         if g is None:
             dq, dk, dg = dq_in, dk_out, None
@@ -158,8 +177,6 @@ class _ChunkGLA(torch.autograd.Function):
             add_revcumsum_(dg, dq_in.mul_(q_in), -2)
             add_prefix_excl_(dg, dk_out.mul_(k_out), -2)
         dq, dk = dq.contiguous(), dk.contiguous()
-        dor = do.view(R, C, V)
-        qr, kr, vr = q.view(R, C, K), k.view(R, C, K), v.view(R, C, V)
         dqr, dkr, dvr = dq.view(R, C, K), dk.view(R, C, K), dv.view(R, C, V)
         if g is None or g.dim() == 4:
             A, D = ctx.intra

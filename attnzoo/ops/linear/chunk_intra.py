@@ -279,7 +279,7 @@ def _band_backward(band, q, k, v, do, dq, dk, dv, dg):
         dwE = dw * E
         dqb[:, d:].addcmul_(dwE, kb[:, :P - d])
         dkb[:, :P - d].addcmul_(dwE, qb[:, d:])
-        pg = qkE.mul_(dw)  # dL/d(exponent) of each pair: every step of the window gets it
+        pg = qkE * dw  # dL/d(exponent) of each pair: every step of the window gets it
         for u in range(d):
             dgb[:, d - u:P - u] += pg
 
