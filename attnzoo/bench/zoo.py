@@ -21,6 +21,7 @@ from dataclasses import asdict
 import torch
 
 from attnzoo.bench.zoo_presets import ZooPreset
+from attnzoo.bench.zoo_schedule import budget_costs, longest_first, probe_step_seconds, run_cap
 from attnzoo.registry import get_card, list_mixers
 
 RESULTS = "results.jsonl"
@@ -104,10 +105,17 @@ def build_model(spec: dict, preset: ZooPreset):
     n_layers = max(preset.n_layers, len(names))
     if n_layers % len(names):
         n_layers = len(names) * -(-n_layers // len(names))
-    kwargs = {n: dict(get_card(n).example_kwargs) for n in set(names)}
+    kwargs = {n: mixer_kwargs(n, preset) for n in set(names)}
     torch.manual_seed(preset.seed)
     return LanguageModel(spec["vocab_size"], spec["d_model"], n_layers, spec["mixer"], mixer_kwargs=kwargs,
                          mlp_ratio=0)
+
+
+def mixer_kwargs(name: str, preset: ZooPreset) -> dict:
+    """The card's example_kwargs (conformance-sized), updated by the preset's override for `name`."""
+    kwargs = dict(get_card(name).example_kwargs)
+    kwargs.update((preset.mixer_kwargs or {}).get(name, {}))
+    return kwargs
 
 
 def _pattern_names(mixer: str) -> list[str]:
@@ -127,7 +135,8 @@ def run_one(spec: dict, preset: ZooPreset, *, device: str, max_seconds: float | 
     """Train one configuration; return its record (with an 'error' field if it failed)."""
     from attnzoo.train import TrainConfig, train_lm
 
-    rec = dict(spec, preset=preset.name, machine=machine_line(device))
+    rec = dict(spec, preset=preset.name, machine=machine_line(device), max_steps=preset.steps,
+               target_accuracy=preset.target_accuracy)
     t0 = time.perf_counter()
     try:
         data = task_data(spec, preset)
@@ -197,8 +206,10 @@ def run_zoo(*, preset: ZooPreset, out: str, mixers: list[str] | None = None, tas
     """Run the sweep; return every record in <out>/results.jsonl.
 
     max_runs stops after that many new runs (what a kill does, for tests). on_step(step, loss) is
-    passed to every run (in-process runs only, workers=1). Every run gets the same time budget,
-    total_seconds · workers / runs (capped by run_seconds), fixed when the sweep starts."""
+    passed to every run (in-process runs only, workers=1). Every run gets the same number of
+    steps (preset.steps, early stop at the target); the runs go longest first (each model's step
+    is timed once); a wall-clock cap, the unused budget shared by the unfinished runs, stops a run
+    only when the machine is too slow for the sweep's budget (zoo_schedule.py)."""
     from attnzoo.bench.zoo_progress import ZooProgress
     from attnzoo.bench.zoo_report import write_report
 
@@ -210,20 +221,21 @@ def run_zoo(*, preset: ZooPreset, out: str, mixers: list[str] | None = None, tas
     if not resume and os.path.exists(path):
         os.replace(path, path + ".previous")
     done = {run_key(r) for r in read_results(path)}
+    t_start = time.perf_counter()
     pending = [s for s in plan_runs(preset, mixers, task) if run_key(s) not in done]
-    if max_runs is not None:
-        pending = pending[:max_runs]
     _check_settings(pending)
     workers = max(1, min(workers or default_workers(device, preset), max(1, len(pending))))
-    per_run = preset.run_seconds
-    if preset.total_seconds is not None and pending:
-        share = preset.total_seconds * workers / len(pending)
-        per_run = share if per_run is None else min(per_run, share)
-    with ZooProgress(total=len(pending), quiet=quiet) as prog:
+
+    budget = _Budget(preset, workers, t_start)
+
+    n_runs = len(pending) if max_runs is None else min(max_runs, len(pending))
+    with ZooProgress(total=n_runs, quiet=quiet) as prog:
         if workers == 1:
             if threads:
                 torch.set_num_threads(threads)
+            pending = budget.order(pending, [probe_step_seconds(s, preset, device) for s in pending], max_runs)
             for i, spec in enumerate(pending):
+                per_run = budget.start(i)
                 prog.start_run(i, spec, preset.steps)
 
                 def step_cb(step, loss, i=i):
@@ -233,16 +245,44 @@ def run_zoo(*, preset: ZooPreset, out: str, mixers: list[str] | None = None, tas
 
                 rec = run_one(spec, preset, device=device, max_seconds=per_run, on_step=step_cb,
                               on_eval=lambda s, lo, a, i=i: prog.eval(i, s, lo, a))
+                budget.finish(i)
                 append_result(path, rec)
                 prog.finish_run(i, rec)
         else:
-            _run_parallel(pending, preset, device, workers, threads, path, prog, per_run)
+            _run_parallel(pending, preset, device, workers, threads, path, prog, budget, max_runs)
     records = read_results(path)
     write_report(records, out, quiet=quiet)
     return records
 
 
-def _run_parallel(pending, preset, device, workers, threads, path, prog, per_run):
+class _Budget:
+    """The sweep's runs in schedule order with their expected seconds, and the caps they get."""
+
+    def __init__(self, preset: ZooPreset, workers: int, t_start: float):
+        self.preset, self.workers, self.t_start = preset, workers, t_start
+        self.expected: list[float] = []
+        self.started: dict[int, float] = {}
+
+    def order(self, specs: list[dict], probe_seconds: list[float], max_runs: int | None) -> list[dict]:
+        cost = dict(zip(map(id, specs), budget_costs(probe_seconds)))
+        specs = longest_first(specs, probe_seconds)[:max_runs]
+        self.expected = [cost[id(s)] * self.preset.steps for s in specs]
+        return specs
+
+    def start(self, key: int) -> float | None:
+        now = time.perf_counter()
+        left = sum(max(0.0, self.expected[k] - (now - t)) for k, t in self.started.items())
+        self.started[key] = now
+        return run_cap(total_seconds=self.preset.total_seconds, run_seconds=self.preset.run_seconds,
+                       elapsed=now - self.t_start, workers=self.workers, cost=self.expected[key],
+                       queued_cost=sum(self.expected[key + 1:]), running_left=left,
+                       initial_cost=max(sum(self.expected), 1e-12))
+
+    def finish(self, key: int):
+        self.started.pop(key, None)
+
+
+def _run_parallel(pending, preset, device, workers, threads, path, prog, budget, max_runs):
     import multiprocessing as mp
     import queue as queue_mod
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -251,6 +291,9 @@ def _run_parallel(pending, preset, device, workers, threads, path, prog, per_run
     threads = threads or max(1, (os.cpu_count() or 1) // workers)     # no oversubscription of the cores
     with ctx.Manager() as manager, ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         events = manager.Queue()
+        costs = list(pool.map(probe_step_seconds, pending, [preset] * len(pending), [device] * len(pending),
+                              [threads] * len(pending)))
+        pending[:] = budget.order(pending, costs, max_runs)
         todo = list(enumerate(pending))
         running = {}
 
@@ -272,12 +315,14 @@ def _run_parallel(pending, preset, device, workers, threads, path, prog, per_run
             while todo or running:
                 while todo and len(running) < workers:
                     key, spec = todo.pop(0)
+                    per_run = budget.start(key)
                     fut = pool.submit(_worker, spec, asdict(preset), device, per_run, threads, events, key)
                     running[fut] = key
                 finished, _ = wait(list(running), timeout=0.25, return_when=FIRST_COMPLETED)
                 drain()
                 for fut in finished:
                     key = running.pop(fut)
+                    budget.finish(key)
                     rec = fut.result()
                     append_result(path, rec)
                     prog.finish_run(key, rec)

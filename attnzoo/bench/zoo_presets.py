@@ -37,12 +37,31 @@ class ZooPreset:
     run_seconds: float | None = None       # cap per run (None: none)
     workers: int = 8                        # runs at once on CUDA (processes); on a CPU one per core
     seed: int = 0
+    mixer_kwargs: dict | None = None        # per mixer name: constructor kwargs over the card's example_kwargs
 
+
+# The quick preset builds each mixer at a Zoology-like size instead of its conformance-sized card
+# example (4 heads, chunks of 8): one head for full attention (Zoology's MQAR sweep), two for the
+# recurrent and linear families; chunked scans at full length. Measured in benchmarks/zoo_step_cost.py.
+QUICK_MIXER_KWARGS = {
+    "softmax": {"n_heads": 1, "n_kv_heads": 1},
+    "gated_softmax": {"n_heads": 1, "n_kv_heads": 1},
+    "prompt_tuning": {"n_heads": 1, "n_kv_heads": 1},
+    "sliding_window": {"n_heads": 1},
+    "block_sparse": {"n_heads": 2, "n_kv_heads": 1},
+    "routing": {"n_heads": 2, "n_local_heads": 1, "n_clusters": 4, "window": 8},
+    "base_conv": {"l_max": 64},
+    "mamba2": {"head_dim": 32},
+    "rwkv6": {"n_heads": 2},
+    "h3": {"head_dim": 1},
+    "gaam": {"n_heads": 2},
+}
 
 PRESETS = {
     "quick": ZooPreset(
         name="quick", grid=((64, 4),), vocab_size=128, d_models=(64,), lrs=(3e-3,), num_train=20_000,
-        num_test=256, batch_size=64, steps=3000, eval_every=50, total_seconds=420.0, run_seconds=90.0,
+        num_test=256, batch_size=64, steps=600, eval_every=50, total_seconds=540.0,
+        mixer_kwargs=QUICK_MIXER_KWARGS,
     ),
     "standard": ZooPreset(
         name="standard", grid=((64, 4), (128, 8)), vocab_size=2048, d_models=(64, 128), lrs=(1e-3, 3e-3),

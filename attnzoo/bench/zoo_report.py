@@ -32,12 +32,20 @@ def leaderboard_markdown(records: list[dict]) -> str:
     lines = ["# attnzoo zoo leaderboard", "",
              "Best learning rate per (mixer, d_model), as Zoology reports; accuracy on held-out sequences.", "",
              "Machine: " + "; ".join(machines), ""]
+    budgets = sorted({(r["max_steps"], r.get("target_accuracy")) for r in rows if r.get("max_steps")})
+    if budgets:
+        steps = ", ".join(str(n) for n, _ in budgets)
+        targets = ", ".join(sorted({f"{t:g}" for _, t in budgets if t is not None})) or "none"
+        lines += [f"Budget: equal steps. Every run trains up to {steps} steps (the cosine schedule spans them) "
+                  f"and stops early once held-out accuracy reaches {targets}; slow mixers get as many steps as "
+                  "fast ones. † marks a run cut short by the sweep's wall-clock cap (a machine too slow for the "
+                  "budget): its accuracy is a lower bound.", ""]
     for task, T, D in _settings(rows):
         sub = [r for r in rows if (r["task"], r["seq_len"], r["num_pairs"]) == (task, T, D)]
         d_models = sorted({r["d_model"] for r in sub})
         head = f"## {task}, T={T}" + (f", {D} pairs, vocab {sub[0]['vocab_size']}" if task == "mqar" else "")
         lines += [head, "", "| rank | mixer | " + " | ".join(f"acc d={d} (lr, steps)" for d in d_models)
-                  + f" | state @T={T}, d={d_models[-1]} |", "|---|---|" + "---|" * (len(d_models) + 1)]
+                  + f" | state @T={T}, d={d_models[-1]} | wall s |", "|---|---|" + "---|" * (len(d_models) + 2)]
         by_mixer = defaultdict(dict)
         for r in sub:
             by_mixer[r["mixer"]][r["d_model"]] = r
@@ -46,9 +54,11 @@ def leaderboard_markdown(records: list[dict]) -> str:
             cells = []
             for d in d_models:
                 r = by_mixer[m].get(d)
-                cells.append("—" if r is None else f"{r['accuracy']:.3f} ({r['lr']:.2g}, {r['steps']})")
+                cut = "†" if r is not None and r.get("stopped") == "time" and r.get("max_steps") else ""
+                cells.append("—" if r is None else f"{r['accuracy']:.3f} ({r['lr']:.2g}, {r['steps']}{cut})")
             last = by_mixer[m].get(d_models[-1]) or next(iter(by_mixer[m].values()))
-            lines.append(f"| {i} | `{m}` | " + " | ".join(cells) + f" | {human_bytes(last['state_bytes'])} |")
+            wall = f"{last['seconds']:.0f}" if "seconds" in last else "—"
+            lines.append(f"| {i} | `{m}` | " + " | ".join(cells) + f" | {human_bytes(last['state_bytes'])} | {wall} |")
         lines.append("")
     if failed:
         lines += ["## Runs that failed", ""] + [f"- `{m}`: {e}" for m, e in failed] + [""]

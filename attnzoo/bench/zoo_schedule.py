@@ -1,0 +1,100 @@
+"""Scheduling of a zoo sweep: equal steps per run, longest runs first, time caps that share what is left.
+
+Budget rule (what the leaderboard states): every run trains up to `preset.steps` steps (the
+cosine schedule spans them), stops early once held-out accuracy reaches the target, and is cut
+by a wall-clock cap only as a safety net on a machine too slow for the sweep's budget. So a slow
+mixer gets as many steps as a fast one and does not look worse for being slow.
+
+- probe_step_seconds(spec, preset, device): seconds of one training step of that run's model
+  (one warm-up step, then the best of two timed ones), used only to order the runs;
+- longest_first(specs, costs): the runs in decreasing expected time (cost x steps), so the
+  slowest mixers start at once and the last runs to finish are short (LPT scheduling: with W
+  workers the sweep ends at most one short run after the busiest worker);
+- run_cap(...): the cap of a run being started = what is left of the sweep's wall budget, times
+  the workers, shared among the work not done yet (itself, the runs queued, what the running
+  ones have left) in proportion to expected time. A run that stops early (target reached)
+  leaves its unused time to the later ones.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def probe_step_seconds(spec: dict, preset, device: str = "cpu", threads: int | None = None) -> float:
+    """Wall seconds of one training step (forward, loss, backward, AdamW) of `spec`'s model.
+
+    Returns inf when the model cannot be built or stepped: the run itself then records why."""
+    from attnzoo.bench.zoo import build_model
+    from attnzoo.tasks import token_task
+    from attnzoo.train.optim import build_optimizer
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        data = token_task(spec["task"], seq_len=spec["seq_len"], num_train=preset.batch_size, num_test=1,
+                          seed=preset.seed, num_pairs=max(1, spec["num_pairs"]), vocab_size=spec["vocab_size"])
+        x, y = (t.to(device) for t in data.train)
+        lm = build_model(spec, preset).to(device)
+        opt = build_optimizer(lm, name="adamw", lr=1e-4, weight_decay=0.0)
+        best = float("inf")
+        for i in range(3):
+            if device != "cpu" and torch.cuda.is_available():
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            logits = lm(x)
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if device != "cpu" and torch.cuda.is_available():
+                torch.cuda.synchronize()
+            if i:
+                best = min(best, time.perf_counter() - t0)
+        return best
+    except Exception:  # noqa: BLE001 -- a broken mixer is reported by its run, not by the probe
+        return float("inf")
+
+
+def longest_first(specs: list[dict], costs: list[float]) -> list[dict]:
+    """Specs sorted by decreasing cost (stable: equal costs keep their planned order); a failed
+    probe (inf) goes last, since its run ends at once with an error."""
+    if len(specs) != len(costs):
+        raise ValueError(f"need one cost per run, got {len(costs)} costs for {len(specs)} runs")
+    order = sorted(range(len(specs)), key=lambda i: (costs[i] == float("inf"), -costs[i], i))
+    return [specs[i] for i in order]
+
+
+def budget_costs(costs: list[float]) -> list[float]:
+    """Costs for sharing the budget: a failed probe (inf) counts as the dearest finite one (1.0 if none)."""
+    finite = [c for c in costs if c != float("inf")]
+    worst = max(finite) if finite else 1.0
+    return [worst if c == float("inf") else c for c in costs]
+
+
+def run_cap(*, total_seconds: float | None, run_seconds: float | None, elapsed: float, workers: int,
+            cost: float, queued_cost: float, running_left: float = 0.0, initial_cost: float,
+            floor_fraction: float = 0.25) -> float | None:
+    """Wall-clock cap (seconds) of a run started `elapsed` seconds into the sweep.
+
+    Costs are expected seconds of whole runs (probe x steps). The run gets the share of the time
+    left, times the workers, in proportion to its cost among the work not done: itself, the runs
+    queued (queued_cost) and what the running ones are expected to have left (running_left):
+
+        cap = (total_seconds - elapsed) * workers * cost / (cost + queued_cost + running_left),
+
+    never below floor_fraction of its share at the start (total_seconds * workers * cost /
+    initial_cost) and never above run_seconds. On a machine fast enough for the budget the cap
+    exceeds the run's expected time and never binds; on a slow one every run is cut at about the
+    same fraction of its steps. None: no cap (neither budget set)."""
+    if workers < 1 or cost < 0 or initial_cost <= 0:
+        raise ValueError(f"need workers >= 1, cost >= 0 and initial_cost > 0, got {workers}, {cost}, {initial_cost}")
+    if total_seconds is None:
+        return run_seconds
+    work = max(cost + queued_cost + running_left, 1e-12)
+    share = max((total_seconds - elapsed) * workers * cost / work,
+                floor_fraction * total_seconds * workers * cost / initial_cost)
+    return share if run_seconds is None else min(run_seconds, share)

@@ -1,0 +1,83 @@
+import math
+from dataclasses import replace
+
+import pytest
+
+from attnzoo.bench import zoo as zoo_mod
+from attnzoo.bench.zoo import build_model, read_results, run_zoo
+from attnzoo.bench.zoo_presets import QUICK_MIXER_KWARGS, ZooPreset, get_preset
+from attnzoo.bench.zoo_report import leaderboard_markdown
+from attnzoo.bench.zoo_schedule import budget_costs, longest_first, probe_step_seconds, run_cap
+from attnzoo.registry import list_mixers
+
+TINY = ZooPreset(name="tiny", grid=((16, 2),), vocab_size=32, d_models=(16,), lrs=(1e-3,), num_train=128,
+                 num_test=32, batch_size=8, steps=3, eval_every=3, warmup_steps=1)
+INF = float("inf")
+
+
+def test_longest_first_is_stable_and_puts_failed_probes_last():
+    specs = [{"m": c} for c in "abcde"]
+    out = longest_first(specs, [1.0, INF, 3.0, 1.0, 2.0])
+    assert [s["m"] for s in out] == ["c", "e", "a", "d", "b"]
+    with pytest.raises(ValueError, match="one cost per run"):
+        longest_first(specs, [1.0])
+    assert budget_costs([1.0, INF, 3.0]) == [1.0, 3.0, 3.0] and budget_costs([INF]) == [1.0]
+
+
+def test_run_cap_shares_the_time_left_by_expected_cost():
+    kw = dict(total_seconds=100.0, run_seconds=None, workers=1, initial_cost=4.0)
+    assert run_cap(elapsed=0.0, cost=3.0, queued_cost=1.0, **kw) == pytest.approx(75.0)
+    # the first run stopped early at 10 s: the second gets all that is left, not its 25 s share
+    assert run_cap(elapsed=10.0, cost=1.0, queued_cost=0.0, **kw) == pytest.approx(90.0)
+    # two workers, one run still expected to need 30 s: 2 * 60 * 1 / (1 + 0 + 30)
+    two = dict(kw, workers=2, initial_cost=62.0)
+    assert run_cap(elapsed=40.0, cost=1.0, queued_cost=0.0, running_left=30.0, **two) == pytest.approx(120 / 31)
+    # past the budget: the floor, a quarter of the run's first share
+    assert run_cap(elapsed=150.0, cost=1.0, queued_cost=3.0, **kw) == pytest.approx(0.25 * 100 * 1 / 4)
+    assert run_cap(elapsed=0.0, cost=3.0, queued_cost=1.0, **dict(kw, run_seconds=20.0)) == 20.0
+    assert run_cap(elapsed=0.0, cost=3.0, queued_cost=1.0, **dict(kw, total_seconds=None, run_seconds=7.0)) == 7.0
+    with pytest.raises(ValueError, match="workers >= 1"):
+        run_cap(elapsed=0.0, cost=1.0, queued_cost=0.0, **dict(kw, workers=0))
+
+
+def test_sweep_runs_longest_first_and_records_its_budget(tmp_path, monkeypatch):
+    cost = {"softmax": 0.01, "sliding_window": 0.05, "linear": 0.03}
+    monkeypatch.setattr(zoo_mod, "probe_step_seconds", lambda spec, preset, device: cost[spec["mixer"]])
+    recs = run_zoo(preset=TINY, out=str(tmp_path), mixers=list(cost), quiet=True, workers=1)
+    assert [r["mixer"] for r in recs] == ["sliding_window", "linear", "softmax"]
+    assert all(r["max_steps"] == 3 and r["target_accuracy"] == 0.99 and r["steps"] == 3 for r in recs)
+    assert "Budget: equal steps. Every run trains up to 3 steps" in leaderboard_markdown(recs)
+
+
+def test_a_too_slow_machine_cuts_runs_by_time_and_the_leaderboard_marks_them(tmp_path):
+    slow = replace(TINY, steps=100_000, eval_every=1000, total_seconds=0.6, lrs=(1e-3,))
+    recs = run_zoo(preset=slow, out=str(tmp_path), mixers=["softmax", "sliding_window"], quiet=True, workers=1)
+    assert all(r["stopped"] == "time" and 0 < r["steps"] < 100_000 for r in recs)
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert md.count("†)") == 2 and "lower bound" in md
+    assert read_results(str(tmp_path / "results.jsonl")) == recs
+
+
+def test_probe_times_a_step_and_reports_a_broken_model_as_inf():
+    spec = {"task": "mqar", "mixer": "softmax", "d_model": 16, "lr": 1e-3, "seq_len": 16, "num_pairs": 2,
+            "vocab_size": 32}
+    t = probe_step_seconds(spec, TINY)
+    assert 0 < t < 5
+    broken = replace(TINY, mixer_kwargs={"softmax": {"n_heads": 3}})        # 16 is not a multiple of 3
+    assert math.isinf(probe_step_seconds(spec, broken))
+
+
+def test_preset_mixer_kwargs_override_the_card_example():
+    spec = {"mixer": "softmax", "d_model": 16, "vocab_size": 32, "seq_len": 16}
+    lm = build_model(spec, replace(TINY, mixer_kwargs={"softmax": {"n_heads": 1, "n_kv_heads": 1}}))
+    assert lm.blocks[0].mixer.n_heads == 1
+    assert build_model(spec, TINY).blocks[0].mixer.n_heads == 4                  # the card's example_kwargs
+
+
+def test_quick_preset_overrides_name_registered_mixers_and_build():
+    quick = get_preset("quick")
+    assert set(QUICK_MIXER_KWARGS) <= set(list_mixers())
+    for name in QUICK_MIXER_KWARGS:
+        lm = build_model({"mixer": name, "d_model": quick.d_models[0], "vocab_size": quick.vocab_size,
+                          "seq_len": quick.grid[0][0]}, quick)
+        assert lm.state_bytes(quick.grid[0][0]) > 0
