@@ -46,6 +46,12 @@ from attnzoo.ops.linear.chunk_layout import from_chunks, segments, to_chunks
 from attnzoo.ops.linear.reference import compute_dtype
 
 
+def _chunk_major(x):
+    """[B, H, N, ...] -> [N, B * H, ...] contiguous: the loop over chunks then reads whole blocks."""
+    B, H, N = x.shape[:3]
+    return x.permute(2, 0, 1, *range(3, x.dim())).reshape(N, B * H, *x.shape[3:])
+
+
 class _ChunkDelta(torch.autograd.Function):
     """q, k [B, T, H, K]; v [B, T, H, V]; beta, g [B, T, H] (g may be None); S0 [B, H, K, V] in
     the compute dtype ct, or None -> (o [B, T, H, V] in q's dtype, final state in ct). Inside,
@@ -82,22 +88,30 @@ class _ChunkDelta(torch.autograd.Function):
                                            unitriangular=True).transpose(-1, -2)
         W, U = WU[..., :K], WU[..., K:]
         QK = (q @ k.transpose(-1, -2)).mul_(D)
-        S_enter = q.new_empty(B, H, N, K, V)
-        Vp = torch.empty_like(U)
-        S = q.new_zeros(B, H, K, V) if S0 is None else S0
+        # state passing with one matrix product per chunk: S_{n+1} = M_n S_n + B_n, where
+        # M_n = e^{b_c} I - (K ⊙ e^{b_c - b})ᵀ W_n and B_n = (K ⊙ e^{b_c - b})ᵀ U_n (batched before the loop)
         kdT = k_dec.transpose(-1, -2)
+        Mm = torch.matmul(kdT, W).neg_()
+        Mm.diagonal(dim1=-2, dim2=-1).add_(1.0 if gamma is None else gamma[..., 0])
+        Mm = _chunk_major(Mm)  # [N, B*H, K, K]
+        Bn = _chunk_major(kdT @ U)
+        S_all = q.new_empty(N + 1, B * H, K, V)
+        S_all[0] = 0.0 if S0 is None else S0.reshape(B * H, K, V)
         for n in range(N):
-            S_enter[:, :, n] = S
-            vn = torch.sub(U[:, :, n], W[:, :, n] @ S, out=Vp[:, :, n])
-            S = kdT[:, :, n] @ vn + (S if gamma is None else gamma[:, :, n] * S)
+            torch.baddbmm(Bn[n], Mm[n], S_all[n], out=S_all[n + 1])
+        S = S_all[N].view(B, H, K, V)
+        S_enter = S_all[:N].view(N, B, H, K, V).permute(1, 2, 0, 3, 4).contiguous()
+        R = B * H * N
+        Vp = torch.baddbmm(U.reshape(R, C, V), W.reshape(R, C, K), S_enter.view(R, K, V), alpha=-1.0)
+        Vp = Vp.view(B, H, N, C, V)
         o = (q_dec @ S_enter).add_(QK @ Vp)
-        ctx.save_for_backward(q, k, v, beta, g, D, eb, ea, KK, L, WU, QK, S_enter, Vp, S)
+        ctx.save_for_backward(q, k, v, beta, g, D, eb, ea, KK, L, WU, QK, S_enter, Vp, S, Mm)
         ctx.has_S0 = S0 is not None
         return from_chunks(o, T, q_.dtype), S
 
     @staticmethod
     def backward(ctx, dO, dS):
-        q, k, v, beta, g, D, eb, ea, KK, L, WU, QK, S_enter, Vp, S_final = ctx.saved_tensors
+        q, k, v, beta, g, D, eb, ea, KK, L, WU, QK, S_enter, Vp, S_final, Mm = ctx.saved_tensors
         B, H, N, C, K = q.shape
         gamma = None if g is None else eb[..., -1:, None]
         q_dec = q if g is None else q * eb[..., None]
@@ -106,16 +120,20 @@ class _ChunkDelta(torch.autograd.Function):
         T, scale, dtypes = ctx.meta
         dO = to_chunks(dO, N, C, q.dtype)
         G = dS.to(q.dtype).contiguous()
+        V = dO.shape[-1]
         P1 = QK.transpose(-1, -2) @ dO  # [B, H, N, C, V]
-        P2 = q_dec.transpose(-1, -2) @ dO  # [B, H, N, K, V]
-        G_next = torch.empty_like(S_enter)  # gradient of the state leaving chunk n
-        dVp = torch.empty_like(Vp)
-        WT = W.transpose(-1, -2)
+        # reverse scan, one product per chunk: G_{n-1} = M_nᵀ G_n + (Q ⊙ e^b)ᵀ dO_n - W_nᵀ (QK ⊙ D)ᵀ dO_n
+        Rn = B * H * N
+        Qn = torch.matmul(q_dec.transpose(-1, -2), dO).view(Rn, K, V).baddbmm_(
+            W.reshape(Rn, C, K).transpose(-1, -2), P1.view(Rn, C, V), alpha=-1.0)
+        Qn = _chunk_major(Qn.view(B, H, N, K, V))
+        G_all = q.new_empty(N + 1, B * H, K, V)
+        G_all[N] = G.reshape(B * H, K, V)
         for n in range(N - 1, -1, -1):
-            G_next[:, :, n] = G
-            dv_n = torch.add(P1[:, :, n], k_dec[:, :, n] @ G, out=dVp[:, :, n])
-            G = P2[:, :, n] + (G if gamma is None else gamma[:, :, n] * G) - WT[:, :, n] @ dv_n
-        dS0 = G
+            torch.baddbmm(Qn[n], Mm[n].transpose(-1, -2), G_all[n + 1], out=G_all[n])
+        dS0 = G_all[0].view(B, H, K, V)
+        G_next = G_all[1:].view(N, B, H, K, V).permute(1, 2, 0, 3, 4).contiguous()  # leaving chunk n
+        dVp = torch.matmul(k_dec, G_next).add_(P1)
         # outputs: O = q_dec S_enter + QK Vp
         dq_dec = dO @ S_enter.transpose(-1, -2)
         dQK_raw = dO @ Vp.transpose(-1, -2)
@@ -124,35 +142,37 @@ class _ChunkDelta(torch.autograd.Function):
         dk = dQK.transpose(-1, -2) @ q
         # state: S_next = gamma S + k_dec^T Vp
         dk_dec = Vp @ G_next.transpose(-1, -2)
-        # UT transform: WU = L^{-1} X with X = [beta eb k, beta v], Vp = U - W S
-        dWU = torch.cat([-(dVp @ S_enter.transpose(-1, -2)), dVp], -1)
-        dX = torch.linalg.solve_triangular(L, dWU.transpose(-1, -2), upper=False, left=False,
-                                           unitriangular=True).transpose(-1, -2)  # L^{-T} dWU
-        dA = (dX @ WU.transpose(-1, -2)).neg_().tril_(-1)
-        dXk, dXv = dX[..., :K], dX[..., K:]
+        # UT transform: WU = L^{-1} X with X = [beta eb k, beta v] and Vp = U - W S, so
+        # dX_v = L^{-T} dVp, dX_k = L^{-T}(-dVp Sᵀ) = -dX_v Sᵀ and dA = -StrictLower(dX WUᵀ) = -StrictLower(dX_v Vpᵀ)
+        R = B * H * N
+        dXv = torch.linalg.solve_triangular(L, dVp.transpose(-1, -2), upper=False, left=False,
+                                            unitriangular=True).transpose(-1, -2)  # L^{-T} dVp
+        dXk = -(dXv @ S_enter.transpose(-1, -2))
+        Mp = (dXv @ Vp.transpose(-1, -2)).mul_(D)  # -dA ⊙ D (strict lower: the diagonal is zeroed below)
+        Mp.diagonal(dim1=-2, dim2=-1).zero_()
         dv = dXv * beta[..., None]
         ebk_dX = (dXk * k).sum(-1)  # Σ_k k dX_k (times beta eb: X_k = beta eb k)
-        M = dA * D  # [.., C, C] strict lower
-        dKK = M * beta[..., :, None]
-        dk += dKK @ k
-        dk += dKK.transpose(-1, -2) @ k
-        dbeta = (v * dXv).sum(-1) + (M * KK).sum(-1)
+        Z = Mp * beta[..., :, None]  # -dL/d(K Kᵀ)
+        Z += Z.transpose(-1, -2).clone()
+        dk.view(R, C, K).baddbmm_(Z.view(R, C, C), k.reshape(R, C, K), alpha=-1.0)
+        MKK = Mp.mul_(KK)
+        dbeta = (v * dXv).sum(-1) - MKK.sum(-1)
         if g is None:
             dq += dq_dec
             dk += dk_dec
-            dk += dXk * beta[..., None]
+            dk.addcmul_(dXk, beta[..., None])
             dbeta += ebk_dX
             dg = None
         else:
-            dq += dq_dec * eb[..., None]
-            dk += dk_dec * ea[..., None]
-            dk += dXk * (beta * eb)[..., None]
+            dq.addcmul_(dq_dec, eb[..., None])
+            dk.addcmul_(dk_dec, ea[..., None])
+            dk.addcmul_(dXk, (beta * eb)[..., None])
             dbeta += ebk_dX * eb
             r = (dq_dec * q_dec).sum(-1) + ebk_dX * eb * beta  # d(e^b) e^b: every step up to i
             s = (dk_dec * k_dec).sum(-1)  # d(e^{b_c - b_j}) e^{b_c - b_j}: steps after j
             dgam = (S_enter * G_next).sum((-1, -2))[..., None] * eb[..., -1:]  # e^{b_c}: every step
-            pair = M.mul_(KK).mul_(beta[..., :, None])  # dL/d(exponent) of A_ij = β_i (KKᵀ)_ij D_ij
-            pair += dQK_raw.mul_(QK)  # ... and of (QKᵀ ⊙ D)_ij
+            # dL/d(exponent) of (QKᵀ ⊙ D)_ij and of A_ij = β_i (KKᵀ)_ij D_ij
+            pair = dQK_raw.mul_(QK).addcmul_(MKK, beta[..., :, None], value=-1.0)
             dg = revcumsum(r, -1) + prefix_excl(s, -1) + dgam + pairwise_decay_grad(pair, dim=-1)
         grads = [from_chunks(x, T, dt, scale if i == 0 else None) if x is not None else None
                  for i, (x, dt) in enumerate(zip((dq, dk, dv, dbeta, dg), dtypes))]
