@@ -105,17 +105,14 @@ class _ChunkDelta(torch.autograd.Function):
         Vp = torch.baddbmm(U.reshape(R, C, V), W.reshape(R, C, K), S_enter.view(R, K, V), alpha=-1.0)
         Vp = Vp.view(B, H, N, C, V)
         o = (q_dec @ S_enter).add_(QK @ Vp)
-        ctx.save_for_backward(q, k, v, beta, g, D, eb, ea, KK, L, WU, QK, S_enter, Vp, S, Mm)
+        ctx.save_for_backward(q, k, v, beta, g, D, eb, ea, KK, L, WU, QK, S_enter, Vp, S, Mm, q_dec, k_dec)
         ctx.has_S0 = S0 is not None
         return from_chunks(o, T, q_.dtype), S
 
     @staticmethod
     def backward(ctx, dO, dS):
-        q, k, v, beta, g, D, eb, ea, KK, L, WU, QK, S_enter, Vp, S_final, Mm = ctx.saved_tensors
+        q, k, v, beta, g, D, eb, ea, KK, L, WU, QK, S_enter, Vp, S_final, Mm, q_dec, k_dec = ctx.saved_tensors
         B, H, N, C, K = q.shape
-        gamma = None if g is None else eb[..., -1:, None]
-        q_dec = q if g is None else q * eb[..., None]
-        k_dec = k if g is None else k * ea[..., None]
         W = WU[..., :K]
         T, scale, dtypes = ctx.meta
         dO = to_chunks(dO, N, C, q.dtype)

@@ -29,8 +29,6 @@ on the small [R, C/nb, K] grid of block totals. No cancellation of large terms.
 
 from __future__ import annotations
 
-import torch
-
 from attnzoo.ops.linear.chunk_intra import add_prefix_excl_, add_revcumsum_, level_sizes, prefix_excl, suffix_excl
 
 
