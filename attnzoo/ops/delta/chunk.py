@@ -23,17 +23,21 @@ Every exponent is <= 0 as written and is a sum of gates taken directly (the pair
 b_i - b_j is the segment sum Σ_{j<l<=i} g_l, its upper triangle -inf before exp), so strong
 forgetting underflows to 0 instead of overflowing and float32 gate gradients stay accurate.
 Everything except the state passing is batched over all chunks; the state passes through a loop
-over T / C chunks (two small matmuls per chunk), so time is linear in T.
+over T / C chunks with one matrix product each, S_{n+1} = M_n S_n + B_n, where
+M_n = e^{b_c} I - (K ⊙ e^{b_c - b})ᵀ W_n and B_n = (K ⊙ e^{b_c - b})ᵀ U_n are batched beforehand.
+Long sequences run as cache-sized segments of whole chunks, the state carried over
+(ops/linear/chunk_layout.py), so the time grows linearly in T.
 
 The backward is written by hand (one torch.autograd.Function): with G_n the gradient of the state
 leaving chunk n, a reverse loop over chunks gives
 
-    dV'_n = (QK ⊙ D)ᵀ dO_n + (K ⊙ e^{b_c - b}) G_n,   G_{n-1} = (Q ⊙ e^b)ᵀ dO_n + e^{b_c} G_n - W_nᵀ dV'_n
+    G_{n-1} = M_nᵀ G_n + (Q ⊙ e^b)ᵀ dO_n - W_nᵀ (QK ⊙ D)ᵀ dO_n,
+    dV'_n = (QK ⊙ D)ᵀ dO_n + (K ⊙ e^{b_c - b}) G_n   (batched after the loop)
 
-and the rest is batched: [dW, dU] = [-dV' S_nᵀ, dV'], d[X] = (I + A)^{-T} [dW, dU] for
-X = diag(β) [K ⊙ e^b, V], dA = -StrictLower(dX [W U]ᵀ), then the products above by hand. Gate
-gradients are sums over the pairs whose decay spans a step (cumsums of products, no cancellation).
-Not twice differentiable.
+and the rest is batched: with X = diag(β) [K ⊙ e^b, V] and [W U] = (I + A)^{-1} X,
+dX_V = (I + A)^{-T} dV', dX_K = -dX_V S_nᵀ and dA = -StrictLower(dX_V V'ᵀ), then the products
+above by hand. Gate gradients are sums over the pairs whose decay spans a step (cumsums of
+products, no cancellation). Not twice differentiable.
 """
 
 from __future__ import annotations

@@ -23,11 +23,15 @@ cumulative log gate from the chunk start, and with S_0 the state entering the ch
     o_i = (q_i ⊙ e^{b_i})ᵀ S_0 + Σ_{j<=i} A_ij v_j,   A_ij = Σ_k q_ik k_jk e^{b_ik − b_jk}
     S_C = diag(e^{b_C}) S_0 + Σ_j (k_j ⊙ e^{b_C − b_j}) v_jᵀ
 
-The intra-chunk sums (chunk_intra.py) and the chunk-local states are batched matrix products over
-all chunks; the states are then passed by a short loop over chunks (T / C steps, two small
-elementwise ops each), and the inter-chunk outputs are one more batched product. Every exponent
-is a sum of gates taken directly and is <= 0, so nothing overflows however strongly the gate
-forgets, and float32 gate gradients stay accurate.
+The intra-chunk sums and the chunk-local states are batched matrix products over all chunks
+(scalar gate and no gate: chunk_intra.py, a pairwise C x C decay; vector gate: chunk_vector.py,
+one assembled C x C matrix from halving levels and a band, or chunk_intra.py's nested levels for
+chunk lengths other than nb·2^m, nb <= 4); the states are then passed by a short loop over chunks
+(T / C steps, two small elementwise ops each), and the inter-chunk outputs are one more batched
+product. Long sequences run as cache-sized segments of whole chunks, the state carried from one
+to the next (chunk_layout.py), so the time grows linearly in T. Every exponent is a sum of gates
+taken directly and is <= 0, so nothing overflows however strongly the gate forgets, and float32
+gate gradients stay accurate.
 
 The backward is written by hand (one torch.autograd.Function, no autograd graph of the many small
 ops): the state gradients run the same scan in reverse (dS_{n-1} = e^{b_C} ⊙ dS_n + q_inᵀ do),
