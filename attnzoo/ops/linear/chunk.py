@@ -104,10 +104,8 @@ class _ChunkGLA(torch.autograd.Function):
         V = v.shape[-1]
         R = B * H * N
         qr, kr, vr = q.view(R, C, K), k.view(R, C, K), v.view(R, C, V)
-        if g is None or g.dim() == 4:  # no gate, or a scalar gate per head
-            gr = None if g is None else g.view(R, C)
-            o, A, D = scalar_intra_forward(qr, kr, vr, gr)
-            intra = (A, D)
+        if g is None or g.dim() == 4:  # no gate, or a scalar gate per head (intra part after the scan)
+            o, intra = None, ("scalar",)
             if g is None:
                 q_in, k_out, decay, eb, ea = q, k, None, None, None
             else:
@@ -129,7 +127,11 @@ class _ChunkGLA(torch.autograd.Function):
         for n in range(N):
             S_enter[:, :, n] = S
             S = S_local[:, :, n] + (S if decay is None else decay[:, :, n] * S)
-        if o is None:
+        if intra[0] == "scalar":  # o = A @ v + q_in @ S_enter, accumulated in place
+            o, A, D = scalar_intra_forward(qr, kr, vr, None if g is None else g.view(R, C),
+                                           o=(q_in @ S_enter).view(R, C, V))
+            o, intra = o.view(B, H, N, C, V), (A, D)
+        elif o is None:
             o = (q_in @ S_enter).view(R, C, V).baddbmm_(intra[1], vr).view(B, H, N, C, V)
         else:
             o = o.view(B, H, N, C, V).add_(q_in @ S_enter)
@@ -171,10 +173,10 @@ class _ChunkGLA(torch.autograd.Function):
         if g is None:
             dq, dk, dg = dq_in, dk_out, None
         elif g.dim() == 4:  # scalar gate: sum the per-channel terms over K
-            dq, dk = dq_in * eb, dk_out * ea
             dg = ((S_enter * dS_next).sum((-1, -2)) * decay[..., 0, 0])[..., None].expand(B, H, N, C).contiguous()
             add_revcumsum_(dg, (dq_in * q_in).sum(-1), -1)
             add_prefix_excl_(dg, (dk_out * k_out).sum(-1), -1)
+            dq, dk = dq_in.mul_(eb), dk_out.mul_(ea)
         else:
             dq, dk = dq_in * eb, dk_out * ea
             dg = ((S_enter * dS_next).sum(-1) * decay[..., 0])[..., None, :].expand(B, H, N, C, K).contiguous()

@@ -148,8 +148,9 @@ def pairwise_decay_grad(p, dim: int):
 
 # ---------------------------------------------------------------- scalar gate (and no gate)
 
-def scalar_intra_forward(q, k, v, g):
-    """g [R, C] or None. Returns (o [R, C, V], A [R, C, C] with the decay, D or None)."""
+def scalar_intra_forward(q, k, v, g, o=None):
+    """g [R, C] or None. Returns (o [R, C, V], A [R, C, C] with the decay, D or None); with o
+    given, A @ v is added into it."""
     C = q.shape[-2]
     qk = q @ k.transpose(-1, -2)
     if g is None:
@@ -158,7 +159,7 @@ def scalar_intra_forward(q, k, v, g):
     else:
         D = pairwise_decay(g, dim=-1)
         A = qk.mul_(D)
-    return A @ v, A, D
+    return (A @ v if o is None else o.baddbmm_(A, v)), A, D
 
 
 def scalar_intra_backward(q, k, v, A, D, do, dq, dk, dv, dg):
