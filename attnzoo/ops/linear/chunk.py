@@ -86,111 +86,146 @@ def _combined_log_gate(g, g_gamma, shape, ct):
     return gl
 
 
+class _Segment:
+    """What one segment's forward keeps for its backward."""
+
+    def save_for_backward(self, *tensors):
+        self.saved_tensors = tensors
+
+
 class _ChunkGLA(torch.autograd.Function):
     """q, k [B, T, H, K]; v [B, T, H, V]; gate [B, T, H] or [B, T, H, K] in the compute dtype ct,
     or None; S0 [B, H, K, V] in ct or None -> (o [B, T, H, V] in q's dtype, final state in ct).
-    Inside, chunks [B, H, N, C, ...] in ct, q times scale."""
+    The sequence runs as segments of `sizes` steps (state carried over); outputs and gradients are
+    written into whole-sequence tensors (no concatenation)."""
 
     @staticmethod
-    def forward(ctx, q_in_, k_in_, v_in_, gate, S0, scale, C, ct):
-        T = q_in_.shape[1]
-        N = -(-T // C)
-        ctx.meta = (T, scale, q_in_.dtype, k_in_.dtype, v_in_.dtype)
-        q = to_chunks(q_in_, N, C, ct, scale)
-        k = to_chunks(k_in_, N, C, ct)
-        v = to_chunks(v_in_, N, C, ct)
-        g = None if gate is None else to_chunks(gate, N, C, ct)
-        B, H, N, C, K = q.shape
-        V = v.shape[-1]
-        R = B * H * N
-        qr, kr, vr = q.view(R, C, K), k.view(R, C, K), v.view(R, C, V)
-        if g is None or g.dim() == 4:  # no gate, or a scalar gate per head (intra part after the scan)
-            o, intra = None, ("scalar",)
-            if g is None:
-                q_in, k_out, decay, eb, ea = q, k, None, None, None
-            else:
-                eb, ea = g.cumsum(-1).exp()[..., None], suffix_excl(g, -1).exp()[..., None]  # [B, H, N, C, 1]
-                q_in, k_out = q * eb, k * ea
-                decay = eb[..., -1:, :]  # [B, H, N, 1, 1]
-        elif assembled_plan(C) is not None:  # vector gate, chunk of nb·2^m: one assembled A (chunk_vector.py)
-            A, q_in, k_out, decay, saved = vector_forward(qr, kr, g.view(R, C, K), assembled_plan(C))
-            q_in, k_out, decay = q_in.view(q.shape), k_out.view(k.shape), decay.view(B, H, N, K, 1)
-            o, intra, eb, ea = None, ("assembled", A, saved), None, None
-        else:  # vector gate per key channel, other chunk lengths: nested levels (chunk_intra.py)
-            o, intra = vector_intra_forward(qr, kr, vr, g.view(R, C, K))
-            eb, ea = g.cumsum(-2).exp(), suffix_excl(g, -2).exp()  # e^{b_i}, e^{b_C − b_j}
-            q_in, k_out = q * eb, k * ea
-            decay = eb[..., -1, :, None]  # [B, H, N, K, 1]
-        S_local = k_out.transpose(-1, -2) @ v  # [B, H, N, K, V]
-        S_enter = torch.empty_like(S_local)
-        S = q.new_zeros(B, H, K, V) if S0 is None else S0
-        for n in range(N):
-            S_enter[:, :, n] = S
-            S = S_local[:, :, n] + (S if decay is None else decay[:, :, n] * S)
-        if intra[0] == "scalar":  # o = A @ v + q_in @ S_enter, accumulated in place
-            o, A, D = scalar_intra_forward(qr, kr, vr, None if g is None else g.view(R, C),
-                                           o=(q_in @ S_enter).view(R, C, V))
-            o, intra = o.view(B, H, N, C, V), (A, D)
-        elif o is None:
-            o = (q_in @ S_enter).view(R, C, V).baddbmm_(intra[1], vr).view(B, H, N, C, V)
-        else:
-            o = o.view(B, H, N, C, V).add_(q_in @ S_enter)
-        ctx.save_for_backward(q, k, v, g, q_in, k_out, eb, ea, decay, S_enter, S)
-        ctx.intra = intra
-        ctx.has_S0 = S0 is not None
-        return from_chunks(o, T, q_in_.dtype), S
+    def forward(ctx, q, k, v, gate, S0, scale, C, ct, sizes):
+        B, T, H, _ = q.shape
+        o = torch.empty(B, T, H, v.shape[-1], dtype=q.dtype, device=q.device)
+        ctx.segs, ctx.has_S0, S, lo = [], S0 is not None, S0, 0
+        for n in sizes:
+            seg = _Segment()
+            S = _segment_forward(seg, q[:, lo:lo + n], k[:, lo:lo + n], v[:, lo:lo + n],
+                                 None if gate is None else gate[:, lo:lo + n], S, scale, C, ct, o[:, lo:lo + n])
+            ctx.segs.append((lo, n, seg))
+            lo += n
+        ctx.meta_all = [(x.shape, x.dtype) if x is not None else None for x in (q, k, v, gate)]
+        return o, S
 
     @staticmethod
     def backward(ctx, do, dS):
-        q, k, v, g, q_in, k_out, eb, ea, decay, S_enter, S_final = ctx.saved_tensors
-        B, H, N, C, K = q.shape
-        V = v.shape[-1]
-        R = B * H * N
-        T, scale, q_dtype, k_dtype, v_dtype = ctx.meta
-        do = to_chunks(do, N, C, q.dtype)
-        dS = dS.to(q.dtype).contiguous()
-        qdo = q_in.transpose(-1, -2) @ do  # [B, H, N, K, V]: each chunk's outputs' pull on its entering state
-        dS_next = torch.empty_like(S_enter)  # gradient of the state leaving chunk n
-        for n in range(N - 1, -1, -1):
-            dS_next[:, :, n] = dS
-            dS = qdo[:, :, n] + (dS if decay is None else decay[:, :, n] * dS)
-        dq_in = do @ S_enter.transpose(-1, -2)  # [B, H, N, C, K]
-        dk_out = v @ dS_next.transpose(-1, -2)
-        dv = k_out @ dS_next
-        dor = do.view(R, C, V)
-        qr, kr, vr = q.view(R, C, K), k.view(R, C, K), v.view(R, C, V)
-        if ctx.intra[0] == "assembled":
-            _, A, saved = ctx.intra
-            dv.view(R, C, V).baddbmm_(A.transpose(-1, -2), dor)
-            d_decay = (S_enter * dS_next).sum(-1).mul_(decay[..., 0])
-            dq, dk, dg = vector_backward(saved, qr, kr, q_in.view(R, C, K), k_out.view(R, C, K),
-                                         dor @ vr.transpose(-1, -2), dq_in.view(R, C, K), dk_out.view(R, C, K),
-                                         d_decay.view(R, K))
-            return (from_chunks(dq.view(q.shape), T, q_dtype, scale), from_chunks(dk.view(k.shape), T, k_dtype),
-                    from_chunks(dv, T, v_dtype), from_chunks(dg.view(g.shape), T, dg.dtype),
-                    (dS if ctx.has_S0 else None), None, None, None)
-        # gradients through e^{b} (queries), e^{b_C − b} (keys) and e^{b_C} (the state)
+        grads = [None if m is None else torch.empty(m[0], dtype=m[1], device=do.device) for m in ctx.meta_all]
+        for lo, n, seg in reversed(ctx.segs):
+            dS = _segment_backward(seg, do[:, lo:lo + n], dS, [None if x is None else x[:, lo:lo + n] for x in grads])
+        return (*grads, (dS if ctx.has_S0 else None), None, None, None, None)
+
+
+def _segment_forward(ctx, q_in_, k_in_, v_in_, gate, S0, scale, C, ct, o_out):
+    """One segment: chunks [B, H, N, C, ...] in ct, q times scale; o written into o_out, returns
+    the final state; what the backward needs goes into ctx (a _Segment)."""
+    T = q_in_.shape[1]
+    N = -(-T // C)
+    ctx.meta = (T, scale, q_in_.dtype, k_in_.dtype, v_in_.dtype)
+    q = to_chunks(q_in_, N, C, ct, scale)
+    k = to_chunks(k_in_, N, C, ct)
+    v = to_chunks(v_in_, N, C, ct)
+    g = None if gate is None else to_chunks(gate, N, C, ct)
+    B, H, N, C, K = q.shape
+    V = v.shape[-1]
+    R = B * H * N
+    qr, kr, vr = q.view(R, C, K), k.view(R, C, K), v.view(R, C, V)
+    if g is None or g.dim() == 4:  # no gate, or a scalar gate per head (intra part after the scan)
+        o, intra = None, ("scalar",)
         if g is None:
-            dq, dk, dg = dq_in, dk_out, None
-        elif g.dim() == 4:  # scalar gate: sum the per-channel terms over K
-            dg = ((S_enter * dS_next).sum((-1, -2)) * decay[..., 0, 0])[..., None].expand(B, H, N, C).contiguous()
-            add_revcumsum_(dg, (dq_in * q_in).sum(-1), -1)
-            add_prefix_excl_(dg, (dk_out * k_out).sum(-1), -1)
-            dq, dk = dq_in.mul_(eb), dk_out.mul_(ea)
+            q_in, k_out, decay, eb, ea = q, k, None, None, None
         else:
-            dq, dk = dq_in * eb, dk_out * ea
-            dg = ((S_enter * dS_next).sum(-1) * decay[..., 0])[..., None, :].expand(B, H, N, C, K).contiguous()
-            add_revcumsum_(dg, dq_in.mul_(q_in), -2)
-            add_prefix_excl_(dg, dk_out.mul_(k_out), -2)
-        dq, dk = dq.contiguous(), dk.contiguous()
-        dqr, dkr, dvr = dq.view(R, C, K), dk.view(R, C, K), dv.view(R, C, V)
-        if g is None or g.dim() == 4:
-            A, D = ctx.intra
-            scalar_intra_backward(qr, kr, vr, A, D, dor, dqr, dkr, dvr, None if dg is None else dg.view(R, C))
-        else:
-            vector_intra_backward(qr, kr, vr, ctx.intra, dor, dqr, dkr, dvr, dg.view(R, C, K))
-        return (from_chunks(dq, T, q_dtype, scale), from_chunks(dk, T, k_dtype), from_chunks(dv, T, v_dtype),
-                None if dg is None else from_chunks(dg, T, dg.dtype), (dS if ctx.has_S0 else None), None, None, None)
+            eb, ea = g.cumsum(-1).exp()[..., None], suffix_excl(g, -1).exp()[..., None]  # [B, H, N, C, 1]
+            q_in, k_out = q * eb, k * ea
+            decay = eb[..., -1:, :]  # [B, H, N, 1, 1]
+    elif assembled_plan(C) is not None:  # vector gate, chunk of nb·2^m: one assembled A (chunk_vector.py)
+        A, q_in, k_out, decay, saved = vector_forward(qr, kr, g.view(R, C, K), assembled_plan(C))
+        q_in, k_out, decay = q_in.view(q.shape), k_out.view(k.shape), decay.view(B, H, N, K, 1)
+        o, intra, eb, ea = None, ("assembled", A, saved), None, None
+    else:  # vector gate per key channel, other chunk lengths: nested levels (chunk_intra.py)
+        o, intra = vector_intra_forward(qr, kr, vr, g.view(R, C, K))
+        eb, ea = g.cumsum(-2).exp(), suffix_excl(g, -2).exp()  # e^{b_i}, e^{b_C − b_j}
+        q_in, k_out = q * eb, k * ea
+        decay = eb[..., -1, :, None]  # [B, H, N, K, 1]
+    S_local = k_out.transpose(-1, -2) @ v  # [B, H, N, K, V]
+    S_enter = torch.empty_like(S_local)
+    S = q.new_zeros(B, H, K, V) if S0 is None else S0
+    for n in range(N):
+        S_enter[:, :, n] = S
+        S = S_local[:, :, n] + (S if decay is None else decay[:, :, n] * S)
+    if intra[0] == "scalar":  # o = A @ v + q_in @ S_enter, accumulated in place
+        o, A, D = scalar_intra_forward(qr, kr, vr, None if g is None else g.view(R, C),
+                                       o=(q_in @ S_enter).view(R, C, V))
+        o, intra = o.view(B, H, N, C, V), (A, D)
+    elif o is None:
+        o = (q_in @ S_enter).view(R, C, V).baddbmm_(intra[1], vr).view(B, H, N, C, V)
+    else:
+        o = o.view(B, H, N, C, V).add_(q_in @ S_enter)
+    ctx.save_for_backward(q, k, v, g, q_in, k_out, eb, ea, decay, S_enter, S)
+    ctx.intra = intra
+    from_chunks(o, T, q_in_.dtype, out=o_out)
+    return S
+
+def _segment_backward(ctx, do, dS, outs):
+    """Writes the gradients of one segment's q, k, v, gate into `outs` (views of whole-sequence
+    tensors; None where not needed); returns the gradient of the state entering the segment."""
+    q, k, v, g, q_in, k_out, eb, ea, decay, S_enter, S_final = ctx.saved_tensors
+    B, H, N, C, K = q.shape
+    V = v.shape[-1]
+    R = B * H * N
+    T, scale, q_dtype, k_dtype, v_dtype = ctx.meta
+    do = to_chunks(do, N, C, q.dtype)
+    dS = dS.to(q.dtype).contiguous()
+    qdo = q_in.transpose(-1, -2) @ do  # [B, H, N, K, V]: each chunk's outputs' pull on its entering state
+    dS_next = torch.empty_like(S_enter)  # gradient of the state leaving chunk n
+    for n in range(N - 1, -1, -1):
+        dS_next[:, :, n] = dS
+        dS = qdo[:, :, n] + (dS if decay is None else decay[:, :, n] * dS)
+    dq_in = do @ S_enter.transpose(-1, -2)  # [B, H, N, C, K]
+    dk_out = v @ dS_next.transpose(-1, -2)
+    dv = k_out @ dS_next
+    dor = do.view(R, C, V)
+    qr, kr, vr = q.view(R, C, K), k.view(R, C, K), v.view(R, C, V)
+    if ctx.intra[0] == "assembled":
+        _, A, saved = ctx.intra
+        dv.view(R, C, V).baddbmm_(A.transpose(-1, -2), dor)
+        d_decay = (S_enter * dS_next).sum(-1).mul_(decay[..., 0])
+        dq, dk, dg = vector_backward(saved, qr, kr, q_in.view(R, C, K), k_out.view(R, C, K),
+                                     dor @ vr.transpose(-1, -2), dq_in.view(R, C, K), dk_out.view(R, C, K),
+                                     d_decay.view(R, K))
+        for x, out, sc in zip((dq.view(q.shape), dk.view(k.shape), dv, dg.view(g.shape)), outs, (scale, 1, 1, 1)):
+            from_chunks(x, T, out.dtype, None if sc == 1 else sc, out=out)
+        return dS
+    # gradients through e^{b} (queries), e^{b_C − b} (keys) and e^{b_C} (the state)
+    if g is None:
+        dq, dk, dg = dq_in, dk_out, None
+    elif g.dim() == 4:  # scalar gate: sum the per-channel terms over K
+        dg = ((S_enter * dS_next).sum((-1, -2)) * decay[..., 0, 0])[..., None].expand(B, H, N, C).contiguous()
+        add_revcumsum_(dg, (dq_in * q_in).sum(-1), -1)
+        add_prefix_excl_(dg, (dk_out * k_out).sum(-1), -1)
+        dq, dk = dq_in.mul_(eb), dk_out.mul_(ea)
+    else:
+        dq, dk = dq_in * eb, dk_out * ea
+        dg = ((S_enter * dS_next).sum(-1) * decay[..., 0])[..., None, :].expand(B, H, N, C, K).contiguous()
+        add_revcumsum_(dg, dq_in.mul_(q_in), -2)
+        add_prefix_excl_(dg, dk_out.mul_(k_out), -2)
+    dq, dk = dq.contiguous(), dk.contiguous()
+    dqr, dkr, dvr = dq.view(R, C, K), dk.view(R, C, K), dv.view(R, C, V)
+    if g is None or g.dim() == 4:
+        A, D = ctx.intra
+        scalar_intra_backward(qr, kr, vr, A, D, dor, dqr, dkr, dvr, None if dg is None else dg.view(R, C))
+    else:
+        vector_intra_backward(qr, kr, vr, ctx.intra, dor, dqr, dkr, dvr, dg.view(R, C, K))
+    for x, out, sc in zip((dq, dk, dv, dg), outs, (scale, None, None, None)):
+        if out is not None:
+            from_chunks(x, T, out.dtype, sc, out=out)
+    return dS
+
 
 
 def chunk_gated_linear_attention(
@@ -205,13 +240,6 @@ def chunk_gated_linear_attention(
     gate = _combined_log_gate(g, g_gamma, q.shape, ct)
     S = None if initial_state is None else initial_state.to(ct)
     B, _, H, K = q.shape
-    # long sequences: cache-sized segments (split, not slicing: the backward of a slice would
-    # allocate a zero gradient of the whole sequence per segment)
-    sizes = [hi - lo for lo, hi in segments(T, C, B * H, max(K, v.shape[-1]))]
-    parts = zip(*(x.split(sizes, 1) if x is not None else [None] * len(sizes) for x in (q, k, v, gate)))
-    outs = []
-    for qs, ks, vs, gs in parts:
-        o, S = _ChunkGLA.apply(qs, ks, vs, gs, S, scale, C, ct)
-        outs.append(o)
-    o = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
+    sizes = [hi - lo for lo, hi in segments(T, C, B * H, max(K, v.shape[-1]))]  # cache-sized segments
+    o, S = _ChunkGLA.apply(q, k, v, gate, S, scale, C, ct, sizes)
     return o, (S if output_final_state else None)

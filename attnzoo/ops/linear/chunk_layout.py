@@ -27,12 +27,13 @@ def to_chunks(x, N: int, C: int, dtype, scale=None):
     return out.view(B, H, N, C, *rest)
 
 
-def from_chunks(xc, T: int, dtype, scale=None):
-    """xc [B, H, N, C, ...] -> [B, T, H, ...] contiguous in dtype (the first T of N·C steps),
-    times scale if given."""
+def from_chunks(xc, T: int, dtype, scale=None, out=None):
+    """xc [B, H, N, C, ...] -> [B, T, H, ...] in dtype (the first T of N·C steps), times scale if
+    given; written into `out` (e.g. a segment's slice of a whole-sequence tensor) if given."""
     B, H, N, C, *rest = xc.shape
     src = xc.reshape(B, H, N * C, *rest)[:, :, :T].transpose(1, 2)
-    out = torch.empty(B, T, H, *rest, dtype=dtype, device=xc.device)
+    if out is None:
+        out = torch.empty(B, T, H, *rest, dtype=dtype, device=xc.device)
     if scale is None:
         out.copy_(src)
     else:
