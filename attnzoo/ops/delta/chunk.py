@@ -42,11 +42,13 @@ products, no cancellation). Not twice differentiable.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from attnzoo.ops.delta.api import check_delta_inputs
 from attnzoo.ops.linear.chunk_intra import pairwise_decay, pairwise_decay_grad, prefix_excl, revcumsum, suffix_excl
-from attnzoo.ops.linear.chunk_layout import from_chunks, segments, to_chunks
+from attnzoo.ops.linear.chunk_layout import SegmentedScan, from_chunks, segments, to_chunks
 from attnzoo.ops.linear.reference import compute_dtype
 
 
@@ -56,129 +58,132 @@ def _chunk_major(x):
     return x.permute(2, 0, 1, *range(3, x.dim())).reshape(N, B * H, *x.shape[3:])
 
 
-class _ChunkDelta(torch.autograd.Function):
-    """q, k [B, T, H, K]; v [B, T, H, V]; beta, g [B, T, H] (g may be None); S0 [B, H, K, V] in
-    the compute dtype ct, or None -> (o [B, T, H, V] in q's dtype, final state in ct). Inside,
-    chunks [B, H, N, C, ...] in ct, q times scale."""
+def _segment_forward(ctx, inputs, S0, o_out, scale, C, ct):
+    """One segment: q, k [B, T, H, K]; v [B, T, H, V]; beta, g [B, T, H] (g may be None); S0
+    [B, H, K, V] in the compute dtype ct, or None. Writes o (q's dtype) into o_out, returns the
+    final state in ct; inside, chunks [B, H, N, C, ...] in ct, q times scale."""
+    q_, k_, v_, beta_, g_ = inputs
+    T = q_.shape[1]
+    N = -(-T // C)  # the padded tail has beta = g = k = v = 0: it leaves the state untouched
+    ctx.meta = (T, scale, [None if x is None else x.dtype for x in (q_, k_, v_, beta_, g_)])
+    q = to_chunks(q_, N, C, ct, scale)
+    k, v, beta = to_chunks(k_, N, C, ct), to_chunks(v_, N, C, ct), to_chunks(beta_, N, C, ct)
+    g = None if g_ is None else to_chunks(g_, N, C, ct)
+    B, H, N, C, K = q.shape
+    V = v.shape[-1]
+    lower = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    X = q.new_empty(B, H, N, C, K + V)  # X = [β e^b ⊙ K, β V], written in place
+    torch.mul(v, beta[..., None], out=X[..., K:])
+    if g is None:
+        D = lower.to(q.dtype)
+        eb = ea = gamma = None
+        torch.mul(k, beta[..., None], out=X[..., :K])
+        q_dec, k_dec = q, k
+    else:
+        D = pairwise_decay(g, dim=-1)  # exp(b_i - b_j) for i >= j, 0 above
+        eb = g.cumsum(-1).exp()
+        ea = suffix_excl(g, -1).exp()  # exp(b_c - b_j)
+        gamma = eb[..., -1:, None]  # [B, H, N, 1, 1]
+        torch.mul(k, (beta * eb)[..., None], out=X[..., :K])
+        q_dec, k_dec = q * eb[..., None], k * ea[..., None]
+    KK = k @ k.transpose(-1, -2)
+    A = (KK * D).mul_(beta[..., :, None]).tril_(-1)
+    L = A  # I + A, unit lower triangular (the solve reads only the strict lower part)
+    # WU = L^{-1} X, solved as WUᵀ = Xᵀ L^{-T} (right-hand side): the memory is then already in
+    # the column-major layout the triangular solver wants, so nothing is copied (about 3x faster)
+    WU = torch.linalg.solve_triangular(L.transpose(-1, -2), X.transpose(-1, -2), upper=True, left=False,
+                                       unitriangular=True).transpose(-1, -2)
+    W, U = WU[..., :K], WU[..., K:]
+    QK = (q @ k.transpose(-1, -2)).mul_(D)
+    # state passing with one matrix product per chunk: S_{n+1} = M_n S_n + B_n, where
+    # M_n = e^{b_c} I - (K ⊙ e^{b_c - b})ᵀ W_n and B_n = (K ⊙ e^{b_c - b})ᵀ U_n (batched before the loop)
+    MB = _chunk_major(k_dec.transpose(-1, -2) @ WU)  # [N, B*H, K, K + V]: Kdᵀ W and Kdᵀ U
+    Mm, Bn = MB[..., :K].neg_(), MB[..., K:]
+    Mm.diagonal(dim1=-2, dim2=-1).add_(1.0 if gamma is None else _chunk_major(gamma[..., 0]))
+    S_all = q.new_empty(N + 1, B * H, K, V)
+    S_all[0] = 0.0 if S0 is None else S0.reshape(B * H, K, V)
+    for n in range(N):
+        torch.baddbmm(Bn[n], Mm[n], S_all[n], out=S_all[n + 1])
+    S = S_all[N].view(B, H, K, V)
+    S_enter = S_all[:N].view(N, B, H, K, V).permute(1, 2, 0, 3, 4).contiguous()
+    R = B * H * N
+    Vp = torch.baddbmm(U.reshape(R, C, V), W.reshape(R, C, K), S_enter.view(R, K, V), alpha=-1.0)
+    Vp = Vp.view(B, H, N, C, V)
+    o = (q_dec @ S_enter).add_(QK @ Vp)
+    ctx.save_for_backward(q, k, v, beta, g, D, eb, ea, KK, L, WU, QK, S_enter, Vp, S, Mm, q_dec, k_dec)
+    from_chunks(o, T, q_.dtype, out=o_out)
+    return S
 
-    @staticmethod
-    def forward(ctx, q_, k_, v_, beta_, g_, S0, scale, C, ct):
-        T = q_.shape[1]
-        N = -(-T // C)  # the padded tail has beta = g = k = v = 0: it leaves the state untouched
-        ctx.meta = (T, scale, [None if x is None else x.dtype for x in (q_, k_, v_, beta_, g_)])
-        q = to_chunks(q_, N, C, ct, scale)
-        k, v, beta = to_chunks(k_, N, C, ct), to_chunks(v_, N, C, ct), to_chunks(beta_, N, C, ct)
-        g = None if g_ is None else to_chunks(g_, N, C, ct)
-        B, H, N, C, K = q.shape
-        V = v.shape[-1]
-        lower = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-        X = q.new_empty(B, H, N, C, K + V)  # X = [β e^b ⊙ K, β V], written in place
-        torch.mul(v, beta[..., None], out=X[..., K:])
-        if g is None:
-            D = lower.to(q.dtype)
-            eb = ea = gamma = None
-            torch.mul(k, beta[..., None], out=X[..., :K])
-            q_dec, k_dec = q, k
-        else:
-            D = pairwise_decay(g, dim=-1)  # exp(b_i - b_j) for i >= j, 0 above
-            eb = g.cumsum(-1).exp()
-            ea = suffix_excl(g, -1).exp()  # exp(b_c - b_j)
-            gamma = eb[..., -1:, None]  # [B, H, N, 1, 1]
-            torch.mul(k, (beta * eb)[..., None], out=X[..., :K])
-            q_dec, k_dec = q * eb[..., None], k * ea[..., None]
-        KK = k @ k.transpose(-1, -2)
-        A = (KK * D).mul_(beta[..., :, None]).tril_(-1)
-        L = A  # I + A, unit lower triangular (the solve reads only the strict lower part)
-        # WU = L^{-1} X, solved as WUᵀ = Xᵀ L^{-T} (right-hand side): the memory is then already in
-        # the column-major layout the triangular solver wants, so nothing is copied (about 3x faster)
-        WU = torch.linalg.solve_triangular(L.transpose(-1, -2), X.transpose(-1, -2), upper=True, left=False,
-                                           unitriangular=True).transpose(-1, -2)
-        W, U = WU[..., :K], WU[..., K:]
-        QK = (q @ k.transpose(-1, -2)).mul_(D)
-        # state passing with one matrix product per chunk: S_{n+1} = M_n S_n + B_n, where
-        # M_n = e^{b_c} I - (K ⊙ e^{b_c - b})ᵀ W_n and B_n = (K ⊙ e^{b_c - b})ᵀ U_n (batched before the loop)
-        MB = _chunk_major(k_dec.transpose(-1, -2) @ WU)  # [N, B*H, K, K + V]: Kdᵀ W and Kdᵀ U
-        Mm, Bn = MB[..., :K].neg_(), MB[..., K:]
-        Mm.diagonal(dim1=-2, dim2=-1).add_(1.0 if gamma is None else _chunk_major(gamma[..., 0]))
-        S_all = q.new_empty(N + 1, B * H, K, V)
-        S_all[0] = 0.0 if S0 is None else S0.reshape(B * H, K, V)
-        for n in range(N):
-            torch.baddbmm(Bn[n], Mm[n], S_all[n], out=S_all[n + 1])
-        S = S_all[N].view(B, H, K, V)
-        S_enter = S_all[:N].view(N, B, H, K, V).permute(1, 2, 0, 3, 4).contiguous()
-        R = B * H * N
-        Vp = torch.baddbmm(U.reshape(R, C, V), W.reshape(R, C, K), S_enter.view(R, K, V), alpha=-1.0)
-        Vp = Vp.view(B, H, N, C, V)
-        o = (q_dec @ S_enter).add_(QK @ Vp)
-        ctx.save_for_backward(q, k, v, beta, g, D, eb, ea, KK, L, WU, QK, S_enter, Vp, S, Mm, q_dec, k_dec)
-        ctx.has_S0 = S0 is not None
-        return from_chunks(o, T, q_.dtype), S
 
-    @staticmethod
-    def backward(ctx, dO, dS):
-        q, k, v, beta, g, D, eb, ea, KK, L, WU, QK, S_enter, Vp, S_final, Mm, q_dec, k_dec = ctx.saved_tensors
-        B, H, N, C, K = q.shape
-        W = WU[..., :K]
-        T, scale, dtypes = ctx.meta
-        dO = to_chunks(dO, N, C, q.dtype)
-        G = dS.to(q.dtype).contiguous()
-        V = dO.shape[-1]
-        P1 = QK.transpose(-1, -2) @ dO  # [B, H, N, C, V]
-        # reverse scan, one product per chunk: G_{n-1} = M_nᵀ G_n + (Q ⊙ e^b)ᵀ dO_n - W_nᵀ (QK ⊙ D)ᵀ dO_n
-        Rn = B * H * N
-        Qn = torch.matmul(q_dec.transpose(-1, -2), dO).view(Rn, K, V).baddbmm_(
-            W.reshape(Rn, C, K).transpose(-1, -2), P1.view(Rn, C, V), alpha=-1.0)
-        Qn = _chunk_major(Qn.view(B, H, N, K, V))
-        G_all = q.new_empty(N + 1, B * H, K, V)
-        G_all[N] = G.reshape(B * H, K, V)
-        for n in range(N - 1, -1, -1):
-            torch.baddbmm(Qn[n], Mm[n].transpose(-1, -2), G_all[n + 1], out=G_all[n])
-        dS0 = G_all[0].view(B, H, K, V)
-        G_next = G_all[1:].view(N, B, H, K, V).permute(1, 2, 0, 3, 4).contiguous()  # leaving chunk n
-        dVp = torch.matmul(k_dec, G_next).add_(P1)
-        # outputs: O = q_dec S_enter + QK Vp
-        dq_dec = dO @ S_enter.transpose(-1, -2)
-        dQK_raw = dO @ Vp.transpose(-1, -2)
-        dQK = dQK_raw * D  # D is 0 above the diagonal
-        dq = dQK @ k
-        dk = dQK.transpose(-1, -2) @ q
-        # state: S_next = gamma S + k_dec^T Vp
-        dk_dec = Vp @ G_next.transpose(-1, -2)
-        # UT transform: WU = L^{-1} X with X = [beta eb k, beta v] and Vp = U - W S, so
-        # dX_v = L^{-T} dVp, dX_k = L^{-T}(-dVp Sᵀ) = -dX_v Sᵀ and dA = -StrictLower(dX WUᵀ) = -StrictLower(dX_v Vpᵀ)
-        R = B * H * N
-        dXv = torch.linalg.solve_triangular(L, dVp.transpose(-1, -2), upper=False, left=False,
-                                            unitriangular=True).transpose(-1, -2)  # L^{-T} dVp
-        dXk_neg = dXv @ S_enter.transpose(-1, -2)  # -dX_K
-        Mp = (dXv @ Vp.transpose(-1, -2)).mul_(D)  # -dA ⊙ D (strict lower: the diagonal is zeroed below)
-        Mp.diagonal(dim1=-2, dim2=-1).zero_()
-        dv = dXv * beta[..., None]
-        ebk_dX = (dXk_neg * k).sum(-1).neg_()  # Σ_k k dX_k (times beta eb: X_k = beta eb k)
-        Z = Mp * beta[..., :, None]  # -dL/d(K Kᵀ)
-        dk.view(R, C, K).baddbmm_(Z.view(R, C, C), k.reshape(R, C, K), alpha=-1.0)
-        dk.view(R, C, K).baddbmm_(Z.view(R, C, C).transpose(-1, -2), k.reshape(R, C, K), alpha=-1.0)
-        MKK = Mp.mul_(KK)
-        dbeta = (v * dXv).sum(-1) - MKK.sum(-1)
-        if g is None:
-            dq += dq_dec
-            dk += dk_dec
-            dk.addcmul_(dXk_neg, beta[..., None], value=-1.0)
-            dbeta += ebk_dX
-            dg = None
-        else:
-            dq.addcmul_(dq_dec, eb[..., None])
-            dk.addcmul_(dk_dec, ea[..., None])
-            dk.addcmul_(dXk_neg, (beta * eb)[..., None], value=-1.0)
-            dbeta += ebk_dX * eb
-            r = (dq_dec * q_dec).sum(-1) + ebk_dX * eb * beta  # d(e^b) e^b: every step up to i
-            s = (dk_dec * k_dec).sum(-1)  # d(e^{b_c - b_j}) e^{b_c - b_j}: steps after j
-            dgam = (S_enter * G_next).sum((-1, -2))[..., None] * eb[..., -1:]  # e^{b_c}: every step
-            # dL/d(exponent) of (QKᵀ ⊙ D)_ij and of A_ij = β_i (KKᵀ)_ij D_ij
-            pair = dQK_raw.mul_(QK).addcmul_(MKK, beta[..., :, None], value=-1.0)
-            dg = revcumsum(r, -1) + prefix_excl(s, -1) + dgam + pairwise_decay_grad(pair, dim=-1)
-        grads = [from_chunks(x, T, dt, scale if i == 0 else None) if x is not None else None
-                 for i, (x, dt) in enumerate(zip((dq, dk, dv, dbeta, dg), dtypes))]
-        return (*grads, (dS0 if ctx.has_S0 else None), None, None, None)
+
+def _segment_backward(ctx, dO, dS, outs):
+    """Writes one segment's input gradients into `outs`; returns the gradient of its entering state."""
+    q, k, v, beta, g, D, eb, ea, KK, L, WU, QK, S_enter, Vp, S_final, Mm, q_dec, k_dec = ctx.saved_tensors
+    B, H, N, C, K = q.shape
+    W = WU[..., :K]
+    T, scale, _ = ctx.meta
+    dO = to_chunks(dO, N, C, q.dtype)
+    G = dS.to(q.dtype).contiguous()
+    V = dO.shape[-1]
+    P1 = QK.transpose(-1, -2) @ dO  # [B, H, N, C, V]
+    # reverse scan, one product per chunk: G_{n-1} = M_nᵀ G_n + (Q ⊙ e^b)ᵀ dO_n - W_nᵀ (QK ⊙ D)ᵀ dO_n
+    Rn = B * H * N
+    Qn = torch.matmul(q_dec.transpose(-1, -2), dO).view(Rn, K, V).baddbmm_(
+        W.reshape(Rn, C, K).transpose(-1, -2), P1.view(Rn, C, V), alpha=-1.0)
+    Qn = _chunk_major(Qn.view(B, H, N, K, V))
+    G_all = q.new_empty(N + 1, B * H, K, V)
+    G_all[N] = G.reshape(B * H, K, V)
+    for n in range(N - 1, -1, -1):
+        torch.baddbmm(Qn[n], Mm[n].transpose(-1, -2), G_all[n + 1], out=G_all[n])
+    dS0 = G_all[0].view(B, H, K, V)
+    G_next = G_all[1:].view(N, B, H, K, V).permute(1, 2, 0, 3, 4).contiguous()  # leaving chunk n
+    dVp = torch.matmul(k_dec, G_next).add_(P1)
+    # outputs: O = q_dec S_enter + QK Vp
+    dq_dec = dO @ S_enter.transpose(-1, -2)
+    dQK_raw = dO @ Vp.transpose(-1, -2)
+    dQK = dQK_raw * D  # D is 0 above the diagonal
+    dq = dQK @ k
+    dk = dQK.transpose(-1, -2) @ q
+    # state: S_next = gamma S + k_dec^T Vp
+    dk_dec = Vp @ G_next.transpose(-1, -2)
+    # UT transform: WU = L^{-1} X with X = [beta eb k, beta v] and Vp = U - W S, so
+    # dX_v = L^{-T} dVp, dX_k = L^{-T}(-dVp Sᵀ) = -dX_v Sᵀ and dA = -StrictLower(dX WUᵀ) = -StrictLower(dX_v Vpᵀ)
+    R = B * H * N
+    dXv = torch.linalg.solve_triangular(L, dVp.transpose(-1, -2), upper=False, left=False,
+                                        unitriangular=True).transpose(-1, -2)  # L^{-T} dVp
+    dXk_neg = dXv @ S_enter.transpose(-1, -2)  # -dX_K
+    Mp = (dXv @ Vp.transpose(-1, -2)).mul_(D)  # -dA ⊙ D (strict lower: the diagonal is zeroed below)
+    Mp.diagonal(dim1=-2, dim2=-1).zero_()
+    dv = dXv * beta[..., None]
+    ebk_dX = (dXk_neg * k).sum(-1).neg_()  # Σ_k k dX_k (times beta eb: X_k = beta eb k)
+    Z = Mp * beta[..., :, None]  # -dL/d(K Kᵀ)
+    dk.view(R, C, K).baddbmm_(Z.view(R, C, C), k.reshape(R, C, K), alpha=-1.0)
+    dk.view(R, C, K).baddbmm_(Z.view(R, C, C).transpose(-1, -2), k.reshape(R, C, K), alpha=-1.0)
+    MKK = Mp.mul_(KK)
+    dbeta = (v * dXv).sum(-1) - MKK.sum(-1)
+    if g is None:
+        dq += dq_dec
+        dk += dk_dec
+        dk.addcmul_(dXk_neg, beta[..., None], value=-1.0)
+        dbeta += ebk_dX
+        dg = None
+    else:
+        dq.addcmul_(dq_dec, eb[..., None])
+        dk.addcmul_(dk_dec, ea[..., None])
+        dk.addcmul_(dXk_neg, (beta * eb)[..., None], value=-1.0)
+        dbeta += ebk_dX * eb
+        r = (dq_dec * q_dec).sum(-1) + ebk_dX * eb * beta  # d(e^b) e^b: every step up to i
+        s = (dk_dec * k_dec).sum(-1)  # d(e^{b_c - b_j}) e^{b_c - b_j}: steps after j
+        dgam = (S_enter * G_next).sum((-1, -2))[..., None] * eb[..., -1:]  # e^{b_c}: every step
+        # dL/d(exponent) of (QKᵀ ⊙ D)_ij and of A_ij = β_i (KKᵀ)_ij D_ij
+        pair = dQK_raw.mul_(QK).addcmul_(MKK, beta[..., :, None], value=-1.0)
+        dg = revcumsum(r, -1) + prefix_excl(s, -1) + dgam + pairwise_decay_grad(pair, dim=-1)
+    for i, (x, out) in enumerate(zip((dq, dk, dv, dbeta, dg), outs)):
+        if out is not None:
+            from_chunks(x, T, out.dtype, scale if i == 0 else None, out=out)
+    return dS0
+
+
 
 
 def chunk_delta_rule(
@@ -196,13 +201,7 @@ def chunk_delta_rule(
         return v.new_zeros(B, 0, H, V, dtype=q.dtype), (S if output_final_state else None)
     C = min(chunk_size, T)
     S = None if initial_state is None else initial_state.to(ct)
-    # long sequences: cache-sized segments, the state carried over (split, not slicing: the
-    # backward of a slice would allocate a zero gradient of the whole sequence per segment)
-    sizes = [hi - lo for lo, hi in segments(T, C, B * H, max(K, V))]
-    parts = zip(*(x.split(sizes, 1) if x is not None else [None] * len(sizes) for x in (q, k, v, beta, g)))
-    outs = []
-    for qs, ks, vs, bs, gs in parts:
-        o, S = _ChunkDelta.apply(qs, ks, vs, bs, gs, S, scale, C, ct)
-        outs.append(o)
-    o = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
+    sizes = [hi - lo for lo, hi in segments(T, C, B * H, max(K, V))]  # cache-sized segments
+    o, S = SegmentedScan.apply(partial(_segment_forward, scale=scale, C=C, ct=ct), _segment_backward, S, sizes, V,
+                               q, k, v, beta, g)
     return o, (S if output_final_state else None)

@@ -44,6 +44,8 @@ and float64 for float64 inputs.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from attnzoo.ops.linear.api import check_gla_inputs
@@ -56,7 +58,7 @@ from attnzoo.ops.linear.chunk_intra import (
     vector_intra_backward,
     vector_intra_forward,
 )
-from attnzoo.ops.linear.chunk_layout import from_chunks, segments, to_chunks
+from attnzoo.ops.linear.chunk_layout import SegmentedScan, from_chunks, segments, to_chunks
 from attnzoo.ops.linear.chunk_vector import assembled_plan, vector_backward, vector_forward
 from attnzoo.ops.linear.reference import compute_dtype
 
@@ -86,44 +88,10 @@ def _combined_log_gate(g, g_gamma, shape, ct):
     return gl
 
 
-class _Segment:
-    """What one segment's forward keeps for its backward."""
-
-    def save_for_backward(self, *tensors):
-        self.saved_tensors = tensors
-
-
-class _ChunkGLA(torch.autograd.Function):
-    """q, k [B, T, H, K]; v [B, T, H, V]; gate [B, T, H] or [B, T, H, K] in the compute dtype ct,
-    or None; S0 [B, H, K, V] in ct or None -> (o [B, T, H, V] in q's dtype, final state in ct).
-    The sequence runs as segments of `sizes` steps (state carried over); outputs and gradients are
-    written into whole-sequence tensors (no concatenation)."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, gate, S0, scale, C, ct, sizes):
-        B, T, H, _ = q.shape
-        o = torch.empty(B, T, H, v.shape[-1], dtype=q.dtype, device=q.device)
-        ctx.segs, ctx.has_S0, S, lo = [], S0 is not None, S0, 0
-        for n in sizes:
-            seg = _Segment()
-            S = _segment_forward(seg, q[:, lo:lo + n], k[:, lo:lo + n], v[:, lo:lo + n],
-                                 None if gate is None else gate[:, lo:lo + n], S, scale, C, ct, o[:, lo:lo + n])
-            ctx.segs.append((lo, n, seg))
-            lo += n
-        ctx.meta_all = [(x.shape, x.dtype) if x is not None else None for x in (q, k, v, gate)]
-        return o, S
-
-    @staticmethod
-    def backward(ctx, do, dS):
-        grads = [None if m is None else torch.empty(m[0], dtype=m[1], device=do.device) for m in ctx.meta_all]
-        for lo, n, seg in reversed(ctx.segs):
-            dS = _segment_backward(seg, do[:, lo:lo + n], dS, [None if x is None else x[:, lo:lo + n] for x in grads])
-        return (*grads, (dS if ctx.has_S0 else None), None, None, None, None)
-
-
-def _segment_forward(ctx, q_in_, k_in_, v_in_, gate, S0, scale, C, ct, o_out):
+def _segment_forward(ctx, inputs, S0, o_out, scale, C, ct):
     """One segment: chunks [B, H, N, C, ...] in ct, q times scale; o written into o_out, returns
     the final state; what the backward needs goes into ctx (a _Segment)."""
+    q_in_, k_in_, v_in_, gate = inputs
     T = q_in_.shape[1]
     N = -(-T // C)
     ctx.meta = (T, scale, q_in_.dtype, k_in_.dtype, v_in_.dtype)
@@ -241,5 +209,6 @@ def chunk_gated_linear_attention(
     S = None if initial_state is None else initial_state.to(ct)
     B, _, H, K = q.shape
     sizes = [hi - lo for lo, hi in segments(T, C, B * H, max(K, v.shape[-1]))]  # cache-sized segments
-    o, S = _ChunkGLA.apply(q, k, v, gate, S, scale, C, ct, sizes)
+    o, S = SegmentedScan.apply(partial(_segment_forward, scale=scale, C=C, ct=ct), _segment_backward, S, sizes,
+                               v.shape[-1], q, k, v, gate)
     return o, (S if output_final_state else None)

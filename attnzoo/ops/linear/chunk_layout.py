@@ -52,3 +52,43 @@ def segments(T: int, C: int, batch_heads: int, width: int) -> list[tuple[int, in
     SEGMENT_ELEMENTS / (batch_heads · width) steps each (at least one chunk)."""
     seg = max(C, SEGMENT_ELEMENTS // max(1, batch_heads * width) // C * C)
     return [(s, min(s + seg, T)) for s in range(0, T, seg)]
+
+
+class _Segment:
+    """What one segment's forward keeps for its backward (the ctx of a per-segment pass)."""
+
+    def save_for_backward(self, *tensors):
+        self.saved_tensors = tensors
+
+
+class SegmentedScan(torch.autograd.Function):
+    """A chunked recurrent op run over consecutive segments of the sequence, the state carried from
+    one to the next, as one autograd node: outputs and input gradients are written straight into
+    whole-sequence tensors (no concatenation, no per-segment zero-filled slice gradients).
+
+        o, S = SegmentedScan.apply(seg_forward, seg_backward, S0, sizes, V, *inputs)
+
+    inputs: tensors [B, T, H, ...] (or None); sizes: segment lengths summing to T; V: width of o.
+    seg_forward(seg, inputs_slices, S, o_slice) -> S writes o_slice and stores what it needs on seg;
+    seg_backward(seg, do_slice, dS, grad_slices) -> dS_entering writes the inputs' gradients into
+    grad_slices (None for a None input)."""
+
+    @staticmethod
+    def forward(ctx, seg_forward, seg_backward, S0, sizes, V, *inputs):
+        B, T, H = inputs[0].shape[:3]
+        o = torch.empty(B, T, H, V, dtype=inputs[0].dtype, device=inputs[0].device)
+        ctx.segs, ctx.has_S0, ctx.seg_backward, S, lo = [], S0 is not None, seg_backward, S0, 0
+        for n in sizes:
+            seg = _Segment()
+            S = seg_forward(seg, [None if x is None else x[:, lo:lo + n] for x in inputs], S, o[:, lo:lo + n])
+            ctx.segs.append((lo, n, seg))
+            lo += n
+        ctx.meta_all = [None if x is None else (x.shape, x.dtype) for x in inputs]
+        return o, S
+
+    @staticmethod
+    def backward(ctx, do, dS):
+        grads = [None if m is None else torch.empty(m[0], dtype=m[1], device=do.device) for m in ctx.meta_all]
+        for lo, n, seg in reversed(ctx.segs):
+            dS = ctx.seg_backward(seg, do[:, lo:lo + n], dS, [None if x is None else x[:, lo:lo + n] for x in grads])
+        return (None, None, dS if ctx.has_S0 else None, None, None, *grads)
