@@ -21,7 +21,7 @@ from dataclasses import asdict
 import torch
 
 from attnzoo.bench.zoo_presets import ZooPreset
-from attnzoo.bench.zoo_schedule import budget_costs, longest_first, probe_step_seconds, run_cap
+from attnzoo.bench.zoo_schedule import SweepBudget, probe_step_seconds
 from attnzoo.registry import get_card, list_mixers
 
 RESULTS = "results.jsonl"
@@ -206,10 +206,11 @@ def run_zoo(*, preset: ZooPreset, out: str, mixers: list[str] | None = None, tas
     """Run the sweep; return every record in <out>/results.jsonl.
 
     max_runs stops after that many new runs (what a kill does, for tests). on_step(step, loss) is
-    passed to every run (in-process runs only, workers=1). Every run gets the same number of
-    steps (preset.steps, early stop at the target); the runs go longest first (each model's step
-    is timed once); a wall-clock cap, the unused budget shared by the unfinished runs, stops a run
-    only when the machine is too slow for the sweep's budget (zoo_schedule.py)."""
+    passed to every run (in-process runs only, workers=1). Each model's training step is timed
+    once (the probe); the runs go longest first; every run gets the same number of steps,
+    preset.steps or fewer if the probes say that would not fit in total_seconds (early stop at
+    the target); a wall-clock cap, the unused budget shared by the unfinished runs, cuts a run
+    only when the machine turns out slower than probed (zoo_schedule.py)."""
     from attnzoo.bench.zoo_progress import ZooProgress
     from attnzoo.bench.zoo_report import write_report
 
@@ -226,7 +227,7 @@ def run_zoo(*, preset: ZooPreset, out: str, mixers: list[str] | None = None, tas
     _check_settings(pending)
     workers = max(1, min(workers or default_workers(device, preset), max(1, len(pending))))
 
-    budget = _Budget(preset, workers, t_start)
+    budget = SweepBudget(preset, workers, t_start)
 
     n_runs = len(pending) if max_runs is None else min(max_runs, len(pending))
     with ZooProgress(total=n_runs, quiet=quiet) as prog:
@@ -234,6 +235,7 @@ def run_zoo(*, preset: ZooPreset, out: str, mixers: list[str] | None = None, tas
             if threads:
                 torch.set_num_threads(threads)
             pending = budget.order(pending, [probe_step_seconds(s, preset, device) for s in pending], max_runs)
+            preset = budget.preset                  # its steps: what fits the budget, the same for every run
             for i, spec in enumerate(pending):
                 per_run = budget.start(i)
                 prog.start_run(i, spec, preset.steps)
@@ -246,40 +248,13 @@ def run_zoo(*, preset: ZooPreset, out: str, mixers: list[str] | None = None, tas
                 rec = run_one(spec, preset, device=device, max_seconds=per_run, on_step=step_cb,
                               on_eval=lambda s, lo, a, i=i: prog.eval(i, s, lo, a))
                 budget.finish(i)
-                append_result(path, rec)
+                append_result(path, dict(rec, probe_ms=budget.probe_ms(i)))
                 prog.finish_run(i, rec)
         else:
             _run_parallel(pending, preset, device, workers, threads, path, prog, budget, max_runs)
     records = read_results(path)
     write_report(records, out, quiet=quiet)
     return records
-
-
-class _Budget:
-    """The sweep's runs in schedule order with their expected seconds, and the caps they get."""
-
-    def __init__(self, preset: ZooPreset, workers: int, t_start: float):
-        self.preset, self.workers, self.t_start = preset, workers, t_start
-        self.expected: list[float] = []
-        self.started: dict[int, float] = {}
-
-    def order(self, specs: list[dict], probe_seconds: list[float], max_runs: int | None) -> list[dict]:
-        cost = dict(zip(map(id, specs), budget_costs(probe_seconds)))
-        specs = longest_first(specs, probe_seconds)[:max_runs]
-        self.expected = [cost[id(s)] * self.preset.steps for s in specs]
-        return specs
-
-    def start(self, key: int) -> float | None:
-        now = time.perf_counter()
-        left = sum(max(0.0, self.expected[k] - (now - t)) for k, t in self.started.items())
-        self.started[key] = now
-        return run_cap(total_seconds=self.preset.total_seconds, run_seconds=self.preset.run_seconds,
-                       elapsed=now - self.t_start, workers=self.workers, cost=self.expected[key],
-                       queued_cost=sum(self.expected[key + 1:]), running_left=left,
-                       initial_cost=max(sum(self.expected), 1e-12))
-
-    def finish(self, key: int):
-        self.started.pop(key, None)
 
 
 def _run_parallel(pending, preset, device, workers, threads, path, prog, budget, max_runs):
@@ -294,6 +269,7 @@ def _run_parallel(pending, preset, device, workers, threads, path, prog, budget,
         costs = list(pool.map(probe_step_seconds, pending, [preset] * len(pending), [device] * len(pending),
                               [threads] * len(pending)))
         pending[:] = budget.order(pending, costs, max_runs)
+        preset = budget.preset                      # its steps: what fits the budget, the same for every run
         todo = list(enumerate(pending))
         running = {}
 
@@ -324,7 +300,7 @@ def _run_parallel(pending, preset, device, workers, threads, path, prog, budget,
                     key = running.pop(fut)
                     budget.finish(key)
                     rec = fut.result()
-                    append_result(path, rec)
+                    append_result(path, dict(rec, probe_ms=budget.probe_ms(key)))
                     prog.finish_run(key, rec)
         except BaseException:
             for fut in running:

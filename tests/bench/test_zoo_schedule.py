@@ -49,13 +49,26 @@ def test_sweep_runs_longest_first_and_records_its_budget(tmp_path, monkeypatch):
     assert "Budget: equal steps. Every run trains up to 3 steps" in leaderboard_markdown(recs)
 
 
-def test_a_too_slow_machine_cuts_runs_by_time_and_the_leaderboard_marks_them(tmp_path):
-    slow = replace(TINY, steps=100_000, eval_every=1000, total_seconds=0.6, lrs=(1e-3,))
-    recs = run_zoo(preset=slow, out=str(tmp_path), mixers=["softmax", "sliding_window"], quiet=True, workers=1)
-    assert all(r["stopped"] == "time" and 0 < r["steps"] < 100_000 for r in recs)
-    md = (tmp_path / "leaderboard.md").read_text()
-    assert md.count("†)") == 2 and "lower bound" in md
+def test_steps_shrink_to_fit_the_budget_equally_for_all_runs(tmp_path, monkeypatch):
+    cost = {"softmax": 0.002, "sliding_window": 0.004}
+    monkeypatch.setattr(zoo_mod, "probe_step_seconds", lambda spec, preset, device: cost[spec["mixer"]])
+    fit = replace(TINY, steps=100_000, eval_every=1000, total_seconds=0.8)
+    recs = run_zoo(preset=fit, out=str(tmp_path), mixers=list(cost), quiet=True, workers=1)
+    # 0.8 s / (0.006 s * CONTENTION) ~ 98 steps each, not 100_000 and not a time cut
+    steps = {r["max_steps"] for r in recs}
+    assert len(steps) == 1 and 50 < steps.pop() < 100
+    assert all(r["probe_ms"] == 1e3 * cost[r["mixer"]] for r in recs)
     assert read_results(str(tmp_path / "results.jsonl")) == recs
+
+
+def test_leaderboard_marks_runs_cut_by_the_wall_clock_cap():
+    base = {"task": "mqar", "d_model": 16, "seq_len": 16, "num_pairs": 2, "vocab_size": 32, "lr": 1e-3,
+            "state_bytes": 100, "machine": "x", "max_steps": 300, "target_accuracy": 0.99, "seconds": 5.0}
+    recs = [dict(base, mixer="fast", accuracy=0.99, steps=120, stopped="target"),
+            dict(base, mixer="slow", accuracy=0.4, steps=170, stopped="time")]
+    md = leaderboard_markdown(recs)
+    assert "0.990 (0.001, 120) |" in md and "0.400 (0.001, 170†) |" in md and "lower bound" in md
+    assert "up to 300 steps" in md and "reaches 0.99" in md
 
 
 def test_probe_times_a_step_and_reports_a_broken_model_as_inf():
