@@ -105,9 +105,10 @@ def run_cap(*, total_seconds: float | None, run_seconds: float | None, elapsed: 
     return share if run_seconds is None else min(run_seconds, share)
 
 
-# A zoo step costs more than its probe: an evaluation every eval_every steps, and two runs at once
-# sharing caches and memory bandwidth. Measured on the 2-core CPU (quick preset, 22 mixers): 1.31.
-CONTENTION = 1.35
+# A zoo step costs a little more than its probe: an evaluation every eval_every steps (~3% in the
+# quick preset) and run-to-run noise. Measured on the 2-core CPU, probes taken two at a time as the
+# runs are: in-run ms/step over probe ms between 0.75 and 1.42, mean ~1.05.
+CONTENTION = 1.1
 
 
 class SweepBudget:
