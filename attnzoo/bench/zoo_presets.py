@@ -1,9 +1,11 @@
 """Presets of the zoo sweep: which (T, pairs), vocabulary, widths, learning rates and budgets.
 
-quick     a 2-core CPU, all registered causal mixers in under 10 minutes: one small MQAR setting
-          (T=64, 4 pairs, vocab 128), d_model 64, lr 3e-3; one single-threaded run per core; the
-          sweep's 420 s budget is split evenly over the runs when it starts (each run's steps are
-          set by time and recorded). Measured on the shared 2-core CPU: 22 mixers in 7m21s.
+quick     a 2-core CPU, all registered causal mixers in about 10 minutes: one small MQAR setting
+          (T=64, 4 pairs, vocab 128), d_model 64, lr 3e-3, batch 64; one single-threaded run per
+          core; mixers at Zoology-like sizes (QUICK_MIXER_KWARGS: one head for full attention)
+          rather than their cards' conformance sizes. Equal steps for every mixer: 600, or as many
+          as the probed step times fit in 570 s, but at least 300 (zoo_schedule.py); early stop at
+          0.99. Measured: see benchmarks/results/zoo_quick_cpu/ and the commit that wrote it.
 standard  one GPU in about 5 minutes: two settings, two widths, two learning rates, eight runs
           at once on the GPU (each tiny model leaves it mostly idle).
 paper     Zoology Figure 2 (Arora et al. 2023, arXiv:2312.04927): (T, pairs) = (64,4), (128,8),
@@ -35,6 +37,7 @@ class ZooPreset:
     warmup_steps: int = 20
     total_seconds: float | None = None     # wall-clock budget of the whole sweep (None: none)
     run_seconds: float | None = None       # cap per run (None: none)
+    min_steps: int = 1                      # steps every run gets even when total_seconds is too short
     workers: int = 8                        # runs at once on CUDA (processes); on a CPU one per core
     seed: int = 0
     mixer_kwargs: dict | None = None        # per mixer name: constructor kwargs over the card's example_kwargs
@@ -60,7 +63,7 @@ QUICK_MIXER_KWARGS = {
 PRESETS = {
     "quick": ZooPreset(
         name="quick", grid=((64, 4),), vocab_size=128, d_models=(64,), lrs=(3e-3,), num_train=20_000,
-        num_test=256, batch_size=64, steps=600, eval_every=50, total_seconds=540.0,
+        num_test=256, batch_size=64, steps=600, min_steps=300, eval_every=50, total_seconds=570.0,
         mixer_kwargs=QUICK_MIXER_KWARGS,
     ),
     "standard": ZooPreset(

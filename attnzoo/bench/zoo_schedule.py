@@ -6,13 +6,15 @@ by a wall-clock cap only as a safety net on a machine too slow for the sweep's b
 mixer gets as many steps as a fast one and does not look worse for being slow.
 
 - probe_step_seconds(spec, preset, device): seconds of one training step of that run's model
-  (one warm-up step, then the best of two timed ones), used only to order the runs;
+  (one warm-up step, then the median of three timed ones), to order the runs and size the steps;
 - longest_first(specs, costs): the runs in decreasing expected time (cost x steps), so the
   slowest mixers start at once and the last runs to finish are short (LPT scheduling: with W
   workers the sweep ends at most one short run after the busiest worker);
 - SweepBudget.order(...): the runs longest first, and the number of steps every run gets:
   preset.steps, or fewer when the probed step times say that preset.steps would not fit in
-  the sweep's wall budget (the same number for all runs, so the cosine schedule still ends);
+  the sweep's wall budget (the same number for all runs, so the cosine schedule still ends),
+  but never fewer than preset.min_steps: on a slow or busy machine the sweep then takes longer
+  than total_seconds rather than train too little to rank anything;
 - run_cap(...): the cap of a run being started = what is left of the sweep's wall budget, times
   the workers, shared among the work not done yet (itself, the runs queued, what the running
   ones have left) in proportion to expected time. A run that stops early (target reached)
@@ -45,8 +47,8 @@ def probe_step_seconds(spec: dict, preset, device: str = "cpu", threads: int | N
         x, y = (t.to(device) for t in data.train)
         lm = build_model(spec, preset).to(device)
         opt = build_optimizer(lm, name="adamw", lr=1e-4, weight_decay=0.0)
-        best = float("inf")
-        for i in range(3):
+        times = []
+        for i in range(4):
             if device != "cpu" and torch.cuda.is_available():
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
@@ -58,8 +60,8 @@ def probe_step_seconds(spec: dict, preset, device: str = "cpu", threads: int | N
             if device != "cpu" and torch.cuda.is_available():
                 torch.cuda.synchronize()
             if i:
-                best = min(best, time.perf_counter() - t0)
-        return best
+                times.append(time.perf_counter() - t0)
+        return sorted(times)[1]
     except Exception:  # noqa: BLE001 -- a broken mixer is reported by its run, not by the probe
         return float("inf")
 
@@ -105,10 +107,12 @@ def run_cap(*, total_seconds: float | None, run_seconds: float | None, elapsed: 
     return share if run_seconds is None else min(run_seconds, share)
 
 
-# A zoo step costs a little more than its probe: an evaluation every eval_every steps (~3% in the
-# quick preset) and run-to-run noise. Measured on the 2-core CPU, probes taken two at a time as the
-# runs are: in-run ms/step over probe ms between 0.75 and 1.42, mean ~1.05.
-CONTENTION = 1.1
+# A zoo step costs more than its probe: an evaluation every eval_every steps (~3% in the quick
+# preset), the allocator's growth over a long run (some chunked ops reach GBs of RSS at B=64, T=64)
+# and other jobs on the machine. Measured on the shared 2-core CPU, probes taken two at a time as
+# the runs are: in-run ms/step over probe ms from 0.75 to 1.76, mean ~1.05 in one sweep, ~1.4 in
+# another under heavier load.
+CONTENTION = 1.25
 
 
 class SweepBudget:
@@ -116,12 +120,14 @@ class SweepBudget:
 
     def __init__(self, preset, workers: int, t_start: float):
         self.preset, self.workers, self.t_start = preset, workers, t_start
+        self.total_seconds = preset.total_seconds
         self.expected: list[float] = []
         self.probes: list[float] = []
         self.started: dict[int, float] = {}
 
     def order(self, specs: list[dict], probe_seconds: list[float], max_runs: int | None) -> list[dict]:
-        """The runs longest first (at most max_runs); sets self.preset.steps to what fits."""
+        """The runs longest first (at most max_runs); sets self.preset.steps to what fits, but no
+        fewer than preset.min_steps: then the wall budget grows to what those steps need."""
         cost = dict(zip(map(id, specs), budget_costs(probe_seconds)))
         probe = dict(zip(map(id, specs), probe_seconds))
         specs = longest_first(specs, probe_seconds)[:max_runs]
@@ -131,7 +137,10 @@ class SweepBudget:
         if total is not None and specs:
             left = total - (time.perf_counter() - self.t_start)
             fit = math.floor(max(0.0, left) * self.workers / max(sum(per_step), 1e-12))
-            self.preset = replace(self.preset, steps=max(1, min(self.preset.steps, fit)))
+            steps = max(1, self.preset.min_steps, min(self.preset.steps, fit))
+            self.preset = replace(self.preset, steps=steps)
+            if steps > fit:
+                self.total_seconds = total - left + sum(per_step) * steps / self.workers
         self.expected = [c * self.preset.steps for c in per_step]
         return specs
 
@@ -143,7 +152,7 @@ class SweepBudget:
         now = time.perf_counter()
         left = sum(max(0.0, self.expected[k] - (now - t)) for k, t in self.started.items())
         self.started[key] = now
-        return run_cap(total_seconds=self.preset.total_seconds, run_seconds=self.preset.run_seconds,
+        return run_cap(total_seconds=self.total_seconds, run_seconds=self.preset.run_seconds,
                        elapsed=now - self.t_start, workers=self.workers, cost=self.expected[key],
                        queued_cost=sum(self.expected[key + 1:]), running_left=left,
                        initial_cost=max(sum(self.expected), 1e-12))
