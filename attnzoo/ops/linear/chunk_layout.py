@@ -89,6 +89,9 @@ class SegmentedScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do, dS):
         grads = [None if m is None else torch.empty(m[0], dtype=m[1], device=do.device) for m in ctx.meta_all]
-        for lo, n, seg in reversed(ctx.segs):
+        # the segments hold plain references (not save_for_backward), which can close a cycle through
+        # this node's outputs: drop them here so the graph's memory is freed after the backward
+        segs, ctx.segs = ctx.segs, None
+        for lo, n, seg in reversed(segs):
             dS = ctx.seg_backward(seg, do[:, lo:lo + n], dS, [None if x is None else x[:, lo:lo + n] for x in grads])
         return (None, None, dS if ctx.has_S0 else None, None, None, *grads)
