@@ -15,6 +15,7 @@ import json
 import math
 import os
 import platform
+import sys
 import time
 from dataclasses import asdict
 
@@ -186,6 +187,8 @@ class _Reporter:
 def _worker(spec: dict, preset_dict: dict, device: str, max_seconds, threads, queue, key):
     if threads:
         torch.set_num_threads(threads)
+    if os.environ.get("ATTNZOO_ZOO_KILL_WORKER") == spec["mixer"]:     # tests: a worker killed (OOM killer)
+        os._exit(1)
     rep = _Reporter(queue, key)
     queue.put((key, "start"))
     return run_one(spec, ZooPreset(**preset_dict), device=device, max_seconds=max_seconds, on_step=rep.step,
@@ -262,16 +265,31 @@ def _run_parallel(pending, preset, device, workers, threads, path, prog, budget,
     import queue as queue_mod
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
+    from concurrent.futures.process import BrokenProcessPool
+
     ctx = mp.get_context("spawn")
     threads = threads or max(1, (os.cpu_count() or 1) // workers)     # no oversubscription of the cores
-    with ctx.Manager() as manager, ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    # A fresh process per task: some chunked ops leave a process with GBs of fragmented heap that
+    # makes the next model's steps many times slower (and ran a worker out of memory at 18 GB).
+    fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
+
+    def new_pool():
+        return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, **fresh)
+
+    pool = new_pool()
+    with ctx.Manager() as manager:
         events = manager.Queue()
-        costs = list(pool.map(probe_step_seconds, pending, [preset] * len(pending), [device] * len(pending),
-                              [threads] * len(pending)))
+        shares = [pending[w::workers] for w in range(workers)]
+        probed = list(pool.map(_probe_many, shares, [preset] * workers, [device] * workers, [threads] * workers))
+        costs = [0.0] * len(pending)
+        for w, c in enumerate(probed):
+            costs[w::workers] = c
         pending[:] = budget.order(pending, costs, max_runs)
         preset = budget.preset                      # its steps: what fits the budget, the same for every run
         todo = list(enumerate(pending))
         running = {}
+        broken: dict[int, int] = {}
+        pool_broken = False
 
         def drain():
             while True:
@@ -289,7 +307,7 @@ def _run_parallel(pending, preset, device, workers, threads, path, prog, budget,
 
         try:
             while todo or running:
-                while todo and len(running) < workers:
+                while todo and len(running) < workers and not pool_broken:
                     key, spec = todo.pop(0)
                     per_run = budget.start(key)
                     fut = pool.submit(_worker, spec, asdict(preset), device, per_run, threads, events, key)
@@ -299,10 +317,32 @@ def _run_parallel(pending, preset, device, workers, threads, path, prog, budget,
                 for fut in finished:
                     key = running.pop(fut)
                     budget.finish(key)
-                    rec = fut.result()
+                    try:
+                        rec = fut.result()
+                    except BrokenProcessPool:
+                        pool_broken = True
+                        # a worker died (killed, e.g. out of memory): every run in flight fails with
+                        # this; each gets one more try in a new pool, then is recorded as an error
+                        broken[key] = broken.get(key, 0) + 1
+                        if broken[key] < 2:
+                            todo.insert(0, (key, pending[key]))
+                            continue
+                        rec = dict(pending[key], preset=preset.name, machine=machine_line(device), accuracy=None,
+                                   steps=0, stopped="error", seconds=0.0, max_steps=preset.steps,
+                                   error="BrokenProcessPool: the worker process died (killed, out of memory?)")
                     append_result(path, dict(rec, probe_ms=budget.probe_ms(key)))
                     prog.finish_run(key, rec)
+                if pool_broken and not running:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    pool, pool_broken = new_pool(), False
         except BaseException:
             for fut in running:
                 fut.cancel()
             raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _probe_many(specs: list[dict], preset: ZooPreset, device: str, threads) -> list[float]:
+    """Probe step times of several runs in one worker (one process start for all of them)."""
+    return [probe_step_seconds(s, preset, device, threads) for s in specs]
