@@ -308,6 +308,8 @@ def _run_parallel(pending, preset, device, workers, threads, path, prog, budget,
         try:
             while todo or running:
                 while todo and len(running) < workers and not pool_broken:
+                    if (todo[0][0] in broken and running) or any(running[f] in broken for f in running):
+                        break                   # a run retried after a dead worker runs alone
                     key, spec = todo.pop(0)
                     per_run = budget.start(key)
                     fut = pool.submit(_worker, spec, asdict(preset), device, per_run, threads, events, key)
@@ -322,7 +324,8 @@ def _run_parallel(pending, preset, device, workers, threads, path, prog, budget,
                     except BrokenProcessPool:
                         pool_broken = True
                         # a worker died (killed, e.g. out of memory): every run in flight fails with
-                        # this; each gets one more try in a new pool, then is recorded as an error
+                        # this; each is retried alone in a new pool, and recorded as an error if it
+                        # breaks the pool again
                         broken[key] = broken.get(key, 0) + 1
                         if broken[key] < 2:
                             todo.insert(0, (key, pending[key]))

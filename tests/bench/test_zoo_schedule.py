@@ -99,3 +99,12 @@ def test_quick_preset_overrides_name_registered_mixers_and_build():
         lm = build_model({"mixer": name, "d_model": quick.d_models[0], "vocab_size": quick.vocab_size,
                           "seq_len": quick.grid[0][0]}, quick)
         assert lm.state_bytes(quick.grid[0][0]) > 0
+
+
+def test_a_killed_worker_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATTNZOO_ZOO_KILL_WORKER", "sliding_window")      # the worker dies as if OOM-killed
+    recs = run_zoo(preset=TINY, out=str(tmp_path), mixers=["softmax", "sliding_window"], quiet=True, workers=2,
+                   threads=1)
+    by = {r["mixer"]: r for r in recs}
+    assert len(recs) == 2 and by["softmax"]["accuracy"] is not None and by["softmax"]["steps"] == 3
+    assert by["sliding_window"]["accuracy"] is None and "worker process died" in by["sliding_window"]["error"]
