@@ -269,8 +269,9 @@ def _run_parallel(pending, preset, device, workers, threads, path, prog, budget,
 
     ctx = mp.get_context("spawn")
     threads = threads or max(1, (os.cpu_count() or 1) // workers)     # no oversubscription of the cores
-    # A fresh process per task: some chunked ops leave a process with GBs of fragmented heap that
-    # makes the next model's steps many times slower (and ran a worker out of memory at 18 GB).
+    # A fresh process per task (~2 s each): a mixer that leaks or bloats memory (the chunked GLA /
+    # delta ops leaked each step's graph until 6bd237a: later runs in that worker ran 10-40x slower
+    # and one was OOM-killed at 18 GB) then cannot slow down or kill the runs after it.
     fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
 
     def new_pool():
