@@ -40,14 +40,25 @@ class ChunkTables:
     n_chunks: int
 
 
+# Tables of regular batches, by (tokens, batch, device): building them costs ~6 small launches
+# (~0.7 ms of host time per call on the H200, measured), the kernels only read them.
+_REGULAR_TABLES: dict = {}
+
+
 def make_tables(n_tok: int, batch: int, cu_seqlens: torch.Tensor | None, device) -> ChunkTables:
     i32 = dict(dtype=torch.int32, device=device)
     if cu_seqlens is None:
-        T = n_tok // batch
-        nt = triton.cdiv(T, BT)
-        ar = torch.arange(batch * nt, **i32)
-        return ChunkTables(torch.arange(batch + 1, **i32) * T, ar // nt, ar % nt,
-                           torch.arange(batch + 1, **i32) * nt, batch, batch * nt)
+        key = (n_tok, batch, str(device))
+        tab = _REGULAR_TABLES.get(key)
+        if tab is None:
+            if len(_REGULAR_TABLES) >= 64:
+                _REGULAR_TABLES.clear()
+            T = n_tok // batch
+            nt = triton.cdiv(T, BT)
+            ar = torch.arange(batch * nt, **i32)
+            tab = _REGULAR_TABLES[key] = ChunkTables(torch.arange(batch + 1, **i32) * T, ar // nt, ar % nt,
+                                                     torch.arange(batch + 1, **i32) * nt, batch, batch * nt)
+        return tab
     cu = cu_seqlens.to(torch.int64).cpu()
     nts = [triton.cdiv(int(b - a), BT) for a, b in zip(cu[:-1].tolist(), cu[1:].tolist())]
     n_chunks = sum(nts)
