@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 
 import torch
@@ -37,3 +39,29 @@ def resolve_impl(impl: str, *tensors: torch.Tensor, triton_supported: bool = Fal
     if on_cuda and triton_supported and triton_available():
         return "triton"
     return "torch"
+
+
+def autocast_off(*tensors):
+    """Context manager: autocast disabled on the device of the first tensor given (None skipped).
+
+    An op computes in its own stated precision whatever the caller's autocast: under
+    `torch.autocast` a matmul inside a float32 op would otherwise be run in bf16, or mix a bf16
+    result into a float32 buffer (an error for in-place and out= calls). The op's entry point and
+    a hand-written backward (called inside or outside an autocast region) run under this; inputs
+    keep the dtypes they came with, so a Triton kernel still receives bf16 activations.
+    """
+    device = next((t.device.type for t in tensors if isinstance(t, torch.Tensor)), "cpu")
+    if not torch.amp.is_autocast_available(device):  # e.g. meta tensors: no autocast to turn off
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device, enabled=False)
+
+
+def without_autocast(fn):
+    """Decorator: run `fn` under `autocast_off` of its tensor arguments (see there)."""
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with autocast_off(*args, *kwargs.values()):
+            return fn(*args, **kwargs)
+
+    return wrapped

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from attnzoo.ops.conv.short import last_real_inputs, previous_inputs, real_tokens_first, restore_token_order
+from attnzoo.ops.dispatch import without_autocast
 
 DIRECT_MAX_T = 64
 IMPLS = ("auto", "fft", "direct")
@@ -83,6 +84,7 @@ def conv1d_causal_conv(x: torch.Tensor, kernel: torch.Tensor, *, n_out: int | No
     return y.to(x.dtype)
 
 
+@without_autocast  # float32 (float64) as stated, whatever the caller's autocast
 def causal_long_conv(x: torch.Tensor, kernel: torch.Tensor, *, impl: str = "auto", n_out: int | None = None):
     """Dispatch: "direct" (F.conv1d), "fft", or "auto" (direct while T <= DIRECT_MAX_T). Last n_out outputs."""
     if impl not in IMPLS:

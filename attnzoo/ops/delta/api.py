@@ -12,7 +12,7 @@ float64 inputs).
 
 from __future__ import annotations
 
-from attnzoo.ops.dispatch import resolve_impl
+from attnzoo.ops.dispatch import resolve_impl, without_autocast
 
 
 def check_delta_inputs(q, k, v, beta, g, initial_state):
@@ -31,6 +31,7 @@ def check_delta_inputs(q, k, v, beta, g, initial_state):
         raise ValueError(f"initial_state must be [B, H, K, V] = {(B, H, K, V)}, got {tuple(initial_state.shape)}")
 
 
+@without_autocast  # computes in float32 (the state) whatever the caller's autocast
 def delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None, output_final_state=False, impl="auto"):
     check_delta_inputs(q, k, v, beta, g, initial_state)
     scale = q.shape[-1] ** -0.5 if scale is None else scale

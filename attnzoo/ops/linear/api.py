@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from attnzoo.ops.dispatch import resolve_impl
+from attnzoo.ops.dispatch import resolve_impl, without_autocast
 
 NORMALIZE_EPS = 1e-6
 
@@ -41,6 +41,7 @@ def check_gla_inputs(q, k, v, g, g_gamma, initial_state, normalize):
         raise ValueError(f"initial_state must be [B, H, K, V] = {(B, H, K, V)}, got {tuple(initial_state.shape)}")
 
 
+@without_autocast  # computes in float32 (the state) whatever the caller's autocast
 def gated_linear_attention(
     q, k, v, g=None, *, g_gamma=None, scale=None, initial_state=None, output_final_state=False,
     normalize=False, impl="auto",

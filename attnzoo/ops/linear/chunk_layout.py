@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from attnzoo.ops.dispatch import autocast_off
+
 
 def to_chunks(x, N: int, C: int, dtype, scale=None):
     """x [B, T, H, ...] -> [B, H, N, C, ...] contiguous in dtype, zero-padded along T to N·C,
@@ -92,6 +94,8 @@ class SegmentedScan(torch.autograd.Function):
         # the segments hold plain references (not save_for_backward), which can close a cycle through
         # this node's outputs: drop them here so the graph's memory is freed after the backward
         segs, ctx.segs = ctx.segs, None
-        for lo, n, seg in reversed(segs):
-            dS = ctx.seg_backward(seg, do[:, lo:lo + n], dS, [None if x is None else x[:, lo:lo + n] for x in grads])
+        with autocast_off(do):  # backward may run inside the caller's autocast region: keep the op's precision
+            for lo, n, seg in reversed(segs):
+                grad_slices = [None if x is None else x[:, lo:lo + n] for x in grads]
+                dS = ctx.seg_backward(seg, do[:, lo:lo + n], dS, grad_slices)
         return (None, None, dS if ctx.has_S0 else None, None, None, *grads)

@@ -17,7 +17,7 @@ impl: "reference" (loop over time), "torch" (chunked scan, chunk_size steps per 
 
 from __future__ import annotations
 
-from attnzoo.ops.dispatch import resolve_impl
+from attnzoo.ops.dispatch import resolve_impl, without_autocast
 
 
 def check_scan_inputs(u, delta, A, B, C, D, initial_state):
@@ -36,6 +36,7 @@ def check_scan_inputs(u, delta, A, B, C, D, initial_state):
         raise ValueError(f"initial_state must be [B, D, N] = {(Bsz, Dm, N)}, got {tuple(initial_state.shape)}")
 
 
+@without_autocast  # computes in float32 (the state) whatever the caller's autocast
 def selective_scan(u, delta, A, B, C, D=None, *, initial_state=None, output_final_state=False, impl="auto",
                    chunk_size=None):
     check_scan_inputs(u, delta, A, B, C, D, initial_state)
