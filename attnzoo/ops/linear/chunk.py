@@ -24,14 +24,16 @@ cumulative log gate from the chunk start, and with S_0 the state entering the ch
     S_C = diag(e^{b_C}) S_0 + Σ_j (k_j ⊙ e^{b_C − b_j}) v_jᵀ
 
 The intra-chunk sums and the chunk-local states are batched matrix products over all chunks
-(scalar gate and no gate: chunk_intra.py, a pairwise C x C decay; vector gate: chunk_vector.py,
-one assembled C x C matrix from halving levels and a band, or chunk_intra.py's nested levels for
-chunk lengths other than nb·2^m, nb <= 4); the states are then passed by a short loop over chunks
-(T / C steps, two small elementwise ops each), and the inter-chunk outputs are one more batched
-product. Long sequences run as cache-sized segments of whole chunks, the state carried from one
-to the next (chunk_layout.py), so the time grows linearly in T. Every exponent is a sum of gates
-taken directly and is <= 0, so nothing overflows however strongly the gate forgets, and float32
-gate gradients stay accurate.
+(scalar gate and no gate: chunk_intra.py, a pairwise C x C decay; vector gate: chunk_factored.py,
+A = (q ⊙ e^b)(k ⊙ e^{-b})ᵀ on the rows whose decay from the chunk start is at most e^{-20} (the
+others from chunk_vector.py's assembled C x C matrix of halving levels and a band), or
+chunk_intra.py's nested levels for chunk lengths other than nb·2^m, nb <= 4); the states are
+then passed by a short loop over chunks (T / C steps, two small elementwise ops each), and the
+inter-chunk outputs are one more batched product. Long sequences run as cache-sized segments
+of whole chunks, the state carried from one to the next (chunk_layout.py), so the time grows
+linearly in T. Every exponent is a sum of gates
+taken directly and is <= 0 (or, on the factorised path, bounded by 20), so nothing overflows
+however strongly the gate forgets, and float32 gate gradients stay accurate.
 
 The backward is written by hand (one torch.autograd.Function, no autograd graph of the many small
 ops): the state gradients run the same scan in reverse (dS_{n-1} = e^{b_C} ⊙ dS_n + q_inᵀ do),
@@ -58,8 +60,9 @@ from attnzoo.ops.linear.chunk_intra import (
     vector_intra_backward,
     vector_intra_forward,
 )
+from attnzoo.ops.linear.chunk_factored import factored_backward, factored_forward
 from attnzoo.ops.linear.chunk_layout import SegmentedScan, from_chunks, segments, to_chunks
-from attnzoo.ops.linear.chunk_vector import assembled_plan, vector_backward, vector_forward
+from attnzoo.ops.linear.chunk_vector import assembled_plan
 from attnzoo.ops.linear.reference import compute_dtype
 
 SUB_CHUNK = 16  # chunks shorter than this are not padded
@@ -111,10 +114,11 @@ def _segment_forward(ctx, inputs, S0, o_out, scale, C, ct):
             eb, ea = g.cumsum(-1).exp()[..., None], suffix_excl(g, -1).exp()[..., None]  # [B, H, N, C, 1]
             q_in, k_out = q * eb, k * ea
             decay = eb[..., -1:, :]  # [B, H, N, 1, 1]
-    elif assembled_plan(C) is not None:  # vector gate, chunk of nb·2^m: one assembled A (chunk_vector.py)
-        A, q_in, k_out, decay, saved = vector_forward(qr, kr, g.view(R, C, K), assembled_plan(C))
+    elif assembled_plan(C) is not None:  # vector gate, chunk of nb·2^m: A = (q ⊙ e^b)(k ⊙ e^{-b})ᵀ on safe
+        # rows, chunk_vector.py's assembled A on the others (chunk_factored.py)
+        A, q_in, k_out, decay, saved = factored_forward(qr, kr, g.view(R, C, K), assembled_plan(C))
         q_in, k_out, decay = q_in.view(q.shape), k_out.view(k.shape), decay.view(B, H, N, K, 1)
-        o, intra, eb, ea = None, ("assembled", A, saved), None, None
+        o, intra, eb, ea = None, ("factored", A, saved), None, None
     else:  # vector gate per key channel, other chunk lengths: nested levels (chunk_intra.py)
         o, intra = vector_intra_forward(qr, kr, vr, g.view(R, C, K))
         eb, ea = g.cumsum(-2).exp(), suffix_excl(g, -2).exp()  # e^{b_i}, e^{b_C − b_j}
@@ -159,13 +163,13 @@ def _segment_backward(ctx, do, dS, outs):
     dv = k_out @ dS_next
     dor = do.view(R, C, V)
     qr, kr, vr = q.view(R, C, K), k.view(R, C, K), v.view(R, C, V)
-    if ctx.intra[0] == "assembled":
+    if ctx.intra[0] == "factored":
         _, A, saved = ctx.intra
         dv.view(R, C, V).baddbmm_(A.transpose(-1, -2), dor)
         d_decay = (S_enter * dS_next).sum(-1).mul_(decay[..., 0])
-        dq, dk, dg = vector_backward(saved, qr, kr, q_in.view(R, C, K), k_out.view(R, C, K),
-                                     dor @ vr.transpose(-1, -2), dq_in.view(R, C, K), dk_out.view(R, C, K),
-                                     d_decay.view(R, K))
+        dq, dk, dg = factored_backward(saved, qr, kr, q_in.view(R, C, K), k_out.view(R, C, K),
+                                       torch.bmm(dor, vr.transpose(-1, -2)).tril_(), dq_in.view(R, C, K),
+                                       dk_out.view(R, C, K), d_decay.view(R, K))
         for x, out, sc in zip((dq.view(q.shape), dk.view(k.shape), dv, dg.view(g.shape)), outs, (scale, 1, 1, 1)):
             from_chunks(x, T, out.dtype, None if sc == 1 else sc, out=out)
         return dS
