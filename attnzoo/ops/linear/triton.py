@@ -17,9 +17,10 @@ GLA §3-4 in the numerically safe form of CHUNKED.md (exponents <= 0 as written)
 cu_seqlens (int [N + 1], FlashAttention convention, needs B == 1) packs N sequences into T; each
 starts from initial_state[n] and returns its own final state.
 
-The chunked pass is the torch.library custom op `attnzoo::gla_chunk` (forward `gla_chunk`,
-backward `gla_chunk_bwd`), so torch.compile treats it as one opaque node; with no gradient
-needed and T <= DECODE_MAX_T per sequence, the recurrent kernel (triton_recurrent.py) runs instead.
+Under torch.compile the chunked pass is the torch.library custom op `attnzoo::gla_chunk` (forward
+`gla_chunk`, backward `gla_chunk_bwd`), one opaque node; in eager mode the same kernels run from a
+plain autograd.Function (less host time per call). With no gradient needed and T <= DECODE_MAX_T
+per sequence, the recurrent kernel (triton_recurrent.py) runs instead.
 
 Precision (H200, bf16 inputs, against a float64 loop): o, S, dq, dk, dv, dh0 ~2-3e-3 relative, dg
 4-7e-3; the gradient of g_gamma (a sum of dg over every token, which cancels) is only good to
@@ -153,6 +154,39 @@ def _backward(ctx, do, dht):
 gla_chunk.register_autograd(_backward, setup_context=_setup_context)
 
 
+class _EagerGlaChunk(torch.autograd.Function):
+    """The same pass as the custom op, for eager mode: the custom op's dispatch and its autograd
+    wrapper cost ~1 ms of host time per forward+backward on the H200 (measured), which decided the
+    op's speed at 16k tokens (the kernels take ~1.1 ms). torch.compile still sees the custom op."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, g, initial_state, cu_seqlens, batch, scale, output_final_state):
+        from attnzoo.ops.linear.triton_chunk import gla_chunk_fwd, make_tables
+
+        tab = make_tables(q.shape[0], batch, cu_seqlens, q.device)
+        o, ht = gla_chunk_fwd(q, k, v, g, scale=scale, initial_state=initial_state,
+                              output_final_state=output_final_state, tab=tab)
+        ctx.save_for_backward(q, k, v, g, initial_state, cu_seqlens)
+        ctx.batch, ctx.scale = batch, scale
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        from attnzoo.ops.linear.triton_chunk import gla_chunk_bwd as bwd, make_tables
+
+        q, k, v, g, initial_state, cu_seqlens = ctx.saved_tensors
+        tab = make_tables(q.shape[0], ctx.batch, cu_seqlens, q.device)
+        dq, dk, dv, dg, dh0 = bwd(q, k, v, g, do.contiguous(), dht.contiguous() if dht is not None else None,
+                                  scale=ctx.scale, initial_state=initial_state, tab=tab)
+        return (dq, dk, dv, dg if g is not None else None, dh0 if initial_state is not None else None,
+                None, None, None, None)
+
+
+def _compiling() -> bool:
+    fn = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
+    return bool(fn()) if fn is not None else torch._dynamo.is_compiling()
+
+
 def triton_gated_linear_attention(
     q, k, v, g=None, *, g_gamma=None, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
 ):
@@ -180,7 +214,9 @@ def triton_gated_linear_attention(
             cu = torch.arange(B + 1, device=q.device, dtype=torch.int32) * T
         o, ht = recurrent_gla_fwd(qp, kp, vp, gp, scale=scale, initial_state=h0,
                                   output_final_state=output_final_state, cu_seqlens=cu, n_seqs=cu.shape[0] - 1)
-    else:
+    elif _compiling():
         o, ht = gla_chunk(qp, kp, vp, gp, h0, cu, B, scale, output_final_state)
         ht = ht if output_final_state else None
+    else:
+        o, ht = _EagerGlaChunk.apply(qp, kp, vp, gp, h0, cu, B, scale, output_final_state)
     return o.reshape(B, T, H, V), ht
