@@ -17,6 +17,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from attnzoo.ops.linear.triton_vector_fast import chunk_is_safe, factor_cast
+
 
 @triton.jit
 def chunk_output_kernel(
@@ -28,12 +30,16 @@ def chunk_output_kernel(
     n = tl.load(chunk_seq + i_c)
     bos = tl.load(cu_seqlens + n).to(tl.int64)
     eos = tl.load(cu_seqlens + n + 1).to(tl.int64)
-    t = bos + tl.load(chunk_idx + i_c).to(tl.int64) * BT + tl.arange(0, BT)
+    t0 = bos + tl.load(chunk_idx + i_c).to(tl.int64) * BT
+    t = t0 + tl.arange(0, BT)
     mt = t < eos
     vv = i_v * BV + tl.arange(0, BV)
     h_base = h + i_c.to(tl.int64) * H * K * V + i_h * K * V
     acc_o = tl.zeros([BT, BV], dtype=tl.float32)
     acc_A = tl.zeros([BT, BT], dtype=tl.float32)
+    safe = False
+    if GATE == 2:
+        safe = chunk_is_safe(b, tl.minimum(t0 + BT, eos) - 1, i_h, H, K, BK)
     for i_k in range(tl.cdiv(K, BK)):
         kk = i_k * BK + tl.arange(0, BK)
         mk = kk < K
@@ -48,13 +54,20 @@ def chunk_output_kernel(
         if GATE < 2:
             kT = tl.load(k + t[None, :] * (H * K) + i_h * K + kk[:, None], mask=mk[:, None] & mt[None, :], other=0.0)
             acc_A += tl.dot(qt, kT)
+        elif safe:  # factorised: (q ⊙ e^{b}) (k ⊙ e^{-b})ᵀ, e^{-b} <= e^{SAFE_LOG}
+            kT = tl.load(k + t[None, :] * (H * K) + i_h * K + kk[:, None], mask=mk[:, None] & mt[None, :], other=0.0)
+            bT = tl.load(b + t[None, :] * (H * K) + i_h * K + kk[:, None], mask=mk[:, None] & mt[None, :], other=0.0)
+            acc_A += tl.dot(factor_cast(qt * tl.exp(bq), qt), factor_cast(kT * tl.exp(-bT), qt))
     causal = (tl.arange(0, BT)[:, None] >= tl.arange(0, BT)[None, :]) & mt[:, None] & mt[None, :]
     if GATE == 1:
         bt = tl.load(b + t * H + i_h, mask=mt, other=0.0)
         acc_o *= tl.exp(bt)[:, None]
         acc_A *= tl.exp(tl.where(causal, bt[:, None] - bt[None, :], 0.0))
     if GATE == 2:
-        Ablk = tl.load(A + t[:, None] * (H * BT) + i_h * BT + tl.arange(0, BT)[None, :], mask=causal, other=0.0)
+        if safe:
+            Ablk = tl.where(causal, acc_A, 0.0)
+        else:
+            Ablk = tl.load(A + t[:, None] * (H * BT) + i_h * BT + tl.arange(0, BT)[None, :], mask=causal, other=0.0)
     else:
         Ablk = tl.where(causal, acc_A, 0.0)
     vt = tl.load(v + t[:, None] * (H * V) + i_h * V + vv[None, :], mask=mt[:, None] & (vv < V)[None, :], other=0.0)
@@ -81,9 +94,12 @@ def chunk_dv_kernel(
     dh_base = dh + i_c.to(tl.int64) * H * K * V + i_h * K * V
     acc = tl.zeros([BT, BV], dtype=tl.float32)
     AT = tl.zeros([BT, BT], dtype=tl.float32)  # AT[j, i] = A[i, j]
+    safe = False
     if GATE == 1:
         bt = tl.load(b + t * H + i_h, mask=mt, other=0.0)
         bl = tl.load(b + last * H + i_h)
+    if GATE == 2:
+        safe = chunk_is_safe(b, last, i_h, H, K, BK)
     for i_k in range(tl.cdiv(K, BK)):
         kk = i_k * BK + tl.arange(0, BK)
         mk = kk < K
@@ -101,11 +117,18 @@ def chunk_dv_kernel(
         if GATE < 2:
             qT = tl.load(q + t[None, :] * (H * K) + i_h * K + kk[:, None], mask=mk[:, None] & mt[None, :], other=0.0)
             AT += tl.dot(kt, qT)
+        elif safe:  # factorised: (k ⊙ e^{-b}) (q ⊙ e^{b})ᵀ from transposed loads
+            qT = tl.load(q + t[None, :] * (H * K) + i_h * K + kk[:, None], mask=mk[:, None] & mt[None, :], other=0.0)
+            bT = tl.load(b + t[None, :] * (H * K) + i_h * K + kk[:, None], mask=mk[:, None] & mt[None, :], other=0.0)
+            AT += tl.dot(factor_cast(kt * tl.exp(-bk), kt), factor_cast(qT * tl.exp(bT), kt))
     anti = (tl.arange(0, BT)[:, None] <= tl.arange(0, BT)[None, :]) & mt[:, None] & mt[None, :]
     if GATE == 1:
         AT *= tl.exp(tl.where(anti, bt[None, :] - bt[:, None], 0.0))
     if GATE == 2:
-        AT = tl.load(A + t[None, :] * (H * BT) + i_h * BT + tl.arange(0, BT)[:, None], mask=anti, other=0.0)
+        if safe:
+            AT = tl.where(anti, AT, 0.0)
+        else:
+            AT = tl.load(A + t[None, :] * (H * BT) + i_h * BT + tl.arange(0, BT)[:, None], mask=anti, other=0.0)
     else:
         AT = tl.where(anti, AT, 0.0)
     dot_ = tl.load(do + t[:, None] * (H * V) + i_h * V + vv[None, :], mask=mt[:, None] & (vv < V)[None, :], other=0.0)

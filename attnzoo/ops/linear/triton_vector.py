@@ -16,6 +16,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from attnzoo.ops.linear.triton_vector_fast import chunk_is_safe
+
 
 @triton.jit
 def chunk_intra_kernel(
@@ -30,6 +32,8 @@ def chunk_intra_kernel(
     bos = tl.load(cu_seqlens + n).to(tl.int64)
     eos = tl.load(cu_seqlens + n + 1).to(tl.int64)
     t0 = bos + tl.load(chunk_idx + i_c).to(tl.int64) * BT
+    if chunk_is_safe(b, tl.minimum(t0 + BT, eos) - 1, i_h, H, K, BK):
+        return  # the output and dv kernels form this chunk's A by the factorised product
     r = t0 + s * BC
     ti = r + tl.arange(0, BC)
     mi = ti < eos
@@ -78,6 +82,8 @@ def chunk_vector_dqdk_kernel(
     eos = tl.load(cu_seqlens + n + 1).to(tl.int64)
     t0 = bos + tl.load(chunk_idx + i_c).to(tl.int64) * BT
     last = tl.minimum(t0 + BT, eos) - 1
+    if chunk_is_safe(b, last, i_h, H, K, BK):
+        return  # chunk_vector_fast_dqdk_kernel handles this chunk
     r = t0 + s * BC
     re = tl.minimum(r + BC, eos) - 1
     ti = r + tl.arange(0, BC)

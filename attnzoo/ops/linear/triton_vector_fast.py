@@ -1,0 +1,133 @@
+"""The factorised fast path of gated linear attention with a per-key-channel gate (GLA, Yang et al.
+2023, arXiv:2312.06635, §4.1): the branch decision and the backward kernel for dq, dk, db.
+
+Layout as in triton_state.py: q, k [N_tok, H, K], v, do [N_tok, H, V], b [N_tok, H, K] the
+chunk-local cumulative log gate (b_i <= 0, decreasing along the chunk), h the state entering each
+chunk, dh the gradient of the state leaving it. Inside a chunk of BT tokens
+
+    A_ij = Σ_k q_ik k_jk e^{b_ik − b_jk} = (q ⊙ e^{b})_i · (k ⊙ e^{−b})_j        (i >= j)
+
+is ONE tensor-core product per chunk, like the scalar gate, but e^{−b} grows without bound when
+the chunk forgets strongly (CHUNKED.md §1). The product is safe whenever the chunk's total decay is
+bounded: a (chunk, head) is SAFE when
+
+    min_k b_{l,k} >= −SAFE_LOG,    l = min(t0 + BT, eos) − 1 the chunk's last valid row
+
+(b is cumulative, so that is the minimum over the whole chunk). Then e^{−b} <= e^{SAFE_LOG} ≈ 5e8,
+which neither overflows bf16/fp16-range products in fp32 accumulation nor changes the operands'
+relative precision (a scale, not a sum). Typical GLA gates (logsigmoid(x)/16) give chunk totals of
+−3..−10, so real models take this path; unsafe chunks keep the sub-chunk path of triton_vector.py.
+Every kernel that branches calls `chunk_is_safe` on the same b buffer: a minimum is exact in any
+order, so all kernels take the same branch for a chunk (triton_vector.chunk_intra_kernel and
+chunk_vector_dqdk_kernel return at once on safe chunks, chunk_vector_fast_dqdk_kernel on unsafe
+ones, triton_output's kernels form A themselves on safe chunks and read it on unsafe ones).
+
+Backward on a safe chunk (one program per (chunk, head), all of K <= 128), with S_0 = h,
+dS_c = dh, dA_ij = scale · do_i · v_j (i >= j), q̂ = q ⊙ e^{b}, k̂ = k ⊙ e^{−b}:
+
+    dq_i = e^{b_i} ⊙ [ Σ_j dA_ij k̂_j + scale · (do_i S_0ᵀ) ]
+    dk_j = e^{−b_j} ⊙ Σ_i dA_ij q̂_i + e^{b_l − b_j} ⊙ (v_j dS_cᵀ)
+    db_t = q_t ⊙ dq_t − k_t ⊙ dk_t      (per position and channel, float32: the convention of
+                                        chunk_vector_dqdk_kernel; chunk_reverse_cumsum sums it)
+
+Transposed products come from transposed loads, never from transposing a tl.dot result (the
+Triton 3.6 Hopper miscompile, fla issue #640).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+SAFE_LOG = tl.constexpr(20.0)  # a chunk is factorised when its total log decay is >= −SAFE_LOG
+
+
+@triton.jit
+def chunk_is_safe(b, last, i_h, H: tl.constexpr, K: tl.constexpr, BK: tl.constexpr):
+    """True when min_k b[last, i_h, k] >= −SAFE_LOG (a scalar; identical for any BK)."""
+    lo = tl.zeros([BK], dtype=tl.float32)
+    for i_k in range(tl.cdiv(K, BK)):
+        kk = i_k * BK + tl.arange(0, BK)
+        lo = tl.minimum(lo, tl.load(b + last * (H * K) + i_h * K + kk, mask=kk < K, other=0.0))
+    return tl.min(lo, axis=0) >= -SAFE_LOG
+
+
+@triton.jit
+def factor_cast(x, like):
+    """A factorised operand (q ⊙ e^{b} or k ⊙ e^{−b}) in the inputs' dtype for the tensor cores,
+    except float16, whose range (max 65504, normal min 6e-5) holds neither e^{SAFE_LOG} nor
+    e^{−SAFE_LOG}: float32 there (tf32 dots: fp16's 10-bit mantissa with fp32's range)."""
+    if like.dtype == tl.float16:
+        return x.to(tl.float32)
+    else:
+        return x.to(like.dtype)
+
+
+def chunk_safe_mask(b: torch.Tensor, tables, BT: int) -> torch.Tensor:
+    """The same decision in torch, for tests and diagnostics: bool [n_chunks, H]."""
+    cu = tables.cu_seqlens.long()
+    seq, idx = tables.chunk_seq.long(), tables.chunk_idx.long()
+    last = torch.minimum(cu[seq] + (idx + 1) * BT, cu[seq + 1]) - 1
+    return b[last].float().clamp_max(0.0).amin(-1) >= -float(SAFE_LOG.value)
+
+
+@triton.jit
+def chunk_vector_fast_dqdk_kernel(
+    q, k, v, do, b, h, dh, dq, dk, db, cu_seqlens, chunk_seq, chunk_idx, scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr,
+):
+    """dq, dk [N_tok, H, K] and db (float32) for the rows of one SAFE (chunk, head) and K block
+    (db is per channel, so K blocks are independent; dA = do vᵀ is recomputed per block)."""
+    i_c, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    n = tl.load(chunk_seq + i_c)
+    bos = tl.load(cu_seqlens + n).to(tl.int64)
+    eos = tl.load(cu_seqlens + n + 1).to(tl.int64)
+    t0 = bos + tl.load(chunk_idx + i_c).to(tl.int64) * BT
+    last = tl.minimum(t0 + BT, eos) - 1
+    if chunk_is_safe(b, last, i_h, H, K, BK):
+        t = t0 + tl.arange(0, BT)
+        mt = t < eos
+        kk = i_k * BK + tl.arange(0, BK)
+        mk = kk < K
+        mtk = mt[:, None] & mk[None, :]
+        s_base = i_c.to(tl.int64) * H * K * V + i_h * K * V
+        acc_dq = tl.zeros([BT, BK], dtype=tl.float32)
+        acc_dk = tl.zeros([BT, BK], dtype=tl.float32)
+        ds = tl.zeros([BT, BT], dtype=tl.float32)   # ds[i, j] = do_i · v_j
+        dsT = tl.zeros([BT, BT], dtype=tl.float32)  # dsT[j, i] = v_j · do_i
+        for i_v in range(tl.cdiv(V, BV)):
+            vv = i_v * BV + tl.arange(0, BV)
+            mv = vv < V
+            mtv = mt[:, None] & mv[None, :]
+            mvt = mv[:, None] & mt[None, :]
+            dot_ = tl.load(do + t[:, None] * (H * V) + i_h * V + vv[None, :], mask=mtv, other=0.0)
+            vt = tl.load(v + t[:, None] * (H * V) + i_h * V + vv[None, :], mask=mtv, other=0.0)
+            doT = tl.load(do + t[None, :] * (H * V) + i_h * V + vv[:, None], mask=mvt, other=0.0)
+            vT = tl.load(v + t[None, :] * (H * V) + i_h * V + vv[:, None], mask=mvt, other=0.0)
+            hT = tl.load(h + s_base + kk[None, :] * V + vv[:, None], mask=mk[None, :] & mv[:, None], other=0.0)
+            dhT = tl.load(dh + s_base + kk[None, :] * V + vv[:, None], mask=mk[None, :] & mv[:, None], other=0.0)
+            acc_dq += tl.dot(dot_, hT.to(dot_.dtype))
+            acc_dk += tl.dot(vt, dhT.to(vt.dtype))
+            ds += tl.dot(dot_, vT)
+            dsT += tl.dot(vt, doT)
+        ar = tl.arange(0, BT)
+        causal = (ar[:, None] >= ar[None, :]) & mt[:, None] & mt[None, :]
+        anti = (ar[:, None] <= ar[None, :]) & mt[:, None] & mt[None, :]
+        ds = tl.where(causal, ds * scale, 0.0)
+        dsT = tl.where(anti, dsT * scale, 0.0)
+        off = t[:, None] * (H * K) + i_h * K + kk[None, :]
+        # dq first, then dk: fewer [BT, BK] tiles live at once (register pressure)
+        bt = tl.load(b + off, mask=mtk, other=0.0)
+        kt = tl.load(k + off, mask=mtk, other=0.0)
+        kh = factor_cast(kt * tl.exp(-bt), kt)
+        acc_dq = tl.exp(bt) * (acc_dq * scale + tl.dot(ds.to(kh.dtype), kh))
+        tl.store(dq + off, acc_dq.to(dq.dtype.element_ty), mask=mtk)
+        qt = tl.load(q + off, mask=mtk, other=0.0)
+        dbt = qt.to(tl.float32) * acc_dq
+        bl = tl.load(b + last * (H * K) + i_h * K + kk, mask=mk, other=0.0)
+        qh = factor_cast(qt * tl.exp(bt), qt)
+        acc_dk = tl.exp(tl.where(mtk, bl[None, :] - bt, 0.0)) * acc_dk + tl.exp(-bt) * tl.dot(dsT.to(qh.dtype), qh)
+        tl.store(dk + off, acc_dk.to(dk.dtype.element_ty), mask=mtk)
+        tl.store(db + off, dbt - kt.to(tl.float32) * acc_dk, mask=mtk)
