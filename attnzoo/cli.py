@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     pbs.add_argument("--tokens", type=int, default=16384, help="B·T for shapes given as T alone")
     pbs.add_argument("--heads", type=int, default=16)
     pbs.add_argument("--head-dim", type=int, default=128)
-    pbs.add_argument("--providers", default=None, help="comma list (default: all that run)")
+    pbs.add_argument("--providers", default=None,
+                     help="comma list (default: all ops that run); mixer:NAME times a whole mixer, e.g. mixer:gla")
     pbs.add_argument("--modes", default="fwd,fwdbwd,decode", help="comma list of fwd, fwdbwd, decode")
     pbs.add_argument("--out", default="benchmarks/results/speed", help="folder for speed.jsonl/.md/.png")
     pbs.set_defaults(func=cmd_bench_speed)

@@ -8,6 +8,8 @@ Providers (one name each in the results):
   fla_simple_gla / fla_gla   fla.ops chunk_simple_gla / chunk_gla, when fla is importable
                   (fla's Hopper guard on the gated backward, Triton < 3.7.1, is lifted for
                   chunk_simple_gla: its timing only, its gradients are not trusted there)
+  mixer:NAME      a whole registered mixer (projections, gates, norms and its op) at
+                  d_model = H·D with n_heads = H, bf16 weights; e.g. mixer:gla, mixer:softmax
 Modes: fwd, fwdbwd, decode (one new token against a context of T: our recurrent kernel with a
 state; SDPA with a KV cache of length T). Times are triton.testing.do_bench medians after warm-up,
 on random inputs. FLOPs: SDPA causal fwd 2·B·H·T²·D (half of 4·B·H·T²·D), fwd+bwd 3.5 x fwd;
@@ -93,10 +95,39 @@ def fla_module():
     return {"fla_simple_gla": chunk_simple_gla, "fla_gla": chunk_gla}
 
 
+def make_mixer_call(name, s: Shape, mode, dtype=torch.bfloat16, device="cuda"):
+    """A whole mixer: fwd, fwd+bwd (inputs and weights), or decode (one token after a context of T,
+    the state from one prefill). Returns (fn, None) or None for a non-causal mixer's decode."""
+    import inspect
+
+    from attnzoo.registry import build, get_class
+
+    kw = {"n_heads": s.H} if "n_heads" in inspect.signature(get_class(name).__init__).parameters else {}
+    m = build(name, d_model=s.H * s.D, **kw).to(device, dtype)
+    if mode == "decode":
+        if not m.causal:
+            return None
+        with torch.no_grad():
+            _, state = m(torch.randn(s.B, s.T, m.d_model, device=device, dtype=dtype), return_state=True)
+            x = torch.randn(s.B, 1, m.d_model, device=device, dtype=dtype)
+        return (lambda: m(x, state=state, return_state=True)), None
+    x = torch.randn(s.B, s.T, m.d_model, device=device, dtype=dtype, requires_grad=mode == "fwdbwd")
+    if mode == "fwd":
+        def fn():
+            with torch.no_grad():
+                m(x)
+        return fn, None
+    dy = torch.randn_like(x)
+    params = [p for p in m.parameters() if p.requires_grad]
+    return (lambda: torch.autograd.grad(m(x), [x, *params], dy)), None
+
+
 def make_call(provider, s: Shape, mode, dtype=torch.bfloat16, fla=None):
     """Returns (fn, flops) or None when the provider cannot run this case."""
     import torch.nn.functional as F
 
+    if provider.startswith("mixer:"):
+        return make_mixer_call(provider.split(":", 1)[1], s, mode, dtype)
     dev = "cuda"
     B, T, H, D = s.B, s.T, s.H, s.D
     rg = mode == "fwdbwd"
@@ -182,12 +213,16 @@ def measure(provider, s, mode, fla=None):
     return rec
 
 
+def _mixer_providers(records):
+    return tuple(sorted({r["provider"] for r in records if r.get("provider", "").startswith("mixer:")}))
+
+
 def markdown(records):
     rows = {}
     for r in records:
         if "ms" in r:
             rows.setdefault((r["mode"], r["T"], r["B"]), {})[r["provider"]] = r
-    provs = [p for p in PROVIDERS if any(p in v for v in rows.values())]
+    provs = [p for p in PROVIDERS + _mixer_providers(records) if any(p in v for v in rows.values())]
     head = ("| mode | T | B | " + " | ".join(f"{p} ms" for p in provs)
             + " | scalar/fla | vector/fla | scalar/best SDPA | vector/best SDPA |")
     lines = [head, "|" + "---|" * (3 + len(provs) + 4)]
@@ -212,7 +247,7 @@ def plot(records, path):
     modes = sorted({r["mode"] for r in records if "ms" in r})
     fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 4.5), squeeze=False)
     for ax, mode in zip(axes[0], modes):
-        for p in PROVIDERS:
+        for p in PROVIDERS + _mixer_providers(records):
             pts = sorted((r["T"], r["ms"]) for r in records
                          if r.get("provider") == p and r["mode"] == mode and "ms" in r)
             if pts:
@@ -224,10 +259,18 @@ def plot(records, path):
     fig.savefig(path, dpi=120)
 
 
+def _is_mixer(provider) -> bool:
+    if not provider.startswith("mixer:"):
+        return False
+    from attnzoo.registry import list_mixers
+
+    return provider.split(":", 1)[1] in list_mixers()
+
+
 def run_speed(shapes, out_dir, providers=PROVIDERS, modes=("fwd", "fwdbwd"), progress=print):
     if not torch.cuda.is_available():
         raise ValueError("bench speed needs a CUDA GPU (torch.cuda.is_available() is False)")
-    bad = [p for p in providers if p not in PROVIDERS] + [m for m in modes if m not in MODES]
+    bad = [p for p in providers if p not in PROVIDERS and not _is_mixer(p)] + [m for m in modes if m not in MODES]
     if bad:
         raise ValueError(f"unknown providers/modes {bad}; providers: {PROVIDERS}, modes: {MODES}")
     os.makedirs(out_dir, exist_ok=True)
