@@ -1,0 +1,187 @@
+"""The vector gate's two branches in the Triton GLA kernels (triton_vector_fast.py): factorised A for
+chunks whose total decay is >= −SAFE_LOG, the sub-chunk path for the others. Under Triton's
+interpreter (TRITON_INTERPRET=1, set before triton is imported) against the float64 reference loop,
+forward and every gradient. In interpreter mode the wrapper fills the intra-chunk A buffer and
+dq, dk, db with NaN before the kernels run, so a kernel that reads what the other branch never
+wrote, or a row that no dq/dk kernel claims, shows up as NaN; a kernel that factorises a strongly
+forgetting chunk (e^{−b} ~ e^{300}) shows up as inf/NaN. Tiny shapes: the interpreter is slow."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+pytest.importorskip("triton")
+
+from attnzoo.ops.linear import triton_chunk as tc  # noqa: E402
+from attnzoo.ops.linear.reference import gated_linear_attention_reference as reference  # noqa: E402
+from attnzoo.ops.linear.triton import triton_gated_linear_attention  # noqa: E402
+from attnzoo.ops.linear.triton_cumsum import chunk_local_cumsum  # noqa: E402
+from attnzoo.ops.linear.triton_vector_fast import SAFE_LOG, chunk_safe_mask  # noqa: E402
+
+H = 2
+LIMIT = float(SAFE_LOG.value)
+TOL32 = 5e-6  # float32 here is exact fp32 (no tf32 in the interpreter): errors measured ~2-7e-7
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def qkv(B, T, K, V, dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
+    return r(B, T, H, K).to(dtype), r(B, T, H, K).to(dtype), r(B, T, H, V).to(dtype), r(B, H, K, V), gen
+
+
+def gate(B, T, K, per_step, gen):
+    """g = −per_step · U(0.5, 1.5) per token, head and channel; per_step [H] or [T, H] (broadcast)."""
+    u = 0.5 + torch.rand(B, T, H, K, generator=gen)
+    ps = torch.as_tensor(per_step, dtype=torch.float32)
+    return -u * (ps[None, None, :, None] if ps.dim() == 1 else ps[None, :, :, None])
+
+
+def safe_mask(g, cu_seqlens=None):
+    """The branch each (chunk, head) takes, from the kernels' own b: bool [n_chunks, H]."""
+    B, T = g.shape[:2]
+    tab = tc.make_tables(B * T, B, cu_seqlens, g.device)
+    return chunk_safe_mask(chunk_local_cumsum(g.reshape(B * T, H, -1).float().contiguous(), tab, tc.BT), tab, tc.BT)
+
+
+def fwd_bwd(fn, q, k, v, g, h0, do, dS, scale, **kw):
+    ins = [t.detach().clone().requires_grad_(True) for t in (q, k, v, g, h0)]
+    o, S = fn(*ins[:4], scale=scale, initial_state=ins[4], output_final_state=True, **kw)
+    torch.autograd.backward([o, S], [do.to(o.dtype), dS])
+    return [o, S] + [t.grad for t in ins]
+
+
+NAMES = ("o", "S", "dq", "dk", "dv", "dg", "dh0")
+
+
+def check(q, k, v, g, h0, tol, seed=1, **kw):
+    B, T = q.shape[:2]
+    gen = torch.Generator().manual_seed(seed)
+    do = torch.randn(B, T, H, v.shape[-1], generator=gen)
+    dS = torch.randn(h0.shape, generator=gen)
+    got = fwd_bwd(triton_gated_linear_attention, q, k, v, g, h0, do, dS, q.shape[-1] ** -0.5, **kw)
+    d = lambda t: t.double()  # noqa: E731
+    ref = fwd_bwd(reference, d(q), d(k), d(v), d(g), d(h0), d(do), d(dS), q.shape[-1] ** -0.5)
+    for name, a, b in zip(NAMES, got, ref):
+        assert torch.isfinite(a).all(), name
+        assert rel(a, b) < tol, (name, rel(a, b))
+
+
+@pytest.mark.parametrize("K,V,dtype,tol", [(16, 16, torch.float32, TOL32), (24, 40, torch.float32, TOL32),
+                                           (16, 16, torch.float16, 5e-3)])
+def test_weak_gates_take_the_factorised_path(K, V, dtype, tol):
+    """GLA-like decay (chunk totals ~ −3) with one channel per head decaying by SAFE_LOG − 1 over
+    each chunk (factors up to e^{19}): every chunk factorised; K, V not powers of two; fp16 (whose
+    factor operands go through fp32: e^{±19} is outside fp16's range)."""
+    q, k, v, h0, gen = qkv(1, 150, K, V, dtype, seed=0)
+    g = gate(1, 150, K, [0.05, 0.05], gen)
+    g[..., 1] = -(LIMIT - 1.0) / 64
+    assert safe_mask(g).all()
+    check(q, k, v, g, h0, tol)
+
+
+def test_strong_gates_take_the_subchunk_path():
+    q, k, v, h0, gen = qkv(1, 100, 16, 16, torch.float32, seed=1)
+    g = gate(1, 100, 16, [5.0, 5.0], gen)
+    assert not safe_mask(g).any()
+    check(q, k, v, g, h0, 1e-4)  # the sub-chunk path's dg under strong decay: measured 1.9e-5
+
+
+def test_mixed_heads_and_chunks_in_one_launch():
+    """Head 0 weak except its second chunk (strong: e^{−b} ~ e^{300} would overflow if factorised),
+    head 1 strong except its third (partial) chunk: both branches run side by side in every kernel."""
+    T = 150
+    q, k, v, h0, gen = qkv(2, T, 16, 16, torch.float32, seed=2)
+    per_step = torch.full((T, H), 0.05)
+    per_step[64:128, 0] = 5.0
+    per_step[:128, 1] = 5.0
+    g = gate(2, T, 16, per_step, gen)
+    m = safe_mask(g).view(2, 3, H)
+    expect = torch.tensor([[True, False], [False, False], [True, True]])
+    assert torch.equal(m, expect.expand(2, 3, H))
+    check(q, k, v, g, h0, TOL32)
+
+
+@pytest.mark.parametrize("total,fast", [(LIMIT - 0.02, True), (LIMIT + 0.02, False)])
+def test_threshold_on_each_side(total, fast):
+    """One channel of head 0 decays by `total` over the first chunk (the rest is weak): just inside
+    and just outside SAFE_LOG; the second chunk decays near the limit in both heads."""
+    T, K = 128, 16
+    q, k, v, h0, gen = qkv(1, T, K, 16, torch.float32, seed=3)
+    g = -0.01 * torch.rand(1, T, H, K, generator=gen)
+    g[0, :64, 0, 3] = -total / 64
+    g[0, 64:, :, 5] = -total / 64
+    m = safe_mask(g)
+    assert m[0, 0].item() is fast and m[1].tolist() == [fast, fast] and m[0, 1].item()
+    check(q, k, v, g, h0, TOL32)
+
+
+def test_varlen_partial_last_chunks_match_one_by_one():
+    """cu_seqlens with partial last chunks on both branches: sequence 0 (70 tokens) is weak, so its
+    6-token tail is factorised, while the 58 rows after that tail in the packed buffer (sequence 1)
+    decay strongly; sequence 1 (100 tokens) strong in its first chunk, weak in its 36-token tail;
+    sequence 2 (5 tokens) has one channel at −30 per token (total −150: e^{150} overflows fp32, so
+    factorising it would show). The decision must use each chunk's last VALID row."""
+    lens = [70, 100, 5]
+    cu = torch.tensor([0, 70, 170, 175])
+    q, k, v, _, gen = qkv(1, sum(lens), 16, 16, torch.float32, seed=4)
+    h0 = torch.randn(len(lens), H, 16, 16, generator=gen)
+    per_step = torch.full((sum(lens), H), 0.05)
+    per_step[70:134] = 5.0
+    g = gate(1, sum(lens), 16, per_step, gen)
+    g[0, 170:, :, 7] = -30.0
+    m = safe_mask(g, cu)
+    assert m.tolist() == [[True] * H, [True] * H, [False] * H, [True] * H, [False] * H]
+    do, dS = torch.randn(1, sum(lens), H, 16, generator=gen), torch.randn(len(lens), H, 16, 16, generator=gen)
+    got = fwd_bwd(triton_gated_linear_attention, q, k, v, g, h0, do, dS, 0.25, cu_seqlens=cu)
+    for n, (a, b) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+        p = lambda t: t[:, a:b].double()  # noqa: E731
+        ref = fwd_bwd(reference, p(q), p(k), p(v), p(g), h0[n:n + 1].double(), p(do), dS[n:n + 1].double(), 0.25)
+        parts = [got[0][:, a:b], got[1][n:n + 1], *(x[:, a:b] for x in got[2:6]), got[6][n:n + 1]]
+        for name, x, y in zip(NAMES, parts, ref):
+            assert torch.isfinite(x).all(), (n, name)
+            assert rel(x, y) < TOL32, (n, name, rel(x, y))
+
+
+class _NoLaunch:
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: None
+
+
+@pytest.mark.parametrize("skipped", ["chunk_vector_fast_dqdk_kernel", "chunk_vector_dqdk_kernel"])
+def test_dqdk_kernels_split_the_chunks_exactly(monkeypatch, skipped):
+    """With one of the two dq/dk kernels not launched, exactly the other branch's rows are written
+    (the rest stays NaN), and the intra-chunk A kernel writes exactly the sub-chunk path's rows.
+    Two chunks cross the limit only at their last valid row (a full one, and the partial tail), so
+    a kernel deciding from any other row, or from t0 + BT − 1, splits them differently."""
+    T, K = 150, 16
+    q, k, v, h0, gen = qkv(1, T, K, 16, torch.float32, seed=5)
+    g = -0.01 * torch.rand(1, T, H, K, generator=gen)
+    g[0, 64:128, 0, :] = -1.0                        # head 0, chunk 1: strong
+    g[0, :64, 1, 2] = -(LIMIT + 0.05) / 64           # head 1, chunk 0: crosses at row 63 only
+    g[0, 128:, 0, 4] = -(LIMIT + 0.05) / 22          # head 0, the 22-row tail: crosses at row 149 only
+    g[0, 128:, 1, 4] = -(LIMIT - 0.05) / 22          # head 1, the tail: just inside
+    P = lambda x: x.reshape(T, *x.shape[2:]).contiguous()  # noqa: E731
+    qp, kp, vp, gp = P(q), P(k), P(v), P(g)
+    tab = tc.make_tables(T, 1, None, q.device)
+    b = chunk_local_cumsum(gp, tab, tc.BT)
+    safe = chunk_safe_mask(b, tab, tc.BT)
+    assert safe.tolist() == [[True, False], [False, True], [False, True]]
+    row_safe = safe[torch.arange(T) // tc.BT]  # [T, H]
+    A = tc._intra(qp, kp, b, tab)
+    assert torch.equal(torch.isnan(A).all(-1), row_safe) and torch.equal(torch.isfinite(A).all(-1), ~row_safe)
+    monkeypatch.setattr(tc, skipped, _NoLaunch())
+    dq, dk, _, dg, _ = tc.gla_chunk_bwd(qp, kp, vp, gp, torch.randn_like(vp), None, scale=0.25,
+                                        initial_state=h0, tab=tab)
+    written = row_safe if skipped == "chunk_vector_dqdk_kernel" else ~row_safe
+    for x in (dq, dk):
+        assert torch.equal(torch.isfinite(x).all(-1), written) and torch.equal(torch.isnan(x).all(-1), ~written)
