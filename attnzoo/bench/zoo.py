@@ -15,7 +15,6 @@ import json
 import math
 import os
 import platform
-import sys
 import time
 from dataclasses import asdict
 
@@ -148,6 +147,7 @@ def run_one(spec: dict, preset: ZooPreset, *, device: str, max_seconds: float | 
                           max_seconds=max_seconds, seed=preset.seed, device=device)
         res = train_lm(lm, train=data.train, test=data.test, config=cfg, on_step=on_step, on_eval=on_eval)
         rec.update(accuracy=round(res.accuracy, 6), loss=round(res.loss, 6), steps=res.steps, stopped=res.stopped,
+                   warmup_s=round(res.warmup_seconds, 3),  # the first step (JIT, warm-up): not in the run's cap
                    state_bytes=int(lm.state_bytes(spec["seq_len"])),
                    params=sum(p.numel() for p in lm.parameters()))
         if spec["task"] == "bytes":          # a real-text LM: bits per byte is the number that matters
@@ -251,6 +251,7 @@ def run_zoo(*, preset: ZooPreset, out: str, mixers: list[str] | None = None, tas
                 rec = run_one(spec, preset, device=device, max_seconds=per_run, on_step=step_cb,
                               on_eval=lambda s, lo, a, i=i: prog.eval(i, s, lo, a))
                 budget.finish(i)
+                budget.add_warmup(rec.get("warmup_s"))
                 append_result(path, dict(rec, probe_ms=budget.probe_ms(i)))
                 prog.finish_run(i, rec)
         else:
@@ -263,19 +264,21 @@ def run_zoo(*, preset: ZooPreset, out: str, mixers: list[str] | None = None, tas
 def _run_parallel(pending, preset, device, workers, threads, path, prog, budget, max_runs):
     import multiprocessing as mp
     import queue as queue_mod
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, wait
 
     from concurrent.futures.process import BrokenProcessPool
+
+    from attnzoo.bench import zoo_pool
 
     ctx = mp.get_context("spawn")
     threads = threads or max(1, (os.cpu_count() or 1) // workers)     # no oversubscription of the cores
     # A fresh process per task (~2 s each): a mixer that leaks or bloats memory (the chunked GLA /
     # delta ops leaked each step's graph until 6bd237a: later runs in that worker ran 10-40x slower
-    # and one was OOM-killed at 18 GB) then cannot slow down or kill the runs after it.
-    fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
+    # and one was OOM-killed at 18 GB) then cannot slow down or kill the runs after it. On Python
+    # 3.10 too (zoo_pool.py).
 
     def new_pool():
-        return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, **fresh)
+        return zoo_pool.fresh_process_pool(workers, ctx)
 
     pool = new_pool()
     with ctx.Manager() as manager:
@@ -334,6 +337,7 @@ def _run_parallel(pending, preset, device, workers, threads, path, prog, budget,
                         rec = dict(pending[key], preset=preset.name, machine=machine_line(device), accuracy=None,
                                    steps=0, stopped="error", seconds=0.0, max_steps=preset.steps,
                                    error="BrokenProcessPool: the worker process died (killed, out of memory?)")
+                    budget.add_warmup(rec.get("warmup_s"))
                     append_result(path, dict(rec, probe_ms=budget.probe_ms(key)))
                     prog.finish_run(key, rec)
                 if pool_broken and not running:

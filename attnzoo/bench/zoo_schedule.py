@@ -32,12 +32,15 @@ import torch.nn.functional as F
 
 
 def probe_step_seconds(spec: dict, preset, device: str = "cpu", threads: int | None = None) -> float:
-    """Wall seconds of one training step (forward, loss, backward, AdamW) of `spec`'s model.
+    """Wall seconds of one training step (forward, loss, backward, AdamW) of `spec`'s model, under
+    the trainer's autocast (bf16 on CUDA). The first step (Triton JIT, warm-up) is not timed: the
+    median of the three steps after it is returned.
 
     Returns inf when the model cannot be built or stepped: the run itself then records why."""
     from attnzoo.bench.zoo import build_model
     from attnzoo.tasks import token_task
     from attnzoo.train.optim import build_optimizer
+    from attnzoo.train.trainer import _autocast
 
     if threads:
         torch.set_num_threads(threads)
@@ -52,7 +55,8 @@ def probe_step_seconds(spec: dict, preset, device: str = "cpu", threads: int | N
             if device != "cpu" and torch.cuda.is_available():
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            logits = lm(x)
+            with _autocast(torch.device(device), None):
+                logits = lm(x)
             loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -159,3 +163,10 @@ class SweepBudget:
 
     def finish(self, key: int):
         self.started.pop(key, None)
+
+    def add_warmup(self, warmup_s: float | None):
+        """A finished run's warm-up (its first step: Triton JIT, allocator warm-up), which its cap did
+        not count (TrainConfig.max_seconds), is not charged to the sweep either: the wall budget
+        grows by it, divided among the workers that run side by side."""
+        if self.total_seconds is not None and warmup_s:
+            self.total_seconds += warmup_s / self.workers

@@ -11,7 +11,7 @@ from attnzoo.cli import main
 TINY = ZooPreset(name="tiny", grid=((16, 2),), vocab_size=32, d_models=(16,), lrs=(1e-3, 3e-3), num_train=128,
                  num_test=32, batch_size=8, steps=3, eval_every=3, warmup_steps=1)
 MIXERS = ["softmax", "sliding_window"]
-VOLATILE = ("seconds", "machine", "probe_ms")
+VOLATILE = ("seconds", "machine", "probe_ms", "warmup_s")
 
 
 def _stable(records):

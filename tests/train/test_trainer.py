@@ -71,7 +71,8 @@ def test_early_stop_and_time_budget():
     r = train_lm(_tiny(), train=train, test=test,
                  config=TrainConfig(steps=50, batch_size=8, eval_every=1, target_accuracy=1e-9))
     assert r.stopped == "target" and r.steps == 1
-    r = train_lm(_tiny(), train=train, test=test, config=TrainConfig(steps=10_000, batch_size=8, max_seconds=0.5))
+    r = train_lm(_tiny(), train=train, test=test, config=TrainConfig(steps=10_000, batch_size=8, max_seconds=0.5,
+                                                                  eval_every=10_000))  # one eval: the last
     assert r.stopped == "time" and r.steps < 10_000 and len(r.history) == 1
 
 
