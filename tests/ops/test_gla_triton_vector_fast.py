@@ -185,3 +185,23 @@ def test_dqdk_kernels_split_the_chunks_exactly(monkeypatch, skipped):
     written = row_safe if skipped == "chunk_vector_dqdk_kernel" else ~row_safe
     for x in (dq, dk):
         assert torch.equal(torch.isfinite(x).all(-1), written) and torch.equal(torch.isnan(x).all(-1), ~written)
+
+
+def test_g_gamma_added_into_the_vector_gate_decides_the_branch():
+    """g_gamma [H] is added into g by the wrapper, so it counts in the chunk's decay: head 0
+    (g_gamma −0.1, totals ~ −10) factorised, head 1 (−0.7, totals −27 to −48) on the sub-chunk path;
+    every gradient, g_gamma's included."""
+    T, K = 100, 16
+    q, k, v, h0, gen = qkv(1, T, K, 16, torch.float32, seed=6)
+    g = gate(1, T, K, [0.05, 0.05], gen)
+    gg = torch.tensor([-0.1, -0.7])
+    assert safe_mask(g + gg[:, None]).tolist() == [[True, False], [True, False]]
+    do, dS = torch.randn(1, T, H, 16, generator=gen), torch.randn(1, H, K, 16, generator=gen)
+    outs = []
+    for fn, cast in ((triton_gated_linear_attention, lambda t: t), (reference, lambda t: t.double())):
+        ins = [cast(t).detach().clone().requires_grad_(True) for t in (q, k, v, g, gg, h0)]
+        o, S = fn(*ins[:4], g_gamma=ins[4], scale=0.25, initial_state=ins[5], output_final_state=True)
+        torch.autograd.backward([o, S], [cast(do), cast(dS)])
+        outs.append([o, S] + [t.grad for t in ins])
+    for name, a, b in zip(("o", "S", "dq", "dk", "dv", "dg", "dg_gamma", "dh0"), *outs):
+        assert rel(a, b) < TOL32, (name, rel(a, b))
