@@ -6,7 +6,9 @@ speed bench (attnzoo.bench.speed). Run on the GPU machine:
 Checks (against the float64 reference loop on the GPU; relative error ‖x − ref‖ / ‖ref‖; tolerances:
 bf16 inputs 2e-2, fp32 inputs 5e-3 (tf32 dots)): forward, final state and every gradient for no
 gate, g_gamma, scalar and vector gates, T up to 16k, D 64 and 128, strong gates, an initial state;
-varlen against sequences one by one; the decode kernel; torch.compile (inductor) fwd+bwd.
+varlen against sequences one by one; the decode kernel; torch.compile (inductor) fwd+bwd. The
+vector checks report fast_share, the share of (chunk, head) pairs on the factorised path (strength
+1.0 forgets ~ -32 per chunk: all sub-chunk; "vector_gla" all factorised; "vector_mixed" both).
 """
 
 from __future__ import annotations
@@ -41,6 +43,11 @@ def inputs(B, T, H, D, gate, dtype, strength, n_state=None, seed=0):
         g = -strength * torch.rand(B, T, H, device=dev)
     elif gate == "vector":
         g = -strength * torch.rand(B, T, H, D, device=dev)
+    elif gate in ("vector_gla", "vector_mixed"):  # GLA's gate: logsigmoid(x) / 16, chunk totals ~ -3..-10
+        g = torch.nn.functional.logsigmoid(torch.randn(B, T, H, D, device=dev)) / 16
+        if gate == "vector_mixed":  # odd heads forget strongly (-U(0, strength) per token) in every other chunk
+            sel = ((torch.arange(T, device=dev) // 64) % 2 == 1)[:, None] & (torch.arange(H, device=dev) % 2 == 1)
+            g = torch.where(sel[None, :, :, None], -strength * torch.rand(B, T, H, D, device=dev), g)
     elif gate == "gamma":
         gg = -strength * torch.rand(H, device=dev)
     h0 = torch.randn(n_state or B, H, D, D, device=dev)
@@ -67,7 +74,20 @@ def check(name, B, T, H, D, gate, dtype=torch.bfloat16, strength=1.0):
             errs[n] = rel(a, b) if torch.isfinite(a).all() else float("nan")
     ok = all(e < TOL[dtype] for e in errs.values())
     return {"check": name, "B": B, "T": T, "H": H, "D": D, "gate": gate, "dtype": str(dtype), "strength": strength,
-            "tol": TOL[dtype], "ok": ok, **errs}
+            "tol": TOL[dtype], "ok": ok, **errs, **fast_share(g)}
+
+
+def fast_share(g, cu_seqlens=None):
+    """Share of (chunk, head) pairs on the vector gate's factorised path (triton_vector_fast)."""
+    if g is None or g.dim() != 4:
+        return {}
+    from attnzoo.ops.linear import triton_chunk as tc
+    from attnzoo.ops.linear.triton_vector_fast import chunk_safe_mask
+
+    B, T = g.shape[:2]
+    tab = tc.make_tables(B * T, B, cu_seqlens, g.device)
+    b = tc.chunk_local_cumsum(g.reshape(B * T, *g.shape[2:]).float().contiguous(), tab, tc.BT)
+    return {"fast_share": chunk_safe_mask(b, tab, tc.BT).float().mean().item()}
 
 
 def check_varlen(gate, lens=(100, 2900, 1097), D=128, H=2):
@@ -83,7 +103,8 @@ def check_varlen(gate, lens=(100, 2900, 1097), D=128, H=2):
         errs = [rel(o[:, a:b], o_r), rel(S[n:n + 1], S_r), rel(gr[5][n:n + 1], grr[5])]
         errs += [rel(x[:, a:b], y) for x, y in zip(gr[:4], grr[:4])]
         worst = max(worst, *errs)
-    return {"check": f"varlen_{gate}", "lens": list(lens), "D": D, "max_rel": worst, "tol": 2e-2, "ok": worst < 2e-2}
+    return {"check": f"varlen_{gate}", "lens": list(lens), "D": D, "max_rel": worst, "tol": 2e-2, "ok": worst < 2e-2,
+            **fast_share(g, cu)}
 
 
 def check_decode():
@@ -145,6 +166,11 @@ def main():
             ("scalar_strong_2049_D64", 1, 2049, 2, 64, "scalar", torch.bfloat16, 8.0),
             ("vector_fp32_1000_D128", 1, 1000, 2, 128, "vector", torch.float32),
             ("scalar_fp16_777_D64", 1, 777, 2, 64, "scalar", torch.float16),
+            # the factorised vector path (issue 7, v2): GLA-like gates, and both branches in one call
+            ("vector_gla_8k_D128", 2, 8192, 4, 128, "vector_gla"),
+            ("vector_mixed_4129_D128", 1, 4129, 4, 128, "vector_mixed"),
+            ("vector_mixed_fp16_1000_D128", 1, 1000, 4, 128, "vector_mixed", torch.float16),
+            ("vector_mixed_fp32_1000_D64", 1, 1000, 4, 64, "vector_mixed", torch.float32),
         ]
         only = args.only.split(",") if args.only else None
         for c in cases:
@@ -153,6 +179,7 @@ def main():
             results.append(check(*c))
             print(json.dumps(results[-1]), flush=True)
         extra = {"varlen_vector": lambda: check_varlen("vector"), "varlen_scalar": lambda: check_varlen("scalar"),
+                 "varlen_vector_mixed": lambda: check_varlen("vector_mixed"),
                  "decode": check_decode, "compile": check_compile}
         for name, fn in extra.items():
             if only and name not in only:
