@@ -9,6 +9,11 @@ sub-chunk I with first row r and last row r', every exponent stays <= 0 (CHUNKED
 
 and in the backward the same split gives dq_I (reference r) and dk_I (reference r', rows i > r').
 Nothing forms e^{-b}, so a chunk that forgets strongly (g ~ -10 per token) stays finite.
+
+These kernels serve only the chunks whose total decay exceeds SAFE_LOG (min_k b at the last valid
+row < −SAFE_LOG); on the others both return at once, and the factorised path of
+triton_vector_fast.py (A in triton_output's kernels, dq/dk/db in chunk_vector_fast_dqdk_kernel)
+takes over.
 """
 
 from __future__ import annotations
