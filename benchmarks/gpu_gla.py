@@ -211,13 +211,16 @@ if __name__ == "__main__" and not os.environ.get("GLA_EXTRA"):
 
 
 def breakdown(B=2, T=8192, H=16, D=128):
-    """Median ms of each launch of the chunked fwd and bwd (bf16), scalar and vector gate."""
+    """Median ms of each launch of the chunked fwd and bwd (bf16): scalar gate; vector gate with
+    GLA-like decay (strength 0.1: every chunk on the factorised path) and with strong decay
+    (strength 1.0: every chunk on the sub-chunk path)."""
     import triton
     from attnzoo.ops.linear import triton_chunk as tc
 
     out = []
-    for gate in ("scalar", "vector"):
-        q, k, v, g, _, _ = inputs(B, T, H, D, gate, torch.bfloat16, 0.1)
+    for gate, strength in (("scalar", 0.1), ("vector", 0.1), ("vector", 1.0)):
+        q, k, v, g, _, _ = inputs(B, T, H, D, gate, torch.bfloat16, strength)
+        share = fast_share(g)
         P = lambda x: x.reshape(B * T, *x.shape[2:]).contiguous()  # noqa: E731
         q, k, v, g = P(q), P(k), P(v), P(g)
         do = torch.randn_like(v)
@@ -235,7 +238,8 @@ def breakdown(B=2, T=8192, H=16, D=128):
         }
         for name, fn in stages.items():
             if fn is not None:
-                out.append({"gate": gate, "stage": name, "ms": triton.testing.do_bench(fn, return_mode="median")})
+                out.append({"gate": gate, "strength": strength, **share, "stage": name,
+                            "ms": triton.testing.do_bench(fn, return_mode="median")})
                 print(json.dumps(out[-1]), flush=True)
     return out
 
