@@ -22,7 +22,7 @@ order, so all kernels take the same branch for a chunk (triton_vector.chunk_intr
 chunk_vector_dqdk_kernel return at once on safe chunks, chunk_vector_fast_dqdk_kernel on unsafe
 ones, triton_output's kernels form A themselves on safe chunks and read it on unsafe ones).
 
-Backward on a safe chunk (one program per (chunk, head), all of K <= 128), with S_0 = h,
+Backward on a safe chunk (one program per (chunk, K block, head)), with S_0 = h,
 dS_c = dh, dA_ij = scale · do_i · v_j (i >= j), q̂ = q ⊙ e^{b}, k̂ = k ⊙ e^{−b}:
 
     dq_i = e^{b_i} ⊙ [ Σ_j dA_ij k̂_j + scale · (do_i S_0ᵀ) ]
