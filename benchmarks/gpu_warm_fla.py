@@ -23,12 +23,13 @@ from attnzoo.bench.speed import fla_module, make_call, parse_shapes  # noqa: E40
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="8192x2")
+    ap.add_argument("--ops", default="fla_gla,fla_simple_gla")
     a = ap.parse_args()
     fla = fla_module()
     if fla is None:
         sys.exit("fla is not importable")
     for s in parse_shapes(a.shape):
-        for p in ("fla_gla", "fla_simple_gla"):
+        for p in a.ops.split(","):
             t0 = time.perf_counter()
             make_call(p, s, "fwdbwd", fla=fla)[0]()
             torch.cuda.synchronize()
