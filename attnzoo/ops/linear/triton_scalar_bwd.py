@@ -21,22 +21,11 @@ import triton.language as tl
 
 
 @triton.jit
-def chunk_scalar_dqdk_kernel(
-    q, k, v, do, b, h, dh, dq, dk, db, cu_seqlens, chunk_seq, chunk_idx, scale,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-    BV: tl.constexpr, GATE: tl.constexpr,
-):
-    i_c, i_h = tl.program_id(0), tl.program_id(1)
-    n = tl.load(chunk_seq + i_c)
-    bos = tl.load(cu_seqlens + n).to(tl.int64)
-    eos = tl.load(cu_seqlens + n + 1).to(tl.int64)
-    t0 = bos + tl.load(chunk_idx + i_c).to(tl.int64) * BT
-    t = t0 + tl.arange(0, BT)
-    mt = t < eos
-    kk = tl.arange(0, BK)
-    mk = kk < K
-    mtk = mt[:, None] & mk[None, :]
-    s_base = i_c.to(tl.int64) * H * K * V + i_h * K * V
+def chunk_value_products(do, v, h, dh, t, mt, kk, mk, s_base, i_h, H: tl.constexpr, V: tl.constexpr,
+                         BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """The value-side products of one chunk and K block, summed over V blocks: do h_cᵀ [BT, BK],
+    v dh_cᵀ [BT, BK], ds = do vᵀ and dsT = v doᵀ [BT, BT] (the transposed one from transposed
+    loads, not by transposing a tensor-core result)."""
     acc_dq = tl.zeros([BT, BK], dtype=tl.float32)
     acc_dk = tl.zeros([BT, BK], dtype=tl.float32)
     ds = tl.zeros([BT, BT], dtype=tl.float32)   # ds[i, j] = do_i · v_j
@@ -56,6 +45,27 @@ def chunk_scalar_dqdk_kernel(
         acc_dk += tl.dot(vt, dhT.to(vt.dtype))
         ds += tl.dot(dot_, vT)
         dsT += tl.dot(vt, doT)
+    return acc_dq, acc_dk, ds, dsT
+
+
+@triton.jit
+def chunk_scalar_dqdk_kernel(
+    q, k, v, do, b, h, dh, dq, dk, db, cu_seqlens, chunk_seq, chunk_idx, scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, GATE: tl.constexpr,
+):
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    n = tl.load(chunk_seq + i_c)
+    bos = tl.load(cu_seqlens + n).to(tl.int64)
+    eos = tl.load(cu_seqlens + n + 1).to(tl.int64)
+    t0 = bos + tl.load(chunk_idx + i_c).to(tl.int64) * BT
+    t = t0 + tl.arange(0, BT)
+    mt = t < eos
+    kk = tl.arange(0, BK)
+    mk = kk < K
+    mtk = mt[:, None] & mk[None, :]
+    s_base = i_c.to(tl.int64) * H * K * V + i_h * K * V
+    acc_dq, acc_dk, ds, dsT = chunk_value_products(do, v, h, dh, t, mt, kk, mk, s_base, i_h, H, V, BT, BK, BV)
     ar = tl.arange(0, BT)
     causal = (ar[:, None] >= ar[None, :]) & mt[:, None] & mt[None, :]
     anti = (ar[:, None] <= ar[None, :]) & mt[:, None] & mt[None, :]

@@ -40,6 +40,8 @@ import torch
 import triton
 import triton.language as tl
 
+from attnzoo.ops.linear.triton_scalar_bwd import chunk_value_products
+
 SAFE_LOG = tl.constexpr(20.0)  # a chunk is factorised when its total log decay is >= −SAFE_LOG
 
 
@@ -93,25 +95,7 @@ def chunk_vector_fast_dqdk_kernel(
         mk = kk < K
         mtk = mt[:, None] & mk[None, :]
         s_base = i_c.to(tl.int64) * H * K * V + i_h * K * V
-        acc_dq = tl.zeros([BT, BK], dtype=tl.float32)
-        acc_dk = tl.zeros([BT, BK], dtype=tl.float32)
-        ds = tl.zeros([BT, BT], dtype=tl.float32)   # ds[i, j] = do_i · v_j
-        dsT = tl.zeros([BT, BT], dtype=tl.float32)  # dsT[j, i] = v_j · do_i
-        for i_v in range(tl.cdiv(V, BV)):
-            vv = i_v * BV + tl.arange(0, BV)
-            mv = vv < V
-            mtv = mt[:, None] & mv[None, :]
-            mvt = mv[:, None] & mt[None, :]
-            dot_ = tl.load(do + t[:, None] * (H * V) + i_h * V + vv[None, :], mask=mtv, other=0.0)
-            vt = tl.load(v + t[:, None] * (H * V) + i_h * V + vv[None, :], mask=mtv, other=0.0)
-            doT = tl.load(do + t[None, :] * (H * V) + i_h * V + vv[:, None], mask=mvt, other=0.0)
-            vT = tl.load(v + t[None, :] * (H * V) + i_h * V + vv[:, None], mask=mvt, other=0.0)
-            hT = tl.load(h + s_base + kk[None, :] * V + vv[:, None], mask=mk[None, :] & mv[:, None], other=0.0)
-            dhT = tl.load(dh + s_base + kk[None, :] * V + vv[:, None], mask=mk[None, :] & mv[:, None], other=0.0)
-            acc_dq += tl.dot(dot_, hT.to(dot_.dtype))
-            acc_dk += tl.dot(vt, dhT.to(vt.dtype))
-            ds += tl.dot(dot_, vT)
-            dsT += tl.dot(vt, doT)
+        acc_dq, acc_dk, ds, dsT = chunk_value_products(do, v, h, dh, t, mt, kk, mk, s_base, i_h, H, V, BT, BK, BV)
         ar = tl.arange(0, BT)
         causal = (ar[:, None] >= ar[None, :]) & mt[:, None] & mt[None, :]
         anti = (ar[:, None] <= ar[None, :]) & mt[:, None] & mt[None, :]
