@@ -21,7 +21,7 @@ from dataclasses import asdict
 import torch
 
 from attnzoo.bench.zoo_presets import ZooPreset
-from attnzoo.bench.zoo_schedule import SweepBudget, probe_step_seconds
+from attnzoo.bench.zoo_schedule import SweepBudget, contention_for, probe_step_seconds
 from attnzoo.registry import get_card, list_mixers
 
 RESULTS = "results.jsonl"
@@ -230,7 +230,7 @@ def run_zoo(*, preset: ZooPreset, out: str, mixers: list[str] | None = None, tas
     _check_settings(pending)
     workers = max(1, min(workers or default_workers(device, preset), max(1, len(pending))))
 
-    budget = SweepBudget(preset, workers, t_start)
+    budget = SweepBudget(preset, workers, t_start, contention=contention_for(device, workers))
 
     n_runs = len(pending) if max_runs is None else min(max_runs, len(pending))
     with ZooProgress(total=n_runs, quiet=quiet) as prog:

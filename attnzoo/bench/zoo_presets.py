@@ -6,8 +6,9 @@ quick     a 2-core CPU, all registered causal mixers in about 10 minutes: one sm
           rather than their cards' conformance sizes. Equal steps for every mixer: 600, or as many
           as the probed step times fit in 570 s, but at least 300 (zoo_schedule.py); early stop at
           0.99. Measured: see benchmarks/results/zoo_quick_cpu/ and the commit that wrote it.
-standard  one GPU in about 5 minutes: two settings, two widths, two learning rates, eight runs
-          at once on the GPU (each tiny model leaves it mostly idle).
+standard  one GPU in about 8 minutes: two settings, two widths, two learning rates, eight runs
+          at once on the GPU (each tiny model leaves it mostly idle; the step count is planned with
+          the slowdown measured for 8 runs sharing an H200, zoo_schedule.CUDA_SHARED_CONTENTION).
 paper     Zoology Figure 2 (Arora et al. 2023, arXiv:2312.04927): (T, pairs) = (64,4), (128,8),
           (256,16), (512,64); vocab 8192; d_model 64..512; lr ∈ logspace(-3, -1.5, 4); hours on a GPU.
 """
@@ -71,7 +72,7 @@ PRESETS = {
     "standard": ZooPreset(
         name="standard", grid=((64, 4), (128, 8)), vocab_size=2048, d_models=(64, 128), lrs=(1e-3, 3e-3),
         num_train=50_000, num_test=1000, batch_size=128, steps=4000, eval_every=100,
-        total_seconds=270.0, run_seconds=60.0, workers=8,
+        total_seconds=480.0, run_seconds=60.0, workers=8,
     ),
     "paper": ZooPreset(
         name="paper", grid=((64, 4), (128, 8), (256, 16), (512, 64)), vocab_size=8192,

@@ -117,13 +117,21 @@ def run_cap(*, total_seconds: float | None, run_seconds: float | None, elapsed: 
 # the runs are: in-run ms/step over probe ms from 0.75 to 1.76, mean ~1.05 in one sweep, ~1.4 in
 # another under heavier load.
 CONTENTION = 1.25
+# On one GPU shared by several runs at once the gap is larger: on the H200 with 8 runs at once
+# (standard preset, session 2) in-run ms/step over probe ms had a median of 2.57 (1.7-16.6, 85 runs).
+CUDA_SHARED_CONTENTION = 2.6
+
+
+def contention_for(device: str, workers: int) -> float:
+    """The factor from probed to in-run seconds per step for runs on `device`, `workers` at once."""
+    return CUDA_SHARED_CONTENTION if str(device).startswith("cuda") and workers > 1 else CONTENTION
 
 
 class SweepBudget:
     """The sweep's runs in schedule order, the steps they all get, and each run's time cap."""
 
-    def __init__(self, preset, workers: int, t_start: float):
-        self.preset, self.workers, self.t_start = preset, workers, t_start
+    def __init__(self, preset, workers: int, t_start: float, contention: float = CONTENTION):
+        self.preset, self.workers, self.t_start, self.contention = preset, workers, t_start, contention
         self.total_seconds = preset.total_seconds
         self.expected: list[float] = []
         self.probes: list[float] = []
@@ -135,7 +143,7 @@ class SweepBudget:
         cost = dict(zip(map(id, specs), budget_costs(probe_seconds)))
         probe = dict(zip(map(id, specs), probe_seconds))
         specs = longest_first(specs, probe_seconds)[:max_runs]
-        per_step = [cost[id(s)] * CONTENTION for s in specs]
+        per_step = [cost[id(s)] * self.contention for s in specs]
         self.probes = [probe[id(s)] for s in specs]
         total = self.preset.total_seconds
         if total is not None and specs:

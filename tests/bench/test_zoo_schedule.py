@@ -108,3 +108,24 @@ def test_a_killed_worker_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch
     by = {r["mixer"]: r for r in recs}
     assert len(recs) == 2 and by["softmax"]["accuracy"] is not None and by["softmax"]["steps"] == 3
     assert by["sliding_window"]["accuracy"] is None and "worker process died" in by["sliding_window"]["error"]
+
+
+def test_shared_gpu_runs_plan_fewer_steps_than_cpu_runs():
+    """Runs sharing one GPU are planned with the slowdown measured there (probe x 2.6), CPU runs
+    and a single GPU run with the CPU's 1.25: the same probes fit fewer steps in the same budget."""
+    import time
+
+    from attnzoo.bench.zoo_schedule import CUDA_SHARED_CONTENTION, SweepBudget, contention_for
+
+    assert contention_for("cuda", 8) == CUDA_SHARED_CONTENTION > CONTENTION
+    assert contention_for("cuda:0", 2) == CUDA_SHARED_CONTENTION
+    assert contention_for("cuda", 1) == contention_for("cpu", 8) == CONTENTION
+    preset = replace(get_preset("standard"), steps=10_000, min_steps=1, total_seconds=100.0)
+    specs = [{"mixer": f"m{i}"} for i in range(8)]
+    planned = {}
+    for dev in ("cpu", "cuda"):
+        b = SweepBudget(preset, 8, time.perf_counter(), contention=contention_for(dev, 8))
+        b.order(list(specs), [0.01] * 8, None)
+        planned[dev] = b.preset.steps
+    assert planned["cuda"] < planned["cpu"]
+    assert math.isclose(planned["cpu"] / planned["cuda"], CUDA_SHARED_CONTENTION / CONTENTION, rel_tol=0.02)
