@@ -20,6 +20,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from attnzoo.ops.linear.triton_state import chunk_bounds
 from attnzoo.ops.linear.triton_vector_fast import chunk_is_safe, factor_cast
 
 
@@ -30,9 +31,7 @@ def chunk_output_kernel(
     BV: tl.constexpr, GATE: tl.constexpr,
 ):
     i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    n = tl.load(chunk_seq + i_c)
-    bos = tl.load(cu_seqlens + n).to(tl.int64)
-    eos = tl.load(cu_seqlens + n + 1).to(tl.int64)
+    bos, eos = chunk_bounds(cu_seqlens, chunk_seq, i_c)
     t0 = bos + tl.load(chunk_idx + i_c).to(tl.int64) * BT
     t = t0 + tl.arange(0, BT)
     mt = t < eos
@@ -86,9 +85,7 @@ def chunk_dv_kernel(
     BV: tl.constexpr, GATE: tl.constexpr,
 ):
     i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    n = tl.load(chunk_seq + i_c)
-    bos = tl.load(cu_seqlens + n).to(tl.int64)
-    eos = tl.load(cu_seqlens + n + 1).to(tl.int64)
+    bos, eos = chunk_bounds(cu_seqlens, chunk_seq, i_c)
     t0 = bos + tl.load(chunk_idx + i_c).to(tl.int64) * BT
     t = t0 + tl.arange(0, BT)
     mt = t < eos

@@ -19,6 +19,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from attnzoo.ops.linear.triton_state import chunk_bounds
+
 
 @triton.jit
 def chunk_value_products(do, v, h, dh, t, mt, kk, mk, s_base, i_h, H: tl.constexpr, V: tl.constexpr,
@@ -55,9 +57,7 @@ def chunk_scalar_dqdk_kernel(
     BV: tl.constexpr, GATE: tl.constexpr,
 ):
     i_c, i_h = tl.program_id(0), tl.program_id(1)
-    n = tl.load(chunk_seq + i_c)
-    bos = tl.load(cu_seqlens + n).to(tl.int64)
-    eos = tl.load(cu_seqlens + n + 1).to(tl.int64)
+    bos, eos = chunk_bounds(cu_seqlens, chunk_seq, i_c)
     t0 = bos + tl.load(chunk_idx + i_c).to(tl.int64) * BT
     t = t0 + tl.arange(0, BT)
     mt = t < eos

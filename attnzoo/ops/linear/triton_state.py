@@ -20,6 +20,13 @@ import triton.language as tl
 
 
 @triton.jit
+def chunk_bounds(cu_seqlens, chunk_seq, i_c):
+    """[bos, eos) (int64) of the packed sequence that holds chunk i_c (chunk tables of triton_chunk)."""
+    n = tl.load(chunk_seq + i_c)
+    return tl.load(cu_seqlens + n).to(tl.int64), tl.load(cu_seqlens + n + 1).to(tl.int64)
+
+
+@triton.jit
 def chunk_state_fwd_kernel(
     k, v, b, h, h0, ht, cu_seqlens, chunk_offsets,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,

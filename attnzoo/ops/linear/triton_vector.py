@@ -21,6 +21,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from attnzoo.ops.linear.triton_state import chunk_bounds
 from attnzoo.ops.linear.triton_vector_fast import chunk_is_safe
 
 
@@ -33,9 +34,7 @@ def chunk_intra_kernel(
     i_cs, i_h = tl.program_id(0), tl.program_id(1)
     NS: tl.constexpr = BT // BC
     i_c, s = i_cs // NS, i_cs % NS
-    n = tl.load(chunk_seq + i_c)
-    bos = tl.load(cu_seqlens + n).to(tl.int64)
-    eos = tl.load(cu_seqlens + n + 1).to(tl.int64)
+    bos, eos = chunk_bounds(cu_seqlens, chunk_seq, i_c)
     t0 = bos + tl.load(chunk_idx + i_c).to(tl.int64) * BT
     if chunk_is_safe(b, tl.minimum(t0 + BT, eos) - 1, i_h, H, K, BK):
         return  # the output and dv kernels form this chunk's A by the factorised product
@@ -82,9 +81,7 @@ def chunk_vector_dqdk_kernel(
     i_cs, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     NS: tl.constexpr = BT // BC
     i_c, s = i_cs // NS, i_cs % NS
-    n = tl.load(chunk_seq + i_c)
-    bos = tl.load(cu_seqlens + n).to(tl.int64)
-    eos = tl.load(cu_seqlens + n + 1).to(tl.int64)
+    bos, eos = chunk_bounds(cu_seqlens, chunk_seq, i_c)
     t0 = bos + tl.load(chunk_idx + i_c).to(tl.int64) * BT
     last = tl.minimum(t0 + BT, eos) - 1
     if chunk_is_safe(b, last, i_h, H, K, BK):

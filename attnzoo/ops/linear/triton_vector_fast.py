@@ -40,6 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
+from attnzoo.ops.linear.triton_state import chunk_bounds
 from attnzoo.ops.linear.triton_scalar_bwd import chunk_value_products
 
 SAFE_LOG = tl.constexpr(20.0)  # a chunk is factorised when its total log decay is >= −SAFE_LOG
@@ -83,9 +84,7 @@ def chunk_vector_fast_dqdk_kernel(
     """dq, dk [N_tok, H, K] and db (float32) for the rows of one SAFE (chunk, head) and K block
     (db is per channel, so K blocks are independent; dA = do vᵀ is recomputed per block)."""
     i_c, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    n = tl.load(chunk_seq + i_c)
-    bos = tl.load(cu_seqlens + n).to(tl.int64)
-    eos = tl.load(cu_seqlens + n + 1).to(tl.int64)
+    bos, eos = chunk_bounds(cu_seqlens, chunk_seq, i_c)
     t0 = bos + tl.load(chunk_idx + i_c).to(tl.int64) * BT
     last = tl.minimum(t0 + BT, eos) - 1
     if chunk_is_safe(b, last, i_h, H, K, BK):
