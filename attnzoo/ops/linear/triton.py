@@ -92,17 +92,36 @@ def _check(q, k, v, g, initial_state, cu_seqlens):
                              f"got {tuple(initial_state.shape)}")
 
 
+def _chunk_fwd(q, k, v, g, initial_state, cu_seqlens, batch, scale, output_final_state):
+    """The chunked forward launches: (o, final state or None)."""
+    from attnzoo.ops.linear.triton_chunk import gla_chunk_fwd, make_tables
+
+    tab = make_tables(q.shape[0], batch, cu_seqlens, q.device)
+    return gla_chunk_fwd(q, k, v, g, scale=scale, initial_state=initial_state,
+                         output_final_state=output_final_state, tab=tab)
+
+
+def _chunk_bwd(q, k, v, g, initial_state, cu_seqlens, batch, scale, do, dht):
+    """The chunked backward launches: (dq, dk, dv, dg or None, dh0 or None)."""
+    from attnzoo.ops.linear.triton_chunk import gla_chunk_bwd as bwd, make_tables
+
+    tab = make_tables(q.shape[0], batch, cu_seqlens, q.device)
+    return bwd(q, k, v, g, do.contiguous(), dht, scale=scale, initial_state=initial_state, tab=tab)
+
+
+def _input_grads(dq, dk, dv, dg, dh0, g, initial_state):
+    """The autograd return: one entry per input of gla_chunk (None where there is no gradient)."""
+    return (dq, dk, dv, dg if g is not None else None, dh0 if initial_state is not None else None,
+            None, None, None, None)
+
+
 @torch.library.custom_op("attnzoo::gla_chunk", mutates_args=())
 def gla_chunk(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],  # noqa: UP045
     initial_state: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor],  # noqa: UP045
     batch: int, scale: float, output_final_state: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    from attnzoo.ops.linear.triton_chunk import gla_chunk_fwd, make_tables
-
-    tab = make_tables(q.shape[0], batch, cu_seqlens, q.device)
-    o, ht = gla_chunk_fwd(q, k, v, g, scale=scale, initial_state=initial_state,
-                          output_final_state=output_final_state, tab=tab)
+    o, ht = _chunk_fwd(q, k, v, g, initial_state, cu_seqlens, batch, scale, output_final_state)
     return o, (ht if ht is not None else q.new_empty(0, dtype=torch.float32))
 
 
@@ -120,10 +139,7 @@ def gla_chunk_bwd(
     initial_state: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor],  # noqa: UP045
     batch: int, scale: float, do: torch.Tensor, dht: Optional[torch.Tensor],  # noqa: UP045
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    from attnzoo.ops.linear.triton_chunk import gla_chunk_bwd as bwd, make_tables
-
-    tab = make_tables(q.shape[0], batch, cu_seqlens, q.device)
-    dq, dk, dv, dg, dh0 = bwd(q, k, v, g, do.contiguous(), dht, scale=scale, initial_state=initial_state, tab=tab)
+    dq, dk, dv, dg, dh0 = _chunk_bwd(q, k, v, g, initial_state, cu_seqlens, batch, scale, do, dht)
     empty = lambda: q.new_empty(0, dtype=torch.float32)  # noqa: E731 (outputs must not alias)
     return dq, dk, dv, (dg if dg is not None else empty()), (dh0 if dh0 is not None else empty())
 
@@ -145,10 +161,9 @@ def _backward(ctx, do, dht):
     q, k, v, g, initial_state, cu_seqlens = ctx.saved_tensors
     if dht is not None and dht.numel() == 0:
         dht = None
-    dq, dk, dv, dg, dh0 = gla_chunk_bwd(q, k, v, g, initial_state, cu_seqlens, ctx.batch, ctx.scale,
-                                        do, dht.contiguous() if dht is not None else None)
-    return (dq, dk, dv, dg if g is not None else None, dh0 if initial_state is not None else None,
-            None, None, None, None)
+    grads = gla_chunk_bwd(q, k, v, g, initial_state, cu_seqlens, ctx.batch, ctx.scale,
+                          do, dht.contiguous() if dht is not None else None)
+    return _input_grads(*grads, g, initial_state)
 
 
 gla_chunk.register_autograd(_backward, setup_context=_setup_context)
@@ -160,26 +175,16 @@ class _EagerGlaChunk(torch.autograd.Function):
     op's speed at 16k tokens (the kernels take ~1.1 ms). torch.compile still sees the custom op."""
 
     @staticmethod
-    def forward(ctx, q, k, v, g, initial_state, cu_seqlens, batch, scale, output_final_state):
-        from attnzoo.ops.linear.triton_chunk import gla_chunk_fwd, make_tables
-
-        tab = make_tables(q.shape[0], batch, cu_seqlens, q.device)
-        o, ht = gla_chunk_fwd(q, k, v, g, scale=scale, initial_state=initial_state,
-                              output_final_state=output_final_state, tab=tab)
-        ctx.save_for_backward(q, k, v, g, initial_state, cu_seqlens)
-        ctx.batch, ctx.scale = batch, scale
-        return o, ht
+    def forward(ctx, *inputs):
+        _setup_context(ctx, inputs, None)
+        return _chunk_fwd(*inputs)
 
     @staticmethod
     def backward(ctx, do, dht):
-        from attnzoo.ops.linear.triton_chunk import gla_chunk_bwd as bwd, make_tables
-
         q, k, v, g, initial_state, cu_seqlens = ctx.saved_tensors
-        tab = make_tables(q.shape[0], ctx.batch, cu_seqlens, q.device)
-        dq, dk, dv, dg, dh0 = bwd(q, k, v, g, do.contiguous(), dht.contiguous() if dht is not None else None,
-                                  scale=ctx.scale, initial_state=initial_state, tab=tab)
-        return (dq, dk, dv, dg if g is not None else None, dh0 if initial_state is not None else None,
-                None, None, None, None)
+        grads = _chunk_bwd(q, k, v, g, initial_state, cu_seqlens, ctx.batch, ctx.scale, do,
+                           dht.contiguous() if dht is not None else None)
+        return _input_grads(*grads, g, initial_state)
 
 
 def _compiling() -> bool:
