@@ -29,6 +29,7 @@ from attnzoo.ops.dispatch import triton_interpret
 from attnzoo.ops.linear.triton_cumsum import chunk_local_cumsum, chunk_reverse_cumsum
 from attnzoo.ops.linear.triton_output import chunk_dv_kernel, chunk_output_kernel
 from attnzoo.ops.linear.triton_scalar_bwd import chunk_scalar_dqdk_kernel
+from attnzoo.ops.linear import triton_state
 from attnzoo.ops.linear.triton_state import chunk_state_bwd_kernel, chunk_state_fwd_kernel
 from attnzoo.ops.linear.triton_vector import chunk_intra_kernel, chunk_vector_dqdk_kernel
 from attnzoo.ops.linear.triton_vector_fast import chunk_vector_fast_dqdk_kernel
@@ -45,6 +46,7 @@ class ChunkTables:
     chunk_offsets: torch.Tensor  # int32 [N + 1]: first global chunk of each sequence
     n_seqs: int
     n_chunks: int
+    max_chunks: int              # chunks of the longest sequence (picks the state passes' segments)
 
 
 # Tables of regular batches, by (tokens, batch, device): building them costs ~6 small launches
@@ -64,7 +66,7 @@ def make_tables(n_tok: int, batch: int, cu_seqlens: torch.Tensor | None, device)
             nt = triton.cdiv(T, BT)
             ar = torch.arange(batch * nt, **i32)
             tab = _REGULAR_TABLES[key] = ChunkTables(torch.arange(batch + 1, **i32) * T, ar // nt, ar % nt,
-                                                     torch.arange(batch + 1, **i32) * nt, batch, batch * nt)
+                                                     torch.arange(batch + 1, **i32) * nt, batch, batch * nt, nt)
         return tab
     cu = cu_seqlens.to(torch.int64).cpu()
     nts = [triton.cdiv(int(b - a), BT) for a, b in zip(cu[:-1].tolist(), cu[1:].tolist())]
@@ -73,7 +75,8 @@ def make_tables(n_tok: int, batch: int, cu_seqlens: torch.Tensor | None, device)
     offs = torch.zeros(len(nts) + 1, dtype=torch.int64)
     offs[1:] = torch.cumsum(torch.tensor(nts, dtype=torch.int64), 0)
     idx = torch.arange(n_chunks) - offs[seq]
-    return ChunkTables(cu_seqlens.to(**i32), seq.to(**i32), idx.to(**i32), offs.to(**i32), len(nts), n_chunks)
+    return ChunkTables(cu_seqlens.to(**i32), seq.to(**i32), idx.to(**i32), offs.to(**i32), len(nts), n_chunks,
+                       max(nts, default=0))
 
 
 def _gate_kind(g):
@@ -99,19 +102,60 @@ def _output_config(gate, BK):
     return dict(BK=BK, GATE=gate, num_warps=4)
 
 
-def _states(k, v, b, gate, h0, tab, store_ht):
+def _segments(K, V, H, gate, tab, seg, x):
+    """State-pass grid and segmentation (triton_state.choose_segment): (grid, SEG, NSMAX, E, G);
+    SEG = 0 for one sequential launch (MODE 0), else E [N, NSMAX, H, K, V] and G (float32) hold
+    the segment summaries of the two-launch form (MODE 1 then 2) and the grid has N·H·NSMAX programs."""
+    BK, BV = _blocks(K, V)
+    kb, vb = triton.cdiv(K, BK), triton.cdiv(V, min(BV, 32))
+    SEG = triton_state.choose_segment(n_programs=kb * vb * tab.n_seqs * H, max_chunks=tab.max_chunks, seg=seg)
+    if not SEG:
+        return (kb, vb, tab.n_seqs * H), 0, 1, x, x
+    nsmax = triton.cdiv(tab.max_chunks, SEG)
+    E = x.new_empty(tab.n_seqs, nsmax, H, K, V, dtype=torch.float32)
+    G = x.new_empty(tab.n_seqs, nsmax, H, *((K,) if gate == 2 else ()), dtype=torch.float32) if gate else x
+    return (kb, vb, tab.n_seqs * H * nsmax), SEG, nsmax, E, G
+
+
+def _states(k, v, b, gate, h0, tab, store_ht, seg=None):
     N_tok, H, K = k.shape
     V = v.shape[-1]
     BK, BV = _blocks(K, V)
     h = k.new_empty(tab.n_chunks, H, K, V, dtype=_state_dtype(k))
     ht = k.new_empty(tab.n_seqs, H, K, V, dtype=torch.float32) if store_ht else None
-    grid = (triton.cdiv(K, BK), triton.cdiv(V, min(BV, 32)), tab.n_seqs * H)
-    chunk_state_fwd_kernel[grid](
-        k, v, b if b is not None else k, h, h0 if h0 is not None else k, ht if ht is not None else k,
-        tab.cu_seqlens, tab.chunk_offsets, H=H, K=K, V=V, BT=BT, BK=BK, BV=min(BV, 32), GATE=gate,
-        HAS_H0=h0 is not None, STORE_HT=store_ht, num_warps=4,
-    )
+    grid, SEG, nsmax, E, G = _segments(K, V, H, gate, tab, seg, k)
+    for mode in ((1, 2) if SEG else (0,)):
+        chunk_state_fwd_kernel[grid](
+            k, v, b if b is not None else k, h, h0 if h0 is not None else k, ht if ht is not None else k,
+            tab.cu_seqlens, tab.chunk_offsets, E, G, SEG, nsmax, H=H, K=K, V=V, BT=BT, BK=BK, BV=min(BV, 32),
+            GATE=gate, HAS_H0=h0 is not None, STORE_HT=store_ht, MODE=mode, num_warps=4,
+        )
     return h, ht
+
+
+def _dstates(q, do, b, gate, dht, h, ht, tab, scale, want_dh0, seg=None):
+    """Reverse state pass: dh (gradient wrt the state leaving each chunk), dh0 (or None) and term
+    (the per-block partial rowsum(S_c ⊙ dS_c), gated only; summed over blocks by the caller)."""
+    N_tok, H, K = q.shape
+    V = do.shape[-1]
+    BK, BV = _blocks(K, V)
+    dh = torch.empty_like(h)
+    dh0 = q.new_empty(tab.n_seqs, H, K, V, dtype=torch.float32) if want_dh0 else None
+    grid, SEG, nsmax, E, G = _segments(K, V, H, gate, tab, seg, q)
+    term = None
+    if gate == 1:
+        term = q.new_empty(grid[0] * grid[1], tab.n_chunks, H, dtype=torch.float32)
+    elif gate == 2:
+        term = q.new_empty(grid[1], tab.n_chunks, H, K, dtype=torch.float32)
+    for mode in ((1, 2) if SEG else (0,)):
+        chunk_state_bwd_kernel[grid](
+            q, do, b if b is not None else q, dh, dht if dht is not None else q, dh0 if dh0 is not None else q,
+            h, ht if ht is not None else q, term if term is not None else q,
+            tab.cu_seqlens, tab.chunk_offsets, scale, tab.n_chunks, E, G, SEG, nsmax, H=H, K=K, V=V, BT=BT,
+            BK=BK, BV=min(BV, 32), GATE=gate, HAS_DHT=dht is not None, STORE_DH0=want_dh0, MODE=mode,
+            num_warps=4,
+        )
+    return dh, dh0, term
 
 
 def _intra(q, k, b, tab):
@@ -150,20 +194,7 @@ def gla_chunk_bwd(q, k, v, g, do, dht, *, scale, initial_state, tab):
     b = chunk_local_cumsum(g, tab, BT) if g is not None else None
     h, ht = _states(k, v, b, gate, initial_state, tab, gate > 0)
     BK, BV = _blocks(K, V)
-    dh = torch.empty_like(h)
-    dh0 = q.new_empty(tab.n_seqs, H, K, V, dtype=torch.float32) if initial_state is not None else None
-    grid = (triton.cdiv(K, BK), triton.cdiv(V, min(BV, 32)), tab.n_seqs * H)
-    term = None
-    if gate == 1:
-        term = q.new_empty(grid[0] * grid[1], tab.n_chunks, H, dtype=torch.float32)
-    elif gate == 2:
-        term = q.new_empty(grid[1], tab.n_chunks, H, K, dtype=torch.float32)
-    chunk_state_bwd_kernel[grid](
-        q, do, b if b is not None else q, dh, dht if dht is not None else q, dh0 if dh0 is not None else q,
-        h, ht if ht is not None else q, term if term is not None else q,
-        tab.cu_seqlens, tab.chunk_offsets, scale, tab.n_chunks, H=H, K=K, V=V, BT=BT, BK=BK, BV=min(BV, 32),
-        GATE=gate, HAS_DHT=dht is not None, STORE_DH0=dh0 is not None, num_warps=4,
-    )
+    dh, dh0, term = _dstates(q, do, b, gate, dht, h, ht, tab, scale, initial_state is not None)
     A = _intra(q, k, b, tab) if gate == 2 else None
     dv = torch.empty_like(v)
     chunk_dv_kernel[(tab.n_chunks, triton.cdiv(V, BV), H)](

@@ -1,22 +1,63 @@
 """Triton kernels that pass the state of gated linear attention across chunks (CHUNKED.md §1).
 
+Gated linear attention: Yang, Wang, Shen, Panda & Kim, "Gated Linear Attention Transformers with
+Hardware-Efficient Training", 2023, arXiv:2312.06635 (the chunk-wise state recurrence below).
+
 Packed layout (see triton_cumsum.py): k [N_tok, H, K], v [N_tok, H, V], q, do likewise; b the
 chunk-local cumulative log gate, [N_tok, H] (scalar, GATE=1) or [N_tok, H, K] (vector, GATE=2),
 or absent (GATE=0). h [N_chunks, H, K, V] is the state *entering* each chunk; dh the gradient
-with respect to the state *leaving* each chunk. One program runs over one (sequence, head, K
-block, V block) sequentially through that sequence's chunks; the state stays in float32
-registers. With c the chunk's last token:
+with respect to the state *leaving* each chunk. The state stays in float32 registers. With
+bl_c = b at chunk c's last token (the chunk's total log decay):
 
-    forward:   S <- diag(e^{b_c}) S + Σ_j (k_j ⊙ e^{b_c - b_j}) v_jᵀ
-    backward:  dS <- diag(e^{b_c}) dS + scale · Σ_i (q_i ⊙ e^{b_i}) do_iᵀ
+    forward:   S <- diag(e^{bl_c}) S + Σ_j (k_j ⊙ e^{bl_c - b_j}) v_jᵀ
+    backward:  dS <- diag(e^{bl_c}) dS + scale · Σ_i (q_i ⊙ e^{b_i}) do_iᵀ
 
 Every exponent is <= 0 as written.
+
+MODE=0: one program per (sequence, head, K block, V block) walks all of its sequence's chunks.
+MODE=1/2 (segmented, for long sequences with few programs): the chunks of a sequence are cut into
+segments of SEG consecutive chunks, s = 0 .. NS−1, and both maps are affine in the state, so a
+segment is summarised by E_s (its recurrence run from S = 0) and G_s = Σ_{c in s} bl_c:
+
+    forward:   S_leaving(s) = diag(e^{G_s}) S_entering(s) + E_s
+    backward:  dS_entering(s) = diag(e^{G_s}) dS_leaving(s) + D_s
+
+MODE=1 (summary launch) writes E (or D) [N, NSMAX, H, K, V] and G ([N, NSMAX, H] or
+[N, NSMAX, H, K]) float32, one program per segment; MODE=2 (run launch) builds each segment's
+entry state from h0 (dht) and the summaries of the segments before (after) it, then runs its
+chunks exactly like MODE=0. Both launches have grid (KB, VB, N·H·NSMAX). choose_segment picks SEG.
 """
 
 from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+# Test/benchmark override of the segment length in chunks (None: choose_segment's rule).
+SEGMENT_CHUNKS: int | None = None
+MIN_PROGRAMS = 512  # at or above this many (sequence, head, K block, V block) programs: no segments
+MIN_SEGMENT = 32    # chunks per segment at least (so short sequences never pay the second launch)
+MAX_SEGMENTS = 8    # segments per sequence at most (keeps the entry-state loop short)
+
+
+def choose_segment(*, n_programs: int, max_chunks: int, seg: int | None = None) -> int:
+    """Chunks per segment for the state passes, or 0 for one unsegmented launch (MODE=0).
+
+    n_programs = KB·VB·N·H programs of the unsegmented launch; max_chunks the longest sequence's
+    chunk count. Rule: 0 if n_programs >= MIN_PROGRAMS or max_chunks <= MIN_SEGMENT, else
+    max(MIN_SEGMENT, cdiv(max_chunks, MAX_SEGMENTS)) (so at most MAX_SEGMENTS segments). An explicit
+    seg (or the module's SEGMENT_CHUNKS) overrides the rule; it still gives 0 when one segment holds
+    every chunk."""
+    if n_programs < 1 or max_chunks < 0:
+        raise ValueError(f"expected n_programs >= 1 and max_chunks >= 0, got {n_programs}, {max_chunks}")
+    seg = seg if seg is not None else SEGMENT_CHUNKS
+    if seg is not None:
+        if int(seg) < 1:
+            raise ValueError(f"segment length must be >= 1 chunk, got {seg}")
+        return int(seg) if max_chunks > int(seg) else 0
+    if n_programs >= MIN_PROGRAMS or max_chunks <= MIN_SEGMENT:
+        return 0
+    return max(MIN_SEGMENT, triton.cdiv(max_chunks, MAX_SEGMENTS))
 
 
 @triton.jit
@@ -27,102 +68,211 @@ def chunk_bounds(cu_seqlens, chunk_seq, i_c):
 
 
 @triton.jit
-def chunk_state_fwd_kernel(
-    k, v, b, h, h0, ht, cu_seqlens, chunk_offsets,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-    BV: tl.constexpr, GATE: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
-):
-    i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+def _program(cu_seqlens, SEG, NSMAX, H: tl.constexpr, BT: tl.constexpr, MODE: tl.constexpr):
+    """(n, i_h, s, bos, eos, chunks of the sequence, first chunk, end chunk of this program)."""
+    pid = tl.program_id(2)
+    if MODE == 0:
+        i_nh = pid
+        s = 0
+    else:
+        i_nh = pid // NSMAX
+        s = pid % NSMAX
     n, i_h = i_nh // H, i_nh % H
     bos = tl.load(cu_seqlens + n).to(tl.int64)
     eos = tl.load(cu_seqlens + n + 1).to(tl.int64)
+    n_chunks = tl.cdiv(eos - bos, BT)
+    if MODE == 0:
+        c_lo = 0
+        c_hi = n_chunks
+    else:
+        c_lo = s * SEG
+        c_hi = tl.minimum(c_lo + SEG, n_chunks)
+    return n, i_h, s, bos, eos, n_chunks, c_lo, c_hi
+
+
+@triton.jit
+def _decay(S, G, n, s, i_h, kk, NSMAX, H: tl.constexpr, K: tl.constexpr, GATE: tl.constexpr):
+    """diag(e^{G[n, s]}) S (G float32 [N, NSMAX, H] or [N, NSMAX, H, K])."""
+    if GATE == 1:
+        S *= tl.exp(tl.load(G + (n * NSMAX + s) * H + i_h))
+    elif GATE == 2:
+        S *= tl.exp(tl.load(G + ((n * NSMAX + s) * H + i_h) * K + kk, mask=kk < K, other=0.0))[:, None]
+    return S
+
+
+@triton.jit
+def _store_summary(E, G, S, gsum, n, s, i_h, kk, s_off, mkv, NSMAX,
+                   H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, GATE: tl.constexpr):
+    """E[n, s] = S; G[n, s] = gsum (scalar gate: by the (0, 0) block program; vector: i_v == 0)."""
+    tl.store(E + (n * NSMAX + s) * H * K * V + s_off, S, mask=mkv)
+    if GATE == 1:
+        if (tl.program_id(0) == 0) & (tl.program_id(1) == 0):
+            tl.store(G + (n * NSMAX + s) * H + i_h, gsum)
+    elif GATE == 2:
+        if tl.program_id(1) == 0:
+            tl.store(G + ((n * NSMAX + s) * H + i_h) * K + kk, gsum, mask=kk < K)
+
+
+@triton.jit
+def _fwd_chunk(k, v, b, S, bos, eos, i, i_h, kk, vv,
+               H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, GATE: tl.constexpr):
+    """One forward step over chunk i: returns (S leaving the chunk, the chunk's log decay bl)."""
+    t = bos + i * BT + tl.arange(0, BT)
+    mt = t < eos
+    kT = tl.load(k + t[None, :] * (H * K) + i_h * K + kk[:, None],
+                 mask=(kk < K)[:, None] & mt[None, :], other=0.0)
+    vt = tl.load(v + t[:, None] * (H * V) + i_h * V + vv[None, :],
+                 mask=mt[:, None] & (vv < V)[None, :], other=0.0)
+    last = tl.minimum(bos + (i + 1) * BT, eos) - 1
+    if GATE == 1:
+        bl = tl.load(b + last * H + i_h)
+        bt = tl.load(b + t * H + i_h, mask=mt, other=0.0)
+        S *= tl.exp(bl)
+        kT = (kT * tl.exp(bl - bt)[None, :]).to(vt.dtype)
+    elif GATE == 2:
+        bl = tl.load(b + last * (H * K) + i_h * K + kk, mask=kk < K, other=0.0)
+        bT = tl.load(b + t[None, :] * (H * K) + i_h * K + kk[:, None],
+                     mask=(kk < K)[:, None] & mt[None, :], other=0.0)
+        S *= tl.exp(bl)[:, None]
+        kT = (kT * tl.exp(bl[:, None] - bT)).to(vt.dtype)
+    else:
+        bl = 0.0
+    S += tl.dot(kT, vt)
+    return S, bl
+
+
+@triton.jit
+def _bwd_chunk(q, do, b, dS, bos, eos, i, i_h, kk, vv, scale,
+               H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, GATE: tl.constexpr):
+    """One backward step over chunk i: returns (dS entering the chunk, the chunk's log decay bl)."""
+    t = bos + i * BT + tl.arange(0, BT)
+    mt = t < eos
+    qT = tl.load(q + t[None, :] * (H * K) + i_h * K + kk[:, None],
+                 mask=(kk < K)[:, None] & mt[None, :], other=0.0)
+    dot_ = tl.load(do + t[:, None] * (H * V) + i_h * V + vv[None, :],
+                   mask=mt[:, None] & (vv < V)[None, :], other=0.0)
+    last = tl.minimum(bos + (i + 1) * BT, eos) - 1
+    if GATE == 1:
+        bl = tl.load(b + last * H + i_h)
+        bt = tl.load(b + t * H + i_h, mask=mt, other=0.0)
+        dS *= tl.exp(bl)
+        qT = (qT * (scale * tl.exp(bt))[None, :]).to(dot_.dtype)
+    elif GATE == 2:
+        bl = tl.load(b + last * (H * K) + i_h * K + kk, mask=kk < K, other=0.0)
+        bT = tl.load(b + t[None, :] * (H * K) + i_h * K + kk[:, None],
+                     mask=(kk < K)[:, None] & mt[None, :], other=0.0)
+        dS *= tl.exp(bl)[:, None]
+        qT = (qT.to(tl.float32) * scale * tl.exp(bT)).to(dot_.dtype)
+    else:
+        bl = 0.0
+        qT = (qT.to(tl.float32) * scale).to(dot_.dtype)
+    dS += tl.dot(qT, dot_)
+    return dS, bl
+
+
+@triton.jit
+def chunk_state_fwd_kernel(
+    k, v, b, h, h0, ht, cu_seqlens, chunk_offsets, E, G, SEG, NSMAX,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, GATE: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
+    MODE: tl.constexpr = 0,
+):
+    """MODE 0: h (and ht) of whole sequences. MODE 1: E[n, s], G[n, s] of every segment but the
+    last. MODE 2: entry state S = h0, then S = diag(e^{G[n,s']}) S + E[n,s'] for s' < s; then h of
+    the segment's chunks, and ht from the last segment. (E, G, SEG, NSMAX unused in MODE 0.)"""
+    n, i_h, s, bos, eos, n_chunks, c_lo, c_hi = _program(cu_seqlens, SEG, NSMAX, H=H, BT=BT, MODE=MODE)
+    if MODE == 1:
+        if c_hi >= n_chunks:  # the last segment's summary is never used
+            return
+    elif MODE == 2:
+        if (s > 0) & (c_lo >= n_chunks):  # past this sequence's last segment (segment 0 always runs)
+            return
     c0 = tl.load(chunk_offsets + n).to(tl.int64)
-    kk = i_k * BK + tl.arange(0, BK)
-    vv = i_v * BV + tl.arange(0, BV)
+    kk = tl.program_id(0) * BK + tl.arange(0, BK)
+    vv = tl.program_id(1) * BV + tl.arange(0, BV)
     mkv = (kk < K)[:, None] & (vv < V)[None, :]
     s_off = i_h * K * V + kk[:, None] * V + vv[None, :]
     S = tl.zeros([BK, BV], dtype=tl.float32)
-    if HAS_H0:
-        S += tl.load(h0 + n * H * K * V + s_off, mask=mkv, other=0.0)
-    n_chunks = tl.cdiv(eos - bos, BT)
-    for i in range(n_chunks):
-        tl.store(h + (c0 + i) * H * K * V + s_off, S.to(h.dtype.element_ty), mask=mkv)
-        t = bos + i * BT + tl.arange(0, BT)
-        mt = t < eos
-        kT = tl.load(k + t[None, :] * (H * K) + i_h * K + kk[:, None],
-                     mask=(kk < K)[:, None] & mt[None, :], other=0.0)
-        vt = tl.load(v + t[:, None] * (H * V) + i_h * V + vv[None, :],
-                     mask=mt[:, None] & (vv < V)[None, :], other=0.0)
-        last = tl.minimum(bos + (i + 1) * BT, eos) - 1
-        if GATE == 1:
-            bl = tl.load(b + last * H + i_h)
-            bt = tl.load(b + t * H + i_h, mask=mt, other=0.0)
-            S *= tl.exp(bl)
-            kT = (kT * tl.exp(bl - bt)[None, :]).to(vt.dtype)
-        elif GATE == 2:
-            bl = tl.load(b + last * (H * K) + i_h * K + kk, mask=kk < K, other=0.0)
-            bT = tl.load(b + t[None, :] * (H * K) + i_h * K + kk[:, None],
-                         mask=(kk < K)[:, None] & mt[None, :], other=0.0)
-            S *= tl.exp(bl)[:, None]
-            kT = (kT * tl.exp(bl[:, None] - bT)).to(vt.dtype)
-        S += tl.dot(kT, vt)
-    if STORE_HT:
-        tl.store(ht + n * H * K * V + s_off, S, mask=mkv)
+    if MODE != 1:
+        if HAS_H0:
+            S += tl.load(h0 + n * H * K * V + s_off, mask=mkv, other=0.0)
+    if MODE == 2:
+        for sp in range(0, s):
+            S = _decay(S, G, n, sp, i_h, kk, NSMAX, H=H, K=K, GATE=GATE)
+            S += tl.load(E + (n * NSMAX + sp) * H * K * V + s_off, mask=mkv, other=0.0)
+    if MODE == 1:  # the segment's total log decay G (the scalar gate's as a 0-d float32 tensor)
+        gsum = tl.zeros([BK], dtype=tl.float32) if GATE == 2 else tl.sum(tl.zeros([BK], dtype=tl.float32), axis=0)
+    for i in range(c_lo, c_hi):
+        if MODE != 1:
+            tl.store(h + (c0 + i) * H * K * V + s_off, S.to(h.dtype.element_ty), mask=mkv)
+        S, bl = _fwd_chunk(k, v, b, S, bos, eos, i, i_h, kk, vv, H=H, K=K, V=V, BT=BT, GATE=GATE)
+        if MODE == 1:
+            if GATE > 0:
+                gsum += bl
+    if MODE == 1:
+        _store_summary(E, G, S, gsum, n, s, i_h, kk, s_off, mkv, NSMAX, H=H, K=K, V=V, GATE=GATE)
+    elif STORE_HT:
+        if c_hi >= n_chunks:  # always so in MODE 0
+            tl.store(ht + n * H * K * V + s_off, S, mask=mkv)
 
 
 @triton.jit
 def chunk_state_bwd_kernel(
-    q, do, b, dh, dht, dh0, h, ht, term, cu_seqlens, chunk_offsets, scale, NC,
+    q, do, b, dh, dht, dh0, h, ht, term, cu_seqlens, chunk_offsets, scale, NC, E, G, SEG, NSMAX,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, GATE: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
+    MODE: tl.constexpr = 0,
 ):
     """With a gate, also writes term = rowsum(S_c ⊙ dS_c) per chunk (S_c the state leaving the chunk,
     from h of the next chunk or ht), partial over this program's V block (and K block if scalar):
-    the gradient of every later cumulative gate, so the reverse cumsum stays inside each chunk."""
-    i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    n, i_h = i_nh // H, i_nh % H
-    bos = tl.load(cu_seqlens + n).to(tl.int64)
-    eos = tl.load(cu_seqlens + n + 1).to(tl.int64)
+    the gradient of every later cumulative gate, so the reverse cumsum stays inside each chunk.
+    MODE 1: D[n, s] (into E) and G[n, s] of every segment but the first. MODE 2: entry dS = dht,
+    then dS = diag(e^{G[n,s']}) dS + D[n,s'] for s' = NS−1 down to s+1; then the segment's chunks
+    in reverse (dh, term), and dh0 from segment 0."""
+    n, i_h, s, bos, eos, n_chunks, c_lo, c_hi = _program(cu_seqlens, SEG, NSMAX, H=H, BT=BT, MODE=MODE)
+    if MODE == 1:
+        if (s == 0) | (c_lo >= n_chunks):  # the first segment's summary is never used
+            return
+    elif MODE == 2:
+        if (s > 0) & (c_lo >= n_chunks):
+            return
     c0 = tl.load(chunk_offsets + n).to(tl.int64)
-    kk = i_k * BK + tl.arange(0, BK)
-    vv = i_v * BV + tl.arange(0, BV)
+    kk = tl.program_id(0) * BK + tl.arange(0, BK)
+    vv = tl.program_id(1) * BV + tl.arange(0, BV)
     mkv = (kk < K)[:, None] & (vv < V)[None, :]
     s_off = i_h * K * V + kk[:, None] * V + vv[None, :]
     dS = tl.zeros([BK, BV], dtype=tl.float32)
-    if HAS_DHT:
-        dS += tl.load(dht + n * H * K * V + s_off, mask=mkv, other=0.0)
-    n_chunks = tl.cdiv(eos - bos, BT)
-    for j in range(n_chunks):
-        i = n_chunks - 1 - j
-        tl.store(dh + (c0 + i) * H * K * V + s_off, dS.to(dh.dtype.element_ty), mask=mkv)
-        if GATE > 0:
-            S_c = tl.load(h + (c0 + i + 1) * H * K * V + s_off, mask=mkv & (i < n_chunks - 1), other=0.0)
-            S_c = S_c.to(tl.float32) + tl.load(ht + n * H * K * V + s_off, mask=mkv & (i == n_chunks - 1), other=0.0)
-            part = tl.sum(S_c * dS, axis=1)
-            if GATE == 1:
-                tl.store(term + ((i_k * tl.num_programs(1) + i_v) * NC + c0 + i) * H + i_h, tl.sum(part, axis=0))
-            else:
-                tl.store(term + ((i_v * NC + c0 + i) * H + i_h) * K + kk, part, mask=kk < K)
-        t = bos + i * BT + tl.arange(0, BT)
-        mt = t < eos
-        qT = tl.load(q + t[None, :] * (H * K) + i_h * K + kk[:, None],
-                     mask=(kk < K)[:, None] & mt[None, :], other=0.0)
-        dot_ = tl.load(do + t[:, None] * (H * V) + i_h * V + vv[None, :],
-                       mask=mt[:, None] & (vv < V)[None, :], other=0.0)
-        last = tl.minimum(bos + (i + 1) * BT, eos) - 1
-        if GATE == 1:
-            bl = tl.load(b + last * H + i_h)
-            bt = tl.load(b + t * H + i_h, mask=mt, other=0.0)
-            dS *= tl.exp(bl)
-            qT = (qT * (scale * tl.exp(bt))[None, :]).to(dot_.dtype)
-        elif GATE == 2:
-            bl = tl.load(b + last * (H * K) + i_h * K + kk, mask=kk < K, other=0.0)
-            bT = tl.load(b + t[None, :] * (H * K) + i_h * K + kk[:, None],
-                         mask=(kk < K)[:, None] & mt[None, :], other=0.0)
-            dS *= tl.exp(bl)[:, None]
-            qT = (qT.to(tl.float32) * scale * tl.exp(bT)).to(dot_.dtype)
-        else:
-            qT = (qT.to(tl.float32) * scale).to(dot_.dtype)
-        dS += tl.dot(qT, dot_)
-    if STORE_DH0:
-        tl.store(dh0 + n * H * K * V + s_off, dS, mask=mkv)
+    if MODE != 1:
+        if HAS_DHT:
+            dS += tl.load(dht + n * H * K * V + s_off, mask=mkv, other=0.0)
+    if MODE == 2:
+        ns = tl.cdiv(n_chunks, SEG)
+        for j in range(0, ns - 1 - s):
+            sp = ns - 1 - j
+            dS = _decay(dS, G, n, sp, i_h, kk, NSMAX, H=H, K=K, GATE=GATE)
+            dS += tl.load(E + (n * NSMAX + sp) * H * K * V + s_off, mask=mkv, other=0.0)
+    if MODE == 1:  # the segment's total log decay G (the scalar gate's as a 0-d float32 tensor)
+        gsum = tl.zeros([BK], dtype=tl.float32) if GATE == 2 else tl.sum(tl.zeros([BK], dtype=tl.float32), axis=0)
+    for j in range(0, c_hi - c_lo):
+        i = c_hi - 1 - j
+        if MODE != 1:
+            tl.store(dh + (c0 + i) * H * K * V + s_off, dS.to(dh.dtype.element_ty), mask=mkv)
+            if GATE > 0:
+                S_c = tl.load(h + (c0 + i + 1) * H * K * V + s_off, mask=mkv & (i < n_chunks - 1), other=0.0)
+                S_c = S_c.to(tl.float32) + tl.load(ht + n * H * K * V + s_off, mask=mkv & (i == n_chunks - 1),
+                                                   other=0.0)
+                part = tl.sum(S_c * dS, axis=1)
+                if GATE == 1:
+                    tl.store(term + ((tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) * NC + c0 + i) * H
+                             + i_h, tl.sum(part, axis=0))
+                else:
+                    tl.store(term + ((tl.program_id(1) * NC + c0 + i) * H + i_h) * K + kk, part, mask=kk < K)
+        dS, bl = _bwd_chunk(q, do, b, dS, bos, eos, i, i_h, kk, vv, scale, H=H, K=K, V=V, BT=BT, GATE=GATE)
+        if MODE == 1:
+            if GATE > 0:
+                gsum += bl
+    if MODE == 1:
+        _store_summary(E, G, dS, gsum, n, s, i_h, kk, s_off, mkv, NSMAX, H=H, K=K, V=V, GATE=GATE)
+    elif STORE_DH0:
+        if s == 0:  # always so in MODE 0
+            tl.store(dh0 + n * H * K * V + s_off, dS, mask=mkv)
