@@ -1,0 +1,164 @@
+"""The segmented state passes of the Triton GLA op (triton_state.py MODE 1/2): segments forced to
+1-3 chunks (BT = 64, T of 4-6 chunks) so Triton's interpreter (TRITON_INTERPRET=1, set before triton
+is imported) runs several segments per sequence. Outputs, final state and every gradient against the
+float64 reference loop and against the same op in one sequential launch (MODE 0); varlen sequences of
+different segment counts; the segment-length rule."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+pytest.importorskip("triton")
+
+from attnzoo.ops.linear import triton_chunk as tc  # noqa: E402
+from attnzoo.ops.linear import triton_state as ts  # noqa: E402
+from attnzoo.ops.linear.reference import gated_linear_attention_reference as reference  # noqa: E402
+from attnzoo.ops.linear.triton import triton_gated_linear_attention as tri  # noqa: E402
+from attnzoo.ops.linear.triton_vector_fast import chunk_safe_mask  # noqa: E402
+
+H, K, V = 2, 16, 16
+NAMES = ("dq", "dk", "dv", "dg", "dg_gamma", "dh0")
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def make(n_tok, gate, strength, n_state, seed):
+    gen = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
+    u = lambda *s: torch.rand(*s, generator=gen)  # noqa: E731
+    q, k, v = r(1, n_tok, H, K), r(1, n_tok, H, K), r(1, n_tok, H, V)
+    g = {"scalar": -strength * u(1, n_tok, H), "vector": -strength * u(1, n_tok, H, K)}.get(gate)
+    g_gamma = -strength * u(H) if gate in ("gamma", "scalar+gamma") else None
+    if gate == "scalar+gamma":
+        g = -strength * u(1, n_tok, H)
+    return q, k, v, g, g_gamma, r(n_state, H, K, V), r(1, n_tok, H, V), r(n_state, H, K, V)
+
+
+def fwd_bwd(fn, q, k, v, g, g_gamma, h0, do, dS, **kw):
+    ins = [t.detach().clone().requires_grad_(True) if t is not None else None for t in (q, k, v, g, g_gamma, h0)]
+    o, S = fn(ins[0], ins[1], ins[2], ins[3], g_gamma=ins[4], scale=K ** -0.5, initial_state=ins[5],
+              output_final_state=True, **kw)
+    torch.autograd.backward([o, S], [do.to(o.dtype), dS])
+    return o, S, [t.grad if t is not None else None for t in ins]
+
+
+def run_tri(seg, *args, **kw):
+    old = ts.SEGMENT_CHUNKS
+    ts.SEGMENT_CHUNKS = seg
+    try:
+        return fwd_bwd(tri, *args, **kw)
+    finally:
+        ts.SEGMENT_CHUNKS = old
+
+
+def assert_close(got, want, tol, where=""):
+    (o, S, grads), (o_r, S_r, grads_r) = got, want
+    assert rel(o, o_r) < tol and rel(S, S_r) < tol, (where, rel(o, o_r), rel(S, S_r))
+    for name, a, b in zip(NAMES, grads, grads_r):
+        if b is not None:
+            assert a is not None and torch.isfinite(a).all(), (where, name)
+            assert rel(a, b) < tol, (where, name, rel(a, b))
+
+
+def reference_of(args):
+    d = lambda t: t.double() if t is not None else None  # noqa: E731
+    return fwd_bwd(reference, *map(d, args))
+
+
+@pytest.mark.parametrize("gate,strength,T,seg", [
+    (None, 0.0, 330, 2),            # 6 chunks: 3 segments
+    ("scalar", 1.0, 261, 2),        # 5 chunks, partial last: segments 2, 2, 1
+    ("scalar+gamma", 0.5, 200, 3),  # 4 chunks: segments 3, 1
+    ("gamma", 1.0, 257, 1),         # a one-token last chunk, one chunk per segment
+    ("vector", 0.05, 301, 2),       # weak gates: the factorised intra-chunk path
+    ("vector", 10.0, 233, 3),       # strong gates: the sub-chunk path
+])
+def test_segmented_matches_reference_and_sequential(gate, strength, T, seg):
+    """Outputs, final state and all gradients (q, k, v, g, g_gamma, h0; the loss also uses the final
+    state) with segments of `seg` chunks equal the float64 reference and the one-launch pass."""
+    args = make(T, gate, strength, 1, seed=T)
+    if gate == "vector":  # the intra-chunk branch every chunk takes (triton_vector_fast)
+        tab = tc.make_tables(T, 1, None, args[0].device)
+        safe = chunk_safe_mask(tc.chunk_local_cumsum(args[3][0].contiguous(), tab, tc.BT), tab, tc.BT)
+        assert bool(safe.all()) if strength < 1 else not bool(safe.any())
+    got = run_tri(seg, *args)
+    assert_close(got, reference_of(args), 1e-4, "reference")
+    assert_close(got, run_tri(None, *args), 1e-5, "sequential")
+
+
+@pytest.mark.parametrize("gate", ["scalar", "vector"])
+def test_segmented_varlen_sequences_one_by_one(gate):
+    """Packed sequences of 1, 5, 3 and 2 chunks (segments of 2 chunks: 1, 3, 2, 1 segments; the
+    first shorter than one segment, the last a one-segment one ending on a partial chunk), each with
+    its own initial and final state: outputs and gradients equal the reference run one by one."""
+    lens = [30, 300, 140, 71]
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()])
+    q, k, v, g, _, h0, do, dS = make(sum(lens), gate, 1.0, len(lens), seed=11)
+    o, S, grads = run_tri(2, q, k, v, g, None, h0, do, dS, cu_seqlens=cu)
+    for n, (a, b) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+        part = lambda t: t[:, a:b].double()  # noqa: E731
+        o_r, S_r, gr = fwd_bwd(reference, part(q), part(k), part(v), part(g), None, h0[n:n + 1].double(),
+                               part(do), dS[n:n + 1].double())
+        assert rel(o[:, a:b], o_r) < 1e-4 and rel(S[n:n + 1], S_r) < 1e-4, n
+        for name, x, y in zip(NAMES[:4], grads[:4], gr[:4]):
+            assert rel(x[:, a:b], y) < 1e-4, (n, name, rel(x[:, a:b], y))
+        assert rel(grads[5][n:n + 1], gr[5]) < 1e-4, n
+
+
+@pytest.mark.parametrize("gate", [1, 2])
+def test_state_passes_launch_two_modes_and_match_one_launch(gate, monkeypatch):
+    """At the kernel level (empty middle sequence, 0 chunks: its final state is h0, its dh0 is dht):
+    seg = 2 launches MODE 1 then MODE 2 for each pass, and h, ht, dh, dh0, term equal MODE 0's."""
+    lens = [200, 0, 330]
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+    q, k, v, g, _, h0, do, dht = make(sum(lens), "vector" if gate == 2 else "scalar", 1.0, len(lens), seed=5)
+    q, k, v, do = (x[0].contiguous() for x in (q, k, v, do))
+    tab = tc.make_tables(sum(lens), 1, cu, q.device)
+    assert tab.max_chunks == 6 and tc.make_tables(6 * 65, 6, None, q.device).max_chunks == 2
+    b = tc.chunk_local_cumsum(g[0].contiguous(), tab, tc.BT)
+    modes = []
+    for kern in ("chunk_state_fwd_kernel", "chunk_state_bwd_kernel"):
+        real = getattr(tc, kern)
+
+        class Spy:
+            def __getitem__(self, grid, real=real):
+                def launch(*a, **kw):
+                    modes.append(kw["MODE"])
+                    return real[grid](*a, **kw)
+                return launch
+        monkeypatch.setattr(tc, kern, Spy())
+    out = {}
+    for seg in (None, 2):
+        h, ht = tc._states(k, v, b, gate, h0, tab, True, seg=seg)
+        dh, dh0, term = tc._dstates(q, do, b, gate, dht, h, ht, tab, 0.25, True, seg=seg)
+        out[seg] = (h, ht, dh, dh0, term)
+    assert modes == [0, 0, 1, 2, 1, 2]
+    for name, a, ref in zip(("h", "ht", "dh", "dh0", "term"), out[2], out[None]):
+        assert rel(a, ref) < 1e-5, (name, rel(a, ref))
+    assert torch.equal(out[2][1][1], h0[1]) and torch.equal(out[2][3][1], dht[1])
+
+
+def test_choose_segment_rule():
+    """No segments with many programs or short sequences; else SEG = max(32, cdiv(chunks, 8)) so at
+    most 8 segments; an explicit seg overrides the rule; bad input raises."""
+    c = ts.choose_segment
+    assert c(n_programs=128, max_chunks=512) == 64          # T = 32k, B = 1, H = 16, K = V = 128
+    assert c(n_programs=128, max_chunks=256) == 32
+    assert c(n_programs=128, max_chunks=33) == 32           # two segments: 32 + 1
+    assert c(n_programs=128, max_chunks=32) == 0
+    assert c(n_programs=512, max_chunks=4096) == 0
+    assert c(n_programs=511, max_chunks=4096) == 512
+    assert c(n_programs=4096, max_chunks=5, seg=2) == 2     # the override ignores the program count
+    assert c(n_programs=8, max_chunks=5, seg=5) == 0        # one segment holds every chunk
+    with pytest.raises(ValueError, match="segment length"):
+        c(n_programs=8, max_chunks=5, seg=0)
+    with pytest.raises(ValueError, match="n_programs"):
+        c(n_programs=0, max_chunks=5)
