@@ -107,6 +107,46 @@ def check_varlen(gate, lens=(100, 2900, 1097), D=128, H=2):
             **fast_share(g, cu)}
 
 
+def check_segments(T=32768, H=16, D=128):
+    """Segmented state passes (triton_state MODE 1/2; B = 1 at 32k takes 8 segments of 64 chunks)
+    against the one sequential launch (MODE 0, forced): o, S and every gradient, bf16, scalar and
+    vector gates; and the median ms of the state passes and of the whole op both ways. (The 16k
+    and 4k checks above also take segments, against the float64 reference.)"""
+    import triton
+    from attnzoo.ops.linear import triton_chunk as tc
+    from attnzoo.ops.linear import triton_state as ts
+
+    out = {"check": "segments_vs_sequential_32k", "T": T, "H": H, "D": D, "tol": 1e-2}
+    worst = 0.0
+    for gate in ("scalar", "vector"):
+        q, k, v, g, _, h0 = inputs(1, T, H, D, gate, torch.bfloat16, 0.1, seed=9)
+        do, dS = torch.randn(1, T, H, D, device="cuda"), torch.randn(1, H, D, D, device="cuda")
+        P = lambda x: x.reshape(T, *x.shape[2:]).contiguous()  # noqa: E731
+        tab = tc.make_tables(T, 1, None, q.device)
+        kind = 1 if gate == "scalar" else 2
+        b = tc.chunk_local_cumsum(P(g), tab, tc.BT)
+        res = {}
+        for name, seg in (("seq", 10 ** 9), ("seg", None)):
+            ts.SEGMENT_CHUNKS = seg
+            try:
+                res[name] = fwd_bwd(tri, q, k, v, g, None, h0, do, dS)
+                h, ht = tc._states(P(k), P(v), b, kind, h0, tab, True)
+                out[f"{gate}_{name}_states_fwd_ms"] = triton.testing.do_bench(
+                    lambda: tc._states(P(k), P(v), b, kind, h0, tab, True), return_mode="median")
+                out[f"{gate}_{name}_states_bwd_ms"] = triton.testing.do_bench(
+                    lambda: tc._dstates(P(q), P(do), b, kind, dS, h, ht, tab, 0.1, True), return_mode="median")
+                out[f"{gate}_{name}_fwdbwd_ms"] = triton.testing.do_bench(
+                    lambda: fwd_bwd(tri, q, k, v, g, None, h0, do, dS), return_mode="median")
+            finally:
+                ts.SEGMENT_CHUNKS = None
+        (o1, S1, g1), (o2, S2, g2) = res["seq"], res["seg"]
+        errs = [rel(o2, o1), rel(S2, S1)] + [rel(a, c) for a, c in zip(g2, g1) if c is not None]
+        out[f"{gate}_max_rel"] = max(errs)
+        worst = max(worst, *errs)
+    out["ok"] = worst < out["tol"]
+    return out
+
+
 def check_decode():
     q, k, v, g, _, h0 = inputs(4, 1, 16, 128, "vector", torch.bfloat16, 1.0, seed=5)
     with torch.no_grad():
@@ -180,7 +220,7 @@ def main():
             print(json.dumps(results[-1]), flush=True)
         extra = {"varlen_vector": lambda: check_varlen("vector"), "varlen_scalar": lambda: check_varlen("scalar"),
                  "varlen_vector_mixed": lambda: check_varlen("vector_mixed"),
-                 "decode": check_decode, "compile": check_compile}
+                 "decode": check_decode, "compile": check_compile, "segments": check_segments}
         for name, fn in extra.items():
             if only and name not in only:
                 continue
