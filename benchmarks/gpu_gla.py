@@ -110,8 +110,9 @@ def check_varlen(gate, lens=(100, 2900, 1097), D=128, H=2):
 def check_segments(T=32768, H=16, D=128):
     """Segmented state passes (triton_state MODE 1/2; B = 1 at 32k takes 8 segments of 64 chunks)
     against the one sequential launch (MODE 0, forced): o, S and every gradient, bf16, scalar and
-    vector gates; and the median ms of the state passes and of the whole op both ways. (The 16k
-    and 4k checks above also take segments, against the float64 reference.)"""
+    vector gates; and the median ms of the state passes (also at 32, 128, 256 chunks per segment, to
+    tune triton_state.choose_segment) and of the whole op both ways. (The 16k and 4k checks above
+    also take segments, against the float64 reference.)"""
     import triton
     from attnzoo.ops.linear import triton_chunk as tc
     from attnzoo.ops.linear import triton_state as ts
@@ -126,17 +127,18 @@ def check_segments(T=32768, H=16, D=128):
         kind = 1 if gate == "scalar" else 2
         b = tc.chunk_local_cumsum(P(g), tab, tc.BT)
         res = {}
-        for name, seg in (("seq", 10 ** 9), ("seg", None)):
-            ts.SEGMENT_CHUNKS = seg
+        for name, seg in (("seq", 10 ** 9), ("seg", None), ("seg32", 32), ("seg128", 128), ("seg256", 256)):
+            ts.SEGMENT_CHUNKS = seg  # seg: the rule's choice (64 chunks here); segN: N chunks per segment
             try:
-                res[name] = fwd_bwd(tri, q, k, v, g, None, h0, do, dS)
                 h, ht = tc._states(P(k), P(v), b, kind, h0, tab, True)
                 out[f"{gate}_{name}_states_fwd_ms"] = triton.testing.do_bench(
                     lambda: tc._states(P(k), P(v), b, kind, h0, tab, True), return_mode="median")
                 out[f"{gate}_{name}_states_bwd_ms"] = triton.testing.do_bench(
                     lambda: tc._dstates(P(q), P(do), b, kind, dS, h, ht, tab, 0.1, True), return_mode="median")
-                out[f"{gate}_{name}_fwdbwd_ms"] = triton.testing.do_bench(
-                    lambda: fwd_bwd(tri, q, k, v, g, None, h0, do, dS), return_mode="median")
+                if name in ("seq", "seg"):
+                    res[name] = fwd_bwd(tri, q, k, v, g, None, h0, do, dS)
+                    out[f"{gate}_{name}_fwdbwd_ms"] = triton.testing.do_bench(
+                        lambda: fwd_bwd(tri, q, k, v, g, None, h0, do, dS), return_mode="median")
             finally:
                 ts.SEGMENT_CHUNKS = None
         (o1, S1, g1), (o2, S2, g2) = res["seq"], res["seg"]
