@@ -6,7 +6,7 @@ quick     a 2-core CPU, all registered causal mixers in about 10 minutes: one sm
           rather than their cards' conformance sizes. Equal steps for every mixer: 600, or as many
           as the probed step times fit in 570 s, but at least 300 (zoo_schedule.py); early stop at
           0.99. Measured: see benchmarks/results/zoo_quick_cpu/ and the commit that wrote it.
-standard  one GPU in about 8 minutes: two settings, two widths, two learning rates, eight runs
+standard  one GPU in about 9 minutes: two settings, two widths, two learning rates, eight runs
           at once on the GPU (each tiny model leaves it mostly idle; the step count is planned with
           the slowdown measured for 8 runs sharing an H200, zoo_schedule.CUDA_SHARED_CONTENTION).
 paper     Zoology Figure 2 (Arora et al. 2023, arXiv:2312.04927): (T, pairs) = (64,4), (128,8),
