@@ -32,6 +32,7 @@ from attnzoo.ops.linear.triton_scalar_bwd import chunk_scalar_dqdk_kernel
 from attnzoo.ops.linear import triton_state
 from attnzoo.ops.linear.triton_state import chunk_state_bwd_kernel, chunk_state_fwd_kernel
 from attnzoo.ops.linear.triton_vector import chunk_intra_kernel, chunk_vector_dqdk_kernel
+from attnzoo.ops.linear import triton_vector_fast
 from attnzoo.ops.linear.triton_vector_fast import chunk_vector_fast_dqdk_kernel
 
 BT = 64  # chunk length
@@ -87,6 +88,19 @@ def _state_dtype(q):
     return q.dtype if q.dtype in (torch.float16, torch.bfloat16) else torch.float32
 
 
+# Launch configs of the state passes and of the no-gate/scalar output and dv kernels. A dict so
+# that benchmarks/gpu_tune_gla.py can time others in one process (each config compiles once);
+# the values are the ones measured best there (notes/triton_gla.md).
+TUNE = dict(state_bk=64, state_bv=32, state_warps=4, state_stages=3, scalar_out_warps=4)
+
+
+def _state_config(K, V):
+    """BK, BV and launch options of the state passes (triton_state)."""
+    BK = min(TUNE["state_bk"], max(16, triton.next_power_of_2(K)))
+    BV = min(TUNE["state_bv"], max(16, triton.next_power_of_2(V)))
+    return BK, BV, dict(num_warps=TUNE["state_warps"], num_stages=TUNE["state_stages"])
+
+
 def _blocks(K, V):
     BK = min(64, max(16, triton.next_power_of_2(K)))
     BV = min(64, max(16, triton.next_power_of_2(V)))
@@ -98,16 +112,16 @@ def _output_config(gate, BK):
     K blocks of 32 and 8 warps keep it free of register spills (ptxas for sm_90, bf16, K = V = 128:
     0 B spilled, against 2.9 KB with blocks of 64 and 4 warps)."""
     if gate == 2:
-        return dict(BK=min(32, BK), GATE=gate, num_warps=8)
-    return dict(BK=BK, GATE=gate, num_warps=4)
+        return dict(BK=min(32, BK), GATE=gate, FACTOR_F32=triton_vector_fast.FACTOR_F32, num_warps=8)
+    return dict(BK=BK, GATE=gate, num_warps=TUNE["scalar_out_warps"])
 
 
 def _segments(K, V, H, gate, tab, seg, x):
     """State-pass grid and segmentation (triton_state.choose_segment): (grid, SEG, NSMAX, E, G);
     SEG = 0 for one sequential launch (MODE 0), else E [N, NSMAX, H, K, V] and G (float32) hold
     the segment summaries of the two-launch form (MODE 1 then 2) and the grid has N·H·NSMAX programs."""
-    BK, BV = _blocks(K, V)
-    kb, vb = triton.cdiv(K, BK), triton.cdiv(V, min(BV, 32))
+    BK, BV, _ = _state_config(K, V)
+    kb, vb = triton.cdiv(K, BK), triton.cdiv(V, BV)
     SEG = triton_state.choose_segment(n_programs=kb * vb * tab.n_seqs * H, max_chunks=tab.max_chunks, seg=seg)
     if not SEG:
         return (kb, vb, tab.n_seqs * H), 0, 1, x, x
@@ -120,15 +134,15 @@ def _segments(K, V, H, gate, tab, seg, x):
 def _states(k, v, b, gate, h0, tab, store_ht, seg=None):
     N_tok, H, K = k.shape
     V = v.shape[-1]
-    BK, BV = _blocks(K, V)
+    BK, BV, opts = _state_config(K, V)
     h = k.new_empty(tab.n_chunks, H, K, V, dtype=_state_dtype(k))
     ht = k.new_empty(tab.n_seqs, H, K, V, dtype=torch.float32) if store_ht else None
     grid, SEG, nsmax, E, G = _segments(K, V, H, gate, tab, seg, k)
     for mode in ((1, 2) if SEG else (0,)):
         chunk_state_fwd_kernel[grid](
             k, v, b if b is not None else k, h, h0 if h0 is not None else k, ht if ht is not None else k,
-            tab.cu_seqlens, tab.chunk_offsets, E, G, SEG, nsmax, H=H, K=K, V=V, BT=BT, BK=BK, BV=min(BV, 32),
-            GATE=gate, HAS_H0=h0 is not None, STORE_HT=store_ht, MODE=mode, num_warps=4,
+            tab.cu_seqlens, tab.chunk_offsets, E, G, SEG, nsmax, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
+            GATE=gate, HAS_H0=h0 is not None, STORE_HT=store_ht, MODE=mode, **opts,
         )
     return h, ht
 
@@ -138,7 +152,7 @@ def _dstates(q, do, b, gate, dht, h, ht, tab, scale, want_dh0, seg=None):
     (the per-block partial rowsum(S_c ⊙ dS_c), gated only; summed over blocks by the caller)."""
     N_tok, H, K = q.shape
     V = do.shape[-1]
-    BK, BV = _blocks(K, V)
+    BK, BV, opts = _state_config(K, V)
     dh = torch.empty_like(h)
     dh0 = q.new_empty(tab.n_seqs, H, K, V, dtype=torch.float32) if want_dh0 else None
     grid, SEG, nsmax, E, G = _segments(K, V, H, gate, tab, seg, q)
@@ -152,8 +166,7 @@ def _dstates(q, do, b, gate, dht, h, ht, tab, scale, want_dh0, seg=None):
             q, do, b if b is not None else q, dh, dht if dht is not None else q, dh0 if dh0 is not None else q,
             h, ht if ht is not None else q, term if term is not None else q,
             tab.cu_seqlens, tab.chunk_offsets, scale, tab.n_chunks, E, G, SEG, nsmax, H=H, K=K, V=V, BT=BT,
-            BK=BK, BV=min(BV, 32), GATE=gate, HAS_DHT=dht is not None, STORE_DH0=want_dh0, MODE=mode,
-            num_warps=4,
+            BK=BK, BV=BV, GATE=gate, HAS_DHT=dht is not None, STORE_DH0=want_dh0, MODE=mode, **opts,
         )
     return dh, dh0, term
 

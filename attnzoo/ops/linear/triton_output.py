@@ -13,6 +13,7 @@ chunk's branch (triton_vector_fast.chunk_is_safe, GLA: Yang et al. 2023, arXiv:2
 safe chunks (total decay >= −SAFE_LOG) form it here as one factorised product per K block,
 A = (q ⊙ e^{b})(k ⊙ e^{−b})ᵀ and Aᵀ = (k ⊙ e^{−b})(q ⊙ e^{b})ᵀ from transposed loads; the others
 read it from the buffer written by triton_vector.chunk_intra_kernel ([N_tok, H, BT], float32).
+FACTOR_F32 takes the factorised operands in float32 (tf32 dots; see triton_vector_fast.FACTOR_F32).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from attnzoo.ops.linear.triton_vector_fast import chunk_is_safe, factor_cast
 def chunk_output_kernel(
     q, k, v, b, h, A, o, cu_seqlens, chunk_seq, chunk_idx, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-    BV: tl.constexpr, GATE: tl.constexpr,
+    BV: tl.constexpr, GATE: tl.constexpr, FACTOR_F32: tl.constexpr = False,
 ):
     i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bos, eos = chunk_bounds(cu_seqlens, chunk_seq, i_c)
@@ -59,7 +60,7 @@ def chunk_output_kernel(
         elif safe:  # factorised: (q ⊙ e^{b}) (k ⊙ e^{-b})ᵀ, e^{-b} <= e^{SAFE_LOG}
             kT = tl.load(k + t[None, :] * (H * K) + i_h * K + kk[:, None], mask=mk[:, None] & mt[None, :], other=0.0)
             bT = tl.load(b + t[None, :] * (H * K) + i_h * K + kk[:, None], mask=mk[:, None] & mt[None, :], other=0.0)
-            acc_A += tl.dot(factor_cast(qt * tl.exp(bq), qt), factor_cast(kT * tl.exp(-bT), qt))
+            acc_A += tl.dot(factor_cast(qt * tl.exp(bq), qt, FACTOR_F32), factor_cast(kT * tl.exp(-bT), qt, FACTOR_F32))
     causal = (tl.arange(0, BT)[:, None] >= tl.arange(0, BT)[None, :]) & mt[:, None] & mt[None, :]
     if GATE == 1:
         bt = tl.load(b + t * H + i_h, mask=mt, other=0.0)
@@ -82,7 +83,7 @@ def chunk_output_kernel(
 def chunk_dv_kernel(
     q, k, do, b, dh, A, dv, cu_seqlens, chunk_seq, chunk_idx, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-    BV: tl.constexpr, GATE: tl.constexpr,
+    BV: tl.constexpr, GATE: tl.constexpr, FACTOR_F32: tl.constexpr = False,
 ):
     i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bos, eos = chunk_bounds(cu_seqlens, chunk_seq, i_c)
@@ -120,7 +121,7 @@ def chunk_dv_kernel(
         elif safe:  # factorised: (k ⊙ e^{-b}) (q ⊙ e^{b})ᵀ from transposed loads
             qT = tl.load(q + t[None, :] * (H * K) + i_h * K + kk[:, None], mask=mk[:, None] & mt[None, :], other=0.0)
             bT = tl.load(b + t[None, :] * (H * K) + i_h * K + kk[:, None], mask=mk[:, None] & mt[None, :], other=0.0)
-            AT += tl.dot(factor_cast(kt * tl.exp(-bk), kt), factor_cast(qT * tl.exp(bT), kt))
+            AT += tl.dot(factor_cast(kt * tl.exp(-bk), kt, FACTOR_F32), factor_cast(qT * tl.exp(bT), kt, FACTOR_F32))
     anti = (tl.arange(0, BT)[:, None] <= tl.arange(0, BT)[None, :]) & mt[:, None] & mt[None, :]
     if GATE == 1:
         AT *= tl.exp(tl.where(anti, bt[None, :] - bt[:, None], 0.0))

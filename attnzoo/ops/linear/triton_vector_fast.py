@@ -44,6 +44,12 @@ from attnzoo.ops.linear.triton_state import chunk_bounds
 from attnzoo.ops.linear.triton_scalar_bwd import chunk_value_products
 
 SAFE_LOG = tl.constexpr(20.0)  # a chunk is factorised when its total log decay is >= −SAFE_LOG
+# Operands of the forward's factorised A (output and dv kernels) in float32 (tf32 dots) whatever
+# the inputs' dtype. q ⊙ e^{b} and k ⊙ e^{−b} are new roundings that bf16 inputs do not carry (the
+# sub-chunk path's diagonal blocks are exact in float32): a CPU emulation (2-layer gla LM, whole
+# gradient vs float64, benchmarks/bf16_factored_emulation.py) gives 0.054 with bf16 A operands and
+# 0.0066 with float32 ones, the rest of the op in bf16 either way; the backward's products add 0.003.
+FACTOR_F32 = True
 
 
 @triton.jit
@@ -57,11 +63,12 @@ def chunk_is_safe(b, last, i_h, H: tl.constexpr, K: tl.constexpr, BK: tl.constex
 
 
 @triton.jit
-def factor_cast(x, like):
+def factor_cast(x, like, F32: tl.constexpr = False):
     """A factorised operand (q ⊙ e^{b} or k ⊙ e^{−b}) in the inputs' dtype for the tensor cores,
     except float16, whose range (max 65504, normal min 6e-5) holds neither e^{SAFE_LOG} nor
-    e^{−SAFE_LOG}: float32 there (tf32 dots: fp16's 10-bit mantissa with fp32's range)."""
-    if like.dtype == tl.float16:
+    e^{−SAFE_LOG}, and when F32 is set (FACTOR_F32): float32 there (tf32 dots: a 10-bit mantissa
+    with fp32's range)."""
+    if F32 or like.dtype == tl.float16:
         return x.to(tl.float32)
     else:
         return x.to(like.dtype)
