@@ -92,21 +92,21 @@ def _check(q, k, v, g, initial_state, cu_seqlens):
                              f"got {tuple(initial_state.shape)}")
 
 
-def _chunk_fwd(q, k, v, g, initial_state, cu_seqlens, batch, scale, output_final_state):
-    """The chunked forward launches: (o, final state or None)."""
+def _chunk_fwd(q, k, v, g, initial_state, cu_seqlens, batch, scale, output_final_state, keep=None):
+    """The chunked forward launches: (o, final state or None); keep as in triton_chunk.gla_chunk_fwd."""
     from attnzoo.ops.linear.triton_chunk import gla_chunk_fwd, make_tables
 
     tab = make_tables(q.shape[0], batch, cu_seqlens, q.device)
     return gla_chunk_fwd(q, k, v, g, scale=scale, initial_state=initial_state,
-                         output_final_state=output_final_state, tab=tab)
+                         output_final_state=output_final_state, tab=tab, keep=keep)
 
 
-def _chunk_bwd(q, k, v, g, initial_state, cu_seqlens, batch, scale, do, dht):
+def _chunk_bwd(q, k, v, g, initial_state, cu_seqlens, batch, scale, do, dht, saved=None):
     """The chunked backward launches: (dq, dk, dv, dg or None, dh0 or None)."""
     from attnzoo.ops.linear.triton_chunk import gla_chunk_bwd as bwd, make_tables
 
     tab = make_tables(q.shape[0], batch, cu_seqlens, q.device)
-    return bwd(q, k, v, g, do.contiguous(), dht, scale=scale, initial_state=initial_state, tab=tab)
+    return bwd(q, k, v, g, do.contiguous(), dht, scale=scale, initial_state=initial_state, tab=tab, saved=saved)
 
 
 def _input_grads(dq, dk, dv, dg, dh0, g, initial_state):
@@ -169,21 +169,30 @@ def _backward(ctx, do, dht):
 gla_chunk.register_autograd(_backward, setup_context=_setup_context)
 
 
+# Eager mode keeps the forward's chunk states h (input dtype, [chunks, H, K, V]: twice the bytes of
+# q), the cumulative gate b and the vector gate's intra-chunk scores for the backward instead of
+# recomputing them (one state pass and one cumsum less per backward). False: recompute (less memory).
+SAVE_STATES = True
+
+
 class _EagerGlaChunk(torch.autograd.Function):
     """The same pass as the custom op, for eager mode: the custom op's dispatch and its autograd
     wrapper cost ~1 ms of host time per forward+backward on the H200 (measured), which decided the
-    op's speed at 16k tokens (the kernels take ~1.1 ms). torch.compile still sees the custom op."""
+    op's speed at 16k tokens (the kernels take ~1.1 ms). torch.compile still sees the custom op
+    (which recomputes: its saved tensors would need data-dependent shapes for varlen)."""
 
     @staticmethod
     def forward(ctx, *inputs):
         _setup_context(ctx, inputs, None)
-        return _chunk_fwd(*inputs)
+        ctx.keep = {} if SAVE_STATES and any(ctx.needs_input_grad) else None
+        return _chunk_fwd(*inputs, keep=ctx.keep)
 
     @staticmethod
     def backward(ctx, do, dht):
         q, k, v, g, initial_state, cu_seqlens = ctx.saved_tensors
         grads = _chunk_bwd(q, k, v, g, initial_state, cu_seqlens, ctx.batch, ctx.scale, do,
-                           dht.contiguous() if dht is not None else None)
+                           dht.contiguous() if dht is not None else None, saved=ctx.keep)
+        ctx.keep = None
         return _input_grads(*grads, g, initial_state)
 
 

@@ -176,19 +176,21 @@ def _intra(q, k, b, tab):
     A = q.new_empty(N_tok, H, BT, dtype=torch.float32)
     if triton_interpret():  # CPU tests: a read of a safe chunk's A (never written) shows up as NaN
         A.fill_(float("nan"))
-    chunk_intra_kernel[(tab.n_chunks * (BT // BC), H)](
+    chunk_intra_kernel[(tab.n_chunks, H)](
         q, k, b, A, tab.cu_seqlens, tab.chunk_seq, tab.chunk_idx, H=H, K=K, BT=BT, BC=BC,
         BK=min(32, max(16, triton.next_power_of_2(K))), num_warps=4,
     )
     return A
 
 
-def gla_chunk_fwd(q, k, v, g, *, scale, initial_state, output_final_state, tab):
+def gla_chunk_fwd(q, k, v, g, *, scale, initial_state, output_final_state, tab, keep=None):
+    """Returns o (input dtype) and the final state (float32, or None). keep: a dict to receive what
+    the backward would otherwise recompute (b, h, ht, A: gla_chunk_bwd(saved=keep))."""
     N_tok, H, K = q.shape
     V = v.shape[-1]
     gate = _gate_kind(g)
     b = chunk_local_cumsum(g, tab, BT) if g is not None else None
-    h, ht = _states(k, v, b, gate, initial_state, tab, output_final_state)
+    h, ht = _states(k, v, b, gate, initial_state, tab, output_final_state or (keep is not None and gate > 0))
     A = _intra(q, k, b, tab) if gate == 2 else None
     o = torch.empty_like(v)
     BK, BV = _blocks(K, V)
@@ -196,19 +198,27 @@ def gla_chunk_fwd(q, k, v, g, *, scale, initial_state, output_final_state, tab):
         q, k, v, b if b is not None else q, h, A if A is not None else q, o, tab.cu_seqlens, tab.chunk_seq,
         tab.chunk_idx, scale, H=H, K=K, V=V, BT=BT, BV=BV, **_output_config(gate, BK),
     )
-    return o, ht
+    if keep is not None:
+        keep.update(b=b, h=h, ht=ht, A=A)
+    return o, (ht if output_final_state else None)
 
 
-def gla_chunk_bwd(q, k, v, g, do, dht, *, scale, initial_state, tab):
-    """Returns dq, dk, dv (input dtype), dg (float32, g's shape, or None), dh0 (float32 or None)."""
+def gla_chunk_bwd(q, k, v, g, do, dht, *, scale, initial_state, tab, saved=None):
+    """Returns dq, dk, dv (input dtype), dg (float32, g's shape, or None), dh0 (float32 or None).
+    saved: the forward's keep dict (b, h, ht, A taken from it instead of recomputed)."""
     N_tok, H, K = q.shape
     V = v.shape[-1]
     gate = _gate_kind(g)
-    b = chunk_local_cumsum(g, tab, BT) if g is not None else None
-    h, ht = _states(k, v, b, gate, initial_state, tab, gate > 0)
+    if saved is not None:
+        b, h, ht, A = saved["b"], saved["h"], saved["ht"], saved["A"]
+    else:
+        b = chunk_local_cumsum(g, tab, BT) if g is not None else None
+        h, ht = _states(k, v, b, gate, initial_state, tab, gate > 0)
+        A = None
     BK, BV = _blocks(K, V)
     dh, dh0, term = _dstates(q, do, b, gate, dht, h, ht, tab, scale, initial_state is not None)
-    A = _intra(q, k, b, tab) if gate == 2 else None
+    if gate == 2 and A is None:
+        A = _intra(q, k, b, tab)
     dv = torch.empty_like(v)
     chunk_dv_kernel[(tab.n_chunks, triton.cdiv(V, BV), H)](
         q, k, do, b if b is not None else q, dh, A if A is not None else q, dv, tab.cu_seqlens, tab.chunk_seq,
@@ -221,7 +231,7 @@ def gla_chunk_bwd(q, k, v, g, do, dht, *, scale, initial_state, tab):
             for x in (dq, dk, db):
                 x.fill_(float("nan"))
         BKv = min(32, max(16, triton.next_power_of_2(K)))
-        chunk_vector_dqdk_kernel[(tab.n_chunks * (BT // BC), triton.cdiv(K, BKv), H)](
+        chunk_vector_dqdk_kernel[(tab.n_chunks, triton.cdiv(K, BKv), H)](
             q, k, v, do, b, h, dh, dq, dk, db, tab.cu_seqlens, tab.chunk_seq, tab.chunk_idx, scale,
             H=H, K=K, V=V, BT=BT, BC=BC, BK=BKv, BV=BV, num_warps=4,
         )
