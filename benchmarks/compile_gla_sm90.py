@@ -65,10 +65,11 @@ def jobs(K: int, V: int):
     base = dict(H=16, K=K, V=V, BT=tc.BT)
     out = []
     for gate in (1, 2):
-        cfg = tc._output_config(gate, BK)
-        nw = cfg.pop("num_warps")
-        out.append((f"output g{gate}", triton_output.chunk_output_kernel, dict(base, BV=BV, **cfg), nw))
-        out.append((f"dv g{gate}", triton_output.chunk_dv_kernel, dict(base, BV=BV, **cfg), nw))
+        for name, kern, dv in (("output", triton_output.chunk_output_kernel, False),
+                               ("dv", triton_output.chunk_dv_kernel, True)):
+            cfg = tc._output_config(gate, BK, dv=dv)
+            nw = cfg.pop("num_warps")
+            out.append((f"{name} g{gate}", kern, dict(base, BV=BV, **cfg), nw))
     out.append(("scalar dqdk", triton_scalar_bwd.chunk_scalar_dqdk_kernel,
                 dict(base, BK=max(16, triton.next_power_of_2(K)), BV=min(BV, 32), GATE=1), 8 if K > 64 else 4))
     out.append(("vector intra", triton_vector.chunk_intra_kernel,

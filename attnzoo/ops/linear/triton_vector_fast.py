@@ -44,11 +44,13 @@ from attnzoo.ops.linear.triton_state import chunk_bounds
 from attnzoo.ops.linear.triton_scalar_bwd import chunk_value_products
 
 SAFE_LOG = tl.constexpr(20.0)  # a chunk is factorised when its total log decay is >= −SAFE_LOG
-# Operands of the forward's factorised A (output and dv kernels) in float32 (tf32 dots) whatever
-# the inputs' dtype. q ⊙ e^{b} and k ⊙ e^{−b} are new roundings that bf16 inputs do not carry (the
-# sub-chunk path's diagonal blocks are exact in float32): a CPU emulation (2-layer gla LM, whole
-# gradient vs float64, benchmarks/bf16_factored_emulation.py) gives 0.054 with bf16 A operands and
-# 0.0066 with float32 ones, the rest of the op in bf16 either way; the backward's products add 0.003.
+# Operands of the forward's factorised A (the output kernel; dv's Aᵀ stays in the input dtype)
+# in float32 (tf32 dots) whatever the inputs' dtype. q ⊙ e^{b} and k ⊙ e^{−b} are new roundings
+# that bf16 inputs do not carry (the sub-chunk path's diagonal blocks are exact in float32). CPU
+# emulation (2-layer gla LM, whole gradient vs float64, benchmarks/bf16_factored_emulation.py):
+# 0.054 with bf16 A operands, 0.0066 with float32 ones, the rest of the op in bf16 either way; the
+# backward's products add 0.003. H200 (gla_bf16_grad_check.py, output and dv kernels both in
+# float32): 0.088 against 0.143, ~9% slower.
 FACTOR_F32 = True
 
 
