@@ -14,6 +14,16 @@ These kernels serve only the chunks whose total decay exceeds SAFE_LOG (min_k b 
 row < −SAFE_LOG); on the others both return at once, and the factorised path of
 triton_vector_fast.py (A in triton_output's kernels, dq/dk/db in chunk_vector_fast_dqdk_kernel)
 takes over.
+
+Grids: chunk_intra_kernel (n_chunks, H), chunk_vector_dqdk_kernel (n_chunks, K/BK, H). Each program
+decides chunk_is_safe once, returns at once on a safe chunk, and otherwise loops over the chunk's
+sub-chunks that hold valid rows, running the per-(sub-chunk[, K block]) body (_intra_subchunk,
+_dqdk_subchunk) for each. With typical gates every chunk is safe and the launches cost only their
+programs' decisions, so the grids carry no sub-chunk axis (4x fewer programs than one program per
+sub-chunk). The dq/dk kernel keeps its K blocks in the grid: its body (five [BC, ·] products over V
+per K block) is the heaviest of the op and only runs on strongly forgetting chunks, where the
+parallelism of K/BK programs per (chunk, head) matters at small batch·length, and a loop over K
+blocks inside the sub-chunk loop would serialise 16 bodies (K = 128) per program.
 """
 
 from __future__ import annotations
@@ -26,18 +36,39 @@ from attnzoo.ops.linear.triton_vector_fast import chunk_is_safe
 
 
 @triton.jit
+def _chunk_rows(cu_seqlens, chunk_seq, chunk_idx, i_c, BT: tl.constexpr):
+    """bos, eos of chunk i_c's sequence and t0, the chunk's first row (int64). The sub-chunk bodies
+    load these again rather than take them from the kernel, so that to the compiler the chunk-wide
+    pointer tiles (rows t0 .. t0 + BT) stay inside the sub-chunk loop: hoisted out of it they stay
+    live across the whole body and spill (ptxas for sm_90, dq/dk kernel, bf16 K = V = 64: 1.3 KB)."""
+    bos, eos = chunk_bounds(cu_seqlens, chunk_seq, i_c)
+    return bos, eos, bos + tl.load(chunk_idx + i_c).to(tl.int64) * BT
+
+
+@triton.jit
 def chunk_intra_kernel(
     q, k, b, A, cu_seqlens, chunk_seq, chunk_idx,
     H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
 ):
-    """A [N_tok, H, BT] float32: row i holds A_ij for the chunk's columns j (zero above the diagonal)."""
-    i_cs, i_h = tl.program_id(0), tl.program_id(1)
-    NS: tl.constexpr = BT // BC
-    i_c, s = i_cs // NS, i_cs % NS
-    bos, eos = chunk_bounds(cu_seqlens, chunk_seq, i_c)
-    t0 = bos + tl.load(chunk_idx + i_c).to(tl.int64) * BT
+    """A [N_tok, H, BT] float32: row i holds A_ij for the chunk's columns j (zero above the diagonal).
+    Grid (n_chunks, H)."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    bos, eos, t0 = _chunk_rows(cu_seqlens, chunk_seq, chunk_idx, i_c, BT)
     if chunk_is_safe(b, tl.minimum(t0 + BT, eos) - 1, i_h, H, K, BK):
         return  # the output and dv kernels form this chunk's A by the factorised product
+    n_sub = tl.cdiv(tl.minimum(eos - t0, BT), BC).to(tl.int32)  # the sub-chunks that hold valid rows
+    for s in tl.range(n_sub, num_stages=1):  # not software-pipelined: that adds shared-memory buffers
+        _intra_subchunk(q, k, b, A, cu_seqlens, chunk_seq, chunk_idx, i_c, s, i_h, H, K, BT, BC, BK)
+
+
+@triton.jit
+def _intra_subchunk(
+    q, k, b, A, cu_seqlens, chunk_seq, chunk_idx, i_c, s, i_h,
+    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+):
+    """The rows of sub-chunk s of chunk i_c (head i_h): A_off against the chunk's earlier columns
+    and the diagonal block A_d, stored into A."""
+    bos, eos, t0 = _chunk_rows(cu_seqlens, chunk_seq, chunk_idx, i_c, BT)
     r = t0 + s * BC
     ti = r + tl.arange(0, BC)
     mi = ti < eos
@@ -77,15 +108,27 @@ def chunk_vector_dqdk_kernel(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr,
 ):
-    """dq, dk [N_tok, H, K] and db = q ⊙ dq − k ⊙ dk (float32) for the sub-chunk's rows and K block."""
-    i_cs, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    NS: tl.constexpr = BT // BC
-    i_c, s = i_cs // NS, i_cs % NS
-    bos, eos = chunk_bounds(cu_seqlens, chunk_seq, i_c)
-    t0 = bos + tl.load(chunk_idx + i_c).to(tl.int64) * BT
-    last = tl.minimum(t0 + BT, eos) - 1
-    if chunk_is_safe(b, last, i_h, H, K, BK):
+    """dq, dk [N_tok, H, K] and db = q ⊙ dq − k ⊙ dk (float32) for the chunk's rows and K block.
+    Grid (n_chunks, K/BK, H)."""
+    i_c, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    bos, eos, t0 = _chunk_rows(cu_seqlens, chunk_seq, chunk_idx, i_c, BT)
+    if chunk_is_safe(b, tl.minimum(t0 + BT, eos) - 1, i_h, H, K, BK):
         return  # chunk_vector_fast_dqdk_kernel handles this chunk
+    n_sub = tl.cdiv(tl.minimum(eos - t0, BT), BC).to(tl.int32)  # the sub-chunks that hold valid rows
+    for s in tl.range(n_sub, num_stages=1):  # not software-pipelined: that adds shared-memory buffers
+        _dqdk_subchunk(q, k, v, do, b, h, dh, dq, dk, db, cu_seqlens, chunk_seq, chunk_idx, scale,
+                       i_c, s, i_k, i_h, H, K, V, BT, BC, BK, BV)
+
+
+@triton.jit
+def _dqdk_subchunk(
+    q, k, v, do, b, h, dh, dq, dk, db, cu_seqlens, chunk_seq, chunk_idx, scale, i_c, s, i_k, i_h,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr,
+):
+    """dq, dk, db of sub-chunk s's rows and K block i_k in chunk i_c, head i_h."""
+    bos, eos, t0 = _chunk_rows(cu_seqlens, chunk_seq, chunk_idx, i_c, BT)
+    last = tl.minimum(t0 + BT, eos) - 1
     r = t0 + s * BC
     re = tl.minimum(r + BC, eos) - 1
     ti = r + tl.arange(0, BC)
@@ -95,7 +138,10 @@ def chunk_vector_dqdk_kernel(
     kk = i_k * BK + tl.arange(0, BK)
     mk = kk < K
     mik = mi[:, None] & mk[None, :]
-    s_base = i_c.to(tl.int64) * H * K * V + i_h * K * V
+    # + min(t0 − bos, 0) adds 0 (t0 >= bos) but is loop-variant to the compiler: otherwise the [BV, BK]
+    # pointer tiles of h and dh are hoisted out of the sub-chunk loop (ptxas, bf16 K = V = 64: 240 B
+    # of spills against none)
+    s_base = i_c.to(tl.int64) * H * K * V + i_h * K * V + tl.minimum(t0 - bos, 0)
     dq_acc = tl.zeros([BC, BK], dtype=tl.float32)
     dk_acc = tl.zeros([BC, BK], dtype=tl.float32)
     dA_row = tl.zeros([BC, BT], dtype=tl.float32)   # [i in I, j in chunk] = do_i · v_j
