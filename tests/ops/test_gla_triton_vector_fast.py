@@ -96,6 +96,16 @@ def test_strong_gates_take_the_subchunk_path():
     check(q, k, v, g, h0, 1e-4)  # the sub-chunk path's dg under strong decay: measured 1.9e-5
 
 
+def test_strong_gates_two_key_blocks_and_a_one_row_last_subchunk():
+    """The sub-chunk kernels with K = 40 (two K blocks of 32, the second 8 channels wide: a grid axis
+    of the dq/dk kernel, a loop of the intra one) and T = 81, whose second chunk has 17 rows: its
+    last sub-chunk holds ONE row (the sub-chunk loop must run cdiv(17, 16) = 2 times)."""
+    q, k, v, h0, gen = qkv(1, 81, 40, 24, torch.float32, seed=7)
+    g = gate(1, 81, 40, [5.0, 5.0], gen)
+    assert not safe_mask(g).any()
+    check(q, k, v, g, h0, 1e-4)  # measured: dg 1.7e-5, the rest <= 1.6e-7
+
+
 def test_mixed_heads_and_chunks_in_one_launch():
     """Head 0 weak except its second chunk (strong: e^{−b} ~ e^{300} would overflow if factorised),
     head 1 strong except its third (partial) chunk: both branches run side by side in every kernel."""
