@@ -40,7 +40,8 @@ def _chunk_rows(cu_seqlens, chunk_seq, chunk_idx, i_c, BT: tl.constexpr):
     """bos, eos of chunk i_c's sequence and t0, the chunk's first row (int64). The sub-chunk bodies
     load these again rather than take them from the kernel, so that to the compiler the chunk-wide
     pointer tiles (rows t0 .. t0 + BT) stay inside the sub-chunk loop: hoisted out of it they stay
-    live across the whole body and spill (ptxas for sm_90, dq/dk kernel, bf16 K = V = 64: 1.3 KB)."""
+    live across the whole body (ptxas for sm_90: the intra kernel at bf16 K = 128 took 229 registers
+    instead of 189)."""
     bos, eos = chunk_bounds(cu_seqlens, chunk_seq, i_c)
     return bos, eos, bos + tl.load(chunk_idx + i_c).to(tl.int64) * BT
 
@@ -120,13 +121,18 @@ def chunk_vector_dqdk_kernel(
                        i_c, s, i_k, i_h, H, K, V, BT, BC, BK, BV)
 
 
-@triton.jit
+@triton.jit(noinline=True)
 def _dqdk_subchunk(
     q, k, v, do, b, h, dh, dq, dk, db, cu_seqlens, chunk_seq, chunk_idx, scale, i_c, s, i_k, i_h,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr,
 ):
-    """dq, dk, db of sub-chunk s's rows and K block i_k in chunk i_c, head i_h."""
+    """dq, dk, db of sub-chunk s's rows and K block i_k in chunk i_c, head i_h. Not inlined: this body
+    alone sits at the 255-register limit and spills (~1 KB at K = V = 128, as when it was the whole
+    kernel); inlined into the sub-chunk loop, whatever the compiler hoists out of the loop (h's and
+    dh's pointer tiles, the K-block masks) stays live across it and spills more (ptxas for sm_90,
+    bf16: +0.24 KB at K = V = 64, +0.56 KB at K = V = 100). As a call, the spills stay within 36 B of
+    the old one-program-per-sub-chunk kernel's, fewer for fp32 (benchmarks/compile_gla_sm90.py)."""
     bos, eos, t0 = _chunk_rows(cu_seqlens, chunk_seq, chunk_idx, i_c, BT)
     last = tl.minimum(t0 + BT, eos) - 1
     r = t0 + s * BC
@@ -138,10 +144,7 @@ def _dqdk_subchunk(
     kk = i_k * BK + tl.arange(0, BK)
     mk = kk < K
     mik = mi[:, None] & mk[None, :]
-    # + min(t0 − bos, 0) adds 0 (t0 >= bos) but is loop-variant to the compiler: otherwise the [BV, BK]
-    # pointer tiles of h and dh are hoisted out of the sub-chunk loop (ptxas, bf16 K = V = 64: 240 B
-    # of spills against none)
-    s_base = i_c.to(tl.int64) * H * K * V + i_h * K * V + tl.minimum(t0 - bos, 0)
+    s_base = i_c.to(tl.int64) * H * K * V + i_h * K * V
     dq_acc = tl.zeros([BC, BK], dtype=tl.float32)
     dk_acc = tl.zeros([BC, BK], dtype=tl.float32)
     dA_row = tl.zeros([BC, BT], dtype=tl.float32)   # [i in I, j in chunk] = do_i · v_j
