@@ -131,7 +131,7 @@ def _dqdk_subchunk(
     alone sits at the 255-register limit and spills (~1 KB at K = V = 128, as when it was the whole
     kernel); inlined into the sub-chunk loop, whatever the compiler hoists out of the loop (h's and
     dh's pointer tiles, the K-block masks) stays live across it and spills more (ptxas for sm_90,
-    bf16: +0.24 KB at K = V = 64, +0.56 KB at K = V = 100). As a call, the spills stay within 36 B of
+    bf16, chunk bounds reloaded: up to +0.56 KB, at K = V = 100). As a call, the spills stay within 36 B of
     the old one-program-per-sub-chunk kernel's, fewer for fp32 (benchmarks/compile_gla_sm90.py)."""
     bos, eos, t0 = _chunk_rows(cu_seqlens, chunk_seq, chunk_idx, i_c, BT)
     last = tl.minimum(t0 + BT, eos) - 1
