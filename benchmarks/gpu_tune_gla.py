@@ -28,10 +28,10 @@ from attnzoo.ops.linear import triton_chunk, triton_state, triton_vector_fast  #
 VARIANTS = {
     "base": {},
     "noseg": {"MIN_PROGRAMS": 0},
-    "w8": {"state_warps": 8, "scalar_out_warps": 8},
     "st2": {"state_stages": 2},
+    "sw8": {"state_warps": 8},
+    "w8": {"state_warps": 8, "scalar_out_warps": 8},
     "bk32": {"state_bk": 32},
-    "bk32_w8out": {"state_bk": 32, "scalar_out_warps": 8},
     "seg16": {"MIN_SEGMENT": 16, "MAX_SEGMENTS": 16},
     "f32off": {"FACTOR_F32": False},
 }
