@@ -5,8 +5,10 @@ best config (issue 7: which state-pass layout and warps are fastest at each T).
 
 Variants set triton_chunk.TUNE, triton_state's segment rule and triton_vector_fast.FACTOR_F32
 (each distinct config compiles once, ~1-3 s per kernel). Times fwd+bwd of the scalar and vector
-gate (bf16, D = 128, H = 16, GLA-like gates) with do_bench medians, plus cuDNN SDPA as the anchor
-for comparing runs. Writes tune.jsonl and profile.txt under --out and prints a table.
+gate (bf16, D = 128, H = 16, GLA-like gates) with do_bench medians, plus baselines in the same
+process (cuDNN SDPA as the anchor for comparing runs; fla's chunk_simple_gla / chunk_gla with
+--baselines, fla's Hopper guard lifted for speed only). Writes tune.jsonl and profile.txt under
+--out and prints a table.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from attnzoo.bench.speed import machine_line, measure, make_call, parse_shapes  # noqa: E402
+from attnzoo.bench.speed import fla_module, machine_line, make_call, measure, parse_shapes  # noqa: E402
 from attnzoo.ops.linear import triton_chunk, triton_state, triton_vector_fast  # noqa: E402
 
 VARIANTS = {
@@ -34,6 +36,8 @@ VARIANTS = {
     "bk32": {"state_bk": 32},
     "seg16": {"MIN_SEGMENT": 16, "MAX_SEGMENTS": 16},
     "f32off": {"FACTOR_F32": False},
+    "unfused": {"scalar_fused_dg": False},
+    "st2_unfused": {"state_stages": 2, "scalar_fused_dg": False},
 }
 
 
@@ -77,8 +81,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", default="4096x4,8192x2,16384x1,32768x1")
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--baselines", default="sdpa_cudnn", help="e.g. sdpa_cudnn,fla_simple_gla,fla_gla")
     ap.add_argument("--out", default=os.environ.get("OUT", "gpu_out"))
     a = ap.parse_args()
+    baselines = a.baselines.split(",")
+    fla = fla_module() if any(b.startswith("fla_") for b in baselines) else None
     os.makedirs(a.out, exist_ok=True)
     shapes = parse_shapes(a.shapes)
     machine = machine_line()
@@ -86,10 +94,16 @@ def main():
     with open(os.path.join(a.out, "tune.jsonl"), "w") as f:
         f.write(json.dumps({"machine": machine}) + "\n")
         for s in shapes:
-            r = measure("sdpa_cudnn", s, "fwdbwd")
-            r["variant"] = "-"
-            recs.append(r)
-            f.write(json.dumps(r) + "\n")
+            for b in baselines:
+                r = measure(b, s, "fwdbwd", fla=fla)
+                if r is None:
+                    continue
+                r["variant"] = "-"
+                recs.append(r)
+                f.write(json.dumps(r) + "\n")
+                f.flush()
+                print(f"{'-':11s} {b:15s} T={s.T:6d} {r.get('ms', float('nan')):7.3f} ms {r.get('error', '')}",
+                      flush=True)
         for name in a.variants.split(","):
             for provider in ("attnzoo_scalar", "attnzoo_vector"):
                 if name == "f32off" and provider == "attnzoo_scalar":
@@ -111,16 +125,17 @@ def main():
             if len(ms) == len(shapes):
                 score[name] = math.exp(sum(math.log(x) for x in ms) / len(ms))
         best[provider] = min(score, key=score.get) if score else "base"
-    with open(os.path.join(a.out, "profile.txt"), "w") as out:
-        out.write(f"{machine}\nbest by geometric mean over shapes: {best}\n")
-        for provider, name in best.items():
-            with variant(VARIANTS[name]):
-                for s in (shapes[1], shapes[-1]):
-                    profile(provider, s, out)
+    if not a.no_profile:
+        with open(os.path.join(a.out, "profile.txt"), "w") as out:
+            out.write(f"{machine}\nbest by geometric mean over shapes: {best}\n")
+            for provider, name in best.items():
+                with variant(VARIANTS[name]):
+                    for s in (shapes[1], shapes[-1]):
+                        profile(provider, s, out)
     cols = [f"T={s.T}" for s in shapes]
     print(f"\n{machine}\n{'variant':11s} {'provider':15s} " + " ".join(f"{c:>8s}" for c in cols))
     for name in ["-"] + a.variants.split(","):
-        for provider in ("sdpa_cudnn", "attnzoo_scalar", "attnzoo_vector"):
+        for provider in (*baselines, "attnzoo_scalar", "attnzoo_vector"):
             row = [r for r in recs if r["variant"] == name and r["provider"] == provider]
             if row:
                 print(f"{name:11s} {provider:15s} " + " ".join(f"{r.get('ms', float('nan')):8.3f}" for r in row))

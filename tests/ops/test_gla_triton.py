@@ -70,6 +70,18 @@ def test_chunked_matches_reference_fp32(gate, T, strength):
     check_against_reference(B=2 if T < 64 else 1, T=T, gate=gate, strength=strength)
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_scalar_gate_gradient_both_assemblies(fused, monkeypatch):
+    """The scalar gate's dg is either written by the dq/dk kernel (in-chunk reverse cumsum plus
+    <S_c, dS_c> from tiles it holds) or assembled from the state pass's term (TUNE["scalar_fused_dg"]):
+    both against the float64 reference, several chunks, initial and final state in the loss."""
+    from attnzoo.ops.linear import triton_chunk
+
+    monkeypatch.setitem(triton_chunk.TUNE, "scalar_fused_dg", fused)
+    check_against_reference(B=2, T=150, gate="scalar", strength=1.0, seed=4)
+    check_against_reference(B=1, T=131, gate="gamma", strength=0.3, seed=5)
+
+
 @pytest.mark.parametrize("gate,strength", [("scalar", 1.0), ("vector", 0.05), ("vector", 10.0)])
 def test_saved_states_match_recomputed(gate, strength, monkeypatch):
     """The eager backward uses the forward's saved b, h, ht (and intra-chunk A) when SAVE_STATES is

@@ -142,6 +142,9 @@ def test_state_passes_launch_two_modes_and_match_one_launch(gate, monkeypatch):
         out[seg] = (h, ht, dh, dh0, term)
     assert modes == [0, 0, 1, 2, 1, 2]
     for name, a, ref in zip(("h", "ht", "dh", "dh0", "term"), out[2], out[None]):
+        if name == "term" and gate != 2:  # only the vector gate's state pass writes term
+            assert a is None and ref is None
+            continue
         assert rel(a, ref) < 1e-5, (name, rel(a, ref))
     assert torch.equal(out[2][1][1], h0[1]) and torch.equal(out[2][3][1], dht[1])
 

@@ -8,9 +8,10 @@ its formula:
 
     forward:  b = chunk cumsum(g);  h = states entering chunks (triton_state);
               [vector gate: A, intra-chunk scores (triton_vector)];  o (triton_output)
-    backward: b, h recomputed;  dh (triton_state);  dv (triton_output);
+    backward: b, h (and A) from the forward (eager) or recomputed;  dh (triton_state);  dv (triton_output);
               dq, dk, db (triton_scalar_bwd / triton_vector, triton_vector_fast);  dg = reverse cumsum
-              of db inside each chunk + rowsum(S_c ⊙ dS_c) at the chunk's end (triton_state, triton_cumsum)
+              of db inside each chunk + rowsum(S_c ⊙ dS_c) at the chunk's end (vector gate: triton_state,
+              triton_cumsum; scalar gate: all inside triton_scalar_bwd)
 
 Vector gate: a (chunk, head) whose total log decay is >= −SAFE_LOG (triton_vector_fast) forms A
 as one factorised product (q ⊙ e^{b})(k ⊙ e^{−b})ᵀ inside the output/dv kernels and gets dq, dk,
@@ -91,7 +92,7 @@ def _state_dtype(q):
 # Launch configs of the state passes and of the no-gate/scalar output and dv kernels. A dict so
 # that benchmarks/gpu_tune_gla.py can time others in one process (each config compiles once);
 # the values are the ones measured best there (notes/triton_gla.md).
-TUNE = dict(state_bk=64, state_bv=32, state_warps=4, state_stages=3, scalar_out_warps=4)
+TUNE = dict(state_bk=64, state_bv=32, state_warps=4, state_stages=3, scalar_out_warps=4, scalar_fused_dg=True)
 
 
 def _state_config(K, V):
@@ -151,7 +152,8 @@ def _states(k, v, b, gate, h0, tab, store_ht, seg=None):
 
 def _dstates(q, do, b, gate, dht, h, ht, tab, scale, want_dh0, seg=None):
     """Reverse state pass: dh (gradient wrt the state leaving each chunk), dh0 (or None) and term
-    (the per-block partial rowsum(S_c ⊙ dS_c), gated only; summed over blocks by the caller)."""
+    (the per-block partial rowsum(S_c ⊙ dS_c), summed over blocks by the caller; None without a gate
+    or when the scalar dq/dk kernel forms it, TUNE["scalar_fused_dg"])."""
     N_tok, H, K = q.shape
     V = do.shape[-1]
     BK, BV, opts = _state_config(K, V)
@@ -159,7 +161,7 @@ def _dstates(q, do, b, gate, dht, h, ht, tab, scale, want_dh0, seg=None):
     dh0 = q.new_empty(tab.n_seqs, H, K, V, dtype=torch.float32) if want_dh0 else None
     grid, SEG, nsmax, E, G = _segments(K, V, H, gate, tab, seg, q)
     term = None
-    if gate == 1:
+    if gate == 1 and not TUNE["scalar_fused_dg"]:
         term = q.new_empty(grid[0] * grid[1], tab.n_chunks, H, dtype=torch.float32)
     elif gate == 2:
         term = q.new_empty(grid[1], tab.n_chunks, H, K, dtype=torch.float32)
@@ -168,7 +170,8 @@ def _dstates(q, do, b, gate, dht, h, ht, tab, scale, want_dh0, seg=None):
             q, do, b if b is not None else q, dh, dht if dht is not None else q, dh0 if dh0 is not None else q,
             h, ht if ht is not None else q, term if term is not None else q,
             tab.cu_seqlens, tab.chunk_offsets, scale, tab.n_chunks, E, G, SEG, nsmax, H=H, K=K, V=V, BT=BT,
-            BK=BK, BV=BV, GATE=gate, HAS_DHT=dht is not None, STORE_DH0=want_dh0, MODE=mode, **opts,
+            BK=BK, BV=BV, GATE=gate, HAS_DHT=dht is not None, STORE_DH0=want_dh0, MODE=mode,
+            TERM=term is not None, **opts,
         )
     return dh, dh0, term
 
@@ -246,7 +249,10 @@ def gla_chunk_bwd(q, k, v, g, do, dht, *, scale, initial_state, tab, saved=None)
             q, k, v, do, b if b is not None else q, h, dh, dq, dk, db if db is not None else q,
             tab.cu_seqlens, tab.chunk_seq, tab.chunk_idx, scale,
             H=H, K=K, V=V, BT=BT, BK=max(16, triton.next_power_of_2(K)), BV=min(BV, 32), GATE=gate,
-            num_warps=8 if K > 64 else 4,
+            FUSED_DG=term is None, num_warps=8 if K > 64 else 4,
         )
-    dg = chunk_reverse_cumsum(db, term.sum(0), tab, BT) if g is not None else None
+    if term is not None:
+        dg = chunk_reverse_cumsum(db, term.sum(0), tab, BT)
+    else:  # the scalar kernel wrote dg itself (or there is no gate)
+        dg = db
     return dq, dk, dv, dg, dh0

@@ -8,7 +8,13 @@ dA_ij = scale · do_i · v_j:
 
     dq_i = scale · e^{b_i} (do_i S_0ᵀ) + Σ_{j<=i} dA_ij D_ij k_j
     dk_j = e^{b_c - b_j} (v_j dS_cᵀ) + Σ_{i>=j} dA_ij D_ij q_i
-    db_t = Σ_k (q_t ⊙ dq_t − k_t ⊙ dk_t)        (gate gradient before the reverse cumsum, §3)
+    db_t = Σ_k (q_t ⊙ dq_t − k_t ⊙ dk_t)
+    dg_t = Σ_{s>=t in the chunk} db_s + <S_c, dS_c>                 (the identity of CHUNKED.md §3)
+
+with S_c = e^{b_c} S_0 + Σ_j e^{b_c − b_j} k_j v_jᵀ the state leaving the chunk, so that
+<S_c, dS_c> = e^{b_c} <S_0, dS_c> + Σ_j k_j · (e^{b_c − b_j} v_j dS_cᵀ): both parts come from tiles
+this kernel holds anyway (the second is dk's inter-chunk term), and the kernel writes dg itself
+(the gradient of every later cumulative gate stays exact: no reverse cumsum over the sequence).
 
 The transposed products are formed from transposed loads, never by transposing a tensor-core
 result (the pattern Triton < 3.7.1 miscompiles on Hopper, fla issue #640).
@@ -24,14 +30,16 @@ from attnzoo.ops.linear.triton_state import chunk_bounds
 
 @triton.jit
 def chunk_value_products(do, v, h, dh, t, mt, kk, mk, s_base, i_h, H: tl.constexpr, V: tl.constexpr,
-                         BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+                         BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HDH: tl.constexpr = False):
     """The value-side products of one chunk and K block, summed over V blocks: do h_cᵀ [BT, BK],
     v dh_cᵀ [BT, BK], ds = do vᵀ and dsT = v doᵀ [BT, BT] (the transposed one from transposed
-    loads, not by transposing a tensor-core result)."""
+    loads, not by transposing a tensor-core result); with HDH also <h_c, dh_c> (a scalar over this
+    K block and all of V), else 0."""
     acc_dq = tl.zeros([BT, BK], dtype=tl.float32)
     acc_dk = tl.zeros([BT, BK], dtype=tl.float32)
     ds = tl.zeros([BT, BT], dtype=tl.float32)   # ds[i, j] = do_i · v_j
     dsT = tl.zeros([BT, BT], dtype=tl.float32)  # dsT[j, i] = v_j · do_i
+    hdh = tl.zeros([BK], dtype=tl.float32)
     for i_v in range(tl.cdiv(V, BV)):
         vv = i_v * BV + tl.arange(0, BV)
         mv = vv < V
@@ -47,15 +55,18 @@ def chunk_value_products(do, v, h, dh, t, mt, kk, mk, s_base, i_h, H: tl.constex
         acc_dk += tl.dot(vt, dhT.to(vt.dtype))
         ds += tl.dot(dot_, vT)
         dsT += tl.dot(vt, doT)
-    return acc_dq, acc_dk, ds, dsT
+        if HDH:
+            hdh += tl.sum(hT.to(tl.float32) * dhT.to(tl.float32), axis=0)
+    return acc_dq, acc_dk, ds, dsT, tl.sum(hdh, axis=0)
 
 
 @triton.jit
 def chunk_scalar_dqdk_kernel(
     q, k, v, do, b, h, dh, dq, dk, db, cu_seqlens, chunk_seq, chunk_idx, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-    BV: tl.constexpr, GATE: tl.constexpr,
+    BV: tl.constexpr, GATE: tl.constexpr, FUSED_DG: tl.constexpr = True,
 ):
+    """FUSED_DG (scalar gate): write dg (the in-chunk reverse cumsum plus <S_c, dS_c>) instead of db."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     bos, eos = chunk_bounds(cu_seqlens, chunk_seq, i_c)
     t0 = bos + tl.load(chunk_idx + i_c).to(tl.int64) * BT
@@ -65,7 +76,8 @@ def chunk_scalar_dqdk_kernel(
     mk = kk < K
     mtk = mt[:, None] & mk[None, :]
     s_base = i_c.to(tl.int64) * H * K * V + i_h * K * V
-    acc_dq, acc_dk, ds, dsT = chunk_value_products(do, v, h, dh, t, mt, kk, mk, s_base, i_h, H, V, BT, BK, BV)
+    acc_dq, acc_dk, ds, dsT, hdh = chunk_value_products(do, v, h, dh, t, mt, kk, mk, s_base, i_h, H, V, BT, BK, BV,
+                                                        HDH=FUSED_DG if GATE == 1 else False)
     ar = tl.arange(0, BT)
     causal = (ar[:, None] >= ar[None, :]) & mt[:, None] & mt[None, :]
     anti = (ar[:, None] <= ar[None, :]) & mt[:, None] & mt[None, :]
@@ -82,6 +94,9 @@ def chunk_scalar_dqdk_kernel(
         dsT = tl.where(anti, dsT * scale, 0.0)
     qt = tl.load(q + t[:, None] * (H * K) + i_h * K + kk[None, :], mask=mtk, other=0.0)
     kt = tl.load(k + t[:, None] * (H * K) + i_h * K + kk[None, :], mask=mtk, other=0.0)
+    if GATE == 1:
+        if FUSED_DG:  # <S_c, dS_c>, S_c = e^{b_c} S_0 + Σ_j e^{b_c − b_j} k_j v_jᵀ the state leaving the chunk
+            after = tl.exp(bl) * hdh + tl.sum(tl.sum(kt.to(tl.float32) * acc_dk, axis=1), axis=0)
     acc_dq += tl.dot(ds.to(kt.dtype), kt)
     acc_dk += tl.dot(dsT.to(qt.dtype), qt)
     off = t[:, None] * (H * K) + i_h * K + kk[None, :]
@@ -89,4 +104,6 @@ def chunk_scalar_dqdk_kernel(
     tl.store(dk + off, acc_dk.to(dk.dtype.element_ty), mask=mtk)
     if GATE == 1:
         dbt = tl.sum(qt.to(tl.float32) * acc_dq - kt.to(tl.float32) * acc_dk, axis=1)
+        if FUSED_DG:  # dg: reverse cumsum of db inside the chunk plus everything after it (`after`)
+            dbt = tl.sum(dbt, axis=0) - tl.cumsum(dbt, axis=0) + dbt + after
         tl.store(db + t * H + i_h, dbt, mask=mt)

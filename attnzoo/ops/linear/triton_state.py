@@ -221,11 +221,12 @@ def chunk_state_bwd_kernel(
     q, do, b, dh, dht, dh0, h, ht, term, cu_seqlens, chunk_offsets, scale, NC, E, G, SEG, NSMAX,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, GATE: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
-    MODE: tl.constexpr = 0,
+    MODE: tl.constexpr = 0, TERM: tl.constexpr = False,
 ):
-    """With a gate, also writes term = rowsum(S_c ⊙ dS_c) per chunk (S_c the state leaving the chunk,
-    from h of the next chunk or ht), partial over this program's V block (and K block if scalar):
-    the gradient of every later cumulative gate, so the reverse cumsum stays inside each chunk.
+    """With TERM (a gate), also writes term = rowsum(S_c ⊙ dS_c) per chunk (S_c the state leaving the
+    chunk, from h of the next chunk or ht), partial over this program's V block (and K block if
+    scalar): the gradient of every later cumulative gate, so the reverse cumsum stays inside each
+    chunk. (The scalar gate's can instead be formed in triton_scalar_bwd: FUSED_DG there.)
     MODE 1: D[n, s] (into E) and G[n, s] of every segment but the first. MODE 2: entry dS = dht,
     then dS = diag(e^{G[n,s']}) dS + D[n,s'] for s' = NS−1 down to s+1; then the segment's chunks
     in reverse (dh, term), and dh0 from segment 0."""
@@ -257,7 +258,7 @@ def chunk_state_bwd_kernel(
         i = c_hi - 1 - j
         if MODE != 1:
             tl.store(dh + (c0 + i) * H * K * V + s_off, dS.to(dh.dtype.element_ty), mask=mkv)
-            if GATE > 0:
+            if TERM:
                 S_c = tl.load(h + (c0 + i + 1) * H * K * V + s_off, mask=mkv & (i < n_chunks - 1), other=0.0)
                 S_c = S_c.to(tl.float32) + tl.load(ht + n * H * K * V + s_off, mask=mkv & (i == n_chunks - 1),
                                                    other=0.0)

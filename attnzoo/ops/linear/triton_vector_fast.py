@@ -103,7 +103,7 @@ def chunk_vector_fast_dqdk_kernel(
         mk = kk < K
         mtk = mt[:, None] & mk[None, :]
         s_base = i_c.to(tl.int64) * H * K * V + i_h * K * V
-        acc_dq, acc_dk, ds, dsT = chunk_value_products(do, v, h, dh, t, mt, kk, mk, s_base, i_h, H, V, BT, BK, BV)
+        acc_dq, acc_dk, ds, dsT, _ = chunk_value_products(do, v, h, dh, t, mt, kk, mk, s_base, i_h, H, V, BT, BK, BV)
         ar = tl.arange(0, BT)
         causal = (ar[:, None] >= ar[None, :]) & mt[:, None] & mt[None, :]
         anti = (ar[:, None] <= ar[None, :]) & mt[:, None] & mt[None, :]
