@@ -30,7 +30,7 @@ from attnzoo.ops.linear import triton_chunk, triton_state, triton_vector_fast  #
 VARIANTS = {
     "base": {},
     "noseg": {"MIN_PROGRAMS": 0},
-    "st2": {"state_stages": 2},
+    "st2": {"state_stages": 2, "state_stages_vector": 2},
     "sw8": {"state_warps": 8},
     "w8": {"state_warps": 8, "scalar_out_warps": 8},
     "bk32": {"state_bk": 32},
@@ -38,6 +38,7 @@ VARIANTS = {
     "f32off": {"FACTOR_F32": False},
     "unfused": {"scalar_fused_dg": False},
     "st2_unfused": {"state_stages": 2, "scalar_fused_dg": False},
+    "st3v": {"state_stages_vector": 3},
 }
 
 
@@ -93,30 +94,25 @@ def main():
     recs = []
     with open(os.path.join(a.out, "tune.jsonl"), "w") as f:
         f.write(json.dumps({"machine": machine}) + "\n")
-        for s in shapes:
+        def record(r, name):
+            r["variant"] = name
+            recs.append(r)
+            f.write(json.dumps(r) + "\n")
+            f.flush()
+            print(f"{name:11s} {r['provider']:15s} T={r['T']:6d} {r.get('ms', float('nan')):7.3f} ms "
+                  f"{r.get('error', '')}", flush=True)
+
+        for s in shapes:  # shape by shape: a run cut short still has whole rows
+            for name in a.variants.split(","):
+                for provider in ("attnzoo_scalar", "attnzoo_vector"):
+                    if name == "f32off" and provider == "attnzoo_scalar":
+                        continue
+                    with variant(VARIANTS[name]):
+                        record(measure(provider, s, "fwdbwd"), name)
             for b in baselines:
                 r = measure(b, s, "fwdbwd", fla=fla)
-                if r is None:
-                    continue
-                r["variant"] = "-"
-                recs.append(r)
-                f.write(json.dumps(r) + "\n")
-                f.flush()
-                print(f"{'-':11s} {b:15s} T={s.T:6d} {r.get('ms', float('nan')):7.3f} ms {r.get('error', '')}",
-                      flush=True)
-        for name in a.variants.split(","):
-            for provider in ("attnzoo_scalar", "attnzoo_vector"):
-                if name == "f32off" and provider == "attnzoo_scalar":
-                    continue
-                with variant(VARIANTS[name]):
-                    for s in shapes:
-                        r = measure(provider, s, "fwdbwd")
-                        r["variant"] = name
-                        recs.append(r)
-                        f.write(json.dumps(r) + "\n")
-                        f.flush()
-                        print(f"{name:11s} {provider:15s} T={s.T:6d} {r.get('ms', float('nan')):7.3f} ms "
-                              f"{r.get('error', '')}", flush=True)
+                if r is not None:
+                    record(r, "-")
     best = {}
     for provider in ("attnzoo_scalar", "attnzoo_vector"):
         score = {}

@@ -92,14 +92,19 @@ def _state_dtype(q):
 # Launch configs of the state passes and of the no-gate/scalar output and dv kernels. A dict so
 # that benchmarks/gpu_tune_gla.py can time others in one process (each config compiles once);
 # the values are the ones measured best there (notes/triton_gla.md).
-TUNE = dict(state_bk=64, state_bv=32, state_warps=4, state_stages=3, scalar_out_warps=4, scalar_fused_dg=True)
+# H200, bf16, D = 128, H = 16, B·T = 16k (benchmarks/results/gla_h200/tune_s3_run*.jsonl): 2 pipeline
+# stages for the vector gate's state passes were 4-10% faster over the whole op in two runs, and
+# slower for the scalar gate at 8k-16k; the fused scalar dg 6% faster at 32k.
+TUNE = dict(state_bk=64, state_bv=32, state_warps=4, state_stages=3, state_stages_vector=2, scalar_out_warps=4,
+            scalar_fused_dg=True)
 
 
-def _state_config(K, V):
+def _state_config(K, V, gate=1):
     """BK, BV and launch options of the state passes (triton_state)."""
     BK = min(TUNE["state_bk"], max(16, triton.next_power_of_2(K)))
     BV = min(TUNE["state_bv"], max(16, triton.next_power_of_2(V)))
-    return BK, BV, dict(num_warps=TUNE["state_warps"], num_stages=TUNE["state_stages"])
+    stages = TUNE["state_stages_vector"] if gate == 2 else TUNE["state_stages"]
+    return BK, BV, dict(num_warps=TUNE["state_warps"], num_stages=stages)
 
 
 def _blocks(K, V):
@@ -137,7 +142,7 @@ def _segments(K, V, H, gate, tab, seg, x):
 def _states(k, v, b, gate, h0, tab, store_ht, seg=None):
     N_tok, H, K = k.shape
     V = v.shape[-1]
-    BK, BV, opts = _state_config(K, V)
+    BK, BV, opts = _state_config(K, V, gate)
     h = k.new_empty(tab.n_chunks, H, K, V, dtype=_state_dtype(k))
     ht = k.new_empty(tab.n_seqs, H, K, V, dtype=torch.float32) if store_ht else None
     grid, SEG, nsmax, E, G = _segments(K, V, H, gate, tab, seg, k)
@@ -156,7 +161,7 @@ def _dstates(q, do, b, gate, dht, h, ht, tab, scale, want_dh0, seg=None):
     or when the scalar dq/dk kernel forms it, TUNE["scalar_fused_dg"])."""
     N_tok, H, K = q.shape
     V = do.shape[-1]
-    BK, BV, opts = _state_config(K, V)
+    BK, BV, opts = _state_config(K, V, gate)
     dh = torch.empty_like(h)
     dh0 = q.new_empty(tab.n_seqs, H, K, V, dtype=torch.float32) if want_dh0 else None
     grid, SEG, nsmax, E, G = _segments(K, V, H, gate, tab, seg, q)
