@@ -20,8 +20,10 @@ from attnzoo.ops.linear import triton_state as ts  # noqa: E402
 from attnzoo.ops.linear.reference import gated_linear_attention_reference as reference  # noqa: E402
 from attnzoo.ops.linear.triton import triton_gated_linear_attention as tri  # noqa: E402
 from attnzoo.ops.linear.triton_vector_fast import chunk_safe_mask  # noqa: E402
+from test_gla_triton import K as K_SHARED, fwd_bwd  # noqa: E402 (same H, K, V; pytest puts tests/ops on the path)
 
 H, K, V = 2, 16, 16
+assert K == K_SHARED  # fwd_bwd scales by K ** -0.5
 NAMES = ("dq", "dk", "dv", "dg", "dg_gamma", "dh0")
 
 
@@ -40,14 +42,6 @@ def make(n_tok, gate, strength, n_state, seed):
     if gate == "scalar+gamma":
         g = -strength * u(1, n_tok, H)
     return q, k, v, g, g_gamma, r(n_state, H, K, V), r(1, n_tok, H, V), r(n_state, H, K, V)
-
-
-def fwd_bwd(fn, q, k, v, g, g_gamma, h0, do, dS, **kw):
-    ins = [t.detach().clone().requires_grad_(True) if t is not None else None for t in (q, k, v, g, g_gamma, h0)]
-    o, S = fn(ins[0], ins[1], ins[2], ins[3], g_gamma=ins[4], scale=K ** -0.5, initial_state=ins[5],
-              output_final_state=True, **kw)
-    torch.autograd.backward([o, S], [do.to(o.dtype), dS])
-    return o, S, [t.grad if t is not None else None for t in ins]
 
 
 def run_tri(seg, *args, **kw):
