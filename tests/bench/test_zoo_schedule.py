@@ -111,15 +111,20 @@ def test_a_killed_worker_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch
 
 
 def test_shared_gpu_runs_plan_fewer_steps_than_cpu_runs():
-    """Runs sharing one GPU are planned with the slowdown measured there (probe x 2.6), CPU runs
-    and a single GPU run with the CPU's 1.25: the same probes fit fewer steps in the same budget."""
+    """Runs sharing one GPU are planned with the step model measured there (max(2.5 x probe, a floor
+    per run sharing the GPU)), CPU runs and a single GPU run with the CPU's factor 1.25: the same
+    probes fit fewer steps in the same budget, and a cheap run is planned at the floor."""
     import time
 
-    from attnzoo.bench.zoo_schedule import CUDA_SHARED_CONTENTION, SweepBudget, contention_for
+    from attnzoo.bench.zoo_schedule import (
+        CUDA_SHARED_FLOOR_PER_RUN, CUDA_SHARED_SLOPE, StepModel, SweepBudget, contention_for,
+    )
 
-    assert contention_for("cuda", 8) == CUDA_SHARED_CONTENTION > CONTENTION
-    assert contention_for("cuda:0", 2) == CUDA_SHARED_CONTENTION
-    assert contention_for("cuda", 1) == contention_for("cpu", 8) == CONTENTION
+    assert contention_for("cuda", 8) == StepModel(CUDA_SHARED_SLOPE, 8 * CUDA_SHARED_FLOOR_PER_RUN)
+    assert contention_for("cuda:0", 2) == StepModel(CUDA_SHARED_SLOPE, 2 * CUDA_SHARED_FLOOR_PER_RUN)
+    assert contention_for("cuda", 1) == contention_for("cpu", 8) == StepModel(CONTENTION)
+    gpu = contention_for("cuda", 8)
+    assert gpu(0.007) == 8 * CUDA_SHARED_FLOOR_PER_RUN and gpu(0.04) == 0.04 * CUDA_SHARED_SLOPE
     preset = replace(get_preset("standard"), steps=10_000, min_steps=1, total_seconds=100.0)
     specs = [{"mixer": f"m{i}"} for i in range(8)]
     planned = {}
@@ -128,4 +133,7 @@ def test_shared_gpu_runs_plan_fewer_steps_than_cpu_runs():
         b.order(list(specs), [0.01] * 8, None)
         planned[dev] = b.preset.steps
     assert planned["cuda"] < planned["cpu"]
-    assert math.isclose(planned["cpu"] / planned["cuda"], CUDA_SHARED_CONTENTION / CONTENTION, rel_tol=0.02)
+    assert math.isclose(planned["cpu"] / planned["cuda"], gpu(0.01) / (0.01 * CONTENTION), rel_tol=0.02)
+    b = SweepBudget(preset, 8, time.perf_counter(), contention=gpu)  # cheap and dear runs in one sweep
+    b.order([{"mixer": "cheap"}, {"mixer": "dear"}], [0.002, 0.05], None)
+    assert math.isclose(b.expected[1] / b.expected[0], 8 * CUDA_SHARED_FLOOR_PER_RUN / (0.05 * CUDA_SHARED_SLOPE))
