@@ -65,3 +65,22 @@ def without_autocast(fn):
             return fn(*args, **kwargs)
 
     return wrapped
+
+
+def autocast_operands(*tensors):
+    """Mixed floating dtypes under torch.autocast made one: the autocast dtype of the region (what
+    autocast gives a matmul's operands); tensors of one dtype, float64 ones, or no autocast on their
+    device: unchanged (an op keeps computing in the precision its inputs state, see autocast_off).
+
+    Under CUDA autocast a mixer's q, k, v can arrive in mixed dtypes (one came through an op that
+    autocast keeps in float32: measured for mamba2 and lawcat on the H200), which the Triton kernels
+    do not take, so those mixers fell to the torch path.
+    """
+    floats = [t for t in tensors if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    if len({t.dtype for t in floats}) < 2 or any(t.dtype == torch.float64 for t in floats):
+        return tensors
+    device = floats[0].device.type
+    if not torch.amp.is_autocast_available(device) or not torch.is_autocast_enabled(device):
+        return tensors
+    dtype = torch.get_autocast_dtype(device)
+    return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in tensors)

@@ -270,3 +270,33 @@ def test_bad_input_raises_value_error(case):
     with pytest.raises(ValueError, match="must be"):
         chunk_gated_linear_attention(a["q"], a["k"], a["v"], a["g"], g_gamma=a["g_gamma"], scale=1.0,
                                      initial_state=a["initial_state"], chunk_size=a["chunk_size"])
+
+
+def test_autocast_gives_q_k_v_one_dtype(monkeypatch):
+    """Under autocast, q, k, v of mixed dtypes reach the implementation in the autocast dtype (a
+    mixer's can come mixed under CUDA autocast, which then kept them off the Triton kernels); g
+    stays float32; the result equals the all-bf16 call. Outside autocast, or all float32 inside
+    (the op then computes in float32, test_autocast_mixers), nothing is cast."""
+    import attnzoo.ops.linear.chunk as chunk
+
+    seen = []
+    real = chunk.chunk_gated_linear_attention
+
+    def spy(q, k, v, g=None, **kw):
+        seen.append((q.dtype, k.dtype, v.dtype, None if g is None else g.dtype))
+        return real(q, k, v, g, **kw)
+
+    monkeypatch.setattr(chunk, "chunk_gated_linear_attention", spy)
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 20, 2, 8), torch.randn(1, 20, 2, 8).bfloat16(), torch.randn(1, 20, 2, 8)
+    g = F.logsigmoid(torch.randn(1, 20, 2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        o, _ = gated_linear_attention(q, k, v, g, impl="torch")
+    assert seen[-1] == (torch.bfloat16,) * 3 + (torch.float32,) and o.dtype == torch.bfloat16
+    o_ref, _ = gated_linear_attention(q.bfloat16(), k, v.bfloat16(), g, impl="torch")
+    assert torch.equal(o, o_ref)
+    gated_linear_attention(q, k, v, g, impl="torch")
+    assert seen[-1] == (torch.float32, torch.bfloat16, torch.float32, torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        gated_linear_attention(q, k.float(), v, g, impl="torch")
+    assert seen[-1] == (torch.float32,) * 4

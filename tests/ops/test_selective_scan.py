@@ -34,7 +34,8 @@ def test_chunked_equals_reference_fp64(T, strength):
 def test_gradients_agree_including_initial_state():
     ins = [t.requires_grad_() for t in make(T=19, seed=3)]
     g = torch.Generator().manual_seed(4)
-    wy, ws = torch.randn(2, 19, 6, generator=g, dtype=torch.float64), torch.randn(2, 6, 4, generator=g, dtype=torch.float64)
+    wy = torch.randn(2, 19, 6, generator=g, dtype=torch.float64)
+    ws = torch.randn(2, 6, 4, generator=g, dtype=torch.float64)
     grads = []
     for impl in ("reference", "torch"):
         u, delta, A, B, C, D, h0 = ins

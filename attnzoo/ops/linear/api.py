@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from attnzoo.ops.dispatch import resolve_impl, without_autocast
+from attnzoo.ops.dispatch import autocast_operands, resolve_impl, without_autocast
 
 NORMALIZE_EPS = 1e-6
 
@@ -41,8 +41,19 @@ def check_gla_inputs(q, k, v, g, g_gamma, initial_state, normalize):
         raise ValueError(f"initial_state must be [B, H, K, V] = {(B, H, K, V)}, got {tuple(initial_state.shape)}")
 
 
-@without_autocast  # computes in float32 (the state) whatever the caller's autocast
 def gated_linear_attention(
+    q, k, v, g=None, *, g_gamma=None, scale=None, initial_state=None, output_final_state=False,
+    normalize=False, impl="auto",
+):
+    """Under torch.autocast, q, k, v of mixed dtypes go in as autocast gives a matmul its operands
+    (the region's dtype: dispatch.autocast_operands); g, g_gamma and the state stay float32."""
+    q, k, v = autocast_operands(q, k, v)
+    return _gated_linear_attention(q, k, v, g, g_gamma=g_gamma, scale=scale, initial_state=initial_state,
+                                   output_final_state=output_final_state, normalize=normalize, impl=impl)
+
+
+@without_autocast  # computes in float32 (the state) whatever the caller's autocast
+def _gated_linear_attention(
     q, k, v, g=None, *, g_gamma=None, scale=None, initial_state=None, output_final_state=False,
     normalize=False, impl="auto",
 ):

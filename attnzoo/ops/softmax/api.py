@@ -53,7 +53,8 @@ def attention_allowed(
         allowed |= kp[:, None, :] < pl
     if key_mask is not None:
         if tuple(key_mask.shape) != (B, Tk) or key_mask.dtype != torch.bool:
-            raise ValueError(f"key_mask must be bool [B, Tk] = [{B}, {Tk}], got {key_mask.dtype} {tuple(key_mask.shape)}")
+            raise ValueError(f"key_mask must be bool [B, Tk] = [{B}, {Tk}], "
+                             f"got {key_mask.dtype} {tuple(key_mask.shape)}")
         allowed &= key_mask[:, None, :]
     return allowed
 
