@@ -39,6 +39,7 @@ VARIANTS = {
     "unfused": {"scalar_fused_dg": False},
     "st2_unfused": {"state_stages": 2, "scalar_fused_dg": False},
     "st3v": {"state_stages_vector": 3},
+    "vfused": {"vector_fused_dg": True},
 }
 
 

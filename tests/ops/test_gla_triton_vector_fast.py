@@ -215,3 +215,14 @@ def test_g_gamma_added_into_the_vector_gate_decides_the_branch():
         outs.append([o, S] + [t.grad for t in ins])
     for name, a, b in zip(("o", "S", "dq", "dk", "dv", "dg", "dg_gamma", "dh0"), *outs):
         assert rel(a, b) < TOL32, (name, rel(a, b))
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_vector_dg_assemblies_mixed_chunks_and_varlen(fused, monkeypatch):
+    """The fast path's dq/dk kernel writes the final dg of its chunks (TUNE["vector_fused_dg"]: the
+    in-chunk reverse cumsum plus <S_c, dS_c> per channel) and the reverse cumsum then runs in place
+    on the sub-chunk path's chunks only; or both go through the reverse cumsum. Weak and strong
+    chunks side by side in one launch, and varlen with partial tails on both branches."""
+    monkeypatch.setitem(tc.TUNE, "vector_fused_dg", fused)
+    test_mixed_heads_and_chunks_in_one_launch()
+    test_varlen_partial_last_chunks_match_one_by_one()

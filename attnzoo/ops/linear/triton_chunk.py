@@ -94,9 +94,11 @@ def _state_dtype(q):
 # the values are the ones measured best there (notes/triton_gla.md).
 # H200, bf16, D = 128, H = 16, B·T = 16k (benchmarks/results/gla_h200/tune_s3_run*.jsonl): 2 pipeline
 # stages for the vector gate's state passes were 4-10% faster over the whole op in two runs, and
-# slower for the scalar gate at 8k-16k; the fused scalar dg 6% faster at 32k.
+# slower for the scalar gate at 8k-16k; the fused scalar dg 6% faster at 32k. vector_fused_dg (the
+# fast path's dq/dk kernel writes dg, as the scalar one does) is interpreter-tested, not yet timed on
+# a GPU: off until it is.
 TUNE = dict(state_bk=64, state_bv=32, state_warps=4, state_stages=3, state_stages_vector=2, scalar_out_warps=4,
-            scalar_fused_dg=True)
+            scalar_fused_dg=True, vector_fused_dg=False)
 
 
 def _state_config(K, V, gate=1):
@@ -247,7 +249,7 @@ def gla_chunk_bwd(q, k, v, g, do, dht, *, scale, initial_state, tab, saved=None)
         )
         chunk_vector_fast_dqdk_kernel[(tab.n_chunks, triton.cdiv(K, BK), H)](
             q, k, v, do, b, h, dh, dq, dk, db, tab.cu_seqlens, tab.chunk_seq, tab.chunk_idx, scale,
-            H=H, K=K, V=V, BT=BT, BK=BK, BV=min(BV, 32), num_warps=8,
+            H=H, K=K, V=V, BT=BT, BK=BK, BV=min(BV, 32), FUSED_DG=TUNE["vector_fused_dg"], num_warps=8,
         )
     else:
         chunk_scalar_dqdk_kernel[(tab.n_chunks, H)](
@@ -256,8 +258,9 @@ def gla_chunk_bwd(q, k, v, g, do, dht, *, scale, initial_state, tab, saved=None)
             H=H, K=K, V=V, BT=BT, BK=max(16, triton.next_power_of_2(K)), BV=min(BV, 32), GATE=gate,
             FUSED_DG=term is None, num_warps=8 if K > 64 else 4,
         )
-    if term is not None:
-        dg = chunk_reverse_cumsum(db, term.sum(0), tab, BT)
+    if term is not None:  # vector gate with fused dg: in place, only the sub-chunk path's chunks
+        dg = chunk_reverse_cumsum(db, term.sum(0), tab, BT,
+                                  skip_safe_of=b if gate == 2 and TUNE["vector_fused_dg"] else None)
     else:  # the scalar kernel wrote dg itself (or there is no gate)
         dg = db
     return dq, dk, dv, dg, dh0

@@ -20,6 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
+from attnzoo.ops.linear.triton_vector_fast import chunk_is_safe
+
 
 @triton.jit
 def chunk_local_cumsum_kernel(
@@ -41,14 +43,17 @@ def chunk_local_cumsum_kernel(
 
 @triton.jit
 def chunk_reverse_cumsum_kernel(
-    db, dg, term, cu_seqlens, chunk_seq, chunk_idx,
-    H: tl.constexpr, G: tl.constexpr, BT: tl.constexpr, BG: tl.constexpr,
+    db, dg, term, b, cu_seqlens, chunk_seq, chunk_idx,
+    H: tl.constexpr, G: tl.constexpr, BT: tl.constexpr, BG: tl.constexpr, SKIP_SAFE: tl.constexpr = False,
 ):
     i_c, i_h, i_g = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     n = tl.load(chunk_seq + i_c)
     i = tl.load(chunk_idx + i_c)
     bos = tl.load(cu_seqlens + n)
     eos = tl.load(cu_seqlens + n + 1)
+    if SKIP_SAFE:  # the vector fast path's kernel already wrote dg for this chunk
+        if chunk_is_safe(b, tl.minimum(bos + i * BT + BT, eos).to(tl.int64) - 1, i_h, H, G, BG):
+            return
     t = bos + i * BT + tl.arange(0, BT)
     cols = i_g * BG + tl.arange(0, BG)
     m = (t < eos)[:, None] & (cols < G)[None, :]
@@ -72,14 +77,17 @@ def chunk_local_cumsum(g: torch.Tensor, tables, BT: int) -> torch.Tensor:
     return b
 
 
-def chunk_reverse_cumsum(db: torch.Tensor, term: torch.Tensor, tables, BT: int) -> torch.Tensor:
+def chunk_reverse_cumsum(db: torch.Tensor, term: torch.Tensor, tables, BT: int, skip_safe_of=None) -> torch.Tensor:
     """db [N_tok, H(, K)] float32, term [n_chunks, H(, K)] (the gradient of all later cumulative
-    gates, rowsum(S_c ⊙ dS_c)) -> dg_t = Σ_{s >= t in t's chunk} db_s + term[chunk(t)]."""
+    gates, rowsum(S_c ⊙ dS_c)) -> dg_t = Σ_{s >= t in t's chunk} db_s + term[chunk(t)].
+    skip_safe_of=b (vector gate): in place, leaving the chunks that triton_vector_fast.chunk_is_safe
+    takes (their rows of db already hold dg)."""
     N_tok, H = db.shape[:2]
     G = 1 if db.dim() == 2 else db.shape[2]
     BG = min(64, triton.next_power_of_2(G))
-    dg = torch.empty_like(db)
+    dg = db if skip_safe_of is not None else torch.empty_like(db)
     chunk_reverse_cumsum_kernel[(tables.n_chunks, H, triton.cdiv(G, BG))](
-        db, dg, term, tables.cu_seqlens, tables.chunk_seq, tables.chunk_idx, H=H, G=G, BT=BT, BG=BG,
+        db, dg, term, skip_safe_of if skip_safe_of is not None else db, tables.cu_seqlens, tables.chunk_seq,
+        tables.chunk_idx, H=H, G=G, BT=BT, BG=BG, SKIP_SAFE=skip_safe_of is not None,
     )
     return dg

@@ -33,8 +33,8 @@ def chunk_value_products(do, v, h, dh, t, mt, kk, mk, s_base, i_h, H: tl.constex
                          BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HDH: tl.constexpr = False):
     """The value-side products of one chunk and K block, summed over V blocks: do h_cᵀ [BT, BK],
     v dh_cᵀ [BT, BK], ds = do vᵀ and dsT = v doᵀ [BT, BT] (the transposed one from transposed
-    loads, not by transposing a tensor-core result); with HDH also <h_c, dh_c> (a scalar over this
-    K block and all of V), else 0."""
+    loads, not by transposing a tensor-core result); with HDH also Σ_v h_c ⊙ dh_c per key channel
+    ([BK]; zeros without HDH)."""
     acc_dq = tl.zeros([BT, BK], dtype=tl.float32)
     acc_dk = tl.zeros([BT, BK], dtype=tl.float32)
     ds = tl.zeros([BT, BT], dtype=tl.float32)   # ds[i, j] = do_i · v_j
@@ -57,7 +57,7 @@ def chunk_value_products(do, v, h, dh, t, mt, kk, mk, s_base, i_h, H: tl.constex
         dsT += tl.dot(vt, doT)
         if HDH:
             hdh += tl.sum(hT.to(tl.float32) * dhT.to(tl.float32), axis=0)
-    return acc_dq, acc_dk, ds, dsT, tl.sum(hdh, axis=0)
+    return acc_dq, acc_dk, ds, dsT, hdh
 
 
 @triton.jit
@@ -96,7 +96,7 @@ def chunk_scalar_dqdk_kernel(
     kt = tl.load(k + t[:, None] * (H * K) + i_h * K + kk[None, :], mask=mtk, other=0.0)
     if GATE == 1:
         if FUSED_DG:  # <S_c, dS_c>, S_c = e^{b_c} S_0 + Σ_j e^{b_c − b_j} k_j v_jᵀ the state leaving the chunk
-            after = tl.exp(bl) * hdh + tl.sum(tl.sum(kt.to(tl.float32) * acc_dk, axis=1), axis=0)
+            after = tl.exp(bl) * tl.sum(hdh, axis=0) + tl.sum(tl.sum(kt.to(tl.float32) * acc_dk, axis=1), axis=0)
     acc_dq += tl.dot(ds.to(kt.dtype), kt)
     acc_dk += tl.dot(dsT.to(qt.dtype), qt)
     off = t[:, None] * (H * K) + i_h * K + kk[None, :]

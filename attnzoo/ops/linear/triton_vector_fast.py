@@ -88,10 +88,13 @@ def chunk_safe_mask(b: torch.Tensor, tables, BT: int) -> torch.Tensor:
 def chunk_vector_fast_dqdk_kernel(
     q, k, v, do, b, h, dh, dq, dk, db, cu_seqlens, chunk_seq, chunk_idx, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-    BV: tl.constexpr,
+    BV: tl.constexpr, FUSED_DG: tl.constexpr = False,
 ):
     """dq, dk [N_tok, H, K] and db (float32) for the rows of one SAFE (chunk, head) and K block
-    (db is per channel, so K blocks are independent; dA = do vᵀ is recomputed per block)."""
+    (db is per channel, so K blocks are independent; dA = do vᵀ is recomputed per block). FUSED_DG:
+    write the final dg instead of db, as the scalar kernel does (triton_scalar_bwd): the in-chunk
+    reverse cumsum plus <S_c, dS_c> per channel, e^{b_c} Σ_v S_0 ⊙ dS_c + Σ_j k_j ⊙ (dk's inter-chunk
+    term); chunk_reverse_cumsum then skips safe chunks."""
     i_c, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bos, eos = chunk_bounds(cu_seqlens, chunk_seq, i_c)
     t0 = bos + tl.load(chunk_idx + i_c).to(tl.int64) * BT
@@ -103,7 +106,8 @@ def chunk_vector_fast_dqdk_kernel(
         mk = kk < K
         mtk = mt[:, None] & mk[None, :]
         s_base = i_c.to(tl.int64) * H * K * V + i_h * K * V
-        acc_dq, acc_dk, ds, dsT, _ = chunk_value_products(do, v, h, dh, t, mt, kk, mk, s_base, i_h, H, V, BT, BK, BV)
+        acc_dq, acc_dk, ds, dsT, hdh = chunk_value_products(do, v, h, dh, t, mt, kk, mk, s_base, i_h, H, V, BT, BK,
+                                                            BV, HDH=FUSED_DG)
         ar = tl.arange(0, BT)
         causal = (ar[:, None] >= ar[None, :]) & mt[:, None] & mt[None, :]
         anti = (ar[:, None] <= ar[None, :]) & mt[:, None] & mt[None, :]
@@ -120,6 +124,12 @@ def chunk_vector_fast_dqdk_kernel(
         dbt = qt.to(tl.float32) * acc_dq
         bl = tl.load(b + last * (H * K) + i_h * K + kk, mask=mk, other=0.0)
         qh = factor_cast(qt * tl.exp(bt), qt)
-        acc_dk = tl.exp(tl.where(mtk, bl[None, :] - bt, 0.0)) * acc_dk + tl.exp(-bt) * tl.dot(dsT.to(qh.dtype), qh)
+        acc_dk = tl.exp(tl.where(mtk, bl[None, :] - bt, 0.0)) * acc_dk
+        if FUSED_DG:  # everything after the chunk, per channel: <S_c, dS_c> with S_c = e^{b_c} S_0 + Σ_j ...
+            after = tl.exp(bl) * hdh + tl.sum(kt.to(tl.float32) * acc_dk, axis=0)
+        acc_dk += tl.exp(-bt) * tl.dot(dsT.to(qh.dtype), qh)
         tl.store(dk + off, acc_dk.to(dk.dtype.element_ty), mask=mtk)
-        tl.store(db + off, dbt - kt.to(tl.float32) * acc_dk, mask=mtk)
+        dbt = dbt - kt.to(tl.float32) * acc_dk
+        if FUSED_DG:
+            dbt = tl.sum(dbt, axis=0)[None, :] - tl.cumsum(dbt, axis=0) + dbt + after[None, :]
+        tl.store(db + off, dbt, mask=mtk)
