@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 FAMILIES = (
     "softmax", "linear", "recurrent", "ssm", "conv", "sparse", "routed", "pooling", "vision", "hybrid",

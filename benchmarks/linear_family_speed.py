@@ -6,7 +6,8 @@ For each mixer (built at d_model=d with n_heads=4 where the mixer takes it): med
 forward (no grad) and of a forward+backward with impl="auto" (torch chunked on CPU; Triton where
 the op has a kernel on CUDA), the same for the softmax mixer for scale, and the relative error of
 impl="auto" against impl="reference" (the loops over time) on a short sequence (T=64) in float32,
-forward and input gradient, and of prefix + state + single steps against one call. Writes benchmarks/results/linear_family_speed_<device>.json.
+forward and input gradient, and of prefix + state + single steps against one call. Writes
+benchmarks/results/linear_family_speed_<device>.json.
 """
 
 from __future__ import annotations
@@ -109,7 +110,8 @@ def main():
     a = ap.parse_args()
     dev = a.device
     gpu = torch.cuda.get_device_name() if dev == "cuda" else ""
-    machine = f"{platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}"
+    machine = (f"{platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__}, "
+               f"threads {torch.get_num_threads()}")
     machine += f", {gpu}" if gpu else ""
     rows = []
     x = torch.randn(a.B, a.T, a.d, device=dev)

@@ -130,5 +130,6 @@ class BaseConv(Mixer):
         return 4 * self.d_model * (self.window - 1)
 
     def extra_repr(self):
-        kind = f"long l_max={self.l_max} ({self.long_kernel})" if self.kernel_size == -1 else f"kernel={self.kernel_size}"
+        long = f"long l_max={self.l_max} ({self.long_kernel})"
+        kind = long if self.kernel_size == -1 else f"kernel={self.kernel_size}"
         return f"d_model={self.d_model}, {kind}, use_act={self.use_act}"

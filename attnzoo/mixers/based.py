@@ -107,4 +107,5 @@ class Based(Mixer):
         return 4 * self.n_heads * self.n_features * (self.head_dim + 1) + self.swa.state_bytes(seq_len)
 
     def extra_repr(self):
-        return f"d_model={self.d_model}, n_heads={self.n_heads}, feature_dim={self.feature_dim}, window={self.swa.window}"
+        return (f"d_model={self.d_model}, n_heads={self.n_heads}, feature_dim={self.feature_dim}, "
+                f"window={self.swa.window}")

@@ -90,4 +90,5 @@ class HGRN2(Mixer):
         return recurrent_state_bytes(self.n_heads, self.head_dim, self.head_dim)
 
     def extra_repr(self):
-        return f"d_model={self.d_model}, n_heads={self.n_heads}, head_dim={self.head_dim}, lower_bound={self.lower_bound}"
+        return (f"d_model={self.d_model}, n_heads={self.n_heads}, head_dim={self.head_dim}, "
+                f"lower_bound={self.lower_bound}")

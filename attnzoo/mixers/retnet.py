@@ -110,4 +110,5 @@ class RetNet(Mixer):
         return recurrent_state_bytes(self.n_heads, self.head_dim, self.v_dim) + 8
 
     def extra_repr(self):
-        return f"d_model={self.d_model}, n_heads={self.n_heads}, head_dim={self.head_dim}, v_dim={self.v_dim}, rope={self.rope}"
+        return (f"d_model={self.d_model}, n_heads={self.n_heads}, head_dim={self.head_dim}, v_dim={self.v_dim}, "
+                f"rope={self.rope}")

@@ -163,7 +163,8 @@ def mamba_loop(m: Mamba, x):
     B, T, _ = x.shape
     u, z = m.in_proj(x).chunk(2, -1)
     W = m.d_conv
-    uc = torch.stack([sum(m.conv_weight[:, W - 1 - i] * u[:, t - i] for i in range(min(W, t + 1))) for t in range(T)], 1)
+    uc = torch.stack([sum(m.conv_weight[:, W - 1 - i] * u[:, t - i] for i in range(min(W, t + 1)))
+                      for t in range(T)], 1)
     uc = F.silu(uc + m.conv_bias)
     A = -torch.exp(m.A_log)
     h = torch.zeros(B, m.d_inner, m.d_state, dtype=x.dtype)

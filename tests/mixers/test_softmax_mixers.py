@@ -70,7 +70,8 @@ def test_bidirectional_softmax_sees_the_future_and_refuses_state():
 
 def test_rope_scores_depend_only_on_relative_position():
     g = torch.Generator().manual_seed(0)
-    q, k = torch.randn(1, 1, 1, 8, generator=g, dtype=torch.float64), torch.randn(1, 1, 1, 8, generator=g, dtype=torch.float64)
+    q = torch.randn(1, 1, 1, 8, generator=g, dtype=torch.float64)
+    k = torch.randn(1, 1, 1, 8, generator=g, dtype=torch.float64)
 
     def score(i, j):
         return float((apply_rope(q, torch.tensor([[i]])) * apply_rope(k, torch.tensor([[j]]))).sum())
