@@ -9,6 +9,7 @@ Catches compile errors, shared-memory overflow and register spills before any GP
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import subprocess
 import sys
@@ -29,6 +30,10 @@ PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bi
 
 
 def compile_sm90(kernel, dtype: str, constexprs: dict, num_warps: int):
+    # constexpr parameters left at their defaults (e.g. FUSED_DG) are constexprs too, as at launch
+    defaults = {p.name: p.default for p in kernel.params
+                if p.is_constexpr and p.default is not inspect.Parameter.empty}
+    constexprs = {**defaults, **constexprs}
     sig = {}
     for name in kernel.arg_names:
         if name in constexprs:
