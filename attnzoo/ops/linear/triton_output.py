@@ -21,7 +21,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from attnzoo.ops.linear.triton_state import chunk_bounds
+from attnzoo.ops.linear.triton_state import chunk_rows
 from attnzoo.ops.linear.triton_vector_fast import chunk_is_safe, factor_cast
 
 
@@ -32,8 +32,7 @@ def chunk_output_kernel(
     BV: tl.constexpr, GATE: tl.constexpr, FACTOR_F32: tl.constexpr = False,
 ):
     i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    bos, eos = chunk_bounds(cu_seqlens, chunk_seq, i_c)
-    t0 = bos + tl.load(chunk_idx + i_c).to(tl.int64) * BT
+    bos, eos, t0 = chunk_rows(cu_seqlens, chunk_seq, chunk_idx, i_c, BT)
     t = t0 + tl.arange(0, BT)
     mt = t < eos
     vv = i_v * BV + tl.arange(0, BV)
@@ -86,8 +85,7 @@ def chunk_dv_kernel(
     BV: tl.constexpr, GATE: tl.constexpr, FACTOR_F32: tl.constexpr = False,
 ):
     i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    bos, eos = chunk_bounds(cu_seqlens, chunk_seq, i_c)
-    t0 = bos + tl.load(chunk_idx + i_c).to(tl.int64) * BT
+    bos, eos, t0 = chunk_rows(cu_seqlens, chunk_seq, chunk_idx, i_c, BT)
     t = t0 + tl.arange(0, BT)
     mt = t < eos
     last = tl.minimum(t0 + BT, eos) - 1

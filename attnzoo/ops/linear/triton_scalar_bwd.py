@@ -25,7 +25,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from attnzoo.ops.linear.triton_state import chunk_bounds
+from attnzoo.ops.linear.triton_state import chunk_rows
 
 
 @triton.jit
@@ -68,8 +68,7 @@ def chunk_scalar_dqdk_kernel(
 ):
     """FUSED_DG (scalar gate): write dg (the in-chunk reverse cumsum plus <S_c, dS_c>) instead of db."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
-    bos, eos = chunk_bounds(cu_seqlens, chunk_seq, i_c)
-    t0 = bos + tl.load(chunk_idx + i_c).to(tl.int64) * BT
+    bos, eos, t0 = chunk_rows(cu_seqlens, chunk_seq, chunk_idx, i_c, BT)
     t = t0 + tl.arange(0, BT)
     mt = t < eos
     kk = tl.arange(0, BK)

@@ -68,6 +68,13 @@ def chunk_bounds(cu_seqlens, chunk_seq, i_c):
 
 
 @triton.jit
+def chunk_rows(cu_seqlens, chunk_seq, chunk_idx, i_c, BT: tl.constexpr):
+    """(bos, eos, t0): chunk_bounds and the chunk's first row t0 (int64)."""
+    bos, eos = chunk_bounds(cu_seqlens, chunk_seq, i_c)
+    return bos, eos, bos + tl.load(chunk_idx + i_c).to(tl.int64) * BT
+
+
+@triton.jit
 def _program(cu_seqlens, SEG, NSMAX, H: tl.constexpr, BT: tl.constexpr, MODE: tl.constexpr):
     """(n, i_h, s, bos, eos, chunks of the sequence, first chunk, end chunk of this program)."""
     pid = tl.program_id(2)

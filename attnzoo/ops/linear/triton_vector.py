@@ -20,10 +20,14 @@ decides chunk_is_safe once, returns at once on a safe chunk, and otherwise loops
 sub-chunks that hold valid rows, running the per-(sub-chunk[, K block]) body (_intra_subchunk,
 _dqdk_subchunk) for each. With typical gates every chunk is safe and the launches cost only their
 programs' decisions, so the grids carry no sub-chunk axis (4x fewer programs than one program per
-sub-chunk). The dq/dk kernel keeps its K blocks in the grid: its body (five [BC, ·] products over V
-per K block) is the heaviest of the op and only runs on strongly forgetting chunks, where the
-parallelism of K/BK programs per (chunk, head) matters at small batch·length, and a loop over K
-blocks inside the sub-chunk loop would serialise 16 bodies (K = 128) per program.
+sub-chunk). The sub-chunk bodies call chunk_rows again rather than take bos, eos, t0 from the
+kernel, so that to the compiler the chunk-wide pointer tiles (rows t0 .. t0 + BT) stay inside the
+sub-chunk loop: hoisted out of it they stay live across the whole body (ptxas for sm_90: the intra
+kernel at bf16 K = 128 took 229 registers instead of 189). The dq/dk kernel keeps its K blocks in
+the grid: its body (five [BC, ·] products over V per K block) is the heaviest of the op and only
+runs on strongly forgetting chunks, where the parallelism of K/BK programs per (chunk, head)
+matters at small batch·length, and a loop over K blocks inside the sub-chunk loop would serialise
+16 bodies (K = 128) per program.
 """
 
 from __future__ import annotations
@@ -31,19 +35,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from attnzoo.ops.linear.triton_state import chunk_bounds
+from attnzoo.ops.linear.triton_state import chunk_rows
 from attnzoo.ops.linear.triton_vector_fast import chunk_is_safe
-
-
-@triton.jit
-def _chunk_rows(cu_seqlens, chunk_seq, chunk_idx, i_c, BT: tl.constexpr):
-    """bos, eos of chunk i_c's sequence and t0, the chunk's first row (int64). The sub-chunk bodies
-    load these again rather than take them from the kernel, so that to the compiler the chunk-wide
-    pointer tiles (rows t0 .. t0 + BT) stay inside the sub-chunk loop: hoisted out of it they stay
-    live across the whole body (ptxas for sm_90: the intra kernel at bf16 K = 128 took 229 registers
-    instead of 189)."""
-    bos, eos = chunk_bounds(cu_seqlens, chunk_seq, i_c)
-    return bos, eos, bos + tl.load(chunk_idx + i_c).to(tl.int64) * BT
 
 
 @triton.jit
@@ -54,7 +47,7 @@ def chunk_intra_kernel(
     """A [N_tok, H, BT] float32: row i holds A_ij for the chunk's columns j (zero above the diagonal).
     Grid (n_chunks, H)."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
-    bos, eos, t0 = _chunk_rows(cu_seqlens, chunk_seq, chunk_idx, i_c, BT)
+    bos, eos, t0 = chunk_rows(cu_seqlens, chunk_seq, chunk_idx, i_c, BT)
     if chunk_is_safe(b, tl.minimum(t0 + BT, eos) - 1, i_h, H, K, BK):
         return  # the output and dv kernels form this chunk's A by the factorised product
     n_sub = tl.cdiv(tl.minimum(eos - t0, BT), BC).to(tl.int32)  # the sub-chunks that hold valid rows
@@ -69,7 +62,7 @@ def _intra_subchunk(
 ):
     """The rows of sub-chunk s of chunk i_c (head i_h): A_off against the chunk's earlier columns
     and the diagonal block A_d, stored into A."""
-    bos, eos, t0 = _chunk_rows(cu_seqlens, chunk_seq, chunk_idx, i_c, BT)
+    bos, eos, t0 = chunk_rows(cu_seqlens, chunk_seq, chunk_idx, i_c, BT)
     r = t0 + s * BC
     ti = r + tl.arange(0, BC)
     mi = ti < eos
@@ -112,7 +105,7 @@ def chunk_vector_dqdk_kernel(
     """dq, dk [N_tok, H, K] and db = q ⊙ dq − k ⊙ dk (float32) for the chunk's rows and K block.
     Grid (n_chunks, K/BK, H)."""
     i_c, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    bos, eos, t0 = _chunk_rows(cu_seqlens, chunk_seq, chunk_idx, i_c, BT)
+    bos, eos, t0 = chunk_rows(cu_seqlens, chunk_seq, chunk_idx, i_c, BT)
     if chunk_is_safe(b, tl.minimum(t0 + BT, eos) - 1, i_h, H, K, BK):
         return  # chunk_vector_fast_dqdk_kernel handles this chunk
     n_sub = tl.cdiv(tl.minimum(eos - t0, BT), BC).to(tl.int32)  # the sub-chunks that hold valid rows
@@ -133,7 +126,7 @@ def _dqdk_subchunk(
     dh's pointer tiles, the K-block masks) stays live across it and spills more (ptxas for sm_90,
     bf16, chunk bounds reloaded: up to +0.56 KB, at K = V = 100). As a call, the spills stay within 36 B of
     the old one-program-per-sub-chunk kernel's, fewer for fp32 (benchmarks/compile_gla_sm90.py)."""
-    bos, eos, t0 = _chunk_rows(cu_seqlens, chunk_seq, chunk_idx, i_c, BT)
+    bos, eos, t0 = chunk_rows(cu_seqlens, chunk_seq, chunk_idx, i_c, BT)
     last = tl.minimum(t0 + BT, eos) - 1
     r = t0 + s * BC
     re = tl.minimum(r + BC, eos) - 1

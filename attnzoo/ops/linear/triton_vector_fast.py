@@ -40,7 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
-from attnzoo.ops.linear.triton_state import chunk_bounds
+from attnzoo.ops.linear.triton_state import chunk_rows
 from attnzoo.ops.linear.triton_scalar_bwd import chunk_value_products
 
 SAFE_LOG = tl.constexpr(20.0)  # a chunk is factorised when its total log decay is >= −SAFE_LOG
@@ -96,8 +96,7 @@ def chunk_vector_fast_dqdk_kernel(
     reverse cumsum plus <S_c, dS_c> per channel, e^{b_c} Σ_v S_0 ⊙ dS_c + Σ_j k_j ⊙ (dk's inter-chunk
     term); chunk_reverse_cumsum then skips safe chunks."""
     i_c, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    bos, eos = chunk_bounds(cu_seqlens, chunk_seq, i_c)
-    t0 = bos + tl.load(chunk_idx + i_c).to(tl.int64) * BT
+    bos, eos, t0 = chunk_rows(cu_seqlens, chunk_seq, chunk_idx, i_c, BT)
     last = tl.minimum(t0 + BT, eos) - 1
     if chunk_is_safe(b, last, i_h, H, K, BK):
         t = t0 + tl.arange(0, BT)
