@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     pbs.add_argument("--providers", default=None,
                      help="comma list (default: all ops that run); mixer:NAME times a whole mixer, e.g. mixer:gla")
     pbs.add_argument("--modes", default="fwd,fwdbwd,decode", help="comma list of fwd, fwdbwd, decode")
+    pbs.add_argument("--rounds", type=int, default=3,
+                     help="interleaved timing rounds per case (providers rotated; the median is reported)")
     pbs.add_argument("--out", default="benchmarks/results/speed", help="folder for speed.jsonl/.md/.png")
     pbs.set_defaults(func=cmd_bench_speed)
 
@@ -140,7 +142,7 @@ def cmd_bench_speed(args):
     shapes = (parse_shapes(args.shapes, H=args.heads, D=args.head_dim, tokens=args.tokens) if args.shapes
               else default_shapes(tokens=args.tokens, H=args.heads, D=args.head_dim))
     providers = tuple(args.providers.split(",")) if args.providers else PROVIDERS
-    _, md = run_speed(shapes, args.out, providers=providers, modes=tuple(args.modes.split(",")))
+    _, md = run_speed(shapes, args.out, providers=providers, modes=tuple(args.modes.split(",")), rounds=args.rounds)
     print(md)
 
 

@@ -195,7 +195,16 @@ def main():
     ap.add_argument("--skip-checks", action="store_true")
     ap.add_argument("--only", default=None, help="comma list of check names to run (default: all)")
     ap.add_argument("--no-bench", action="store_true")
+    ap.add_argument("--tune", default="", help="triton_chunk.TUNE overrides for the run, e.g. vector_fused_dg=1")
     args = ap.parse_args()
+    from attnzoo.ops.linear import triton_chunk
+
+    for item in filter(None, args.tune.split(",")):
+        key, _, val = item.partition("=")
+        if key not in triton_chunk.TUNE:
+            raise SystemExit(f"--tune: unknown key {key!r}; known: {sorted(triton_chunk.TUNE)}")
+        triton_chunk.TUNE[key] = type(triton_chunk.TUNE[key])(int(val))
+    print(f"TUNE {triton_chunk.TUNE}", flush=True)
     os.makedirs(args.out, exist_ok=True)
     results = []
     t0 = time.time()

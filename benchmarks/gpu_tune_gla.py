@@ -40,6 +40,9 @@ VARIANTS = {
     "st2_unfused": {"state_stages": 2, "scalar_fused_dg": False},
     "st3v": {"state_stages_vector": 3},
     "vfused": {"vector_fused_dg": True},
+    "vbv64": {"state_bv_vector": 64},
+    "vbv128": {"state_bv_vector": 128, "state_warps_vector": 8},
+    "vfused_bv64": {"vector_fused_dg": True, "state_bv_vector": 64},
 }
 
 

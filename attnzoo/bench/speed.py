@@ -12,7 +12,9 @@ Providers (one name each in the results):
                   d_model = H·D with n_heads = H, bf16 weights; e.g. mixer:gla, mixer:softmax
 Modes: fwd, fwdbwd, decode (one new token against a context of T: our recurrent kernel with a
 state; SDPA with a KV cache of length T). Times are triton.testing.do_bench medians after warm-up,
-on random inputs. FLOPs: SDPA causal fwd 2·B·H·T²·D (half of 4·B·H·T²·D), fwd+bwd 3.5 x fwd;
+on random inputs, taken in --rounds interleaved rounds per case (the providers in rotated order;
+the median of the rounds is reported, every round kept in ms_rounds).
+FLOPs: SDPA causal fwd 2·B·H·T²·D (half of 4·B·H·T²·D), fwd+bwd 3.5 x fwd;
 chunked GLA fwd B·H·T·(4·K·V + 2·C·(K + V)) with C = 64, fwd+bwd 3.5 x fwd (a model, stated so).
 Results: JSON lines (first a machine line), a Markdown table with ratios per shape, a PNG plot.
 """
@@ -182,9 +184,9 @@ def make_call(provider, s: Shape, mode, dtype=torch.bfloat16, fla=None):
     return fn, gla_flops(s, mode)
 
 
-def measure(provider, s, mode, fla=None):
-    import triton
-
+def prepare(provider, s, mode, fla=None):
+    """(record, fn): the first call (its seconds), peak memory above the inputs, and the call to
+    time; fn is None when the provider cannot run this case or failed (then record has "error")."""
     rec = {"provider": provider, "mode": mode, **asdict(s)}
     try:
         torch.cuda.synchronize()
@@ -192,7 +194,7 @@ def measure(provider, s, mode, fla=None):
         base = torch.cuda.memory_allocated()
         call = make_call(provider, s, mode, fla=fla)
         if call is None:
-            return None
+            return None, None
         fn, flops = call
         t0 = time.perf_counter()
         fn()
@@ -204,13 +206,52 @@ def measure(provider, s, mode, fla=None):
         torch.cuda.synchronize()
         rec["peak_mb"] = (torch.cuda.max_memory_allocated() - inputs) / 2**20
         rec["inputs_mb"] = (inputs - base) / 2**20
-        ms = triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
-        rec["ms"] = ms
-        rec["tflops"] = flops / ms / 1e9 if flops else None
-        rec["tokens_per_s"] = (s.B if mode == "decode" else s.B * s.T) / ms * 1e3
+        rec["flops"] = flops
+        return rec, fn
     except Exception as e:  # a backend that refuses this shape is recorded, not fatal
         rec["error"] = f"{type(e).__name__}: {str(e)[:200]}"
-    return rec
+        return rec, None
+
+
+def do_bench_ms(fn) -> float:
+    import triton
+
+    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def timed_rounds(entries, rounds: int, timer=do_bench_ms):
+    """Times every (record, fn) of one shape and mode `rounds` times, the providers interleaved
+    and their order rotated each round (so a drift of clocks or host load is shared, not pinned on
+    whoever ran last); record["ms"] = median of the rounds' medians, record["ms_rounds"] all of them."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    live = [e for e in entries if e[1] is not None]
+    for r in range(rounds if live else 0):
+        for rec, fn in live[r % len(live):] + live[:r % len(live)]:
+            if "error" in rec:
+                continue
+            try:
+                rec.setdefault("ms_rounds", []).append(timer(fn))
+            except Exception as e:  # e.g. out of memory at the largest shapes
+                rec["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+    for rec, _ in live:
+        if "error" in rec:
+            rec.pop("ms_rounds", None)
+            continue
+        ms = sorted(rec["ms_rounds"])
+        rec["ms"] = ms[len(ms) // 2] if len(ms) % 2 else 0.5 * (ms[len(ms) // 2 - 1] + ms[len(ms) // 2])
+        flops = rec.pop("flops", None)
+        rec["tflops"] = flops / rec["ms"] / 1e9 if flops else None
+        rec["tokens_per_s"] = (rec["B"] if rec["mode"] == "decode" else rec["B"] * rec["T"]) / rec["ms"] * 1e3
+    return [rec for rec, _ in entries]
+
+
+def measure(provider, s, mode, fla=None, rounds=1):
+    """One provider and case: prepare, then timed_rounds (None when the provider cannot run it)."""
+    rec, fn = prepare(provider, s, mode, fla=fla)
+    if rec is None:
+        return None
+    return timed_rounds([(rec, fn)], rounds)[0]
 
 
 def _mixer_providers(records):
@@ -267,34 +308,36 @@ def _is_mixer(provider) -> bool:
     return provider.split(":", 1)[1] in list_mixers()
 
 
-def run_speed(shapes, out_dir, providers=PROVIDERS, modes=("fwd", "fwdbwd"), progress=print):
+def run_speed(shapes, out_dir, providers=PROVIDERS, modes=("fwd", "fwdbwd"), progress=print, rounds=3):
+    """Every (mode, shape): each provider prepared once, then timed in `rounds` interleaved rounds
+    (timed_rounds). Appends JSON lines to out_dir/speed.jsonl as each case finishes."""
     if not torch.cuda.is_available():
         raise ValueError("bench speed needs a CUDA GPU (torch.cuda.is_available() is False)")
     bad = [p for p in providers if p not in PROVIDERS and not _is_mixer(p)] + [m for m in modes if m not in MODES]
     if bad:
         raise ValueError(f"unknown providers/modes {bad}; providers: {PROVIDERS}, modes: {MODES}")
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
     os.makedirs(out_dir, exist_ok=True)
     jl = os.path.join(out_dir, "speed.jsonl")
     fla = fla_module() if any(p.startswith("fla_") for p in providers) else None
     records = []
     with open(jl, "a") as f:
-        f.write(json.dumps(machine_line()) + "\n")
+        f.write(json.dumps({**machine_line(), "rounds": rounds}) + "\n")
         for mode in modes:
             for s in shapes:
-                for p in providers:
-                    if p.startswith("fla_") and fla is None:
-                        continue
-                    rec = measure(p, s, mode, fla=fla)
-                    if rec is None:
-                        continue
+                entries = [e for p in providers if not (p.startswith("fla_") and fla is None)
+                           for e in [prepare(p, s, mode, fla=fla)] if e[0] is not None]
+                for rec in timed_rounds(entries, rounds):
                     records.append(rec)
                     f.write(json.dumps(rec) + "\n")
-                    f.flush()
-                    progress(f"{mode:7s} T={s.T:6d} B={s.B:3d} {p:16s} "
-                             + (f"{rec['ms']:9.3f} ms  peak {rec['peak_mb']:8.1f} MB" if "ms" in rec else rec["error"]))
+                    progress(f"{mode:7s} T={s.T:6d} B={s.B:3d} {rec['provider']:16s} "
+                             + (f"{rec['ms']:9.3f} ms  peak {rec['peak_mb']:8.1f} MB" if "ms" in rec
+                                else rec["error"]))
+                f.flush()
+                del entries
     md = markdown(records)
     with open(os.path.join(out_dir, "speed.md"), "w") as f:
         f.write(md)
     plot(records, os.path.join(out_dir, "speed.png"))
     return records, md
-

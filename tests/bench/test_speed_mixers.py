@@ -36,3 +36,31 @@ def test_provider_names_and_table():
             {"provider": "attnzoo_scalar", "mode": "fwd", "T": 12, "B": 2, "ms": 0.5}]
     md = markdown(recs)
     assert "mixer:gla ms" in md and "| 1.500 |" in md
+
+
+def test_timed_rounds_interleave_rotate_and_take_the_median():
+    """Each provider is timed once per round, the order rotated every round; ms is the median of
+    the rounds; a provider that fails in a later round keeps an error and no time."""
+    from attnzoo.bench.speed import timed_rounds
+
+    calls = []
+    times = {"a": iter([3.0, 1.0, 2.0]), "b": iter([5.0, 4.0, 6.0, 7.0]), "c": iter([1.0])}
+
+    def timer(fn):
+        calls.append(fn)
+        if fn == "c" and len([c for c in calls if c == "c"]) > 1:
+            raise RuntimeError("out of memory")
+        return next(times[fn])
+
+    mk = lambda p: {"provider": p, "mode": "fwd", "T": 8, "B": 2, "flops": 1e9}  # noqa: E731
+    entries = [(mk("a"), "a"), (mk("b"), "b"), (mk("c"), "c"), ({"provider": "d", "error": "refused"}, None)]
+    recs = timed_rounds(entries, 3, timer=timer)
+    assert calls[:3] == ["a", "b", "c"] and calls[3:6] == ["b", "c", "a"]  # round 2 starts at b; c fails
+    assert calls[6:] == ["a", "b"]  # round 3 would start at c, which is out
+    a, b, c, d = recs
+    assert a["ms"] == 2.0 and a["ms_rounds"] == [3.0, 1.0, 2.0] and a["tflops"] == 1e9 / 2.0 / 1e9
+    assert b["ms"] == 5.0 and a["tokens_per_s"] == 16 / 2.0 * 1e3
+    assert "ms" not in c and "out of memory" in c["error"] and "ms_rounds" not in c
+    assert d == {"provider": "d", "error": "refused"}
+    with pytest.raises(ValueError, match="rounds"):
+        timed_rounds(entries, 0, timer=timer)

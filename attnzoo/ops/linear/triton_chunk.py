@@ -97,16 +97,16 @@ def _state_dtype(q):
 # slower for the scalar gate at 8k-16k; the fused scalar dg 6% faster at 32k. vector_fused_dg (the
 # fast path's dq/dk kernel writes dg, as the scalar one does) is interpreter-tested, not yet timed on
 # a GPU: off until it is.
-TUNE = dict(state_bk=64, state_bv=32, state_warps=4, state_stages=3, state_stages_vector=2, scalar_out_warps=4,
-            scalar_fused_dg=True, vector_fused_dg=False)
+TUNE = dict(state_bk=64, state_bv=32, state_warps=4, state_stages=3, scalar_out_warps=4, scalar_fused_dg=True,
+            state_bv_vector=32, state_warps_vector=4, state_stages_vector=2, vector_fused_dg=False)
 
 
 def _state_config(K, V, gate=1):
     """BK, BV and launch options of the state passes (triton_state)."""
+    vec = "_vector" if gate == 2 else ""
     BK = min(TUNE["state_bk"], max(16, triton.next_power_of_2(K)))
-    BV = min(TUNE["state_bv"], max(16, triton.next_power_of_2(V)))
-    stages = TUNE["state_stages_vector"] if gate == 2 else TUNE["state_stages"]
-    return BK, BV, dict(num_warps=TUNE["state_warps"], num_stages=stages)
+    BV = min(TUNE["state_bv" + vec], max(16, triton.next_power_of_2(V)))
+    return BK, BV, dict(num_warps=TUNE["state_warps" + vec], num_stages=TUNE["state_stages" + vec])
 
 
 def _blocks(K, V):
@@ -130,7 +130,7 @@ def _segments(K, V, H, gate, tab, seg, x):
     """State-pass grid and segmentation (triton_state.choose_segment): (grid, SEG, NSMAX, E, G);
     SEG = 0 for one sequential launch (MODE 0), else E [N, NSMAX, H, K, V] and G (float32) hold
     the segment summaries of the two-launch form (MODE 1 then 2) and the grid has N·H·NSMAX programs."""
-    BK, BV, _ = _state_config(K, V)
+    BK, BV, _ = _state_config(K, V, gate)
     kb, vb = triton.cdiv(K, BK), triton.cdiv(V, BV)
     SEG = triton_state.choose_segment(n_programs=kb * vb * tab.n_seqs * H, max_chunks=tab.max_chunks, seg=seg)
     if not SEG:
@@ -172,13 +172,15 @@ def _dstates(q, do, b, gate, dht, h, ht, tab, scale, want_dh0, seg=None):
         term = q.new_empty(grid[0] * grid[1], tab.n_chunks, H, dtype=torch.float32)
     elif gate == 2:
         term = q.new_empty(grid[1], tab.n_chunks, H, K, dtype=torch.float32)
+        if triton_interpret():  # CPU tests: a row of term read but never written shows up as NaN
+            term.fill_(float("nan"))
     for mode in ((1, 2) if SEG else (0,)):
         chunk_state_bwd_kernel[grid](
             q, do, b if b is not None else q, dh, dht if dht is not None else q, dh0 if dh0 is not None else q,
             h, ht if ht is not None else q, term if term is not None else q,
             tab.cu_seqlens, tab.chunk_offsets, scale, tab.n_chunks, E, G, SEG, nsmax, H=H, K=K, V=V, BT=BT,
             BK=BK, BV=BV, GATE=gate, HAS_DHT=dht is not None, STORE_DH0=want_dh0, MODE=mode,
-            TERM=term is not None, **opts,
+            TERM=0 if term is None else (2 if gate == 2 and TUNE["vector_fused_dg"] else 1), **opts,
         )
     return dh, dh0, term
 

@@ -33,6 +33,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from attnzoo.ops.linear.triton_safe import chunk_is_safe
+
 # Test/benchmark override of the segment length in chunks (None: choose_segment's rule).
 SEGMENT_CHUNKS: int | None = None
 MIN_PROGRAMS = 512  # at or above this many (sequence, head, K block, V block) programs: no segments
@@ -228,12 +230,14 @@ def chunk_state_bwd_kernel(
     q, do, b, dh, dht, dh0, h, ht, term, cu_seqlens, chunk_offsets, scale, NC, E, G, SEG, NSMAX,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, GATE: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
-    MODE: tl.constexpr = 0, TERM: tl.constexpr = False,
+    MODE: tl.constexpr = 0, TERM: tl.constexpr = 0,
 ):
-    """With TERM (a gate), also writes term = rowsum(S_c ⊙ dS_c) per chunk (S_c the state leaving the
+    """With TERM = 1 (a gate), also writes term = rowsum(S_c ⊙ dS_c) per chunk (S_c the state leaving the
     chunk, from h of the next chunk or ht), partial over this program's V block (and K block if
     scalar): the gradient of every later cumulative gate, so the reverse cumsum stays inside each
-    chunk. (The scalar gate's can instead be formed in triton_scalar_bwd: FUSED_DG there.)
+    chunk. (The scalar gate's can instead be formed in triton_scalar_bwd: FUSED_DG there.) TERM = 2
+    (vector gate, the fast path's dq/dk kernel forming dg itself): only for chunks that are not
+    triton_safe.chunk_is_safe, the others' rows of term are left unwritten.
     MODE 1: D[n, s] (into E) and G[n, s] of every segment but the first. MODE 2: entry dS = dht,
     then dS = diag(e^{G[n,s']}) dS + D[n,s'] for s' = NS−1 down to s+1; then the segment's chunks
     in reverse (dh, term), and dh0 from segment 0."""
@@ -265,14 +269,21 @@ def chunk_state_bwd_kernel(
         i = c_hi - 1 - j
         if MODE != 1:
             tl.store(dh + (c0 + i) * H * K * V + s_off, dS.to(dh.dtype.element_ty), mask=mkv)
-            if TERM:
-                S_c = tl.load(h + (c0 + i + 1) * H * K * V + s_off, mask=mkv & (i < n_chunks - 1), other=0.0)
-                S_c = S_c.to(tl.float32) + tl.load(ht + n * H * K * V + s_off, mask=mkv & (i == n_chunks - 1),
+            if TERM > 0:
+                need = mkv
+                if TERM == 2:  # only the sub-chunk path's chunks read term (masked loads fetch nothing)
+                    unsafe = chunk_is_safe(b, tl.minimum(bos + (i + 1) * BT, eos) - 1, i_h, H, K, BK) == 0
+                    need = need & unsafe
+                S_c = tl.load(h + (c0 + i + 1) * H * K * V + s_off, mask=need & (i < n_chunks - 1), other=0.0)
+                S_c = S_c.to(tl.float32) + tl.load(ht + n * H * K * V + s_off, mask=need & (i == n_chunks - 1),
                                                    other=0.0)
                 part = tl.sum(S_c * dS, axis=1)
                 if GATE == 1:
                     tl.store(term + ((tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) * NC + c0 + i) * H
                              + i_h, tl.sum(part, axis=0))
+                elif TERM == 2:
+                    tl.store(term + ((tl.program_id(1) * NC + c0 + i) * H + i_h) * K + kk, part,
+                             mask=(kk < K) & unsafe)
                 else:
                     tl.store(term + ((tl.program_id(1) * NC + c0 + i) * H + i_h) * K + kk, part, mask=kk < K)
         dS, bl = _bwd_chunk(q, do, b, dS, bos, eos, i, i_h, kk, vv, scale, H=H, K=K, V=V, BT=BT, GATE=GATE)

@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 
 from attnzoo.ops.linear.triton_state import chunk_rows
-from attnzoo.ops.linear.triton_vector_fast import chunk_is_safe
+from attnzoo.ops.linear.triton_safe import chunk_is_safe
 
 
 @triton.jit

@@ -40,10 +40,10 @@ import torch
 import triton
 import triton.language as tl
 
+from attnzoo.ops.linear.triton_safe import SAFE_LOG, chunk_is_safe  # noqa: F401 (re-exported)
 from attnzoo.ops.linear.triton_state import chunk_rows
 from attnzoo.ops.linear.triton_scalar_bwd import chunk_value_products
 
-SAFE_LOG = tl.constexpr(20.0)  # a chunk is factorised when its total log decay is >= −SAFE_LOG
 # Operands of the forward's factorised A (the output kernel; dv's Aᵀ stays in the input dtype)
 # in float32 (tf32 dots) whatever the inputs' dtype. q ⊙ e^{b} and k ⊙ e^{−b} are new roundings
 # that bf16 inputs do not carry (the sub-chunk path's diagonal blocks are exact in float32). CPU
@@ -52,16 +52,6 @@ SAFE_LOG = tl.constexpr(20.0)  # a chunk is factorised when its total log decay 
 # backward's products add 0.003. H200 (gla_bf16_grad_check.py, output and dv kernels both in
 # float32): 0.088 against 0.143, ~9% slower.
 FACTOR_F32 = True
-
-
-@triton.jit
-def chunk_is_safe(b, last, i_h, H: tl.constexpr, K: tl.constexpr, BK: tl.constexpr):
-    """True when min_k b[last, i_h, k] >= −SAFE_LOG (a scalar; identical for any BK)."""
-    lo = tl.zeros([BK], dtype=tl.float32)
-    for i_k in range(tl.cdiv(K, BK)):
-        kk = i_k * BK + tl.arange(0, BK)
-        lo = tl.minimum(lo, tl.load(b + last * (H * K) + i_h * K + kk, mask=kk < K, other=0.0))
-    return tl.min(lo, axis=0) >= -SAFE_LOG
 
 
 @triton.jit

@@ -1,0 +1,27 @@
+"""The branch test of the vector gate's factorised path (GLA, Yang et al. 2023, arXiv:2312.06635,
+§4.1; the bound is triton_vector_fast's docstring): a (chunk, head) is SAFE when its total log
+decay is >= −SAFE_LOG in every key channel,
+
+    min_k b[l, h, k] >= −SAFE_LOG,    l the chunk's last valid row
+
+(b the chunk-local cumulative log gate [N_tok, H, K], float32). A minimum is exact in any order,
+so every kernel that calls chunk_is_safe on the same b takes the same branch for a chunk. Its own
+file because the state passes (triton_state) need it too, and triton_vector_fast imports them.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+SAFE_LOG = tl.constexpr(20.0)  # a chunk is factorised when its total log decay is >= −SAFE_LOG
+
+
+@triton.jit
+def chunk_is_safe(b, last, i_h, H: tl.constexpr, K: tl.constexpr, BK: tl.constexpr):
+    """True when min_k b[last, i_h, k] >= −SAFE_LOG (a scalar; identical for any BK)."""
+    lo = tl.zeros([BK], dtype=tl.float32)
+    for i_k in range(tl.cdiv(K, BK)):
+        kk = i_k * BK + tl.arange(0, BK)
+        lo = tl.minimum(lo, tl.load(b + last * (H * K) + i_h * K + kk, mask=kk < K, other=0.0))
+    return tl.min(lo, axis=0) >= -SAFE_LOG
