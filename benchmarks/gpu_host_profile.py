@@ -42,6 +42,8 @@ def main():
     ap.add_argument("--providers", default="attnzoo_scalar,attnzoo_vector")
     ap.add_argument("--modes", default="fwd,fwdbwd")
     ap.add_argument("--table", action="store_true", help="print the profiler's top CPU entries")
+    ap.add_argument("--cprofile", action="store_true",
+                    help="print cProfile's top Python functions (by own time) over 20 calls, GPU kept busy")
     a = ap.parse_args()
     s = parse_shapes(a.shape)[0]
     fla = fla_module() if "fla" in a.providers else None
@@ -55,6 +57,16 @@ def main():
             h = host_ms(fn)
             g = triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
             rows.append((p, mode, h, g))
+            if a.cprofile:
+                import cProfile
+                import pstats
+
+                pr = cProfile.Profile()
+                pr.enable()
+                host_ms(fn)
+                pr.disable()
+                print(f"== {p} {mode} (cProfile, 21 calls)")
+                pstats.Stats(pr).sort_stats("tottime").print_stats(28)
             if a.table:
                 with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
                     for _ in range(5):
