@@ -153,9 +153,21 @@ def test_choose_segment_rule():
     assert c(n_programs=128, max_chunks=32) == 0
     assert c(n_programs=512, max_chunks=4096) == 0
     assert c(n_programs=511, max_chunks=4096) == 512
+    assert c(n_programs=256, max_chunks=128, min_programs=256) == 0  # the scalar gate's threshold
+    assert c(n_programs=255, max_chunks=128, min_programs=256) == 32
     assert c(n_programs=4096, max_chunks=5, seg=2) == 2     # the override ignores the program count
     assert c(n_programs=8, max_chunks=5, seg=5) == 0        # one segment holds every chunk
     with pytest.raises(ValueError, match="segment length"):
         c(n_programs=8, max_chunks=5, seg=0)
     with pytest.raises(ValueError, match="n_programs"):
         c(n_programs=0, max_chunks=5)
+
+
+def test_vector_state_blocks_widen_only_when_programs_are_few():
+    """Vector gate, K = V = 128: V blocks of 32 at N·H = 64 (512 programs, unsegmented), of 64 at
+    N·H = 32 (would be 256 programs: segmented anyway, and each V block reloads the gate tile);
+    the scalar gate keeps 32 either way."""
+    assert tc._state_config(128, 128, 2, 64)[:2] == (64, 32)
+    assert tc._state_config(128, 128, 2, 32)[:2] == (64, 64)
+    assert tc._state_config(128, 128, 1, 32)[:2] == (64, 32)
+    assert tc._state_config(16, 16, 2, 2)[:2] == (16, 16)

@@ -94,18 +94,27 @@ def _state_dtype(q):
 # the values are the ones measured best there (notes/triton_gla.md).
 # H200, bf16, D = 128, H = 16, B·T = 16k (benchmarks/results/gla_h200/tune_s3_run*.jsonl): 2 pipeline
 # stages for the vector gate's state passes were 4-10% faster over the whole op in two runs, and
-# slower for the scalar gate at 8k-16k; the fused scalar dg 6% faster at 32k. vector_fused_dg (the
-# fast path's dq/dk kernel writes dg, as the scalar one does) is interpreter-tested, not yet timed on
-# a GPU: off until it is.
+# slower for the scalar gate at 8k-16k; the fused scalar dg 6% faster at 32k. Session 4
+# (gla_h200/tune_s4.jsonl, vector fwd+bwd at 4k/8k/16k/32k): state_bv_vector 64 2.08/2.11/2.12/4.39 ms
+# against 32's 2.01/2.31/2.34/4.83, hence 64 only where 32 would leave few programs
+# (state_bv_vector_few); vector_fused_dg (the fast path's dq/dk kernel writes dg, the state backward
+# term only for sub-chunk chunks) was slower, 2.24/2.52/2.55/5.23: off, kept as a tested alternative.
 TUNE = dict(state_bk=64, state_bv=32, state_warps=4, state_stages=3, scalar_out_warps=4, scalar_fused_dg=True,
-            state_bv_vector=32, state_warps_vector=4, state_stages_vector=2, vector_fused_dg=False)
+            state_bv_vector=32, state_bv_vector_few=64, state_warps_vector=4, state_stages_vector=2,
+            vector_fused_dg=False)
 
 
-def _state_config(K, V, gate=1):
-    """BK, BV and launch options of the state passes (triton_state)."""
+def _state_config(K, V, gate=1, n_heads_seqs=None):
+    """BK, BV and launch options of the state passes (triton_state). Vector gate: BV =
+    TUNE["state_bv_vector_few"] where the state_bv_vector launch (n_heads_seqs = N·H sequences and
+    heads) would have too few programs to go unsegmented, since each V block reloads the chunk's
+    [BK, BT] float32 gate tile: fewer, wider blocks load it less often."""
     vec = "_vector" if gate == 2 else ""
     BK = min(TUNE["state_bk"], max(16, triton.next_power_of_2(K)))
     BV = min(TUNE["state_bv" + vec], max(16, triton.next_power_of_2(V)))
+    if gate == 2 and n_heads_seqs is not None:
+        if triton.cdiv(K, BK) * triton.cdiv(V, BV) * n_heads_seqs < triton_state.MIN_PROGRAMS:
+            BV = min(TUNE["state_bv_vector_few"], max(16, triton.next_power_of_2(V)))
     return BK, BV, dict(num_warps=TUNE["state_warps" + vec], num_stages=TUNE["state_stages" + vec])
 
 
@@ -130,9 +139,11 @@ def _segments(K, V, H, gate, tab, seg, x):
     """State-pass grid and segmentation (triton_state.choose_segment): (grid, SEG, NSMAX, E, G);
     SEG = 0 for one sequential launch (MODE 0), else E [N, NSMAX, H, K, V] and G (float32) hold
     the segment summaries of the two-launch form (MODE 1 then 2) and the grid has N·H·NSMAX programs."""
-    BK, BV, _ = _state_config(K, V, gate)
+    BK, BV, _ = _state_config(K, V, gate, tab.n_seqs * H)
     kb, vb = triton.cdiv(K, BK), triton.cdiv(V, BV)
-    SEG = triton_state.choose_segment(n_programs=kb * vb * tab.n_seqs * H, max_chunks=tab.max_chunks, seg=seg)
+    SEG = triton_state.choose_segment(
+        n_programs=kb * vb * tab.n_seqs * H, max_chunks=tab.max_chunks, seg=seg,
+        min_programs=triton_state.MIN_PROGRAMS if gate == 2 else triton_state.MIN_PROGRAMS_SCALAR)
     if not SEG:
         return (kb, vb, tab.n_seqs * H), 0, 1, x, x
     nsmax = triton.cdiv(tab.max_chunks, SEG)
@@ -144,7 +155,7 @@ def _segments(K, V, H, gate, tab, seg, x):
 def _states(k, v, b, gate, h0, tab, store_ht, seg=None):
     N_tok, H, K = k.shape
     V = v.shape[-1]
-    BK, BV, opts = _state_config(K, V, gate)
+    BK, BV, opts = _state_config(K, V, gate, tab.n_seqs * H)
     h = k.new_empty(tab.n_chunks, H, K, V, dtype=_state_dtype(k))
     ht = k.new_empty(tab.n_seqs, H, K, V, dtype=torch.float32) if store_ht else None
     grid, SEG, nsmax, E, G = _segments(K, V, H, gate, tab, seg, k)
@@ -163,7 +174,7 @@ def _dstates(q, do, b, gate, dht, h, ht, tab, scale, want_dh0, seg=None):
     or when the scalar dq/dk kernel forms it, TUNE["scalar_fused_dg"])."""
     N_tok, H, K = q.shape
     V = do.shape[-1]
-    BK, BV, opts = _state_config(K, V, gate)
+    BK, BV, opts = _state_config(K, V, gate, tab.n_seqs * H)
     dh = torch.empty_like(h)
     dh0 = q.new_empty(tab.n_seqs, H, K, V, dtype=torch.float32) if want_dh0 else None
     grid, SEG, nsmax, E, G = _segments(K, V, H, gate, tab, seg, q)

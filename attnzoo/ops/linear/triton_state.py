@@ -38,15 +38,20 @@ from attnzoo.ops.linear.triton_safe import chunk_is_safe
 # Test/benchmark override of the segment length in chunks (None: choose_segment's rule).
 SEGMENT_CHUNKS: int | None = None
 MIN_PROGRAMS = 512  # at or above this many (sequence, head, K block, V block) programs: no segments
+# The same for no gate / a scalar gate, whose fwd+bwd at 4k-8k tokens per sequence is as host-bound as
+# GPU-bound (H200, B·T = 16k: 1.18 ms of host time against 1.08 of GPU time at T = 8k, B = 2): there the
+# segments' two extra launches cost more than they save (8k: 1.26 / 1.06 ms unsegmented against 1.33 /
+# 1.14 segmented in two runs), at 16k (128 programs) they still pay (1.39 against 1.51 ms).
+MIN_PROGRAMS_SCALAR = 256
 MIN_SEGMENT = 32    # chunks per segment at least (so short sequences never pay the second launch)
 MAX_SEGMENTS = 8    # segments per sequence at most (keeps the entry-state loop short)
 
 
-def choose_segment(*, n_programs: int, max_chunks: int, seg: int | None = None) -> int:
+def choose_segment(*, n_programs: int, max_chunks: int, seg: int | None = None, min_programs: int | None = None) -> int:
     """Chunks per segment for the state passes, or 0 for one unsegmented launch (MODE=0).
 
     n_programs = KB·VB·N·H programs of the unsegmented launch; max_chunks the longest sequence's
-    chunk count. Rule: 0 if n_programs >= MIN_PROGRAMS or max_chunks <= MIN_SEGMENT, else
+    chunk count. Rule: 0 if n_programs >= min_programs (default MIN_PROGRAMS) or max_chunks <= MIN_SEGMENT, else
     max(MIN_SEGMENT, cdiv(max_chunks, MAX_SEGMENTS)) (so at most MAX_SEGMENTS segments). An explicit
     seg (or the module's SEGMENT_CHUNKS) overrides the rule; it still gives 0 when one segment holds
     every chunk."""
@@ -57,7 +62,7 @@ def choose_segment(*, n_programs: int, max_chunks: int, seg: int | None = None) 
         if int(seg) < 1:
             raise ValueError(f"segment length must be >= 1 chunk, got {seg}")
         return int(seg) if max_chunks > int(seg) else 0
-    if n_programs >= MIN_PROGRAMS or max_chunks <= MIN_SEGMENT:
+    if n_programs >= (MIN_PROGRAMS if min_programs is None else min_programs) or max_chunks <= MIN_SEGMENT:
         return 0
     return max(MIN_SEGMENT, triton.cdiv(max_chunks, MAX_SEGMENTS))
 
