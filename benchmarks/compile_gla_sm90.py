@@ -76,7 +76,7 @@ def jobs(K: int, V: int):
             nw = cfg.pop("num_warps")
             out.append((f"{name} g{gate}", kern, dict(base, BV=BV, **cfg), nw))
     out.append(("scalar dqdk", triton_scalar_bwd.chunk_scalar_dqdk_kernel,
-                dict(base, BK=max(16, triton.next_power_of_2(K)), BV=min(BV, 32), GATE=1), 8 if K > 64 else 4))
+                dict(base, BK=tc._scalar_dqdk_bk(K), BV=min(BV, 32), GATE=1), 8 if K > 64 else 4))
     out.append(("vector intra", triton_vector.chunk_intra_kernel,
                 dict(H=16, K=K, BT=tc.BT, BC=tc.BC, BK=BKv), 4))
     out.append(("vector dqdk", triton_vector.chunk_vector_dqdk_kernel, dict(base, BC=tc.BC, BK=BKv, BV=BV), 4))

@@ -185,3 +185,11 @@ def test_custom_op_under_torch_compile():
     assert rel(out, eager) < 1e-6
     for a, b in zip(gc, ge):
         assert rel(a, b) < 1e-6
+
+
+def test_scalar_dqdk_never_takes_k_blocks_of_16():
+    """The no-gate/scalar dq/dk kernel gave dk off by ~100% on the H200 at K = 16 in a K block of 16
+    (right in this interpreter, right at K = 8, 24, 32: benchmarks/gpu_gla_odd.py), so K pads to 32."""
+    from attnzoo.ops.linear.triton_chunk import _scalar_dqdk_bk
+
+    assert [_scalar_dqdk_bk(K) for K in (8, 16, 21, 32, 33, 100, 128)] == [32, 32, 32, 32, 64, 128, 128]

@@ -124,6 +124,14 @@ def _blocks(K, V):
     return BK, BV
 
 
+def _scalar_dqdk_bk(K):
+    """K block of the no-gate/scalar dq/dk kernel (it holds all of K): at least 32. With K = 16 in a
+    block of 16 the H200 (Triton 3.6, bf16 and fp16) returned dk off by ~100% (dq, dv, o, S right;
+    the interpreter right; memcheck clean), while K = 8, 24 and 32 were right
+    (benchmarks/gpu_gla_odd.py): a compiler fault at that tile shape, avoided by padding K to 32."""
+    return max(32, triton.next_power_of_2(K))
+
+
 def _output_config(gate, BK, dv=False):
     """Output and dv kernels: the vector gate's factorised A adds a [BT, BT] product per K block;
     K blocks of 32 and 8 warps keep it free of register spills (ptxas for sm_90, bf16, K = V = 128:
@@ -268,7 +276,7 @@ def gla_chunk_bwd(q, k, v, g, do, dht, *, scale, initial_state, tab, saved=None)
         chunk_scalar_dqdk_kernel[(tab.n_chunks, H)](
             q, k, v, do, b if b is not None else q, h, dh, dq, dk, db if db is not None else q,
             tab.cu_seqlens, tab.chunk_seq, tab.chunk_idx, scale,
-            H=H, K=K, V=V, BT=BT, BK=max(16, triton.next_power_of_2(K)), BV=min(BV, 32), GATE=gate,
+            H=H, K=K, V=V, BT=BT, BK=_scalar_dqdk_bk(K), BV=min(BV, 32), GATE=gate,
             FUSED_DG=term is None, num_warps=8 if K > 64 else 4,
         )
     if term is not None:  # vector gate with fused dg: in place, only the sub-chunk path's chunks
