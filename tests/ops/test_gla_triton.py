@@ -162,6 +162,8 @@ def test_bad_inputs_raise():
     assert not triton_supported(big, big, big[..., :16])  # impl="auto" falls back to torch
     with pytest.raises(ValueError, match="B == 1"):
         triton_gated_linear_attention(q, k, v, g, scale=1.0, cu_seqlens=torch.tensor([0, 4, 9]))
+    with pytest.raises(ValueError, match="interpreter multiplies bfloat16"):  # it would return garbage
+        triton_gated_linear_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), g, scale=1.0)
     with pytest.raises(ValueError, match="initial_state"):
         triton_gated_linear_attention(q[:1], k[:1], v[:1], g[:1], scale=1.0, initial_state=h0,
                                       cu_seqlens=torch.tensor([0, 2, 5, 9]))

@@ -80,6 +80,9 @@ def _check(q, k, v, g, initial_state, cu_seqlens):
                          f"got K={q.shape[-1]}, V={v.shape[-1]} (impl='torch' takes any size)")
     if not (q.is_cuda or triton_interpret()):
         raise ValueError("triton gated_linear_attention needs CUDA tensors (or TRITON_INTERPRET=1)")
+    if triton_interpret() and not q.is_cuda and q.dtype == torch.bfloat16:
+        raise ValueError("Triton 3.6's CPU interpreter multiplies bfloat16 tiles as raw bits in tl.dot (wrong "
+                         "results): use float16/float32 there, or impl='torch'")
     if cu_seqlens is not None:
         if q.shape[0] != 1:
             raise ValueError(f"cu_seqlens needs packed inputs with B == 1, got B={q.shape[0]}")
