@@ -128,29 +128,42 @@ def _store_summary(E, G, S, gsum, n, s, i_h, kk, s_off, mkv, NSMAX,
 
 
 @triton.jit
-def _fwd_chunk(k, v, b, S, bos, eos, i, i_h, kk, vv,
-               H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, GATE: tl.constexpr):
-    """One forward step over chunk i: returns (S leaving the chunk, the chunk's log decay bl)."""
+def _step_tiles(x, y, b, bos, eos, i, i_h, kk, vv,
+                H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, GATE: tl.constexpr):
+    """Chunk i's operands of one state step (forward: x = k, y = v; backward: x = q, y = do):
+    xT [BK, BT] (a transposed load), yt [BT, BV], the chunk's log decay bl and the per-token log gate
+    bt (scalar gate: a scalar and [BT]; vector gate: [BK] and [BK, BT]; no gate: 0.0 and 0.0)."""
     t = bos + i * BT + tl.arange(0, BT)
     mt = t < eos
-    kT = tl.load(k + t[None, :] * (H * K) + i_h * K + kk[:, None],
+    xT = tl.load(x + t[None, :] * (H * K) + i_h * K + kk[:, None],
                  mask=(kk < K)[:, None] & mt[None, :], other=0.0)
-    vt = tl.load(v + t[:, None] * (H * V) + i_h * V + vv[None, :],
+    yt = tl.load(y + t[:, None] * (H * V) + i_h * V + vv[None, :],
                  mask=mt[:, None] & (vv < V)[None, :], other=0.0)
     last = tl.minimum(bos + (i + 1) * BT, eos) - 1
     if GATE == 1:
         bl = tl.load(b + last * H + i_h)
         bt = tl.load(b + t * H + i_h, mask=mt, other=0.0)
+    elif GATE == 2:
+        bl = tl.load(b + last * (H * K) + i_h * K + kk, mask=kk < K, other=0.0)
+        bt = tl.load(b + t[None, :] * (H * K) + i_h * K + kk[:, None],
+                     mask=(kk < K)[:, None] & mt[None, :], other=0.0)
+    else:
+        bl = 0.0
+        bt = 0.0
+    return xT, yt, bl, bt
+
+
+@triton.jit
+def _fwd_chunk(k, v, b, S, bos, eos, i, i_h, kk, vv,
+               H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, GATE: tl.constexpr):
+    """One forward step over chunk i: returns (S leaving the chunk, the chunk's log decay bl)."""
+    kT, vt, bl, bt = _step_tiles(k, v, b, bos, eos, i, i_h, kk, vv, H=H, K=K, V=V, BT=BT, GATE=GATE)
+    if GATE == 1:
         S *= tl.exp(bl)
         kT = (kT * tl.exp(bl - bt)[None, :]).to(vt.dtype)
     elif GATE == 2:
-        bl = tl.load(b + last * (H * K) + i_h * K + kk, mask=kk < K, other=0.0)
-        bT = tl.load(b + t[None, :] * (H * K) + i_h * K + kk[:, None],
-                     mask=(kk < K)[:, None] & mt[None, :], other=0.0)
         S *= tl.exp(bl)[:, None]
-        kT = (kT * tl.exp(bl[:, None] - bT)).to(vt.dtype)
-    else:
-        bl = 0.0
+        kT = (kT * tl.exp(bl[:, None] - bt)).to(vt.dtype)
     S += tl.dot(kT, vt)
     return S, bl
 
@@ -159,26 +172,14 @@ def _fwd_chunk(k, v, b, S, bos, eos, i, i_h, kk, vv,
 def _bwd_chunk(q, do, b, dS, bos, eos, i, i_h, kk, vv, scale,
                H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, GATE: tl.constexpr):
     """One backward step over chunk i: returns (dS entering the chunk, the chunk's log decay bl)."""
-    t = bos + i * BT + tl.arange(0, BT)
-    mt = t < eos
-    qT = tl.load(q + t[None, :] * (H * K) + i_h * K + kk[:, None],
-                 mask=(kk < K)[:, None] & mt[None, :], other=0.0)
-    dot_ = tl.load(do + t[:, None] * (H * V) + i_h * V + vv[None, :],
-                   mask=mt[:, None] & (vv < V)[None, :], other=0.0)
-    last = tl.minimum(bos + (i + 1) * BT, eos) - 1
+    qT, dot_, bl, bt = _step_tiles(q, do, b, bos, eos, i, i_h, kk, vv, H=H, K=K, V=V, BT=BT, GATE=GATE)
     if GATE == 1:
-        bl = tl.load(b + last * H + i_h)
-        bt = tl.load(b + t * H + i_h, mask=mt, other=0.0)
         dS *= tl.exp(bl)
         qT = (qT * (scale * tl.exp(bt))[None, :]).to(dot_.dtype)
     elif GATE == 2:
-        bl = tl.load(b + last * (H * K) + i_h * K + kk, mask=kk < K, other=0.0)
-        bT = tl.load(b + t[None, :] * (H * K) + i_h * K + kk[:, None],
-                     mask=(kk < K)[:, None] & mt[None, :], other=0.0)
         dS *= tl.exp(bl)[:, None]
-        qT = (qT.to(tl.float32) * scale * tl.exp(bT)).to(dot_.dtype)
+        qT = (qT.to(tl.float32) * scale * tl.exp(bt)).to(dot_.dtype)
     else:
-        bl = 0.0
         qT = (qT.to(tl.float32) * scale).to(dot_.dtype)
     dS += tl.dot(qT, dot_)
     return dS, bl
