@@ -13,7 +13,7 @@ its formula:
               of db inside each chunk + rowsum(S_c ⊙ dS_c) at the chunk's end (vector gate: triton_state,
               triton_cumsum; scalar gate: all inside triton_scalar_bwd)
 
-Vector gate: a (chunk, head) whose total log decay is >= −SAFE_LOG (triton_vector_fast) forms A
+Vector gate: a (chunk, head) whose total log decay is >= −SAFE_LOG (triton_safe, triton_vector_fast) forms A
 as one factorised product (q ⊙ e^{b})(k ⊙ e^{−b})ᵀ inside the output/dv kernels and gets dq, dk,
 db from chunk_vector_fast_dqdk_kernel; the others keep the sub-chunk kernels. Both kinds of
 kernel are launched; each returns at once on the chunks of the other branch.
@@ -143,11 +143,11 @@ def _output_config(gate, BK, dv=False):
     return dict(BK=BK, GATE=gate, num_warps=TUNE["scalar_out_warps"])
 
 
-def _segments(K, V, H, gate, tab, seg, x):
-    """State-pass grid and segmentation (triton_state.choose_segment): (grid, SEG, NSMAX, E, G);
-    SEG = 0 for one sequential launch (MODE 0), else E [N, NSMAX, H, K, V] and G (float32) hold
-    the segment summaries of the two-launch form (MODE 1 then 2) and the grid has N·H·NSMAX programs."""
-    BK, BV, _ = _state_config(K, V, gate, tab.n_seqs * H)
+def _segments(BK, BV, K, V, H, gate, tab, seg, x):
+    """State-pass grid and segmentation (triton_state.choose_segment) for blocks BK x BV
+    (_state_config): (grid, SEG, NSMAX, E, G); SEG = 0 for one sequential launch (MODE 0), else
+    E [N, NSMAX, H, K, V] and G (float32) hold the segment summaries of the two-launch form (MODE 1
+    then 2) and the grid has N·H·NSMAX programs."""
     kb, vb = triton.cdiv(K, BK), triton.cdiv(V, BV)
     SEG = triton_state.choose_segment(
         n_programs=kb * vb * tab.n_seqs * H, max_chunks=tab.max_chunks, seg=seg,
@@ -166,7 +166,7 @@ def _states(k, v, b, gate, h0, tab, store_ht, seg=None):
     BK, BV, opts = _state_config(K, V, gate, tab.n_seqs * H)
     h = k.new_empty(tab.n_chunks, H, K, V, dtype=_state_dtype(k))
     ht = k.new_empty(tab.n_seqs, H, K, V, dtype=torch.float32) if store_ht else None
-    grid, SEG, nsmax, E, G = _segments(K, V, H, gate, tab, seg, k)
+    grid, SEG, nsmax, E, G = _segments(BK, BV, K, V, H, gate, tab, seg, k)
     for mode in ((1, 2) if SEG else (0,)):
         chunk_state_fwd_kernel[grid](
             k, v, b if b is not None else k, h, h0 if h0 is not None else k, ht if ht is not None else k,
@@ -185,7 +185,7 @@ def _dstates(q, do, b, gate, dht, h, ht, tab, scale, want_dh0, seg=None):
     BK, BV, opts = _state_config(K, V, gate, tab.n_seqs * H)
     dh = torch.empty_like(h)
     dh0 = q.new_empty(tab.n_seqs, H, K, V, dtype=torch.float32) if want_dh0 else None
-    grid, SEG, nsmax, E, G = _segments(K, V, H, gate, tab, seg, q)
+    grid, SEG, nsmax, E, G = _segments(BK, BV, K, V, H, gate, tab, seg, q)
     term = None
     if gate == 1 and not TUNE["scalar_fused_dg"]:
         term = q.new_empty(grid[0] * grid[1], tab.n_chunks, H, dtype=torch.float32)

@@ -9,7 +9,7 @@ leaving it). One program per (chunk, V block, head). With S_0 = h of the chunk (
 
 A_ij = Σ_k q_ik k_jk e^{b_ik - b_jk} (i >= j). For no gate or a scalar gate (GATE 0, 1) A is
 formed here, pairwise, as (Q Kᵀ) ⊙ e^{b_i - b_j}. For a vector gate (GATE 2) it depends on the
-chunk's branch (triton_vector_fast.chunk_is_safe, GLA: Yang et al. 2023, arXiv:2312.06635):
+chunk's branch (triton_safe.chunk_is_safe, GLA: Yang et al. 2023, arXiv:2312.06635):
 safe chunks (total decay >= −SAFE_LOG) form it here as one factorised product per K block,
 A = (q ⊙ e^{b})(k ⊙ e^{−b})ᵀ and Aᵀ = (k ⊙ e^{−b})(q ⊙ e^{b})ᵀ from transposed loads; the others
 read it from the buffer written by triton_vector.chunk_intra_kernel ([N_tok, H, BT], float32).
