@@ -13,7 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from attnzoo.bench.speed import markdown, plot  # noqa: E402
+from attnzoo.bench.speed import write_report  # noqa: E402
 
 
 def main(out_dir, paths):
@@ -31,11 +31,7 @@ def main(out_dir, paths):
                         records.append(rec)
     with open(os.path.join(out_dir, "speed.jsonl"), "w") as f:
         f.write("\n".join(lines) + "\n")
-    md = markdown(records)
-    with open(os.path.join(out_dir, "speed.md"), "w") as f:
-        f.write(md)
-    plot(records, os.path.join(out_dir, "speed.png"))
-    print(md)
+    print(write_report(records, out_dir))
 
 
 if __name__ == "__main__":

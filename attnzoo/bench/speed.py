@@ -336,8 +336,13 @@ def run_speed(shapes, out_dir, providers=PROVIDERS, modes=("fwd", "fwdbwd"), pro
                                 else rec["error"]))
                 f.flush()
                 del entries
+    return records, write_report(records, out_dir)
+
+
+def write_report(records, out_dir) -> str:
+    """out_dir/speed.md (the Markdown table, returned) and out_dir/speed.png from the records."""
     md = markdown(records)
     with open(os.path.join(out_dir, "speed.md"), "w") as f:
         f.write(md)
     plot(records, os.path.join(out_dir, "speed.png"))
-    return records, md
+    return md
