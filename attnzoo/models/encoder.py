@@ -12,6 +12,7 @@ from torch import nn
 
 from attnzoo.mixers.bidirectional import Bidirectional
 from attnzoo.models.lm import Block, parse_pattern
+from attnzoo.models.pretrained import PretrainedMixin, init_config
 from attnzoo.registry import build, get_card
 
 
@@ -24,12 +25,14 @@ def build_encoder_mixer(name: str, d_model: int, **kwargs):
     return build(name, d_model=d_model, **kwargs)
 
 
-class Encoder(nn.Module):
+class Encoder(PretrainedMixin, nn.Module):
     def __init__(self, d_model: int, n_layers: int, mixer="softmax", *, mixer_kwargs: dict | None = None,
                  mlp_ratio: float = 4.0):
         super().__init__()
         names = parse_pattern(mixer, n_layers)
         mixer_kwargs = mixer_kwargs or {}
+        self.init_config = init_config(d_model=d_model, n_layers=n_layers, mixer=mixer, mixer_kwargs=mixer_kwargs,
+                                       mlp_ratio=mlp_ratio)
         self.blocks = nn.ModuleList(
             Block(build_encoder_mixer(n, d_model, **mixer_kwargs.get(n, {})), d_model, mlp_ratio) for n in names
         )

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from attnzoo.mixers.layers import RMSNorm
+from attnzoo.models.pretrained import PretrainedMixin, init_config
 from attnzoo.registry import build, get_card
 
 
@@ -69,7 +70,7 @@ class Block(nn.Module):
         return x, new_state
 
 
-class LanguageModel(nn.Module):
+class LanguageModel(PretrainedMixin, nn.Module):
     def __init__(
         self, vocab_size: int, d_model: int, n_layers: int, mixer="softmax", *,
         mixer_kwargs: dict | None = None, mlp_ratio: float = 4.0, norm_eps: float = 1e-6,
@@ -78,6 +79,8 @@ class LanguageModel(nn.Module):
         super().__init__()
         self.layer_names = parse_pattern(mixer, n_layers)
         mixer_kwargs = mixer_kwargs or {}
+        self.init_config = init_config(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, mixer=mixer,
+                                       mixer_kwargs=mixer_kwargs, mlp_ratio=mlp_ratio, norm_eps=norm_eps)
         unknown = set(mixer_kwargs) - set(self.layer_names)
         if unknown:
             raise ValueError(f"mixer_kwargs names {sorted(unknown)} that are not in the pattern {self.layer_names}")

@@ -18,15 +18,18 @@ import torch
 from torch import nn
 
 from attnzoo.models.lm import Block, parse_pattern
+from attnzoo.models.pretrained import PretrainedMixin, init_config
 from attnzoo.mixers.layers import RMSNorm
 from attnzoo.registry import build
 
 
-class SequenceClassifier(nn.Module):
+class SequenceClassifier(PretrainedMixin, nn.Module):
     def __init__(self, n_features: int, d_model: int, n_layers: int = 2, mixer="softmax", *,
                  mixer_kwargs: dict | None = None, n_outputs: int = 1, mlp_ratio: float = 2.0):
         super().__init__()
         self.n_features = n_features
+        self.init_config = init_config(n_features=n_features, d_model=d_model, n_layers=n_layers, mixer=mixer,
+                                       mixer_kwargs=mixer_kwargs, n_outputs=n_outputs, mlp_ratio=mlp_ratio)
         self.inp = nn.Linear(2 * n_features, d_model)
         mixer_kwargs = mixer_kwargs or {}
         self.blocks = nn.ModuleList(
