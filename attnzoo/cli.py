@@ -28,15 +28,28 @@ def cmd_demo(args):
 
 def cmd_zoo(args):
     from attnzoo.bench.zoo import run_zoo
-    from attnzoo.bench.zoo_presets import get_preset
+    from attnzoo.bench.zoo_presets import floor_note, get_preset
 
     preset = get_preset(args.preset, d_models=args.d_models, lrs=args.lrs, steps=args.steps,
                         total_seconds=args.total_seconds, grid=args.grid)
-    mixers = [m.strip() for m in args.mixers.split(",")] if args.mixers else None
+    mixers = [m.strip() for m in args.mixers.split(",")] if args.mixers is not None else None
     if mixers is not None and not all(mixers):
         raise ValueError(f"--mixers must be a comma list of names or patterns, got {args.mixers!r}")
-    run_zoo(preset=preset, out=args.out or f"runs/zoo_{args.preset}", mixers=mixers, task=args.task,
-            device=args.device, resume=args.resume, workers=args.workers, threads=args.threads)
+    if note := floor_note(args.preset, args.steps):
+        print(note, file=sys.stderr)
+    out = args.out or f"runs/zoo_{args.preset}"
+    try:
+        records = run_zoo(preset=preset, out=out, mixers=mixers, task=args.task, device=args.device,
+                          resume=args.resume, workers=args.workers, threads=args.threads)
+    except KeyboardInterrupt as e:          # ZooInterrupted says what was kept
+        print(f"attnzoo: {e or 'interrupted; run the same command again with --resume to continue'}",
+              file=sys.stderr)
+        return 130
+    if all(r.get("accuracy") is None for r in records):
+        print(f"attnzoo: error: every run failed ({len(records)} runs; the errors are in {out}/leaderboard.md)",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_bench_ops(args):
@@ -52,21 +65,31 @@ def cmd_cost(args):
     print_cost_table(d_model=args.d_model, n_heads=args.n_heads, E=args.E, plot=args.plot)
 
 
+def _comma_list(text, parse, example):
+    """A non-empty comma list, each item read by `parse`; anything else is argparse's error."""
+    try:
+        items = [item.strip() for item in text.split(",")]
+        if not all(items):
+            raise ValueError
+        return tuple(parse(item) for item in items)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma list such as {example}, got {text!r}") from None
+
+
 def _floats(text):
-    return tuple(float(v) for v in text.split(","))
+    return _comma_list(text, float, "1e-3,3e-3")
 
 
 def _ints(text):
-    return tuple(int(v) for v in text.split(","))
+    return _comma_list(text, int, "64,128")
 
 
 def _grid(text):
     """"64:4,128:8" -> ((64, 4), (128, 8)); a bare length means 0 pairs (passkey, bytes)."""
-    out = []
-    for item in text.split(","):
+    def pair(item):
         t, _, d = item.partition(":")
-        out.append((int(t), int(d) if d else 0))
-    return tuple(out)
+        return int(t), int(d) if d else 0
+    return _comma_list(text, pair, "64:4,128:8")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,11 +178,10 @@ def _cuda() -> bool:
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        return args.func(args) or 0
     except ValueError as e:
         print(f"attnzoo: error: {e}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -4,14 +4,18 @@ Arora et al. (2023), "Zoology: Measuring and Improving Recall in Efficient Langu
 arXiv:2312.04927: 2-layer models, the best learning rate kept per (mixer, d_model), accuracy
 plotted against the bytes of state a sequence keeps at inference and against d_model.
 
-Each finished run is appended at once to <out>/results.jsonl (one JSON object per line), so an
-interrupted sweep loses nothing and `resume=True` skips the runs already there. At the end
+Each finished run is appended at once to <out>/results.jsonl (one JSON object per line,
+zoo_results.py), so an interrupted sweep loses nothing and `resume=True` skips the runs already
+there. Ctrl-C stops the runs in flight at once (worker processes are terminated, not waited for)
+and raises ZooInterrupted, whose message says to go on with --resume. At the end
 <out>/leaderboard.md and <out>/zoo.png are written (zoo_report.py).
+
+Only causal mixers can be swept (check_mixers): the models are next-token language models, and a
+non-causal mixer would see the token it is asked to predict.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -21,12 +25,22 @@ from dataclasses import asdict
 import torch
 
 from attnzoo.bench.zoo_presets import ZooPreset
+from attnzoo.bench.zoo_results import KEY_FIELDS, RESULTS, append_result, read_results, run_key
 from attnzoo.bench.zoo_schedule import SweepBudget, contention_for, probe_step_seconds
 from attnzoo.registry import get_card, list_mixers
 
-RESULTS = "results.jsonl"
-KEY_FIELDS = ("task", "mixer", "d_model", "lr", "seq_len", "num_pairs", "vocab_size")
+__all__ = ["KEY_FIELDS", "RESULTS", "ZooInterrupted", "append_result", "check_mixers", "read_results", "run_key",
+           "run_zoo"]
 SKIP_FAMILIES = ("vision",)
+
+
+class ZooInterrupted(KeyboardInterrupt):
+    """A sweep stopped by Ctrl-C (SIGINT): the finished runs are in `path`; its message says how to go on."""
+
+    def __init__(self, path: str, finished: int):
+        super().__init__(f"interrupted: {finished} finished run(s) kept in {path}; "
+                         "run the same command again with --resume to continue")
+        self.path, self.finished = path, finished
 
 
 def default_mixers() -> list[str]:
@@ -43,10 +57,6 @@ def machine_line(device: str) -> str:
             f"torch {torch.__version__}")
 
 
-def run_key(rec: dict) -> tuple:
-    return tuple(round(rec[k], 12) if isinstance(rec[k], float) else rec[k] for k in KEY_FIELDS)
-
-
 def plan_runs(preset: ZooPreset, mixers: list[str], task: str) -> list[dict]:
     specs = []
     for seq_len, num_pairs in preset.grid:
@@ -57,28 +67,6 @@ def plan_runs(preset: ZooPreset, mixers: list[str], task: str) -> list[dict]:
                                   "seq_len": seq_len, "num_pairs": num_pairs if task == "mqar" else 0,
                                   "vocab_size": preset.vocab_size if task == "mqar" else 256})
     return specs
-
-
-def read_results(path: str) -> list[dict]:
-    if not os.path.exists(path):
-        return []
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:     # a line cut by a kill mid-write: that run is redone
-                    continue
-    return out
-
-
-def append_result(path: str, rec: dict):
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(rec, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 _TASK_CACHE: dict = {}
@@ -128,6 +116,20 @@ def _pattern_names(mixer: str) -> list[str]:
             if "multiple of the pattern length" not in str(e):
                 raise
     raise ValueError(f"mixer pattern {mixer!r} is longer than 64 layers")
+
+
+def check_mixers(mixers: list[str]):
+    """Raise ValueError, before any run, for an unknown name, a bad pattern, or a non-causal mixer
+    (alone or inside a hybrid pattern)."""
+    if not mixers:
+        raise ValueError("mixers must name at least one mixer or hybrid pattern, got none")
+    for m in mixers:
+        for name in dict.fromkeys(_pattern_names(m)):
+            if not get_card(name).causal:
+                where = "" if name == m else f" (in the pattern {m!r})"
+                raise ValueError(
+                    f"mixer {name!r}{where} is not causal: the zoo trains next-token language models, where a "
+                    "non-causal mixer sees the token it predicts; expected causal mixers (`attnzoo list`)")
 
 
 def run_one(spec: dict, preset: ZooPreset, *, device: str, max_seconds: float | None,
@@ -217,9 +219,11 @@ def run_zoo(*, preset: ZooPreset, out: str, mixers: list[str] | None = None, tas
     from attnzoo.bench.zoo_progress import ZooProgress
     from attnzoo.bench.zoo_report import write_report
 
-    mixers = list(mixers) if mixers else default_mixers()
-    for m in mixers:
-        _pattern_names(m)          # unknown names fail here, before any run
+    mixers = list(mixers) if mixers is not None else default_mixers()
+    check_mixers(mixers)           # unknown names, non-causal mixers fail here, before any run
+    for name, value in (("workers", workers), ("threads", threads)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be an integer >= 1 (or None for the default), got {value!r}")
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, RESULTS)
     if not resume and os.path.exists(path):
@@ -233,32 +237,40 @@ def run_zoo(*, preset: ZooPreset, out: str, mixers: list[str] | None = None, tas
     budget = SweepBudget(preset, workers, t_start, contention=contention_for(device, workers))
 
     n_runs = len(pending) if max_runs is None else min(max_runs, len(pending))
-    with ZooProgress(total=n_runs, quiet=quiet) as prog:
-        if workers == 1:
-            if threads:
-                torch.set_num_threads(threads)
-            pending = budget.order(pending, [probe_step_seconds(s, preset, device) for s in pending], max_runs)
-            preset = budget.preset                  # its steps: what fits the budget, the same for every run
-            for i, spec in enumerate(pending):
-                per_run = budget.start(i)
-                prog.start_run(i, spec, preset.steps)
-
-                def step_cb(step, loss, i=i):
-                    prog.step(i, step, loss)
-                    if on_step is not None:
-                        on_step(step, loss)
-
-                rec = run_one(spec, preset, device=device, max_seconds=per_run, on_step=step_cb,
-                              on_eval=lambda s, lo, a, i=i: prog.eval(i, s, lo, a))
-                budget.finish(i)
-                budget.add_warmup(rec.get("warmup_s"))
-                append_result(path, dict(rec, probe_ms=budget.probe_ms(i)))
-                prog.finish_run(i, rec)
-        else:
-            _run_parallel(pending, preset, device, workers, threads, path, prog, budget, max_runs)
-    records = read_results(path)
+    try:
+        with ZooProgress(total=n_runs, quiet=quiet) as prog:
+            if workers == 1:
+                _run_in_process(pending, preset, device, threads, path, prog, budget, max_runs, on_step)
+            else:
+                _run_parallel(pending, preset, device, workers, threads, path, prog, budget, max_runs)
+    except KeyboardInterrupt:
+        raise ZooInterrupted(path, len(read_results(path, report=False))) from None
+    records = read_results(path, report=False)       # foreign lines were reported when the sweep began
     write_report(records, out, quiet=quiet)
     return records
+
+
+def _run_in_process(pending, preset, device, threads, path, prog, budget, max_runs, on_step):
+    if threads:
+        torch.set_num_threads(threads)
+    pending = budget.order(pending, [probe_step_seconds(s, preset, device) for s in pending], max_runs)
+    prog.note(budget.steps_note())
+    preset = budget.preset                  # its steps: what fits the budget, the same for every run
+    for i, spec in enumerate(pending):
+        per_run = budget.start(i)
+        prog.start_run(i, spec, preset.steps)
+
+        def step_cb(step, loss, i=i):
+            prog.step(i, step, loss)
+            if on_step is not None:
+                on_step(step, loss)
+
+        rec = run_one(spec, preset, device=device, max_seconds=per_run, on_step=step_cb,
+                      on_eval=lambda s, lo, a, i=i: prog.eval(i, s, lo, a))
+        budget.finish(i)
+        budget.add_warmup(rec.get("warmup_s"))
+        append_result(path, dict(rec, probe_ms=budget.probe_ms(i)))
+        prog.finish_run(i, rec)
 
 
 def _run_parallel(pending, preset, device, workers, threads, path, prog, budget, max_runs):
@@ -278,38 +290,38 @@ def _run_parallel(pending, preset, device, workers, threads, path, prog, budget,
     # 3.10 too (zoo_pool.py).
 
     def new_pool():
-        return zoo_pool.fresh_process_pool(workers, ctx)
+        return zoo_pool.fresh_process_pool(workers, ctx, initializer=zoo_pool.ignore_sigint)
 
-    pool = new_pool()
+    pool, running = new_pool(), {}
     with ctx.Manager() as manager:
-        events = manager.Queue()
-        shares = [pending[w::workers] for w in range(workers)]
-        probed = list(pool.map(_probe_many, shares, [preset] * workers, [device] * workers, [threads] * workers))
-        costs = [0.0] * len(pending)
-        for w, c in enumerate(probed):
-            costs[w::workers] = c
-        pending[:] = budget.order(pending, costs, max_runs)
-        preset = budget.preset                      # its steps: what fits the budget, the same for every run
-        todo = list(enumerate(pending))
-        running = {}
-        broken: dict[int, int] = {}
-        pool_broken = False
-
-        def drain():
-            while True:
-                try:
-                    ev = events.get_nowait()
-                except queue_mod.Empty:
-                    return
-                key = ev[0]
-                if ev[1] == "start":
-                    prog.start_run(key, pending[key], preset.steps)
-                elif ev[1] == "step":
-                    prog.step(key, ev[2], ev[3])
-                else:
-                    prog.eval(key, ev[2], ev[3], ev[4])
-
         try:
+            events = manager.Queue()
+            shares = [pending[w::workers] for w in range(workers)]
+            probed = list(pool.map(_probe_many, shares, [preset] * workers, [device] * workers, [threads] * workers))
+            costs = [0.0] * len(pending)
+            for w, c in enumerate(probed):
+                costs[w::workers] = c
+            pending[:] = budget.order(pending, costs, max_runs)
+            prog.note(budget.steps_note())
+            preset = budget.preset                      # its steps: what fits the budget, the same for every run
+            todo = list(enumerate(pending))
+            broken: dict[int, int] = {}
+            pool_broken = False
+
+            def drain():
+                while True:
+                    try:
+                        ev = events.get_nowait()
+                    except queue_mod.Empty:
+                        return
+                    key = ev[0]
+                    if ev[1] == "start":
+                        prog.start_run(key, pending[key], preset.steps)
+                    elif ev[1] == "step":
+                        prog.step(key, ev[2], ev[3])
+                    else:
+                        prog.eval(key, ev[2], ev[3], ev[4])
+
             while todo or running:
                 while todo and len(running) < workers and not pool_broken:
                     if (todo[0][0] in broken and running) or any(running[f] in broken for f in running):
@@ -344,8 +356,10 @@ def _run_parallel(pending, preset, device, workers, threads, path, prog, budget,
                     pool.shutdown(wait=True, cancel_futures=True)
                     pool, pool_broken = new_pool(), False
         except BaseException:
-            for fut in running:
-                fut.cancel()
+            for fut, key in running.items():    # finished before the interrupt, not yet written
+                if fut.done() and not fut.cancelled() and fut.exception() is None:
+                    append_result(path, dict(fut.result(), probe_ms=budget.probe_ms(key)))
+            zoo_pool.stop_workers(pool)         # Ctrl-C (or a bug): the runs in flight are stopped, not waited for
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)

@@ -6,10 +6,16 @@ OOM-killed at 18 GB), so every run gets its own process. Python 3.11+ does this 
 `ProcessPoolExecutor(max_tasks_per_child=1)`; Python 3.10 lacks that argument, so there each task
 gets its own one-process executor (`ProcessPerTask`), shut down once the task is done. Either way a
 worker killed mid-task fails that task's future with BrokenProcessPool.
+
+Ctrl-C: a terminal sends SIGINT to the whole process group; the workers ignore it (`ignore_sigint`,
+their initializer) and the main process stops them at once (`stop_workers`: terminated, not waited
+for to the end of their runs), whether the signal reached them too or the main process alone.
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 from concurrent.futures import Future, ProcessPoolExecutor
 
@@ -22,10 +28,10 @@ class ProcessPerTask:
     `workers` in flight); an executor whose task is done is shut down (its process joined) at the
     next submit or shutdown."""
 
-    def __init__(self, max_workers: int, mp_context=None):
+    def __init__(self, max_workers: int, mp_context=None, initializer=None):
         if max_workers < 1:
             raise ValueError(f"max_workers must be >= 1, got {max_workers}")
-        self.max_workers, self.mp_context = max_workers, mp_context
+        self.max_workers, self.mp_context, self.initializer = max_workers, mp_context, initializer
         self._tasks: list[tuple[ProcessPoolExecutor, Future]] = []
 
     def _reap(self):
@@ -39,7 +45,7 @@ class ProcessPerTask:
 
     def submit(self, fn, /, *args, **kwargs) -> Future:
         self._reap()
-        ex = ProcessPoolExecutor(max_workers=1, mp_context=self.mp_context)
+        ex = ProcessPoolExecutor(max_workers=1, mp_context=self.mp_context, initializer=self.initializer)
         fut = ex.submit(fn, *args, **kwargs)
         self._tasks.append((ex, fut))
         return fut
@@ -57,9 +63,53 @@ class ProcessPerTask:
             ex.shutdown(wait=wait, cancel_futures=cancel_futures)
         self._tasks = []
 
+    def executors(self) -> list[ProcessPoolExecutor]:
+        return [ex for ex, _ in self._tasks]
 
-def fresh_process_pool(workers: int, mp_context):
-    """An executor of `workers` processes that runs every task in a new process."""
+
+def fresh_process_pool(workers: int, mp_context, initializer=None):
+    """An executor of `workers` processes that runs every task in a new process (each process runs
+    `initializer()` first)."""
     if HAS_MAX_TASKS_PER_CHILD:
-        return ProcessPoolExecutor(max_workers=workers, mp_context=mp_context, max_tasks_per_child=1)
-    return ProcessPerTask(max_workers=workers, mp_context=mp_context)
+        return ProcessPoolExecutor(max_workers=workers, mp_context=mp_context, max_tasks_per_child=1,
+                                   initializer=initializer)
+    return ProcessPerTask(max_workers=workers, mp_context=mp_context, initializer=initializer)
+
+
+def ignore_sigint():
+    """Initializer of a worker: Ctrl-C is the main process's to handle (it stops the workers)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def stop_workers(pool, join_seconds: float = 5.0):
+    """Stop `pool` now: no new task starts and every worker process is terminated (its task's future
+    fails with BrokenProcessPool). A second Ctrl-C meanwhile is ignored, so the stop finishes."""
+    executors = pool.executors() if isinstance(pool, ProcessPerTask) else [pool]
+    with _sigint_ignored():
+        procs = []
+        for ex in executors:
+            # ProcessPoolExecutor's own table of its processes (Python 3.14's terminate_workers reads
+            # it too), copied: shutdown clears it
+            procs += list((getattr(ex, "_processes", None) or {}).values())
+            ex.shutdown(wait=False, cancel_futures=True)
+        for p in procs:
+            with contextlib.suppress(ValueError, ProcessLookupError):        # already closed / gone
+                if p.is_alive():
+                    p.terminate()
+        for p in procs:
+            with contextlib.suppress(ValueError, AssertionError):
+                p.join(join_seconds)
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    unset = object()
+    try:
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:              # not the main thread: signals are not ours to set
+        old = unset
+    try:
+        yield
+    finally:
+        if old is not unset:
+            signal.signal(signal.SIGINT, old if old is not None else signal.SIG_DFL)

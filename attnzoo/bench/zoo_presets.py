@@ -15,9 +15,22 @@ paper     Zoology Figure 2 (Arora et al. 2023, arXiv:2312.04927): (T, pairs) = (
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import numpy as np
+
+
+def _int(x, low: int) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x >= low
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float, np.number)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def _nonempty(x, item_ok) -> bool:
+    return isinstance(x, (tuple, list)) and len(x) > 0 and all(item_ok(v) for v in x)
 
 
 @dataclass(frozen=True)
@@ -42,6 +55,31 @@ class ZooPreset:
     workers: int = 8                        # runs at once on CUDA (processes); on a CPU one per core
     seed: int = 0
     mixer_kwargs: dict | None = None        # per mixer name: constructor kwargs over the card's example_kwargs
+
+    def __post_init__(self):
+        """Settings no run could use fail here, before any run, naming what was expected."""
+        checks = [
+            ("grid", _nonempty(self.grid, lambda g: isinstance(g, (tuple, list)) and len(g) == 2
+                                and _int(g[0], 1) and _int(g[1], 0)),
+             "at least one (seq_len >= 1, num_pairs >= 0) pair"),
+            ("d_models", _nonempty(self.d_models, lambda d: _int(d, 1)), "at least one width, each an integer >= 1"),
+            ("lrs", _nonempty(self.lrs, _positive), "at least one learning rate, each a finite number > 0"),
+            *((k, _int(getattr(self, k), 1), "an integer >= 1")
+              for k in ("vocab_size", "num_train", "num_test", "batch_size", "steps", "eval_every", "n_layers",
+                        "min_steps", "workers")),
+            ("warmup_steps", _int(self.warmup_steps, 0), "an integer >= 0"),
+            ("weight_decay", self.weight_decay == 0 or _positive(self.weight_decay), "a finite number >= 0"),
+            ("target_accuracy", self.target_accuracy is None or (_positive(self.target_accuracy)
+                                                                 and self.target_accuracy <= 1), "None or in (0, 1]"),
+            *((k, getattr(self, k) is None or _positive(getattr(self, k)), "None or a finite number of seconds > 0")
+              for k in ("total_seconds", "run_seconds")),
+            ("mixer_kwargs", self.mixer_kwargs is None or isinstance(self.mixer_kwargs, dict), "None or a dict"),
+        ]
+        for field, ok, expected in checks:
+            if not ok:
+                raise ValueError(f"zoo preset {self.name!r}: {field} must be {expected}, got {getattr(self, field)!r}")
+        if self.min_steps > self.steps:
+            raise ValueError(f"zoo preset {self.name!r}: min_steps ({self.min_steps}) must be <= steps ({self.steps})")
 
 
 # The quick preset builds each mixer at a Zoology-like size instead of its conformance-sized card
@@ -83,6 +121,23 @@ PRESETS = {
 
 
 def get_preset(name: str, **overrides) -> ZooPreset:
+    """PRESETS[name] with the overrides that are not None (checked: bad values raise ValueError).
+
+    An explicit `steps` is honoured: below the preset's floor (min_steps), the floor comes down to
+    it, so the runs take that many steps and not the floor (floor_note says so to the user)."""
     if name not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
-    return replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
+    base, overrides = PRESETS[name], {k: v for k, v in overrides.items() if v is not None}
+    steps = overrides.get("steps")
+    if "min_steps" not in overrides and _int(steps, 1) and steps < base.min_steps:
+        overrides["min_steps"] = steps
+    return replace(base, **overrides)
+
+
+def floor_note(name: str, steps: int | None) -> str | None:
+    """A line for the user when an explicit `steps` is below what preset `name` recommends (its min_steps)."""
+    floor = PRESETS[name].min_steps if name in PRESETS else 1
+    if steps is None or steps >= floor:
+        return None
+    return (f"note: running {steps} steps per run as asked; the {name} preset recommends at least {floor} "
+            "(fewer may be too few to rank the mixers)")

@@ -12,7 +12,7 @@ def describe(spec: dict) -> str:
 
 
 class ZooProgress:
-    """start_run(key, spec, steps), step(key, ...), eval(key, ...), finish_run(key, record)."""
+    """note(text), start_run(key, spec, steps), step(key, ...), eval(key, ...), finish_run(key, record)."""
 
     def __init__(self, *, total: int, quiet: bool = False):
         self.console = Console(stderr=True)
@@ -32,6 +32,11 @@ class ZooProgress:
     def __exit__(self, *exc):
         if self.progress is not None:
             self.progress.__exit__(*exc)
+
+    def note(self, text: str | None):
+        """A one-line note for the user (nothing when quiet or text is None)."""
+        if text and self.progress is not None:
+            self.progress.console.print(text)
 
     def start_run(self, key, spec: dict, steps: int):
         if self.progress is not None and key not in self.runs:

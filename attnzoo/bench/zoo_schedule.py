@@ -150,6 +150,7 @@ class SweepBudget:
 
     def __init__(self, preset, workers: int, t_start: float, contention: float | StepModel = CONTENTION):
         self.preset, self.workers, self.t_start = preset, workers, t_start
+        self.asked_steps, self.fit_steps = preset.steps, None
         self.contention = contention if isinstance(contention, StepModel) else StepModel(float(contention))
         self.total_seconds = preset.total_seconds
         self.expected: list[float] = []
@@ -168,12 +169,24 @@ class SweepBudget:
         if total is not None and specs:
             left = total - (time.perf_counter() - self.t_start)
             fit = math.floor(max(0.0, left) * self.workers / max(sum(per_step), 1e-12))
+            self.fit_steps = fit
             steps = max(1, self.preset.min_steps, min(self.preset.steps, fit))
             self.preset = replace(self.preset, steps=steps)
             if steps > fit:
                 self.total_seconds = total - left + sum(per_step) * steps / self.workers
         self.expected = [c * self.preset.steps for c in per_step]
         return specs
+
+    def steps_note(self) -> str | None:
+        """What order() did to the steps asked for, in a line for the user (None: every run gets them)."""
+        steps, total = self.preset.steps, self.preset.total_seconds
+        if steps < self.asked_steps:
+            return (f"steps: {steps} per run, not {self.asked_steps}: that is what the probed step times fit "
+                    f"in the {total:g} s budget (a larger --total-seconds gives more)")
+        if self.fit_steps is not None and steps > self.fit_steps:     # steps == min_steps, the floor
+            return (f"steps: {steps} per run (min_steps) need about {self.total_seconds:.0f} s, more than the "
+                    f"{total:g} s budget, which is stretched to them")
+        return None
 
     def probe_ms(self, key: int) -> float | None:
         t = self.probes[key]
