@@ -159,7 +159,7 @@ def train_lm(model: nn.Module, *, train: tuple[torch.Tensor, torch.Tensor], test
     if config.checkpoint_dir and config.resume:
         path = latest_checkpoint(config.checkpoint_dir)
         if path is not None:
-            meta = load_checkpoint(path, model=base, optimizer=opt, map_location=device)
+            meta = load_checkpoint(path, model=base, optimizer=opt)   # all checked before applied
             step = meta["step"]
             seconds_before = meta["extra"].get("seconds", 0.0)
             history = meta["extra"].get("history", [])

@@ -58,7 +58,7 @@ def test_checkpoint_files_and_strict_load(tmp_path):
     train_lm(_tiny(), train=train, test=test, config=TrainConfig(steps=4, batch_size=8, eval_every=2,
                                                                 checkpoint_dir=ck))
     path = latest_checkpoint(ck)
-    assert sorted(os.listdir(path)) == ["model.safetensors", "trainer.pt"]
+    assert sorted(os.listdir(path)) == ["model.safetensors", "trainer.json", "trainer.safetensors"]
     assert [d for d in os.listdir(ck) if d.startswith("step-")] == ["step-00000004"]   # older ones removed
     assert not [d for d in os.listdir(ck) if "tmp" in d]
     other = LanguageModel(32, 16, 1, "softmax", mlp_ratio=0)
