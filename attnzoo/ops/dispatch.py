@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import os
 
@@ -84,3 +85,26 @@ def autocast_operands(*tensors):
         return tensors
     dtype = torch.get_autocast_dtype(device)
     return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in tensors)
+
+
+# Op overrides: a context (attnzoo.parallel.sequence_parallel) can replace an op by another function
+# for the code it runs; an op asks `op_override(name)` after checking its inputs. Ops never import the
+# code that overrides them. Names in use: "gated_linear_attention", "delta_rule", "softmax_attention",
+# "conv_cache" (the previous inputs of a causal conv / token shift), "token_positions" (an offset).
+_OP_OVERRIDES: contextvars.ContextVar = contextvars.ContextVar("attnzoo_op_overrides", default=None)
+
+
+def op_override(name: str):
+    """The function that replaces op `name` in the current context, or None (the op runs as usual)."""
+    table = _OP_OVERRIDES.get()
+    return None if table is None else table.get(name)
+
+
+@contextlib.contextmanager
+def op_overrides(table: dict | None):
+    """Within the block, `op_override(name)` returns table[name] (None: no override at all)."""
+    token = _OP_OVERRIDES.set(table)
+    try:
+        yield
+    finally:
+        _OP_OVERRIDES.reset(token)

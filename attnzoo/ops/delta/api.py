@@ -12,7 +12,7 @@ float64 inputs).
 
 from __future__ import annotations
 
-from attnzoo.ops.dispatch import resolve_impl, without_autocast
+from attnzoo.ops.dispatch import op_override, resolve_impl, without_autocast
 
 
 def check_delta_inputs(q, k, v, beta, g, initial_state):
@@ -35,6 +35,10 @@ def check_delta_inputs(q, k, v, beta, g, initial_state):
 def delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None, output_final_state=False, impl="auto"):
     check_delta_inputs(q, k, v, beta, g, initial_state)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
+    override = op_override("delta_rule")  # e.g. attnzoo.parallel.sequence_parallel
+    if override is not None:
+        return override(q, k, v, beta, g, scale=scale, initial_state=initial_state,
+                        output_final_state=output_final_state, impl=impl)
     impl = resolve_impl(impl, q, triton_supported=False)
     if impl == "reference":
         from attnzoo.ops.delta.reference import delta_rule_reference as fn

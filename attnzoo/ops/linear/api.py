@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from attnzoo.ops.dispatch import autocast_operands, resolve_impl, without_autocast
+from attnzoo.ops.dispatch import autocast_operands, op_override, resolve_impl, without_autocast
 
 NORMALIZE_EPS = 1e-6
 
@@ -67,6 +67,10 @@ def _gated_linear_attention(
         )
         of = o.float() if o.dtype in (torch.float16, torch.bfloat16) else o
         return (of[..., :-1] / (of[..., -1:] + NORMALIZE_EPS)).to(q.dtype), S
+    override = op_override("gated_linear_attention")  # e.g. attnzoo.parallel.sequence_parallel
+    if override is not None:
+        return override(q, k, v, g, g_gamma=g_gamma, scale=scale, initial_state=initial_state,
+                        output_final_state=output_final_state, impl=impl)
     from attnzoo.ops.linear.triton import triton_supported
 
     # the Triton g_gamma gradient is inaccurate in bf16 (notes/triton_gla.md): a trained g_gamma stays on torch
