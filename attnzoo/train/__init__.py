@@ -1,5 +1,5 @@
 """Training: the loop (trainer.py), LAMB (lamb.py), optimizer + schedule (optim.py), checkpoints
-(checkpoint.py), torchrun set-up (distributed.py)."""
+(checkpoint.py, no pickle: safetensors + JSON via state_codec.py), torchrun set-up (distributed.py)."""
 
 from attnzoo.train.lamb import LAMB, lamb_param_groups
 from attnzoo.train.trainer import TrainConfig, TrainResult, evaluate, train_lm

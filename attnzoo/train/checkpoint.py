@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shutil
+from collections import Counter
 
 import torch
 from safetensors.torch import load as st_load
@@ -74,10 +75,9 @@ def _model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
             continue
         seen.add(key)
         out[name] = t.detach().to("cpu").contiguous()
-    for name, t in out.items():         # views of one storage that are not the same tensor: own copies
-        if sum(o.untyped_storage().data_ptr() == t.untyped_storage().data_ptr() for o in out.values()) > 1:
-            out[name] = t.clone()
-    return out
+    users = Counter(t.untyped_storage().data_ptr() for t in out.values())
+    # views of one storage that are not the same tensor (safetensors refuses them): own copies
+    return {n: t.clone() if users[t.untyped_storage().data_ptr()] > 1 else t for n, t in out.items()}
 
 
 def _digest(meta: dict) -> str:
@@ -91,7 +91,7 @@ def save_checkpoint(directory: str, *, model: nn.Module, optimizer: torch.optim.
     """Write `<directory>/step-<step>/` atomically, point latest.json at it, keep the newest `keep` folders.
 
     `extra` is a dict of JSON-able values and tensors (see state_codec); returns the folder."""
-    if not isinstance(step, int) or step < 0:
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise ValueError(f"step must be an int >= 0, got {step!r}")
     if keep < 1:
         raise ValueError(f"keep must be >= 1 (the checkpoint just written), got {keep}")
@@ -128,7 +128,7 @@ def save_checkpoint(directory: str, *, model: nn.Module, optimizer: torch.optim.
         os.replace(tmp, final)
     _fsync_dir(directory)
     _atomic_write_text(os.path.join(directory, LATEST), json.dumps({"checkpoint": name, "step": step}))
-    old = sorted(d for d in os.listdir(directory) if _NAME.fullmatch(d) and d != name)
+    old = sorted((d for d in os.listdir(directory) if _NAME.fullmatch(d) and d != name), key=lambda d: int(d[5:]))
     for d in old[: max(0, len(old) - (keep - 1))]:
         shutil.rmtree(os.path.join(directory, d), ignore_errors=True)
     return final

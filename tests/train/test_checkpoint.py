@@ -21,6 +21,15 @@ from attnzoo.train.optim import build_optimizer
 FILES = ("model.safetensors", "trainer.safetensors", "trainer.json")
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one thread is ~100x faster than two fighting other processes for 2 cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _tiny(seed=0, d_model=16):
     torch.manual_seed(seed)
     return LanguageModel(32, d_model, 2, "softmax", mixer_kwargs={"softmax": {"n_heads": 2}}, mlp_ratio=0)
