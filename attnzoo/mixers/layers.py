@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from attnzoo.ops.dispatch import op_override
+
 
 class RMSNorm(nn.Module):
     """y = x / sqrt(mean(x^2) + eps) * weight (weight optional: elementwise_affine=False gives SRMSNorm)."""
@@ -78,4 +80,7 @@ def token_positions(mask: torch.Tensor | None, B: int, T: int, start: torch.Tens
         pos = pos.clamp_min(0)
     if start is not None:
         pos = pos + start[:, None]
+    offset = op_override("token_positions")  # sequence parallel: real tokens on the earlier ranks
+    if offset is not None:
+        pos = pos + offset(mask, B, T, device)[:, None]
     return pos

@@ -36,6 +36,7 @@ from torch import nn
 
 from attnzoo.mixers.base import Mixer, MixerState, check_heads
 from attnzoo.ops.conv.short import real_tokens_first, restore_token_order
+from attnzoo.ops.dispatch import op_override
 from attnzoo.ops.linear import gated_linear_attention
 from attnzoo.registry import Card, Paper, register
 
@@ -114,6 +115,9 @@ class RWKV6TimeMix(Mixer):
         if mask is not None:
             x, mask, perm = real_tokens_first(x, mask)
         shift = x.new_zeros(B, d) if state is None else state.shift.to(x.dtype)
+        halo = op_override("conv_cache")  # sequence parallel: the previous ranks' last real token
+        if halo is not None:
+            shift = halo(x, mask, shift[:, None], 1)[:, 0]
         x_prev = torch.cat([shift[:, None], x[:, :-1]], 1)
         r, k, v, g, logw = self.projections(x, x_prev)
         if mask is not None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from attnzoo.ops.dispatch import op_override
+
 
 def compact_real_tokens(mask: torch.Tensor) -> torch.Tensor:
     """Per row, the permutation that puts real steps first (in order), padded ones after: [B, T] long."""
@@ -61,6 +63,9 @@ def causal_conv1d(x, weight, bias=None, *, cache=None, mask=None, activation=Non
         raise ValueError(f"weight must be [C, W] = [{C}, W], got {tuple(weight.shape)}")
     W = weight.shape[1]
     cache = previous_inputs(x, cache, W - 1, name="conv cache must be [B, W-1, C]")
+    halo = op_override("conv_cache")  # sequence parallel: the previous ranks' last W-1 real inputs
+    if halo is not None:
+        cache = halo(x, mask, cache, W - 1)
     perm = None
     if mask is not None:
         x, _, perm = real_tokens_first(x, mask)

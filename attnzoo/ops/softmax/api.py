@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from attnzoo.ops.dispatch import resolve_impl
+from attnzoo.ops.dispatch import op_override, resolve_impl
 from attnzoo.ops.softmax.reference import softmax_attention_reference
 from attnzoo.ops.softmax.sdpa import softmax_attention_sdpa
 
@@ -77,6 +77,10 @@ def softmax_attention(
 ):
     """Multi-head softmax attention with GQA. Returns o [B, Tq, Hq, Dv] (and probs if asked)."""
     check_qkv(q, k, v)
+    override = op_override("softmax_attention")  # e.g. attnzoo.parallel.sequence_parallel
+    if override is not None:
+        return override(q, k, v, causal=causal, window=window, prefix_len=prefix_len, q_pos=q_pos, k_pos=k_pos,
+                        key_mask=key_mask, scale=scale, return_probs=return_probs, impl=impl)
     B, Tq, _, D = q.shape
     Tk = k.shape[1]
     scale = D**-0.5 if scale is None else scale
