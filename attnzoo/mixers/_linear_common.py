@@ -17,16 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnzoo.mixers.base import RecurrentState
+from attnzoo.mixers.base import RecurrentState, drop_padding
 
 FEATURE_MAPS = ("identity", "elu", "relu", "taylor")
 
 
 def mask_steps(t: torch.Tensor | None, mask: torch.Tensor | None):
-    """t [B, T, ...] with padded steps (mask False) set to zero; mask None leaves t as is."""
-    if t is None or mask is None:
-        return t
-    return t * mask.view(*mask.shape, *([1] * (t.dim() - 2))).to(t.dtype)
+    """t [B, T, ...] with padded steps (mask False) set to zero (by `where`: an inf or NaN there
+    cannot leak); mask None leaves t as is."""
+    return drop_padding(t, mask)
 
 
 def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

@@ -118,10 +118,11 @@ class BlockSparseAttention(SoftmaxAttention):
             o_s = self.sparse_attention(q, K, V, pos, valid)
         self.aux_loss = None
         if mode == "mixed":
-            w = real[..., None, None].to(o_f.dtype)
+            w = real[..., None, None]
             n = (real.sum() * o_f.shape[2] * o_f.shape[3]).clamp_min(1)
-            la = F.smooth_l1_loss(o_f * w, (o_s * w).detach(), reduction="sum") / n
-            lb = F.smooth_l1_loss((o_f * w).detach(), o_s * w, reduction="sum") / n
+            o_fr, o_sr = (torch.where(w, o, o.new_zeros(())) for o in (o_f, o_s))
+            la = F.smooth_l1_loss(o_fr, o_sr.detach(), reduction="sum") / n
+            lb = F.smooth_l1_loss(o_fr.detach(), o_sr, reduction="sum") / n
             self.aux_loss = 10.0 * (la + lb)
             o = o_f if bool(torch.rand(()) < 0.5) else o_s
         else:

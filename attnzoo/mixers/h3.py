@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from attnzoo.mixers.base import Mixer, MixerState
+from attnzoo.mixers.base import Mixer, MixerState, drop_padding
 from attnzoo.ops.conv import causal_conv1d
 from attnzoo.ops.conv.short import real_tokens_first, restore_token_order
 from attnzoo.ops.conv.long import causal_long_conv
@@ -152,7 +152,7 @@ class H3(Mixer):
                                     mask=mask, output_cache=return_state)
         kbar = kbar + self.shift_d * k
         kv = torch.einsum("bthi,bthj->bthij", kbar.view(Bsz, T, H, dh), v.view(Bsz, T, H, dh))
-        u = kv.reshape(Bsz, T, self.channels) * real[..., None].to(x.dtype)
+        u = drop_padding(kv.reshape(Bsz, T, self.channels), real)
         cdt = u.dtype if u.dtype == torch.float64 else torch.float32
         h0 = None if state is None else torch.view_as_complex(state.ssm.to(cdt).contiguous())
         if self.ssm_impl == "recurrent" or (self.ssm_impl == "auto" and T == 1):

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnzoo.mixers.base import Mixer, MixerState
+from attnzoo.mixers.base import Mixer, MixerState, drop_padding
 from attnzoo.ops.conv import causal_conv1d
 from attnzoo.ops.scan import selective_scan
 from attnzoo.registry import Card, Paper, register
@@ -111,8 +111,7 @@ class Mamba(Mixer):
         dbc = self.x_proj(u)
         dt, Bm, Cm = dbc.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.softplus(self.dt_proj(dt))
-        if mask is not None:
-            delta = delta * mask[..., None].to(delta.dtype)  # padded steps: h unchanged
+        delta = drop_padding(delta, mask)  # padded steps: h unchanged
         A = -torch.exp(self.A_log.to(delta.dtype))
         y, h = self.scan(u, delta, A, Bm, Cm, state)
         y = y * F.silu(z)

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnzoo.mixers.base import Mixer, MixerState, check_heads
+from attnzoo.mixers.base import Mixer, MixerState, check_heads, drop_padding
 from attnzoo.ops.conv.short import real_tokens_first, restore_token_order
 from attnzoo.ops.dispatch import op_override
 from attnzoo.ops.linear import gated_linear_attention
@@ -120,9 +120,7 @@ class RWKV6TimeMix(Mixer):
             shift = halo(x, mask, shift[:, None], 1)[:, 0]
         x_prev = torch.cat([shift[:, None], x[:, :-1]], 1)
         r, k, v, g, logw = self.projections(x, x_prev)
-        if mask is not None:
-            real = mask[..., None].to(x.dtype)
-            k, logw = k * real, logw * real
+        k, logw = drop_padding(k, mask), drop_padding(logw, mask)
         r, k, v, logw = (t.view(B, T, H, K) for t in (r, k, v, logw))
         o, S = self.wkv(r, k, v, logw, None if state is None else state.S, return_state)
         y = self.norm(o.reshape(B * T, d)).view(B, T, d) * g

@@ -111,7 +111,7 @@ def long_causal_conv(x, kernel, *, cache=None, mask=None, output_cache=False, im
     perm = None
     if mask is not None:
         x, real, perm = real_tokens_first(x, mask)
-        x = x * real[..., None].to(x.dtype)  # padded steps (now last) are zero
+        x = torch.where(real[..., None], x, x.new_zeros(()))  # padded steps (now last) are zero
     xc = torch.cat([cache.to(x.dtype), x], 1)  # [B, L-1+T, C]
     y = causal_long_conv(xc, kernel, impl=impl, n_out=T)
     new_cache = last_real_inputs(xc, mask, L - 1) if output_cache else None

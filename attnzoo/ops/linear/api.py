@@ -60,13 +60,18 @@ def _gated_linear_attention(
     check_gla_inputs(q, k, v, g, g_gamma, initial_state, normalize)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     if normalize:  # the normaliser is the state of a value column of ones; dispatch sees V + 1
+        # numerator and normaliser grow with T (a sum over the prefix): in float16 they overflow (65504)
+        # long before their ratio does, so float16 inputs are computed in float32 and only o is float16
+        out_dtype = q.dtype
+        if q.dtype == torch.float16:
+            q, k, v = q.float(), k.float(), v.float()
         ones = torch.ones_like(v[..., :1])
         o, S = gated_linear_attention(
             q, k, torch.cat([v, ones], -1), g, g_gamma=g_gamma, scale=scale, initial_state=initial_state,
             output_final_state=output_final_state, impl=impl,
         )
         of = o.float() if o.dtype in (torch.float16, torch.bfloat16) else o
-        return (of[..., :-1] / (of[..., -1:] + NORMALIZE_EPS)).to(q.dtype), S
+        return (of[..., :-1] / (of[..., -1:] + NORMALIZE_EPS)).to(out_dtype), S
     override = op_override("gated_linear_attention")  # e.g. attnzoo.parallel.sequence_parallel
     if override is not None:
         return override(q, k, v, g, g_gamma=g_gamma, scale=scale, initial_state=initial_state,

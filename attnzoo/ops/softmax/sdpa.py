@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 
 from attnzoo.ops.softmax.reference import expand_kv
@@ -20,4 +21,4 @@ def softmax_attention_sdpa(q, k, v, *, allowed, is_causal, scale):
     safe = allowed | ~seen  # a row that sees nothing attends everywhere, then is zeroed
     o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=safe[:, None], scale=scale)
     o = o.transpose(1, 2)
-    return o * seen[..., None].to(o.dtype)
+    return torch.where(seen[..., None], o, o.new_zeros(()))

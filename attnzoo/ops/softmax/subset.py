@@ -37,7 +37,8 @@ def subset_causal_attention_reference(q, k, v, q_pos, count=None, *, scale=None)
     s = s.masked_fill(keys > q_pos[..., None], float("-inf"))
     o = torch.einsum("bhij,bhjd->bhid", torch.softmax(s, -1), v)
     if count is not None:
-        o = o * (torch.arange(q.shape[2], device=q.device) < count[..., None])[..., None].to(o.dtype)
+        live = torch.arange(q.shape[2], device=q.device) < count[..., None]
+        o = torch.where(live[..., None], o, o.new_zeros(()))
     return o
 
 

@@ -24,7 +24,7 @@ def pooled_block_keys(k: torch.Tensor, valid: torch.Tensor, block_size: int) -> 
     B, L, H, D = k.shape
     nb = -(-L // block_size)
     pad = nb * block_size - L
-    kz = k * valid[..., None, None].to(k.dtype)
+    kz = torch.where(valid[..., None, None], k, k.new_zeros(()))
     kz = F.pad(kz, (0, 0, 0, 0, 0, pad)).view(B, nb, block_size, H, D).sum(2)
     cnt = F.pad(valid.to(k.dtype), (0, pad)).view(B, nb, block_size).sum(2).clamp_min(1)
     return kz / cnt[..., None, None]
