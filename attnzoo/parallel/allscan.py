@@ -27,7 +27,7 @@ import threading
 
 import torch
 
-from attnzoo.parallel.comm import all_gather, post_recv, post_send, wait
+from attnzoo.parallel.comm import all_gather, fail, post_recv, post_send, wait
 from attnzoo.parallel.context import SequenceParallelError, SPConfig
 
 
@@ -58,7 +58,8 @@ def pipeline_scan(cfg: SPConfig, a, b, first, *, dense: bool, reverse: bool, pie
     bufs, recvs = [], []
     if has_prev:  # every piece's receive is posted at once; each is waited for when it is needed
         bufs = [torch.empty(*b.shape[:-1], n, dtype=b.dtype, device=b.device) for n in sizes]
-        recvs = [post_recv(cfg, buf, prev, tag=j) for j, buf in enumerate(bufs)]
+        recvs = [post_recv(cfg, buf, prev, tag=j, what=f"{what}: receiving from rank {prev}")
+                 for j, buf in enumerate(bufs)]
     ins, outs, sends = [], [], []
     for j, bj in enumerate(b_parts):
         if has_prev:
@@ -68,7 +69,7 @@ def pipeline_scan(cfg: SPConfig, a, b, first, *, dense: bool, reverse: bool, pie
             x = torch.zeros_like(bj) if first_parts is None else first_parts[j]
         y = apply_map(a, x, dense=dense, transpose=reverse) + bj
         if has_next:
-            sends.append(post_send(cfg, y, nxt, tag=j))
+            sends.append(post_send(cfg, y, nxt, tag=j, what=f"{what}: sending to rank {nxt}"))
         ins.append(x)
         outs.append(y)
     wait([w for w, _ in sends], cfg, f"{what}: sending the state to rank {nxt}")
@@ -140,8 +141,7 @@ class ScanHandle:
             if self._error is not None:
                 if isinstance(self._error, SequenceParallelError):
                     raise self._error
-                raise SequenceParallelError(f"sequence parallel, rank {self.cfg.rank}: the scan raised "
-                                            f"{type(self._error).__name__}: {self._error}") from self._error
+                raise fail(self.cfg, "the scan", self._error) from self._error
         if self._stream is not None:
             main = torch.cuda.current_stream(self._stream.device)
             main.wait_stream(self._stream)

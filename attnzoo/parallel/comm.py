@@ -32,7 +32,7 @@ def count_sent(t: torch.Tensor, copies: int = 1):
     STATS["messages"] += copies
 
 
-def _fail(cfg: SPConfig, what: str, err: BaseException) -> SequenceParallelError:
+def fail(cfg: SPConfig, what: str, err: BaseException) -> SequenceParallelError:
     return SequenceParallelError(
         f"sequence parallel, rank {cfg.rank} of {cfg.world}: {what} failed or did not arrive within "
         f"{cfg.timeout:g} s; a peer raised, left, or is not running the same sequence-parallel op "
@@ -54,17 +54,23 @@ def wait(works, cfg: SPConfig, what: str):
     except SequenceParallelError:
         raise
     except Exception as e:  # gloo raises RuntimeError on a timeout or a closed connection
-        raise _fail(cfg, what, e) from e
+        raise fail(cfg, what, e) from e
 
 
-def post_send(cfg: SPConfig, t: torch.Tensor, to: int, tag: int = 0):
+def post_send(cfg: SPConfig, t: torch.Tensor, to: int, tag: int = 0, what: str = "send"):
     t = t.contiguous()
     count_sent(t)
-    return dist.isend(t, cfg.peer(to), group=cfg.group, tag=tag), t
+    try:
+        return dist.isend(t, cfg.peer(to), group=cfg.group, tag=tag), t
+    except Exception as e:  # a peer that already left: the transport refuses at once
+        raise fail(cfg, what, e) from e
 
 
-def post_recv(cfg: SPConfig, t: torch.Tensor, frm: int, tag: int = 0):
-    return dist.irecv(t, cfg.peer(frm), group=cfg.group, tag=tag)
+def post_recv(cfg: SPConfig, t: torch.Tensor, frm: int, tag: int = 0, what: str = "receive"):
+    try:
+        return dist.irecv(t, cfg.peer(frm), group=cfg.group, tag=tag)
+    except Exception as e:
+        raise fail(cfg, what, e) from e
 
 
 def exchange(cfg: SPConfig, sends, recvs, what: str):
@@ -81,7 +87,7 @@ def exchange(cfg: SPConfig, sends, recvs, what: str):
         try:
             works = dist.batch_isend_irecv(ops)
         except Exception as e:
-            raise _fail(cfg, what, e) from e
+            raise fail(cfg, what, e) from e
         wait(works, cfg, what)
 
 
@@ -96,7 +102,7 @@ def all_gather(cfg: SPConfig, t: torch.Tensor, what: str) -> list[torch.Tensor]:
     try:
         work = dist.all_gather(out, t, group=cfg.group, async_op=True)
     except Exception as e:
-        raise _fail(cfg, what, e) from e
+        raise fail(cfg, what, e) from e
     wait([work], cfg, what)
     return out
 
@@ -109,7 +115,7 @@ def all_reduce_sum(cfg: SPConfig, t: torch.Tensor, what: str) -> torch.Tensor:
     try:
         work = dist.all_reduce(t, group=cfg.group, async_op=True)
     except Exception as e:
-        raise _fail(cfg, what, e) from e
+        raise fail(cfg, what, e) from e
     wait([work], cfg, what)
     return t
 
