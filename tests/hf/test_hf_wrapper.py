@@ -1,23 +1,35 @@
-"""The transformers path: AutoModelForCausalLM.from_pretrained on a folder written by
-LanguageModel.save_pretrained, generate() equal to LanguageModel.generate, decoding on the states."""
+"""The transformers path: hf.AutoModelForCausalLM.from_pretrained on a folder written by
+LanguageModel.save_pretrained, generate() equal to LanguageModel.generate, decoding on the states.
+
+transformers is imported inside the `hf` fixture, not at collection: importing its PreTrainedModel
+imports triton, and the Triton interpreter tests (tests/ops/test_gla_triton*.py) need to set
+TRITON_INTERPRET=1 before the first import of triton in the process.
+"""
 
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import attnzoo
+from attnzoo.models import LanguageModel
+from attnzoo.models.encoder import Encoder
 
-pytest.importorskip("transformers", reason="the transformers wrapper needs the optional extra attnzoo[hf]")
 
-from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
+@pytest.fixture(scope="module")
+def hf():
+    pytest.importorskip("transformers", reason="the transformers wrapper needs the optional extra attnzoo[hf]")
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-import attnzoo.hf  # noqa: E402, F401  (registers the auto classes)
-from attnzoo.hf import AttnzooCache, AttnzooConfig, AttnzooForCausalLM  # noqa: E402
-from attnzoo.models import LanguageModel  # noqa: E402
-from attnzoo.models.encoder import Encoder  # noqa: E402
+    import attnzoo.hf  # registers the auto classes
+
+    return SimpleNamespace(AutoConfig=AutoConfig, AutoModelForCausalLM=AutoModelForCausalLM,
+                           Cache=attnzoo.hf.AttnzooCache, Config=attnzoo.hf.AttnzooConfig,
+                           ForCausalLM=attnzoo.hf.AttnzooForCausalLM)
+
 
 PATTERN = dict(vocab_size=48, d_model=32, n_layers=4, mixer="gated_deltanet*3+softmax",
                mixer_kwargs={"gated_deltanet": {"n_heads": 2}, "softmax": {"n_heads": 4, "n_kv_heads": 2}},
@@ -47,12 +59,12 @@ class ForwardSpy:
         return self.inner(ids, **kw)
 
 
-def test_auto_classes_load_a_saved_language_model_bit_exactly(tmp_path):
+def test_auto_classes_load_a_saved_language_model_bit_exactly(hf, tmp_path):
     lm = trained_like()
     lm.save_pretrained(tmp_path)
-    assert isinstance(AutoConfig.from_pretrained(tmp_path), AttnzooConfig)
-    model = AutoModelForCausalLM.from_pretrained(tmp_path)
-    assert isinstance(model, AttnzooForCausalLM) and not model.training
+    assert isinstance(hf.AutoConfig.from_pretrained(tmp_path), hf.Config)
+    model = hf.AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert isinstance(model, hf.ForCausalLM) and not model.training
     ref = lm.state_dict()
     got = model.model.state_dict()
     assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
@@ -61,12 +73,12 @@ def test_auto_classes_load_a_saved_language_model_bit_exactly(tmp_path):
 
 
 @pytest.mark.parametrize("mixer", ["gated_deltanet*3+softmax", "mamba+sliding_window"])
-def test_generate_matches_language_model_and_decodes_one_token_per_step_on_the_states(tmp_path, mixer):
+def test_generate_matches_language_model_and_decodes_one_token_per_step_on_the_states(hf, tmp_path, mixer):
     kwargs = {} if mixer == PATTERN["mixer"] else {"mixer_kwargs": {"mamba": {"d_state": 4},
                                                                     "sliding_window": {"window": 3, "n_heads": 2}}}
     lm = trained_like(1, mixer=mixer, **kwargs)
     lm.save_pretrained(tmp_path)
-    model = AutoModelForCausalLM.from_pretrained(tmp_path)
+    model = hf.AutoModelForCausalLM.from_pretrained(tmp_path)
     prompt = torch.randint(0, 48, (3, 7))
     new = 12
     ref = lm.generate(prompt, new, temperature=0)
@@ -78,14 +90,14 @@ def test_generate_matches_language_model_and_decodes_one_token_per_step_on_the_s
     assert spy.calls == [((3, 7), False)] + [((3, 1), True)] * (new - 1)
 
 
-def test_cache_counts_tokens_and_left_padding_is_masked(tmp_path):
+def test_cache_counts_tokens_and_left_padding_is_masked(hf, tmp_path):
     lm = trained_like(2)
     lm.save_pretrained(tmp_path)
-    model = AutoModelForCausalLM.from_pretrained(tmp_path)
+    model = hf.AutoModelForCausalLM.from_pretrained(tmp_path)
     ids = torch.randint(0, 48, (2, 6))
     out = model(ids, use_cache=True)
     cache = getattr(out, "cache", None) or out.past_key_values
-    assert isinstance(cache, AttnzooCache) and cache.get_seq_length() == 6 and len(cache) == 4
+    assert isinstance(cache, hf.Cache) and cache.get_seq_length() == 6 and len(cache) == 4
     # row 0 is padded on the left by 2: it must generate what its 4 real tokens generate alone
     mask = torch.ones(2, 6, dtype=torch.long)
     mask[0, :2] = 0
@@ -94,51 +106,51 @@ def test_cache_counts_tokens_and_left_padding_is_masked(tmp_path):
     assert torch.equal(out[1, 6:], lm.generate(ids[1:], 5, temperature=0)[0, 6:])
 
 
-def test_labels_give_the_next_token_loss(tmp_path):
+def test_labels_give_the_next_token_loss(hf, tmp_path):
     lm = trained_like(3)
-    model = AttnzooForCausalLM.from_model(lm)
+    model = hf.ForCausalLM.from_model(lm)
     ids = torch.randint(0, 48, (2, 8))
     loss = model(ids, labels=ids).loss
     ref = torch.nn.functional.cross_entropy(lm(ids)[:, :-1].reshape(-1, 48), ids[:, 1:].reshape(-1))
     assert torch.allclose(loss, ref)
 
 
-def test_transformers_save_loads_back_in_both_worlds(tmp_path):
+def test_transformers_save_loads_back_in_both_worlds(hf, tmp_path):
     lm = trained_like(4)
-    model = AttnzooForCausalLM.from_model(lm)
+    model = hf.ForCausalLM.from_model(lm)
     model.save_pretrained(tmp_path)  # transformers' writer: weights under "model.", its own config keys
     back = LanguageModel.from_pretrained(tmp_path)
     ref = lm.state_dict()
     assert all(torch.equal(ref[k], v) for k, v in back.state_dict().items())
-    again = AutoModelForCausalLM.from_pretrained(tmp_path)
+    again = hf.AutoModelForCausalLM.from_pretrained(tmp_path)
     prompt = torch.randint(0, 48, (1, 5))
     assert torch.equal(again.generate(prompt, max_new_tokens=6, do_sample=False), lm.generate(prompt, 6, temperature=0))
 
 
-def test_clear_errors(tmp_path):
+def test_clear_errors(hf, tmp_path):
     Encoder(32, 2).save_pretrained(tmp_path / "enc")
     with pytest.raises(ValueError, match="wraps a LanguageModel; this config holds a Encoder"):
-        AutoModelForCausalLM.from_pretrained(tmp_path / "enc")
+        hf.AutoModelForCausalLM.from_pretrained(tmp_path / "enc")
     trained_like().save_pretrained(tmp_path / "lm")
     path = tmp_path / "lm" / "config.json"
     config = json.loads(path.read_text())
     config["init"]["mixer"] = "softmx*4"
     path.write_text(json.dumps(config))
     with pytest.raises(ValueError, match="unknown mixer 'softmx'"):
-        AutoModelForCausalLM.from_pretrained(tmp_path / "lm")
+        hf.AutoModelForCausalLM.from_pretrained(tmp_path / "lm")
     config["init"]["mixer"] = PATTERN["mixer"]
     config["attnzoo_format_version"] = 99
     path.write_text(json.dumps(config))
     with pytest.raises(ValueError, match="attnzoo_format_version 99, newer"):
-        AutoModelForCausalLM.from_pretrained(tmp_path / "lm")
-    model = AttnzooForCausalLM.from_model(trained_like())
+        hf.AutoModelForCausalLM.from_pretrained(tmp_path / "lm")
+    model = hf.ForCausalLM.from_model(trained_like())
     with pytest.raises(ValueError, match="AttnzooCache"):
         model(torch.zeros(1, 1, dtype=torch.long), past_key_values=[(torch.zeros(1), torch.zeros(1))])
 
 
-def test_beam_search_reorders_the_states():
+def test_beam_search_reorders_the_states(hf):
     lm = trained_like(5).double()
-    model = AttnzooForCausalLM.from_model(lm)
+    model = hf.ForCausalLM.from_model(lm)
     prompt = torch.randint(0, 48, (2, 6))
     kw = dict(max_new_tokens=6, num_beams=3, do_sample=False, num_return_sequences=2)
     spy = ForwardSpy(lm)
@@ -150,13 +162,13 @@ def test_beam_search_reorders_the_states():
 
 
 @pytest.mark.parametrize("name", [n for n in attnzoo.list_mixers() if attnzoo.get_card(n).causal])
-def test_every_causal_mixer_loads_and_generates_through_transformers(tmp_path, name):
+def test_every_causal_mixer_loads_and_generates_through_transformers(hf, tmp_path, name):
     # transformers builds the model on the meta device before loading: a mixer whose constructor
     # needs real tensor values would fail here
     lm = trained_like(6, vocab_size=40, n_layers=1, mixer=name,
                       mixer_kwargs={name: attnzoo.get_card(name).example_kwargs})
     lm.save_pretrained(tmp_path)
-    model = AutoModelForCausalLM.from_pretrained(tmp_path)
+    model = hf.AutoModelForCausalLM.from_pretrained(tmp_path)
     assert all(torch.equal(a, b) for a, b in zip(lm.state_dict().values(), model.model.state_dict().values()))
     prompt = torch.randint(0, 40, (2, 5))
     assert torch.equal(model.generate(prompt, max_new_tokens=4, do_sample=False), lm.generate(prompt, 4, temperature=0))
