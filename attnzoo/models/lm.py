@@ -110,8 +110,10 @@ class LanguageModel(PretrainedMixin, nn.Module):
     def state_bytes(self, seq_len: int) -> int:
         return sum(b.mixer.state_bytes(seq_len) for b in self.blocks)
 
-    def forward(self, ids, *, mask=None, state=None, return_state=False):
-        """ids [B, T] long -> logits [B, T, vocab]; state is the list returned by an earlier call."""
+    def forward(self, ids, *, mask=None, state=None, return_state=False, head=True):
+        """ids [B, T] long -> logits [B, T, vocab]; state is the list returned by an earlier call.
+        head=False returns the final normed hidden states [B, T, d_model] instead of the logits (a
+        trainer that scores a few positions forms their logits alone: attnzoo.train.group)."""
         if ids.dim() != 2 or ids.dtype not in (torch.long, torch.int32, torch.int64):
             raise ValueError(f"ids must be an integer tensor [B, T], got {ids.dtype} {tuple(ids.shape)}")
         if state is not None and len(state) != len(self.blocks):
@@ -121,7 +123,7 @@ class LanguageModel(PretrainedMixin, nn.Module):
         for i, block in enumerate(self.blocks):
             x, s = block(x, mask=mask, state=None if state is None else state[i], return_state=return_state)
             states.append(s)
-        logits = self.norm(x) @ self.embed.weight.t()
+        logits = self.norm(x) @ self.embed.weight.t() if head else self.norm(x)
         return (logits, states) if return_state else logits
 
     @torch.no_grad()

@@ -96,6 +96,11 @@ def batch_indices(step: int, *, n: int, batch_size: int, seed: int) -> torch.Ten
     return torch.tensor(out, dtype=torch.long)
 
 
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 logits up to float32 for the loss; float32 and float64 stay as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def _autocast(device: torch.device, amp: bool | None):
     use = device.type == "cuda" if amp is None else amp
     if use:
@@ -118,7 +123,7 @@ def evaluate(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, ba
         x, y = inputs[b].to(device), labels[b].to(device)
         with _autocast(device, amp):
             logits = model(x)
-        logits = logits.float()
+        logits = at_least_float32(logits)
         scored = y != IGNORE_INDEX
         tot[0] += F.cross_entropy(logits[scored], y[scored], reduction="sum").double()
         tot[1] += (logits[scored].argmax(-1) == y[scored]).sum()
@@ -195,7 +200,7 @@ def train_lm(model: nn.Module, *, train: tuple[torch.Tensor, torch.Tensor], test
         count = _all_sum(scored.sum().to(torch.float32).reshape(1)).clamp_min(1.0)
         with _autocast(device, config.amp):
             logits = model(x)
-        ce_sum = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1),
+        ce_sum = F.cross_entropy(at_least_float32(logits).reshape(-1, logits.shape[-1]), y.reshape(-1),
                                  ignore_index=IGNORE_INDEX, reduction="sum")
         loss = ce_sum * world / count        # DDP averages over ranks: the mean is the full-batch mean
         aux = base.aux_loss() if hasattr(base, "aux_loss") else None

@@ -48,7 +48,7 @@ import torch
 
 from attnzoo.ops.delta.api import check_delta_inputs
 from attnzoo.ops.linear.chunk_intra import pairwise_decay, pairwise_decay_grad, prefix_excl, revcumsum, suffix_excl
-from attnzoo.ops.linear.chunk_layout import SegmentedScan, from_chunks, segments, to_chunks
+from attnzoo.ops.linear.chunk_layout import from_chunks, segmented_scan, segments, to_chunks
 from attnzoo.ops.linear.reference import compute_dtype
 
 
@@ -202,6 +202,6 @@ def chunk_delta_rule(
     C = min(chunk_size, T)
     S = None if initial_state is None else initial_state.to(ct)
     sizes = [hi - lo for lo, hi in segments(T, C, B * H, max(K, V))]  # cache-sized segments
-    o, S = SegmentedScan.apply(partial(_segment_forward, scale=scale, C=C, ct=ct), _segment_backward, S, sizes, V,
+    o, S = segmented_scan(partial(_segment_forward, scale=scale, C=C, ct=ct), _segment_backward, S, sizes, V,
                                q, k, v, beta, g)
     return o, (S if output_final_state else None)

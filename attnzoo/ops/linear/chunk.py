@@ -61,7 +61,7 @@ from attnzoo.ops.linear.chunk_intra import (
     vector_intra_forward,
 )
 from attnzoo.ops.linear.chunk_factored import factored_backward, factored_forward
-from attnzoo.ops.linear.chunk_layout import SegmentedScan, from_chunks, segments, to_chunks
+from attnzoo.ops.linear.chunk_layout import from_chunks, segmented_scan, segments, to_chunks
 from attnzoo.ops.linear.chunk_vector import assembled_plan
 from attnzoo.ops.linear.reference import compute_dtype
 
@@ -213,6 +213,6 @@ def chunk_gated_linear_attention(
     S = None if initial_state is None else initial_state.to(ct)
     B, _, H, K = q.shape
     sizes = [hi - lo for lo, hi in segments(T, C, B * H, max(K, v.shape[-1]))]  # cache-sized segments
-    o, S = SegmentedScan.apply(partial(_segment_forward, scale=scale, C=C, ct=ct), _segment_backward, S, sizes,
+    o, S = segmented_scan(partial(_segment_forward, scale=scale, C=C, ct=ct), _segment_backward, S, sizes,
                                v.shape[-1], q, k, v, gate)
     return o, (S if output_final_state else None)

@@ -63,33 +63,55 @@ class _Segment:
         self.saved_tensors = tensors
 
 
+def fold_vmapped(x, in_dim, size: int):
+    """Inside a vmap rule: x with the vmapped dim (size `size`; None: x is shared by every member,
+    expanded) merged into its batch dim 0: [G, B, ...] -> [G·B, ...]. None passes through."""
+    if x is None:
+        return None
+    x = x.movedim(in_dim, 0) if in_dim is not None else x.unsqueeze(0).expand(size, *x.shape)
+    return x.reshape(size * x.shape[1], *x.shape[2:])
+
+
+def unfold_vmapped(x, size: int):
+    """The inverse of fold_vmapped for an output: [G·B, ...] -> [G, B, ...] (out_dim 0)."""
+    return None if x is None else x.view(size, x.shape[0] // size, *x.shape[1:])
+
+
 class SegmentedScan(torch.autograd.Function):
     """A chunked recurrent op run over consecutive segments of the sequence, the state carried from
     one to the next, as one autograd node: outputs and input gradients are written straight into
     whole-sequence tensors (no concatenation, no per-segment zero-filled slice gradients).
 
-        o, S = SegmentedScan.apply(seg_forward, seg_backward, S0, sizes, V, *inputs)
+        o, S = segmented_scan(seg_forward, seg_backward, S0, sizes, V, *inputs)
 
     inputs: tensors [B, T, H, ...] (or None); sizes: segment lengths summing to T; V: width of o.
     seg_forward(seg, inputs_slices, S, o_slice) -> S writes o_slice and stores what it needs on seg;
     seg_backward(seg, do_slice, dS, grad_slices) -> dS_entering writes the inputs' gradients into
-    grad_slices (None for a None input)."""
+    grad_slices (None for a None input).
+
+    Under torch.func.vmap (many models trained as one: attnzoo.train.group) the vmapped dim is folded
+    into the batch dim, since sequences of a batch are independent: one call over G·B sequences."""
 
     @staticmethod
-    def forward(ctx, seg_forward, seg_backward, S0, sizes, V, *inputs):
+    def forward(seg_forward, seg_backward, S0, sizes, V, *inputs):
         B, T, H = inputs[0].shape[:3]
         o = torch.empty(B, T, H, V, dtype=inputs[0].dtype, device=inputs[0].device)
-        ctx.segs, ctx.has_S0, ctx.seg_backward, S, lo = [], S0 is not None, seg_backward, S0, 0
+        segs, S, lo = [], S0, 0
         for n in sizes:
             seg = _Segment()
             S = seg_forward(seg, [None if x is None else x[:, lo:lo + n] for x in inputs], S, o[:, lo:lo + n])
-            ctx.segs.append((lo, n, seg))
+            segs.append((lo, n, seg))
             lo += n
-        ctx.meta_all = [None if x is None else (x.shape, x.dtype) for x in inputs]
-        return o, S
+        return o, S, segs
 
     @staticmethod
-    def backward(ctx, do, dS):
+    def setup_context(ctx, inputs, output):
+        _, seg_backward, S0, _, _, *ins = inputs
+        ctx.segs, ctx.has_S0, ctx.seg_backward = output[2], S0 is not None, seg_backward
+        ctx.meta_all = [None if x is None else (x.shape, x.dtype) for x in ins]
+
+    @staticmethod
+    def backward(ctx, do, dS, _segs):
         grads = [None if m is None else torch.empty(m[0], dtype=m[1], device=do.device) for m in ctx.meta_all]
         # the segments hold plain references (not save_for_backward), which can close a cycle through
         # this node's outputs: drop them here so the graph's memory is freed after the backward
@@ -99,3 +121,17 @@ class SegmentedScan(torch.autograd.Function):
                 grad_slices = [None if x is None else x[:, lo:lo + n] for x in grads]
                 dS = ctx.seg_backward(seg, do[:, lo:lo + n], dS, grad_slices)
         return (None, None, dS if ctx.has_S0 else None, None, None, *grads)
+
+    @staticmethod
+    def vmap(info, in_dims, seg_forward, seg_backward, S0, sizes, V, *inputs):
+        G = info.batch_size
+        S0 = fold_vmapped(S0, in_dims[2], G)
+        inputs = [fold_vmapped(x, d, G) for x, d in zip(inputs, in_dims[5:])]
+        o, S, segs = SegmentedScan.apply(seg_forward, seg_backward, S0, sizes, V, *inputs)
+        return (unfold_vmapped(o, G), unfold_vmapped(S, G), segs), (0, None if S is None else 0, None)
+
+
+def segmented_scan(seg_forward, seg_backward, S0, sizes, V, *inputs):
+    """(o, S) of SegmentedScan (see there)."""
+    o, S, _ = SegmentedScan.apply(seg_forward, seg_backward, S0, sizes, V, *inputs)
+    return o, S
