@@ -28,8 +28,6 @@ class SequenceClassifier(PretrainedMixin, nn.Module):
                  mixer_kwargs: dict | None = None, n_outputs: int = 1, mlp_ratio: float = 2.0):
         super().__init__()
         self.n_features = n_features
-        self.init_config = init_config(n_features=n_features, d_model=d_model, n_layers=n_layers, mixer=mixer,
-                                       mixer_kwargs=mixer_kwargs, n_outputs=n_outputs, mlp_ratio=mlp_ratio)
         self.inp = nn.Linear(2 * n_features, d_model)
         mixer_kwargs = mixer_kwargs or {}
         self.blocks = nn.ModuleList(
@@ -38,6 +36,8 @@ class SequenceClassifier(PretrainedMixin, nn.Module):
         )
         if not all(b.mixer.causal for b in self.blocks):
             raise ValueError("a per-step classifier needs causal mixers (a prediction may not see later steps)")
+        self.init_config = init_config(n_features=n_features, d_model=d_model, n_layers=n_layers, mixer=mixer,
+                                       mixer_kwargs=mixer_kwargs, n_outputs=n_outputs, mlp_ratio=mlp_ratio)
         self.norm = RMSNorm(d_model)
         self.out = nn.Linear(d_model, n_outputs)
 
