@@ -234,14 +234,16 @@ def train_group(models: list[nn.Module], *, lrs, train, test, config: TrainConfi
 
 
 def group_error(models: list[nn.Module], *, sample_ids: torch.Tensor, device="cpu") -> str | None:
-    """Why these models cannot be trained as one group (a training forward + backward under vmap on
-    sample_ids [B, T] fails: an .item(), a data-dependent shape, an op without a batching rule), or None."""
+    """Why these models cannot be trained as one group (a training forward + backward, or an evaluation
+    forward, under vmap on sample_ids [B, T] fails: an .item(), a data-dependent shape, an op without a batching rule), or None."""
     try:
         group = GroupModel([copy.deepcopy(m) for m in models[:2]], device)
         ids = sample_ids.to(device)
         rows = torch.zeros(1, dtype=torch.long, device=device)
         logits, aux = group.scored_logits(ids, rows, rows, training=True)
         (logits.float().sum() + aux.sum()).backward()
+        with torch.no_grad():                          # evaluation may take another path (moh does)
+            group.scored_logits(ids, rows, rows, training=False)
     except (RuntimeError, ValueError, NotImplementedError, TypeError) as e:
         return f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
     return None
