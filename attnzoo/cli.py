@@ -149,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="interleaved timing rounds per case (providers rotated; the median is reported)")
     pbs.add_argument("--out", default="benchmarks/results/speed", help="folder for speed.jsonl/.md/.png")
     pbs.set_defaults(func=cmd_bench_speed)
+    psp = bsub.add_parser("sp", help="sequence parallelism on gloo CPU processes: All-Scan vs ring vs all-gather, "
+                          "time and bytes per rank against P, alpha-beta model (GPUs: benchmarks/sp_nccl.py)")
+    psp.add_argument("--worlds", type=_ints, default=(1, 2, 3, 4), help="numbers of processes P, e.g. 1,2,4")
+    psp.add_argument("--repeats", type=int, default=5, help="timed fwd+bwd steps per case (after one warm-up)")
+    psp.add_argument("--out", default="benchmarks/results/sp", help="folder for sp.jsonl (appended), sp.md, sp.png")
+    psp.set_defaults(func=cmd_bench_sp)
 
     pc = sub.add_parser("cost", help="Kinetics cost model: eFLOPs per token at L = 4k, 32k, 128k, and a plot")
     pc.add_argument("--d-model", type=int, default=2048)
@@ -157,6 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--plot", default="runs/cost_vs_context.png", help="PNG path ('' for none)")
     pc.set_defaults(func=cmd_cost)
     return p
+
+
+def cmd_bench_sp(args):
+    from attnzoo.bench.sp import run_sp_bench
+
+    run_sp_bench(args.worlds, out=args.out, plan={"repeats": args.repeats})
 
 
 def cmd_bench_speed(args):
