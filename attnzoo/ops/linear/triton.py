@@ -182,21 +182,48 @@ class _EagerGlaChunk(torch.autograd.Function):
     """The same pass as the custom op, for eager mode: the custom op's dispatch and its autograd
     wrapper cost ~1 ms of host time per forward+backward on the H200 (measured), which decided the
     op's speed at 16k tokens (the kernels take ~1.1 ms). torch.compile still sees the custom op
-    (which recomputes: its saved tensors would need data-dependent shapes for varlen)."""
+    (which recomputes: its saved tensors would need data-dependent shapes for varlen).
+
+    apply(q, k, v, g, h0, cu, batch, scale, output_final_state, save) -> (o, ht, kept): save keeps
+    the forward's chunk states for the backward. Under torch.func.vmap (attnzoo.train.group) the
+    vmapped dim is folded into the packed token dim and the batch (sequences are independent)."""
 
     @staticmethod
-    def forward(ctx, *inputs):
-        _setup_context(ctx, inputs, None)
-        ctx.keep = {} if SAVE_STATES and any(ctx.needs_input_grad) else None
-        return _chunk_fwd(*inputs, keep=ctx.keep)
+    def forward(q, k, v, g, initial_state, cu_seqlens, batch, scale, output_final_state, save):
+        keep = {} if save else None
+        o, ht = _chunk_fwd(q, k, v, g, initial_state, cu_seqlens, batch, scale, output_final_state, keep=keep)
+        return o, ht, keep
 
     @staticmethod
-    def backward(ctx, do, dht):
+    def setup_context(ctx, inputs, output):
+        _setup_context(ctx, inputs[:9], None)
+        ctx.keep = output[2]
+
+    @staticmethod
+    def backward(ctx, do, dht, _kept):
         q, k, v, g, initial_state, cu_seqlens = ctx.saved_tensors
         grads = _chunk_bwd(q, k, v, g, initial_state, cu_seqlens, ctx.batch, ctx.scale, do,
                            dht.contiguous() if dht is not None else None, saved=ctx.keep)
         ctx.keep = None
-        return _input_grads(*grads, g, initial_state)
+        return (*_input_grads(*grads, g, initial_state), None)
+
+    @staticmethod
+    def vmap(info, in_dims, q, k, v, g, initial_state, cu_seqlens, batch, scale, output_final_state, save):
+        from attnzoo.ops.linear.chunk_layout import fold_vmapped, unfold_vmapped
+
+        G = info.batch_size
+        if cu_seqlens is not None:
+            q = q.movedim(in_dims[0], 0) if in_dims[0] is not None else q
+            in_dims = (0 if in_dims[0] is not None else None, *in_dims[1:])
+            if in_dims[5] is not None:
+                raise ValueError("vmap over cu_seqlens is not supported: give every member the same packing")
+            total = q.shape[1 if in_dims[0] == 0 else 0]          # packed tokens of one member
+            offs = torch.arange(G, device=cu_seqlens.device, dtype=cu_seqlens.dtype)[:, None] * total
+            cu_seqlens = torch.cat([(cu_seqlens[:-1][None] + offs).reshape(-1), cu_seqlens[-1:] + (G - 1) * total])
+        q, k, v, g, initial_state = (fold_vmapped(x, d, G) for x, d in zip((q, k, v, g, initial_state), in_dims))
+        o, ht, kept = _EagerGlaChunk.apply(q, k, v, g, initial_state, cu_seqlens, batch * G, scale,
+                                           output_final_state, save)
+        return (unfold_vmapped(o, G), unfold_vmapped(ht, G), kept), (0, None if ht is None else 0, None)
 
 
 def _compiling() -> bool:
@@ -235,5 +262,6 @@ def triton_gated_linear_attention(
         o, ht = gla_chunk(qp, kp, vp, gp, h0, cu, B, scale, output_final_state)
         ht = ht if output_final_state else None
     else:
-        o, ht = _EagerGlaChunk.apply(qp, kp, vp, gp, h0, cu, B, scale, output_final_state)
+        o, ht, _ = _EagerGlaChunk.apply(qp, kp, vp, gp, h0, cu, B, scale, output_final_state,
+                                        SAVE_STATES and needs_grad)
     return o.reshape(B, T, H, V), ht
