@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from attnzoo.train.group_step import GroupStep, clip_member_grads_  # noqa: F401 (re-export)
 from attnzoo.train.lamb import NO_DECAY_PATTERNS
 from attnzoo.train.optim import warmup_cosine
 from attnzoo.train.trainer import IGNORE_INDEX, TrainConfig, TrainResult, _autocast, at_least_float32, batch_indices
@@ -79,7 +80,8 @@ class GroupModel:
 
 class GroupAdamW:
     """torch.optim.AdamW's update (not fused, not amsgrad) on stacked [G, ...] tensors, a learning
-    rate per member; weight decay on the tensors build_optimizer decays (>= 2-D, not norm/bias)."""
+    rate per member; weight decay on the tensors build_optimizer decays (>= 2-D, not norm/bias). The
+    step count is a device tensor, so that a step can be captured in a CUDA graph (group_step.py)."""
 
     def __init__(self, params: dict, *, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8):
         self.betas, self.eps, self.wd = betas, eps, weight_decay
@@ -87,7 +89,7 @@ class GroupAdamW:
                       for k, v in params.items()}
         self.m = {k: torch.zeros_like(v) for k, v in params.items()}
         self.v = {k: torch.zeros_like(v) for k, v in params.items()}
-        self.step_count = 0
+        self.t = torch.zeros((), dtype=torch.float64, device=next(iter(params.values())).device)
 
     def keep(self, members):
         self.m = {k: v[members] for k, v in self.m.items()}
@@ -96,32 +98,21 @@ class GroupAdamW:
     @torch.no_grad()
     def step(self, params: dict, lr: torch.Tensor):
         """lr [G] (this step's, schedule applied)."""
-        self.step_count += 1
+        self.t += 1
         b1, b2 = self.betas
-        bc1, bc2 = 1 - b1 ** self.step_count, 1 - b2 ** self.step_count
+        bc1, bc2_sqrt = 1 - b1 ** self.t, (1 - b2 ** self.t).sqrt()
         for k, p in params.items():
             if p.grad is None:
                 continue
-            lr_b = lr.view(-1, *([1] * (p.dim() - 1))).to(p.dtype)
+            lr_b = lr.view(-1, *([1] * (p.dim() - 1))).to(torch.float64)
             g = p.grad
             if self.decay[k] and self.wd:
-                p.mul_(1 - lr_b * self.wd)
+                p.mul_((1 - lr_b * self.wd).to(p.dtype))
             self.m[k].lerp_(g, 1 - b1)
             self.v[k].mul_(b2).addcmul_(g, g, value=1 - b2)
-            denom = (self.v[k].sqrt() / math.sqrt(bc2)).add_(self.eps)
-            p.sub_(lr_b / bc1 * self.m[k] / denom)
+            denom = (self.v[k].sqrt() / bc2_sqrt.to(p.dtype)).add_(self.eps)
+            p.sub_((lr_b / bc1).to(p.dtype) * self.m[k] / denom)
             p.grad = None
-
-
-def clip_member_grads_(params: dict, max_norm: float):
-    """Each member's gradients scaled as torch.nn.utils.clip_grad_norm_ would scale that model's."""
-    grads = [p.grad for p in params.values() if p.grad is not None]
-    if not grads:
-        return
-    sq = torch.stack([at_least_float32(g.flatten(1)).pow(2).sum(1) for g in grads]).sum(0)       # [G]
-    coef = (max_norm / (sq.sqrt() + 1e-6)).clamp_max(1.0)
-    for g in grads:
-        g.mul_(coef.view(-1, *([1] * (g.dim() - 1))).to(g.dtype))
 
 
 @torch.no_grad()
@@ -144,11 +135,13 @@ def evaluate_group(group: GroupModel, inputs, labels, *, batch_size: int, device
 
 
 def train_group(models: list[nn.Module], *, lrs, train, test, config: TrainConfig, on_step=None,
-                on_eval=None) -> list[TrainResult]:
+                on_eval=None, graph: bool = False, report_every: float = 0.5) -> list[TrainResult]:
     """Train every model of `models` (same architecture) with its own lr; the rest of `config` is shared.
 
     Returns one TrainResult per model, in order; each model's weights are updated in place at the end.
-    on_step(step, losses [per active member]) and on_eval(step, member, loss, accuracy) are callbacks."""
+    on_step(step, losses [per active member]) (at most every report_every seconds: reading the losses
+    waits for the device) and on_eval(step, member, loss, accuracy) are callbacks. graph=True replays
+    each step from a CUDA graph where it can (group_step.py; train_group.graph_note says why not)."""
     config.check()
     lrs = [float(v) for v in lrs]
     if len(lrs) != len(models):
@@ -170,8 +163,11 @@ def train_group(models: list[nn.Module], *, lrs, train, test, config: TrainConfi
     final_states: dict[int, dict] = {}
     if device.type != "cpu":
         x_all, y_all = x_all.to(device), y_all.to(device)
+    stepper = GroupStep(group, opt, x_all, y_all, batch_size=config.batch_size, grad_clip=config.grad_clip,
+                        amp=config.amp, device=device, graph=graph)
     n, step, t0, warmup = x_all.shape[0], 0, time.perf_counter(), None
     losses = [float("nan")] * len(models)
+    mean = None
 
     def finish(member: int, stopped: str):
         i = active[member]
@@ -181,32 +177,26 @@ def train_group(models: list[nn.Module], *, lrs, train, test, config: TrainConfi
                                  stopped=stopped, history=h, warmup_seconds=warmup or 0.0)
         final_states[i] = group.member_state_dict(member)
 
+    def read_losses():
+        for j, v in enumerate(mean.tolist()):
+            losses[active[j]] = v
+
+    last_report = 0.0
     while active:
         scale = warmup_cosine(step, warmup=config.warmup_steps, total=config.steps, min_ratio=config.min_lr_ratio)
-        idx = batch_indices(step, n=n, batch_size=config.batch_size, seed=config.seed).to(x_all.device)
-        x, y = x_all[idx].to(device), y_all[idx].to(device)
-        rows, cols = (y != IGNORE_INDEX).nonzero(as_tuple=True)
-        target = y[rows, cols]
-        count = max(1, target.numel())
-        with _autocast(device, config.amp):
-            logits, aux = group.scored_logits(x, rows, cols, training=True)
-        ce = F.cross_entropy(at_least_float32(logits).flatten(0, 1), target.repeat(group.size), reduction="none")
-        ce_sum = ce.view(group.size, -1).sum(1)                                         # [G]
-        loss = (ce_sum / count + aux).sum()       # members are independent: each gets its own gradient
-        loss.backward()
-        if config.grad_clip:
-            clip_member_grads_(group.params, config.grad_clip)
-        opt.step(group.params, peak[active] * scale)
+        idx = batch_indices(step, n=n, batch_size=config.batch_size, seed=config.seed).to(device, non_blocking=True)
+        mean = stepper.step(idx, peak[active] * scale)
         step += 1
-        for j, v in enumerate((ce_sum.detach() / count).tolist()):
-            losses[active[j]] = v
         if warmup is None:
             warmup = time.perf_counter() - t0
-        if on_step is not None:
+        if on_step is not None and time.perf_counter() - last_report >= report_every:
+            last_report = time.perf_counter()
+            read_losses()
             on_step(step, [losses[i] for i in active])
         out_of_time = config.max_seconds is not None and time.perf_counter() - t0 - warmup >= config.max_seconds
         last = step >= config.steps or out_of_time
         if step % config.eval_every == 0 or last:
+            read_losses()
             ev_loss, ev_acc = evaluate_group(group, *test, batch_size=config.eval_batch_size, device=device,
                                              amp=config.amp)
             done = []
@@ -228,14 +218,16 @@ def train_group(models: list[nn.Module], *, lrs, train, test, config: TrainConfi
                 if active:
                     group.keep(keep)
                     opt.keep(keep)
+                    stepper.reset()
     for i, m in enumerate(models):
         m.load_state_dict(final_states[i], strict=False)
+    train_group.graph_note = stepper.graph_note
     return results
 
 
 def group_error(models: list[nn.Module], *, sample_ids: torch.Tensor, device="cpu") -> str | None:
-    """Why these models cannot be trained as one group (a training forward + backward, or an evaluation
-    forward, under vmap on sample_ids [B, T] fails: an .item(), a data-dependent shape, an op without a batching rule), or None."""
+    """Why these models cannot be trained as one group, or None: a training forward + backward, or an
+    evaluation forward, under vmap on sample_ids [B, T] fails (an .item(), a data-dependent shape...)."""
     try:
         group = GroupModel([copy.deepcopy(m) for m in models[:2]], device)
         ids = sample_ids.to(device)

@@ -1,0 +1,139 @@
+"""One training step of a model group (attnzoo.train.group), eager or replayed from a CUDA graph.
+
+step(idx, lr) gathers the batch idx [B] from the training set (on the device), forms the logits at
+the scored positions, backpropagates the members' summed losses, clips each member's gradients and
+applies GroupAdamW with lr [G]; it returns each member's mean cross-entropy [G] as a device tensor
+(no host synchronisation: the caller reads it when it reports).
+
+A task that scores the same number P of positions in every sequence (MQAR: its num_pairs queries)
+has a static scored table (cols [N, P], targets [N, P]), so a step has static shapes and, on CUDA
+with graph=True, is captured once as a CUDA graph after `warmup` eager steps and then replayed: a
+tiny model's step is ~300-1000 kernel launches, whose host cost the replay removes. The captured
+step is the same computation as the eager one (the same kernels on the same buffers); any failure to
+capture (an op that synchronises with the host, say) falls back to eager steps and says why in
+`graph_note`. Other tasks take the eager path, with the scored positions found per batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from attnzoo.train.trainer import IGNORE_INDEX, _autocast, at_least_float32
+
+
+def clip_member_grads_(params: dict, max_norm: float):
+    """Each member's gradients scaled as torch.nn.utils.clip_grad_norm_ would scale that model's."""
+    grads = [p.grad for p in params.values() if p.grad is not None]
+    if not grads:
+        return
+    sq = torch.stack([at_least_float32(g.flatten(1)).pow(2).sum(1) for g in grads]).sum(0)       # [G]
+    coef = (max_norm / (sq.sqrt() + 1e-6)).clamp_max(1.0)
+    for g in grads:
+        g.mul_(coef.view(-1, *([1] * (g.dim() - 1))).to(g.dtype))
+
+
+def scored_table(labels: torch.Tensor):
+    """(cols [N, P], targets [N, P]) when every row of labels [N, T] scores the same P > 0 positions
+    (in increasing order, as nonzero lists them); else None."""
+    scored = labels != IGNORE_INDEX
+    counts = scored.sum(1)
+    P = int(counts[0]) if counts.numel() else 0
+    if P == 0 or not bool((counts == P).all()):
+        return None
+    cols = scored.nonzero(as_tuple=True)[1].view(-1, P)
+    return cols, labels.gather(1, cols)
+
+
+class GroupStep:
+    def __init__(self, group, opt, x_all, y_all, *, batch_size: int, grad_clip: float, amp, device,
+                 graph: bool = False, warmup: int = 3):
+        self.group, self.opt, self.x_all, self.y_all = group, opt, x_all, y_all
+        self.grad_clip, self.amp, self.device, self._clip = grad_clip, amp, torch.device(device), clip_member_grads_
+        self.table = scored_table(y_all)
+        self.rows = torch.arange(batch_size, device=self.device)[:, None]
+        self.want_graph = graph and self.device.type == "cuda" and self.table is not None
+        self.warmup, self.graph, self.graph_note = warmup, None, None
+        if graph and not self.want_graph:
+            self.graph_note = ("CUDA graphs need a CUDA device" if self.device.type != "cuda"
+                               else "CUDA graphs need the same number of scored positions in every sequence")
+        self.eager_steps = 0
+
+    def reset(self):
+        """The group changed (a member left): a new graph is captured after `warmup` eager steps."""
+        self.graph, self.eager_steps = None, 0
+
+    def _compute(self, idx, lr):
+        x = self.x_all[idx]
+        if self.table is not None:
+            cols = self.table[0][idx]
+            rows = self.rows[: cols.shape[0]].expand_as(cols).reshape(-1)
+            cols, target = cols.reshape(-1), self.table[1][idx].reshape(-1)
+        else:
+            rows, cols = (self.y_all[idx] != IGNORE_INDEX).nonzero(as_tuple=True)
+            target = self.y_all[idx][rows, cols]
+        count = max(1, target.numel())
+        G = self.group.size
+        with _autocast(self.device, self.amp):
+            logits, aux = self.group.scored_logits(x, rows, cols, training=True)
+        ce = F.cross_entropy(at_least_float32(logits).flatten(0, 1), target.repeat(G), reduction="none")
+        mean = ce.view(G, -1).sum(1) / count
+        (mean + aux).sum().backward()         # members are independent: each gets its own gradient
+        if self.grad_clip:
+            self._clip(self.group.params, self.grad_clip)
+        self.opt.step(self.group.params, lr)
+        return mean.detach()
+
+    def step(self, idx: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+        if not self.want_graph:
+            return self._compute(idx, lr)
+        if self.graph is not None:
+            self.static_idx.copy_(idx)
+            self.static_lr.copy_(lr)
+            self.graph.replay()
+            return self.static_out.clone()
+        if self.eager_steps < self.warmup:     # real steps, on a side stream (what capture needs first)
+            self.eager_steps += 1
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                out = self._compute(idx, lr)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            return out
+        return self._capture_and_run(idx, lr)
+
+    def _capture_and_run(self, idx, lr):
+        self.static_idx, self.static_lr = idx.clone(), lr.clone()
+        snapshot = self._snapshot()
+        try:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self.static_out = self._compute(self.static_idx, self.static_lr)
+        except Exception as e:  # noqa: BLE001 -- an op that cannot be captured: run eagerly, say why
+            self._restore(snapshot)
+            self.want_graph = False
+            self.graph_note = f"CUDA graph capture failed, eager steps instead: {type(e).__name__}: {e}"[:300]
+            torch.cuda.synchronize(self.device)
+            return self._compute(idx, lr)
+        self.graph = graph
+        graph.replay()                          # capture records the step; the replay runs it
+        return self.static_out.clone()
+
+    def _snapshot(self):
+        """Capture does not run the step, but a failed capture may leave tensors half-written."""
+        g, o = self.group, self.opt
+        return ({k: v.detach().clone() for k, v in g.params.items()}, {k: v.clone() for k, v in g.buffers.items()},
+                {k: v.clone() for k, v in o.m.items()}, {k: v.clone() for k, v in o.v.items()}, o.t.clone())
+
+    def _restore(self, snap):
+        params, buffers, m, v, t = snap
+        with torch.no_grad():
+            for k, p in self.group.params.items():
+                p.copy_(params[k])
+                p.grad = None
+            for k, b in self.group.buffers.items():
+                b.copy_(buffers[k])
+            for k in m:
+                self.opt.m[k].copy_(m[k])
+                self.opt.v[k].copy_(v[k])
+            self.opt.t.copy_(t)
