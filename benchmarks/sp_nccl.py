@@ -5,9 +5,9 @@
     python benchmarks/sp_nccl.py --toy            # one process; tests run it on gloo CPU processes
 
 Parts (rows appended to <out>/sp_nccl.jsonl by rank 0, a machine line first):
-1. correctness: the sequence-parallel GLA (vector gate) and gated delta rule in bf16, and a gated_deltanet
-   mixer, against the single-GPU op / mixer on the whole sequence (every rank computes the reference):
-   outputs and input gradients, relative error per tensor, bf16 tolerance 3e-2;
+1. correctness: the sequence-parallel GLA (vector gate) and gated delta rule in bf16 from an initial state,
+   and a gated_deltanet mixer, against the single-GPU op / mixer on the whole sequence (every rank
+   computes the reference): outputs and gradients, relative error per tensor, bf16 tolerance 3e-2;
 2. weak scaling: 16k tokens per GPU, H = 16, D = 128, GLA fwd+bwd per scheme (allscan, ring,
    allgather), with the one-GPU op on 16k tokens as the baseline; ms per step, bytes per rank;
 3. strong scaling: 64k tokens in total (64k / P per GPU), the same schemes;
@@ -44,15 +44,21 @@ def parse(argv=None):
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--pieces", type=int, default=4)
     p.add_argument("--parts", default="check,weak,strong", help="comma list of check, weak, strong")
+    p.add_argument("--million-T", type=int, default=None,
+                   help="tokens of the --million layer (default 2^20; on one GPU 2^18 measures one of 4 shards)")
     return p.parse_args(argv)
 
 
 def sizes(opts):
     if opts.toy:
-        return {"check_T": 48, "weak_T": 64, "strong_T": 128, "H": 2, "D": 16, "million_T": 96, "million_d": 32,
-                "million_heads": 2}
-    return {"check_T": 8192, "weak_T": 16384, "strong_T": 65536, "H": 16, "D": 128, "million_T": 2**20,
-            "million_d": 2048, "million_heads": 16}
+        S = {"check_T": 48, "weak_T": 64, "strong_T": 128, "H": 2, "D": 16, "million_T": 96, "million_d": 32,
+             "million_heads": 2}
+    else:
+        S = {"check_T": 8192, "weak_T": 16384, "strong_T": 65536, "H": 16, "D": 128, "million_T": 2**20,
+             "million_d": 2048, "million_heads": 16}
+    if opts.million_T:
+        S["million_T"] = opts.million_T
+    return S
 
 
 def device_and_dtype():
@@ -81,14 +87,18 @@ def check_ops(opts, S, device, dtype):
         from attnzoo.ops.linear import gated_linear_attention
 
         fn = gated_linear_attention if op == "gla" else delta_rule
-        o_ref = fn(*full)[0]
-        w = torch.randn(o_ref.shape, generator=torch.Generator().manual_seed(1)).to(device=device, dtype=dtype)
-        ref_grads = torch.autograd.grad((o_ref.float() * w.float()).sum(), full)
+        gen = torch.Generator().manual_seed(1)
+        s0 = torch.randn(1, S["H"], S["D"], S["D"], generator=gen).to(device).requires_grad_()
+        o_ref = fn(*full, initial_state=s0)[0]
+        w = torch.randn(o_ref.shape, generator=gen).to(device=device, dtype=dtype)
+        ref_grads = torch.autograd.grad((o_ref.float() * w.float()).sum(), [*full, s0])
         mine = [x.detach()[:, a:b].clone().requires_grad_() for x in full]
+        s0_mine = s0.detach().clone().requires_grad_()
         with sequence_parallel(pieces=opts.pieces):
-            o = fn(*mine)[0]
-        grads = torch.autograd.grad((o.float() * w[:, a:b].float()).sum(), mine)
-        errs = {"o": rel(o, o_ref[:, a:b])}
+            o = fn(*mine, initial_state=s0_mine)[0]
+        *grads, ds0 = torch.autograd.grad((o.float() * w[:, a:b].float()).sum(), [*mine, s0_mine])
+        dist.all_reduce(ds0)  # the initial state is read on rank 0: its gradient is there
+        errs = {"o": rel(o, o_ref[:, a:b]), "grad_initial_state": rel(ds0, ref_grads[-1])}
         errs.update({f"grad{i}": rel(g, r[:, a:b]) for i, (g, r) in enumerate(zip(grads, ref_grads))})
         rows.append(_worst({"kind": "check", "op": op, "T": T, "P": world, "dtype": str(dtype), **errs}))
     rows.append(_worst(check_mixer(S, device, dtype)))

@@ -49,7 +49,7 @@ def op_inputs(op: str, *, B: int, T: int, H: int, D: int, dtype=torch.float32, d
     return [x.requires_grad_() for x in xs]
 
 
-def op_step(op: str, xs, *, scheme: str, pieces: int, overlap: bool = True, group=None, timeout: float = 300.0):
+def op_step(op: str, xs, *, scheme: str, pieces: int, overlap=None, group=None, timeout: float = 300.0):
     """One fwd+bwd of the sequence-parallel op on this rank's shard."""
     from attnzoo.parallel import delta_rule, gated_linear_attention
 
@@ -121,7 +121,7 @@ def bench_rank(rank: int, world: int, plan: dict) -> list[dict]:
                 dist.all_gather(per_rank, sent)
                 state = shape["H"] * shape["D"] * shape["D"] * 4
                 rows.append({"kind": "op", "op": op, "shape": cfgname, "scheme": scheme, "P": world,
-                             "overlap": bool(overlap and scheme != "ring"),
+                             "overlap": overlap if scheme != "ring" else False,
                              "tokens_per_rank": shape["T"], "H": shape["H"], "D": shape["D"],
                              "pieces": plan["pieces"], "state_bytes": state,
                              "map_bytes": shape["H"] * shape["D"] * (shape["D"] if op == "delta" else 1) * 4,
@@ -173,8 +173,9 @@ def run_world(world: int, plan: dict, *, timeout: float = 3600.0) -> list[dict]:
 
 DEFAULT_PLAN = {
     "ops": OPS,
-    # (scheme, overlap): the scan beside the local pass (a thread on CPU) or before it
-    "variants": (("allscan", True), ("allscan", False), ("ring", False), ("allgather", True)),
+    # (scheme, overlap): None = the default (on CPU: the scan before the local pass), True = beside it
+    # in a thread (what CUDA does with a side stream)
+    "variants": (("allscan", None), ("allscan", True), ("ring", False), ("allgather", None), ("allgather", True)),
     "op_shapes": {"compute": {"T": 1024, "H": 4, "D": 64}, "state": {"T": 128, "H": 8, "D": 128}},
     "pieces": 4,
     "repeats": 5,

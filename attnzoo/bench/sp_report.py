@@ -45,9 +45,7 @@ def model_seconds(r, fits):
 
 
 def label(r):
-    if r["scheme"] == "allscan" and not r.get("overlap", True):
-        return "allscan, not overlapped"
-    return r["scheme"]
+    return r["scheme"] + (", thread overlap" if r.get("overlap") is True else "")
 
 
 def _fmt_bytes(n):
@@ -126,17 +124,18 @@ def write_plot(path, op_rows, comm_rows, fits):
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     worlds = sorted({r["P"] for r in op_rows})
-    styles = {"allscan": "-", "allscan, not overlapped": "-.", "ring": "--", "allgather": ":"}
+    styles = {"allscan": "-", "allscan, thread overlap": "-.", "ring": "--", "allgather": ":",
+              "allgather, thread overlap": (0, (1, 4))}
     for (op, shape) in sorted({(r["op"], r["shape"]) for r in op_rows}):
         for lab, ls in styles.items():
             pts = sorted((r["P"], r["seconds"], r["bytes_sent_max"]) for r in op_rows
                          if r["op"] == op and r["shape"] == shape and label(r) == lab)
             if pts:
-                axes[0].plot([p for p, _, _ in pts], [1e3 * t for _, t, _ in pts], ls, marker="o",
+                axes[0].plot([p for p, _, _ in pts], [1e3 * t for _, t, _ in pts], linestyle=ls, marker="o",
                              label=f"{op}/{shape}/{lab}")
-                if lab != "allscan, not overlapped":
-                    axes[1].plot([p for p, _, _ in pts], [b / 2**20 for _, _, b in pts], ls, marker="o",
-                                 label=f"{op}/{shape}/{lab}")
+                if "thread" not in lab:
+                    axes[1].plot([p for p, _, _ in pts], [b / 2**20 for _, _, b in pts], linestyle=ls,
+                                 marker="o", label=f"{op}/{shape}/{lab}")
     axes[0].set(xlabel="ranks P", ylabel="fwd+bwd ms (weak scaling)", yscale="log", xticks=worlds,
                 title="sequence-parallel op, gloo on a 2-core CPU")
     axes[1].set(xlabel="ranks P", ylabel="MiB sent by the busiest rank per fwd+bwd", xticks=worlds,

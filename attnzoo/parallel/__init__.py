@@ -56,10 +56,12 @@ def check_supported(model: torch.nn.Module):
 
 
 @contextlib.contextmanager
-def sequence_parallel(group=None, *, scheme: str = "allscan", pieces: int = 4, overlap: bool = True,
+def sequence_parallel(group=None, *, scheme: str = "allscan", pieces: int = 4, overlap: bool | None = None,
                       timeout: float = 60.0, model: torch.nn.Module | None = None):
     """Run the ops inside over the ranks of `group` (None: the default group), each rank holding one
-    contiguous shard of the sequence, in rank order. Yields the SPConfig."""
+    contiguous shard of the sequence, in rank order. overlap: None runs the scan beside the local pass
+    on CUDA (a side stream) and before it on CPU; True / False force it (True on CPU: a thread).
+    Yields the SPConfig."""
     cfg = SPConfig.make(group, scheme=scheme, pieces=pieces, overlap=overlap, timeout=timeout)
     if model is not None:
         check_supported(model)
@@ -90,7 +92,7 @@ def shard(x: torch.Tensor, group=None, *, dim: int = 1) -> torch.Tensor:
 
 def gated_linear_attention(q, k, v, g=None, *, g_gamma=None, scale=None, initial_state=None,
                            output_final_state=False, normalize=False, impl="auto", group=None,
-                           scheme="allscan", pieces=4, overlap=True, timeout=60.0):
+                           scheme="allscan", pieces=4, overlap=None, timeout=60.0):
     """`attnzoo.ops.linear.gated_linear_attention` over the ranks of `group`; q, k, v, g are this rank's
     shard [B, T_r, ...]. Returns (o [B, T_r, H, V], state at the end of this shard or None)."""
     from attnzoo.ops.linear import gated_linear_attention as op
@@ -101,7 +103,7 @@ def gated_linear_attention(q, k, v, g=None, *, g_gamma=None, scale=None, initial
 
 
 def delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None, output_final_state=False, impl="auto",
-               group=None, scheme="allscan", pieces=4, overlap=True, timeout=60.0):
+               group=None, scheme="allscan", pieces=4, overlap=None, timeout=60.0):
     """`attnzoo.ops.delta.delta_rule` over the ranks of `group` (as gated_linear_attention above)."""
     from attnzoo.ops.delta import delta_rule as op
 

@@ -1,6 +1,6 @@
 """The sequence-parallel configuration: which process group, which scheme, how long to wait.
 
-    cfg = SPConfig.make(group, scheme="allscan", pieces=4, overlap=True, timeout=60.0)
+    cfg = SPConfig.make(group, scheme="allscan", pieces=4, overlap=None, timeout=60.0)
     cfg.rank, cfg.world          # this process's place along the sequence (rank r holds shard r)
     cfg.peer(r)                  # the global rank of group rank r (what torch.distributed p2p wants)
 
@@ -29,27 +29,29 @@ class SPConfig:
     world: int
     scheme: str = "allscan"
     pieces: int = 4
-    overlap: bool = True
+    overlap: bool | None = None  # None: overlap where it pays (a side stream on CUDA; not on CPU)
     timeout: float = 60.0
     backend: str = "none"
 
     @classmethod
-    def make(cls, group=None, *, scheme="allscan", pieces=4, overlap=True, timeout=60.0) -> SPConfig:
+    def make(cls, group=None, *, scheme="allscan", pieces=4, overlap=None, timeout=60.0) -> SPConfig:
         if scheme not in SCHEMES:
             raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
         if not isinstance(pieces, int) or isinstance(pieces, bool) or pieces < 1:
             raise ValueError(f"pieces must be an int >= 1, got {pieces!r}")
+        if overlap not in (None, True, False):
+            raise ValueError(f"overlap must be None (auto), True or False, got {overlap!r}")
         if not timeout > 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         if group is None and not (dist.is_available() and dist.is_initialized()):
-            return cls(None, 0, 1, scheme, pieces, bool(overlap), float(timeout), "none")
+            return cls(None, 0, 1, scheme, pieces, overlap, float(timeout), "none")
         if not (dist.is_available() and dist.is_initialized()):
             raise ValueError("a process group was given but torch.distributed is not initialised")
         rank, world = dist.get_rank(group), dist.get_world_size(group)
         if rank < 0:
             raise ValueError("this process is not a member of the given process group")
         backend = str(dist.get_backend(group)).lower()
-        return cls(group, rank, world, scheme, pieces, bool(overlap), float(timeout), backend)
+        return cls(group, rank, world, scheme, pieces, overlap, float(timeout), backend)
 
     def peer(self, r: int) -> int:
         """Global rank of group rank r."""

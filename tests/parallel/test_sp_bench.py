@@ -21,7 +21,8 @@ from attnzoo.parallel.comm_model import (
 )
 
 TOY = {"op_shapes": {"tiny": {"T": 12, "H": 2, "D": 8}}, "repeats": 1, "comm_bytes": (2048, 32768),
-       "comm_repeats": 3, "comm_schemes": (("ring", 1), ("allscan", 4), ("allgather", 1))}
+       "comm_repeats": 3, "comm_schemes": (("ring", 1), ("allscan", 4), ("allgather", 1)),
+       "variants": (("allscan", None), ("allscan", True), ("ring", False), ("allgather", None))}
 
 
 def test_bench_sp_rows_bytes_and_report(tmp_path):

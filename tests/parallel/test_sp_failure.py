@@ -38,7 +38,7 @@ def _scenario(rank, world, where, stay_alive):
         q, k, v, g = _gla_inputs()
         if rank == FAILING and where == "forward":
             raise ValueError("planted failure before the op")
-        o, _ = sp_gla(q, k, v, g, timeout=TIMEOUT)
+        o, _ = sp_gla(q, k, v, g, timeout=TIMEOUT, overlap=where == "backward")  # backward: the scan thread
         if rank == FAILING and where == "backward":
             raise ValueError("planted failure before the backward")
         o.sum().backward()
