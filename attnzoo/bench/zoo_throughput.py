@@ -1,0 +1,180 @@
+"""`attnzoo bench zoo-throughput`: model-steps per second of the zoo's training, one run per process
+(the zoo's path until issue #23) against many models trained as one (attnzoo.train.group), eager and
+replayed from CUDA graphs, side by side in one process tree on one device.
+
+Every path trains the same models on the same MQAR batches (the `paper` preset's vocabulary, batch
+sizes and (T, pairs)); a model-step is one optimizer step of one model. Timed after warm-up steps
+(Triton JIT, CUDA graph capture), wall clock between device synchronisations:
+
+- process: `workers` processes at once, each training one model with train_lm (it reads the loss
+  every step, as the zoo's runs did); steps/s = workers * steps / the slowest worker's time.
+- group / group_graph: one process, a group of `group_size` models (the paper's learning rates,
+  repeated) stepped by train.group_step.GroupStep, eager or from a CUDA graph.
+
+Results: <out>/throughput.jsonl (one line per case and path, with the machine line) and
+<out>/throughput.md (the table with the ratios to the process path).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import torch
+
+from attnzoo.bench.zoo_presets import get_preset
+
+DEFAULT_MIXERS = ("softmax", "gla", "gated_deltanet", "deltanet", "mamba", "based", "base_conv", "h3")
+PAIRS = {64: 4, 128: 8, 256: 16, 512: 64}
+
+
+def paper_batch(seq_len: int) -> int:
+    """Zoology's Figure 2 batch sizes: 512 for T <= 128, 256 for T = 256, 128 for T = 512."""
+    return 512 if seq_len <= 128 else (256 if seq_len <= 256 else 128)
+
+
+def _case_spec(mixer: str, d_model: int, seq_len: int, vocab: int) -> dict:
+    return {"task": "mqar", "mixer": mixer, "d_model": d_model, "lr": 1e-3, "seq_len": seq_len,
+            "num_pairs": PAIRS.get(seq_len, max(1, seq_len // 16)), "vocab_size": vocab}
+
+
+def _data(spec: dict, n: int):
+    from attnzoo.tasks import token_task
+
+    return token_task("mqar", seq_len=spec["seq_len"], num_train=n, num_test=64, seed=0,
+                      num_pairs=spec["num_pairs"], vocab_size=spec["vocab_size"])
+
+
+def _models(spec: dict, preset, n: int):
+    """n models as the zoo builds them (the preset's seed: the members of a learning-rate group)."""
+    from attnzoo.bench.zoo import build_model
+
+    return [build_model(spec, preset) for _ in range(n)]
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_group(spec, preset, *, device, group_size: int, graph: bool, steps: int, warmup: int) -> float:
+    """Seconds per group step (group_size models), after `warmup` steps (capture included)."""
+    from attnzoo.train.group import GroupAdamW, GroupModel
+    from attnzoo.train.group_step import GroupStep
+    from attnzoo.train.trainer import batch_indices
+
+    batch = paper_batch(spec["seq_len"])
+    data = _data(spec, max(4 * batch, 2048))
+    x, y = (t.to(device) for t in data.train)
+    group = GroupModel(_models(spec, preset, group_size), device)
+    opt = GroupAdamW(group.params, weight_decay=0.1)
+    stepper = GroupStep(group, opt, x, y, batch_size=batch, grad_clip=1.0, amp=None, device=device, graph=graph)
+    lr = torch.full((group_size,), 1e-3, dtype=torch.float64, device=device)
+    idx = [batch_indices(i, n=x.shape[0], batch_size=batch, seed=0).to(device) for i in range(warmup + steps)]
+    for i in range(warmup):
+        stepper.step(idx[i], lr)
+    _sync(device)
+    t0 = time.perf_counter()
+    for i in range(warmup, warmup + steps):
+        stepper.step(idx[i], lr)
+    _sync(device)
+    if graph and stepper.graph is None:
+        raise RuntimeError(stepper.graph_note or "no CUDA graph was captured")
+    return (time.perf_counter() - t0) / steps
+
+
+def _process_worker(spec, preset_name, device, steps, warmup, seed, barrier, queue):
+    from attnzoo.train import TrainConfig, train_lm
+
+    preset = get_preset(preset_name)
+    torch.set_num_threads(1)
+    batch = paper_batch(spec["seq_len"])
+    data = _data(spec, max(4 * batch, 2048))
+    model = _models(spec, preset, 1)[0]
+    marks = {}
+
+    def on_step(step, loss):
+        if step == warmup:
+            _sync(device)
+            barrier.wait()
+            marks["t0"] = time.perf_counter()
+        elif step == warmup + steps:
+            _sync(device)
+            marks["t1"] = time.perf_counter()
+
+    cfg = TrainConfig(steps=warmup + steps, batch_size=batch, lr=1e-3, eval_every=10**9, device=device,
+                      warmup_steps=1, seed=seed)
+    train_lm(model, train=data.train, test=(data.test[0][:8], data.test[1][:8]), config=cfg, on_step=on_step)
+    queue.put(marks["t1"] - marks["t0"])
+
+
+def time_processes(spec, preset_name, *, device, workers: int, steps: int, warmup: int) -> float:
+    """Seconds per model-step with `workers` one-model processes sharing the device."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    barrier, queue = ctx.Barrier(workers), ctx.Queue()
+    procs = [ctx.Process(target=_process_worker, args=(spec, preset_name, device, steps, warmup, w, barrier, queue))
+             for w in range(workers)]
+    for p in procs:
+        p.start()
+    times = [queue.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    return max(times) / (workers * steps)
+
+
+def run_throughput(*, mixers=DEFAULT_MIXERS, d_models=(64, 256), seq_lens=(64, 256), out: str,
+                   device: str = "cuda", steps: int = 20, warmup: int = 5, group_size: int = 4,
+                   workers: int = 8, paths=("process", "group", "group_graph"), preset: str = "paper") -> list[dict]:
+    """Time every (mixer, d_model, seq_len) on every path; append each result to throughput.jsonl."""
+    from attnzoo.bench.zoo import machine_line
+
+    pre = get_preset(preset)
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "throughput.jsonl")
+    rows = []
+    for mixer in mixers:
+        for d in d_models:
+            for T in seq_lens:
+                spec = _case_spec(mixer, d, T, pre.vocab_size)
+                for how in paths:
+                    rec = {"mixer": mixer, "d_model": d, "seq_len": T, "path": how, "batch": paper_batch(T),
+                           "steps": steps, "machine": machine_line(device)}
+                    try:
+                        if how == "process":
+                            sec = time_processes(spec, preset, device=device, workers=workers, steps=steps,
+                                                 warmup=warmup)
+                            rec["workers"] = workers
+                        else:
+                            sec = time_group(spec, pre, device=device, group_size=group_size,
+                                             graph=how == "group_graph", steps=steps, warmup=warmup) / group_size
+                            rec["group_size"] = group_size
+                        rec["model_steps_per_s"] = round(1.0 / sec, 2)
+                    except Exception as e:  # noqa: BLE001 -- one case failing must not lose the others
+                        rec["error"] = f"{type(e).__name__}: {e}"[:300]
+                    rows.append(rec)
+                    with open(path, "a", encoding="utf-8") as f:
+                        f.write(json.dumps(rec) + "\n")
+                    print(json.dumps(rec), flush=True)
+    write_throughput_table(rows, out)
+    return rows
+
+
+def write_throughput_table(rows: list[dict], out: str) -> str:
+    paths = [p for p in ("process", "group", "group_graph") if any(r["path"] == p for r in rows)]
+    head = "| mixer | d | T | " + " | ".join(f"{p} steps/s" for p in paths) + " | " + \
+        " | ".join(f"{p}/process" for p in paths if p != "process") + " |"
+    lines = [head, "|" + "---|" * (3 + len(paths) + len(paths) - 1)]
+    keys = sorted({(r["mixer"], r["d_model"], r["seq_len"]) for r in rows}, key=lambda k: (k[0], k[1], k[2]))
+    for key in keys:
+        got = {r["path"]: r.get("model_steps_per_s") for r in rows if (r["mixer"], r["d_model"], r["seq_len"]) == key}
+        cells = [f"{got[p]:.1f}" if got.get(p) else "error" for p in paths]
+        base = got.get("process")
+        ratios = [f"{got[p] / base:.1f}x" if got.get(p) and base else "-" for p in paths if p != "process"]
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(cells + ratios) + " |")
+    md = "\n".join(lines) + "\n"
+    with open(os.path.join(out, "throughput.md"), "w", encoding="utf-8") as f:
+        f.write(md)
+    return md
