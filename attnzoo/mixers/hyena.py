@@ -124,7 +124,7 @@ class HyenaFilter(nn.Module):
     card=Card(
         title="Hyena: implicit long convolutions (sin-FFN of positions × decay window) interleaved with gating",
         paper=Paper("Hyena Hierarchy: Towards Larger Convolutional Language Models",
-                    "Poli, Massaroli, Nguyen, Fu, Dao, Baccus, Bengio, Ermon & Ré", 2023, "2302.10866"),
+                    "Poli et al.", 2023, "2302.10866"),
         family="conv",
         complexity="O(T log T d)",
         state_bytes=hyena_state_bytes,
