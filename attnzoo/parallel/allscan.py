@@ -153,18 +153,21 @@ class ScanHandle:
         return self._result
 
 
+def overlaps(cfg: SPConfig, device: torch.device, *, auto: bool = True) -> bool:
+    """Whether a scan runs beside the caller's local pass: never for the ring (LASP-1) or a group of one;
+    cfg.overlap None: on CUDA when `auto` (the op says the overlap pays), never on CPU."""
+    if cfg.scheme == "ring" or cfg.world == 1:
+        return False
+    return (device.type == "cuda" and auto) if cfg.overlap is None else cfg.overlap
+
+
 class AffineScan:
     """One op's scans: `forward(a, b, first)` -> handle of (S_in, S_out); `reverse(c)` -> handle of
     (x, y), reusing the maps (and, for allgather, the gathered maps) of the forward."""
 
-    def __init__(self, cfg: SPConfig, *, dense: bool, what: str):
-        self.cfg, self.dense, self.what = cfg, dense, what
+    def __init__(self, cfg: SPConfig, *, dense: bool, what: str, overlap: bool = False):
+        self.cfg, self.dense, self.what, self.overlap = cfg, dense, what, overlap
         self.a, self.maps = None, None
-
-    def _overlap(self, device: torch.device) -> bool:
-        if self.cfg.scheme == "ring":
-            return False
-        return device.type == "cuda" if self.cfg.overlap is None else self.cfg.overlap
 
     def forward(self, a, b, first) -> ScanHandle:
         cfg, self.a = self.cfg, a
@@ -178,7 +181,7 @@ class AffineScan:
             def fn():
                 return pipeline_scan(cfg, a, b, first, dense=self.dense, reverse=False, pieces=pieces,
                                      what=self.what)
-        return ScanHandle(cfg, fn, overlap=self._overlap(b.device), device=b.device)
+        return ScanHandle(cfg, fn, overlap=self.overlap, device=b.device)
 
     def reverse(self, c) -> ScanHandle:
         cfg, a = self.cfg, self.a
@@ -191,4 +194,4 @@ class AffineScan:
             def fn():
                 return pipeline_scan(cfg, a, c, None, dense=self.dense, reverse=True, pieces=pieces,
                                      what=self.what + " (backward)")
-        return ScanHandle(cfg, fn, overlap=self._overlap(c.device), device=c.device)
+        return ScanHandle(cfg, fn, overlap=self.overlap, device=c.device)

@@ -96,7 +96,13 @@ def delta_shard_map(q, k, v, beta, g=None, *, chunk: int = 64):
 
 
 class DeltaBody:
+    """Without overlap (the default, also on CUDA), one op call on the values [v | 0] from the state
+    [0 | I] gives everything: the state's columns evolve independently, so the output is [o_local |
+    scale Q̃] and the final state [B | A] (measured on the CPU: 1.2-2.4x the op, against 2.7-4x for the
+    op plus this module's map). With overlap=True the map comes first, from the chunk form above."""
+
     dense = True
+    overlap_pays = False
     name = "All-Scan (delta rule)"
 
     def __init__(self, scale: float, impl: str, chunk: int = 64):
@@ -110,6 +116,18 @@ class DeltaBody:
         from attnzoo.ops.delta import delta_rule
 
         return delta_rule(q, k, v, beta, g, scale=self.scale, impl=self.impl)[0]
+
+    def fused(self, q, k, v, beta, g):
+        from attnzoo.ops.delta import delta_rule
+
+        Bsz, T, H, K = q.shape
+        V = v.shape[-1]
+        ct = compute_dtype(q, k, v, beta, g)
+        eye = torch.eye(K, dtype=ct, device=q.device).expand(Bsz, H, K, K)
+        S0 = torch.cat([torch.zeros(Bsz, H, K, V, dtype=ct, device=q.device), eye], -1)
+        o, S = delta_rule(q, k, torch.cat([v, v.new_zeros(Bsz, T, H, K)], -1), beta, g, scale=self.scale,
+                          initial_state=S0, output_final_state=True, impl=self.impl)
+        return o[..., :V], S[..., V:], S[..., :V], o[..., V:].to(ct)
 
 
 def sp_delta_rule(cfg, q, k, v, beta, g=None, *, scale, initial_state=None, output_final_state=False, impl="auto"):

@@ -10,8 +10,9 @@ On rank p, with b_t = Σ_{j<=t} (g_j + g_gamma) the cumulative log decay from th
 
 b_L - b_t is summed from the shard's end (an exclusive reverse cumsum) rather than taken as a
 difference of cumsums, so every exponent is <= 0 and exact to rounding (CHUNKED.md §1). o_local is
-the public op `attnzoo.ops.linear.gated_linear_attention` from a zero state, computed while the
-All-Scan of (A_p, B_p) runs.
+the public op `attnzoo.ops.linear.gated_linear_attention` from a zero state: with overlap, computed
+while the All-Scan of (A_p, B_p) runs (B_p then from the formula above); without, first, and B_p is
+its final state.
 """
 
 from __future__ import annotations
@@ -34,24 +35,32 @@ def shard_log_decay(g, g_gamma, B: int, T: int, H: int, dtype):
     return ld
 
 
+def gla_decay_map(q, g=None, g_gamma=None, *, scale: float, dtype=None):
+    """(A [B, H, K|1, 1] or None, M [B, T, H, K], the per-step log decay or None) of one shard."""
+    ct = dtype or compute_dtype(q, g)
+    B, T, H, _ = q.shape
+    ld = shard_log_decay(g, g_gamma, B, T, H, ct)
+    if ld is None:
+        return None, scale * q.to(ct), None
+    b = ld.cumsum(1)
+    return torch.exp(b[:, -1])[..., None], scale * q.to(ct) * torch.exp(b), ld
+
+
 def gla_shard_map(q, k, v, g=None, g_gamma=None, *, scale: float):
     """(A [B, H, K|1, 1] or None, B [B, H, K, V], M [B, T, H, K]) of one shard (module docstring)."""
     ct = compute_dtype(q, k, v, g)
-    B, T, H, _ = q.shape
-    qf, kf, vf = q.to(ct), k.to(ct), v.to(ct)
-    ld = shard_log_decay(g, g_gamma, B, T, H, ct)
-    if ld is None:
-        return None, torch.einsum("bthk,bthv->bhkv", kf, vf), scale * qf
-    b = ld.cumsum(1)
-    suffix = ld.flip(1).cumsum(1).flip(1)  # Σ_{j >= t}
-    rest = torch.cat([suffix[:, 1:], torch.zeros_like(suffix[:, :1])], 1)  # Σ_{j > t} = b_L - b_t
-    A = torch.exp(b[:, -1])[..., None]
-    Bm = torch.einsum("bthk,bthv->bhkv", kf * torch.exp(rest), vf)
-    return A, Bm, scale * qf * torch.exp(b)
+    A, M, ld = gla_decay_map(q, g, g_gamma, scale=scale, dtype=ct)
+    kf, vf = k.to(ct), v.to(ct)
+    if ld is not None:
+        suffix = ld.flip(1).cumsum(1).flip(1)  # Σ_{j >= t}
+        rest = torch.cat([suffix[:, 1:], torch.zeros_like(suffix[:, :1])], 1)  # Σ_{j > t} = b_L - b_t
+        kf = kf * torch.exp(rest)
+    return A, torch.einsum("bthk,bthv->bhkv", kf, vf), M
 
 
 class GLABody:
     dense = False
+    overlap_pays = True  # the map before the local pass costs a few elementwise ops and one matmul
     name = "All-Scan (gated linear attention)"
 
     def __init__(self, scale: float, impl: str):
@@ -60,10 +69,19 @@ class GLABody:
     def prepare(self, q, k, v, g, g_gamma):
         return gla_shard_map(q, k, v, g, g_gamma, scale=self.scale)
 
-    def local(self, q, k, v, g, g_gamma):
+    def _op(self, q, k, v, g, g_gamma, final_state):
         from attnzoo.ops.linear import gated_linear_attention
 
-        return gated_linear_attention(q, k, v, g, g_gamma=g_gamma, scale=self.scale, impl=self.impl)[0]
+        return gated_linear_attention(q, k, v, g, g_gamma=g_gamma, scale=self.scale, impl=self.impl,
+                                      output_final_state=final_state)
+
+    def local(self, q, k, v, g, g_gamma):
+        return self._op(q, k, v, g, g_gamma, False)[0]
+
+    def fused(self, q, k, v, g, g_gamma):
+        o, S = self._op(q, k, v, g, g_gamma, True)  # B is the op's own final state
+        A, M, _ = gla_decay_map(q, g, g_gamma, scale=self.scale, dtype=S.dtype)
+        return o, A, S, M
 
 
 def sp_gated_linear_attention(cfg: SPConfig, q, k, v, g=None, *, g_gamma=None, scale, initial_state=None,

@@ -6,19 +6,21 @@ sequence from an incoming state S_in, decomposes as
     o = o_local + M S_in                 (o_local: the shard's output from a zero state; M [B, T, H, K])
     S_out = A S_in + B                   (the shard's map: A diagonal or dense, B its end state from zero)
 
-A `body` supplies `prepare(*inputs) -> (A, B, M)` (differentiable torch code) and `local(*inputs) ->
-o_local` (the public single-device op). Forward: prepare, start the scan of (A, B) across the ranks,
-compute o_local while it runs, then add M S_in. Backward, given do and dS_out (the user's gradient on
-this rank's end state):
+A `body` supplies two ways to get these (differentiable torch code around the public single-device op):
+- `fused(*inputs) -> (o_local, A, B, M)`: one local pass gives everything; then the scan of (A, B)
+  across the ranks, then o += M S_in. The default wherever the overlap does not pay.
+- `prepare(*inputs) -> (A, B, M)` and `local(*inputs) -> o_local`: the map first, the scan started,
+  o_local computed while it runs (ZeCO's overlap; `allscan.overlaps` decides).
+
+Backward, given do and dS_out (the user's gradient on this rank's end state):
 
     dM = do S_inᵀ,   C = Mᵀ do + Aᵀ dS_out                   (local, before any communication)
     reverse scan:   x = gradient arriving from rank p+1,   dS_in = Aᵀ x + C  (sent to rank p-1)
-    while it runs:  the gradients of o_local (the single-device op's backward)
     then:           dB = dS_out + x,   dA = (dS_out + x) S_inᵀ (diagonal: summed over V)
 
-and the gradients of prepare's inputs through (A, B, M) by autograd; rank 0's dS_in is the gradient
-of the initial state. Parameters shared by the ranks get partial gradients on each rank (sum them
-over the group, as data parallelism sums over its replicas).
+and the inputs' gradients through (o_local, A, B, M) by autograd (overlapped: o_local's part while the
+reverse scan runs). Rank 0's dS_in is the initial state's gradient. Parameters shared by the ranks get
+partial gradients on each rank (sum them over the group, as data parallelism sums over replicas).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from __future__ import annotations
 import torch
 
 from attnzoo.ops.dispatch import op_overrides
-from attnzoo.parallel.allscan import AffineScan, apply_map
+from attnzoo.parallel.allscan import AffineScan, apply_map, overlaps
 from attnzoo.parallel.context import SPConfig
 
 
@@ -37,16 +39,29 @@ def _sum_to(x: torch.Tensor, shape) -> torch.Tensor:
 
 def _forward(body, cfg: SPConfig, S0, leaves, *, graph: bool):
     """Shared by the autograd path (graph=True: leaves require grad, graphs are kept) and no-grad."""
-    with torch.set_grad_enabled(graph):
-        A, Bm, M = body.prepare(*leaves)
-    scan = AffineScan(cfg, dense=body.dense, what=body.name)
+    device = next(t.device for t in leaves if t is not None)
+    overlap = overlaps(cfg, device, auto=body.overlap_pays)
+    scan = AffineScan(cfg, dense=body.dense, what=body.name, overlap=overlap)
+    with torch.set_grad_enabled(graph), op_overrides(None):  # the local pass is the single-device op
+        if overlap:
+            A, Bm, M = body.prepare(*leaves)
+        else:
+            o_local, A, Bm, M = body.fused(*leaves)
     first = None if S0 is None or cfg.rank else S0.detach().to(Bm.dtype)
     handle = scan.forward(None if A is None else A.detach(), Bm.detach(), first)
-    with torch.set_grad_enabled(graph), op_overrides(None):  # the local pass is the single-device op
-        o_local = body.local(*leaves)
+    if overlap:
+        with torch.set_grad_enabled(graph), op_overrides(None):
+            o_local = body.local(*leaves)
     S_in, S_out = handle.wait()
     o = (o_local.to(M.dtype) + torch.einsum("bthk,bhkv->bthv", M.detach(), S_in)).to(o_local.dtype)
     return o, S_out, (A, Bm, M, o_local, S_in, scan)
+
+
+def _grad(outputs, grads, inputs):
+    pairs = [(t, g) for t, g in zip(outputs, grads) if t is not None and t.requires_grad]
+    if not pairs or not inputs:
+        return [None] * len(inputs)
+    return torch.autograd.grad([t for t, _ in pairs], inputs, [g for _, g in pairs], allow_unused=True)
 
 
 class ScanFunction(torch.autograd.Function):
@@ -70,32 +85,28 @@ class ScanFunction(torch.autograd.Function):
         C = torch.einsum("bthk,bthv->bhkv", M.detach(), dof) + apply_map(Ad, dS_out, dense=body.dense, transpose=True)
         handle = scan.reverse(C)
         want = [i for i, t in enumerate(leaves) if t is not None and t.requires_grad]
-        grads = [None] * len(leaves)
-        if want and o_local.requires_grad:  # the single-device op's backward, while the scan runs
-            g_local = torch.autograd.grad(o_local, [leaves[i] for i in want], do, allow_unused=True)
-            for i, g in zip(want, g_local):
-                grads[i] = g
+        inputs = [leaves[i] for i in want]
+        grads = [None] * len(want)
+        if scan.overlap:  # the single-device op's backward while the reverse scan runs
+            grads = list(_grad([o_local], [do], inputs))
         x, dS_in = handle.wait()
         dB = dS_out + x
-        outs, gouts = [Bm, M], [dB, dM]
+        dA = None
         if A is not None and A.requires_grad:
             dA = dB @ S_in.transpose(-1, -2) if body.dense else _sum_to(dB * S_in, A.shape)
-            outs.append(A)
-            gouts.append(dA)
-        pairs = [(t, g) for t, g in zip(outs, gouts) if t.requires_grad]
-        if want and pairs:
-            g_prep = torch.autograd.grad([t for t, _ in pairs], [leaves[i] for i in want], [g for _, g in pairs],
-                                         allow_unused=True)
-            for i, g in zip(want, g_prep):
-                if g is not None:
-                    grads[i] = g if grads[i] is None else grads[i] + g
-        for i in want:
-            if grads[i] is not None:
-                grads[i] = grads[i].to(leaves[i].dtype)
-        dS0 = dS_in if ctx.S0_grad and cfg.rank == 0 else None
-        if ctx.S0_grad and dS0 is None:
-            dS0 = torch.zeros_like(dS_in)  # the initial state is read on rank 0 only
-        return (None, None, dS0, *grads)
+        outs, gouts = [Bm, M, A], [dB, dM, dA]
+        if not scan.overlap:  # one graph: everything in one pass
+            outs, gouts = [o_local, *outs], [do, *gouts]
+        for j, g in enumerate(_grad(outs, gouts, inputs)):
+            if g is not None:
+                grads[j] = g if grads[j] is None else grads[j] + g
+        full = [None] * len(leaves)
+        for j, i in enumerate(want):
+            full[i] = None if grads[j] is None else grads[j].to(leaves[i].dtype)
+        dS0 = None
+        if ctx.S0_grad:  # the initial state is read on rank 0 only
+            dS0 = dS_in if cfg.rank == 0 else torch.zeros_like(dS_in)
+        return (None, None, dS0, *full)
 
 
 def run_scan_op(body, cfg: SPConfig, S0, inputs):

@@ -41,6 +41,13 @@ CASES = {
     "delta_gated_ring_f64": case("delta", "scalar", scheme="ring"),
     "delta_gated_allgather_f64": case("delta", "scalar", scheme="allgather"),
     "delta_gated_padded_f64": case("delta", "scalar", T=40, padded=True),
+    # overlap=None on the CPU: one fused local pass (GLA: the op's final state is B; delta rule: the op
+    # on identity columns), the scan after it; the cases above with overlap=True prepare the map first
+    "gla_vector_init_fused_f64": case("gla", "vector", overlap=None),
+    "gla_scalar_gamma_fused_f32": case("gla", "scalar", gamma=True, overlap=None, dtype=torch.float32),
+    "delta_gated_init_fused_f64": case("delta", "scalar", overlap=None),
+    "delta_plain_fused_allgather_f64": case("delta", None, overlap=None, scheme="allgather"),
+    "delta_gated_fused_f32": case("delta", "scalar", overlap=None, dtype=torch.float32),
 }
 GRADS = ("q", "k", "v", "g", "beta", "g_gamma", "initial_state")
 
