@@ -25,15 +25,18 @@ short filter 3, fixed decay rates with fast_decay_pct 0.3, slow_decay_pct 1.5, t
 (x^1 ⊙ v)), N-1 filters for order N), while this module follows the paper's recurrence (convolution
 then gate, N filters); and its positional features are trainable, fixed here.
 
-Length: the filters have l_max taps. One call with T > l_max raises ValueError (build with a larger
-l_max); a state continuation may go past l_max tokens, and then every token sees the l_max - 1
-previous real tokens of each stream (a sliding receptive field, which the cache holds exactly).
+Length: the filters have l_max taps (default 2048, the positions normalised by l_max, so h_t does not
+depend on T). One call with T > l_max raises ValueError (build with a larger l_max); a state
+continuation may go past l_max tokens, and then every token sees the l_max - 1 previous real tokens
+of each stream (a sliding receptive field, which the cache holds exactly). A fresh call (no state)
+generates only the min(l_max, T+1) taps it can use, so training cost does not grow with l_max.
 
 Decoding keeps `HyenaState`: short [B, W-1, (N+1)·d] (the short conv's last W-1 real inputs) and
 long [B, N, l_max-1, d] (each long convolution's last l_max-1 real inputs z^n; zeros at the start).
-A step costs O(l_max · d) per stream, plus regenerating the filters. Padded steps are skipped by the
-convolutions (ops/conv), so they never reach real outputs or the state. Training and prefill use
-ops/conv's long convolution (F.conv1d while T <= 64, FFT beyond: O(T log T) per channel).
+A step costs O(l_max · d) per stream, plus regenerating all l_max taps of the filters (the FFN,
+O(l_max · filter_order^2): at l_max = 2048 the larger part of a step; not cached). Padded steps are
+skipped by the convolutions (ops/conv), so they never reach real outputs or the state. Training and
+prefill use ops/conv's long convolution (F.conv1d while T <= 64, FFT beyond: O(T log T) per channel).
 """
 
 from __future__ import annotations
@@ -64,9 +67,11 @@ def hyena_state_bytes(d_model: int, n_heads: int, seq_len: int, order: int = 2, 
     return 4 * d_model * (order * (l_max - 1) + (order + 1) * (short_filter_order - 1))
 
 
-def positional_features(l_max: int, emb_dim: int, *, dtype=torch.float32, device=None) -> torch.Tensor:
-    """z [l_max, emb_dim]: t/l_max, then Re and Im of exp(i 2πk t/l_max) for k = 0..K-1 (emb_dim = 2K+1)."""
-    t = torch.arange(l_max, dtype=dtype, device=device)[:, None]
+def positional_features(l_max: int, emb_dim: int, *, length: int | None = None, dtype=torch.float32,
+                        device=None) -> torch.Tensor:
+    """z [length, emb_dim] for t < length (default l_max): t/l_max, then Re and Im of exp(i 2πk t/l_max)
+    for k = 0..K-1 (emb_dim = 2K+1)."""
+    t = torch.arange(l_max if length is None else length, dtype=dtype, device=device)[:, None]
     k = torch.arange((emb_dim - 1) // 2, dtype=dtype, device=device)
     angle = 2 * math.pi * k * t / l_max
     return torch.cat([t / l_max, torch.cos(angle), torch.sin(angle)], -1)
@@ -103,20 +108,21 @@ class HyenaFilter(nn.Module):
         pct = torch.linspace(self.slow_decay_pct, self.fast_decay_pct, self.channels, dtype=dtype, device=device)
         return abs(math.log(self.decay_target)) / pct
 
-    def window(self, *, dtype=torch.float32, device=None) -> torch.Tensor:
-        """Window [channels, l_max] = exp(-α_c t / l_max)."""
-        t = torch.arange(self.l_max, dtype=dtype, device=device) / self.l_max
+    def window(self, length: int | None = None, *, dtype=torch.float32, device=None) -> torch.Tensor:
+        """Window [channels, length] = exp(-α_c t / l_max) for t < length (default l_max)."""
+        t = torch.arange(self.l_max if length is None else length, dtype=dtype, device=device) / self.l_max
         return torch.exp(-self.decay_rates(dtype=dtype, device=device)[:, None] * t)
 
-    def unmodulated(self) -> torch.Tensor:
-        """FFN(z_t) as [n_filters, channels, l_max] (before the window)."""
+    def unmodulated(self, length: int | None = None) -> torch.Tensor:
+        """FFN(z_t) as [n_filters, channels, length] (before the window; the first taps of the l_max ones)."""
         w = self.ffn[0].weight
-        z = positional_features(self.l_max, self.emb_dim, dtype=w.dtype, device=w.device)
-        return self.ffn(z).view(self.l_max, self.n_filters, self.channels).permute(1, 2, 0)
+        z = positional_features(self.l_max, self.emb_dim, length=length, dtype=w.dtype, device=w.device)
+        return self.ffn(z).view(z.shape[0], self.n_filters, self.channels).permute(1, 2, 0)
 
-    def forward(self) -> torch.Tensor:
-        h = self.unmodulated()
-        return h * self.window(dtype=h.dtype, device=h.device)
+    def forward(self, length: int | None = None) -> torch.Tensor:
+        """h [n_filters, channels, length]: taps 0..length-1 (default all l_max)."""
+        h = self.unmodulated(length)
+        return h * self.window(length, dtype=h.dtype, device=h.device)
 
 
 @register(
@@ -129,7 +135,7 @@ class HyenaFilter(nn.Module):
         complexity="O(T log T d)",
         state_bytes=hyena_state_bytes,
         causal=True,
-        example_kwargs={"l_max": 32, "filter_order": 16},
+        example_kwargs={"filter_order": 16},
     ),
 )
 class Hyena(Mixer):
@@ -189,12 +195,16 @@ class Hyena(Mixer):
             raise ValueError(f"Hyena's filters have l_max={self.l_max} taps, but x has T={x.shape[1]} steps: "
                              f"build it with l_max >= {x.shape[1]} (or feed the sequence in pieces with a state)")
         gates, z, short = self.streams(x, mask, None if state is None else state.short, return_state)
-        h = self.filter()  # [N, d, l_max]
+        # a fresh sequence needs T taps; T+1 make the cache hold all T inputs (zeros before them, padded below)
+        taps = self.l_max if state is not None else min(self.l_max, x.shape[1] + 1)
+        h = self.filter(taps)  # [N, d, taps]
         caches = []
         for n in range(self.order):
             c, cache = long_causal_conv(z, h[n], cache=None if state is None else state.long[:, n], mask=mask,
                                         output_cache=return_state, impl=self.conv_impl)
             z = gates[n] * (c + self.skip[n] * z)
+            if cache is not None and taps < self.l_max:
+                cache = torch.nn.functional.pad(cache, (0, 0, self.l_max - taps, 0))  # the zeros before the start
             caches.append(cache)
         y = self.out_proj(z)
         return y, (HyenaState(short=short, long=torch.stack(caches, 1)) if return_state else None)

@@ -137,6 +137,18 @@ def test_decoding_past_l_max_keeps_a_receptive_field_of_l_max():
         m(x[:, :13])
 
 
+@pytest.mark.parametrize("T", [1, 11, 12])
+def test_a_prefill_of_any_length_continues_like_the_reference(T):
+    """A fresh call generates only min(l_max, T+1) taps and pads its caches with the zeros before the start."""
+    m = make(order=2, l_max=12)
+    x = rand(1, T + 4, D, seed=T)
+    with torch.no_grad():
+        y1, s = m(x[:, :T], return_state=True)
+        y2 = m(x[:, T:], state=s)
+        torch.testing.assert_close(torch.cat([y1, y2], 1), reference(m, x), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(m.filter(5), m.filter()[..., :5], rtol=1e-13, atol=1e-15)
+
+
 def test_window_decays_as_the_modulation_says():
     m = Hyena(D, l_max=100, fast_decay_pct=0.3, slow_decay_pct=1.5, decay_target=1e-2)
     f = m.filter
