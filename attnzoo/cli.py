@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     pz.add_argument("--resume", action="store_true", help="skip the runs already in <out>/results.jsonl")
     pz.add_argument("--d-models", type=_ints, help="override the preset's widths, e.g. 64,128")
     pz.add_argument("--lrs", type=_floats, help="override the preset's learning rates, e.g. 1e-3,3e-3")
-    pz.add_argument("--steps", type=int, help="override the most steps per run")
+    pz.add_argument("--steps", type=int, help="override the most steps per run (honoured below the preset's "
+                    "floor too, with a note)")
     pz.add_argument("--grid", type=_grid, help="override the (T, pairs) settings, e.g. 64:4,128:8 (passkey: 256)")
     pz.add_argument("--total-seconds", type=float, help="override the whole sweep's time budget")
     pz.add_argument("--workers", type=int,
@@ -152,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     psp = bsub.add_parser("sp", help="sequence parallelism on gloo CPU processes: All-Scan vs ring vs all-gather, "
                           "time and bytes per rank against P, alpha-beta model (GPUs: benchmarks/sp_nccl.py)")
     psp.add_argument("--worlds", type=_ints, default=(1, 2, 3, 4), help="numbers of processes P, e.g. 1,2,4")
-    psp.add_argument("--repeats", type=int, default=5, help="timed fwd+bwd steps per case (after one warm-up)")
+    psp.add_argument("--repeats", type=int, default=3, help="timed fwd+bwd steps per case and round (after a warm-up)")
+    psp.add_argument("--rounds", type=int, default=3, help="interleaved rounds per case (the median is reported)")
     psp.add_argument("--out", default="benchmarks/results/sp", help="folder for sp.jsonl (appended), sp.md, sp.png")
     psp.set_defaults(func=cmd_bench_sp)
 
@@ -168,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_bench_sp(args):
     from attnzoo.bench.sp import run_sp_bench
 
-    run_sp_bench(args.worlds, out=args.out, plan={"repeats": args.repeats})
+    run_sp_bench(args.worlds, out=args.out, plan={"repeats": args.repeats, "rounds": args.rounds})
 
 
 def cmd_bench_speed(args):
