@@ -215,7 +215,11 @@ def run_zoo(*, preset: ZooPreset, out: str, mixers: list[str] | None = None, tas
     once (the probe); the runs go longest first; every run gets the same number of steps,
     preset.steps or fewer if the probes say that would not fit in total_seconds (early stop at
     the target); a wall-clock cap, the unused budget shared by the unfinished runs, cuts a run
-    only when the machine turns out slower than probed (zoo_schedule.py)."""
+    only when the machine turns out slower than probed (zoo_schedule.py).
+
+    Raises ValueError before any run for unknown or non-causal mixers, impossible task settings
+    and workers/threads < 1; ZooInterrupted (a KeyboardInterrupt) on Ctrl-C, once the runs in
+    flight are stopped: the finished ones stay in results.jsonl for resume=True."""
     from attnzoo.bench.zoo_progress import ZooProgress
     from attnzoo.bench.zoo_report import write_report
 
