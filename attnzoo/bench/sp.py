@@ -6,7 +6,7 @@ against the number of ranks P, for All-Scan (ZeCO), the ring (LASP-1) and the al
 For each P, P gloo processes are started (forkserver, file rendezvous) and measure
 - op rows: the sequence-parallel op (GLA with a vector gate, gated delta rule) fwd+bwd on
   `tokens_per_rank` tokens per rank (weak scaling), every scheme; seconds per step (barrier, n steps,
-  barrier) and the bytes each rank sent (counted in attnzoo.parallel.comm);
+  barrier; the median of interleaved rounds) and the bytes each rank sent (attnzoo.parallel.comm);
 - comm rows: one forward state scan alone, states of several sizes, ring / allscan (n pieces) /
   allgather; per repeat the time from the first rank's start to the last rank's end (the ranks share
   one clock), median over repeats.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import tempfile
 import time
 import uuid
@@ -101,32 +102,41 @@ def scan_latency(state_bytes: int, scheme: str, pieces: int, repeats: int, *, de
 
 
 def bench_rank(rank: int, world: int, plan: dict) -> list[dict]:
-    """Everything one rank measures for one P; rank 0's list is the result (others return [])."""
+    """Everything one rank measures for one P; rank 0's list is the result (others return []).
+    The variants of one (op, shape) are timed in `rounds` interleaved rounds, each in a rotated order,
+    and the median round is reported (a shared machine's load comes and goes)."""
     from attnzoo.parallel import comm
 
     rows = []
     for op in plan["ops"]:
         for cfgname, shape in plan["op_shapes"].items():
             xs = op_inputs(op, B=1, T=shape["T"], H=shape["H"], D=shape["D"], seed=rank)
-            for scheme, overlap in plan["variants"]:
-                def step(op=op, xs=xs, scheme=scheme, overlap=overlap):
-                    for x in xs:
-                        x.grad = None
-                    op_step(op, xs, scheme=scheme, pieces=plan["pieces"], overlap=overlap)
+            variants = list(plan["variants"])
+            times, sent = {v: [] for v in variants}, {}
+            for rnd in range(plan["rounds"]):
+                for scheme, overlap in variants[rnd % len(variants):] + variants[:rnd % len(variants)]:
+                    def step(op=op, xs=xs, scheme=scheme, overlap=overlap):
+                        for x in xs:
+                            x.grad = None
+                        op_step(op, xs, scheme=scheme, pieces=plan["pieces"], overlap=overlap)
 
-                comm.reset_stats()
-                sec = timed_steps(step, plan["repeats"])
-                sent = torch.tensor([comm.STATS["bytes_sent"] / (plan["repeats"] + 1)], dtype=torch.float64)
-                per_rank = [torch.empty_like(sent) for _ in range(world)]
-                dist.all_gather(per_rank, sent)
-                state = shape["H"] * shape["D"] * shape["D"] * 4
+                    comm.reset_stats()
+                    times[(scheme, overlap)].append(timed_steps(step, plan["repeats"]))
+                    sent[(scheme, overlap)] = comm.STATS["bytes_sent"] / (plan["repeats"] + 1)
+            for scheme, overlap in variants:
+                mine = torch.tensor([sent[(scheme, overlap)]], dtype=torch.float64)
+                per_rank = [torch.empty_like(mine) for _ in range(world)]
+                dist.all_gather(per_rank, mine)
+                rounds = times[(scheme, overlap)]
                 rows.append({"kind": "op", "op": op, "shape": cfgname, "scheme": scheme, "P": world,
                              "overlap": overlap if scheme != "ring" else False,
                              "tokens_per_rank": shape["T"], "H": shape["H"], "D": shape["D"],
-                             "pieces": plan["pieces"], "state_bytes": state,
+                             "pieces": plan["pieces"], "state_bytes": shape["H"] * shape["D"] * shape["D"] * 4,
                              "map_bytes": shape["H"] * shape["D"] * (shape["D"] if op == "delta" else 1) * 4,
-                             "seconds": sec, "bytes_sent_max": max(float(x) for x in per_rank),
-                             "bytes_sent_mean": sum(float(x) for x in per_rank) / world})
+                             "seconds": statistics.median(rounds), "rounds": rounds,
+                             "bytes_sent_max": max(float(x) for x in per_rank),
+                             "bytes_sent_mean": sum(float(x) for x in per_rank) / world,
+                             "loadavg_1m": os.getloadavg()[0]})
     if world > 1:
         for M in plan["comm_bytes"]:
             for scheme, pieces in plan["comm_schemes"]:
@@ -178,7 +188,8 @@ DEFAULT_PLAN = {
     "variants": (("allscan", None), ("allscan", True), ("ring", False), ("allgather", None), ("allgather", True)),
     "op_shapes": {"compute": {"T": 1024, "H": 4, "D": 64}, "state": {"T": 128, "H": 8, "D": 128}},
     "pieces": 4,
-    "repeats": 5,
+    "repeats": 3,
+    "rounds": 3,
     "threads": 1,
     "comm_bytes": (16 * 1024, 256 * 1024, 4 * 1024 * 1024),
     "comm_schemes": (("ring", 1), ("allscan", 4), ("allscan", 16), ("allgather", 1)),

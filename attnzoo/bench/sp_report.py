@@ -185,7 +185,10 @@ def write_report(out, *, run_id=None, echo=print) -> str:
         f"{machine['loadavg_1m_at_start']} at start (a shared machine); run {machine['run_id']}, {machine['time']}. "
         "Ranks beyond the core count share cores, so compute time grows with P here: these are gloo measurements "
         "of the algorithms, not of GPU scaling.", "",
-        "## Time per fwd+bwd and bytes per rank (weak scaling: fixed tokens per rank)", "", *_op_tables(op_rows),
+        "## Time per fwd+bwd and bytes per rank (weak scaling: fixed tokens per rank)", "",
+        "Median of interleaved rounds (variants in a rotated order each round). Load average while measuring: "
+        + ", ".join(f"P = {P}: {max(r.get('loadavg_1m', float('nan')) for r in op_rows if r['P'] == P):.1f}"
+                    for P in sorted({r["P"] for r in op_rows})) + ".", "", *_op_tables(op_rows),
         "## Communication model, fitted to the gloo scans", "",
         "One scan of a state of M bytes over P ranks (`attnzoo/parallel/comm_model.py`): All-Scan with n pieces "
         "(P + n - 2)(alpha + (M / n) beta), ring (P - 1)(alpha + M beta), ring all-gather of the maps and states "

@@ -19,10 +19,14 @@ Under the context the public ops dispatch to their sequence-parallel forms (`ops
 
 States: `initial_state` (and a mixer's `state`) is read on rank 0; the state returned on rank r is the
 state at the end of shard r, so the last rank holds the sequence's final state. Softmax layers take
-no KV cache under sequence parallelism. Schemes: "allscan" (ZeCO), "ring" (LASP-1: serial, whole
-state per hop), "allgather" (LASP-2: every rank's map and state gathered). Every rank must run the
-same ops in the same order; a peer that fails makes the others raise SequenceParallelError after
-`timeout` seconds (gloo; on NCCL the process group's own timeout applies).
+no KV cache under sequence parallelism, and the one they return holds their rank's shard only (as
+RetNet's token count does): sequence parallelism is for training and prefill, not decoding.
+
+Schemes: "allscan" (ZeCO), "ring" (LASP-1: serial, whole state per hop), "allgather" (LASP-2: every
+rank's map and state gathered). Every rank must run the same ops in the same order; a peer that
+fails makes the others raise SequenceParallelError after `timeout` seconds (gloo; on NCCL the
+process group's own timeout applies). With activation checkpointing, the recomputation in the
+backward must also run under the context.
 """
 
 from __future__ import annotations

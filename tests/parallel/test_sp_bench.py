@@ -20,7 +20,7 @@ from attnzoo.parallel.comm_model import (
     scan_terms,
 )
 
-TOY = {"op_shapes": {"tiny": {"T": 12, "H": 2, "D": 8}}, "repeats": 1, "comm_bytes": (2048, 32768),
+TOY = {"op_shapes": {"tiny": {"T": 12, "H": 2, "D": 8}}, "repeats": 1, "rounds": 1, "comm_bytes": (2048, 32768),
        "comm_repeats": 3, "comm_schemes": (("ring", 1), ("allscan", 4), ("allgather", 1)),
        "variants": (("allscan", None), ("allscan", True), ("ring", False), ("allgather", None))}
 
