@@ -139,6 +139,14 @@ class HyenaFilter(nn.Module):
     ),
 )
 class Hyena(Mixer):
+    """Order-N Hyena operator over x [B, T, d_model] (see the module docstring for the formulas).
+
+    Args: order N (gates and long filters), l_max (filter taps, the longest single call),
+    filter_order (FFN width), emb_dim (2K+1 positional features), filter_inner_layers, sin_freq
+    (initial sin frequency), short_filter_order (W), fast/slow_decay_pct and decay_target (the
+    window), conv_impl ("auto", "direct" or "fft" for the long convolutions).
+    """
+
     state_class = HyenaState
     state_tag_ignore = ("impl", "conv_impl")  # the convolution's path does not change what a state means
 
