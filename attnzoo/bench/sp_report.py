@@ -121,27 +121,35 @@ def write_plot(path, op_rows, comm_rows, fits):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    worlds = sorted({r["P"] for r in op_rows})
-    styles = {"allscan": "-", "allscan, thread overlap": "-.", "ring": "--", "allgather": ":",
-              "allgather, thread overlap": (0, (1, 4))}
-    for (op, shape) in sorted({(r["op"], r["shape"]) for r in op_rows}):
-        for lab, ls in styles.items():
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    worlds = sorted({r["P"] for r in op_rows} | {r["P"] for r in comm_rows})
+    colors = {"allscan": "C0", "allscan, thread overlap": "C9", "ring": "C2", "allgather": "C3",
+              "allgather, thread overlap": "C1"}
+    cases = sorted({(r["op"], r["shape"]) for r in op_rows})
+    styles = dict(zip(cases, [("-", "o"), ("--", "s"), ("-.", "^"), (":", "D")] * 4))
+    for case in cases:
+        ls, mk = styles[case]
+        for lab, c in colors.items():
             pts = sorted((r["P"], r["seconds"], r["bytes_sent_max"]) for r in op_rows
-                         if r["op"] == op and r["shape"] == shape and label(r) == lab)
-            if pts:
-                axes[0].plot([p for p, _, _ in pts], [1e3 * t for _, t, _ in pts], linestyle=ls, marker="o",
-                             label=f"{op}/{shape}/{lab}")
-                if "thread" not in lab:
-                    axes[1].plot([p for p, _, _ in pts], [b / 2**20 for _, _, b in pts], linestyle=ls,
-                                 marker="o", label=f"{op}/{shape}/{lab}")
-    axes[0].set(xlabel="ranks P", ylabel="fwd+bwd ms (weak scaling)", yscale="log", xticks=worlds,
-                title="sequence-parallel op, gloo on a 2-core CPU")
-    axes[1].set(xlabel="ranks P", ylabel="MiB sent by the busiest rank per fwd+bwd", xticks=worlds,
-                title="bytes per rank")
+                         if (r["op"], r["shape"]) == case and label(r) == lab)
+            if not pts:
+                continue
+            axes[0].plot([p for p, _, _ in pts], [1e3 * t for _, t, _ in pts], linestyle=ls, marker=mk, color=c)
+            if "thread" not in lab:
+                axes[1].plot([p for p, _, _ in pts], [b / 2**20 for _, _, b in pts], linestyle=ls, marker=mk, color=c)
+    scheme_handles = [Line2D([], [], color=c, label=lab) for lab, c in colors.items()
+                      if any(label(r) == lab for r in op_rows)]
+    case_handles = [Line2D([], [], color="k", linestyle=styles[c][0], marker=styles[c][1], label=f"{c[0]}/{c[1]}")
+                    for c in cases]
+    axes[0].legend(handles=scheme_handles + case_handles, fontsize=7)
+    axes[0].set(xlabel="ranks P", ylabel="fwd+bwd ms (weak scaling)", yscale="log",
+                title="sequence-parallel op, gloo, 1 thread per rank")
+    axes[1].legend(handles=[h for h in scheme_handles if "thread" not in h.get_label()] + case_handles, fontsize=7)
+    axes[1].set(xlabel="ranks P", ylabel="MiB sent by the busiest rank per fwd+bwd", title="bytes per rank")
     big = max((r["state_bytes"] for r in comm_rows), default=0)
-    for (s, n), c in zip(sorted({(r["scheme"], r["pieces"]) for r in comm_rows}), ("C0", "C1", "C2", "C3", "C4")):
+    for (s, n), c in zip(sorted({(r["scheme"], r["pieces"]) for r in comm_rows}), ("C3", "C0", "C4", "C2", "C5")):
         for M in sorted({r["state_bytes"] for r in comm_rows}):
             rs = sorted((r for r in comm_rows if (r["scheme"], r["pieces"]) == (s, n) and r["state_bytes"] == M),
                         key=lambda r: r["P"])
@@ -151,24 +159,30 @@ def write_plot(path, op_rows, comm_rows, fits):
                              label=f"{s} n={n}" if M == big else None)
     axes[2].set(xlabel="ranks P", ylabel="ms per forward scan", yscale="log",
                 title="one scan (16 KiB .. 4 MiB): measured (dots), model (lines)")
+    axes[2].legend(fontsize=7)
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
+        ax.set_xticks(worlds)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def _fit_lines(fits, comm_rows):
+def _fit_lines(fits, comm_rows, cores):
     out = []
     for fam, what in (("p2p", "ring and All-Scan (one fit: they differ only in pieces)"),
                       ("allgather", "all-gather")):
         if fam in fits:
             a, b = fits[fam]
-            ratios = [model_seconds(r, fits) / r["seconds"] for r in comm_rows if _family(r["scheme"]) == fam]
+            rows = [r for r in comm_rows if _family(r["scheme"]) == fam]
+            ratio = {r["P"] <= cores: [] for r in rows}
+            for r in rows:
+                ratio[r["P"] <= cores].append(model_seconds(r, fits) / r["seconds"])
+            spans = "; ".join(f"{lab}: {min(v):.2f} .. {max(v):.2f} ({len(v)} rows)" for lab, v in (
+                (f"P <= {cores} (a core per rank)", ratio.get(True)), (f"P > {cores}", ratio.get(False))) if v)
             out.append(f"- {what}: alpha = {a * 1e6:.1f} us per message, beta = {b * 1e9:.3f} ns per byte "
                        f"({1 / b / 1e9 if b > 0 else float('nan'):.2f} GB/s including the combine); model / measured "
-                       f"{min(ratios):.2f} .. {max(ratios):.2f} over its {len(ratios)} rows")
+                       f"{spans}")
     return out
 
 
@@ -193,7 +207,7 @@ def write_report(out, *, run_id=None, echo=print) -> str:
         "One scan of a state of M bytes over P ranks (`attnzoo/parallel/comm_model.py`): All-Scan with n pieces "
         "(P + n - 2)(alpha + (M / n) beta), ring (P - 1)(alpha + M beta), ring all-gather of the maps and states "
         "(P - 1)(alpha + m beta). Least squares, relative errors weighted equally:", "",
-        *_fit_lines(fits, comm_rows), "", *_comm_check(comm_rows, fits), "",
+        *_fit_lines(fits, comm_rows, machine["cores"]), "", *_comm_check(comm_rows, fits), "",
         "## Model prediction for 8-256 GPUs (a model, not a measurement)", "", *_gpu_prediction(), "",
     ]
     md = "\n".join(lines)
