@@ -51,11 +51,18 @@ def op_inputs(op: str, *, B: int, T: int, H: int, D: int, dtype=torch.float32, d
 
 
 def op_step(op: str, xs, *, scheme: str, pieces: int, overlap=None, group=None, timeout: float = 300.0):
-    """One fwd+bwd of the sequence-parallel op on this rank's shard."""
-    from attnzoo.parallel import delta_rule, gated_linear_attention
+    """One fwd+bwd of the sequence-parallel op on this rank's shard; scheme "local": the single-device
+    op on the shard alone (no communication, not the sequence's result: the compute floor at this P)."""
+    if scheme == "local":
+        from attnzoo.ops.delta import delta_rule
+        from attnzoo.ops.linear import gated_linear_attention
 
-    fn = gated_linear_attention if op == "gla" else delta_rule
-    o, _ = fn(*xs, scheme=scheme, pieces=pieces, overlap=overlap, group=group, timeout=timeout)
+        o, _ = (gated_linear_attention if op == "gla" else delta_rule)(*xs)
+    else:
+        from attnzoo.parallel import delta_rule, gated_linear_attention
+
+        fn = gated_linear_attention if op == "gla" else delta_rule
+        o, _ = fn(*xs, scheme=scheme, pieces=pieces, overlap=overlap, group=group, timeout=timeout)
     o.float().sum().backward()
 
 
@@ -129,7 +136,7 @@ def bench_rank(rank: int, world: int, plan: dict) -> list[dict]:
                 dist.all_gather(per_rank, mine)
                 rounds = times[(scheme, overlap)]
                 rows.append({"kind": "op", "op": op, "shape": cfgname, "scheme": scheme, "P": world,
-                             "overlap": overlap if scheme != "ring" else False,
+                             "overlap": overlap if scheme not in ("ring", "local") else False,
                              "tokens_per_rank": shape["T"], "H": shape["H"], "D": shape["D"],
                              "pieces": plan["pieces"], "state_bytes": shape["H"] * shape["D"] * shape["D"] * 4,
                              "map_bytes": shape["H"] * shape["D"] * (shape["D"] if op == "delta" else 1) * 4,
@@ -185,7 +192,8 @@ DEFAULT_PLAN = {
     "ops": OPS,
     # (scheme, overlap): None = the default (on CPU: the scan before the local pass), True = beside it
     # in a thread (what CUDA does with a side stream)
-    "variants": (("allscan", None), ("allscan", True), ("ring", False), ("allgather", None), ("allgather", True)),
+    "variants": (("local", False), ("allscan", None), ("allscan", True), ("ring", False), ("allgather", None),
+                 ("allgather", True)),
     "op_shapes": {"compute": {"T": 1024, "H": 4, "D": 64}, "state": {"T": 128, "H": 8, "D": 128}},
     "pieces": 4,
     "repeats": 3,

@@ -45,6 +45,8 @@ def model_seconds(r, fits):
 
 
 def label(r):
+    if r["scheme"] == "local":
+        return "local op only (no communication)"
     return r["scheme"] + (", thread overlap" if r.get("overlap") is True else "")
 
 
@@ -125,8 +127,8 @@ def write_plot(path, op_rows, comm_rows, fits):
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     worlds = sorted({r["P"] for r in op_rows} | {r["P"] for r in comm_rows})
-    colors = {"allscan": "C0", "allscan, thread overlap": "C9", "ring": "C2", "allgather": "C3",
-              "allgather, thread overlap": "C1"}
+    colors = {"local op only (no communication)": "k", "allscan": "C0", "allscan, thread overlap": "C9",
+              "ring": "C2", "allgather": "C3", "allgather, thread overlap": "C1"}
     cases = sorted({(r["op"], r["shape"]) for r in op_rows})
     styles = dict(zip(cases, [("-", "o"), ("--", "s"), ("-.", "^"), (":", "D")] * 4))
     for case in cases:
@@ -137,16 +139,17 @@ def write_plot(path, op_rows, comm_rows, fits):
             if not pts:
                 continue
             axes[0].plot([p for p, _, _ in pts], [1e3 * t for _, t, _ in pts], linestyle=ls, marker=mk, color=c)
-            if "thread" not in lab:
+            if "thread" not in lab and "local" not in lab:
                 axes[1].plot([p for p, _, _ in pts], [b / 2**20 for _, _, b in pts], linestyle=ls, marker=mk, color=c)
     scheme_handles = [Line2D([], [], color=c, label=lab) for lab, c in colors.items()
                       if any(label(r) == lab for r in op_rows)]
-    case_handles = [Line2D([], [], color="k", linestyle=styles[c][0], marker=styles[c][1], label=f"{c[0]}/{c[1]}")
+    case_handles = [Line2D([], [], color="grey", linestyle=styles[c][0], marker=styles[c][1], label=f"{c[0]}/{c[1]}")
                     for c in cases]
     axes[0].legend(handles=scheme_handles + case_handles, fontsize=7)
     axes[0].set(xlabel="ranks P", ylabel="fwd+bwd ms (weak scaling)", yscale="log",
                 title="sequence-parallel op, gloo, 1 thread per rank")
-    axes[1].legend(handles=[h for h in scheme_handles if "thread" not in h.get_label()] + case_handles, fontsize=7)
+    axes[1].legend(handles=[h for h in scheme_handles if "thread" not in h.get_label() and "local" not in
+                            h.get_label()] + case_handles, fontsize=7)
     axes[1].set(xlabel="ranks P", ylabel="MiB sent by the busiest rank per fwd+bwd", title="bytes per rank")
     big = max((r["state_bytes"] for r in comm_rows), default=0)
     for (s, n), c in zip(sorted({(r["scheme"], r["pieces"]) for r in comm_rows}), ("C3", "C0", "C4", "C2", "C5")):
