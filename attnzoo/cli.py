@@ -164,7 +164,35 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--E", type=float, default=562.5, help="FLOPs per byte moved (Kinetics: 562.5)")
     pc.add_argument("--plot", default="runs/cost_vs_context.png", help="PNG path ('' for none)")
     pc.set_defaults(func=cmd_cost)
+
+    pr = sub.add_parser("repro", help="the papers' claims reproduced at small scale, each with a verdict")
+    pr.add_argument("name", nargs="?", help="the study (see --list)")
+    pr.add_argument("--list", action="store_true", help="list the studies and what each checks")
+    pr.add_argument("--quick", action="store_true", help="the CPU size (<= 3 minutes on 2 cores)")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    pr.add_argument("--out", default="runs/repro", help="folder; the study writes <out>/<name>/")
+    pr.set_defaults(func=cmd_repro)
     return p
+
+
+def cmd_repro(args):
+    from attnzoo.repro import list_studies, run_study
+
+    studies = list_studies()
+    if args.list or not args.name:
+        for name, mod in sorted(studies.items()):
+            print(f"{name:14s} {mod.PAPER}")
+            for c in mod.CLAIMS:
+                print(f"{'':14s}   - {c}")
+        return 0
+    device = args.device or ("cuda" if _cuda() else "cpu")
+    claims = run_study(args.name, out=args.out, size="quick" if args.quick else "full", seed=args.seed,
+                       device=device)
+    for c in claims:
+        print(f"{c.verdict:15s} {c.claim}: paper {c.paper}, ours {c.ours}")
+    print(f"written: {args.out}/{args.name}/summary.md")
+    return 0
 
 
 def cmd_bench_sp(args):

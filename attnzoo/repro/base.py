@@ -1,0 +1,133 @@
+"""The repro study contract: context (size, seed, device, output folder), claims, summary writer."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import pkgutil
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+VERDICTS = ("reproduced", "partly", "not reproduced")
+SIZES = ("quick", "full")
+
+
+@dataclass
+class Claim:
+    """One row of the verdict table: the paper's claim, its number, ours, the verdict and why."""
+
+    claim: str
+    paper: str
+    ours: str
+    verdict: str
+    conditions: str = ""
+
+    def __post_init__(self):
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
+
+
+def verdict(ok: bool, partly: bool = False) -> str:
+    """The rule most studies use: all of the claim holds -> reproduced; some -> partly; else not."""
+    return VERDICTS[0] if ok else VERDICTS[1] if partly else VERDICTS[2]
+
+
+@dataclass
+class StudyContext:
+    """What a study is given: its size, seed, torch device, output folder and a progress printer."""
+
+    name: str
+    out: Path
+    size: str = "quick"
+    seed: int = 0
+    device: str = "cpu"
+    quiet: bool = False
+    started: float = field(default_factory=time.time)
+
+    def __post_init__(self):
+        if self.size not in SIZES:
+            raise ValueError(f"size must be one of {SIZES}, got {self.size!r}")
+        self.out = Path(self.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._results = self.out / "results.jsonl"
+        self._results.write_text("")
+
+    @property
+    def quick(self) -> bool:
+        return self.size == "quick"
+
+    def record(self, **row):
+        """Append one measurement (a flat dict of JSON values) to results.jsonl."""
+        row = {"study": self.name, "size": self.size, "seed": self.seed, **row}
+        with self._results.open("a") as f:
+            f.write(json.dumps(row, default=float) + "\n")
+
+    def log(self, msg: str):
+        if not self.quiet:
+            print(f"[{self.name} {time.time() - self.started:6.1f}s] {msg}", flush=True)
+
+    def savefig(self, fig, stem: str | None = None) -> Path:
+        import matplotlib.pyplot as plt
+
+        path = self.out / f"{stem or self.name}.png"
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        return path
+
+
+def machine_line(device: str = "cpu") -> str:
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        try:
+            import triton
+            tv = triton.__version__
+        except ImportError:
+            tv = "none"
+        return (f"{torch.cuda.get_device_name()} · torch {torch.__version__} · Triton {tv} · "
+                f"CUDA {torch.version.cuda}")
+    cpu = platform.processor() or platform.machine()
+    return f"CPU {cpu} ({torch.get_num_threads()} threads) · torch {torch.__version__}"
+
+
+def _modules():
+    import attnzoo.repro as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.name in ("base",) or info.name.startswith("_"):
+            continue
+        mod = importlib.import_module(f"attnzoo.repro.{info.name}")
+        if hasattr(mod, "run") and hasattr(mod, "NAME"):
+            yield mod
+
+
+def list_studies() -> dict:
+    """{name: module} of every study in the package."""
+    return {m.NAME: m for m in _modules()}
+
+
+def summary_markdown(name: str, paper: str, claims: list[Claim], machine: str, size: str, seconds: float) -> str:
+    head = "| claim | paper | ours | verdict | conditions |\n|---|---|---|---|---|\n"
+    rows = "".join(f"| {c.claim} | {c.paper} | {c.ours} | **{c.verdict}** | {c.conditions} |\n" for c in claims)
+    return (f"# repro: {name}\n\n{paper}\n\nSize `{size}`, {seconds:.0f} s on {machine}.\n\n{head}{rows}")
+
+
+def run_study(name: str, out: str | Path = "runs/repro", size: str = "quick", seed: int = 0,
+              device: str = "cpu", quiet: bool = False) -> list[Claim]:
+    """Run one study; writes <out>/<name>/{results.jsonl, PNG, summary.md}; returns its claims."""
+    studies = list_studies()
+    if name not in studies:
+        raise ValueError(f"unknown study {name!r}; known: {', '.join(sorted(studies))}")
+    mod = studies[name]
+    ctx = StudyContext(name=name, out=Path(out) / name, size=size, seed=seed, device=device, quiet=quiet)
+    claims = mod.run(ctx)
+    if not claims or not all(isinstance(c, Claim) for c in claims):
+        raise TypeError(f"study {name} must return a non-empty list of Claim")
+    md = summary_markdown(name, mod.PAPER, claims, machine_line(device), size, time.time() - ctx.started)
+    (ctx.out / "summary.md").write_text(md)
+    with (ctx.out / "results.jsonl").open("a") as f:
+        for c in claims:
+            f.write(json.dumps({"study": name, "size": size, "seed": seed, "claim": asdict(c)}) + "\n")
+    return claims
