@@ -25,8 +25,10 @@ RetNet's token count does): sequence parallelism is for training and prefill, no
 Schemes: "allscan" (ZeCO), "ring" (LASP-1: serial, whole state per hop), "allgather" (LASP-2: every
 rank's map and state gathered). Every rank must run the same ops in the same order; a peer that
 fails makes the others raise SequenceParallelError after `timeout` seconds (gloo; on NCCL the
-process group's own timeout applies). With activation checkpointing, the recomputation in the
-backward must also run under the context.
+process group's own timeout applies). Sends are not waited for where they are posted (a rank would
+idle until its successor caught up) but at the next scan, on leaving the context, or by
+`flush_sends()`: call it at the end of a training step to see a failed peer there. With activation
+checkpointing, the recomputation in the backward must also run under the context.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import torch
 
 from attnzoo.ops.dispatch import op_overrides
 from attnzoo.parallel.attention import sp_softmax_attention
+from attnzoo.parallel.comm import flush_sends
 from attnzoo.parallel.context import SCHEMES, SequenceParallelError, SPConfig
 from attnzoo.parallel.delta_map import sp_delta_rule
 from attnzoo.parallel.gla import sp_gated_linear_attention
@@ -78,6 +81,7 @@ def sequence_parallel(group=None, *, scheme: str = "allscan", pieces: int = 4, o
     }
     with op_overrides(table):
         yield cfg
+    flush_sends()  # not on an exception: the block's error is the one to see
 
 
 def shard_bounds(T: int, world: int, rank: int) -> tuple[int, int]:
@@ -117,6 +121,6 @@ def delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None, output_
 
 
 __all__ = [
-    "SCHEMES", "SUPPORTED_MIXERS", "SPConfig", "SequenceParallelError", "check_supported", "delta_rule",
+    "SCHEMES", "SUPPORTED_MIXERS", "SPConfig", "SequenceParallelError", "check_supported", "delta_rule", "flush_sends",
     "gated_linear_attention", "sequence_parallel", "shard", "shard_bounds",
 ]

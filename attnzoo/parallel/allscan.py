@@ -29,7 +29,7 @@ import threading
 
 import torch
 
-from attnzoo.parallel.comm import all_gather, fail, post_recv, post_send, wait
+from attnzoo.parallel.comm import all_gather, defer, fail, flush_sends, post_recv, post_send, wait
 from attnzoo.parallel.context import SequenceParallelError, SPConfig
 
 
@@ -54,6 +54,7 @@ def pipeline_scan(cfg: SPConfig, a, b, first, *, dense: bool, reverse: bool, pie
     step = -1 if reverse else 1
     prev, nxt = cfg.rank - step, cfg.rank + step
     has_prev, has_next = 0 <= prev < cfg.world, 0 <= nxt < cfg.world
+    flush_sends()  # the previous scans' sends: taken long ago
     sizes = _piece_sizes(b.shape[-1], pieces)
     b_parts = torch.split(b, sizes, -1)
     first_parts = None if first is None else torch.split(first.to(b.dtype), sizes, -1)
@@ -74,7 +75,7 @@ def pipeline_scan(cfg: SPConfig, a, b, first, *, dense: bool, reverse: bool, pie
             sends.append(post_send(cfg, y, nxt, tag=j, what=f"{what}: sending to rank {nxt}"))
         ins.append(x)
         outs.append(y)
-    wait([w for w, _ in sends], cfg, f"{what}: sending the state to rank {nxt}")
+    defer(cfg, sends, f"{what}: sending the state to rank {nxt}")  # waited for at the next scan
     return torch.cat(ins, -1), torch.cat(outs, -1)
 
 

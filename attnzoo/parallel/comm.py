@@ -4,7 +4,11 @@ the bytes each rank sends (the bench reads `STATS`).
 - `wait(works, cfg, what)`: wait for async works; a peer that does not answer within cfg.timeout
   (gloo), or a failed transport, raises SequenceParallelError naming this rank and the step;
 - `post_send` / `post_recv`: isend / irecv to group ranks (tensors made contiguous);
-- `exchange`: sends and receives posted together (batch_isend_irecv) and waited;
+- `defer(sends)` / `flush_sends()`: a send is not waited for where it is posted: gloo completes it only
+  once the receiver has posted its receive, so waiting would make a rank idle until its successor
+  catches up (measured: 5-13 ms per 64 KiB scan at P = 2, against 0.5 ms once deferred); the pending
+  sends are waited for at the next scan, by when the receiver has long taken them;
+- `exchange`: sends and receives posted together (batch_isend_irecv); the receives waited;
 - `all_gather(cfg, t)`: every rank's t, as a list in rank order;
 - `shift(t, offset, cfg)`: differentiable — rank r gets rank r - offset's t (zeros where none);
 - `gather_sequence(t, lengths, cfg)`: differentiable all-gather along dim 1 of shards of unequal length.
@@ -20,6 +24,7 @@ import torch.distributed as dist
 from attnzoo.parallel.context import SequenceParallelError, SPConfig
 
 STATS = {"bytes_sent": 0, "messages": 0}
+_PENDING: list = []  # (cfg, work, tensor, what) of sends posted and not yet waited for
 
 
 def reset_stats():
@@ -73,8 +78,22 @@ def post_recv(cfg: SPConfig, t: torch.Tensor, frm: int, tag: int = 0, what: str 
         raise fail(cfg, what, e) from e
 
 
+def defer(cfg: SPConfig, sends, what: str):
+    """Keep posted sends [(work, tensor)] (the tensor alive) until the next `flush_sends`."""
+    _PENDING.extend((cfg, w, t, what) for w, t in sends)
+
+
+def flush_sends():
+    """Wait for every deferred send (raises SequenceParallelError if a peer never took one)."""
+    while _PENDING:
+        cfg, w, _, what = _PENDING.pop(0)
+        wait([w], cfg, what)
+
+
 def exchange(cfg: SPConfig, sends, recvs, what: str):
-    """sends: [(tensor, to_rank)], recvs: [(buffer, from_rank)]; posted together, then waited."""
+    """sends: [(tensor, to_rank)], recvs: [(buffer, from_rank)]; posted together, the receives waited
+    (the sends deferred)."""
+    flush_sends()
     ops, keep = [], []
     for t, to in sends:
         t = t.contiguous()
@@ -88,7 +107,11 @@ def exchange(cfg: SPConfig, sends, recvs, what: str):
             works = dist.batch_isend_irecv(ops)
         except Exception as e:
             raise fail(cfg, what, e) from e
-        wait(works, cfg, what)
+        if cfg.backend == "nccl":  # one coalesced work for the whole batch
+            wait(works, cfg, what)
+        else:
+            wait(works[len(sends):], cfg, what)
+            defer(cfg, zip(works[:len(sends)], keep), what + ": sending")
 
 
 def all_gather(cfg: SPConfig, t: torch.Tensor, what: str) -> list[torch.Tensor]:

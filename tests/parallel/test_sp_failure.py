@@ -11,7 +11,7 @@ import torch
 from sp_harness import run_ranks
 
 import attnzoo
-from attnzoo.parallel import SequenceParallelError, sequence_parallel
+from attnzoo.parallel import SequenceParallelError, flush_sends, sequence_parallel
 from attnzoo.parallel import gated_linear_attention as sp_gla
 
 TIMEOUT = 1.5
@@ -42,6 +42,7 @@ def _scenario(rank, world, where, stay_alive):
         if rank == FAILING and where == "backward":
             raise ValueError("planted failure before the backward")
         o.sum().backward()
+        flush_sends()  # the end of a step: the last rank's send to the failed rank surfaces here
         return {"finished": True}
     except SequenceParallelError as e:
         return {"raised": str(e), "elapsed": time.monotonic() - t0}
