@@ -28,7 +28,7 @@ def cmd_demo(args):
 
 def cmd_zoo(args):
     from attnzoo.bench.zoo import run_zoo
-    from attnzoo.bench.zoo_presets import floor_note, get_preset
+    from attnzoo.bench.zoo.presets import floor_note, get_preset
 
     preset = get_preset(args.preset, d_models=args.d_models, lrs=args.lrs, steps=args.steps,
                         total_seconds=args.total_seconds, grid=args.grid)

@@ -31,7 +31,7 @@ def run_demo():
     console.print(f"decoding with states equals re-running the full sequence: {bool(torch.equal(out, ref))}")
 
     from attnzoo.bench.zoo import run_zoo
-    from attnzoo.bench.zoo_presets import get_preset
+    from attnzoo.bench.zoo.presets import get_preset
 
     console.print("\nthe quick zoo (MQAR, every registered causal mixer): `attnzoo zoo --help` for more")
     run_zoo(preset=get_preset("quick"), out="runs/zoo_quick")

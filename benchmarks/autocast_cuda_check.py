@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 import attnzoo
 from attnzoo.bench.zoo import default_mixers, machine_line
-from attnzoo.bench.zoo_presets import QUICK_MIXER_KWARGS
+from attnzoo.bench.zoo.presets import QUICK_MIXER_KWARGS
 from attnzoo.models import LanguageModel
 
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 import attnzoo
 import attnzoo.ops.linear.chunk as chunk
 import attnzoo.ops.linear.chunk_factored as factored
-from attnzoo.bench.zoo_presets import QUICK_MIXER_KWARGS
+from attnzoo.bench.zoo.presets import QUICK_MIXER_KWARGS
 from attnzoo.models import LanguageModel
 
 REAL = {"bmm": torch.bmm, "matmul": torch.Tensor.__matmul__, "baddbmm_": torch.Tensor.baddbmm_}

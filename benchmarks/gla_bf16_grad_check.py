@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import attnzoo  # noqa: E402
 from attnzoo.bench.zoo import machine_line  # noqa: E402
-from attnzoo.bench.zoo_presets import QUICK_MIXER_KWARGS  # noqa: E402
+from attnzoo.bench.zoo.presets import QUICK_MIXER_KWARGS  # noqa: E402
 from attnzoo.models import LanguageModel  # noqa: E402
 from attnzoo.ops.linear import triton_vector_fast as fast  # noqa: E402
 

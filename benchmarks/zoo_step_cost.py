@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from attnzoo.bench.zoo import build_model, default_mixers, mixer_kwargs
-from attnzoo.bench.zoo_presets import get_preset
+from attnzoo.bench.zoo.presets import get_preset
 from attnzoo.train.optim import build_optimizer
 from attnzoo.train.trainer import evaluate
 

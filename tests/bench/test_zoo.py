@@ -2,10 +2,10 @@ import json
 
 import pytest
 
-from attnzoo.bench import zoo as zoo_mod
+from attnzoo.bench.zoo import models as zoo_models
 from attnzoo.bench.zoo import read_results, run_key, run_zoo
-from attnzoo.bench.zoo_presets import ZooPreset, get_preset
-from attnzoo.bench.zoo_report import best_runs, leaderboard_markdown
+from attnzoo.bench.zoo.presets import ZooPreset, get_preset
+from attnzoo.bench.zoo.report import best_runs, leaderboard_markdown
 from attnzoo.cli import main
 
 TINY = ZooPreset(name="tiny", grid=((16, 2),), vocab_size=32, d_models=(16,), lrs=(1e-3, 3e-3), num_train=128,
@@ -55,13 +55,13 @@ def test_best_lr_kept_per_mixer_and_width():
 
 
 def test_a_failing_mixer_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
-    real = zoo_mod.build_model
+    real = zoo_models.build_model
 
     def build(spec, preset):
         if spec["mixer"] == "sliding_window":
             raise RuntimeError("kaput")
         return real(spec, preset)
-    monkeypatch.setattr(zoo_mod, "build_model", build)
+    monkeypatch.setattr(zoo_models, "build_model", build)
     recs = run_zoo(preset=TINY, out=str(tmp_path), mixers=MIXERS, quiet=True, workers=1)
     bad = [r for r in recs if r["mixer"] == "sliding_window"]
     assert len(recs) == 4 and all(r["accuracy"] is None and "kaput" in r["error"] for r in bad)

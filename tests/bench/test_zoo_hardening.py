@@ -23,10 +23,11 @@ from dataclasses import replace
 
 import pytest
 
-from attnzoo.bench import zoo as zoo_mod
+from attnzoo.bench.zoo import models as zoo_models
+from attnzoo.bench.zoo import run as zoo_mod
 from attnzoo.bench.zoo import append_result, read_results, run_key, run_zoo
-from attnzoo.bench.zoo_presets import ZooPreset, floor_note, get_preset
-from attnzoo.bench.zoo_schedule import SweepBudget
+from attnzoo.bench.zoo.presets import ZooPreset, floor_note, get_preset
+from attnzoo.bench.zoo.schedule import SweepBudget
 from attnzoo.cli import main
 
 TINY = ZooPreset(name="tiny", grid=((16, 2),), vocab_size=32, d_models=(16,), lrs=(1e-3, 3e-3), num_train=128,
@@ -101,7 +102,7 @@ def test_read_results_skips_and_reports_what_is_not_a_record(tmp_path, capsys):
 # ---- item 3: an interrupt keeps the finished work ----
 SIGINT_SCRIPT = """
 import os, sys, time
-import attnzoo.bench.zoo as zoo
+import attnzoo.bench.zoo.run as zoo
 
 real = zoo.run_one
 
@@ -245,14 +246,14 @@ def test_non_causal_mixers_are_refused_alone_and_in_patterns(tmp_path):
 
 
 def test_the_cli_fails_when_every_run_failed(tmp_path, monkeypatch, capsys):
-    real = zoo_mod.build_model
+    real = zoo_models.build_model
     broken = {"softmax", "sliding_window"}
 
     def build(spec, preset):
         if spec["mixer"] in broken:
             raise RuntimeError("kaput")
         return real(spec, preset)
-    monkeypatch.setattr(zoo_mod, "build_model", build)
+    monkeypatch.setattr(zoo_models, "build_model", build)
     argv = ["zoo", "--mixers", "softmax,sliding_window", "--workers", "1", *CLI_TINY]
     assert main([*argv, "--out", str(tmp_path / "all")]) == 1
     assert "attnzoo: error: every run failed (2 runs" in capsys.readouterr().err

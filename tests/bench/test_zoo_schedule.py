@@ -3,11 +3,11 @@ from dataclasses import replace
 
 import pytest
 
-from attnzoo.bench import zoo as zoo_mod
+from attnzoo.bench.zoo import run as zoo_mod
 from attnzoo.bench.zoo import build_model, read_results, run_zoo
-from attnzoo.bench.zoo_presets import QUICK_MIXER_KWARGS, ZooPreset, get_preset
-from attnzoo.bench.zoo_report import leaderboard_markdown
-from attnzoo.bench.zoo_schedule import CONTENTION, budget_costs, longest_first, probe_step_seconds, run_cap
+from attnzoo.bench.zoo.presets import QUICK_MIXER_KWARGS, ZooPreset, get_preset
+from attnzoo.bench.zoo.report import leaderboard_markdown
+from attnzoo.bench.zoo.schedule import CONTENTION, budget_costs, longest_first, probe_step_seconds, run_cap
 from attnzoo.registry import list_mixers
 
 TINY = ZooPreset(name="tiny", grid=((16, 2),), vocab_size=32, d_models=(16,), lrs=(1e-3,), num_train=128,
@@ -116,7 +116,7 @@ def test_shared_gpu_runs_plan_fewer_steps_than_cpu_runs():
     probes fit fewer steps in the same budget, and a cheap run is planned at the floor."""
     import time
 
-    from attnzoo.bench.zoo_schedule import (
+    from attnzoo.bench.zoo.schedule import (
         CUDA_SHARED_FLOOR_PER_RUN, CUDA_SHARED_SLOPE, StepModel, SweepBudget, contention_for,
     )
 

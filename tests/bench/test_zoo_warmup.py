@@ -14,11 +14,12 @@ from dataclasses import replace
 
 import pytest
 
-from attnzoo.bench import zoo as zoo_mod
-from attnzoo.bench import zoo_pool
+from attnzoo.bench.zoo import models as zoo_models
+from attnzoo.bench.zoo import run as zoo_mod
+from attnzoo.bench.zoo import pool as zoo_pool
 from attnzoo.bench.zoo import read_results, run_zoo
-from attnzoo.bench.zoo_presets import ZooPreset
-from attnzoo.bench.zoo_schedule import SweepBudget, probe_step_seconds
+from attnzoo.bench.zoo.presets import ZooPreset
+from attnzoo.bench.zoo.schedule import SweepBudget, probe_step_seconds
 
 TINY = ZooPreset(name="tiny", grid=((16, 2),), vocab_size=32, d_models=(16,), lrs=(1e-3,), num_train=128,
                  num_test=32, batch_size=8, steps=3, eval_every=3, warmup_steps=1)
@@ -28,7 +29,7 @@ SPEC = {"task": "mqar", "mixer": "softmax", "d_model": 16, "lr": 1e-3, "seq_len"
 
 def _slow_first_step(monkeypatch, seconds: float):
     """Every model built by the zoo sleeps `seconds` in its first forward (a JIT compilation)."""
-    real = zoo_mod.build_model
+    real = zoo_models.build_model
 
     def build(spec, preset):
         lm = real(spec, preset)
@@ -43,7 +44,7 @@ def _slow_first_step(monkeypatch, seconds: float):
         lm.forward = slow_once
         return lm
 
-    monkeypatch.setattr(zoo_mod, "build_model", build)
+    monkeypatch.setattr(zoo_models, "build_model", build)
 
 
 def test_a_run_whose_first_step_is_slow_still_gets_its_steps(tmp_path, monkeypatch):

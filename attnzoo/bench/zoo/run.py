@@ -5,10 +5,10 @@ arXiv:2312.04927: 2-layer models, the best learning rate kept per (mixer, d_mode
 plotted against the bytes of state a sequence keeps at inference and against d_model.
 
 Each finished run is appended at once to <out>/results.jsonl (one JSON object per line,
-zoo_results.py), so an interrupted sweep loses nothing and `resume=True` skips the runs already
+results.py), so an interrupted sweep loses nothing and `resume=True` skips the runs already
 there. Ctrl-C stops the runs in flight at once (worker processes are terminated, not waited for)
 and raises ZooInterrupted, whose message says to go on with --resume. At the end
-<out>/leaderboard.md and <out>/zoo.png are written (zoo_report.py).
+<out>/leaderboard.md and <out>/zoo.png are written (report.py).
 
 Only causal mixers can be swept (check_mixers): the models are next-token language models, and a
 non-causal mixer would see the token it is asked to predict.
@@ -18,20 +18,19 @@ from __future__ import annotations
 
 import math
 import os
-import platform
 import time
 from dataclasses import asdict
 
 import torch
 
-from attnzoo.bench.zoo_presets import ZooPreset
-from attnzoo.bench.zoo_results import KEY_FIELDS, RESULTS, append_result, read_results, run_key
-from attnzoo.bench.zoo_schedule import SweepBudget, contention_for, probe_step_seconds
-from attnzoo.registry import get_card, list_mixers
+from attnzoo.bench.zoo import models
+from attnzoo.bench.zoo.models import check_mixers, default_mixers, machine_line, task_data
+from attnzoo.bench.zoo.presets import ZooPreset
+from attnzoo.bench.zoo.results import KEY_FIELDS, RESULTS, append_result, read_results, run_key
+from attnzoo.bench.zoo.schedule import SweepBudget, contention_for, probe_step_seconds
 
 __all__ = ["KEY_FIELDS", "RESULTS", "ZooInterrupted", "append_result", "check_mixers", "read_results", "run_key",
            "run_zoo"]
-SKIP_FAMILIES = ("vision",)
 
 
 class ZooInterrupted(KeyboardInterrupt):
@@ -41,20 +40,6 @@ class ZooInterrupted(KeyboardInterrupt):
         super().__init__(f"interrupted: {finished} finished run(s) kept in {path}; "
                          "run the same command again with --resume to continue")
         self.path, self.finished = path, finished
-
-
-def default_mixers() -> list[str]:
-    """Every registered causal sequence mixer (the zoo trains causal language models)."""
-    return [n for n in list_mixers() if get_card(n).causal and get_card(n).family not in SKIP_FAMILIES]
-
-
-def machine_line(device: str) -> str:
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        name = torch.cuda.get_device_name(dev)
-        return f"{name}, torch {torch.__version__}, CUDA {torch.version.cuda}"
-    return (f"{platform.processor() or platform.machine()} CPU x{os.cpu_count()}, {torch.get_num_threads()} threads, "
-            f"torch {torch.__version__}")
 
 
 def plan_runs(preset: ZooPreset, mixers: list[str], task: str) -> list[dict]:
@@ -69,69 +54,6 @@ def plan_runs(preset: ZooPreset, mixers: list[str], task: str) -> list[dict]:
     return specs
 
 
-_TASK_CACHE: dict = {}
-
-
-def task_data(spec: dict, preset: ZooPreset):
-    from attnzoo.tasks import token_task
-
-    key = (spec["task"], spec["seq_len"], spec["num_pairs"], spec["vocab_size"], preset.num_train,
-           preset.num_test, preset.seed)
-    if key not in _TASK_CACHE:
-        _TASK_CACHE.clear()
-        _TASK_CACHE[key] = token_task(spec["task"], seq_len=spec["seq_len"], num_train=preset.num_train,
-                                      num_test=preset.num_test, seed=preset.seed,
-                                      num_pairs=max(1, spec["num_pairs"]), vocab_size=spec["vocab_size"])
-    return _TASK_CACHE[key]
-
-
-def build_model(spec: dict, preset: ZooPreset):
-    """A Zoology-style LM: n_layers blocks of the mixer alone (no MLP); hybrids get one layer per entry."""
-    from attnzoo.models import LanguageModel
-
-    names = _pattern_names(spec["mixer"])
-    n_layers = max(preset.n_layers, len(names))
-    if n_layers % len(names):
-        n_layers = len(names) * -(-n_layers // len(names))
-    kwargs = {n: mixer_kwargs(n, preset) for n in set(names)}
-    torch.manual_seed(preset.seed)
-    return LanguageModel(spec["vocab_size"], spec["d_model"], n_layers, spec["mixer"], mixer_kwargs=kwargs,
-                         mlp_ratio=0)
-
-
-def mixer_kwargs(name: str, preset: ZooPreset) -> dict:
-    """The card's example_kwargs (conformance-sized), updated by the preset's override for `name`."""
-    kwargs = dict(get_card(name).example_kwargs)
-    kwargs.update((preset.mixer_kwargs or {}).get(name, {}))
-    return kwargs
-
-
-def _pattern_names(mixer: str) -> list[str]:
-    from attnzoo.models.lm import parse_pattern
-
-    for n in range(1, 65):
-        try:
-            return parse_pattern(mixer, n)
-        except ValueError as e:
-            if "multiple of the pattern length" not in str(e):
-                raise
-    raise ValueError(f"mixer pattern {mixer!r} is longer than 64 layers")
-
-
-def check_mixers(mixers: list[str]):
-    """Raise ValueError, before any run, for an unknown name, a bad pattern, or a non-causal mixer
-    (alone or inside a hybrid pattern)."""
-    if not mixers:
-        raise ValueError("mixers must name at least one mixer or hybrid pattern, got none")
-    for m in mixers:
-        for name in dict.fromkeys(_pattern_names(m)):
-            if not get_card(name).causal:
-                where = "" if name == m else f" (in the pattern {m!r})"
-                raise ValueError(
-                    f"mixer {name!r}{where} is not causal: the zoo trains next-token language models, where a "
-                    "non-causal mixer sees the token it predicts; expected causal mixers (`attnzoo list`)")
-
-
 def run_one(spec: dict, preset: ZooPreset, *, device: str, max_seconds: float | None,
             on_step=None, on_eval=None) -> dict:
     """Train one configuration; return its record (with an 'error' field if it failed)."""
@@ -142,7 +64,7 @@ def run_one(spec: dict, preset: ZooPreset, *, device: str, max_seconds: float | 
     t0 = time.perf_counter()
     try:
         data = task_data(spec, preset)
-        lm = build_model(spec, preset)
+        lm = models.build_model(spec, preset)
         cfg = TrainConfig(steps=preset.steps, batch_size=preset.batch_size, lr=spec["lr"],
                           weight_decay=preset.weight_decay, warmup_steps=preset.warmup_steps,
                           eval_every=preset.eval_every, target_accuracy=preset.target_accuracy,
@@ -215,13 +137,13 @@ def run_zoo(*, preset: ZooPreset, out: str, mixers: list[str] | None = None, tas
     once (the probe); the runs go longest first; every run gets the same number of steps,
     preset.steps or fewer if the probes say that would not fit in total_seconds (early stop at
     the target); a wall-clock cap, the unused budget shared by the unfinished runs, cuts a run
-    only when the machine turns out slower than probed (zoo_schedule.py).
+    only when the machine turns out slower than probed (schedule.py).
 
     Raises ValueError before any run for unknown or non-causal mixers, impossible task settings
     and workers/threads < 1; ZooInterrupted (a KeyboardInterrupt) on Ctrl-C, once the runs in
     flight are stopped: the finished ones stay in results.jsonl for resume=True."""
-    from attnzoo.bench.zoo_progress import ZooProgress
-    from attnzoo.bench.zoo_report import write_report
+    from attnzoo.bench.zoo.progress import ZooProgress
+    from attnzoo.bench.zoo.report import write_report
 
     mixers = list(mixers) if mixers is not None else default_mixers()
     check_mixers(mixers)           # unknown names, non-causal mixers fail here, before any run
@@ -284,14 +206,14 @@ def _run_parallel(pending, preset, device, workers, threads, path, prog, budget,
 
     from concurrent.futures.process import BrokenProcessPool
 
-    from attnzoo.bench import zoo_pool
+    from attnzoo.bench.zoo import pool as zoo_pool
 
     ctx = mp.get_context("spawn")
     threads = threads or max(1, (os.cpu_count() or 1) // workers)     # no oversubscription of the cores
     # A fresh process per task (~2 s each): a mixer that leaks or bloats memory (the chunked GLA /
     # delta ops leaked each step's graph until 6bd237a: later runs in that worker ran 10-40x slower
     # and one was OOM-killed at 18 GB) then cannot slow down or kill the runs after it. On Python
-    # 3.10 too (zoo_pool.py).
+    # 3.10 too (pool.py).
 
     def new_pool():
         return zoo_pool.fresh_process_pool(workers, ctx, initializer=zoo_pool.ignore_sigint)

@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from attnzoo.bench.zoo_presets import get_preset
+from attnzoo.bench.zoo.presets import get_preset
 
 DEFAULT_MIXERS = ("softmax", "gla", "gated_deltanet", "deltanet", "mamba", "based", "base_conv", "h3")
 PAIRS = {64: 4, 128: 8, 256: 16, 512: 64}
@@ -48,9 +48,9 @@ def _data(spec: dict, n: int):
 
 def _models(spec: dict, preset, n: int):
     """n models as the zoo builds them (the preset's seed: the members of a learning-rate group)."""
-    from attnzoo.bench.zoo import build_model
+    from attnzoo.bench.zoo import models
 
-    return [build_model(spec, preset) for _ in range(n)]
+    return [models.build_model(spec, preset) for _ in range(n)]
 
 
 def _sync(device):
@@ -129,7 +129,7 @@ def run_throughput(*, mixers=DEFAULT_MIXERS, d_models=(64, 256), seq_lens=(64, 2
                    device: str = "cuda", steps: int = 20, warmup: int = 5, group_size: int = 4,
                    workers: int = 8, paths=("process", "group", "group_graph"), preset: str = "paper") -> list[dict]:
     """Time every (mixer, d_model, seq_len) on every path; append each result to throughput.jsonl."""
-    from attnzoo.bench.zoo import machine_line
+    from attnzoo.bench.zoo.models import machine_line
 
     pre = get_preset(preset)
     os.makedirs(out, exist_ok=True)

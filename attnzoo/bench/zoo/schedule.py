@@ -37,7 +37,7 @@ def probe_step_seconds(spec: dict, preset, device: str = "cpu", threads: int | N
     median of the three steps after it is returned.
 
     Returns inf when the model cannot be built or stepped: the run itself then records why."""
-    from attnzoo.bench.zoo import build_model
+    from attnzoo.bench.zoo import models
     from attnzoo.tasks import token_task
     from attnzoo.train.optim import build_optimizer
     from attnzoo.train.trainer import _autocast
@@ -48,7 +48,7 @@ def probe_step_seconds(spec: dict, preset, device: str = "cpu", threads: int | N
         data = token_task(spec["task"], seq_len=spec["seq_len"], num_train=preset.batch_size, num_test=1,
                           seed=preset.seed, num_pairs=max(1, spec["num_pairs"]), vocab_size=spec["vocab_size"])
         x, y = (t.to(device) for t in data.train)
-        lm = build_model(spec, preset).to(device)
+        lm = models.build_model(spec, preset).to(device)
         opt = build_optimizer(lm, name="adamw", lr=1e-4, weight_decay=0.0)
         times = []
         for i in range(4):

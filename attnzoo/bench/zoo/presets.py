@@ -4,11 +4,11 @@ quick     a 2-core CPU, all registered causal mixers in about 10 minutes: one sm
           (T=64, 4 pairs, vocab 128), d_model 64, lr 3e-3, batch 64; one single-threaded run per
           core; mixers at Zoology-like sizes (QUICK_MIXER_KWARGS: one head for full attention)
           rather than their cards' conformance sizes. Equal steps for every mixer: 600, or as many
-          as the probed step times fit in 570 s, but at least 300 (zoo_schedule.py); early stop at
+          as the probed step times fit in 570 s, but at least 300 (schedule.py); early stop at
           0.99. Measured: see benchmarks/results/zoo_quick_cpu/ and the commit that wrote it.
 standard  one GPU in about 9 minutes: two settings, two widths, two learning rates, eight runs
           at once on the GPU (each tiny model leaves it mostly idle; the step count is planned with
-          the step times measured for 8 runs sharing an H200, zoo_schedule.contention_for).
+          the step times measured for 8 runs sharing an H200, schedule.contention_for).
 paper     Zoology Figure 2 (Arora et al. 2023, arXiv:2312.04927): (T, pairs) = (64,4), (128,8),
           (256,16), (512,64); vocab 8192; d_model 64..512; lr ∈ logspace(-3, -1.5, 4); hours on a GPU.
 """

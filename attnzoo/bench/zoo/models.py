@@ -1,0 +1,84 @@
+"""The zoo's models: which mixers it sweeps, their kwargs, the task data, the machine line.
+
+A Zoology-style LM (arXiv:2312.04927): n_layers blocks of the mixer alone, no MLP; a hybrid pattern
+gets at least one layer per entry. `build_model` is the one place a zoo model is made (the sweep, the
+probe, the throughput bench); tests patch it here.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import torch
+
+from attnzoo.bench.zoo.presets import ZooPreset
+from attnzoo.models.lm import pattern_unit
+from attnzoo.registry import get_card, list_mixers
+
+SKIP_FAMILIES = ("vision",)
+
+
+def default_mixers() -> list[str]:
+    """Every registered causal sequence mixer (the zoo trains causal language models)."""
+    return [n for n in list_mixers() if get_card(n).causal and get_card(n).family not in SKIP_FAMILIES]
+
+
+def machine_line(device: str) -> str:
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        name = torch.cuda.get_device_name(dev)
+        return f"{name}, torch {torch.__version__}, CUDA {torch.version.cuda}"
+    return (f"{platform.processor() or platform.machine()} CPU x{os.cpu_count()}, {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}")
+
+
+_TASK_CACHE: dict = {}
+
+
+def task_data(spec: dict, preset: ZooPreset):
+    from attnzoo.tasks import token_task
+
+    key = (spec["task"], spec["seq_len"], spec["num_pairs"], spec["vocab_size"], preset.num_train,
+           preset.num_test, preset.seed)
+    if key not in _TASK_CACHE:
+        _TASK_CACHE.clear()
+        _TASK_CACHE[key] = token_task(spec["task"], seq_len=spec["seq_len"], num_train=preset.num_train,
+                                      num_test=preset.num_test, seed=preset.seed,
+                                      num_pairs=max(1, spec["num_pairs"]), vocab_size=spec["vocab_size"])
+    return _TASK_CACHE[key]
+
+
+def build_model(spec: dict, preset: ZooPreset):
+    """A Zoology-style LM: n_layers blocks of the mixer alone (no MLP); hybrids get one layer per entry."""
+    from attnzoo.models import LanguageModel
+
+    names = pattern_unit(spec["mixer"])
+    n_layers = max(preset.n_layers, len(names))
+    if n_layers % len(names):
+        n_layers = len(names) * -(-n_layers // len(names))
+    kwargs = {n: mixer_kwargs(n, preset) for n in set(names)}
+    torch.manual_seed(preset.seed)
+    return LanguageModel(spec["vocab_size"], spec["d_model"], n_layers, spec["mixer"], mixer_kwargs=kwargs,
+                         mlp_ratio=0)
+
+
+def mixer_kwargs(name: str, preset: ZooPreset) -> dict:
+    """The card's example_kwargs (conformance-sized), updated by the preset's override for `name`."""
+    kwargs = dict(get_card(name).example_kwargs)
+    kwargs.update((preset.mixer_kwargs or {}).get(name, {}))
+    return kwargs
+
+
+def check_mixers(mixers: list[str]):
+    """Raise ValueError, before any run, for an unknown name, a bad pattern, or a non-causal mixer
+    (alone or inside a hybrid pattern)."""
+    if not mixers:
+        raise ValueError("mixers must name at least one mixer or hybrid pattern, got none")
+    for m in mixers:
+        for name in dict.fromkeys(pattern_unit(m)):
+            if not get_card(name).causal:
+                where = "" if name == m else f" (in the pattern {m!r})"
+                raise ValueError(
+                    f"mixer {name!r}{where} is not causal: the zoo trains next-token language models, where a "
+                    "non-causal mixer sees the token it predicts; expected causal mixers (`attnzoo list`)")
