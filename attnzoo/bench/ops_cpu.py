@@ -38,8 +38,23 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def git_revision() -> str | None:
+    """The checkout's commit, with "+dirty" when tracked files differ from it; None outside a git tree."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (head + ("+dirty" if dirty else "")) or None
+
+
 def machine_line(run_id: str) -> dict:
-    return {
+    return {"git": git_revision(),
         "kind": "machine", "run_id": run_id, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(), "python": platform.python_version(),

@@ -199,8 +199,8 @@ def write_report(out, *, run_id=None, echo=print) -> str:
         "# Sequence parallelism: All-Scan vs ring vs all-gather (`attnzoo bench sp`)", "",
         f"Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, backend "
         f"{machine['backend']} on {machine['device']}, {machine['threads_per_rank']} thread per rank, load average "
-        f"{machine['loadavg_1m_at_start']} at start (a shared machine); run {machine['run_id']}, {machine['time']}. "
-        "Ranks beyond the core count share cores, so compute time grows with P here: these are gloo measurements "
+        f"{machine['loadavg_1m_at_start']} at start (a shared machine); run {machine['run_id']}, {machine['time']}, "
+        f"commit {machine.get('git') or 'not recorded'}. Ranks beyond the core count share cores, so compute time grows with P here: these are gloo measurements "
         "of the algorithms, not of GPU scaling.", "",
         "## Time per fwd+bwd and bytes per rank (weak scaling: fixed tokens per rank)", "",
         "Median of interleaved rounds (variants in a rotated order each round). Load average while measuring: "
