@@ -8,6 +8,8 @@
 
 __version__ = "0.1.0"
 
+from attnzoo.mixers.base import set_check_finite  # noqa: E402
 from attnzoo.registry import Card, Paper, build, get_card, get_class, list_mixers, register  # noqa: E402
 
-__all__ = ["__version__", "Card", "Paper", "build", "get_card", "get_class", "list_mixers", "register"]
+__all__ = ["__version__", "Card", "Paper", "build", "get_card", "get_class", "list_mixers", "register",
+           "set_check_finite"]

@@ -127,7 +127,7 @@ def test_check_finite_rejects_nan_at_real_positions_only(name):
         if attnzoo.get_card(name).padding:
             assert torch.isfinite(m(x, mask=mask)[mask]).all()   # a NaN in the padding is fine
         m.check_finite = None
-        set_check_finite(True)
+        attnzoo.set_check_finite(True)                          # the public name
         try:
             with pytest.raises(ValueError, match="NaN or inf"):
                 m(x)
