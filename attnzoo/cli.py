@@ -157,6 +157,20 @@ def build_parser() -> argparse.ArgumentParser:
     psp.add_argument("--rounds", type=int, default=3, help="interleaved rounds per case (the median is reported)")
     psp.add_argument("--out", default="benchmarks/results/sp", help="folder for sp.jsonl (appended), sp.md, sp.png")
     psp.set_defaults(func=cmd_bench_sp)
+    pzt = bsub.add_parser("zoo-throughput", help="zoo training: model-steps/s, one run per process vs many models "
+                          "trained as one (eager, CUDA graph)")
+    pzt.add_argument("--mixers", default=",".join(_zoo_throughput_mixers()), help="comma list")
+    pzt.add_argument("--d-models", type=_ints, default=(64, 256))
+    pzt.add_argument("--seq-lens", type=_ints, default=(64, 256))
+    pzt.add_argument("--paths", default="process,group,group_graph", help="comma list of process, group, group_graph")
+    pzt.add_argument("--steps", type=int, default=20, help="timed steps per case (after --warmup)")
+    pzt.add_argument("--warmup", type=int, default=5)
+    pzt.add_argument("--group-size", type=int, default=4, help="models per group (Zoology: its 4 learning rates)")
+    pzt.add_argument("--workers", type=int, default=8, help="processes sharing the device on the process path")
+    pzt.add_argument("--batch", type=int, default=None, help="default: Zoology's (512 for T <= 128, 256, 128)")
+    pzt.add_argument("--device", default=None, help="default: cuda when available")
+    pzt.add_argument("--out", default="runs/zoo_throughput", help="folder for throughput.jsonl (appended) and .md")
+    pzt.set_defaults(func=cmd_bench_zoo_throughput)
 
     pc = sub.add_parser("cost", help="Kinetics cost model: eFLOPs per token at L = 4k, 32k, 128k, and a plot")
     pc.add_argument("--d-model", type=int, default=2048)
@@ -199,6 +213,23 @@ def cmd_bench_sp(args):
     from attnzoo.bench.sp import run_sp_bench
 
     run_sp_bench(args.worlds, out=args.out, plan={"repeats": args.repeats, "rounds": args.rounds})
+
+
+def _zoo_throughput_mixers():
+    from attnzoo.bench.zoo.throughput import DEFAULT_MIXERS
+
+    return DEFAULT_MIXERS
+
+
+def cmd_bench_zoo_throughput(args):
+    from attnzoo.bench.zoo.throughput import run_throughput
+
+    run_throughput(mixers=[m for m in args.mixers.split(",") if m], d_models=args.d_models, seq_lens=args.seq_lens,
+                   paths=tuple(p for p in args.paths.split(",") if p), steps=args.steps, warmup=args.warmup,
+                   group_size=args.group_size, workers=args.workers, batch=args.batch,
+                   device=args.device or ("cuda" if _cuda() else "cpu"), out=args.out)
+    with open(f"{args.out}/throughput.md", encoding="utf-8") as f:
+        print(f.read())
 
 
 def cmd_bench_speed(args):

@@ -34,9 +34,10 @@ def paper_batch(seq_len: int) -> int:
     return 512 if seq_len <= 128 else (256 if seq_len <= 256 else 128)
 
 
-def _case_spec(mixer: str, d_model: int, seq_len: int, vocab: int) -> dict:
+def _case_spec(mixer: str, d_model: int, seq_len: int, vocab: int, batch: int | None = None) -> dict:
     return {"task": "mqar", "mixer": mixer, "d_model": d_model, "lr": 1e-3, "seq_len": seq_len,
-            "num_pairs": PAIRS.get(seq_len, max(1, seq_len // 16)), "vocab_size": vocab}
+            "num_pairs": PAIRS.get(seq_len, max(1, seq_len // 16)), "vocab_size": vocab,
+            "batch": batch or paper_batch(seq_len)}
 
 
 def _data(spec: dict, n: int):
@@ -64,7 +65,7 @@ def time_group(spec, preset, *, device, group_size: int, graph: bool, steps: int
     from attnzoo.train.group_step import GroupStep
     from attnzoo.train.trainer import batch_indices
 
-    batch = paper_batch(spec["seq_len"])
+    batch = spec["batch"]
     data = _data(spec, max(4 * batch, 2048))
     x, y = (t.to(device) for t in data.train)
     group = GroupModel(_models(spec, preset, group_size), device)
@@ -84,80 +85,115 @@ def time_group(spec, preset, *, device, group_size: int, graph: bool, steps: int
     return (time.perf_counter() - t0) / steps
 
 
-def _process_worker(spec, preset_name, device, steps, warmup, seed, barrier, queue):
+def _process_worker(specs, preset_name, device, steps, warmup, seed, barrier, queue):
+    """One of the `workers` processes: trains one model per case in turn, each case started together."""
     from attnzoo.train import TrainConfig, train_lm
 
     preset = get_preset(preset_name)
     torch.set_num_threads(1)
-    batch = paper_batch(spec["seq_len"])
-    data = _data(spec, max(4 * batch, 2048))
-    model = _models(spec, preset, 1)[0]
-    marks = {}
+    for case, spec in enumerate(specs):
+        batch = spec["batch"]
+        try:
+            data = _data(spec, max(4 * batch, 2048))
+            model = _models(spec, preset, 1)[0]
+        except Exception as e:  # noqa: BLE001 -- reported for this case; the barrier still needs this worker
+            data, err = None, f"{type(e).__name__}: {e}"
+        marks = {}
 
-    def on_step(step, loss):
-        if step == warmup:
-            _sync(device)
+        def on_step(step, loss, marks=marks):
+            if step == warmup:
+                _sync(device)
+                barrier.wait()
+                marks["t0"] = time.perf_counter()
+            elif step == warmup + steps:
+                _sync(device)
+                marks["t1"] = time.perf_counter()
+
+        if data is None:
             barrier.wait()
-            marks["t0"] = time.perf_counter()
-        elif step == warmup + steps:
-            _sync(device)
-            marks["t1"] = time.perf_counter()
+            queue.put((case, None, err[:300]))
+            continue
+        cfg = TrainConfig(steps=warmup + steps, batch_size=batch, lr=1e-3, eval_every=10**9, device=device,
+                          warmup_steps=1, seed=seed)
+        try:
+            train_lm(model, train=data.train, test=(data.test[0][:8], data.test[1][:8]), config=cfg,
+                     on_step=on_step)
+            queue.put((case, marks["t1"] - marks["t0"], None))
+        except Exception as e:  # noqa: BLE001
+            if "t0" not in marks:
+                barrier.wait()
+            queue.put((case, None, f"{type(e).__name__}: {e}"[:300]))
+        del model, data
+        if torch.device(device).type == "cuda":
+            torch.cuda.empty_cache()
 
-    cfg = TrainConfig(steps=warmup + steps, batch_size=batch, lr=1e-3, eval_every=10**9, device=device,
-                      warmup_steps=1, seed=seed)
-    train_lm(model, train=data.train, test=(data.test[0][:8], data.test[1][:8]), config=cfg, on_step=on_step)
-    queue.put(marks["t1"] - marks["t0"])
 
-
-def time_processes(spec, preset_name, *, device, workers: int, steps: int, warmup: int) -> float:
-    """Seconds per model-step with `workers` one-model processes sharing the device."""
+def time_processes(specs: list[dict], preset_name, *, device, workers: int, steps: int, warmup: int) -> list:
+    """Seconds per model-step (or an error string) per case, with `workers` one-model processes sharing the
+    device: the zoo's path before issue #23. The processes start once and run every case in turn."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     barrier, queue = ctx.Barrier(workers), ctx.Queue()
-    procs = [ctx.Process(target=_process_worker, args=(spec, preset_name, device, steps, warmup, w, barrier, queue))
+    procs = [ctx.Process(target=_process_worker, args=(specs, preset_name, device, steps, warmup, w, barrier, queue))
              for w in range(workers)]
     for p in procs:
         p.start()
-    times = [queue.get(timeout=600) for _ in procs]
+    got: dict = {}
+    for _ in range(workers * len(specs)):
+        case, sec, err = queue.get(timeout=900)
+        got.setdefault(case, []).append(err if sec is None else sec)
     for p in procs:
         p.join(timeout=60)
-    return max(times) / (workers * steps)
+    out = []
+    for case in range(len(specs)):
+        vals = got.get(case, ["no result"])
+        errs = [v for v in vals if isinstance(v, str)]
+        out.append(errs[0] if errs else max(vals) / (workers * steps))
+    return out
 
 
 def run_throughput(*, mixers=DEFAULT_MIXERS, d_models=(64, 256), seq_lens=(64, 256), out: str,
                    device: str = "cuda", steps: int = 20, warmup: int = 5, group_size: int = 4,
-                   workers: int = 8, paths=("process", "group", "group_graph"), preset: str = "paper") -> list[dict]:
-    """Time every (mixer, d_model, seq_len) on every path; append each result to throughput.jsonl."""
+                   workers: int = 8, paths=("process", "group", "group_graph"), preset: str = "paper",
+                   batch: int | None = None) -> list[dict]:
+    """Time every (mixer, d_model, seq_len) on every path; append each result to throughput.jsonl.
+    batch None: Zoology's batch for each T (paper_batch)."""
     from attnzoo.bench.zoo.models import machine_line
 
+    unknown = set(paths) - {"process", "group", "group_graph"}
+    if unknown:
+        raise ValueError(f"paths must be among process, group, group_graph; got {sorted(unknown)}")
     pre = get_preset(preset)
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, "throughput.jsonl")
+    specs = [_case_spec(m, d, T, pre.vocab_size, batch) for m in mixers for d in d_models for T in seq_lens]
     rows = []
-    for mixer in mixers:
-        for d in d_models:
-            for T in seq_lens:
-                spec = _case_spec(mixer, d, T, pre.vocab_size)
-                for how in paths:
-                    rec = {"mixer": mixer, "d_model": d, "seq_len": T, "path": how, "batch": paper_batch(T),
-                           "steps": steps, "machine": machine_line(device)}
-                    try:
-                        if how == "process":
-                            sec = time_processes(spec, preset, device=device, workers=workers, steps=steps,
-                                                 warmup=warmup)
-                            rec["workers"] = workers
-                        else:
-                            sec = time_group(spec, pre, device=device, group_size=group_size,
-                                             graph=how == "group_graph", steps=steps, warmup=warmup) / group_size
-                            rec["group_size"] = group_size
-                        rec["model_steps_per_s"] = round(1.0 / sec, 2)
-                    except Exception as e:  # noqa: BLE001 -- one case failing must not lose the others
-                        rec["error"] = f"{type(e).__name__}: {e}"[:300]
-                    rows.append(rec)
-                    with open(path, "a", encoding="utf-8") as f:
-                        f.write(json.dumps(rec) + "\n")
-                    print(json.dumps(rec), flush=True)
+
+    def emit(spec, how, sec, **extra):
+        rec = {"mixer": spec["mixer"], "d_model": spec["d_model"], "seq_len": spec["seq_len"], "path": how,
+               "batch": spec["batch"], "steps": steps, "machine": machine_line(device), **extra}
+        if isinstance(sec, str):
+            rec["error"] = sec
+        else:
+            rec["model_steps_per_s"] = round(1.0 / sec, 2)
+        rows.append(rec)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
+        print(json.dumps(rec), flush=True)
+
+    if "process" in paths:
+        for spec, sec in zip(specs, time_processes(specs, preset, device=device, workers=workers, steps=steps,
+                                                    warmup=warmup)):
+            emit(spec, "process", sec, workers=workers)
+    for spec in specs:
+        for how in [p for p in paths if p != "process"]:
+            try:
+                sec = time_group(spec, pre, device=device, group_size=group_size, graph=how == "group_graph",
+                                 steps=steps, warmup=warmup) / group_size
+            except Exception as e:  # noqa: BLE001 -- one case failing must not lose the others
+                sec = f"{type(e).__name__}: {e}"[:300]
+            emit(spec, how, sec, group_size=group_size)
     write_throughput_table(rows, out)
     return rows
 

@@ -1,0 +1,26 @@
+"""`attnzoo bench zoo-throughput` on the CPU at a toy size: both paths time the same case, the table has the ratio."""
+
+import json
+
+from attnzoo.cli import main
+
+
+def test_throughput_bench_writes_rows_and_ratio(tmp_path, capsys):
+    out = tmp_path / "zt"
+    assert main(["bench", "zoo-throughput", "--mixers", "softmax", "--d-models", "16", "--seq-lens", "32",
+                 "--steps", "2", "--warmup", "1", "--group-size", "2", "--workers", "2", "--batch", "4",
+                 "--paths", "process,group", "--device", "cpu", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in (out / "throughput.jsonl").read_text().splitlines()]
+    assert [r["path"] for r in rows] == ["process", "group"]
+    assert all(r["model_steps_per_s"] > 0 and "error" not in r for r in rows), rows
+    md = (out / "throughput.md").read_text()
+    assert "| softmax | 16 | 32 |" in md and "x |" in md
+
+
+def test_unknown_path_refused(tmp_path):
+    import pytest
+
+    from attnzoo.bench.zoo.throughput import run_throughput
+
+    with pytest.raises(ValueError, match="paths must be among"):
+        run_throughput(mixers=["softmax"], paths=("nope",), out=str(tmp_path))
