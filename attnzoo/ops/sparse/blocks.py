@@ -1,0 +1,122 @@
+"""Block top-k selection: which key blocks each query block attends to (NSA's selection branch, Yuan et
+al. 2025, arXiv:2502.11089; SSA, Shen et al. 2025, arXiv:2511.20102; Kinetics, Sadhukhan et al. 2025,
+arXiv:2506.05333).
+
+Positions are cut into blocks of `block_size`; query block m holds positions [m·bs, (m+1)·bs) and is
+represented by its FIRST query q_{m·bs} (so the selection is causal: it is fixed when the block's first
+token arrives; a mean over the block's queries would let a token's keys depend on later queries).
+
+    k̄_b = mean_{j in block b} k_j                                            (pooled key, complete blocks)
+    s_{m,b} = mean_{g in GQA group} softmax_{b < m}(q_{m·bs, g} · k̄_b · scale)   score="softmax" (SSA)
+            = mean_{g in GQA group} q_{m·bs, g} · k̄_b · scale                    score="logits"  (Kinetics)
+    S_m = {b < sink_blocks} ∪ {m - local_blocks < b <= m} ∪ topk_b(s_{m,b} : b < m, not forced)
+
+Only complete blocks before the query block are scored (b < m), so a pooled key never contains a token
+after the block's first query. The selection is per KV head (GQA groups share it) and is not
+differentiated (as in NSA). The result is the block-sparse layout every implementation takes:
+
+    block_ids    int32 [B, Hkv, M, S]   selected key blocks of query block m, ascending, -1 padded
+    block_counts int32 [B, Hkv, M]      how many entries of block_ids[..., m, :] are real
+
+so the own block m, always selected, is the last real entry (the kernels mask only that one causally).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def pooled_block_keys(k: torch.Tensor, valid: torch.Tensor | None, block_size: int) -> torch.Tensor:
+    """Mean key per block over valid slots: k [B, L, H, D] -> [B, ceil(L / bs), H, D] (valid [B, L] or None)."""
+    B, L, H, D = k.shape
+    nb = -(-L // block_size)
+    pad = nb * block_size - L
+    if valid is None:
+        valid = torch.ones(B, L, dtype=torch.bool, device=k.device)
+    kz = torch.where(valid[..., None, None], k, k.new_zeros(()))
+    kz = F.pad(kz, (0, 0, 0, 0, 0, pad)).view(B, nb, block_size, H, D).sum(2)
+    cnt = F.pad(valid.to(k.dtype), (0, pad)).view(B, nb, block_size).sum(2).clamp_min(1)
+    return kz / cnt[..., None, None]
+
+
+def block_queries(q: torch.Tensor, block_size: int) -> torch.Tensor:
+    """The representative (first) query of each query block: q [B, T, H, D] -> [B, ceil(T / bs), H, D]."""
+    return q[:, ::block_size]
+
+
+def select_blocks(
+    qrep: torch.Tensor, kbar: torch.Tensor, *, top_k: int, sink_blocks: int = 0, local_blocks: int = 1,
+    score: str = "softmax", scale: float | None = None, q_block: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k key blocks per query block (see the module docstring).
+
+    qrep [B, M, Hq, D] representative queries; kbar [B, N, Hkv, D] pooled keys; q_block [B, M] the
+    query block index of each representative (default m: prefill; decode passes (len - 1) // bs).
+    Returns block_ids int32 [B, Hkv, M, S] (ascending, -1 padded), block_counts int32 [B, Hkv, M],
+    S = min(N, sink_blocks + top_k + local_blocks). Scores in float32 (float64 for float64 inputs).
+    """
+    if score not in ("softmax", "logits"):
+        raise ValueError(f'score must be "softmax" (SSA) or "logits" (Kinetics), got {score!r}')
+    if not isinstance(top_k, int) or top_k < 0:
+        raise ValueError(f"top_k must be an int >= 0, got {top_k!r}")
+    if sink_blocks < 0 or local_blocks < 1:
+        raise ValueError(f"need sink_blocks >= 0 and local_blocks >= 1 (the own block), got {sink_blocks}, "
+                         f"{local_blocks}")
+    if qrep.dim() != 4 or kbar.dim() != 4 or qrep.shape[-1] != kbar.shape[-1] or qrep.shape[2] % kbar.shape[2]:
+        raise ValueError(f"qrep [B, M, Hq, D] and kbar [B, N, Hkv, D] with Hq % Hkv == 0, got "
+                         f"{tuple(qrep.shape)} and {tuple(kbar.shape)}")
+    B, M, Hq, D = qrep.shape
+    N, Hkv = kbar.shape[1], kbar.shape[2]
+    G = Hq // Hkv
+    dev = qrep.device
+    ct = torch.float64 if qrep.dtype == torch.float64 else torch.float32
+    scale = D**-0.5 if scale is None else scale
+    if q_block is None:
+        q_block = torch.arange(M, device=dev).expand(B, M)
+    qb = q_block.to(torch.long)[:, None, :, None]  # [B, 1, M, 1]
+    blocks = torch.arange(N, device=dev)
+    forced = (blocks <= qb) & ((blocks < sink_blocks) | (blocks > qb - local_blocks))  # [B, 1, M, N]
+    kk = min(top_k, N)
+    parts = []
+    if kk > 0:
+        logits = torch.einsum("bmkgd,bnkd->bkgmn", qrep.to(ct).view(B, M, Hkv, G, D), kbar.to(ct)) * scale
+        complete = (blocks < qb)[:, :, None]  # [B, 1, 1, M, N]
+        if score == "softmax":
+            p = torch.softmax(logits.masked_fill(~complete, float("-inf")), dim=-1)
+            s = torch.where(complete, p, p.new_zeros(())).mean(2)
+        else:
+            s = logits.mean(2)
+        s = s.masked_fill(~(complete[:, :, 0] & ~forced), float("-inf"))  # [B, Hkv, M, N]
+        vals, top = torch.topk(s, kk, dim=-1)
+        parts.append(torch.where(vals > float("-inf"), top, torch.full_like(top, -1)))
+    sink = torch.arange(sink_blocks, device=dev).expand(B, 1, M, sink_blocks)
+    sink = torch.where((sink <= qb) & (sink <= qb - local_blocks), sink, torch.full_like(sink, -1))
+    local = qb - local_blocks + 1 + torch.arange(local_blocks, device=dev)
+    local = torch.where(local >= 0, local, torch.full_like(local, -1))
+    parts += [sink.expand(B, Hkv, M, -1), local.expand(B, Hkv, M, -1)]
+    ids = torch.cat(parts, -1)
+    S = min(N, ids.shape[-1])
+    ids = torch.sort(torch.where(ids >= 0, ids, torch.full_like(ids, N)), dim=-1).values[..., :S]
+    counts = (ids < N).sum(-1)
+    ids = torch.where(ids < N, ids, torch.full_like(ids, -1))
+    return ids.to(torch.int32).contiguous(), counts.to(torch.int32).contiguous()
+
+
+def selected_block_mask(block_ids: torch.Tensor, n_blocks: int) -> torch.Tensor:
+    """bool [B, Hkv, M, n_blocks]: True where query block m selected key block n."""
+    B, Hkv, M, _ = block_ids.shape
+    sel = torch.zeros(B, Hkv, M, n_blocks + 1, dtype=torch.bool, device=block_ids.device)
+    ids = block_ids.long()
+    sel.scatter_(3, torch.where(ids >= 0, ids, torch.full_like(ids, n_blocks)), True)
+    return sel[..., :n_blocks]
+
+
+def allowed_keys(block_ids: torch.Tensor, T: int, block_size: int) -> torch.Tensor:
+    """Dense mask of a block selection: bool [B, Hkv, T, T], query i sees key j iff j <= i and block(j) in
+    S_{block(i)}. For references and for building other libraries' masks; O(T^2) memory."""
+    n = -(-T // block_size)
+    sel = selected_block_mask(block_ids, n)
+    blk = torch.arange(T, device=block_ids.device) // block_size
+    allowed = sel[:, :, blk][:, :, :, blk]
+    return allowed & torch.ones(T, T, dtype=torch.bool, device=block_ids.device).tril()
