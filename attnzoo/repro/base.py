@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 VERDICTS = ("reproduced", "partly", "not reproduced")
-SIZES = ("quick", "full")
+SIZES = ("quick", "medium", "full")  # medium: a CPU size for committed results (<= 5 min on 2 cores)
 
 
 @dataclass
