@@ -83,7 +83,8 @@ def ov_structure(ov: torch.Tensor) -> dict:
     last = ov[:, -1, -1]
     share = last.abs() / ov[:, -1, :].norm(dim=1)
     w = last.abs() / last.abs().sum()
-    return {"last_entry_share": float((w * share).sum()), "head_cancellation": float(last.sum().abs() / last.abs().sum()),
+    return {"last_entry_share": float((w * share).sum()),
+            "head_cancellation": float(last.sum().abs() / last.abs().sum()),
             "ov_last_per_head": [float(v) for v in last]}
 
 
@@ -129,7 +130,8 @@ def _run(ctx) -> list[Claim]:
     ov = ov_structure(models["softmax H=4"].ov.detach())
     ctx.record(model="softmax H=4", **{f"kq_{k}": v for k, v in kq.items()}, **{f"ov_{k}": v for k, v in ov.items()})
     _plot(ctx, res, lengths, L)
-    cond = f"d={d}, σ={NOISE}, L_train={L}, {cfg['steps']} Adam steps x {cfg['batch']} prompts, seed {ctx.seed}"
+    cond = (f"d={d}, σ={NOISE}, L_train={L}, {cfg['steps']} Adam steps x {cfg['batch']} prompts, seed {ctx.seed}, "
+            f"{dev}")
     gen_sm = res[(multi, 2 * L)] <= 1.05 * best
     gen_lin = res[("linear H=1", 2 * L)] > 1.05 * res[("linear H=1", L)]
     kq_ok = [kq["x_block_share"] >= 0.9, kq["offdiag_share"] <= 0.3, kq["diag_spread"] <= 0.3]
@@ -150,7 +152,8 @@ def _run(ctx) -> list[Claim]:
               f"diag spread {kq['diag_spread']:.2f}, diag means {[round(v, 2) for v in kq['diag_mean_per_head']]}",
               verdict(all(kq_ok), any(kq_ok)), cond),
         Claim(CLAIMS[4], "OV non-zero only in the last entry, Σ_h ≈ 0",
-              f"H=4: last-entry share {ov['last_entry_share']:.2f}, cancellation abs(Σ_h)/Σ_h abs {ov['head_cancellation']:.2f}, "
+              f"H=4: last-entry share {ov['last_entry_share']:.2f}, "
+              f"cancellation abs(Σ_h)/Σ_h abs {ov['head_cancellation']:.2f}, "
               f"OV[-1,-1] {[round(v, 2) for v in ov['ov_last_per_head']]}", verdict(all(ov_ok), any(ov_ok)), cond),
     ]
 
