@@ -1,24 +1,29 @@
-"""Block-sparse causal attention: per-query top-k key blocks (NSA selection branch, Yuan et al. 2025,
+"""Block-sparse causal attention: per-query-block top-k key blocks (NSA selection branch, Yuan et al. 2025,
 arXiv:2502.11089; SSA, Shen et al. 2025, arXiv:2511.20102; Kinetics, Sadhukhan et al. 2025,
 arXiv:2506.05333).
 
-    k̄_b = mean(k_j : j in block b)                           (block_size tokens, real tokens only)
-    S_i = topk_b( mean_group softmax_b(q_i · k̄_b / sqrt(d)) )   plus the query's own block
-    y_i = W_o softmax_j(q_i · k_j / sqrt(d) | j <= i, block(j) in S_i or j < n_sink or i - j < window) v_j
+    k̄_b = mean(k_j : j in block b)                                   (block_size tokens, real tokens only)
+    S_m = topk_{b < m}( mean_group softmax_b(q_{m·bs} · k̄_b / sqrt(d)) ) ∪ sink blocks ∪ local blocks
+    y_i = W_o softmax_j(q_i · k_j / sqrt(d) | j <= i, block(j) in S_{block(i)}) v_j
 
-x [B, T, d_model] -> y [B, T, d_model]. Scores: `score="softmax"` is SSA's (softmax over block
-scores, averaged over the GQA group); `score="logits"` is Kinetics' (raw logits averaged over the
-group). The current block is always kept and counts as one of the `top_k`; only *complete* earlier
-blocks are scored, so the pooled key of the current, partial block (which would contain future
-tokens) is never used. Blocks are counted over real tokens (positions skip padding), so padding
-changes neither the selection nor the outputs.
+x [B, T, d_model] -> y [B, T, d_model]. Query block m (positions [m·bs, (m+1)·bs)) chooses once, with
+its first query q_{m·bs}, among the complete blocks before it, so the selection is causal and every
+query of the block reads the same blocks (what a FlashAttention-style kernel needs: ops/sparse).
+Scores: `score="softmax"` is SSA's (softmax over block scores, averaged over the GQA group);
+`score="logits"` is Kinetics' (raw logits averaged over the group). The own block is always read;
+`n_sink` first tokens and the last `window` tokens are rounded up to whole blocks (sink blocks
+ceil(n_sink / bs), local blocks 1 + ceil((window - 1) / bs)), so those tokens are always visible;
+`top_k` more blocks are chosen. Blocks are counted over real tokens (positions skip padding), so
+padding changes neither the selection nor the outputs.
 
 Training modes (`mode`, a plain attribute like `top_k`):
 - "sparse" / "full": always the block-sparse / dense causal output.
 - "mixed" (SSA): in training each forward computes both, picks one with probability 0.5 to feed
   o_proj, and sets `aux_loss = 10 * (SmoothL1(o_f, sg(o_s)) + SmoothL1(sg(o_f), o_s))` over real
   tokens; in eval "mixed" uses the sparse output (SSA's default inference mode).
-The state is a KV cache on the position timeline (index = position), so decoding reads blocks directly.
+The state is a KV cache on the position timeline (index = position), so decoding reads blocks directly,
+plus the first query of the current block (`block_q`), which made that block's selection.
+On CUDA (impl="auto") the selected blocks are read by the Triton kernels (forward, backward, decode).
 """
 
 from __future__ import annotations
@@ -31,9 +36,9 @@ import torch.nn.functional as F
 from attnzoo.mixers.layers import apply_rope, token_positions
 from attnzoo.mixers.softmax import KVCacheState, SoftmaxAttention, kv_cache_bytes
 from attnzoo.ops.softmax import softmax_attention
-from attnzoo.ops.sparse.block_topk import (
+from attnzoo.ops.sparse import (
     block_sparse_attention,
-    block_sparse_attention_reference,
+    block_sparse_decode,
     pooled_block_keys,
     select_blocks,
 )
@@ -44,7 +49,11 @@ MODES = ("sparse", "full", "mixed")
 
 @dataclass
 class BlockKVState(KVCacheState):
-    """KV cache where slot j holds the key/value at real position j (valid = j < seen)."""
+    """KV cache where slot j holds the key/value at real position j (valid = j < seen); block_q [B, Hq, D]
+    is the first query of the block holding position `seen` (it chose that block's keys; unused, zero,
+    when `seen` starts a new block)."""
+
+    block_q: torch.Tensor | None = None
 
 
 class BlockSparseAttention(SoftmaxAttention):
@@ -69,6 +78,12 @@ class BlockSparseAttention(SoftmaxAttention):
         if window is not None and window < 1:
             raise ValueError(f"window must be >= 1 or None, got {window}")
         self.block_size, self.top_k, self.n_sink, self.mode, self.score = block_size, top_k, n_sink, mode, score
+
+    def block_budget(self) -> tuple[int, int]:
+        """(sink_blocks, local_blocks): n_sink and window rounded up to whole blocks."""
+        bs = self.block_size
+        local = 1 if self.local_window is None else 1 + -(-(self.local_window - 1) // bs)
+        return -(-self.n_sink // bs), local
 
     def _check_attrs(self):
         if self.mode not in MODES:
@@ -102,8 +117,9 @@ class BlockSparseAttention(SoftmaxAttention):
         if self.rope:
             q, k = apply_rope(q, pos, self.rope_theta), apply_rope(k, pos, self.rope_theta)
         total = seen0 + real.long().sum(1)
-        K = self._timeline(k, pos, real, seen0, total, None if state is None else state.k)
-        V = self._timeline(v, pos, real, seen0, total, None if state is None else state.v)
+        plain = state is None and mask is None  # positions 0..T-1: the inputs are the timeline
+        K = k if plain else self._timeline(k, pos, real, seen0, total, None if state is None else state.k)
+        V = v if plain else self._timeline(v, pos, real, seen0, total, None if state is None else state.v)
         L = K.shape[1]
         kpos = torch.arange(L, device=x.device).expand(B, L)
         valid = kpos < total[:, None]
@@ -112,10 +128,12 @@ class BlockSparseAttention(SoftmaxAttention):
         if mode == "mixed" and not self.training:
             mode = "sparse"
         o_f = o_s = None
+        block_q = q.new_zeros(B, self.n_heads, hd)
         if mode in ("full", "mixed"):
-            o_f = softmax_attention(q, K, V, causal=True, q_pos=pos, k_pos=kpos, key_mask=valid, impl=self.impl)
+            o_f = softmax_attention(q, K, V, causal=True, q_pos=None if plain else pos, k_pos=None if plain else kpos,
+                                    key_mask=None if plain else valid, impl=self.impl)
         if mode in ("sparse", "mixed"):
-            o_s = self.sparse_attention(q, K, V, pos, valid)
+            o_s, block_q = self.sparse_attention(q, K, V, pos, real, valid, seen0, total, state, plain)
         self.aux_loss = None
         if mode == "mixed":
             w = real[..., None, None]
@@ -128,16 +146,50 @@ class BlockSparseAttention(SoftmaxAttention):
         else:
             o = o_f if mode == "full" else o_s
         y = self.o_proj(o.reshape(B, T, self.n_heads * hd))
-        new_state = BlockKVState(k=K, v=V, valid=valid, kpos=kpos, seen=total) if return_state else None
+        new_state = None
+        if return_state:
+            new_state = BlockKVState(k=K, v=V, valid=valid, kpos=kpos, seen=total, block_q=block_q.detach())
         return y, new_state
 
-    def sparse_attention(self, q, K, V, pos, valid):
-        kbar = pooled_block_keys(K, valid, self.block_size)
-        ids, sel = select_blocks(q, pos, kbar, block_size=self.block_size, top_k=self.top_k, score=self.score)
-        kw = {"block_size": self.block_size, "n_sink": self.n_sink, "window": self.local_window}
-        if self.impl == "reference":
-            return block_sparse_attention_reference(q, K, V, pos, sel, **kw)
-        return block_sparse_attention(q, K, V, pos, ids, **kw)
+    def _select(self, qrep, kbar, q_block=None):
+        sink, local = self.block_budget()
+        with torch.no_grad():
+            return select_blocks(qrep.detach(), kbar.detach(), top_k=self.top_k, sink_blocks=sink,
+                                 local_blocks=local, score=self.score, q_block=q_block)
+
+    def sparse_attention(self, q, K, V, pos, real, valid, seen0, total, state, plain):
+        """Block-sparse output o [B, T, Hq, D] at the new tokens and the next state's block_q."""
+        B, T, Hq, D = q.shape
+        bs = self.block_size
+        old_q = None if state is None or state.block_q is None else state.block_q.to(q.dtype)
+        kbar = pooled_block_keys(K, valid, bs)
+        if T == 1 and old_q is not None and bool(real.all()):  # decoding one token: the decode kernel
+            starts = (seen0 % bs == 0)[:, None, None]
+            qrep = torch.where(starts, q[:, 0], old_q)
+            ids, cnt = self._select(qrep[:, None], kbar, q_block=(seen0 // bs)[:, None])
+            o = block_sparse_decode(q[:, 0], K, V, ids[:, :, 0], cnt[:, :, 0], total, block_size=bs,
+                                    impl=self.impl)
+            return o[:, None], qrep
+        Qt = q if plain else self._timeline(q, pos, real, seen0, total, None)  # [B, L, Hq, D]
+        L = Qt.shape[1]
+        M = -(-L // bs)
+        qrep = Qt[:, ::bs].detach().clone()  # [B, M, Hq, D]: the first query of every block
+        rows = torch.arange(B, device=q.device)
+        if old_q is not None:  # the block holding position seen0 started in an earlier call
+            started = seen0 % bs != 0
+            mb = (seen0 // bs).clamp_max(M - 1)
+            qrep[rows, mb] = torch.where(started[:, None, None], old_q, qrep[rows, mb])
+        ids, cnt = self._select(qrep, kbar)
+        o = block_sparse_attention(Qt, K, V, ids, cnt, block_size=bs, impl=self.impl)
+        if not plain:
+            o = torch.gather(o, 1, pos.clamp_max(L - 1)[..., None, None].expand(B, T, Hq, o.shape[-1]))
+        nb = total // bs
+        block_q = torch.where((total % bs != 0)[:, None, None], qrep[rows, nb.clamp_max(M - 1)],
+                              q.new_zeros(()))
+        return o, block_q
+
+    def state_bytes(self, seq_len: int) -> int:
+        return super().state_bytes(seq_len) + self.n_heads * self.head_dim * 4  # + block_q
 
     def extra_repr(self):
         return (f"{super().extra_repr()}, block_size={self.block_size}, top_k={self.top_k}, "
@@ -145,7 +197,8 @@ class BlockSparseAttention(SoftmaxAttention):
 
     @staticmethod
     def tokens_read_per_step(seq_len: int, *, block_size: int = 16, top_k: int = 16, local: int = 0) -> int:
-        """Cached tokens one decode step reads (cost model): min(L, local + block_size * top_k)."""
+        """Cached tokens one decode step reads (cost model): min(L, local + block_size * top_k) (the own block
+        and any sink / local blocks counted in `local`)."""
         return min(seq_len, local + block_size * top_k)
 
 

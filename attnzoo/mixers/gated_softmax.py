@@ -10,13 +10,16 @@ X is the mixer's (pre-normed) input, the same input q_proj sees. As in the offic
 is fused into q_proj and split per KV group: q_proj(x).view(B, T, n_kv, -1).split([d_h·g, g·w])
 with g = h / n_kv query heads per group and w = 1 (headwise) or d_h (elementwise), so released
 checkpoints load unchanged.
+
+The gate multiply is ops/gate's sigmoid_output_gate: on CUDA (gate_impl="auto") one fused Triton
+kernel forward and one backward, reading the gate straight from the projection's output (no copy);
+gate_impl="torch" is the unfused o · sigmoid(gate).
 """
 
 from __future__ import annotations
 
-import torch
-
 from attnzoo.mixers.softmax import SoftmaxAttention, kv_cache_bytes
+from attnzoo.ops.gate import sigmoid_output_gate
 from attnzoo.registry import Card, Paper, register
 
 
@@ -34,10 +37,11 @@ from attnzoo.registry import Card, Paper, register
     ),
 )
 class GatedSoftmax(SoftmaxAttention):
-    def __init__(self, d_model: int, *, gate: str = "elementwise", **kw):
+    def __init__(self, d_model: int, *, gate: str = "elementwise", gate_impl: str = "auto", **kw):
         if gate not in ("headwise", "elementwise"):
             raise ValueError(f"gate must be 'headwise' or 'elementwise', got {gate!r}")
         self.gate = gate
+        self.gate_impl = gate_impl
         super().__init__(d_model, **kw)
 
     def gate_width(self) -> int:
@@ -56,7 +60,7 @@ class GatedSoftmax(SoftmaxAttention):
         return q, gate
 
     def gate_output(self, o, gate):
-        return o * torch.sigmoid(gate).to(o.dtype)
+        return sigmoid_output_gate(o, gate, impl=self.gate_impl)
 
     def extra_repr(self):
         return super().extra_repr() + f", gate={self.gate}"

@@ -6,13 +6,6 @@ import pytest
 import torch
 
 import attnzoo
-from attnzoo.ops.sparse.block_topk import (
-    block_sparse_allowed,
-    block_sparse_attention,
-    block_sparse_attention_reference,
-    pooled_block_keys,
-    select_blocks,
-)
 
 D = 32
 
@@ -50,47 +43,6 @@ def test_block_sparse_fast_path_matches_reference_and_is_really_sparse():
         y_full = m(x)
     assert torch.allclose(y, y_ref, atol=1e-10)
     assert (y - y_full).abs().max() > 1e-3  # sparse differs from dense at these sizes
-
-
-def test_block_selection_ops_gradients_and_dense_mask():
-    B, L, Hq, Hkv, Dh, bs = 2, 23, 4, 2, 8, 4
-    q, k, v = rand(B, L, Hq, Dh, seed=2), rand(B, L, Hkv, Dh, seed=3), rand(B, L, Hkv, Dh, seed=4)
-    pos = torch.arange(L).expand(B, L)
-    valid = torch.ones(B, L, dtype=torch.bool)
-    kbar = pooled_block_keys(k, valid, bs)
-    assert torch.allclose(kbar[:, 1], k[:, 4:8].mean(1))
-    ids, sel = select_blocks(q, pos, kbar, block_size=bs, top_k=3)
-    # own block always kept, only complete earlier blocks otherwise, at most top_k blocks
-    own = pos // bs
-    assert torch.gather(sel, 3, own[:, :, None, None].expand(B, L, Hkv, 1)).all()
-    blk = torch.arange(sel.shape[-1])
-    assert not (sel & (blk > own[:, :, None, None])).any()
-    assert (sel.sum(-1) <= 3).all() and (sel.sum(-1) == torch.clamp(own + 1, max=3)[:, :, None]).all()
-    allowed = block_sparse_allowed(sel, pos, L, block_size=bs, n_sink=1, window=2)
-    assert not (allowed & (torch.arange(L)[None, None, None, :] > pos[:, None, :, None])).any()
-    qg, kg, vg = (t.clone().requires_grad_(True) for t in (q, k, v))
-    o = block_sparse_attention(qg, kg, vg, pos, ids, block_size=bs, n_sink=1, window=2, q_chunk=5)
-    qr, kr, vr = (t.clone().requires_grad_(True) for t in (q, k, v))
-    o_ref = block_sparse_attention_reference(qr, kr, vr, pos, sel, block_size=bs, n_sink=1, window=2)
-    assert torch.allclose(o, o_ref, atol=1e-12)
-    w = rand(*o.shape, seed=5)
-    (o * w).sum().backward()
-    (o_ref * w).sum().backward()
-    for a, b in ((qg, qr), (kg, kr), (vg, vr)):
-        assert torch.allclose(a.grad, b.grad, atol=1e-12)
-
-
-def test_block_scores_softmax_and_logits_can_differ():
-    # SSA (softmax per head, then group mean) and Kinetics (logit mean) are different rankings
-    B, L, Hq, Hkv, Dh, bs = 1, 64, 8, 1, 4, 4
-    q, k = rand(B, L, Hq, Dh, seed=6) * 4, rand(B, L, Hkv, Dh, seed=7) * 4
-    pos = torch.arange(L).expand(B, L)
-    kbar = pooled_block_keys(k, torch.ones(B, L, dtype=torch.bool), bs)
-    s1 = select_blocks(q, pos, kbar, block_size=bs, top_k=2, score="softmax")[1]
-    s2 = select_blocks(q, pos, kbar, block_size=bs, top_k=2, score="logits")[1]
-    assert not torch.equal(s1, s2)
-    with pytest.raises(ValueError, match="score"):
-        select_blocks(q, pos, kbar, block_size=bs, top_k=2, score="max")
 
 
 def test_block_sparse_mixed_mode_sets_alignment_loss_and_top_k_is_adjustable():
