@@ -114,7 +114,7 @@ class AttnzooForCausalLM(PreTrainedModel, GenerationMixin):
         new_cache = None
         if use_cache and self.model.causal:
             logits, states = self.model(input_ids, mask=mask, state=None if cache is None else cache.states,
-                                        return_state=True)
+                                        return_state=True, start=0 if cache is None else cache.seen_tokens)
             new_cache = AttnzooCache(states, (0 if cache is None else cache.seen_tokens) + T)
         else:
             logits = self.model(input_ids, mask=mask)

@@ -13,6 +13,8 @@ layer, each with its own projections, and sums their outputs. The linear branch 
 to feature_dim per head (paper: 16, so 273 features) and v to head_dim = d_model / n_heads.
 x [B, T, d_model]. State: S [B, H, 1 + d + d^2, head_dim + 1] (last column z) and the window's
 KV cache (at most w tokens), so memory is constant in T. Padded steps get phi(k) = 0, v = 0.
+window=0 drops the sliding-window branch: Taylor linear attention alone (Zoology's Figure 2 "Based",
+arXiv:2312.04927, which precedes the sliding window; its state then holds no KV cache).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class BasedState(MixerState):
     """S [B, H, F, head_dim + 1] for the Taylor branch; window: the sliding-window KV cache."""
 
     S: torch.Tensor
-    window: KVCacheState
+    window: KVCacheState | None     # None when window=0 (no sliding-window branch)
 
 
 def based_state_bytes(d_model: int, n_heads: int, seq_len: int, feature_dim: int = 16, window: int = 64) -> int:
@@ -65,6 +67,8 @@ class Based(Mixer):
         super().__init__(d_model)
         if feature_dim <= 0:
             raise ValueError(f"feature_dim must be positive, got {feature_dim}")
+        if not isinstance(window, int) or window < 0:
+            raise ValueError(f"window must be an integer >= 0 (0: no sliding-window branch), got {window!r}")
         self.n_heads = n_heads
         self.head_dim = check_heads(d_model, n_heads)
         self.feature_dim = feature_dim
@@ -74,13 +78,17 @@ class Based(Mixer):
         self.k_proj = nn.Linear(d_model, n_heads * feature_dim, bias=False)
         self.v_proj = nn.Linear(d_model, d_model, bias=False)
         self.o_proj = nn.Linear(d_model, d_model, bias=False)
-        self.swa = SoftmaxAttention(
+        self.swa = None if window == 0 else SoftmaxAttention(
             d_model, n_heads=n_heads if window_heads is None else window_heads, window=window, causal=True,
             impl=impl,
         )
 
     def check_state(self, state):
         check_recurrent_state(RecurrentState(S=state.S), (self.n_heads, self.n_features, self.head_dim + 1))
+        if self.swa is None:
+            if state.window is not None:
+                raise ValueError("this Based has no sliding-window branch (window=0): state.window must be None")
+            return
         if not isinstance(state.window, KVCacheState):
             raise ValueError(f"state.window must be a KVCacheState, got {type(state.window).__name__}")  # noqa: TRY004
         self.swa.check_state(state.window)
@@ -97,6 +105,8 @@ class Based(Mixer):
 
     def _forward(self, x, mask, state, return_state):
         y_lin, S = self.taylor_branch(x, mask, None if state is None else state.S, return_state)
+        if self.swa is None:
+            return y_lin, (BasedState(S=S, window=None) if return_state else None)
         out = self.swa(x, mask=mask, state=None if state is None else state.window, return_state=return_state)
         if return_state:
             y_swa, window_state = out
@@ -104,8 +114,9 @@ class Based(Mixer):
         return y_lin + out, None
 
     def state_bytes(self, seq_len: int) -> int:
-        return 4 * self.n_heads * self.n_features * (self.head_dim + 1) + self.swa.state_bytes(seq_len)
+        swa = 0 if self.swa is None else self.swa.state_bytes(seq_len)
+        return 4 * self.n_heads * self.n_features * (self.head_dim + 1) + swa
 
     def extra_repr(self):
         return (f"d_model={self.d_model}, n_heads={self.n_heads}, feature_dim={self.feature_dim}, "
-                f"window={self.swa.window}")
+                f"window={0 if self.swa is None else self.swa.window}")

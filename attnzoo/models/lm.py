@@ -83,13 +83,29 @@ class LanguageModel(PretrainedMixin, nn.Module):
     def __init__(
         self, vocab_size: int, d_model: int, n_layers: int, mixer="softmax", *,
         mixer_kwargs: dict | None = None, mlp_ratio: float = 4.0, norm_eps: float = 1e-6,
+        max_positions: int | None = None, layer_kwargs: dict | None = None,
     ):
-        """mixer_kwargs maps a mixer name to its constructor arguments, e.g. {"softmax": {"n_heads": 4}}."""
+        """mixer_kwargs maps a mixer name to its constructor arguments, e.g. {"softmax": {"n_heads": 4}}.
+        max_positions: learned absolute position embeddings for that many positions, added to the token
+        embeddings (GPT-2 style; Zoology's attention models); None: none (the mixers' own, e.g. RoPE).
+        layer_kwargs maps a mixer name to a list of kwargs cycled over that mixer's layers, over
+        mixer_kwargs: {"base_conv": [{"kernel_size": 3}, {"kernel_size": -1}]} alternates a short and a
+        long convolution (Zoology's BaseConv stack)."""
         super().__init__()
         self.layer_names = parse_pattern(mixer, n_layers)
         mixer_kwargs = mixer_kwargs or {}
+        if max_positions is not None and (not isinstance(max_positions, int) or max_positions < 1):
+            raise ValueError(f"max_positions must be an integer >= 1 or None, got {max_positions!r}")
+        extra = {} if max_positions is None else {"max_positions": max_positions}
+        if layer_kwargs:
+            bad = [n for n, v in layer_kwargs.items() if not (isinstance(v, (list, tuple)) and v
+                                                              and all(isinstance(d, dict) for d in v))]
+            if bad or set(layer_kwargs) - set(self.layer_names):
+                raise ValueError(f"layer_kwargs must map mixers of the pattern {sorted(set(self.layer_names))} to "
+                                 f"non-empty lists of dicts, got {layer_kwargs!r}")
+            extra["layer_kwargs"] = {n: [dict(d) for d in v] for n, v in layer_kwargs.items()}
         self.init_config = init_config(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, mixer=mixer,
-                                       mixer_kwargs=mixer_kwargs, mlp_ratio=mlp_ratio, norm_eps=norm_eps)
+                                       mixer_kwargs=mixer_kwargs, mlp_ratio=mlp_ratio, norm_eps=norm_eps, **extra)
         unknown = set(mixer_kwargs) - set(self.layer_names)
         if unknown:
             raise ValueError(f"mixer_kwargs names {sorted(unknown)} that are not in the pattern {self.layer_names}")
@@ -97,11 +113,24 @@ class LanguageModel(PretrainedMixin, nn.Module):
         self.d_model = d_model
         self.embed = nn.Embedding(vocab_size, d_model)
         nn.init.normal_(self.embed.weight, std=0.02)
+        self.max_positions = max_positions
+        if max_positions is not None:
+            self.pos_embed = nn.Embedding(max_positions, d_model)
+            nn.init.normal_(self.pos_embed.weight, std=0.02)
+        per_layer = [self._layer_kwargs(i, mixer_kwargs, layer_kwargs or {}) for i in range(len(self.layer_names))]
         self.blocks = nn.ModuleList(
-            Block(build(name, d_model=d_model, **mixer_kwargs.get(name, {})), d_model, mlp_ratio)
-            for name in self.layer_names
+            Block(build(name, d_model=d_model, **kw), d_model, mlp_ratio)
+            for name, kw in zip(self.layer_names, per_layer)
         )
         self.norm = RMSNorm(d_model, eps=norm_eps)
+
+    def _layer_kwargs(self, i: int, mixer_kwargs: dict, layer_kwargs: dict) -> dict:
+        name = self.layer_names[i]
+        kw = dict(mixer_kwargs.get(name, {}))
+        if name in layer_kwargs:
+            nth = self.layer_names[:i].count(name)
+            kw.update(layer_kwargs[name][nth % len(layer_kwargs[name])])
+        return kw
 
     @property
     def causal(self) -> bool:
@@ -119,15 +148,21 @@ class LanguageModel(PretrainedMixin, nn.Module):
     def state_bytes(self, seq_len: int) -> int:
         return sum(b.mixer.state_bytes(seq_len) for b in self.blocks)
 
-    def forward(self, ids, *, mask=None, state=None, return_state=False, head=True):
+    def forward(self, ids, *, mask=None, state=None, return_state=False, head=True, start: int = 0):
         """ids [B, T] long -> logits [B, T, vocab]; state is the list returned by an earlier call.
         head=False returns the final normed hidden states [B, T, d_model] instead of the logits (a
-        trainer that scores a few positions forms their logits alone: attnzoo.train.group)."""
+        trainer that scores a few positions forms their logits alone: attnzoo.train.group).
+        start: the position of ids[:, 0] (the tokens the state has seen), for max_positions models."""
         if ids.dim() != 2 or ids.dtype not in (torch.long, torch.int32, torch.int64):
             raise ValueError(f"ids must be an integer tensor [B, T], got {ids.dtype} {tuple(ids.shape)}")
         if state is not None and len(state) != len(self.blocks):
             raise ValueError(f"state must be a list of {len(self.blocks)} layer states, got {len(state)}")
         x = self.embed(ids)
+        if self.max_positions is not None:
+            T = ids.shape[1]
+            if start < 0 or start + T > self.max_positions:
+                raise ValueError(f"positions {start}..{start + T - 1} are beyond max_positions={self.max_positions}")
+            x = x + self.pos_embed.weight[start:start + T]
         states = []
         for i, block in enumerate(self.blocks):
             x, s = block(x, mask=mask, state=None if state is None else state[i], return_state=return_state)
@@ -152,7 +187,7 @@ class LanguageModel(PretrainedMixin, nn.Module):
             nxt = sample_next(logits[:, -1], temperature, top_k, generator)
             out.append(nxt)
             if i + 1 < max_new_tokens:
-                logits, state = self(nxt, state=state, return_state=True)
+                logits, state = self(nxt, state=state, return_state=True, start=prompt.shape[1] + i)
         return torch.cat(out, dim=1)
 
 

@@ -20,13 +20,15 @@ class TokenTask:
 
 
 def token_task(name: str, *, seq_len: int, num_train: int, num_test: int, seed: int = 0,
-               num_pairs: int = 4, vocab_size: int = 8192) -> TokenTask:
-    """Build a token task. num_pairs and vocab_size are MQAR's (passkey and bytes use 256 bytes)."""
+               num_pairs: int = 4, vocab_size: int = 8192, random_non_queries: bool = True) -> TokenTask:
+    """Build a token task. num_pairs, vocab_size and random_non_queries are MQAR's (passkey and bytes
+    use 256 bytes)."""
     if name == "mqar":
         from attnzoo.tasks.mqar import mqar_splits
 
         train, test = mqar_splits(seq_len=seq_len, num_pairs=num_pairs, vocab_size=vocab_size,
-                                  num_train=num_train, num_test=num_test, seed=seed)
+                                  num_train=num_train, num_test=num_test, seed=seed,
+                                  random_non_queries=random_non_queries)
         return TokenTask(name, vocab_size, seq_len, train, test,
                          {"seq_len": seq_len, "num_pairs": num_pairs, "vocab_size": vocab_size})
     if name == "passkey":

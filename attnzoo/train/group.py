@@ -242,16 +242,20 @@ def group_error(models: list[nn.Module], *, sample_ids: torch.Tensor, device="cp
 
 
 def train_many(models: list[nn.Module], *, lrs, train, test, config: TrainConfig, on_step=None,
-               on_eval=None) -> tuple[list[TrainResult], str | None]:
+               on_eval=None, graph: bool = False) -> tuple[list[TrainResult], str | None]:
     """train_group where the models can be grouped, else each alone with train_lm (in order).
 
-    Returns (results, note): note None when grouped, else why the models ran one at a time."""
+    Returns (results, note): note None when grouped, else why the models ran one at a time.
+    train_many.graph_note: why no CUDA graph was used (None when one was, or graph=False)."""
+    train_many.graph_note = None
     note = "one model" if len(models) < 2 else group_error(models, sample_ids=train[0][:config.batch_size],
                                                              device=config.device)
     if note is None:
         try:
-            return train_group(models, lrs=lrs, train=train, test=test, config=config, on_step=on_step,
-                               on_eval=on_eval), None
+            results = train_group(models, lrs=lrs, train=train, test=test, config=config, on_step=on_step,
+                                  on_eval=on_eval, graph=graph)
+            train_many.graph_note = train_group.graph_note if graph else None
+            return results, None
         except RuntimeError as e:          # a batch the probe did not meet (the models are untouched)
             if "vmap" not in str(e) and "batch" not in str(e).lower():
                 raise

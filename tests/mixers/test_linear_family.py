@@ -272,3 +272,19 @@ def test_card_state_bytes_match_default_instance(name):
     m = attnzoo.build(name, d_model=64, **kw)
     card = attnzoo.get_card(name)
     assert card.state_bytes(64, m.n_heads, 100) == m.state_bytes(100)
+
+
+def test_based_without_window_is_taylor_attention_alone():
+    """window=0 (Zoology's Figure 2 Based): no sliding-window branch, no KV cache, state continues."""
+    import pytest
+
+    m = attnzoo.build("based", d_model=16, n_heads=1, feature_dim=4, window=0)
+    x = torch.randn(2, 20, 16)
+    y1, s = m(x[:, :12], return_state=True)
+    assert s.window is None and m.swa is None
+    torch.testing.assert_close(torch.cat([y1, m(x[:, 12:], state=s)], 1), m(x), atol=1e-5, rtol=1e-5)
+    y_lin, _ = m.taylor_branch(x, None, None, False)
+    torch.testing.assert_close(m(x), y_lin)
+    assert m.state_bytes(64) == m.state_bytes(4096)          # constant in T: no cache
+    with pytest.raises(ValueError, match="window must be an integer >= 0"):
+        attnzoo.build("based", d_model=16, window=-1)

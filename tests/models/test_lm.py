@@ -51,3 +51,26 @@ def test_forward_shapes_errors_and_bidirectional_cannot_generate():
         enc.generate(torch.randint(0, 20, (1, 4)), 3)
     assert lm.aux_loss() is None
     assert lm.state_bytes(10) == 2 * (2 * 16 * 10 * 4)
+
+
+def test_learned_positions_and_layer_kwargs_round_trip_and_decode(tmp_path):
+    """max_positions adds learned absolute positions (decode continues them: generate == greedy re-runs);
+    layer_kwargs cycles a mixer's kwargs over its layers; both survive save/load."""
+    lm = LanguageModel(64, 16, 4, "base_conv", mixer_kwargs={"base_conv": {"l_max": 32}},
+                       layer_kwargs={"base_conv": [{"kernel_size": 3}, {"kernel_size": -1}]}, max_positions=32)
+    assert [b.mixer.config["kernel_size"] for b in lm.blocks] == [3, -1, 3, -1]
+    x = torch.randint(0, 64, (2, 20))
+    lm.save_pretrained(tmp_path)
+    assert torch.equal(LanguageModel.from_pretrained(tmp_path)(x), lm(x))
+    shifted = torch.cat([x[:, :1], x], 1)[:, :20]
+    assert not torch.allclose(lm(shifted)[:, 1:], lm(x)[:, :19])      # positions matter
+    y, z = lm.generate(x[:, :5], 8, temperature=0), x[:, :5]
+    for _ in range(8):
+        z = torch.cat([z, lm(z)[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(y, z)
+    with pytest.raises(ValueError, match="beyond max_positions=32"):
+        lm(torch.zeros(1, 33, dtype=torch.long))
+    with pytest.raises(ValueError, match="layer_kwargs must map mixers of the pattern"):
+        LanguageModel(64, 16, 2, "softmax", layer_kwargs={"gla": [{}]})
+    with pytest.raises(ValueError, match="max_positions must be an integer"):
+        LanguageModel(64, 16, 2, "softmax", max_positions=0)

@@ -19,8 +19,11 @@ from attnzoo.registry import get_card, list_mixers
 SKIP_FAMILIES = ("vision",)
 
 
-def default_mixers() -> list[str]:
-    """Every registered causal sequence mixer (the zoo trains causal language models)."""
+def default_mixers(preset: ZooPreset | None = None) -> list[str]:
+    """The preset's own list (the paper's Figure 2 lines), else every registered causal sequence mixer
+    (the zoo trains causal language models)."""
+    if preset is not None and preset.mixers:
+        return list(preset.mixers)
     return [n for n in list_mixers() if get_card(n).causal and get_card(n).family not in SKIP_FAMILIES]
 
 
@@ -40,12 +43,13 @@ def task_data(spec: dict, preset: ZooPreset):
     from attnzoo.tasks import token_task
 
     key = (spec["task"], spec["seq_len"], spec["num_pairs"], spec["vocab_size"], preset.num_train,
-           preset.num_test, preset.seed)
+           preset.num_test, preset.seed, preset.random_non_queries)
     if key not in _TASK_CACHE:
         _TASK_CACHE.clear()
         _TASK_CACHE[key] = token_task(spec["task"], seq_len=spec["seq_len"], num_train=preset.num_train,
                                       num_test=preset.num_test, seed=preset.seed,
-                                      num_pairs=max(1, spec["num_pairs"]), vocab_size=spec["vocab_size"])
+                                      num_pairs=max(1, spec["num_pairs"]), vocab_size=spec["vocab_size"],
+                                      random_non_queries=preset.random_non_queries)
     return _TASK_CACHE[key]
 
 
@@ -54,19 +58,27 @@ def build_model(spec: dict, preset: ZooPreset):
     from attnzoo.models import LanguageModel
 
     names = pattern_unit(spec["mixer"])
-    n_layers = max(preset.n_layers, len(names))
-    if n_layers % len(names):
-        n_layers = len(names) * -(-n_layers // len(names))
-    kwargs = {n: mixer_kwargs(n, preset) for n in set(names)}
+    if preset.repeat_pattern:                       # Zoology's Hybrid: every layer runs the whole pattern
+        n_layers = preset.n_layers * len(names)
+    else:
+        n_layers = max(preset.n_layers, len(names))
+        if n_layers % len(names):
+            n_layers = len(names) * -(-n_layers // len(names))
+    kwargs = {n: mixer_kwargs(n, preset, spec["seq_len"]) for n in set(names)}
+    layer_kwargs = {n: v for n, v in (preset.layer_kwargs or {}).items() if n in names} or None
     torch.manual_seed(preset.seed)
+    positions = spec["seq_len"] if any(n in preset.positions for n in names) else None
     return LanguageModel(spec["vocab_size"], spec["d_model"], n_layers, spec["mixer"], mixer_kwargs=kwargs,
-                         mlp_ratio=0)
+                         mlp_ratio=0, max_positions=positions, layer_kwargs=layer_kwargs)
 
 
-def mixer_kwargs(name: str, preset: ZooPreset) -> dict:
-    """The card's example_kwargs (conformance-sized), updated by the preset's override for `name`."""
+def mixer_kwargs(name: str, preset: ZooPreset, seq_len: int | None = None) -> dict:
+    """The card's example_kwargs (conformance-sized), updated by the preset's override for `name`;
+    a value "T" stands for the run's sequence length (Zoology's H3 has d_state = T)."""
     kwargs = dict(get_card(name).example_kwargs)
     kwargs.update((preset.mixer_kwargs or {}).get(name, {}))
+    if seq_len is not None:
+        kwargs = {k: seq_len if v == "T" else v for k, v in kwargs.items()}
     return kwargs
 
 

@@ -9,8 +9,17 @@ quick     a 2-core CPU, all registered causal mixers in about 10 minutes: one sm
 standard  one GPU in about 9 minutes: two settings, two widths, two learning rates, eight runs
           at once on the GPU (each tiny model leaves it mostly idle; the step count is planned with
           the step times measured for 8 runs sharing an H200, schedule.contention_for).
-paper     Zoology Figure 2 (Arora et al. 2023, arXiv:2312.04927): (T, pairs) = (64,4), (128,8),
-          (256,16), (512,64); vocab 8192; d_model 64..512; lr ∈ logspace(-3, -1.5, 4); hours on a GPU.
+paper     Zoology's Figure 2 recipe (Arora et al. 2023, arXiv:2312.04927; the figure's configs in
+          HazyResearch/zoology): (T, pairs) = (64,4), (128,8), (256,16) and (512,64) as an extension;
+          vocab 8192; 100,000 train / 3,000 test sequences; batch 512 (T <= 128), 256 (T = 256), 128
+          (T = 512); lr ∈ logspace(-4, -2, 4), trained as one group per (mixer, d_model, T) (group.py);
+          d_model 64..512; 2 layers of the mixer alone (no MLP); AdamW, weight decay 0.1; attention with
+          1 head and learned absolute positions (no RoPE), the other mixers without positions; Based =
+          BaseConv then Taylor linear attention (feature_dim 8, 1 head, no sliding window) in every
+          layer; BaseConv layers alternate kernel 3 and a long implicit kernel; H3 with d_state = T and
+          head_dim 2; Hyena's filters as long as T. Zoology trains 64 epochs (12,500 steps at T <= 128):
+          `steps` is that; a GPU session passes fewer with --steps and says so (early stop at 0.99).
+          Differences that remain: PAPER_DIFFERENCES.
 """
 
 from __future__ import annotations
@@ -55,6 +64,16 @@ class ZooPreset:
     workers: int = 8                        # runs at once on CUDA (processes); on a CPU one per core
     seed: int = 0
     mixer_kwargs: dict | None = None        # per mixer name: constructor kwargs over the card's example_kwargs
+    batch_sizes: dict | None = None         # per seq_len: a batch size other than batch_size (Zoology's)
+    group: bool = False                     # train a (mixer, d_model, T)'s learning rates as one group (group.py)
+    positions: tuple = ()                   # mixers whose models get learned absolute positions (Zoology: attention)
+    layer_kwargs: dict | None = None        # per mixer name: kwargs cycled over its layers (models.LanguageModel)
+    repeat_pattern: bool = False            # a hybrid pattern runs whole in each of the n_layers (Zoology's Hybrid)
+    mixers: tuple | None = None             # the mixers swept when none are named (None: every causal mixer)
+    random_non_queries: bool = True         # MQAR fillers random tokens (True) or zeros (Zoology's Figure 2: False)
+
+    def batch_for(self, seq_len: int) -> int:
+        return int((self.batch_sizes or {}).get(seq_len, self.batch_size))
 
     def __post_init__(self):
         """Settings no run could use fail here, before any run, naming what was expected."""
@@ -74,6 +93,8 @@ class ZooPreset:
             *((k, getattr(self, k) is None or _positive(getattr(self, k)), "None or a finite number of seconds > 0")
               for k in ("total_seconds", "run_seconds")),
             ("mixer_kwargs", self.mixer_kwargs is None or isinstance(self.mixer_kwargs, dict), "None or a dict"),
+            ("batch_sizes", self.batch_sizes is None or (isinstance(self.batch_sizes, dict) and all(
+                _int(k, 1) and _int(v, 1) for k, v in self.batch_sizes.items())), "None or {seq_len: batch >= 1}"),
         ]
         for field, ok, expected in checks:
             if not ok:
@@ -101,6 +122,25 @@ QUICK_MIXER_KWARGS = {
     "gaam": {"n_heads": 2},
 }
 
+# Zoology's Figure 2 choices where ours differ by default (the figure's configs in HazyResearch/zoology).
+PAPER_MIXER_KWARGS = {
+    "softmax": {"n_heads": 1, "n_kv_heads": 1, "rope": False},
+    "based": {"n_heads": 1, "feature_dim": 8, "window": 0},
+    "base_conv": {"l_max": "T"},
+    "h3": {"d_state": "T", "head_dim": 2},
+    "hyena": {"l_max": "T"},
+}
+PAPER_LAYER_KWARGS = {"base_conv": [{"kernel_size": 3}, {"kernel_size": -1}]}
+PAPER_MIXERS = ("softmax", "base_conv,based", "base_conv", "h3", "hyena", "mamba", "gla", "gated_deltanet",
+                "deltanet", "mamba2", "rwkv6")
+PAPER_DIFFERENCES = (
+    "blocks are pre-norm RMSNorm residual blocks (Zoology: LayerNorm)",
+    "attention has no dropout (Zoology: 0.1)",
+    "the recurrent mixers (gla, gated_deltanet, deltanet, mamba2, rwkv6, mamba) keep their cards' example sizes "
+    "(head counts, state widths) rather than the sizes of Zoology's own implementations",
+    "steps: fewer than Zoology's 64 epochs when a run passes --steps (early stop at 0.99 either way)",
+)
+
 PRESETS = {
     "quick": ZooPreset(
         name="quick", grid=((64, 4),), vocab_size=128, d_models=(64,), lrs=(3e-3,), num_train=20_000,
@@ -114,8 +154,10 @@ PRESETS = {
     ),
     "paper": ZooPreset(
         name="paper", grid=((64, 4), (128, 8), (256, 16), (512, 64)), vocab_size=8192,
-        d_models=(64, 128, 256, 512), lrs=tuple(float(x) for x in np.logspace(-3, -1.5, 4)),
-        num_train=100_000, num_test=3000, batch_size=256, steps=12_500, eval_every=500, workers=4,
+        d_models=(64, 128, 256, 512), lrs=tuple(float(x) for x in np.logspace(-4, -2, 4)),
+        num_train=100_000, num_test=3000, batch_size=512, batch_sizes={256: 256, 512: 128}, steps=12_500,
+        eval_every=250, workers=2, group=True, positions=("softmax",), mixer_kwargs=PAPER_MIXER_KWARGS,
+        layer_kwargs=PAPER_LAYER_KWARGS, repeat_pattern=True, mixers=PAPER_MIXERS, random_non_queries=False,
     ),
 }
 

@@ -24,6 +24,7 @@ from dataclasses import asdict
 import torch
 
 from attnzoo.bench.zoo import models
+from attnzoo.bench.zoo.group import group_specs, member_specs, run_group
 from attnzoo.bench.zoo.models import check_mixers, default_mixers, machine_line, task_data
 from attnzoo.bench.zoo.presets import ZooPreset
 from attnzoo.bench.zoo.results import KEY_FIELDS, RESULTS, append_result, read_results, run_key
@@ -55,9 +56,13 @@ def plan_runs(preset: ZooPreset, mixers: list[str], task: str) -> list[dict]:
 
 
 def run_one(spec: dict, preset: ZooPreset, *, device: str, max_seconds: float | None,
-            on_step=None, on_eval=None) -> dict:
-    """Train one configuration; return its record (with an 'error' field if it failed)."""
+            on_step=None, on_eval=None):
+    """Train one configuration; return its record (with an 'error' field if it failed). A group spec
+    (with "lrs", preset.group) returns the list of its members' records (group.py)."""
     from attnzoo.train import TrainConfig, train_lm
+
+    if "lrs" in spec:
+        return run_group(spec, preset, device=device, max_seconds=max_seconds, on_step=on_step, on_eval=on_eval)
 
     rec = dict(spec, preset=preset.name, machine=machine_line(device), max_steps=preset.steps,
                target_accuracy=preset.target_accuracy)
@@ -65,7 +70,7 @@ def run_one(spec: dict, preset: ZooPreset, *, device: str, max_seconds: float | 
     try:
         data = task_data(spec, preset)
         lm = models.build_model(spec, preset)
-        cfg = TrainConfig(steps=preset.steps, batch_size=preset.batch_size, lr=spec["lr"],
+        cfg = TrainConfig(steps=preset.steps, batch_size=preset.batch_for(spec["seq_len"]), lr=spec["lr"],
                           weight_decay=preset.weight_decay, warmup_steps=preset.warmup_steps,
                           eval_every=preset.eval_every, target_accuracy=preset.target_accuracy,
                           max_seconds=max_seconds, seed=preset.seed, device=device)
@@ -145,7 +150,7 @@ def run_zoo(*, preset: ZooPreset, out: str, mixers: list[str] | None = None, tas
     from attnzoo.bench.zoo.progress import ZooProgress
     from attnzoo.bench.zoo.report import write_report
 
-    mixers = list(mixers) if mixers is not None else default_mixers()
+    mixers = list(mixers) if mixers is not None else default_mixers(preset)
     check_mixers(mixers)           # unknown names, non-causal mixers fail here, before any run
     for name, value in (("workers", workers), ("threads", threads)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -158,6 +163,8 @@ def run_zoo(*, preset: ZooPreset, out: str, mixers: list[str] | None = None, tas
     t_start = time.perf_counter()
     pending = [s for s in plan_runs(preset, mixers, task) if run_key(s) not in done]
     _check_settings(pending)
+    if preset.group:                 # one unit of work per (mixer, d_model, T): its lrs as one group
+        pending = group_specs(pending)
     workers = max(1, min(workers or default_workers(device, preset), max(1, len(pending))))
 
     budget = SweepBudget(preset, workers, t_start, contention=contention_for(device, workers))
@@ -194,9 +201,7 @@ def _run_in_process(pending, preset, device, threads, path, prog, budget, max_ru
         rec = run_one(spec, preset, device=device, max_seconds=per_run, on_step=step_cb,
                       on_eval=lambda s, lo, a, i=i: prog.eval(i, s, lo, a))
         budget.finish(i)
-        budget.add_warmup(rec.get("warmup_s"))
-        append_result(path, dict(rec, probe_ms=budget.probe_ms(i)))
-        prog.finish_run(i, rec)
+        _append(path, rec, budget, i, prog)
 
 
 def _run_parallel(pending, preset, device, workers, threads, path, prog, budget, max_runs):
@@ -272,23 +277,32 @@ def _run_parallel(pending, preset, device, workers, threads, path, prog, budget,
                         if broken[key] < 2:
                             todo.insert(0, (key, pending[key]))
                             continue
-                        rec = dict(pending[key], preset=preset.name, machine=machine_line(device), accuracy=None,
-                                   steps=0, stopped="error", seconds=0.0, max_steps=preset.steps,
-                                   error="BrokenProcessPool: the worker process died (killed, out of memory?)")
-                    budget.add_warmup(rec.get("warmup_s"))
-                    append_result(path, dict(rec, probe_ms=budget.probe_ms(key)))
-                    prog.finish_run(key, rec)
+                        rec = [dict(m, preset=preset.name, machine=machine_line(device), accuracy=None,
+                                    steps=0, stopped="error", seconds=0.0, max_steps=preset.steps,
+                                    error="BrokenProcessPool: the worker process died (killed, out of memory?)")
+                               for m in member_specs(pending[key])]
+                    _append(path, rec, budget, key, prog)
                 if pool_broken and not running:
                     pool.shutdown(wait=True, cancel_futures=True)
                     pool, pool_broken = new_pool(), False
         except BaseException:
             for fut, key in running.items():    # finished before the interrupt, not yet written
                 if fut.done() and not fut.cancelled() and fut.exception() is None:
-                    append_result(path, dict(fut.result(), probe_ms=budget.probe_ms(key)))
+                    _append(path, fut.result(), budget, key, None)
             zoo_pool.stop_workers(pool)         # Ctrl-C (or a bug): the runs in flight are stopped, not waited for
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _append(path: str, rec, budget, key: int, prog):
+    """Write a unit's record(s) at once (a group gives one per member) and show the best member."""
+    recs = rec if isinstance(rec, list) else [rec]
+    budget.add_warmup(recs[0].get("warmup_s"))
+    for r in recs:
+        append_result(path, dict(r, probe_ms=budget.probe_ms(key)))
+    if prog is not None:
+        prog.finish_run(key, max(recs, key=lambda r: -1.0 if r.get("accuracy") is None else r["accuracy"]))
 
 
 def _probe_many(specs: list[dict], preset: ZooPreset, device: str, threads) -> list[float]:

@@ -45,8 +45,9 @@ def probe_step_seconds(spec: dict, preset, device: str = "cpu", threads: int | N
     if threads:
         torch.set_num_threads(threads)
     try:
-        data = token_task(spec["task"], seq_len=spec["seq_len"], num_train=preset.batch_size, num_test=1,
-                          seed=preset.seed, num_pairs=max(1, spec["num_pairs"]), vocab_size=spec["vocab_size"])
+        data = token_task(spec["task"], seq_len=spec["seq_len"], num_train=preset.batch_for(spec["seq_len"]),
+                          num_test=1, seed=preset.seed, num_pairs=max(1, spec["num_pairs"]),
+                          vocab_size=spec["vocab_size"], random_non_queries=preset.random_non_queries)
         x, y = (t.to(device) for t in data.train)
         lm = models.build_model(spec, preset).to(device)
         opt = build_optimizer(lm, name="adamw", lr=1e-4, weight_decay=0.0)

@@ -17,6 +17,7 @@ Results: <out>/throughput.jsonl (one line per case and path, with the machine li
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -103,14 +104,14 @@ def _process_worker(specs, preset_name, device, steps, warmup, seed, barrier, qu
         def on_step(step, loss, marks=marks):
             if step == warmup:
                 _sync(device)
-                barrier.wait()
+                barrier.wait(timeout=600)        # a peer that died breaks the barrier: this case errs
                 marks["t0"] = time.perf_counter()
             elif step == warmup + steps:
                 _sync(device)
                 marks["t1"] = time.perf_counter()
 
         if data is None:
-            barrier.wait()
+            barrier.wait(timeout=600)
             queue.put((case, None, err[:300]))
             continue
         cfg = TrainConfig(steps=warmup + steps, batch_size=batch, lr=1e-3, eval_every=10**9, device=device,
@@ -121,7 +122,8 @@ def _process_worker(specs, preset_name, device, steps, warmup, seed, barrier, qu
             queue.put((case, marks["t1"] - marks["t0"], None))
         except Exception as e:  # noqa: BLE001
             if "t0" not in marks:
-                barrier.wait()
+                with contextlib.suppress(Exception):
+                    barrier.wait(timeout=600)
             queue.put((case, None, f"{type(e).__name__}: {e}"[:300]))
         del model, data
         if torch.device(device).type == "cuda":
@@ -139,12 +141,25 @@ def time_processes(specs: list[dict], preset_name, *, device, workers: int, step
              for w in range(workers)]
     for p in procs:
         p.start()
+    import queue as queue_mod
+
     got: dict = {}
     for _ in range(workers * len(specs)):
-        case, sec, err = queue.get(timeout=900)
+        while True:
+            try:
+                case, sec, err = queue.get(timeout=5)
+                break
+            except queue_mod.Empty:
+                if not any(p.is_alive() for p in procs):     # a worker died: its peers' barrier broke too
+                    case = None
+                    break
+        if case is None:
+            break
         got.setdefault(case, []).append(err if sec is None else sec)
     for p in procs:
         p.join(timeout=60)
+        if p.is_alive():
+            p.kill()
     out = []
     for case in range(len(specs)):
         vals = got.get(case, ["no result"])
