@@ -1,0 +1,56 @@
+"""hybrid-ratio: the verdict rules on planted numbers, the layer patterns, equal steps, and the quick smoke run."""
+
+import pytest
+
+from attnzoo.models.lm import parse_pattern
+from attnzoo.repro import hybrid_ratio as hr
+from attnzoo.repro._lm import equal_steps, hybrid_pattern
+from _smoke import run_quick
+
+P = dict(hr.SIZES["medium"], steps_each=10)
+
+
+def _res(hard, bpb):
+    """res from {(variant, ratio): hard recall} and {(variant, ratio): bpb}."""
+    return {k: {"recall_easy": 0.0, "recall_hard": hard[k], "bpb": bpb.get(k, 3.0)} for k in hard}
+
+
+def test_patterns_put_one_softmax_at_the_end_of_each_unit():
+    assert parse_pattern(hybrid_pattern("gla", 3), 8) == (["gla"] * 3 + ["softmax"]) * 2
+    assert parse_pattern(hybrid_pattern("gla", 7), 8) == ["gla"] * 7 + ["softmax"]
+    assert hybrid_pattern("gla", None) == "gla" and hybrid_pattern("gla", 0) == "softmax"
+
+
+def test_equal_steps_fit_the_budget():
+    assert equal_steps([0.1, 0.3], budget_seconds=10, most=1000) == 25
+    assert equal_steps([0.1], budget_seconds=1000, most=50) == 50
+    assert equal_steps([10.0], budget_seconds=1, most=50, least=3) == 3
+    with pytest.raises(ValueError, match="positive budget"):
+        equal_steps([0.1], budget_seconds=0, most=5)
+
+
+def test_rules_reproduced_when_recall_jumps_and_bpb_is_flat():
+    hard = {("softmax", "softmax"): 0.9}
+    for v, pure, three in (("gla", 0.1, 0.95), ("gated_deltanet", 0.3, 0.85)):
+        hard.update({(v, "pure"): pure, (v, "3:1"): three, (v, "1:1"): 0.9})
+    c = hr.claims(P, _res(hard, {("gla", "pure"): 3.05}), "medium")
+    assert [x.verdict for x in c] == ["reproduced", "reproduced", "reproduced", "reproduced"]
+
+
+def test_rules_not_reproduced_and_untestable_baseline():
+    hard = {("softmax", "softmax"): 0.3}
+    for v in ("gla", "gated_deltanet"):
+        hard.update({(v, "pure"): 0.2, (v, "3:1"): 0.25, (v, "1:1"): 0.3})
+    bpb = {("gla", "pure"): 4.0}                          # 4.0 vs 3.0: not flat for gla
+    c = hr.claims(P, _res(hard, bpb), "medium")
+    assert c[0].verdict == "partly"                       # one of two variants flat
+    assert c[1].verdict == "not reproduced"
+    assert c[2].verdict == "not reproduced" and "untestable" in c[2].conditions
+    assert c[3].verdict == "not reproduced"               # gla best in both (ties go to the first)
+
+
+def test_quick_smoke(tmp_path):
+    claims, rows = run_quick("hybrid-ratio", tmp_path)
+    assert [c.claim for c in claims] == list(hr.CLAIMS)
+    runs = [r for r in rows if "pattern" in r]
+    assert len(runs) == 5 and len({r["mqar_steps"] for r in runs} | {r["bytes_steps"] for r in runs}) == 1
