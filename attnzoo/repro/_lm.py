@@ -73,6 +73,13 @@ def byte_data(*, seq_len: int, n_train: int, n_val: int, seed: int = 0):
             c.windows("validation", seq_len=seq_len, num=n_val, seed=seed + 1))
 
 
+def unigram_bits(tokens: torch.Tensor, vocab: int = 256) -> float:
+    """Order-0 entropy in bits per token of `tokens` (what a model knowing only byte frequencies scores)."""
+    p = torch.bincount(tokens.reshape(-1), minlength=vocab).double()
+    p = p[p > 0] / p.sum()
+    return float(-(p * p.log2()).sum())
+
+
 def mqar_mix(*, seq_len: int, pairs: tuple[int, ...], vocab: int, n_train: int, n_test: int, seed: int = 0):
     """MQAR training data mixing the difficulties `pairs` (equal shares, shuffled), and one test set
     per difficulty: (train, {pairs: test})."""

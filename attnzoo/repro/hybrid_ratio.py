@@ -9,7 +9,10 @@ many key-value pairs at one length; recall = accuracy on each difficulty's test 
 
 Verdict rules, fixed before any run ("hard" = the many-pairs MQAR test set):
 1. LM quality flat across ratios: per variant, (max - min) / mean of bpb over its pure and hybrid
-   stacks <= 3 %. reproduced: every variant; partly: at least half; else not.
+   stacks <= 3 %. reproduced: every variant; partly: at least half; else not. Untestable (not
+   reproduced, said so) when the all-softmax stack is not 0.5 bpb below the corpus's order-0 entropy:
+   stacks that learned only byte frequencies are trivially flat. (This clause was added after the first
+   CPU medium run, whose 60-step models sat at 4.0 bpb and passed the spread rule vacuously.)
 2. Recall jumps at 3:1: per variant, hard recall(3:1) - max(hard recall(pure), hard recall(7:1) when run)
    >= 0.10. reproduced: every variant; partly: at least one; else not.
 3. GatedDeltaNet / HGRN-2 at 3:1 reach Transformer-level recall: hard recall(3:1) >= 0.9 x the
@@ -38,6 +41,7 @@ from attnzoo.repro._lm import (
     one_thread_on_cpu,
     small_lm,
     train_step_seconds,
+    unigram_bits,
 )
 from attnzoo.repro.base import Claim, verdict
 
@@ -54,7 +58,7 @@ RATIOS = {"pure": None, "7:1": 7, "3:1": 3, "1:1": 1}
 SIZES = {
     "quick": dict(variants=("gla", "gated_deltanet"), ratios=("pure", "3:1"), n_layers=4, d_model=32, n_heads=2,
                   seq_len=32, pairs=(2, 6), vocab=64, n_train=512, batch=16, steps=20, lr=3e-3, budget_seconds=12.0),
-    "medium": dict(variants=("gla", "gated_deltanet"), ratios=("pure", "3:1", "1:1"), n_layers=4, d_model=64,
+    "medium": dict(variants=("gla", "gated_deltanet"), ratios=("pure", "3:1"), n_layers=4, d_model=64,
                    n_heads=2, seq_len=64, pairs=(4, 12), vocab=128, n_train=8192, batch=32, steps=400, lr=3e-3,
                    budget_seconds=200.0),
     "full": dict(variants=("gla", "hgrn2", "deltanet", "gated_deltanet", "retnet"),
@@ -96,7 +100,7 @@ def _run(ctx):
     steps = equal_steps(costs, budget_seconds=p["budget_seconds"], most=p["steps"], least=10)
     cap = 3 * max(costs) * steps + 5   # a safety net only (a loaded machine); steps taken are recorded
     ctx.log(f"{len(runs)} runs, step times {min(costs) * 1e3:.0f}-{max(costs) * 1e3:.0f} ms: {steps} steps each")
-    p = {**p, "steps_each": steps}
+    p = {**p, "steps_each": steps, "unigram_bits": unigram_bits(bytes_train[0])}
     res = {}
     for variant, ratio, pattern in _stacks(p):
         row = {"variant": variant, "ratio": ratio, "pattern": pattern}
@@ -134,9 +138,15 @@ def claims(p, res, size):
         b = [res[(v, r)]["bpb"] for r in ratios]
         spreads[v] = (max(b) - min(b)) / (sum(b) / len(b))
     n_flat = sum(s <= 0.03 for s in spreads.values())
-    c1 = Claim(CLAIMS[0], "flat (within noise) across 3:1..24:1 and pure",
-               "spread " + ", ".join(f"{v} {100 * s:.1f}%" for v, s in spreads.items()),
-               verdict(n_flat == len(variants), n_flat * 2 >= len(variants)), cond + "; rule: spread <= 3%")
+    sm_bpb, floor = res[("softmax", "softmax")]["bpb"], p["unigram_bits"]
+    ours = ("spread " + ", ".join(f"{v} {100 * s:.1f}%" for v, s in spreads.items())
+            + f"; softmax {sm_bpb:.2f} bpb, order-0 {floor:.2f}")
+    if sm_bpb > floor - 0.5:
+        c1 = Claim(CLAIMS[0], "flat (within noise) across 3:1..24:1 and pure", ours, "not reproduced",
+                   cond + "; untestable: the models learned little past byte frequencies")
+    else:
+        c1 = Claim(CLAIMS[0], "flat (within noise) across 3:1..24:1 and pure", ours,
+                   verdict(n_flat == len(variants), n_flat * 2 >= len(variants)), cond + "; rule: spread <= 3%")
 
     before = [r for r in ("pure", "7:1") if r in ratios]
     jumps = {v: hard[(v, "3:1")] - max(hard[(v, r)] for r in before) for v in variants}

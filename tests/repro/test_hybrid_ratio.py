@@ -7,7 +7,7 @@ from attnzoo.repro import hybrid_ratio as hr
 from attnzoo.repro._lm import equal_steps, hybrid_pattern
 from _smoke import run_quick
 
-P = dict(hr.SIZES["medium"], steps_each=10)
+P = dict(hr.SIZES["medium"], ratios=("pure", "3:1", "1:1"), steps_each=10, unigram_bits=5.0)
 
 
 def _res(hard, bpb):
@@ -44,6 +44,8 @@ def test_rules_not_reproduced_and_untestable_baseline():
     bpb = {("gla", "pure"): 4.0}                          # 4.0 vs 3.0: not flat for gla
     c = hr.claims(P, _res(hard, bpb), "medium")
     assert c[0].verdict == "partly"                       # one of two variants flat
+    c = hr.claims({**P, "unigram_bits": 3.2}, _res(hard, bpb), "medium")
+    assert c[0].verdict == "not reproduced" and "untestable" in c[0].conditions   # softmax 3.0 > 3.2 - 0.5
     assert c[1].verdict == "not reproduced"
     assert c[2].verdict == "not reproduced" and "untestable" in c[2].conditions
     assert c[3].verdict == "not reproduced"               # gla best in both (ties go to the first)
