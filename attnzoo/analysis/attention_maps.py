@@ -64,3 +64,34 @@ def uniform_first_token_share(seq_len: int) -> float:
     if seq_len < 2:
         raise ValueError(f"seq_len must be >= 2, got {seq_len}")
     return float(sum(1.0 / (t + 1) for t in range(1, seq_len)) / (seq_len - 1))
+
+
+@torch.no_grad()
+def source_output_share(mixer: SoftmaxAttention, x: torch.Tensor, prefix_len: int) -> torch.Tensor:
+    """Share of a softmax mixer's output at each query that comes from the first prefix_len (source) tokens, [T].
+
+    With p the mixer's self-attention probabilities and v its values, the output splits into
+    y_src = W_o Σ_{j<P} p_j v_j + r and y_tgt = W_o Σ_{j>=P} p_j v_j, where r = mixer(x) - W_o (p v) is
+    whatever else the mixer adds (partial attention's source-only branch; 0 for plain softmax).
+    share[t] = mean_b ||y_src|| / (||y_src|| + ||y_tgt||). x [B, T, d_model], no padding.
+    """
+    B, T, _ = x.shape
+    if not 0 < prefix_len <= T:
+        raise ValueError(f"prefix_len must be in [1, T={T}], got {prefix_len}")
+    if type(mixer).gate_output is not SoftmaxAttention.gate_output:
+        raise ValueError(f"{type(mixer).__name__} gates its attention output: the split W_o (p v) does not hold")
+    probs = attention_probs(mixer, x)                                         # [B, H, T, T]
+    v = mixer.v_proj(x).view(B, T, mixer.n_kv_heads, mixer.head_dim)
+    v = v.repeat_interleave(mixer.n_heads // mixer.n_kv_heads, dim=2)
+
+    def out(p, vv):
+        o = torch.einsum("bhij,bjhd->bihd", p, vv).reshape(B, T, -1)
+        return mixer.o_proj(o.to(x.dtype))
+
+    y_src = out(probs[..., :prefix_len], v[:, :prefix_len])
+    y_tgt = out(probs[..., prefix_len:], v[:, prefix_len:])
+    bias = mixer.o_proj.bias if mixer.o_proj.bias is not None else 0.0
+    rest = mixer(x) - (y_src + y_tgt - bias)
+    y_src = y_src + rest
+    a, b = y_src.norm(dim=-1), y_tgt.norm(dim=-1)
+    return (a / (a + b).clamp_min(1e-12)).mean(0)

@@ -53,3 +53,28 @@ def test_first_token_share_and_its_uniform_reference():
     assert first_token_share(sink) == 1.0
     with pytest.raises(ValueError, match=r"\[B, H, T, T\]"):
         first_token_share(torch.ones(2, 3, 4))
+
+
+def test_source_output_share_splits_the_output():
+    import attnzoo
+    from attnzoo.analysis.attention_maps import source_output_share
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 10, 16, dtype=torch.float64)
+    sm = attnzoo.build("softmax", d_model=16, n_heads=4).double()
+    share = source_output_share(sm, x, 4)
+    assert share.shape == (10,) and bool(((share >= 0) & (share <= 1)).all())
+    assert share[:4].min() == 1.0  # queries inside the source see only the source
+    # a reference from the definition: W_o Σ_{j<P} p v vs W_o Σ_{j>=P} p v (no bias, no other branch)
+    p = attention_probs(sm, x)
+    v = sm.v_proj(x).view(2, 10, 4, 4)
+    a = sm.o_proj(torch.einsum("bhij,bjhd->bihd", p[..., :4], v[:, :4]).reshape(2, 10, 16)).norm(dim=-1)
+    b = sm.o_proj(torch.einsum("bhij,bjhd->bihd", p[..., 4:], v[:, 4:]).reshape(2, 10, 16)).norm(dim=-1)
+    torch.testing.assert_close(share, (a / (a + b)).mean(0))
+    palm = attnzoo.build("partial_attention", d_model=16, n_heads=4, prefix_len=4).double()
+    with_branch = source_output_share(palm, x, 4)
+    torch.nn.init.zeros_(palm.partial_o.weight)  # without its source-only branch: a smaller source share
+    assert bool((source_output_share(palm, x, 4)[4:] < with_branch[4:]).all())
+    gated = attnzoo.build("gated_softmax", d_model=16, n_heads=4)
+    with pytest.raises(ValueError, match="gates its attention output"):
+        source_output_share(gated, x.float(), 4)

@@ -1,0 +1,26 @@
+import torch
+from _smoke import run_quick
+
+from attnzoo.repro.degeneration import CLAIMS, SEP, build, greedy, quarters, reversal_data
+
+
+def test_quick_study_writes_every_claim(tmp_path):
+    claims, records = run_quick("degeneration", tmp_path)
+    assert [c.claim for c in claims] == list(CLAIMS)
+    runs = {r["model"]: r for r in records if "model" in r}
+    assert set(runs) == {"decoder-only", "partial attention"}
+    for r in runs.values():
+        assert len(r["mass"]) == len(r["accuracy"]) == len(r["share"]) == r["S"]
+        assert r["mass"][0] == 1.0 or r["model"] == "partial attention"  # the first target step sees only the source
+
+
+def test_reversal_data_and_greedy():
+    x, y = reversal_data(3, 5, seed=0)
+    assert x.shape == (3, 10) and bool((x[:, 5] == SEP).all())
+    assert torch.equal(y[:, 5:], x[:, :5].flip(1)) and bool((y[:, :5] == -100).all())
+    cfg = {"S": 5, "d_model": 16, "n_layers": 1, "n_heads": 2}
+    lm = build("decoder-only", cfg).eval()
+    prompt = x[:, :6]
+    assert torch.equal(greedy(lm, prompt, 5), lm.generate(prompt, 5, temperature=0)[:, 6:])
+    assert build("partial attention", cfg).blocks[0].mixer.prefix_len == 6
+    assert quarters([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]) == (1.5, 7.5)
