@@ -142,6 +142,24 @@ def equal_steps(step_seconds: list[float], *, budget_seconds: float, most: int, 
     return max(least, min(most, int(budget_seconds / sum(step_seconds))))
 
 
+def run_tasks(fn, tasks: list, *, workers: int = 1) -> list:
+    """[fn(t) for t in tasks], with workers > 1 in that many fresh spawned processes at once (the zoo's
+    pool: attnzoo.bench.zoo.pool; one process per task). Tiny models leave a GPU mostly idle, so several
+    runs sharing it finish sooner (bench/zoo/schedule.py measured in-run steps of max(2.5 x probe, 37 ms)
+    with 8 at once on an H200). fn must be a module-level function; results come back in task order."""
+    if workers <= 1 or len(tasks) <= 1:
+        return [fn(t) for t in tasks]
+    import multiprocessing as mp
+
+    from attnzoo.bench.zoo.pool import fresh_process_pool, ignore_sigint
+
+    pool = fresh_process_pool(min(workers, len(tasks)), mp.get_context("spawn"), initializer=ignore_sigint)
+    try:
+        return list(pool.map(fn, tasks))
+    finally:
+        pool.shutdown(wait=True)
+
+
 def eval_loss_acc(model, data, *, device: str) -> tuple[float, float]:
     return evaluate(model, *data, batch_size=64, device=device)
 
