@@ -75,7 +75,9 @@ def test_hybrid_pattern_is_a_mixer(tmp_path):
 def test_presets_and_errors():
     paper = get_preset("paper")
     assert paper.grid == ((64, 4), (128, 8), (256, 16), (512, 64)) and paper.vocab_size == 8192
-    assert paper.lrs == pytest.approx((1e-3, 10 ** -2.5, 10 ** -2, 10 ** -1.5))
+    assert paper.lrs == pytest.approx((1e-4, 10 ** (-4 + 2 / 3), 10 ** (-4 + 4 / 3), 1e-2))   # logspace(-4, -2, 4)
+    assert [paper.batch_for(T) for T in (64, 128, 256, 512)] == [512, 512, 256, 128]
+    assert paper.group and not paper.random_non_queries and paper.positions == ("softmax",)
     with pytest.raises(ValueError, match="preset must be one of"):
         get_preset("huge")
     with pytest.raises(ValueError, match="unknown mixer"):
