@@ -13,10 +13,11 @@ parameter FLOPs; parameter reads are treated as amortised over the batch, as in 
 Whole generations (N samples sharing an L_in prompt, L_out new tokens each) follow Kinetics:
     dense:  C_comp = N[2P·L_out + 2(2L_in + L_out)·L_out·H_q·d],  C_mem = 2(2L_in + N·L_out)·L_out·H_kv·d
     sparse: the KV term Σ_t (L_in + t) becomes Bud·L_out − ½·max(0, Bud − L_in)²  (per sample)
-`mixer_token_cost` applies the per-token forms to any registered mixer from its card's state_bytes:
-a state that grows with L is a KV cache (2 FLOPs per cached element read), a state that does not
-is fixed, a class with `tokens_read_per_step` (block_sparse) reads only its budget, and one with
-`kv_read_fraction` (moh, routing) reads that fraction of its cache. Default constructor sizes.
+`mixer_token_cost` applies the per-token forms to any registered mixer from its card alone
+(`Card.bytes_for`, `Card.decode_cost_fact`): a state that grows with L is a KV cache (2 FLOPs per
+cached element read), a state that does not is fixed, a card with `tokens_read_per_step`
+(block_sparse) reads only its budget, and one with `kv_read_fraction` (moh, routing) reads that
+fraction of its cache. Constructor defaults, n_heads where the mixer has heads, and any kwargs given.
 """
 
 from __future__ import annotations
@@ -104,28 +105,31 @@ def eflops(comp, mem, E: float = E_FLOPS_PER_BYTE) -> float:
     return comp + E * mem
 
 
-def mixer_token_cost(name, L, *, d_model=2048, n_heads=16) -> TokenCost:
-    """Per-token cost of one layer of the registered mixer `name` at context L (card's state bytes)."""
-    from attnzoo.registry import get_card, get_class
+def mixer_token_cost(name, L, *, d_model=2048, n_heads=16, **kwargs) -> TokenCost:
+    """Per-token cost of one layer of the registered mixer `name` at context L, from its card only
+    (constructor defaults, n_heads if the mixer has heads, then `kwargs`)."""
+    from attnzoo.registry import constructor_defaults, get_card, get_class
 
-    card, cls = get_card(name), get_class(name)
-    s = card.state_bytes(d_model, n_heads, L)
-    s2 = card.state_bytes(d_model, n_heads, 2 * L)
+    card = get_card(name)
     if not card.decode:
         raise ValueError(f"{name} cannot decode (card.decode=False): no per-token cost")
+    cfg = constructor_defaults(get_class(name))
+    if "n_heads" in cfg:
+        cfg["n_heads"] = n_heads
+    cfg.update(kwargs)
+    s = card.bytes_for(L, d_model=d_model, **cfg)
+    s2 = card.bytes_for(2 * L, d_model=d_model, **cfg)
     if s2 <= s:  # does not grow with L: fixed (or capped) state
         return fixed_state_cost(s)
     per_token = (s2 - s) / L  # bytes one more cached token adds
-    reads = getattr(cls, "tokens_read_per_step", None)
-    if reads is not None:
-        keys = reads(L)
+    keys = card.decode_cost_fact("tokens_read_per_step", L, **cfg)
+    if keys is not None:
         bs = 16
         search = per_token / 2 * L / bs  # one pooled key (half a K+V entry) per block
         mem = keys * per_token + search
         return TokenCost("block top-k", 2 * mem / 4, mem)
-    frac = getattr(cls, "kv_read_fraction", None)
-    if frac is not None:  # moh: only active heads' K/V; routing: own cluster + local window
-        f = frac(L)
+    f = card.decode_cost_fact("kv_read_fraction", L, **cfg)
+    if f is not None:  # moh: only active heads' K/V; routing: own cluster + local window
         return TokenCost(f"KV x {f:.2g}", 2 * f * s / 4, f * s)
     return TokenCost("dense KV", 2 * s / 4, s)
 

@@ -216,8 +216,13 @@ class Mixer(nn.Module):
         raise NotImplementedError
 
     def state_bytes(self, seq_len: int) -> int:
-        """Bytes one sequence keeps at inference after seq_len tokens (from the card, this instance's sizes)."""
-        return int(type(self).card.state_bytes(self.d_model, getattr(self, "n_heads", 1), seq_len))
+        """Bytes one sequence's state holds after seq_len tokens: the card's formula for this mixer's
+        constructor arguments (`Card.bytes_for`), the one source of the number."""
+        from attnzoo.registry import constructor_defaults
+
+        cfg = {**constructor_defaults(type(self)), **self.config}
+        cfg.pop("d_model", None)
+        return type(self).card.bytes_for(seq_len, d_model=self.d_model, **cfg)
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}"

@@ -57,8 +57,9 @@ class ImplicitFilter(nn.Module):
         return k * torch.exp(-torch.exp(self.log_alpha)[:, None] * t.transpose(0, 1))
 
 
-def base_conv_state_bytes(d_model: int, n_heads: int, seq_len: int) -> int:
-    return 4 * d_model * 2  # short conv, kernel 3 (a long conv keeps l_max - 1 inputs instead)
+def base_conv_state_bytes(d_model: int, n_heads: int, seq_len: int, kernel_size: int = 3, l_max: int = 2048) -> int:
+    """fp32 cache of the last W-1 inputs, W = kernel_size (short conv) or l_max (kernel_size=-1, long conv)."""
+    return 4 * d_model * ((l_max if kernel_size == -1 else kernel_size) - 1)
 
 
 @register(
@@ -125,9 +126,6 @@ class BaseConv(Mixer):
             p, c = F.silu(p), F.silu(c)
         y = p * c + x
         return y, (ConvState(cache=new_cache) if return_state else None)
-
-    def state_bytes(self, seq_len: int) -> int:
-        return 4 * self.d_model * (self.window - 1)
 
     def extra_repr(self):
         long = f"long l_max={self.l_max} ({self.long_kernel})"

@@ -26,7 +26,7 @@ from torch import nn
 
 from attnzoo.mixers._linear_common import check_recurrent_state, mask_steps, taylor_feature_map
 from attnzoo.mixers.base import Mixer, MixerState, RecurrentState, check_heads
-from attnzoo.mixers.softmax import KVCacheState, SoftmaxAttention
+from attnzoo.mixers.softmax import KVCacheState, SoftmaxAttention, kv_cache_bytes
 from attnzoo.ops.linear import gated_linear_attention
 from attnzoo.registry import Card, Paper, register
 
@@ -39,10 +39,13 @@ class BasedState(MixerState):
     window: KVCacheState | None     # None when window=0 (no sliding-window branch)
 
 
-def based_state_bytes(d_model: int, n_heads: int, seq_len: int, feature_dim: int = 16, window: int = 64) -> int:
+def based_state_bytes(d_model: int, n_heads: int, seq_len: int, feature_dim: int = 16, window: int = 64,
+                      window_heads: int | None = None) -> int:
+    """S [H, 1 + f + f², head_dim + 1] fp32 plus the sliding-window branch's KV cache (none for window=0)."""
     hd = d_model // n_heads
     n_feat = 1 + feature_dim + feature_dim**2
-    return 4 * n_heads * n_feat * (hd + 1) + 2 * d_model * min(seq_len, window) * 4
+    swa = kv_cache_bytes(d_model, window_heads or n_heads, seq_len, window=window) if window else 0
+    return 4 * n_heads * n_feat * (hd + 1) + swa
 
 
 @register(
@@ -112,10 +115,6 @@ class Based(Mixer):
             y_swa, window_state = out
             return y_lin + y_swa, BasedState(S=S, window=window_state)
         return y_lin + out, None
-
-    def state_bytes(self, seq_len: int) -> int:
-        swa = 0 if self.swa is None else self.swa.state_bytes(seq_len)
-        return 4 * self.n_heads * self.n_features * (self.head_dim + 1) + swa
 
     def extra_repr(self):
         return (f"d_model={self.d_model}, n_heads={self.n_heads}, feature_dim={self.feature_dim}, "

@@ -188,18 +188,23 @@ class BlockSparseAttention(SoftmaxAttention):
                               q.new_zeros(()))
         return o, block_q
 
-    def state_bytes(self, seq_len: int) -> int:
-        return super().state_bytes(seq_len) + self.n_heads * self.head_dim * 4  # + block_q
-
     def extra_repr(self):
         return (f"{super().extra_repr()}, block_size={self.block_size}, top_k={self.top_k}, "
                 f"n_sink={self.n_sink}, window={self.local_window}, mode={self.mode!r}, score={self.score!r}")
 
-    @staticmethod
-    def tokens_read_per_step(seq_len: int, *, block_size: int = 16, top_k: int = 16, local: int = 0) -> int:
-        """Cached tokens one decode step reads (cost model): min(L, local + block_size * top_k) (the own block
-        and any sink / local blocks counted in `local`)."""
-        return min(seq_len, local + block_size * top_k)
+
+def block_sparse_state_bytes(d_model: int, n_heads: int, seq_len: int, n_kv_heads: int | None = None,
+                             head_dim: int | None = None) -> int:
+    """The whole KV cache (kv_cache_bytes) plus block_q [H, head_dim] fp32, the open block's first query."""
+    hd = d_model // n_heads if head_dim is None else head_dim
+    return kv_cache_bytes(d_model, n_heads, seq_len, n_kv_heads, hd) + n_heads * hd * 4
+
+
+def tokens_read_per_step(seq_len: int, block_size: int = 16, top_k: int = 16, n_sink: int = 0,
+                         window: int | None = None) -> int:
+    """Cached tokens one decode step reads (cost model): min(L, local + block_size * top_k), local = the
+    sink and local-window tokens (the own block is among the top-k)."""
+    return min(seq_len, n_sink + (window or 0) + block_size * top_k)
 
 
 @register(
@@ -210,7 +215,8 @@ class BlockSparseAttention(SoftmaxAttention):
                     "Shen et al.", 2025, "2511.20102"),
         family="sparse",
         complexity="O(T (k·bs + T/bs) d)",
-        state_bytes=kv_cache_bytes,
+        state_bytes=block_sparse_state_bytes,
+        tokens_read_per_step=tokens_read_per_step,
         causal=True,
         example_kwargs={"n_heads": 4, "n_kv_heads": 2, "block_size": 4, "top_k": 2, "n_sink": 1, "window": 2},
     ),

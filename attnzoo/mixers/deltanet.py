@@ -29,9 +29,11 @@ from attnzoo.ops.delta import delta_rule
 from attnzoo.registry import Card, Paper, register
 
 
-def deltanet_state_bytes(d_model: int, n_heads: int, seq_len: int) -> int:
-    hd = d_model // n_heads
-    return recurrent_state_bytes(n_heads, hd, hd, conv_channels=3 * d_model)
+def deltanet_state_bytes(d_model: int, n_heads: int, seq_len: int, head_dim: int | None = None,
+                         conv_kernel: int = 4) -> int:
+    """S [H, head_dim, head_dim] plus the q/k/v short-conv cache (3·H·head_dim channels)."""
+    hd = d_model // n_heads if head_dim is None else head_dim
+    return recurrent_state_bytes(n_heads, hd, hd, conv_channels=3 * n_heads * hd, conv_kernel=conv_kernel)
 
 
 @register(
@@ -103,9 +105,6 @@ class DeltaNet(Mixer):
         y = self.o_proj(self.output_norm(o, x).reshape(B, T, -1))
         return y, (RecurrentState(S=S, conv=conv_cache) if return_state else None)
 
-    def state_bytes(self, seq_len: int) -> int:
-        return recurrent_state_bytes(self.n_heads, self.head_dim, self.head_dim,
-                                     conv_channels=self.conv.channels, conv_kernel=self.conv.kernel_size)
 
     def extra_repr(self):
         return f"d_model={self.d_model}, n_heads={self.n_heads}, head_dim={self.head_dim}"

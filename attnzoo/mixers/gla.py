@@ -36,8 +36,8 @@ def _split(width: float, n_heads: int, what: str) -> int:
                     "Yang et al.", 2023, "2312.06635"),
         family="linear",
         complexity="O(T d^2)",
-        state_bytes=lambda d_model, n_heads, seq_len: recurrent_state_bytes(
-            n_heads, d_model // 2 // n_heads, d_model // n_heads),
+        state_bytes=lambda d_model, n_heads, seq_len, expand_k=0.5, expand_v=1.0: recurrent_state_bytes(
+            n_heads, int(d_model * expand_k) // n_heads, int(d_model * expand_v) // n_heads),
         example_kwargs={"n_heads": 2, "gate_rank": 4},
     ),
 )
@@ -90,8 +90,6 @@ class GatedLinearAttention(Mixer):
         y = self.o_proj(F.silu(self.r_proj(x)) * self.group_norm(o).reshape(B, T, H * dv))
         return y, (RecurrentState(S=S) if return_state else None)
 
-    def state_bytes(self, seq_len: int) -> int:
-        return recurrent_state_bytes(self.n_heads, self.key_dim, self.value_dim)
 
     def extra_repr(self):
         return f"d_model={self.d_model}, n_heads={self.n_heads}, key_dim={self.key_dim}, value_dim={self.value_dim}"

@@ -167,9 +167,6 @@ class H3(Mixer):
         new_state = H3State(shift=shift, ssm=torch.view_as_real(h).contiguous()) if return_state else None
         return y, new_state
 
-    def state_bytes(self, seq_len: int) -> int:
-        return h3_state_bytes(self.d_model, self.n_heads, seq_len, self.d_state, self.head_dim)
-
     def extra_repr(self):
         return f"d_model={self.d_model}, d_state={self.d_state}, head_dim={self.head_dim}"
 

@@ -31,8 +31,8 @@ from attnzoo.registry import Card, Paper, register
         paper=Paper("HGRN2: Gated Linear RNNs with State Expansion", "Qin et al.", 2024, "2404.07904"),
         family="recurrent",
         complexity="O(T d^2)",
-        state_bytes=lambda d_model, n_heads, seq_len: recurrent_state_bytes(
-            n_heads, d_model // n_heads, d_model // n_heads),
+        state_bytes=lambda d_model, n_heads, seq_len, head_dim=None: recurrent_state_bytes(
+            n_heads, head_dim or d_model // n_heads, head_dim or d_model // n_heads),
         example_kwargs={"n_heads": 2, "lower_bound": 0.1},
     ),
 )
@@ -86,8 +86,6 @@ class HGRN2(Mixer):
         y = self.o_proj(self.norm(o).reshape(B, T, H * D))
         return y, (RecurrentState(S=S) if return_state else None)
 
-    def state_bytes(self, seq_len: int) -> int:
-        return recurrent_state_bytes(self.n_heads, self.head_dim, self.head_dim)
 
     def extra_repr(self):
         return (f"d_model={self.d_model}, n_heads={self.n_heads}, head_dim={self.head_dim}, "

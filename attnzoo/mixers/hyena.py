@@ -217,8 +217,5 @@ class Hyena(Mixer):
         y = self.out_proj(z)
         return y, (HyenaState(short=short, long=torch.stack(caches, 1)) if return_state else None)
 
-    def state_bytes(self, seq_len: int) -> int:
-        return hyena_state_bytes(self.d_model, 1, seq_len, self.order, self.l_max, self.short_filter_order)
-
     def extra_repr(self):
         return f"d_model={self.d_model}, order={self.order}, l_max={self.l_max}, short={self.short_filter_order}"

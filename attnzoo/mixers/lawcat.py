@@ -33,9 +33,13 @@ from attnzoo.registry import Card, Paper, register
 LAWCAT_FEATURES = ("softmax", "elu")
 
 
-def lawcat_state_bytes(d_model: int, n_heads: int, seq_len: int) -> int:
-    hd = d_model // n_heads
-    return recurrent_state_bytes(n_heads, 2 * hd, hd + 1, conv_channels=2 * d_model)
+def lawcat_state_bytes(d_model: int, n_heads: int, seq_len: int, head_dim: int | None = None,
+                       feature_dim: int | None = None, feature_activation: str = "softmax",
+                       conv_kernel: int = 4) -> int:
+    """S [H, F, head_dim + 1] (F = feature_dim, twice that for the softmax map) plus the q/k conv cache."""
+    hd = d_model // n_heads if head_dim is None else head_dim
+    n_features = (hd if feature_dim is None else feature_dim) * (2 if feature_activation == "softmax" else 1)
+    return recurrent_state_bytes(n_heads, n_features, hd + 1, conv_channels=2 * n_heads * hd, conv_kernel=conv_kernel)
 
 
 @register(
@@ -114,9 +118,6 @@ class LAWCAT(Mixer):
         y = self.o_proj(o.reshape(B, T, H * D))
         return y, (RecurrentState(S=S, conv=conv_cache) if return_state else None)
 
-    def state_bytes(self, seq_len: int) -> int:
-        return recurrent_state_bytes(self.n_heads, self.n_features, self.head_dim + 1,
-                                     conv_channels=self.qk_conv.channels, conv_kernel=self.qk_conv.kernel_size)
 
     def extra_repr(self):
         return (f"d_model={self.d_model}, n_heads={self.n_heads}, head_dim={self.head_dim}, "

@@ -42,8 +42,8 @@ def lightning_log_decays(n_heads: int, layer_idx: int, n_layers: int) -> torch.T
                     "Qin et al.", 2023, "2307.14995"),
         family="linear",
         complexity="O(T d^2)",
-        state_bytes=lambda d_model, n_heads, seq_len: recurrent_state_bytes(
-            n_heads, d_model // n_heads, d_model // n_heads),
+        state_bytes=lambda d_model, n_heads, seq_len, head_dim=None: recurrent_state_bytes(
+            n_heads, head_dim or d_model // n_heads, head_dim or d_model // n_heads),
         example_kwargs={"n_heads": 2, "layer_idx": 1, "n_layers": 4},
     ),
 )
@@ -97,8 +97,6 @@ class LightningAttention(Mixer):
         y = self.o_proj(self.norm(o.reshape(B, T, H * D)) * u.reshape(B, T, H * D))
         return y, (RecurrentState(S=S) if return_state else None)
 
-    def state_bytes(self, seq_len: int) -> int:
-        return recurrent_state_bytes(self.n_heads, self.head_dim, self.head_dim)
 
     def extra_repr(self):
         return (f"d_model={self.d_model}, n_heads={self.n_heads}, head_dim={self.head_dim}, "

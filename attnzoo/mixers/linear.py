@@ -31,9 +31,11 @@ KATHAROPOULOS = Paper("Transformers are RNNs: Fast Autoregressive Transformers w
                       "Katharopoulos et al.", 2020, "2006.16236")
 
 
-def linear_state_bytes(d_model: int, n_heads: int, seq_len: int) -> int:
-    hd = d_model // n_heads
-    return recurrent_state_bytes(n_heads, hd, hd + 1)  # elu+1 features, normalized
+def linear_state_bytes(d_model: int, n_heads: int, seq_len: int, head_dim: int | None = None,
+                       feature_map: str = "elu", normalize: bool = True) -> int:
+    """S [H, F, head_dim (+1: the normaliser z)], F = feature_dim(feature_map, head_dim)."""
+    hd = d_model // n_heads if head_dim is None else head_dim
+    return recurrent_state_bytes(n_heads, feature_dim(feature_map, hd), hd + (1 if normalize else 0))
 
 
 @register(
@@ -95,8 +97,6 @@ class LinearAttention(Mixer):
         y = self.o_proj(o.reshape(B, T, -1))
         return y, (RecurrentState(S=S) if return_state else None)
 
-    def state_bytes(self, seq_len: int) -> int:
-        return recurrent_state_bytes(*self.state_shape())
 
     def extra_repr(self):
         return (f"d_model={self.d_model}, n_heads={self.n_heads}, head_dim={self.head_dim}, "

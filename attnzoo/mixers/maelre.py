@@ -46,8 +46,6 @@ def size_weighted_linear(q, k, v, size, active, eps=1e-6):
 
 
 class TokenMergingEncoder(Mixer):
-    causal = False
-
     def __init__(self, d_model: int, *, n_heads: int = 4, n_stages: int = 3, merge_ratio: float = 0.25,
                  switch_threshold: int = 256):
         super().__init__(d_model)

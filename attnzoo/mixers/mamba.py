@@ -124,8 +124,5 @@ class Mamba(Mixer):
             output_final_state=True, impl=self.impl, chunk_size=self.chunk_size,
         )
 
-    def state_bytes(self, seq_len: int) -> int:
-        return mamba_state_bytes(self.d_model, 1, seq_len, self.expand, self.d_state, self.d_conv)
-
     def extra_repr(self):
         return f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, d_conv={self.d_conv}"

@@ -29,9 +29,11 @@ from attnzoo.ops.linear import gated_linear_attention
 from attnzoo.registry import Card, Paper, register
 
 
-def mamba2_state_bytes(d_model: int, n_heads: int, seq_len: int, expand: int = 2, d_state: int = 64) -> int:
+def mamba2_state_bytes(d_model: int, n_heads: int, seq_len: int, expand: int = 2, d_state: int = 64,
+                       conv_kernel: int = 4) -> int:
+    """S [d_inner / head_dim heads, d_state, head_dim] (d_state · d_inner values) plus the x/B/C conv cache."""
     d_inner = expand * d_model
-    return recurrent_state_bytes(1, d_state, d_inner, conv_channels=d_inner + 2 * d_state)
+    return recurrent_state_bytes(1, d_state, d_inner, conv_channels=d_inner + 2 * d_state, conv_kernel=conv_kernel)
 
 
 @register(
@@ -102,9 +104,6 @@ class Mamba2(Mixer):
         y = self.out_proj(self.norm(y * F.silu(z)))
         return y, (RecurrentState(S=S, conv=conv_cache) if return_state else None)
 
-    def state_bytes(self, seq_len: int) -> int:
-        return recurrent_state_bytes(self.n_heads, self.d_state, self.head_dim,
-                                     conv_channels=self.conv.channels, conv_kernel=self.conv.kernel_size)
 
     def extra_repr(self):
         return (f"d_model={self.d_model}, d_inner={self.d_inner}, n_heads={self.n_heads}, "

@@ -240,14 +240,14 @@ class MoHAttention(SoftmaxAttention):
             new_state = KVCacheState(k=k_all, v=v_all, valid=valid, kpos=kpos, seen=seen)
         return y, new_state
 
-    @staticmethod
-    def kv_read_fraction(seq_len: int, *, n_heads: int = 8, n_shared_heads: int = 2, top_k: int = 2) -> float:
-        """Share of the KV cache one decode step reads (cost model): the active heads only."""
-        return (n_shared_heads + top_k) / n_heads
-
     def extra_repr(self):
         return (f"{super().extra_repr()}, n_shared_heads={self.n_shared}, n_routed_heads={self.n_routed}, "
                 f"top_k={self.top_k}")
+
+
+def kv_read_fraction(seq_len: int, n_heads: int = 8, n_shared_heads: int = 2, top_k: int = 2) -> float:
+    """Share of the KV cache one decode step reads (cost model): the active heads only."""
+    return (n_shared_heads + top_k) / n_heads
 
 
 @register(
@@ -258,6 +258,7 @@ class MoHAttention(SoftmaxAttention):
         family="routed",
         complexity="O(T^2 d · active/H)",
         state_bytes=kv_cache_bytes,
+        kv_read_fraction=kv_read_fraction,
         causal=True,
         example_kwargs={"n_heads": 4, "n_kv_heads": 2, "n_shared_heads": 1, "top_k": 2, "block_size": 4},
     ),

@@ -133,8 +133,6 @@ class PromptTunedSoftmax(SoftmaxAttention):
             new_state = KVCacheState(k=k_all, v=v_all, valid=valid, kpos=kpos, seen=seen)
         return y, new_state
 
-    def state_bytes(self, seq_len: int) -> int:
-        return 2 * self.n_kv_heads * self.head_dim * seq_len * 4
 
     def extra_repr(self):
         return super().extra_repr() + f", n_prompts={self.n_prompts}, mode={self.mode!r}"

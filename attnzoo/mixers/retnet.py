@@ -37,8 +37,8 @@ def retnet_decays(n_heads: int) -> torch.Tensor:
                     "Sun et al.", 2023, "2307.08621"),
         family="linear",
         complexity="O(T d^2)",
-        state_bytes=lambda d_model, n_heads, seq_len: recurrent_state_bytes(
-            n_heads, d_model // n_heads, 2 * d_model // n_heads) + 8,
+        state_bytes=lambda d_model, n_heads, seq_len, head_dim=None, expand_v=2: recurrent_state_bytes(
+            n_heads, head_dim or d_model // n_heads, expand_v * (head_dim or d_model // n_heads)) + 8,  # + int64 step
         example_kwargs={"n_heads": 2, "expand_v": 2},
     ),
 )
@@ -106,8 +106,6 @@ class RetNet(Mixer):
             new_state = RecurrentState(S=S, extra=n_real if seen is None else seen + n_real)
         return y, new_state
 
-    def state_bytes(self, seq_len: int) -> int:
-        return recurrent_state_bytes(self.n_heads, self.head_dim, self.v_dim) + 8
 
     def extra_repr(self):
         return (f"d_model={self.d_model}, n_heads={self.n_heads}, head_dim={self.head_dim}, v_dim={self.v_dim}, "

@@ -176,27 +176,27 @@ class RoutingAttention(Mixer):
         outs.append(fn(q[:, :, R], k[:, :, R], v[:, :, R], qi, qok, ki, kok)[0])
         return torch.cat(outs, 2)
 
-    @staticmethod
-    def kv_read_fraction(seq_len: int, *, n_heads: int = 4, n_local_heads: int = 1, n_clusters: int = 4,
-                         window: int = 64) -> float:
-        """Expected share of the cache one decode step reads (cost model): the local window for local
-        heads, one cluster (1/n_clusters of the keys if balanced) for routing heads."""
-        return (n_local_heads * min(1.0, window / seq_len) + (n_heads - n_local_heads) / n_clusters) / n_heads
-
     def extra_repr(self):
         return (f"d_model={self.d_model}, n_heads={self.n_heads}, n_local_heads={self.n_local}, "
                 f"n_clusters={self.n_clusters}, window={self.window}, causal={self.causal}, share_qk={self.share_qk}")
-
-    def state_bytes(self, seq_len: int) -> int:
-        return seq_len * (2 * self.n_heads * self.head_dim * 4 + self.n_routing * 8)
 
 
 ROY = Paper("Efficient Content-Based Sparse Attention with Routing Transformers", "Roy et al.", 2021, "2003.05997")
 
 
-def routing_state_bytes(d_model: int, n_heads: int, seq_len: int) -> int:
-    """fp32 K and V plus one int64 cluster id per routing head (n_heads - 1 by default) per token."""
-    return seq_len * (2 * d_model * 4 + max(n_heads - 1, 0) * 8)
+def routing_state_bytes(d_model: int, n_heads: int, seq_len: int, head_dim: int | None = None,
+                        n_local_heads: int = 1) -> int:
+    """Per cached token fp32 K and V of every head, one int64 cluster id per routing head, a bool `valid`
+    and an int64 `kpos`; plus the int64 `seen`."""
+    hd = d_model // n_heads if head_dim is None else head_dim
+    return seq_len * (2 * n_heads * hd * 4 + (n_heads - n_local_heads) * 8 + 1 + 8) + 8
+
+
+def kv_read_fraction(seq_len: int, n_heads: int = 4, n_local_heads: int = 1, n_clusters: int = 4,
+                     window: int = 64) -> float:
+    """Expected share of the cache one decode step reads (cost model): the local window for local
+    heads, one cluster (1/n_clusters of the keys if balanced) for routing heads."""
+    return (n_local_heads * min(1.0, window / seq_len) + (n_heads - n_local_heads) / n_clusters) / n_heads
 
 
 @register(
@@ -204,7 +204,7 @@ def routing_state_bytes(d_model: int, n_heads: int, seq_len: int) -> int:
     card=Card(
         title="Routing attention, causal (online k-means clusters + local heads)",
         paper=ROY, family="routed", complexity="O(T^2/C d) (dense mask here)",
-        state_bytes=routing_state_bytes, causal=True,
+        state_bytes=routing_state_bytes, kv_read_fraction=kv_read_fraction, causal=True,
         example_kwargs={"n_heads": 4, "n_clusters": 3, "window": 4, "n_local_heads": 1},
     ),
 )

@@ -8,7 +8,9 @@ Decoding keeps only the last w keys/values (memory O(w), not O(T)).
 
 from __future__ import annotations
 
-from attnzoo.mixers.softmax import SoftmaxAttention
+from functools import partial
+
+from attnzoo.mixers.softmax import SoftmaxAttention, kv_cache_bytes
 from attnzoo.registry import Card, Paper, register
 
 
@@ -19,7 +21,7 @@ from attnzoo.registry import Card, Paper, register
         paper=Paper("Longformer: The Long-Document Transformer", "Beltagy et al.", 2020, "2004.05150"),
         family="softmax",
         complexity="O(T w d)",
-        state_bytes=lambda d_model, n_heads, seq_len: 2 * d_model * min(seq_len, 64) * 4,  # default window 64
+        state_bytes=partial(kv_cache_bytes, window=64),  # the last `window` tokens' K/V (default 64)
         causal=True,
         example_kwargs={"n_heads": 4, "window": 8},
     ),

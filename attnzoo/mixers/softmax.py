@@ -47,9 +47,14 @@ def keep_last_valid(state: KVCacheState, keep: int) -> KVCacheState:
     )
 
 
-def kv_cache_bytes(d_model: int, n_heads: int, seq_len: int) -> int:
-    """fp32 K and V for every cached token (n_kv_heads = n_heads)."""
-    return 2 * d_model * seq_len * 4
+def kv_cache_bytes(d_model: int, n_heads: int, seq_len: int, n_kv_heads: int | None = None,
+                   head_dim: int | None = None, window: int | None = None) -> int:
+    """Bytes of a KVCacheState after seq_len tokens: per cached token (all of them, or the last `window`)
+    fp32 K and V [Hkv, head_dim], a bool `valid` and an int64 `kpos`; plus the int64 `seen`."""
+    hd = d_model // n_heads if head_dim is None else head_dim
+    hkv = n_heads if n_kv_heads is None else n_kv_heads
+    cached = seq_len if window is None else min(seq_len, window)
+    return cached * (2 * hkv * hd * 4 + 1 + 8) + 8
 
 
 class SoftmaxAttention(Mixer):
@@ -131,10 +136,6 @@ class SoftmaxAttention(Mixer):
             if self.window is not None and new_state.k.shape[1] > self.window:
                 new_state = keep_last_valid(new_state, self.window)
         return y, new_state
-
-    def state_bytes(self, seq_len: int) -> int:
-        cached = seq_len if self.window is None else min(seq_len, self.window)
-        return 2 * self.n_kv_heads * self.head_dim * cached * 4
 
     def extra_repr(self):
         return (

@@ -17,13 +17,14 @@ from attnzoo.bench.cost import (
 
 
 def test_softmax_per_token_cost_by_hand():
-    # card: fp32 K and V for every token: 2 * 512 * 4096 * 4 = 16 MiB; 2 FLOPs per element read
+    # card: per token fp32 K and V (2 * 512 * 4 B) plus valid (1 B) and kpos (8 B), plus `seen` (8 B):
+    # 4096 * 4105 + 8 B; 2 FLOPs per 4-byte element read
     c = mixer_token_cost("softmax", 4096, d_model=512, n_heads=8)
     assert c.kind == "dense KV"
-    assert c.bytes == 16_777_216
-    assert c.flops == 8_388_608
-    assert c.eflops() == 8_388_608 + 562.5 * 16_777_216 == 9_445_572_608
-    assert c.eflops(E=1.0) == 25_165_824
+    assert c.bytes == 4096 * 4105 + 8 == 16_814_088
+    assert c.flops == 8_407_044
+    assert c.eflops() == 8_407_044 + 562.5 * 16_814_088 == 9_466_331_544
+    assert c.eflops(E=1.0) == 25_221_132
     # the same layer with a bf16 cache through the explicit formula: 4·L·H·d FLOPs, 2·L·H·d·2 bytes
     d = dense_kv_cost(4096, n_heads=8, head_dim=64)
     assert (d.flops, d.bytes) == (8_388_608, 8_388_608)

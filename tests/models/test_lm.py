@@ -50,7 +50,7 @@ def test_forward_shapes_errors_and_bidirectional_cannot_generate():
     with pytest.raises(ValueError, match="causal"):
         enc.generate(torch.randint(0, 20, (1, 4)), 3)
     assert lm.aux_loss() is None
-    assert lm.state_bytes(10) == 2 * (2 * 16 * 10 * 4)
+    assert lm.state_bytes(10) == 2 * (10 * (2 * 16 * 4 + 1 + 8) + 8)  # 2 layers: K, V, valid, kpos; seen
 
 
 def test_learned_positions_and_layer_kwargs_round_trip_and_decode(tmp_path):
