@@ -9,7 +9,8 @@ softmax block scores, GQA), same size, data, steps and seed, differing only in t
                  adds 10 * (SmoothL1(o_f, sg(o_s)) + SmoothL1(sg(o_f), o_s)) to the cross-entropy
 
 Each is evaluated (validation bits per byte) in full mode and in sparse mode at several budgets
-top_k in `eval_top_k` (blocks of `block_size` keys; the training budget is `top_k`).
+top_k in `eval_top_k` (blocks of `block_size` keys chosen besides the query's own block, which the mixer
+always reads; the training budget is `top_k`).
 
 Verdict rules, fixed before any run (F = full-only, S = sparse-only, A = SSA; gap = bpb in sparse mode at
 the training budget minus bpb in full mode):
@@ -117,8 +118,8 @@ def claims(p, res, size):
     k0 = p["top_k"]
     F, S, A = res["full-only"], res["sparse-only"], res["SSA"]
     cond = (f"{size}: {p['n_layers']} layers d={p['d_model']}, {p['n_heads']}q/{p['n_kv_heads']}kv heads, "
-            f"T={p['seq_len']}, blocks of {p['block_size']}, train top_k={k0} "
-            f"({k0 * p['block_size']}/{p['seq_len']} keys), {p['steps_each']} steps each, "
+            f"T={p['seq_len']}, blocks of {p['block_size']}, train top_k={k0} + own block "
+            f"({(k0 + 1) * p['block_size']}/{p['seq_len']} keys), {p['steps_each']} steps each, "
             f"batch {p['batch']}")
 
     def gap(r):
@@ -155,12 +156,12 @@ def _plot(ctx, p, res):
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     ks = list(p["eval_top_k"])
     for label, r in res.items():
-        line, = ax.plot([k * p["block_size"] for k in ks], [r[f"bpb_sparse_k{k}"] for k in ks], marker="o",
+        line, = ax.plot([(k + 1) * p["block_size"] for k in ks], [r[f"bpb_sparse_k{k}"] for k in ks], marker="o",
                         label=f"{label}, sparse mode")
         ax.axhline(r["bpb_full"], color=line.get_color(), linestyle="--", label=f"{label}, full mode")
-    ax.axvline(p["top_k"] * p["block_size"], color="grey", linestyle=":", label="training budget")
+    ax.axvline((p["top_k"] + 1) * p["block_size"], color="grey", linestyle=":", label="training budget")
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("attended keys per query (top_k x block size)")
+    ax.set_xlabel("keys a query block reads ((top_k + own block) x block size)")
     ax.set_ylabel("validation bits per byte")
     ax.set_title(f"ssa-align ({ctx.size}): T={p['seq_len']}, {p['n_layers']} layers d={p['d_model']}")
     ax.legend(fontsize=7)
