@@ -26,7 +26,10 @@ Verdict rules (fixed before any run):
 4. CoT collapses to the mean: with r_k = RMS over starts of the LSA rollout at step k, relative to the
    series' RMS: reproduced if r_100 < 0.1 and log r_k is linear in k (least-squares R² >= 0.7 over
    k = 1..100, slope < 0); partly if r_100 < 0.5; else not. The OLS rollout is reported beside it:
-   a noise-free stable AR recursion decays to the mean too.
+   a noise-free stable AR recursion decays to the mean too. A rollout that diverges (non-finite or
+   |x| > 1e3; LSA is cubic in its inputs) stays in r_k, so it fails the rule; the count of diverged
+   rollouts and the RMS of the others are reported beside it (reporting added after the medium run
+   diverged; the rule is unchanged).
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ ORDER, NOISE, ROLLOUT = 7, 0.05, 100
 SIZES = {
     "quick": {"length": 4000, "histories": (9, 18, 36), "steps": 300, "seeds": 1, "starts": 200},
     "medium": {"length": 20000, "histories": (9, 18, 36, 72), "steps": 2000, "seeds": 2, "starts": 500},
-    "full": {"length": 50000, "histories": (9, 18, 36, 72, 144), "steps": 6000, "seeds": 3, "starts": 1000},
+    "full": {"length": 50000, "histories": (9, 18, 36, 72, 144), "steps": 4000, "seeds": 2, "starts": 1000},
 }
 
 
@@ -140,11 +143,15 @@ def _run(ctx) -> list[Claim]:
         phi_t = torch.from_numpy(phi_hat).float()
         ols_path = rollout(lambda v: v[:, -p:].flip(1) @ phi_t, hist_vals, ROLLOUT).double().numpy()
         scale = float(np.sqrt((test ** 2).mean()))
-        rolls.append({"lsa_rms": np.sqrt((lsa_path ** 2).mean(0)) / scale,
+        bad = ~np.isfinite(lsa_path).all(1) | (np.abs(np.nan_to_num(lsa_path, nan=np.inf)).max(1) > 1e3)
+        ok = lsa_path[~bad] if (~bad).any() else np.full((1, ROLLOUT), np.nan)
+        rolls.append({"diverged": int(bad.sum()), "lsa_rms_kept": np.sqrt((ok ** 2).mean(0)) / scale,
+                      "lsa_rms": np.sqrt((lsa_path ** 2).mean(0)) / scale,
                       "ols_rms": np.sqrt((ols_path ** 2).mean(0)) / scale,
                       "lsa_mse": ((lsa_path - truth) ** 2).mean(0), "ols_mse": ((ols_path - truth) ** 2).mean(0)})
         for k in range(ROLLOUT):
-            ctx.record(seed=seed, history=n, rollout_step=k + 1, **{key: float(v[k]) for key, v in rolls[-1].items()})
+            ctx.record(seed=seed, history=n, rollout_step=k + 1, diverged=rolls[-1]["diverged"],
+                       **{key: float(v[k]) for key, v in rolls[-1].items() if key != "diverged"})
     return _claims(ctx, cfg, rows, rolls)
 
 
@@ -163,11 +170,15 @@ def _claims(ctx, cfg, rows, rolls) -> list[Claim]:
     B = float(np.mean([g * n for n, g in gap.items()]))
     lsa_rms = np.mean([r["lsa_rms"] for r in rolls], 0)
     ols_rms = np.mean([r["ols_rms"] for r in rolls], 0)
+    kept = np.nanmean([r["lsa_rms_kept"] for r in rolls], 0)
+    diverged = sum(r["diverged"] for r in rolls)
     k = np.arange(1, ROLLOUT + 1)
-    fit = np.polyfit(k, np.log(np.maximum(lsa_rms, 1e-12)), 1)
-    pred = np.polyval(fit, k)
     ly = np.log(np.maximum(lsa_rms, 1e-12))
-    r2 = float(1 - ((ly - pred) ** 2).sum() / ((ly - ly.mean()) ** 2).sum())
+    if np.isfinite(ly).all():
+        fit = np.polyfit(k, ly, 1)
+        r2 = float(1 - ((ly - np.polyval(fit, k)) ** 2).sum() / ((ly - ly.mean()) ** 2).sum())
+    else:                                    # a diverged rollout: no exponential fit
+        fit, r2 = (float("nan"), float("nan")), float("nan")
     _plot(ctx, hist, rows, seeds, rolls)
 
     def table(key):
@@ -184,7 +195,9 @@ def _claims(ctx, cfg, rows, rolls) -> list[Claim]:
               verdict(never_beats("softmax")), cond + "; softmax: the query out of the normaliser"),
         Claim(CLAIMS[3], "predictions decay to the mean exponentially",
               f"LSA rollout RMS/series RMS: step 1 {lsa_rms[0]:.2f}, 10 {lsa_rms[9]:.2f}, 100 {lsa_rms[-1]:.3f}; "
-              f"log-linear R² {r2:.2f}, rate {fit[0]:.3f}/step; OLS rollout step 100 {ols_rms[-1]:.3f}",
+              f"log-linear R² {r2:.2f}, rate {fit[0]:.3f}/step; OLS rollout step 100 {ols_rms[-1]:.3f}; "
+              f"{diverged} of {len(rolls) * cfg['starts']} LSA rollouts diverged (non-finite or > 1e3)"
+              + (f", the others at step 100: {kept[-1]:.3f}" if diverged else ""),
               verdict(lsa_rms[-1] < 0.1 and r2 >= 0.7 and fit[0] < 0, lsa_rms[-1] < 0.5),
               cond + f"; rollouts at n={hist[0]} from {cfg['starts']} test starts"),
     ]
@@ -204,8 +217,11 @@ def _plot(ctx, hist, rows, seeds, rolls):
     a1.legend(fontsize=7)
     k = np.arange(1, ROLLOUT + 1)
     a2.plot(k, np.mean([r["lsa_rms"] for r in rolls], 0), label="LSA rollout RMS")
+    if any(r["diverged"] for r in rolls):
+        a2.plot(k, np.nanmean([r["lsa_rms_kept"] for r in rolls], 0), "--", label="LSA, non-diverged rollouts")
     a2.plot(k, np.mean([r["ols_rms"] for r in rolls], 0), label="OLS rollout RMS")
     a2.axhline(1.0, color="grey", lw=0.8, ls=":", label="series RMS")
-    a2.set(yscale="log", xlabel="rollout step", ylabel="RMS / series RMS", title="chain-of-thought rollouts")
+    a2.set(yscale="log", xlabel="rollout step", ylabel="RMS / series RMS", title="chain-of-thought rollouts",
+           ylim=(1e-4, 1e2))
     a2.legend(fontsize=7)
     ctx.savefig(fig)

@@ -120,7 +120,7 @@ def _run(ctx) -> list[Claim]:
         ctx.log(f"{kind}: {cfg['steps']} steps, S={S}")
         conf = TrainConfig(steps=cfg["steps"], batch_size=cfg["batch"], lr=cfg["lr"], weight_decay=0.0,
                            warmup_steps=max(1, cfg["steps"] // 20), eval_every=cfg["steps"], seed=ctx.seed,
-                           device=ctx.device, max_seconds=None if ctx.quick else 100.0)
+                           device=ctx.device, max_seconds=90.0 if ctx.size == "full" else None)
         result = train_lm(lm, train=train, test=test, config=conf)
         lm = lm.cpu().float().eval()
         res[kind] = {**measure(lm, test[0], S), "teacher_forced_accuracy": result.accuracy, "steps": result.steps}

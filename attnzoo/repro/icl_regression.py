@@ -49,7 +49,7 @@ CLAIMS = (
 SIZES = {
     "quick": {"dim": 4, "L": 16, "steps": 600, "batch": 256, "test": 2048},
     "medium": {"dim": 8, "L": 32, "steps": 3000, "batch": 512, "test": 4096},
-    "full": {"dim": 8, "L": 32, "steps": 10000, "batch": 1024, "test": 8192},
+    "full": {"dim": 8, "L": 32, "steps": 5000, "batch": 1024, "test": 8192},
 }
 NOISE = 0.1
 HEADS = (1, 2, 4, 8)

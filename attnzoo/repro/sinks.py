@@ -50,7 +50,7 @@ CLAIMS = (
 SIZES = {
     "quick": {"d_model": 48, "n_layers": 2, "n_heads": 4, "seq_len": 64, "batch": 8, "steps": 60, "lr": 2e-3,
               "max_bytes": 1_000_000, "val": 64},
-    "medium": {"d_model": 128, "n_layers": 4, "n_heads": 4, "seq_len": 128, "batch": 16, "steps": 500,
+    "medium": {"d_model": 64, "n_layers": 2, "n_heads": 4, "seq_len": 64, "batch": 16, "steps": 300,
                "lr": 2e-3, "max_bytes": 4_000_000, "val": 128},
     "full": {"d_model": 256, "n_layers": 6, "n_heads": 8, "seq_len": 256, "batch": 32, "steps": 1500, "lr": 1e-3,
              "max_bytes": 20_000_000, "val": 512},
@@ -79,7 +79,7 @@ def train_one(ctx, variant, cfg, data, lr):
     losses = []
     conf = TrainConfig(steps=cfg["steps"], batch_size=cfg["batch"], lr=lr, warmup_steps=max(1, cfg["steps"] // 20),
                        eval_every=cfg["steps"], seed=ctx.seed, device=ctx.device, eval_batch_size=64,
-                       max_seconds=45.0 if not ctx.quick else None)
+                       max_seconds=40.0 if ctx.size == "full" else None)
     result = train_lm(model, train=data["train"], test=data["val"], config=conf,
                       on_step=lambda _s, loss: losses.append(loss))
     return model.cpu().float(), result, losses
