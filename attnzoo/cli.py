@@ -183,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("name", nargs="?", help="the study (see --list)")
     pr.add_argument("--list", action="store_true", help="list the studies and what each checks")
     pr.add_argument("--quick", action="store_true", help="the CPU size (<= 3 minutes on 2 cores)")
+    pr.add_argument("--size", choices=["quick", "medium", "full"], default=None,
+                    help="quick (= --quick), medium (a few CPU minutes) or full (the GPU size, the default)")
+    pr.add_argument("--readme", metavar="ROOT", default=None,
+                    help="write ROOT/README.md from every ROOT/<name>[/<label>]/summary.md and exit")
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     pr.add_argument("--out", default="runs/repro", help="folder; the study writes <out>/<name>/")
@@ -193,6 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_repro(args):
     from attnzoo.repro import list_studies, run_study
 
+    if args.readme:
+        from attnzoo.repro.readme import write_readme
+
+        print(f"written: {write_readme(args.readme)}")
+        return 0
     studies = list_studies()
     if args.list or not args.name:
         for name, mod in sorted(studies.items()):
@@ -201,7 +210,8 @@ def cmd_repro(args):
                 print(f"{'':14s}   - {c}")
         return 0
     device = args.device or ("cuda" if _cuda() else "cpu")
-    claims = run_study(args.name, out=args.out, size="quick" if args.quick else "full", seed=args.seed,
+    size = args.size or ("quick" if args.quick else "full")
+    claims = run_study(args.name, out=args.out, size=size, seed=args.seed,
                        device=device)
     for c in claims:
         print(f"{c.verdict:15s} {c.claim}: paper {c.paper}, ours {c.ours}")
