@@ -45,6 +45,15 @@ def time_call(fn, *, device, repeats: int = 10, warmup: int = 2) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def cache_pooled_keys(k: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Pooled keys of a full cache, k [B, L, Hkv, D] (L a multiple of block_size) -> [B, L // bs, Hkv, D]:
+    ops.sparse.pooled_block_keys without a validity mask, read from a view (no copy of a 128k cache)."""
+    B, L, H, D = k.shape
+    if L % block_size:
+        raise ValueError(f"the cache length {L} must be a multiple of block_size={block_size}")
+    return k.view(B, L // block_size, block_size, H, D).mean(2)
+
+
 def block_topk_decode(q, k, v, kbar, *, block_size: int, top_k: int, local_blocks: int = 1, score: str = "logits",
                       impl: str = "auto"):
     """One decode step of block top-k attention with the library's ops: q [B, Hq, D] is the newest token's

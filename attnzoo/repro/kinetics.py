@@ -46,7 +46,7 @@ SIZES = {
     "medium": dict(d_model=1024, n_heads=8, head_dim=128, mlp_hidden=2816, batch=4,
                    contexts=(256, 1024, 4096, 8192, 16384, 32768), block_size=16, top_k=63, dtype="float32",
                    large_from=4096, repeats=7),
-    "full": dict(d_model=2048, n_heads=16, head_dim=128, mlp_hidden=5632, batch=32,
+    "full": dict(d_model=2048, n_heads=16, head_dim=128, mlp_hidden=5632, batch=16,
                  contexts=tuple(2**i for i in range(8, 18)), block_size=16, top_k=63, dtype="bfloat16",
                  large_from=4096, repeats=20),
 }
@@ -86,9 +86,14 @@ def run(ctx):
 def _run(ctx):
     import torch
 
-    from attnzoo.bench.decode_step import DecoderLayerParams, block_topk_decode, device_rates, time_call
+    from attnzoo.bench.decode_step import (
+        DecoderLayerParams,
+        block_topk_decode,
+        cache_pooled_keys,
+        device_rates,
+        time_call,
+    )
     from attnzoo.ops.softmax import softmax_attention
-    from attnzoo.ops.sparse import pooled_block_keys
 
     p = SIZES[ctx.size]
     dev, dtype = ctx.device, getattr(torch, p["dtype"])
@@ -119,7 +124,7 @@ def _run(ctx):
     with torch.no_grad():
         for L in p["contexts"]:
             Kl, Vl = K[:, :L], V[:, :L]
-            kbar = pooled_block_keys(Kl, None, bs)
+            kbar = cache_pooled_keys(Kl, bs)
             t_dense = time_call(lambda: softmax_attention(q[:, None], Kl, Vl), device=dev, repeats=p["repeats"])
             t_sparse = time_call(lambda: block_topk_decode(q, Kl, Vl, kbar, block_size=bs, top_k=k), device=dev,
                                  repeats=p["repeats"])

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from attnzoo.bench.decode_step import DecoderLayerParams, block_topk_decode, device_rates
+from attnzoo.bench.decode_step import DecoderLayerParams, block_topk_decode, cache_pooled_keys, device_rates
 from attnzoo.ops.softmax import softmax_attention
 from attnzoo.ops.sparse import pooled_block_keys
 from attnzoo.repro import kinetics as kin
@@ -32,6 +32,13 @@ def test_block_topk_decode_reads_only_the_best_blocks():
     torch.testing.assert_close(o, ref, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="multiple of block_size"):
         block_topk_decode(q, k[:, :30], v[:, :30], pooled_block_keys(k, None, bs), block_size=bs, top_k=1)
+
+
+def test_cache_pooled_keys_equal_the_library_pooling_on_a_slice():
+    k = torch.randn(2, 48, 3, 4)[:, :32]                       # a slice of a longer cache, as the study reads
+    torch.testing.assert_close(cache_pooled_keys(k, 8), pooled_block_keys(k, None, 8))
+    with pytest.raises(ValueError, match="multiple of block_size"):
+        cache_pooled_keys(k[:, :30], 8)
 
 
 def test_layer_params_and_rates():
