@@ -31,6 +31,8 @@ def test_selection_keeps_own_local_and_sink_blocks_and_the_top_scored_ones():
     q, k, _ = qkv(B, T, Hq, Hkv, D)
     qrep, kbar = block_queries(q, bs), pooled_block_keys(k, None, bs)
     assert torch.allclose(kbar[:, 2], k[:, 16:24].mean(1)) and torch.equal(qrep[:, 3], q[:, 24])
+    assert torch.allclose(kbar[:, -1], k[:, 96:].mean(1))  # the partial last block: its own count
+    assert torch.allclose(kbar, pooled_block_keys(k, torch.ones(B, T, dtype=torch.bool), bs))
     ids, cnt = select_blocks(qrep, kbar, top_k=3, sink_blocks=1, local_blocks=2, score="logits")
     M = -(-T // bs)
     assert ids.shape == (B, Hkv, M, 6) and ids.dtype == torch.int32

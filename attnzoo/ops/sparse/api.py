@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from attnzoo.ops.dispatch import resolve_impl, triton_interpret
+from attnzoo.ops.dispatch import autocast_off, autocast_operands, resolve_impl, triton_interpret
 from attnzoo.ops.sparse.blocks import block_queries, pooled_block_keys, select_blocks
 from attnzoo.ops.sparse.gather import block_sparse_attention_torch, block_sparse_decode_torch
 from attnzoo.ops.sparse.reference import block_sparse_attention_reference, block_sparse_decode_reference
@@ -83,6 +83,12 @@ def block_sparse_attention(q, k, v, block_ids, block_counts, *, block_size: int,
     M = -(-T // block_size)
     _check_selection(block_ids, block_counts, (B, k.shape[2], M))
     scale = D**-0.5 if scale is None else float(scale)
+    q, k, v = autocast_operands(q, k, v)  # under autocast: one dtype, the region's (the kernels take one)
+    with autocast_off(q):
+        return _block_sparse_attention(q, k, v, block_ids, block_counts, block_size, scale, impl)
+
+
+def _block_sparse_attention(q, k, v, block_ids, block_counts, block_size, scale, impl):
     impl = resolve_impl(impl, q, k, v, triton_supported=triton_supported(q, k, v, block_size=block_size))
     if impl == "reference":
         return block_sparse_attention_reference(q, k, v, block_ids, block_counts, block_size=block_size, scale=scale)
@@ -106,6 +112,12 @@ def block_sparse_decode(q, k_cache, v_cache, block_ids, block_counts, cache_lens
     if cache_lens.shape != (B,):
         raise ValueError(f"cache_lens must be [B={B}], got {tuple(cache_lens.shape)}")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    q, k_cache, v_cache = autocast_operands(q, k_cache, v_cache)
+    with autocast_off(q):
+        return _block_sparse_decode(q, k_cache, v_cache, block_ids, block_counts, cache_lens, block_size, scale, impl)
+
+
+def _block_sparse_decode(q, k_cache, v_cache, block_ids, block_counts, cache_lens, block_size, scale, impl):
     kw = {"block_size": block_size, "scale": scale}
     impl = resolve_impl(impl, q, k_cache, v_cache,
                         triton_supported=triton_supported(q, k_cache, v_cache, block_size=block_size))

@@ -32,10 +32,14 @@ def pooled_block_keys(k: torch.Tensor, valid: torch.Tensor | None, block_size: i
     B, L, H, D = k.shape
     nb = -(-L // block_size)
     pad = nb * block_size - L
-    if valid is None:
-        valid = torch.ones(B, L, dtype=torch.bool, device=k.device)
-    kz = torch.where(valid[..., None, None], k, k.new_zeros(()))
+    kz = k if valid is None else torch.where(valid[..., None, None], k, k.new_zeros(()))
     kz = F.pad(kz, (0, 0, 0, 0, 0, pad)).view(B, nb, block_size, H, D).sum(2)
+    if valid is None and nb > 0:
+        cnt = torch.full((nb,), float(block_size), dtype=k.dtype, device=k.device)
+        cnt[-1] = L - (nb - 1) * block_size
+        return kz / cnt[None, :, None, None]
+    if valid is None:
+        return kz
     cnt = F.pad(valid.to(k.dtype), (0, pad)).view(B, nb, block_size).sum(2).clamp_min(1)
     return kz / cnt[..., None, None]
 

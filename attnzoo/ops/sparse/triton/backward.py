@@ -62,7 +62,7 @@ def block_sparse_bwd_dq_kernel(
 ):
     pid = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
+    b = (bh // H).to(tl.int64)  # batch offsets can pass 2^31 elements (long caches)
     h = bh % H
     hk = h // G
     m = pid // (BS // BM)
@@ -110,7 +110,7 @@ def block_sparse_bwd_dkdv_kernel(
 ):
     pid = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // HKV
+    b = (bh // HKV).to(tl.int64)  # batch offsets can pass 2^31 elements (long caches)
     hk = bh % HKV
     kb = pid // (BS // BN)
     offs_n = pid * BN + tl.arange(0, BN)

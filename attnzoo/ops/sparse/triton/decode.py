@@ -25,7 +25,7 @@ def block_sparse_decode_kernel(
 ):
     bh = tl.program_id(0)
     sp = tl.program_id(1)
-    b = bh // HKV
+    b = (bh // HKV).to(tl.int64)  # batch offsets can pass 2^31 elements (long caches)
     hk = bh % HKV
     offs_g = tl.arange(0, BG)
     offs_d = tl.arange(0, BD)

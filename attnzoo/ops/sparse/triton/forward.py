@@ -44,7 +44,7 @@ def block_sparse_fwd_kernel(
 ):
     pid = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
+    b = (bh // H).to(tl.int64)  # batch offsets can pass 2^31 elements (long caches)
     h = bh % H
     hk = h // G
     m = pid // (BS // BM)
