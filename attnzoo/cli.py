@@ -20,6 +20,18 @@ def cmd_list(args):
         print_registry(args.seq_len, args.d_model, args.n_heads)
 
 
+def cmd_card(args):
+    from attnzoo.bench.docs import print_card, write_docs
+
+    if args.write_docs:
+        changed = write_docs(args.write_docs)
+        print(f"{args.write_docs}: {len(changed)} page(s) written" if changed else f"{args.write_docs}: up to date")
+    elif args.name:
+        print_card(args.name)
+    else:
+        raise ValueError("give a mixer name (attnzoo card gla) or --write-docs DIR")
+
+
 def cmd_demo(args):
     from attnzoo.demo import run_demo
 
@@ -104,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--markdown", action="store_true", help="print the README feature table")
     pl.add_argument("--update-readme", metavar="PATH", help="rewrite the generated table in PATH")
     pl.set_defaults(func=cmd_list)
+
+    pk = sub.add_parser("card", help="a mixer's reference page (formula, shapes, state size, usage)")
+    pk.add_argument("name", nargs="?", help="the registered mixer (see `attnzoo list`)")
+    pk.add_argument("--write-docs", metavar="DIR", help="write DIR/index.md and DIR/mixers/<name>.md for every mixer")
+    pk.set_defaults(func=cmd_card)
 
     pd = sub.add_parser("demo", help="the main job (what `make demo` runs)")
     pd.set_defaults(func=cmd_demo)

@@ -50,6 +50,7 @@ class Card:
     limits: conformance properties the mixer does not have, mapped to the reason; the
     conformance suite then checks the declaration instead of the property.
     example_kwargs: constructor arguments that make a small instance (tests, demos).
+    claim: the paper's main claim in one sentence (the docs page shows it).
     tokens_read_per_step(seq_len, **named) / kv_read_fraction(seq_len, **named): decode cost facts
     for bench/cost.py where a step reads less than the whole cache (cached tokens read; share of
     the cache read); keyword parameters as for state_bytes. `decode_cost_fact` calls them.
@@ -66,6 +67,7 @@ class Card:
     padding: bool = True
     limits: dict = field(default_factory=dict)
     example_kwargs: dict = field(default_factory=dict)
+    claim: str = ""
     tokens_read_per_step: Callable[..., int] | None = None
     kv_read_fraction: Callable[..., float] | None = None
 
