@@ -6,7 +6,8 @@ Each study's summary.md (written by base.run_study) starts with "# repro: <name>
 "Size `...`, N s on <machine>." line, then the verdict table. A study may have several committed runs,
 one folder each under its own (<name>/medium-cpu/, <name>/full-h100/). The README lists the studies in
 the order of `attnzoo repro --list` (then any other folder), with a tally of verdicts per run, and says
-which known studies have no committed summary yet.
+which known studies have no committed summary yet. A run folder's notes.md (what a reader must know
+about that run: the machine's state, a known defect it exposed) is shown under its table.
 """
 
 from __future__ import annotations
@@ -81,7 +82,11 @@ def readme_markdown(root: str | Path, known: list[str] | None = None) -> str:
     for n, label, s in found:
         where = f"{n}/{label}/" if label else f"{n}/"
         out += ["", f"## {n}-{label}" if label else f"## {n}", "", s["paper"], "", s["size_line"], "",
-                *s["table"], "", f"Files: [{where}]({where}) (results.jsonl, summary.md, plot)."]
+                *s["table"]]
+        notes = Path(root) / where / "notes.md"
+        if notes.exists():
+            out += ["", notes.read_text().strip()]
+        out += ["", f"Files: [{where}]({where}) (results.jsonl, summary.md, plot)."]
     return "\n".join(out) + "\n"
 
 

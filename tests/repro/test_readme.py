@@ -17,7 +17,9 @@ def test_readme_gathers_tables_and_tallies(tmp_path):
     _write(tmp_path, "b-study", ["reproduced", "not reproduced"])
     _write(tmp_path, "a-study/medium-cpu", ["partly"])
     _write(tmp_path, "a-study/full-h100", ["reproduced"])
+    (tmp_path / "a-study/full-h100/notes.md").write_text("Ran on a quiet GPU.\n")
     text = write_readme(tmp_path, known=["b-study", "a-study", "missing"]).read_text()
+    assert "| **reproduced** | c |\n\nRan on a quiet GPU.\n\nFiles: [a-study/full-h100/]" in text
     assert text.index("## b-study") < text.index("## a-study-full-h100") < text.index("## a-study-medium-cpu")
     assert "| [b-study](#b-study) | - | Paper b-study, arXiv:0 | 2 | 1 | 0 | 1 |" in text
     assert "| [a-study](#a-study-medium-cpu) | medium-cpu | Paper a-study, arXiv:0 | 1 | 0 | 1 | 0 |" in text
