@@ -202,9 +202,11 @@ def block_sparse_state_bytes(d_model: int, n_heads: int, seq_len: int, n_kv_head
 
 def tokens_read_per_step(seq_len: int, block_size: int = 16, top_k: int = 16, n_sink: int = 0,
                          window: int | None = None) -> int:
-    """Cached tokens one decode step reads (cost model): min(L, local + block_size * top_k), local = the
-    sink and local-window tokens (the own block is among the top-k)."""
-    return min(seq_len, n_sink + (window or 0) + block_size * top_k)
+    """Cached tokens one decode step reads (cost model): whole blocks, the top_k chosen ones plus the sink
+    blocks ceil(n_sink / bs) and the local blocks 1 + ceil((window - 1) / bs) (the own block among them),
+    at most L."""
+    local = 1 if window is None else 1 + -(-(window - 1) // block_size)
+    return min(seq_len, block_size * (top_k + -(-n_sink // block_size) + local))
 
 
 @register(

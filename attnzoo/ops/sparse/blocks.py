@@ -26,6 +26,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from attnzoo.ops.dispatch import without_autocast
+
 
 def pooled_block_keys(k: torch.Tensor, valid: torch.Tensor | None, block_size: int) -> torch.Tensor:
     """Mean key per block over valid slots: k [B, L, H, D] -> [B, ceil(L / bs), H, D] (valid [B, L] or None)."""
@@ -49,6 +51,7 @@ def block_queries(q: torch.Tensor, block_size: int) -> torch.Tensor:
     return q[:, ::block_size]
 
 
+@without_autocast  # scores in float32 whatever the caller's autocast
 def select_blocks(
     qrep: torch.Tensor, kbar: torch.Tensor, *, top_k: int, sink_blocks: int = 0, local_blocks: int = 1,
     score: str = "softmax", scale: float | None = None, q_block: torch.Tensor | None = None,
