@@ -55,13 +55,33 @@ def update_readme(path: str) -> bool:
     return new != text
 
 
-def print_registry(seq_len: int, d_model: int, n_heads: int):
+NARROW = 120  # below this console width the table drops complexity and cites the paper by arXiv id
+
+
+def print_registry(seq_len: int, d_model: int, n_heads: int, *, console=None):
+    """The `attnzoo list` table. rich sizes it to the console (COLUMNS, 80 when not a terminal); a
+    console narrower than NARROW gets one line per mixer (name, family, state, capabilities, arXiv id)
+    instead of columns wrapped a word per line."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"attnzoo mixers (state per sequence at T={seq_len}, d_model={d_model}, fp32)")
-    for col in COLUMNS:
-        table.add_column(col, no_wrap=col in ("name", "state @T"), overflow="fold")
-    for row in registry_rows(seq_len, d_model, n_heads):
+    console = console or Console()
+    narrow = console.width < NARROW
+    table = Table(title=f"attnzoo mixers (state per sequence at T={seq_len}, d_model={d_model}, fp32)",
+                  box=box.SIMPLE_HEAD if narrow else box.HEAVY_HEAD, padding=(0, 1), title_justify="left",
+                  pad_edge=not narrow, show_edge=not narrow, collapse_padding=narrow)
+    cols = ("name", "family", "state @T", "capabilities", "arXiv") if narrow else COLUMNS
+    rows = []
+    for name, family, complexity, size, caps, paper in registry_rows(seq_len, d_model, n_heads):
+        rows.append((name, family, size, caps, get_card(name).paper.arxiv or "-") if narrow
+                    else (name, family, complexity, size, caps, paper))
+    for i, col in enumerate(cols):
+        fit = max(len(col), *(len(r[i]) for r in rows)) if narrow else None  # every cell whole
+        table.add_column(col, no_wrap=narrow or col in ("name", "state @T"), width=fit,
+                         overflow="ellipsis" if narrow else "fold")
+    for row in rows:
         table.add_row(*row)
-    Console().print(table)
+    console.print(table)
+    if narrow:
+        console.print("(complexity, paper titles: `attnzoo card NAME`, --markdown or > 120 columns)")
