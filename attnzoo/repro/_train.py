@@ -44,6 +44,11 @@ def mse(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, device: str = "cp
     return total / len(x)
 
 
+def device_note(device: str) -> str:
+    """The device as a study's conditions column states it (on CPU the thread cap of `cpu_threads`)."""
+    return "cpu, 1 torch thread" if str(device).startswith("cpu") else str(device)
+
+
 @contextlib.contextmanager
 def cpu_threads(device: str, n: int = 1):
     """Cap torch's intra-op threads at n while on CPU (restored on exit); a no-op on other devices."""

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from attnzoo.models.in_context import InContextAttention
-from attnzoo.repro._train import cpu_threads, fit_mse
+from attnzoo.repro._train import cpu_threads, device_note, fit_mse
 from attnzoo.repro.base import Claim, verdict
 from attnzoo.tasks.ar_forecast import hankel_samples, ols_ar_predict, sample_stationary_coefficients, simulate_ar
 
@@ -158,7 +158,7 @@ def _run(ctx) -> list[Claim]:
 def _claims(ctx, cfg, rows, rolls) -> list[Claim]:
     hist, seeds = cfg["histories"], range(cfg["seeds"])
     cond = (f"AR({ORDER}), σ={NOISE}, series {cfg['length']} (standardised), n={list(hist)}, {cfg['steps']} Adam "
-            f"steps x 512, {cfg['seeds']} seed(s), {ctx.device}")
+            f"steps x 512, {cfg['seeds']} seed(s), {device_note(ctx.device)}")
 
     def never_beats(k):
         return all(r[k] >= r["ols"] - 2 * r[f"{k}_minus_ols_se"] for r in rows.values())
@@ -197,7 +197,7 @@ def _claims(ctx, cfg, rows, rolls) -> list[Claim]:
               f"LSA rollout RMS/series RMS: step 1 {lsa_rms[0]:.2f}, 10 {lsa_rms[9]:.2f}, 100 {lsa_rms[-1]:.3f}; "
               f"log-linear R² {r2:.2f}, rate {fit[0]:.3f}/step; OLS rollout step 100 {ols_rms[-1]:.3f}; "
               f"{diverged} of {len(rolls) * cfg['starts']} LSA rollouts diverged (non-finite or > 1e3)"
-              + (f", the others at step 100: {kept[-1]:.3f}" if diverged else ""),
+              + (f", the others at step 100: {kept[-1]:.1e}" if diverged else ""),
               verdict(lsa_rms[-1] < 0.1 and r2 >= 0.7 and fit[0] < 0, lsa_rms[-1] < 0.5),
               cond + f"; rollouts at n={hist[0]} from {cfg['starts']} test starts"),
     ]

@@ -36,7 +36,7 @@ import torch
 from attnzoo.analysis.attention_maps import source_output_share, trace_blocks
 from attnzoo.analysis.prefix_mass import attention_probs, prefix_mass
 from attnzoo.models import LanguageModel
-from attnzoo.repro._train import cpu_threads
+from attnzoo.repro._train import cpu_threads, device_note
 from attnzoo.repro.base import Claim, verdict
 from attnzoo.train import TrainConfig, train_lm
 
@@ -135,7 +135,8 @@ def _claims(ctx, cfg, res) -> list[Claim]:
     S = cfg["S"]
     dec, pal = res["decoder-only"], res["partial attention"]
     cond = (f"reverse {S} of {SYMBOLS} symbols, d={cfg['d_model']}, {cfg['n_layers']} layers, {cfg['n_heads']} heads, "
-            f"{cfg['steps']} steps x {cfg['batch']}, lr {cfg['lr']:g}, seed {ctx.seed}, {ctx.device}; teacher-forced "
+            f"{cfg['steps']} steps x {cfg['batch']}, lr {cfg['lr']:g}, seed {ctx.seed}, {device_note(ctx.device)}; "
+            f"teacher-forced "
             f"accuracy {dec['teacher_forced_accuracy']:.2f} / {pal['teacher_forced_accuracy']:.2f}")
     short = [f"{k} stopped at {r['steps']} steps (time cap)" for k, r in res.items() if r["steps"] < cfg["steps"]]
     if short:

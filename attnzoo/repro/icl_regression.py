@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 
 from attnzoo.models.in_context import InContextAttention
-from attnzoo.repro._train import cpu_threads, fit_mse, mse
+from attnzoo.repro._train import cpu_threads, device_note, fit_mse, mse
 from attnzoo.repro.base import Claim, verdict
 from attnzoo.tasks.icl_regression import baseline_mse, generate_icl_regression
 
@@ -131,7 +131,7 @@ def _run(ctx) -> list[Claim]:
     ctx.record(model="softmax H=4", **{f"kq_{k}": v for k, v in kq.items()}, **{f"ov_{k}": v for k, v in ov.items()})
     _plot(ctx, res, lengths, L)
     cond = (f"d={d}, σ={NOISE}, L_train={L}, {cfg['steps']} Adam steps x {cfg['batch']} prompts, seed {ctx.seed}, "
-            f"{dev}")
+            f"{device_note(dev)}")
     gen_sm = res[(multi, 2 * L)] <= 1.05 * best
     gen_lin = res[("linear H=1", 2 * L)] > 1.05 * res[("linear H=1", L)]
     kq_ok = [kq["x_block_share"] >= 0.9, kq["offdiag_share"] <= 0.3, kq["diag_spread"] <= 0.3]

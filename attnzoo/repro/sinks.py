@@ -33,7 +33,7 @@ import torch
 from attnzoo.analysis.attention_maps import first_token_share, lm_attention_probs, trace_blocks, \
     uniform_first_token_share
 from attnzoo.models import LanguageModel
-from attnzoo.repro._train import cpu_threads
+from attnzoo.repro._train import cpu_threads, device_note
 from attnzoo.repro.base import Claim, verdict
 from attnzoo.tasks.bytes import StdlibBytes, bits_per_byte
 from attnzoo.train import TrainConfig, train_lm
@@ -129,7 +129,7 @@ def _claims(ctx, cfg, res) -> list[Claim]:
     hs, he = res[("softmax", HIGH_LR)], res[("gated elementwise", HIGH_LR)]
     cond = (f"d={cfg['d_model']}, {cfg['n_layers']} layers, {cfg['n_heads']} heads, T={cfg['seq_len']}, "
             f"{cfg['steps']} steps x {cfg['batch']} seqs (same bytes, seed {ctx.seed}), lr {cfg['lr']:g}, "
-            f"qk-norm, {ctx.device}")
+            f"qk-norm, {device_note(ctx.device)}")
     short = [f"{v} x{m:g} lr stopped at {r['steps']} steps (time cap)" for (v, m), r in res.items()
              if r["steps"] < cfg["steps"]]
     if short:
