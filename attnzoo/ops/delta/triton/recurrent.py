@@ -1,0 +1,65 @@
+"""Token-by-token Triton kernel of the (gated) delta rule (decoding: small T at inference).
+
+    S_t = e^{g_t} (I - β_t k_t k_tᵀ) S_{t-1} + β_t k_t v_tᵀ,     o_t = scale · q_tᵀ S_t
+
+computed as S <- e^{g_t} S;  S <- S + β_t k_t (v_t - k_tᵀ S)ᵀ. One program per (V block, sequence,
+head) keeps S [K, BV] in float32 registers (all of K: the recall k_tᵀ S sums over it) and walks the
+sequence's tokens; packed layout and cu_seqlens as in wy.py. Forward only: a call that needs
+gradients takes the chunked path. Cost per token is O(K·V) whatever the context length.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def delta_recurrent_fwd_kernel(
+    q, k, v, beta, g, o, h0, ht, cu_seqlens, scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    GATE: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
+):
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    n, i_h = i_nh // H, i_nh % H
+    bos = tl.load(cu_seqlens + n).to(tl.int64)
+    eos = tl.load(cu_seqlens + n + 1).to(tl.int64)
+    kk = tl.arange(0, BK)
+    vv = i_v * BV + tl.arange(0, BV)
+    mk, mv = kk < K, vv < V
+    mkv = mk[:, None] & mv[None, :]
+    s_off = n * H * K * V + i_h * K * V + kk[:, None] * V + vv[None, :]
+    S = tl.zeros([BK, BV], dtype=tl.float32)
+    if HAS_H0:
+        S += tl.load(h0 + s_off, mask=mkv, other=0.0)
+    for t in range(bos, eos):
+        qt = tl.load(q + t * (H * K) + i_h * K + kk, mask=mk, other=0.0).to(tl.float32)
+        kt = tl.load(k + t * (H * K) + i_h * K + kk, mask=mk, other=0.0).to(tl.float32)
+        vt = tl.load(v + t * (H * V) + i_h * V + vv, mask=mv, other=0.0).to(tl.float32)
+        bt = tl.load(beta + t * H + i_h).to(tl.float32)
+        if GATE == 1:
+            S *= tl.exp(tl.load(g + t * H + i_h))
+        pred = tl.sum(S * kt[:, None], axis=0)  # what the state recalls for k_t
+        S += kt[:, None] * (bt * (vt - pred))[None, :]
+        tl.store(o + t * (H * V) + i_h * V + vv, (tl.sum(S * qt[:, None], axis=0) * scale).to(o.dtype.element_ty),
+                 mask=mv)
+    if STORE_HT:
+        tl.store(ht + s_off, S, mask=mkv)
+
+
+def recurrent_delta_fwd(q, k, v, beta, g, *, scale, initial_state, output_final_state, cu_seqlens, n_seqs):
+    """Packed q, k [N_tok, H, K], v [N_tok, H, V], beta [N_tok, H]; g [N_tok, H] float32 or None."""
+    N_tok, H, K = q.shape
+    V = v.shape[-1]
+    BK = triton.next_power_of_2(K)
+    BV = min(32, triton.next_power_of_2(V))
+    o = torch.empty_like(v)
+    ht = q.new_empty(n_seqs, H, K, V, dtype=torch.float32) if output_final_state else None
+    delta_recurrent_fwd_kernel[(triton.cdiv(V, BV), n_seqs * H)](
+        q, k, v, beta, g if g is not None else q, o, initial_state if initial_state is not None else q,
+        ht if ht is not None else q, cu_seqlens, scale,
+        H=H, K=K, V=V, BK=BK, BV=BV, GATE=0 if g is None else 1, HAS_H0=initial_state is not None,
+        STORE_HT=output_final_state,
+    )
+    return o, ht
