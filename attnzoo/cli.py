@@ -174,6 +174,16 @@ def build_parser() -> argparse.ArgumentParser:
     psp.add_argument("--rounds", type=int, default=3, help="interleaved rounds per case (the median is reported)")
     psp.add_argument("--out", default="benchmarks/results/sp", help="folder for sp.jsonl (appended), sp.md, sp.png")
     psp.set_defaults(func=cmd_bench_sp)
+    pbc = bsub.add_parser("compile", help="eager vs torch.compile (inductor) step time of the zoo's models "
+                          "(fwd+bwd+AdamW), per mixer")
+    pbc.add_argument("--mixers", help="comma list (default: the zoo's mixers for the preset)")
+    pbc.add_argument("--preset", default="quick", choices=["quick", "standard", "paper"])
+    pbc.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    pbc.add_argument("--steps", type=int, default=5, help="timed steps per round")
+    pbc.add_argument("--rounds", type=int, default=3, help="interleaved eager/compiled rounds (median reported)")
+    pbc.add_argument("--threads", type=int, help="torch CPU threads")
+    pbc.add_argument("--out", default="benchmarks/results/compile", help="folder for compile_<device>.jsonl/.md")
+    pbc.set_defaults(func=cmd_bench_compile)
     pzt = bsub.add_parser("zoo-throughput", help="zoo training: model-steps/s, one run per process vs many models "
                           "trained as one (eager, CUDA graph)")
     pzt.add_argument("--mixers", default=",".join(_zoo_throughput_mixers()), help="comma list")
@@ -188,6 +198,16 @@ def build_parser() -> argparse.ArgumentParser:
     pzt.add_argument("--device", default=None, help="default: cuda when available")
     pzt.add_argument("--out", default="runs/zoo_throughput", help="folder for throughput.jsonl (appended) and .md")
     pzt.set_defaults(func=cmd_bench_zoo_throughput)
+    psc = bsub.add_parser("step-cost", help="CPU: ms per training step of each zoo model (sizes a preset's budget)")
+    psc.add_argument("--preset", default="quick")
+    psc.add_argument("--kwargs", choices=("preset", "example"), default="preset",
+                     help="the preset's mixer_kwargs overrides, or the cards' example_kwargs alone")
+    psc.add_argument("--mixers", help="comma list (default: every zoo mixer)")
+    psc.add_argument("--batch-size", type=int, help="default: the preset's")
+    psc.add_argument("--steps", type=int, default=8, help="timed steps (median), after two warm-up steps")
+    psc.add_argument("--threads", type=int, default=1)
+    psc.add_argument("--profile", action="store_true", help="also print torch.profiler's table of the steps")
+    psc.set_defaults(func=cmd_bench_step_cost)
 
     pc = sub.add_parser("cost", help="Kinetics cost model: eFLOPs per token at L = 4k, 32k, 128k, and a plot")
     pc.add_argument("--d-model", type=int, default=2048)
@@ -208,7 +228,32 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     pr.add_argument("--out", default="runs/repro", help="folder; the study writes <out>/<name>/")
     pr.set_defaults(func=cmd_repro)
+
+    pli = sub.add_parser("linearize", help="swap a softmax teacher's attention for any mixer and distil it "
+                         "(LoLCATs/LAWCAT stages 1 and 2)")
+    pli.add_argument("--teacher", required=True, choices=["byte-lm", "minilm"])
+    pli.add_argument("--student", required=True, help="comma list of mixers or patterns, e.g. lawcat,gla*3+softmax")
+    pli.add_argument("--stage", default="both", choices=["1", "2", "both"])
+    pli.add_argument("--size", default="cpu", choices=["test", "cpu-short", "cpu", "gpu"],
+                     help="cpu-short: byte-lm only (the short first CPU run)")
+    pli.add_argument("--out", required=True, help="results folder (a second run resumes from its checkpoints)")
+    pli.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    pli.add_argument("--seed", type=int, default=0)
+    pli.add_argument("--no-scratch", action="store_true", help="byte-lm: skip the from-scratch baselines")
+    pli.set_defaults(func=cmd_linearize)
     return p
+
+
+def cmd_linearize(args):
+    from attnzoo.distill.run import linearize
+
+    students = [s.strip() for s in args.student.split(",")]
+    if not all(students):
+        raise ValueError(f"--student must be a comma list of names or patterns, got {args.student!r}")
+    linearize(teacher=args.teacher, students=students, stage=args.stage, size=args.size, out=args.out,
+              device=args.device or ("cuda" if _cuda() else "cpu"), seed=args.seed, scratch=not args.no_scratch)
+    print(f"written: {args.out}/results.jsonl, summary.md, loss.png")
+    return 0
 
 
 def cmd_repro(args):
@@ -234,6 +279,21 @@ def cmd_repro(args):
         print(f"{c.verdict:15s} {c.claim}: paper {c.paper}, ours {c.ours}")
     print(f"written: {args.out}/{args.name}/summary.md")
     return 0
+
+
+def cmd_bench_step_cost(args):
+    from attnzoo.bench.step_cost import run_step_cost
+
+    run_step_cost(preset=args.preset, kwargs=args.kwargs, mixers=args.mixers.split(",") if args.mixers else None,
+                  batch_size=args.batch_size, steps=args.steps, threads=args.threads, profile=args.profile)
+
+
+def cmd_bench_compile(args):
+    from attnzoo.bench.compile_bench import run_compile_bench
+
+    mixers = [m.strip() for m in args.mixers.split(",")] if args.mixers else None
+    run_compile_bench(mixers, preset=args.preset, device=args.device, steps=args.steps, rounds=args.rounds,
+                      threads=args.threads, out=args.out)
 
 
 def cmd_bench_sp(args):

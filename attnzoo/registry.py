@@ -15,6 +15,8 @@ import inspect
 from dataclasses import dataclass, field
 from collections.abc import Callable
 
+from attnzoo.introspect import constructor_defaults
+
 FAMILIES = (
     "softmax", "linear", "recurrent", "ssm", "conv", "sparse", "routed", "pooling", "vision", "hybrid",
 )
@@ -110,19 +112,6 @@ def _named(fn, n_positional: int, config: dict) -> dict:
     params = list(inspect.signature(fn).parameters.values())[n_positional:]
     names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     return {k: v for k, v in config.items() if k in names}
-
-
-def constructor_defaults(cls: type) -> dict:
-    """Defaults of cls's constructor keyword arguments, a base class's filling in for `**kw`."""
-    out: dict = {}
-    for klass in reversed(cls.__mro__):
-        init = klass.__dict__.get("__init__")
-        if init is None or klass is object:
-            continue
-        for p in list(inspect.signature(init).parameters.values())[1:]:
-            if p.default is not p.empty:
-                out[p.name] = p.default
-    return out
 
 
 def register(name: str, *, card: Card):

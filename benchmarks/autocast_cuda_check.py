@@ -19,13 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
 import attnzoo
+from attnzoo.bench.timing import call_times, median
 from attnzoo.bench.zoo import default_mixers, machine_line
 from attnzoo.bench.zoo.presets import QUICK_MIXER_KWARGS
 from attnzoo.models import LanguageModel
@@ -35,7 +34,7 @@ def _spy_on_gla(log: list):
     """Record (impl, dtypes) of every gated_linear_attention call that reaches an implementation."""
     import attnzoo.ops.linear.chunk as chunk
     import attnzoo.ops.linear.reference as ref
-    import attnzoo.ops.linear.triton as tri
+    import attnzoo.ops.linear.triton.api as tri
 
     def wrap(mod, name, impl):
         real = getattr(mod, name)
@@ -49,11 +48,6 @@ def _spy_on_gla(log: list):
     wrap(chunk, "chunk_gated_linear_attention", "torch")
     wrap(ref, "gated_linear_attention_reference", "reference")
     wrap(tri, "triton_gated_linear_attention", "triton")
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 BACKWARD_IN_AUTOCAST = False
@@ -84,25 +78,18 @@ def check(name, args, device, log):
         l32, loss32 = _step(lm, x, y, False, device)
         g32 = torch.cat([p.grad.flatten() for p in lm.parameters() if p.grad is not None])
         log.clear()
-        _sync(device)
-        t0 = time.perf_counter()
-        lbf, lossbf = _step(lm, x, y, True, device)
-        _sync(device)
-        first = time.perf_counter() - t0
+        out = {}
+        first = call_times(lambda: out.update(amp=_step(lm, x, y, True, device)), repeats=1, warmup=0,
+                           device=device)[0]
+        lbf, lossbf = out["amp"]
         rec["gla_calls"] = sorted(set(log))
         gbf = torch.cat([p.grad.flatten().float() for p in lm.parameters() if p.grad is not None])
-        times = []
-        for _ in range(5):
-            _sync(device)
-            t0 = time.perf_counter()
-            _step(lm, x, y, True, device)
-            _sync(device)
-            times.append(time.perf_counter() - t0)
+        times = call_times(lambda: _step(lm, x, y, True, device), repeats=5, warmup=0, device=device)
         rec.update(ok=True, loss_fp32=round(loss32, 4), loss_amp=round(lossbf, 4),
                    grads_finite=bool(torch.isfinite(gbf).all()),
                    logits_rel=round(((lbf - l32).norm() / l32.norm()).item(), 4),
                    grad_rel=round(((gbf - g32).norm() / g32.norm()).item(), 4),
-                   first_step_s=round(first, 3), step_ms=round(1e3 * statistics.median(times), 2))
+                   first_step_s=round(first, 3), step_ms=round(1e3 * median(times), 2))
         rec["ok"] = rec["grads_finite"] and bool(torch.isfinite(torch.tensor(lossbf)))
     except Exception as e:  # noqa: BLE001 -- report every mixer, then fail at the end
         rec.update(ok=False, error=f"{type(e).__name__}: {e}"[:300])

@@ -25,30 +25,20 @@ import argparse
 import json
 import os
 import platform
-import time
 
 import torch
 import torch.nn.functional as F
 
 import attnzoo
+from attnzoo.bench import timing
+from attnzoo.bench.timing import summary
 from attnzoo.ops.softmax.subset import subset_causal_attention
 
 
 def interleaved_times(fns, repeats):
-    """Per candidate: wall and CPU (process) seconds, min and median over interleaved repeats."""
-    for fn in fns.values():
-        fn()  # warm-up
-    wall = {k: [] for k in fns}
-    cpu = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            w0, c0 = time.perf_counter(), time.process_time()
-            fn()
-            cpu[k].append(time.process_time() - c0)
-            wall[k].append(time.perf_counter() - w0)
-    med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
-    return {k: {"wall_median_s": med(wall[k]), "wall_min_s": min(wall[k]), "cpu_median_s": med(cpu[k]),
-                "cpu_min_s": min(cpu[k])} for k in fns}
+    """Per candidate: wall and CPU (process) seconds, min and median over interleaved repeats
+    after one warm-up each (attnzoo.bench.timing)."""
+    return {k: summary(t) for k, t in timing.interleaved_times(fns, repeats=repeats).items()}
 
 
 def cpu_model():

@@ -12,30 +12,19 @@ the single-core time), on CUDA wall time after synchronising.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 import attnzoo
+from attnzoo.bench.timing import call_times, median
 from attnzoo.models import LanguageModel
-from attnzoo.ops.conv.long import conv1d_causal_conv, fft_causal_conv
+from attnzoo.ops.conv.long import fast_causal_conv
 from attnzoo.ops.scan import selective_scan
 
 
 def timeit(fn, reps=3, device="cpu"):
-    fn()
-    ts = []
-    for _ in range(reps):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        clock = time.perf_counter if device == "cuda" else time.process_time
-        t0 = clock()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        ts.append(clock() - t0)
-    return statistics.median(ts) * 1e3
+    """Median ms after one warm-up: process CPU time on CPU, wall time on CUDA (attnzoo.bench.timing)."""
+    return 1e3 * median(call_times(fn, repeats=reps, device=device, clock="wall" if device == "cuda" else "cpu"))
 
 
 def main():
@@ -49,8 +38,8 @@ def main():
     print("\nlong conv, B=4, C=256, kernel length = T (ms): T, direct(F.conv1d), fft")
     for T in (32, 64, 128, 256, 1024, 4096):
         x, k = torch.randn(4, T, 256, device=dev), torch.randn(256, T, device=dev)
-        print(f"  {T:5d}  {timeit(lambda x=x, k=k: conv1d_causal_conv(x, k), device=dev):9.2f}  "
-              f"{timeit(lambda x=x, k=k: fft_causal_conv(x, k), device=dev):9.2f}")
+        print(f"  {T:5d}  {timeit(lambda x=x, k=k: fast_causal_conv(x, k, fft=False), device=dev):9.2f}  "
+              f"{timeit(lambda x=x, k=k: fast_causal_conv(x, k, fft=True), device=dev):9.2f}")
     print("\nselective scan fwd+bwd, B=2, D=256, N=16 (ms): T, reference loop, chunked torch")
     for T in (256, 1024):
         ins = [torch.randn(2, T, 256, device=dev), torch.rand(2, T, 256, device=dev) * 0.1,

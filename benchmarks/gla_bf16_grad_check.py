@@ -31,7 +31,7 @@ import attnzoo  # noqa: E402
 from attnzoo.bench.zoo import machine_line  # noqa: E402
 from attnzoo.bench.zoo.presets import QUICK_MIXER_KWARGS  # noqa: E402
 from attnzoo.models import LanguageModel  # noqa: E402
-from attnzoo.ops.linear import triton_vector_fast as fast  # noqa: E402
+from attnzoo.ops.linear.triton import vector_fast as fast  # noqa: E402
 
 
 def model_and_data(name, vocab=128, d=64, B=32, T=64):

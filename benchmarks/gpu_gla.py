@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from attnzoo.ops.linear.reference import gated_linear_attention_reference as reference  # noqa: E402
 from attnzoo.ops.linear.triton import triton_gated_linear_attention as tri  # noqa: E402
+from attnzoo.bench.speed import do_bench_ms  # noqa: E402
 
 TOL = {torch.bfloat16: 2e-2, torch.float16: 1e-2, torch.float32: 5e-3}
 
@@ -81,8 +82,8 @@ def fast_share(g, cu_seqlens=None):
     """Share of (chunk, head) pairs on the vector gate's factorised path (triton_vector_fast)."""
     if g is None or g.dim() != 4:
         return {}
-    from attnzoo.ops.linear import triton_chunk as tc
-    from attnzoo.ops.linear.triton_vector_fast import chunk_safe_mask
+    from attnzoo.ops.linear.triton import chunk as tc
+    from attnzoo.ops.linear.triton.vector_fast import chunk_safe_mask
 
     B, T = g.shape[:2]
     tab = tc.make_tables(B * T, B, cu_seqlens, g.device)
@@ -113,9 +114,8 @@ def check_segments(T=32768, H=16, D=128):
     vector gates; and the median ms of the state passes (also at 32, 128, 256 chunks per segment, to
     tune triton_state.choose_segment) and of the whole op both ways. (The 16k and 4k checks above
     also take segments, against the float64 reference.)"""
-    import triton
-    from attnzoo.ops.linear import triton_chunk as tc
-    from attnzoo.ops.linear import triton_state as ts
+    from attnzoo.ops.linear.triton import chunk as tc
+    from attnzoo.ops.linear.triton import state as ts
 
     out = {"check": "segments_vs_sequential_32k", "T": T, "H": H, "D": D, "tol": 1e-2}
     worst = 0.0
@@ -131,14 +131,14 @@ def check_segments(T=32768, H=16, D=128):
             ts.SEGMENT_CHUNKS = seg  # seg: the rule's choice (64 chunks here); segN: N chunks per segment
             try:
                 h, ht = tc._states(P(k), P(v), b, kind, h0, tab, True)
-                out[f"{gate}_{name}_states_fwd_ms"] = triton.testing.do_bench(
-                    lambda: tc._states(P(k), P(v), b, kind, h0, tab, True), return_mode="median")
-                out[f"{gate}_{name}_states_bwd_ms"] = triton.testing.do_bench(
-                    lambda: tc._dstates(P(q), P(do), b, kind, dS, h, ht, tab, 0.1, True), return_mode="median")
+                out[f"{gate}_{name}_states_fwd_ms"] = do_bench_ms(
+                    lambda: tc._states(P(k), P(v), b, kind, h0, tab, True))
+                out[f"{gate}_{name}_states_bwd_ms"] = do_bench_ms(
+                    lambda: tc._dstates(P(q), P(do), b, kind, dS, h, ht, tab, 0.1, True))
                 if name in ("seq", "seg"):
                     res[name] = fwd_bwd(tri, q, k, v, g, None, h0, do, dS)
-                    out[f"{gate}_{name}_fwdbwd_ms"] = triton.testing.do_bench(
-                        lambda: fwd_bwd(tri, q, k, v, g, None, h0, do, dS), return_mode="median")
+                    out[f"{gate}_{name}_fwdbwd_ms"] = do_bench_ms(
+                        lambda: fwd_bwd(tri, q, k, v, g, None, h0, do, dS))
             finally:
                 ts.SEGMENT_CHUNKS = None
         (o1, S1, g1), (o2, S2, g2) = res["seq"], res["seg"]
@@ -175,14 +175,13 @@ def check_compile():
 
 
 def ceilings():
-    import triton
 
     x = torch.empty(2 ** 30, dtype=torch.uint8, device="cuda").random_(0, 255)
     y = torch.empty_like(x)
-    ms = triton.testing.do_bench(lambda: y.copy_(x), return_mode="median")
+    ms = do_bench_ms(lambda: y.copy_(x))
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    ms2 = triton.testing.do_bench(lambda: a @ b, return_mode="median")
+    ms2 = do_bench_ms(lambda: a @ b)
     return {"copy_TBps": 2 * x.numel() / ms / 1e9, "bf16_matmul_TFLOPs": 2 * 8192 ** 3 / ms2 / 1e9}
 
 
@@ -197,7 +196,7 @@ def main():
     ap.add_argument("--no-bench", action="store_true")
     ap.add_argument("--tune", default="", help="triton_chunk.TUNE overrides for the run, e.g. vector_fused_dg=1")
     args = ap.parse_args()
-    from attnzoo.ops.linear import triton_chunk
+    from attnzoo.ops.linear.triton import chunk as triton_chunk
 
     for item in filter(None, args.tune.split(",")):
         key, _, val = item.partition("=")
@@ -265,8 +264,7 @@ def breakdown(B=2, T=8192, H=16, D=128):
     """Median ms of each launch of the chunked fwd and bwd (bf16): scalar gate; vector gate with
     GLA-like decay (strength 0.1: every chunk on the factorised path) and with strong decay
     (strength 1.0: every chunk on the sub-chunk path)."""
-    import triton
-    from attnzoo.ops.linear import triton_chunk as tc
+    from attnzoo.ops.linear.triton import chunk as tc
 
     out = []
     for gate, strength in (("scalar", 0.1), ("vector", 0.1), ("vector", 1.0)):
@@ -283,14 +281,14 @@ def breakdown(B=2, T=8192, H=16, D=128):
             "cumsum": lambda: tc.chunk_local_cumsum(g, tab, tc.BT),
             "states_fwd": lambda: tc._states(k, v, b, kind, None, tab, False),
             "intra_A": (lambda: tc._intra(q, k, b, tab)) if kind == 2 else None,
-            "fwd_total": lambda: tc.gla_chunk_fwd(q, k, v, g, scale=0.1, initial_state=None,
+            "fwd_total": lambda: tc.chunk_forward(q, k, v, g, scale=0.1, initial_state=None,
                                                   output_final_state=False, tab=tab),
-            "bwd_total": lambda: tc.gla_chunk_bwd(q, k, v, g, do, None, scale=0.1, initial_state=None, tab=tab),
+            "bwd_total": lambda: tc.chunk_backward(q, k, v, g, do, None, scale=0.1, initial_state=None, tab=tab),
         }
         for name, fn in stages.items():
             if fn is not None:
                 out.append({"gate": gate, "strength": strength, **share, "stage": name,
-                            "ms": triton.testing.do_bench(fn, return_mode="median")})
+                            "ms": do_bench_ms(fn)})
                 print(json.dumps(out[-1]), flush=True)
     return out
 

@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from attnzoo.bench.speed import fla_module, make_call, parse_shapes  # noqa: E402
+from attnzoo.bench.speed import do_bench_ms, fla_module, make_call, parse_shapes  # noqa: E402
 
 
 def host_ms(fn, n=20):
@@ -35,8 +35,6 @@ def host_ms(fn, n=20):
 
 
 def main():
-    import triton
-
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="8192x2")
     ap.add_argument("--providers", default="attnzoo_scalar,attnzoo_vector")
@@ -55,7 +53,7 @@ def main():
                 continue
             fn = call[0]
             h = host_ms(fn)
-            g = triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+            g = do_bench_ms(fn)
             rows.append((p, mode, h, g))
             if a.cprofile:
                 import cProfile

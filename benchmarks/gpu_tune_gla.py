@@ -25,7 +25,8 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from attnzoo.bench.speed import fla_module, machine_line, make_call, measure, parse_shapes  # noqa: E402
-from attnzoo.ops.linear import triton_chunk, triton_state, triton_vector_fast  # noqa: E402
+from attnzoo.ops.linear.triton import chunk as triton_chunk, state as triton_state  # noqa: E402
+from attnzoo.ops.linear.triton import vector_fast as triton_vector_fast  # noqa: E402
 
 VARIANTS = {
     "base": {},

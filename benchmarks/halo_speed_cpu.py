@@ -12,21 +12,18 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 from pathlib import Path
 
 import torch
 
+from attnzoo.bench.timing import call_times
 from attnzoo.vision.halo import HaloAttention
 
 
 def time_call(m, x, repeats: int) -> float:
-    for _ in range(2):
-        m(x).sum().backward()
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        m(x).sum().backward()
-    return (time.perf_counter() - t0) / repeats
+    """Mean wall seconds of forward + backward after two warm-up calls (attnzoo.bench.timing)."""
+    times = call_times(lambda: m(x).sum().backward(), repeats=repeats, warmup=2)
+    return sum(times) / len(times)
 
 
 def main(argv=None):

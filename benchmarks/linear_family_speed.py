@@ -16,11 +16,11 @@ import argparse
 import json
 import os
 import platform
-import time
 
 import torch
 
 import attnzoo
+from attnzoo.bench.timing import call_times, median
 
 FAMILY = ["linear", "based", "retnet", "lightning", "gla", "hgrn2", "mamba2", "deltanet", "gated_deltanet", "lawcat"]
 
@@ -38,17 +38,8 @@ def build(name, d, device, dtype=torch.float32):
 
 
 def timeit(fn, repeats, device):
-    fn()
-    ts = []
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        ts.append(time.perf_counter() - t0)
-    return sorted(ts)[len(ts) // 2]
+    """Median wall seconds after one warm-up, synchronised on CUDA (attnzoo.bench.timing)."""
+    return median(call_times(fn, repeats=repeats, device=device))
 
 
 def rel(a, b):

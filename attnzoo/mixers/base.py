@@ -36,6 +36,8 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
+from attnzoo.introspect import constructor_defaults
+
 STATE_TAG = "_attnzoo_owner"     # the attribute a mixer's state carries: Mixer.state_tag of its maker
 _CHECK_FINITE = [False]
 
@@ -218,8 +220,6 @@ class Mixer(nn.Module):
     def state_bytes(self, seq_len: int) -> int:
         """Bytes one sequence's state holds after seq_len tokens: the card's formula for this mixer's
         constructor arguments (`Card.bytes_for`), the one source of the number."""
-        from attnzoo.registry import constructor_defaults
-
         cfg = {**constructor_defaults(type(self)), **self.config}
         cfg.pop("d_model", None)
         return type(self).card.bytes_for(seq_len, d_model=self.d_model, **cfg)

@@ -28,6 +28,7 @@ from torch import nn
 
 from attnzoo.mixers.base import Mixer, MixerState
 from attnzoo.ops.conv import causal_conv1d, long_causal_conv
+from attnzoo.ops.conv.api import fft_choice
 from attnzoo.registry import Card, Paper, register
 
 
@@ -116,11 +117,11 @@ class BaseConv(Mixer):
     def _forward(self, x, mask, state, return_state):
         cache = None if state is None else state.cache
         if self.kernel_size == -1:
-            c, new_cache = long_causal_conv(x, self.long_conv_kernel().to(x.dtype), cache=cache, mask=mask,
-                                            output_cache=return_state, impl=self.conv_impl)
+            c, new_cache = long_causal_conv(x, self.long_conv_kernel().to(x.dtype), initial_state=cache, mask=mask,
+                                            output_final_state=return_state, fft=fft_choice(self.conv_impl))
         else:
-            c, new_cache = causal_conv1d(x, self.conv_weight, self.conv_bias, cache=cache, mask=mask,
-                                         output_cache=return_state)
+            c, new_cache = causal_conv1d(x, self.conv_weight, self.conv_bias, initial_state=cache, mask=mask,
+                                         output_final_state=return_state)
         p = self.projection(x)
         if self.use_act:
             p, c = F.silu(p), F.silu(c)

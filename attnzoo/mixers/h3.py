@@ -30,9 +30,9 @@ import torch
 from torch import nn
 
 from attnzoo.mixers.base import Mixer, MixerState, drop_padding
-from attnzoo.ops.conv import causal_conv1d
-from attnzoo.ops.conv.short import real_tokens_first, restore_token_order
-from attnzoo.ops.conv.long import causal_long_conv
+from attnzoo.ops.conv import causal_conv1d, long_causal_conv
+from attnzoo.ops.conv.api import fft_choice
+from attnzoo.ops.conv.padding import real_tokens_first, restore_token_order
 from attnzoo.registry import Card, Paper, register
 
 SSM_IMPLS = ("auto", "fft", "direct", "recurrent")
@@ -110,7 +110,7 @@ class H3(Mixer):
         Bsz, T, _ = u.shape
         dtA, Bbar, C = self.discretize(u.dtype)
         kernel = vandermonde(C * Bbar, dtA, 0, T).transpose(0, 1)  # [C, T]
-        y = causal_long_conv(u, kernel, impl=impl)
+        y = long_causal_conv(u, kernel, fft=fft_choice(impl))[0]
         if h0 is not None:
             y = y + vandermonde(C * h0, dtA, 1, T)  # C Ā^{t+1} h0
         h = None
@@ -148,8 +148,8 @@ class H3(Mixer):
             x, mask, perm = real_tokens_first(x, mask)
         real = torch.ones(Bsz, T, dtype=torch.bool, device=x.device) if mask is None else mask
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        kbar, shift = causal_conv1d(k, self.shift_c.flip(-1), cache=None if state is None else state.shift,
-                                    mask=mask, output_cache=return_state)
+        kbar, shift = causal_conv1d(k, self.shift_c.flip(-1), initial_state=None if state is None else state.shift,
+                                    mask=mask, output_final_state=return_state)
         kbar = kbar + self.shift_d * k
         kv = torch.einsum("bthi,bthj->bthij", kbar.view(Bsz, T, H, dh), v.view(Bsz, T, H, dh))
         u = drop_padding(kv.reshape(Bsz, T, self.channels), real)

@@ -49,7 +49,7 @@ from torch import nn
 
 from attnzoo.mixers.base import Mixer, MixerState
 from attnzoo.ops.conv import causal_conv1d, long_causal_conv
-from attnzoo.ops.conv.long import IMPLS
+from attnzoo.ops.conv.api import CONV_PATHS, fft_choice
 from attnzoo.registry import Card, Paper, register
 
 
@@ -170,8 +170,8 @@ class Hyena(Mixer):
                              f"got {decay_target!r}")
         if not (math.isfinite(sin_freq) and sin_freq != 0):
             raise ValueError(f"sin_freq must be a finite non-zero number, got {sin_freq!r}")
-        if conv_impl not in IMPLS:
-            raise ValueError(f"conv_impl must be one of {IMPLS}, got {conv_impl!r}")
+        if conv_impl not in CONV_PATHS:
+            raise ValueError(f"conv_impl must be one of {tuple(CONV_PATHS)}, got {conv_impl!r}")
         self.order, self.l_max, self.short_filter_order, self.conv_impl = order, l_max, short_filter_order, conv_impl
         width = (order + 1) * d_model
         self.in_proj = nn.Linear(d_model, width)
@@ -193,8 +193,8 @@ class Hyena(Mixer):
 
     def streams(self, x, mask=None, cache=None, return_cache=False):
         """(gates [x^1..x^N], v, new short cache): the projection through the short causal conv."""
-        p, new_cache = causal_conv1d(self.in_proj(x), self.short_weight, self.short_bias, cache=cache, mask=mask,
-                                     output_cache=return_cache)
+        p, new_cache = causal_conv1d(self.in_proj(x), self.short_weight, self.short_bias, initial_state=cache,
+                                     mask=mask, output_final_state=return_cache)
         *gates, v = p.split(self.d_model, -1)
         return gates, v, new_cache
 
@@ -208,8 +208,8 @@ class Hyena(Mixer):
         h = self.filter(taps)  # [N, d, taps]
         caches = []
         for n in range(self.order):
-            c, cache = long_causal_conv(z, h[n], cache=None if state is None else state.long[:, n], mask=mask,
-                                        output_cache=return_state, impl=self.conv_impl)
+            c, cache = long_causal_conv(z, h[n], initial_state=None if state is None else state.long[:, n],
+                                        mask=mask, output_final_state=return_state, fft=fft_choice(self.conv_impl))
             z = gates[n] * (c + self.skip[n] * z)
             if cache is not None and taps < self.l_max:
                 cache = torch.nn.functional.pad(cache, (0, 0, self.l_max - taps, 0))  # the zeros before the start

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attnzoo.ops.dispatch import op_override
+from attnzoo.ops.common.dispatch import op_override
 
 
 class RMSNorm(nn.Module):

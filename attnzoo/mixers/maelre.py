@@ -21,7 +21,7 @@ from torch import nn
 
 from attnzoo.mixers.base import Mixer, check_heads
 from attnzoo.mixers.layers import RMSNorm
-from attnzoo.ops.conv.short import real_tokens_first, restore_token_order
+from attnzoo.ops.conv.padding import real_tokens_first, restore_token_order
 from attnzoo.ops.sparse.token_merging import bipartite_merge
 from attnzoo.registry import Card, Paper, register
 

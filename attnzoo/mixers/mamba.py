@@ -105,8 +105,8 @@ class Mamba(Mixer):
     def _forward(self, x, mask, state, return_state):
         u, z = self.in_proj(x).chunk(2, dim=-1)
         u, conv_cache = causal_conv1d(
-            u, self.conv_weight, self.conv_bias, cache=None if state is None else state.conv, mask=mask,
-            activation="silu", output_cache=return_state,
+            u, self.conv_weight, self.conv_bias, initial_state=None if state is None else state.conv, mask=mask,
+            activation="silu", output_final_state=return_state,
         )
         dbc = self.x_proj(u)
         dt, Bm, Cm = dbc.split([self.dt_rank, self.d_state, self.d_state], dim=-1)

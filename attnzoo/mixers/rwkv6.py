@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnzoo.mixers.base import Mixer, MixerState, check_heads, drop_padding
-from attnzoo.ops.conv.short import real_tokens_first, restore_token_order
-from attnzoo.ops.dispatch import op_override
+from attnzoo.ops.conv.padding import real_tokens_first, restore_token_order
+from attnzoo.ops.common.dispatch import op_override
 from attnzoo.ops.linear import gated_linear_attention
 from attnzoo.registry import Card, Paper, register
 

@@ -55,8 +55,8 @@ class ShortConv(nn.Module):
         if cache is not None:
             self.check_cache(cache, x.shape[0])
         return causal_conv1d(
-            x, self.weight, self.bias, cache=cache, mask=mask, activation=self.activation,
-            output_cache=output_cache,
+            x, self.weight, self.bias, initial_state=cache, mask=mask, activation=self.activation,
+            output_final_state=output_cache,
         )
 
     def extra_repr(self) -> str:

@@ -8,7 +8,7 @@
         y_local = model(x_local)                     # = shard(model(x)); backward works the same way
         y_local.sum().backward()                     # (shared parameters: sum their grads over the group)
 
-Under the context the public ops dispatch to their sequence-parallel forms (`ops.dispatch.op_override`):
+Under the context the public ops dispatch to their sequence-parallel forms (`ops.common.dispatch.op_override`):
 - `gated_linear_attention` and `delta_rule`: local pass from a zero state, All-Scan of the shard maps
   (ZeCO, arXiv:2507.01004; `allscan.py`), the correction o += M S_in, and the reverse scan of dS in
   the backward (`scan_op.py`). Mixers: gla, retnet, lightning, hgrn2, linear, based, rwkv6, mamba2,
@@ -38,7 +38,7 @@ import functools
 
 import torch
 
-from attnzoo.ops.dispatch import op_overrides
+from attnzoo.ops.common.dispatch import op_overrides
 from attnzoo.parallel.attention import sp_softmax_attention
 from attnzoo.parallel.comm import flush_sends
 from attnzoo.parallel.context import SCHEMES, SequenceParallelError, SPConfig

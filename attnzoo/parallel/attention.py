@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from attnzoo.ops.dispatch import op_overrides
+from attnzoo.ops.common.dispatch import op_overrides
 from attnzoo.parallel.comm import gather_sequence, shard_lengths
 from attnzoo.parallel.context import SPConfig
 

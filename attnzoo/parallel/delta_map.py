@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from attnzoo.ops.linear.reference import compute_dtype
+from attnzoo.ops.common.precision import compute_dtype
 
 
 def affine_prefix(A: torch.Tensor, Bm: torch.Tensor):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from attnzoo.ops.linear.reference import compute_dtype
+from attnzoo.ops.common.precision import compute_dtype
 from attnzoo.parallel.context import SPConfig
 from attnzoo.parallel.scan_op import run_scan_op
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from attnzoo.ops.conv.short import compact_real_tokens
+from attnzoo.ops.conv.padding import compact_real_tokens
 from attnzoo.parallel.comm import all_gather, shift
 from attnzoo.parallel.context import SPConfig
 

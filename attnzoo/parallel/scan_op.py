@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from attnzoo.ops.dispatch import op_overrides
+from attnzoo.ops.common.dispatch import op_overrides
 from attnzoo.parallel.allscan import AffineScan, apply_map, overlaps
 from attnzoo.parallel.context import SPConfig
 

@@ -6,7 +6,7 @@ seeds) stacked along a leading member dim and run by `torch.func.vmap` over `fun
 
 A tiny model leaves a GPU idle: one step of a 2-layer d=64 model is ~300 small kernel launches. In a
 group each launch does the work of G models (the chunked ops fold the member dim into their batch
-dim: ops/linear/chunk_layout.SegmentedScan.vmap), so a step costs about what one model's did.
+dim: ops/common/chunk_layout.SegmentedScan.vmap), so a step costs about what one model's did.
 
 Every member sees exactly what `train_lm` would give it alone with the same config (same data order,
 warmup + cosine schedule, AdamW with the same parameter groups, gradient clipping by the member's own

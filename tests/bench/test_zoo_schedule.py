@@ -60,7 +60,7 @@ def test_steps_shrink_to_fit_the_budget_equally_for_all_runs(tmp_path, monkeypat
     assert all(r["probe_ms"] == 1e3 * cost[r["mixer"]] for r in recs)
     assert read_results(str(tmp_path / "results.jsonl")) == recs
     # a floor: min_steps are kept and the budget stretched to them (no run cut by time)
-    monkeypatch.setattr(zoo_mod, "probe_step_seconds", lambda spec, preset, device: 50 * cost[spec["mixer"]])
+    monkeypatch.setattr(zoo_mod, "probe_step_seconds", lambda spec, preset, device: 500 * cost[spec["mixer"]])
     recs = run_zoo(preset=replace(fit, min_steps=150, total_seconds=0.05), out=str(tmp_path / "floor"),
                    mixers=list(cost), quiet=True, workers=1)
     assert all(r["max_steps"] == 150 and r["steps"] == 150 and r["stopped"] == "steps" for r in recs)

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import attnzoo.ops.linear.chunk_layout as layout
+import attnzoo.ops.common.chunk_layout as layout
 from attnzoo.ops.delta.chunk import chunk_delta_rule
 from attnzoo.ops.linear.chunk import chunk_gated_linear_attention
 

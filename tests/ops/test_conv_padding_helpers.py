@@ -1,9 +1,9 @@
-"""ops/conv/short.py's padding and cache pieces shared by the short and long convs and the mixers."""
+"""ops/conv/padding.py: the padding and state pieces shared by the short and long convs and the mixers."""
 
 import pytest
 import torch
 
-from attnzoo.ops.conv.short import last_real_inputs, previous_inputs, real_tokens_first, restore_token_order
+from attnzoo.ops.conv.padding import last_real_inputs, previous_inputs, real_tokens_first, restore_token_order
 
 
 def test_real_tokens_first_keeps_order_and_restores():

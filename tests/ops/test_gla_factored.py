@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import attnzoo.ops.linear.chunk_factored as factored_mod
-import attnzoo.ops.linear.chunk_layout as layout
+import attnzoo.ops.common.chunk_layout as layout
 from attnzoo.ops.linear.chunk import chunk_gated_linear_attention
 from attnzoo.ops.linear.chunk_factored import SAFE_LOG, factored_forward
 from attnzoo.ops.linear.chunk_vector import assembled_plan, vector_forward

@@ -75,7 +75,7 @@ def test_scalar_gate_gradient_both_assemblies(fused, monkeypatch):
     """The scalar gate's dg is either written by the dq/dk kernel (in-chunk reverse cumsum plus
     <S_c, dS_c> from tiles it holds) or assembled from the state pass's term (TUNE["scalar_fused_dg"]):
     both against the float64 reference, several chunks, initial and final state in the loss."""
-    from attnzoo.ops.linear import triton_chunk
+    from attnzoo.ops.linear.triton import chunk as triton_chunk
 
     monkeypatch.setitem(triton_chunk.TUNE, "scalar_fused_dg", fused)
     check_against_reference(B=2, T=150, gate="scalar", strength=1.0, seed=4)
@@ -87,7 +87,7 @@ def test_saved_states_match_recomputed(gate, strength, monkeypatch):
     """The eager backward uses the forward's saved b, h, ht (and intra-chunk A) when SAVE_STATES is
     on, and recomputes them when off: identical gradients; a second backward through a retained
     graph (after the saved tensors were released) recomputes and agrees too."""
-    import attnzoo.ops.linear.triton as tri
+    import attnzoo.ops.linear.triton.api as tri
 
     q, k, v, g, g_gamma, h0 = make(1, 150, gate, strength, torch.float32, seed=3)
     do, dS = torch.randn(1, 150, H, V), torch.randn(1, H, K, V)
@@ -131,6 +131,20 @@ def test_varlen_matches_sequences_one_by_one(gate):
         for name, x, y in zip(("dq", "dk", "dv", "dg"), grads[:4], gr[:4]):
             assert rel(x[:, a:b], y) < 1e-4, (n, name, rel(x[:, a:b], y))
         assert rel(grads[5][n:n + 1], gr[5]) < 1e-4
+
+
+def test_varlen_through_the_public_op():
+    """cu_seqlens reaches the Triton kernels from gated_linear_attention, and the torch path (one
+    sequence after another) gives the same outputs, states and gradients."""
+    cu = torch.tensor([0, 7, 40])
+    q, k, v, g, _, h0 = make(1, 40, "vector", 1.0, torch.float32, seed=9, n_state=2)
+    do, dS = torch.randn(1, 40, H, V), torch.randn(2, H, K, V)
+    runs = [fwd_bwd(gated_linear_attention, q, k, v, g, None, h0, do, dS, cu_seqlens=cu, impl=impl)
+            for impl in ("triton", "torch")]
+    (o, S, grads), (o_t, S_t, grads_t) = runs
+    assert rel(o, o_t) < 1e-4 and rel(S, S_t) < 1e-4
+    for name, a, b in zip(("dq", "dk", "dv", "dg", "dh0"), grads[:4] + grads[5:], grads_t[:4] + grads_t[5:]):
+        assert rel(a, b) < 1e-4, (name, rel(a, b))
 
 
 @pytest.mark.parametrize("gate", [None, "scalar", "vector"])
@@ -192,6 +206,6 @@ def test_custom_op_under_torch_compile():
 def test_scalar_dqdk_never_takes_k_blocks_of_16():
     """The no-gate/scalar dq/dk kernel gave dk off by ~100% on the H200 at K = 16 in a K block of 16
     (right in this interpreter, right at K = 8, 24, 32: benchmarks/gpu_gla_odd.py), so K pads to 32."""
-    from attnzoo.ops.linear.triton_chunk import _scalar_dqdk_bk
+    from attnzoo.ops.linear.triton.chunk import _scalar_dqdk_bk
 
     assert [_scalar_dqdk_bk(K) for K in (8, 16, 21, 32, 33, 100, 128)] == [32, 32, 32, 32, 64, 128, 128]

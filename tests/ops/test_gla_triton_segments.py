@@ -15,11 +15,11 @@ import torch  # noqa: E402
 
 pytest.importorskip("triton")
 
-from attnzoo.ops.linear import triton_chunk as tc  # noqa: E402
-from attnzoo.ops.linear import triton_state as ts  # noqa: E402
+from attnzoo.ops.linear.triton import chunk as tc  # noqa: E402
+from attnzoo.ops.linear.triton import state as ts  # noqa: E402
 from attnzoo.ops.linear.reference import gated_linear_attention_reference as reference  # noqa: E402
 from attnzoo.ops.linear.triton import triton_gated_linear_attention as tri  # noqa: E402
-from attnzoo.ops.linear.triton_vector_fast import chunk_safe_mask  # noqa: E402
+from attnzoo.ops.linear.triton.vector_fast import chunk_safe_mask  # noqa: E402
 from test_gla_triton import K as K_SHARED, fwd_bwd  # noqa: E402 (same H, K, V; pytest puts tests/ops on the path)
 
 H, K, V = 2, 16, 16

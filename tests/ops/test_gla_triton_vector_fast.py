@@ -17,11 +17,11 @@ import torch  # noqa: E402
 
 pytest.importorskip("triton")
 
-from attnzoo.ops.linear import triton_chunk as tc  # noqa: E402
+from attnzoo.ops.linear.triton import chunk as tc  # noqa: E402
 from attnzoo.ops.linear.reference import gated_linear_attention_reference as reference  # noqa: E402
 from attnzoo.ops.linear.triton import triton_gated_linear_attention  # noqa: E402
-from attnzoo.ops.linear.triton_cumsum import chunk_local_cumsum  # noqa: E402
-from attnzoo.ops.linear.triton_vector_fast import SAFE_LOG, chunk_safe_mask  # noqa: E402
+from attnzoo.ops.linear.triton.cumsum import chunk_local_cumsum  # noqa: E402
+from attnzoo.ops.linear.triton.vector_fast import SAFE_LOG, chunk_safe_mask  # noqa: E402
 
 H = 2
 LIMIT = float(SAFE_LOG.value)
@@ -190,7 +190,7 @@ def test_dqdk_kernels_split_the_chunks_exactly(monkeypatch, skipped):
     A = tc._intra(qp, kp, b, tab)
     assert torch.equal(torch.isnan(A).all(-1), row_safe) and torch.equal(torch.isfinite(A).all(-1), ~row_safe)
     monkeypatch.setattr(tc, skipped, _NoLaunch())
-    dq, dk, _, dg, _ = tc.gla_chunk_bwd(qp, kp, vp, gp, torch.randn_like(vp), None, scale=0.25,
+    dq, dk, _, dg, _ = tc.chunk_backward(qp, kp, vp, gp, torch.randn_like(vp), None, scale=0.25,
                                         initial_state=h0, tab=tab)
     written = row_safe if skipped == "chunk_vector_dqdk_kernel" else ~row_safe
     for x in (dq, dk):

@@ -1,11 +1,19 @@
-"""Long causal conv: FFT == direct sum over lags == F.conv1d; cache continuation and padding."""
+"""Long causal conv: FFT == direct sum over lags == F.conv1d; state continuation and padding."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from attnzoo.ops.conv import causal_conv1d, direct_causal_conv, fft_causal_conv, long_causal_conv
-from attnzoo.ops.conv.long import causal_long_conv, conv1d_causal_conv, fft_size
+from attnzoo.ops.conv import causal_conv1d, direct_causal_conv, long_causal_conv
+from attnzoo.ops.conv.long import _fft_size, fast_causal_conv
+
+
+def fft_causal_conv(x, k):
+    return fast_causal_conv(x, k, fft=True)
+
+
+def conv1d_causal_conv(x, k):
+    return fast_causal_conv(x, k, fft=False)
 
 
 def rand(*shape, seed=0, dtype=torch.float64):
@@ -28,8 +36,8 @@ def test_fft_equals_direct_and_conv1d(T, L):
     assert torch.allclose(fft_causal_conv(x, k), ref, atol=1e-10)
     assert torch.allclose(conv1d_causal_conv(x, k), ref, atol=1e-12)
     for n_out in {1, T // 2 + 1, T}:
-        assert torch.allclose(causal_long_conv(x, k, impl="fft", n_out=n_out), ref[:, T - n_out :], atol=1e-10)
-        assert torch.allclose(causal_long_conv(x, k, impl="direct", n_out=n_out), ref[:, T - n_out :], atol=1e-12)
+        assert torch.allclose(fast_causal_conv(x, k, fft=True, n_out=n_out), ref[:, T - n_out :], atol=1e-10)
+        assert torch.allclose(fast_causal_conv(x, k, fft=False, n_out=n_out), ref[:, T - n_out :], atol=1e-12)
 
 
 def test_direct_path_is_exactly_causal_fft_only_up_to_rounding():
@@ -55,7 +63,7 @@ def test_fft_float32_and_bfloat16_tolerances():
 
 def test_fft_size_is_at_least_2T():
     for T in (1, 2, 3, 64, 65, 1000):
-        n = fft_size(T)
+        n = _fft_size(T)
         assert n >= 2 * T and n & (n - 1) == 0
 
 
@@ -67,15 +75,19 @@ def test_fft_gradient_matches_direct():
     assert torch.allclose(gx1, gx2, atol=1e-10) and torch.allclose(gk1, gk2, atol=1e-10)
 
 
-@pytest.mark.parametrize("impl", ["fft", "direct", "auto"])
-def test_cache_continuation_token_by_token(impl):
+PATHS = {"fft": {"fft": True}, "direct": {"fft": False}, "auto": {}, "reference": {"impl": "reference"}}
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_state_continuation_token_by_token(path):
+    kw = PATHS[path]
     x, k = rand(2, 23, 4, seed=8), rand(4, 9, seed=9)
-    full, _ = long_causal_conv(x, k, impl=impl)
+    full, _ = long_causal_conv(x, k, **kw)
     assert torch.allclose(full, hand_conv(x, k), atol=1e-10)
-    y1, c = long_causal_conv(x[:, :5], k, output_cache=True, impl=impl)
+    y1, c = long_causal_conv(x[:, :5], k, output_final_state=True, **kw)
     ys = [y1]
     for t in range(5, 23):
-        y, c = long_causal_conv(x[:, t : t + 1], k, cache=c, output_cache=True, impl=impl)
+        y, c = long_causal_conv(x[:, t : t + 1], k, initial_state=c, output_final_state=True, **kw)
         ys.append(y)
     assert torch.allclose(torch.cat(ys, 1), full, atol=1e-10)
     assert torch.equal(c, x[:, -8:])
@@ -86,19 +98,23 @@ def test_long_conv_equals_short_conv_op_with_flipped_kernel():
     m = torch.ones(2, 15, dtype=torch.bool)
     m[0, :4] = False
     m[1, 10:] = False
-    y1, c1 = long_causal_conv(x, k, mask=m, output_cache=True)
-    y2, c2 = causal_conv1d(x, k.flip(-1), mask=m, output_cache=True)
+    y1, c1 = long_causal_conv(x, k, mask=m, output_final_state=True)
+    y2, c2 = causal_conv1d(x, k.flip(-1), mask=m, output_final_state=True)
     assert torch.allclose(y1[m], y2[m], atol=1e-10) and torch.allclose(c1, c2)
+    bias, h0 = rand(3, seed=16), rand(2, 5, 3, seed=17)
+    y3, c3 = causal_conv1d(x, k.flip(-1), bias, initial_state=h0, mask=m, output_final_state=True, impl="reference")
+    y4, c4 = causal_conv1d(x, k.flip(-1), bias, initial_state=h0, mask=m, output_final_state=True)
+    assert torch.allclose(y3, y4, atol=1e-10) and torch.equal(c3, c4)
 
 
 def test_padding_never_changes_real_outputs_or_cache():
     x, k = rand(1, 12, 3, seed=12), rand(3, 5, seed=13)
-    y, c = long_causal_conv(x, k, output_cache=True)
+    y, c = long_causal_conv(x, k, output_final_state=True)
     xp = torch.cat([rand(1, 3, 3, seed=14) * 9, x[:, :6], rand(1, 2, 3, seed=15) * 9, x[:, 6:]], 1)
     m = torch.ones(1, 17, dtype=torch.bool)
     m[0, :3] = False
     m[0, 9:11] = False
-    yp, cp = long_causal_conv(xp, k, mask=m, output_cache=True)
+    yp, cp = long_causal_conv(xp, k, mask=m, output_final_state=True)
     assert torch.allclose(yp[m].view(1, 12, 3), y, atol=1e-10) and torch.allclose(cp, c)
 
 
@@ -106,7 +122,11 @@ def test_bad_shapes_raise():
     x = rand(2, 5, 3)
     with pytest.raises(ValueError, match="kernel"):
         fft_causal_conv(x, rand(4, 5))
-    with pytest.raises(ValueError, match="cache"):
-        long_causal_conv(x, rand(3, 5), cache=rand(2, 3, 3))
+    with pytest.raises(ValueError, match="initial_state"):
+        long_causal_conv(x, rand(3, 5), initial_state=rand(2, 3, 3))
     with pytest.raises(ValueError, match="impl"):
         long_causal_conv(x, rand(3, 5), impl="magic")
+    with pytest.raises(ValueError, match="fft"):
+        long_causal_conv(x, rand(3, 5), fft="yes")
+    with pytest.raises(ValueError, match="initial_state"):
+        causal_conv1d(x, rand(3, 4), initial_state=rand(2, 2, 3))

@@ -28,7 +28,7 @@ import pytest
 import torch
 
 import attnzoo
-from attnzoo.ops.conv.long import causal_long_conv
+from attnzoo.ops.conv import long_causal_conv
 from attnzoo.ops.delta import delta_rule
 from attnzoo.ops.linear import gated_linear_attention
 from attnzoo.ops.scan import selective_scan
@@ -131,7 +131,7 @@ def _long_conv(impl):
     def fn(q, k, v, g):  # x [B, T, C=H*V], kernel [C, L=T] taken from q
         x = v.flatten(2)
         kernel = q.flatten(2)[0].T.repeat(2, 1)[: x.shape[-1]]
-        return causal_long_conv(x, kernel, impl=impl)
+        return long_causal_conv(x, kernel, fft=impl == "fft")[0]
 
     return fn
 

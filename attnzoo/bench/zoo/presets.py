@@ -107,7 +107,7 @@ class ZooPreset:
 # example (often 4 heads): one head for full attention (Zoology's MQAR sweep; measured on softmax
 # at 600 steps: 1 head 0.90, 2 heads 0.51, 4 heads 0.27), two for the recurrent families, a long
 # convolution as long as T for base_conv. Mamba keeps its chunks of 8 (chunks of 64 ran 4 s/step,
-# d_state 16 1 s/step). Per-step costs: benchmarks/zoo_step_cost.py.
+# d_state 16 1 s/step). Per-step costs: `attnzoo bench step-cost`.
 QUICK_MIXER_KWARGS = {
     "softmax": {"n_heads": 1, "n_kv_heads": 1},
     "gated_softmax": {"n_heads": 1, "n_kv_heads": 1},

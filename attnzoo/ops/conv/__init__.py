@@ -1,6 +1,6 @@
-"""Convolutions over time: short causal depthwise conv with a decode cache; long FFT conv."""
+"""Causal depthwise convolutions over time: short (with a decode state) and long (F.conv1d / FFT)."""
 
-from attnzoo.ops.conv.long import direct_causal_conv, fft_causal_conv, long_causal_conv
-from attnzoo.ops.conv.short import causal_conv1d, compact_real_tokens
+from attnzoo.ops.conv.api import causal_conv1d, long_causal_conv
+from attnzoo.ops.conv.reference import direct_causal_conv
 
-__all__ = ["causal_conv1d", "compact_real_tokens", "direct_causal_conv", "fft_causal_conv", "long_causal_conv"]
+__all__ = ["causal_conv1d", "direct_causal_conv", "long_causal_conv"]

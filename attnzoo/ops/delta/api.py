@@ -1,42 +1,57 @@
 """delta_rule: DeltaNet (g=None) and Gated DeltaNet, one signature for every implementation.
 
     o, S = delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None,
-                      output_final_state=False, impl="auto")
+                      output_final_state=False, cu_seqlens=None, impl="auto")
 
 q, k [B, T, H, K] (keys are expected L2-normalised); v [B, T, H, V]; beta [B, T, H] in (0, 1);
-g [B, T, H] log-space scalar gate (<= 0) or None. State S [B, H, K, V] float32 (float64 for
-float64 inputs).
+g [B, T, H] log-space scalar gate (<= 0) or None. State S [N, H, K, V] float32 (float64 for
+float64 inputs); N = B, or the number of sequences packed by cu_seqlens [N + 1] into a batch of one.
 
     S_t = exp(g_t) (I - β_t k_t k_tᵀ) S_{t-1} + β_t k_t v_tᵀ,     o_t = scale · q_tᵀ S_t
+
+impl: "reference" (loop over time, reference.py), "torch" or "auto" (chunked WY form, chunk.py).
 """
 
 from __future__ import annotations
 
-from attnzoo.ops.dispatch import op_override, resolve_impl, without_autocast
-
-
-def check_delta_inputs(q, k, v, beta, g, initial_state):
-    if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
-        raise ValueError(
-            f"q, k must be [B, T, H, K] and v [B, T, H, V] with the same B, T, H; "
-            f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
-        )
-    B, T, H, K = q.shape
-    if tuple(beta.shape) != (B, T, H):
-        raise ValueError(f"beta must be [B, T, H] = {(B, T, H)}, got {tuple(beta.shape)}")
-    if g is not None and tuple(g.shape) != (B, T, H):
-        raise ValueError(f"g must be a scalar gate per head [B, T, H] = {(B, T, H)}, got {tuple(g.shape)}")
-    V = v.shape[-1]
-    if initial_state is not None and tuple(initial_state.shape) != (B, H, K, V):
-        raise ValueError(f"initial_state must be [B, H, K, V] = {(B, H, K, V)}, got {tuple(initial_state.shape)}")
+from attnzoo.ops.common.checks import check_delta_inputs
+from attnzoo.ops.common.dispatch import op_override, resolve_impl
+from attnzoo.ops.common.precision import without_autocast
 
 
 @without_autocast  # computes in float32 (the state) whatever the caller's autocast
-def delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None, output_final_state=False, impl="auto"):
-    check_delta_inputs(q, k, v, beta, g, initial_state)
+def delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
+               impl="auto"):
+    """The (gated) delta rule (DeltaNet: Yang et al. 2024, arXiv:2406.06484; Gated DeltaNet: Yang,
+    Kautz, Hatamizadeh 2024, arXiv:2412.06464; the module docstring has the recurrence).
+
+    Args:
+        q, k: [B, T, H, K] (keys L2-normalised). v: [B, T, H, V]. beta: [B, T, H] in (0, 1).
+        g: [B, T, H] log gate (<= 0) or None (DeltaNet). scale: None means K ** -0.5.
+        initial_state: [N, H, K, V] or None (zeros). output_final_state: return the last state.
+        cu_seqlens: int [N + 1] packing N sequences into T (B == 1), or None.
+        impl: "auto" | "reference" | "torch".
+    Returns:
+        (o [B, T, H, V] in q's dtype, final_state [N, H, K, V] float32 (float64) or None).
+
+    Example:
+        >>> q, v = torch.randn(1, 40, 2, 8), torch.randn(1, 40, 2, 8)
+        >>> k = torch.nn.functional.normalize(torch.randn(1, 40, 2, 8), dim=-1)
+        >>> beta, g = torch.rand(1, 40, 2), -torch.rand(1, 40, 2)
+        >>> o, S = delta_rule(q, k, v, beta, g, output_final_state=True)
+        >>> o.shape, S.shape
+        (torch.Size([1, 40, 2, 8]), torch.Size([1, 2, 8, 8]))
+        >>> o1, S1 = delta_rule(q[:, :25], k[:, :25], v[:, :25], beta[:, :25], g[:, :25], output_final_state=True)
+        >>> o2, _ = delta_rule(q[:, 25:], k[:, 25:], v[:, 25:], beta[:, 25:], g[:, 25:], initial_state=S1)
+        >>> torch.allclose(torch.cat([o1, o2], 1), o, atol=1e-5)  # a state continues where a call stopped
+        True
+    """
+    check_delta_inputs(q, k, v, beta, g, initial_state, cu_seqlens=cu_seqlens)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     override = op_override("delta_rule")  # e.g. attnzoo.parallel.sequence_parallel
     if override is not None:
+        if cu_seqlens is not None:
+            raise ValueError("cu_seqlens is not supported under sequence parallelism (shard whole sequences)")
         return override(q, k, v, beta, g, scale=scale, initial_state=initial_state,
                         output_final_state=output_final_state, impl=impl)
     impl = resolve_impl(impl, q, triton_supported=False)
@@ -46,4 +61,5 @@ def delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None, output_
         from attnzoo.ops.delta.chunk import chunk_delta_rule as fn
     else:
         raise ValueError('delta_rule has no Triton kernel yet; use impl="torch" or "reference"')
-    return fn(q, k, v, beta, g, scale=scale, initial_state=initial_state, output_final_state=output_final_state)
+    return fn(q, k, v, beta, g, scale=scale, initial_state=initial_state, output_final_state=output_final_state,
+              cu_seqlens=cu_seqlens)

@@ -5,7 +5,9 @@ over Sequence Length", 2024, arXiv:2406.06484 (DeltaNet, WY form); Yang, Kautz, 
 "Gated Delta Networks: Improving Mamba2 with Delta Rule", 2024, arXiv:2412.06464 (the gate).
 
 Shapes: q, k [B, T, H, K] (keys L2-normalised), v [B, T, H, V], beta [B, T, H] in (0, 1),
-g [B, T, H] log-space scalar gate (<= 0) or None; initial_state [B, H, K, V].
+g [B, T, H] log-space scalar gate (<= 0) or None; initial_state [B, H, K, V] ([N, H, K, V] for
+N sequences packed by cu_seqlens, run one after the other). Same arguments as api.delta_rule
+(less impl, plus chunk_size).
 Returns (o [B, T, H, V] in q's dtype, final_state [B, H, K, V] or None); state and all
 arithmetic in float32 (float64 when any input is float64).
 
@@ -26,7 +28,7 @@ Everything except the state passing is batched over all chunks; the state passes
 over T / C chunks with one matrix product each, S_{n+1} = M_n S_n + B_n, where
 M_n = e^{b_c} I - (K ⊙ e^{b_c - b})ᵀ W_n and B_n = (K ⊙ e^{b_c - b})ᵀ U_n are batched beforehand.
 Long sequences run as cache-sized segments of whole chunks, the state carried over
-(ops/linear/chunk_layout.py), so the time grows linearly in T.
+(ops/common/chunk_layout.py), so the time grows linearly in T.
 
 The backward is written by hand (one torch.autograd.Function): with G_n the gradient of the state
 leaving chunk n, a reverse loop over chunks gives
@@ -46,10 +48,11 @@ from functools import partial
 
 import torch
 
-from attnzoo.ops.delta.api import check_delta_inputs
-from attnzoo.ops.linear.chunk_intra import pairwise_decay, pairwise_decay_grad, prefix_excl, revcumsum, suffix_excl
-from attnzoo.ops.linear.chunk_layout import from_chunks, segmented_scan, segments, to_chunks
-from attnzoo.ops.linear.reference import compute_dtype
+from attnzoo.ops.common.checks import check_chunk_size, check_delta_inputs
+from attnzoo.ops.common.chunk_layout import from_chunks, segmented_scan, segments, to_chunks
+from attnzoo.ops.common.gate_sums import pairwise_decay, pairwise_decay_grad, prefix_excl, revcumsum, suffix_excl
+from attnzoo.ops.common.precision import compute_dtype
+from attnzoo.ops.common.varlen import run_per_sequence
 
 
 def _chunk_major(x):
@@ -187,15 +190,21 @@ def _segment_backward(ctx, dO, dS, outs):
 
 
 def chunk_delta_rule(
-    q, k, v, beta, g=None, *, scale, initial_state=None, output_final_state=False, chunk_size=64,
+    q, k, v, beta, g=None, *, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
+    chunk_size=64,
 ):
-    check_delta_inputs(q, k, v, beta, g, initial_state)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    check_delta_inputs(q, k, v, beta, g, initial_state, cu_seqlens=cu_seqlens)
+    check_chunk_size(chunk_size)
     B, T, H, K = q.shape
     V = v.shape[-1]
     ct = compute_dtype(q, k, v, beta, g, initial_state)
     dev = q.device
+    scale = K ** -0.5 if scale is None else scale
+    if cu_seqlens is not None:  # packed sequences, one after the other
+        return run_per_sequence(
+            chunk_delta_rule, cu_seqlens, (q, k, v, beta, g), initial_state=initial_state,
+            output_final_state=output_final_state, scale=scale, chunk_size=chunk_size,
+            empty=lambda: (v.new_zeros(1, 0, H, V, dtype=q.dtype), torch.zeros(1, H, K, V, dtype=ct, device=dev)))
     if T == 0:  # an empty sequence: nothing to output, the state passes through
         S = torch.zeros(B, H, K, V, dtype=ct, device=dev) if initial_state is None else initial_state.to(ct)
         return v.new_zeros(B, 0, H, V, dtype=q.dtype), (S if output_final_state else None)

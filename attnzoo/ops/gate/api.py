@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from attnzoo.ops.dispatch import resolve_impl, triton_interpret
+from attnzoo.ops.common.dispatch import resolve_impl, triton_interpret
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 

@@ -6,12 +6,14 @@ a vector gate); Katharopoulos, Vyas, Pappas, Fleuret (2020), "Transformers are R
 arXiv:2006.16236 (no gate); Sun et al. (2023), "Retentive Network", arXiv:2307.08621 (constant
 per-head decay g_gamma).
 
-    o, S = chunk_gated_linear_attention(q, k, v, g=None, *, g_gamma=None, scale,
-                                        initial_state=None, output_final_state=False, chunk_size=64)
+    o, S = chunk_gated_linear_attention(q, k, v, g=None, *, g_gamma=None, scale=None,
+                                        initial_state=None, output_final_state=False,
+                                        cu_seqlens=None, chunk_size=64)
 
 q, k [B, T, H, K]; v [B, T, H, V]; g [B, T, H] (scalar gate) or [B, T, H, K] (vector gate), in
 log space (<= 0), or None; g_gamma [H] or None; initial_state [B, H, K, V]. Returns o [B, T, H, V]
 in q's dtype and the final state [B, H, K, V] in float32 (float64 for float64 inputs) or None.
+Packed sequences (cu_seqlens [N + 1], B == 1; states [N, H, K, V]) run one after the other.
 Same semantics as the reference loop (reference.py):
 
     S_t = diag(exp(g_t + g_gamma)) S_{t-1} + k_t v_tᵀ,     o_t = scale · q_tᵀ S_t
@@ -30,7 +32,7 @@ others from chunk_vector.py's assembled C x C matrix of halving levels and a ban
 chunk_intra.py's nested levels for chunk lengths other than nb·2^m, nb <= 4); the states are
 then passed by a short loop over chunks (T / C steps, two small elementwise ops each), and the
 inter-chunk outputs are one more batched product. Long sequences run as cache-sized segments
-of whole chunks, the state carried from one to the next (chunk_layout.py), so the time grows
+of whole chunks, the state carried from one to the next (ops/common/chunk_layout.py), so the time grows
 linearly in T. Every exponent is a sum of gates
 taken directly and is <= 0 (or, on the factorised path, bounded by 20), so nothing overflows
 however strongly the gate forgets, and float32 gate gradients stay accurate.
@@ -50,20 +52,19 @@ from functools import partial
 
 import torch
 
-from attnzoo.ops.linear.api import check_gla_inputs
+from attnzoo.ops.common.checks import check_chunk_size, check_gla_inputs
+from attnzoo.ops.common.chunk_layout import from_chunks, segmented_scan, segments, to_chunks
+from attnzoo.ops.common.gate_sums import add_prefix_excl_, add_revcumsum_, suffix_excl
+from attnzoo.ops.common.precision import compute_dtype
+from attnzoo.ops.common.varlen import run_per_sequence
+from attnzoo.ops.linear.chunk_factored import factored_backward, factored_forward
 from attnzoo.ops.linear.chunk_intra import (
-    add_prefix_excl_,
-    add_revcumsum_,
     scalar_intra_backward,
     scalar_intra_forward,
-    suffix_excl,
     vector_intra_backward,
     vector_intra_forward,
 )
-from attnzoo.ops.linear.chunk_factored import factored_backward, factored_forward
-from attnzoo.ops.linear.chunk_layout import from_chunks, segmented_scan, segments, to_chunks
 from attnzoo.ops.linear.chunk_vector import assembled_plan
-from attnzoo.ops.linear.reference import compute_dtype
 
 SUB_CHUNK = 16  # chunks shorter than this are not padded
 
@@ -201,13 +202,20 @@ def _segment_backward(ctx, do, dS, outs):
 
 
 def chunk_gated_linear_attention(
-    q, k, v, g=None, *, g_gamma=None, scale, initial_state=None, output_final_state=False, chunk_size=64,
+    q, k, v, g=None, *, g_gamma=None, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
+    chunk_size=64,
 ):
-    check_gla_inputs(q, k, v, g, g_gamma, initial_state, normalize=False)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    check_gla_inputs(q, k, v, g, g_gamma, initial_state, normalize=False, cu_seqlens=cu_seqlens)
+    check_chunk_size(chunk_size)
     T = q.shape[1]
     ct = compute_dtype(q, k, v, g, initial_state)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if cu_seqlens is not None:
+        H, K, V = q.shape[2], q.shape[3], v.shape[-1]
+        return run_per_sequence(
+            chunk_gated_linear_attention, cu_seqlens, (q, k, v, g), initial_state=initial_state,
+            output_final_state=output_final_state, g_gamma=g_gamma, scale=scale, chunk_size=chunk_size,
+            empty=lambda: (v.new_zeros(1, 0, H, V, dtype=q.dtype), torch.zeros(1, H, K, V, dtype=ct, device=q.device)))
     C = _chunk_length(T, chunk_size)
     gate = _combined_log_gate(g, g_gamma, q.shape, ct)
     S = None if initial_state is None else initial_state.to(ct)

@@ -38,7 +38,7 @@ import math
 
 import torch
 
-from attnzoo.ops.linear.chunk_intra import add_prefix_excl_, add_revcumsum_, suffix_excl
+from attnzoo.ops.common.gate_sums import add_prefix_excl_, add_revcumsum_, suffix_excl
 from attnzoo.ops.linear.chunk_vector import vector_backward, vector_forward
 
 SAFE_LOG = 20.0  # largest decay (−log) a row of the factorised form spans

@@ -29,7 +29,8 @@ on the small [R, C/nb, K] grid of block totals. No cancellation of large terms.
 
 from __future__ import annotations
 
-from attnzoo.ops.linear.chunk_intra import add_prefix_excl_, add_revcumsum_, level_sizes, prefix_excl, suffix_excl
+from attnzoo.ops.common.gate_sums import add_prefix_excl_, add_revcumsum_, prefix_excl, suffix_excl
+from attnzoo.ops.linear.chunk_intra import level_sizes
 
 
 def assembled_plan(C: int):

@@ -1,11 +1,12 @@
 """selective_scan: the Mamba-1 selective state space recurrence (Gu & Dao 2023, arXiv:2312.00752).
 
     y, h = selective_scan(u, delta, A, B, C, D=None, *, initial_state=None,
-                          output_final_state=False, impl="auto")
+                          output_final_state=False, cu_seqlens=None, impl="auto", chunk_size=None)
 
 u, delta [B, T, D] (delta = Δ > 0, already through softplus); A [D, N] (negative real);
 B, C [B, T, N] (input-dependent, shared by the D channels); D [D] skip (optional).
 State h [B, D, N], float32 (float64 for float64 inputs); None unless output_final_state.
+cu_seqlens [S + 1] (int) packs S sequences into the T steps of a batch of one: states [S, D, N].
 
     h_t = exp(Δ_t ⊙ A) ⊙ h_{t-1} + (Δ_t ⊙ u_t) B_tᵀ,     y_t = h_t C_t + D ⊙ u_t
 
@@ -17,31 +18,36 @@ impl: "reference" (loop over time), "torch" (chunked scan, chunk_size steps per 
 
 from __future__ import annotations
 
-from attnzoo.ops.dispatch import resolve_impl, without_autocast
-
-
-def check_scan_inputs(u, delta, A, B, C, D, initial_state):
-    if u.dim() != 3 or delta.shape != u.shape:
-        raise ValueError(f"u and delta must both be [B, T, D], got {tuple(u.shape)} and {tuple(delta.shape)}")
-    Bsz, T, Dm = u.shape
-    if A.dim() != 2 or A.shape[0] != Dm:
-        raise ValueError(f"A must be [D, N] = [{Dm}, N], got {tuple(A.shape)}")
-    N = A.shape[1]
-    for name, t in (("B", B), ("C", C)):
-        if tuple(t.shape) != (Bsz, T, N):
-            raise ValueError(f"{name} must be [B, T, N] = {(Bsz, T, N)}, got {tuple(t.shape)}")
-    if D is not None and tuple(D.shape) != (Dm,):
-        raise ValueError(f"D must be [D] = [{Dm}], got {tuple(D.shape)}")
-    if initial_state is not None and tuple(initial_state.shape) != (Bsz, Dm, N):
-        raise ValueError(f"initial_state must be [B, D, N] = {(Bsz, Dm, N)}, got {tuple(initial_state.shape)}")
+from attnzoo.ops.common.checks import check_scan_inputs
+from attnzoo.ops.common.dispatch import resolve_impl
+from attnzoo.ops.common.precision import without_autocast
 
 
 @without_autocast  # computes in float32 (the state) whatever the caller's autocast
-def selective_scan(u, delta, A, B, C, D=None, *, initial_state=None, output_final_state=False, impl="auto",
-                   chunk_size=None):
-    check_scan_inputs(u, delta, A, B, C, D, initial_state)
+def selective_scan(u, delta, A, B, C, D=None, *, initial_state=None, output_final_state=False, cu_seqlens=None,
+                   impl="auto", chunk_size=None):
+    """The selective scan (Mamba-1, Gu & Dao 2023, arXiv:2312.00752; the module docstring has the recurrence).
+
+    Args:
+        u, delta: [B, T, D] (delta > 0). A: [D, N] (negative). B, C: [B, T, N]. D: [D] skip or None.
+        initial_state: [B, D, N] or None (zeros). output_final_state: return the last state.
+        cu_seqlens: int [S + 1] packing S sequences into T (B == 1; states [S, D, N]), or None.
+        impl: "auto" | "reference" | "torch". chunk_size: steps per chunk of the torch path (None: ~sqrt(T)).
+    Returns:
+        (y [B, T, D] in u's dtype, final_state [B, D, N] float32 (float64) or None).
+
+    Example:
+        >>> u, dt = torch.randn(2, 30, 6), torch.rand(2, 30, 6)
+        >>> A, Bm, Cm = -torch.rand(6, 4), torch.randn(2, 30, 4), torch.randn(2, 30, 4)
+        >>> y, h = selective_scan(u, dt, A, Bm, Cm, output_final_state=True)
+        >>> y.shape, h.shape
+        (torch.Size([2, 30, 6]), torch.Size([2, 6, 4]))
+        >>> torch.allclose(y, selective_scan(u, dt, A, Bm, Cm, impl="reference")[0], atol=1e-5)
+        True
+    """
+    check_scan_inputs(u, delta, A, B, C, D, initial_state, cu_seqlens=cu_seqlens)
     impl = resolve_impl(impl, u, triton_supported=False)
-    kw = {"initial_state": initial_state, "output_final_state": output_final_state}
+    kw = {"initial_state": initial_state, "output_final_state": output_final_state, "cu_seqlens": cu_seqlens}
     if impl == "reference":
         from attnzoo.ops.scan.reference import selective_scan_reference
 

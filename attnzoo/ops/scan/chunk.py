@@ -21,7 +21,8 @@ import math
 
 import torch
 
-from attnzoo.ops.scan.reference import compute_dtype
+from attnzoo.ops.common.precision import compute_dtype
+from attnzoo.ops.common.varlen import run_per_sequence
 
 
 def default_chunk(T: int) -> int:
@@ -29,9 +30,16 @@ def default_chunk(T: int) -> int:
 
 
 def chunk_selective_scan(u, delta, A, B, C, D=None, *, initial_state=None, output_final_state=False,
-                         chunk_size=None):
+                         cu_seqlens=None, chunk_size=None):
+    """Same arguments as api.selective_scan (less impl); packed sequences (cu_seqlens) run one by one."""
     Bsz, T, Dm = u.shape
     N = A.shape[1]
+    if cu_seqlens is not None:
+        ct = compute_dtype(u, delta, A, B, C, initial_state)
+        return run_per_sequence(
+            lambda u, delta, B, C, **kw: chunk_selective_scan(u, delta, A, B, C, D, chunk_size=chunk_size, **kw),
+            cu_seqlens, (u, delta, B, C), initial_state=initial_state, output_final_state=output_final_state,
+            empty=lambda: (u.new_zeros(1, 0, Dm), torch.zeros(1, Dm, N, dtype=ct, device=u.device)))
     L = default_chunk(T) if chunk_size is None else int(chunk_size)
     if L < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")

@@ -2,21 +2,28 @@
 
     h_t = exp(Δ_t ⊙ A) ⊙ h_{t-1} + (Δ_t ⊙ u_t) B_tᵀ        h [B, D, N]
     y_t = h_t C_t (+ D ⊙ u_t)                               y [B, T, D]
+
+Same arguments as the public op (api.py) less impl; packed sequences (cu_seqlens) run one by one.
 """
 
 from __future__ import annotations
 
 import torch
 
+from attnzoo.ops.common.precision import compute_dtype
+from attnzoo.ops.common.varlen import run_per_sequence
 
-def compute_dtype(*ts) -> torch.dtype:
-    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in ts) else torch.float32
 
-
-def selective_scan_reference(u, delta, A, B, C, D=None, *, initial_state=None, output_final_state=False):
+def selective_scan_reference(u, delta, A, B, C, D=None, *, initial_state=None, output_final_state=False,
+                             cu_seqlens=None):
     Bsz, T, Dm = u.shape
     N = A.shape[1]
     ct = compute_dtype(u, delta, A, B, C, initial_state)
+    if cu_seqlens is not None:
+        return run_per_sequence(
+            lambda u, delta, B, C, **kw: selective_scan_reference(u, delta, A, B, C, D, **kw), cu_seqlens,
+            (u, delta, B, C), initial_state=initial_state, output_final_state=output_final_state,
+            empty=lambda: (u.new_zeros(1, 0, Dm), torch.zeros(1, Dm, N, dtype=ct, device=u.device)))
     uf, df, Af, Bf, Cf = u.to(ct), delta.to(ct), A.to(ct), B.to(ct), C.to(ct)
     h = torch.zeros(Bsz, Dm, N, dtype=ct, device=u.device) if initial_state is None else initial_state.to(ct)
     ys = []

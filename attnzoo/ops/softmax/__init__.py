@@ -2,8 +2,10 @@
 
     o = softmax_attention(q, k, v, causal=True)                 # q [B,Tq,Hq,D], k/v [B,Tk,Hkv,D]
     o, p = softmax_attention(q, k, v, return_probs=True, impl="reference")   # p [B,Hq,Tq,Tk]
+    o = subset_causal_attention(q, k, v, q_pos)                 # q [B,H,n,D] at positions q_pos
 """
 
 from attnzoo.ops.softmax.api import attention_allowed, softmax_attention
+from attnzoo.ops.softmax.subset import subset_causal_attention
 
-__all__ = ["softmax_attention", "attention_allowed"]
+__all__ = ["attention_allowed", "softmax_attention", "subset_causal_attention"]

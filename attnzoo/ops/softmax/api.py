@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from attnzoo.ops.dispatch import op_override, resolve_impl
+from attnzoo.ops.common.dispatch import op_override, resolve_impl
 from attnzoo.ops.softmax.reference import softmax_attention_reference
 from attnzoo.ops.softmax.sdpa import softmax_attention_sdpa
 
@@ -35,7 +35,14 @@ def attention_allowed(
     B: int, Tq: int, Tk: int, *, device, causal=False, window=None, prefix_len=None,
     q_pos=None, k_pos=None, key_mask=None,
 ):
-    """Bool [B, Tq, Tk]: True where query i may attend to key j. None means everything is allowed."""
+    """Bool [B, Tq, Tk]: True where query i may attend to key j. None means everything is allowed.
+
+    Example:
+        >>> attention_allowed(1, 3, 3, device="cpu", causal=True, window=2)[0].int()
+        tensor([[1, 0, 0],
+                [1, 1, 0],
+                [0, 1, 1]], dtype=torch.int32)
+    """
     if not (causal or window or prefix_len is not None or key_mask is not None):
         return None
     qp = _positions(q_pos, B, Tq, Tk - Tq, device)
@@ -75,7 +82,30 @@ def softmax_attention(
     q, k, v, *, causal=False, window=None, prefix_len=None, q_pos=None, k_pos=None, key_mask=None,
     scale=None, return_probs=False, impl="auto",
 ):
-    """Multi-head softmax attention with GQA. Returns o [B, Tq, Hq, Dv] (and probs if asked)."""
+    """Multi-head softmax attention with GQA (Vaswani et al. 2017, arXiv:1706.03762).
+
+        o_i = Σ_j softmax_j(scale · q_i · k_j | key j allowed) v_j      (zero for a query that sees no key)
+
+    Args:
+        q: [B, Tq, Hq, D]. k: [B, Tk, Hkv, D]. v: [B, Tk, Hkv, Dv] (Hq a multiple of Hkv: GQA).
+        causal, window, prefix_len, q_pos, k_pos, key_mask: which keys a query sees (module docstring).
+        scale: None means D ** -0.5. return_probs: also return p [B, Hq, Tq, Tk] (impl="reference").
+        impl: "auto" | "reference" | "torch" (SDPA).
+    Returns:
+        o [B, Tq, Hq, Dv] in q's dtype, or (o, p) with return_probs.
+
+    The op keeps no state: a KV cache is the keys and values a mixer keeps (q_pos / k_pos place the
+    newest queries after them).
+
+    Example:
+        >>> q, k, v = torch.randn(2, 10, 4, 8), torch.randn(2, 10, 2, 8), torch.randn(2, 10, 2, 8)
+        >>> o = softmax_attention(q, k, v, causal=True)
+        >>> o.shape
+        torch.Size([2, 10, 4, 8])
+        >>> o_ref, p = softmax_attention(q, k, v, causal=True, impl="reference", return_probs=True)
+        >>> torch.allclose(o, o_ref, atol=1e-5), float(p[0, 0, 0, 1])  # the first query sees only itself
+        (True, 0.0)
+    """
     check_qkv(q, k, v)
     override = op_override("softmax_attention")  # e.g. attnzoo.parallel.sequence_parallel
     if override is not None:

@@ -149,9 +149,25 @@ def default_blocks(n_queries: int, span: int) -> tuple[int, ...]:
 
 
 def subset_causal_attention(q, k, v, q_pos, count=None, *, scale=None, block=None):
-    """Causal attention of sorted query subsets; see the module docstring. Returns o [B, H, n, Dv].
+    """Causal attention of sorted query subsets (MoH: Jin et al. 2024, arXiv:2410.11842); see the module docstring.
 
-    block: position block size, or a tuple of decreasing sizes (levels); None chooses them."""
+    Args:
+        q: [B, H, n, D], the selected queries, positions ascending. k: [B, H, L, D]. v: [B, H, L, Dv].
+        q_pos: long [B, H, n], the query positions in [0, L). count: long [B, H] real slots (None: all n).
+        scale: None means D ** -0.5. block: position block size, or a tuple of decreasing sizes
+        (levels); None chooses them.
+    Returns:
+        o [B, H, n, Dv] (0 in the padding slots).
+
+    Example:
+        >>> q, k, v = torch.randn(1, 2, 3, 8), torch.randn(1, 2, 20, 8), torch.randn(1, 2, 20, 8)
+        >>> q_pos = torch.tensor([[[2, 7, 19], [0, 5, 6]]])
+        >>> o = subset_causal_attention(q, k, v, q_pos)
+        >>> o.shape
+        torch.Size([1, 2, 3, 8])
+        >>> torch.allclose(o, subset_causal_attention_reference(q, k, v, q_pos), atol=1e-5)
+        True
+    """
     _check(q, k, v, q_pos, count)
     B, H, n, D = q.shape
     L = k.shape[2]

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from attnzoo.ops.dispatch import autocast_off, autocast_operands, resolve_impl, triton_interpret
+from attnzoo.ops.common.dispatch import resolve_impl, triton_interpret
+from attnzoo.ops.common.precision import autocast_off, autocast_operands
 from attnzoo.ops.sparse.blocks import block_queries, pooled_block_keys, select_blocks
 from attnzoo.ops.sparse.gather import block_sparse_attention_torch, block_sparse_decode_torch
 from attnzoo.ops.sparse.reference import block_sparse_attention_reference, block_sparse_decode_reference

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from attnzoo.ops.dispatch import without_autocast
+from attnzoo.ops.common.precision import without_autocast
 
 
 def pooled_block_keys(k: torch.Tensor, valid: torch.Tensor | None, block_size: int) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Triton kernels of block-sparse attention: forward.py, backward.py, decode.py; attention.py wraps them."""
 
-from attnzoo.ops.dispatch import triton_interpret
+from attnzoo.ops.common.dispatch import triton_interpret
 
 
 def _patch_interpreter():

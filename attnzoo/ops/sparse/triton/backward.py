@@ -147,8 +147,3 @@ def block_sparse_bwd_dkdv_kernel(
                     dk += tl.dot(dst.to(q.dtype), q)
     tl.store(DK + koff, (dk * sm_scale).to(DK.dtype.element_ty), mask=kmask)
     tl.store(DV + voff, dv.to(DV.dtype.element_ty), mask=kmask)
-
-
-def backward_config(block_size: int) -> dict:
-    b = min(block_size, 64)
-    return {"BM": b, "BN": b, "num_warps": 4, "num_stages": 2}

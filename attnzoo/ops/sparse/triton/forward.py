@@ -83,9 +83,3 @@ def block_sparse_fwd_kernel(
              o.to(O.dtype.element_ty), mask=(offs_m[:, None] < T) & dmask[None, :])
     lse = tl.where(l_i == 0.0, float("inf"), m_i + tl.log2(l_safe))
     tl.store(LSE + bh * T + offs_m, lse, mask=offs_m < T)
-
-
-def forward_config(block_size: int, head_dim: int) -> dict:
-    """Tile sizes and warps (fixed, not autotuned): BM query rows, BN keys per tile."""
-    bm = min(block_size, 128)
-    return {"BM": bm, "BN": min(block_size, 64), "num_warps": 8 if bm == 128 else 4, "num_stages": 3}

@@ -1,6 +1,6 @@
 """Triton kernels for the per-chunk output of gated linear attention and its value gradient.
 
-Layout as in triton_state.py (packed tokens, chunks of BT from each sequence's start, b the
+Layout as in state.py (packed tokens, chunks of BT from each sequence's start, b the
 chunk-local cumulative log gate, h the state entering each chunk, dh the gradient of the state
 leaving it). One program per (chunk, V block, head). With S_0 = h of the chunk (CHUNKED.md §1):
 
@@ -9,11 +9,11 @@ leaving it). One program per (chunk, V block, head). With S_0 = h of the chunk (
 
 A_ij = Σ_k q_ik k_jk e^{b_ik - b_jk} (i >= j). For no gate or a scalar gate (GATE 0, 1) A is
 formed here, pairwise, as (Q Kᵀ) ⊙ e^{b_i - b_j}. For a vector gate (GATE 2) it depends on the
-chunk's branch (triton_safe.chunk_is_safe, GLA: Yang et al. 2023, arXiv:2312.06635):
+chunk's branch (safe.chunk_is_safe, GLA: Yang et al. 2023, arXiv:2312.06635):
 safe chunks (total decay >= −SAFE_LOG) form it here as one factorised product per K block,
 A = (q ⊙ e^{b})(k ⊙ e^{−b})ᵀ and Aᵀ = (k ⊙ e^{−b})(q ⊙ e^{b})ᵀ from transposed loads; the others
-read it from the buffer written by triton_vector.chunk_intra_kernel ([N_tok, H, BT], float32).
-FACTOR_F32 takes the factorised operands in float32 (tf32 dots; see triton_vector_fast.FACTOR_F32).
+read it from the buffer written by vector.chunk_intra_kernel ([N_tok, H, BT], float32).
+FACTOR_F32 takes the factorised operands in float32 (tf32 dots; see vector_fast.FACTOR_F32).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from attnzoo.ops.linear.triton_state import chunk_rows
-from attnzoo.ops.linear.triton_safe import chunk_is_safe
-from attnzoo.ops.linear.triton_vector_fast import factor_cast
+from attnzoo.ops.linear.triton.state import chunk_rows
+from attnzoo.ops.linear.triton.safe import chunk_is_safe
+from attnzoo.ops.linear.triton.vector_fast import factor_cast
 
 
 @triton.jit

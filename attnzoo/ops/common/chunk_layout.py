@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from attnzoo.ops.dispatch import autocast_off
+from attnzoo.ops.common.precision import autocast_off
 
 
 def to_chunks(x, N: int, C: int, dtype, scale=None):

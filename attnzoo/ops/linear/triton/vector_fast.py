@@ -1,7 +1,7 @@
 """The factorised fast path of gated linear attention with a per-key-channel gate (GLA, Yang et al.
 2023, arXiv:2312.06635, §4.1): the branch decision and the backward kernel for dq, dk, db.
 
-Layout as in triton_state.py: q, k [N_tok, H, K], v, do [N_tok, H, V], b [N_tok, H, K] the
+Layout as in state.py: q, k [N_tok, H, K], v, do [N_tok, H, V], b [N_tok, H, K] the
 chunk-local cumulative log gate (b_i <= 0, decreasing along the chunk), h the state entering each
 chunk, dh the gradient of the state leaving it. Inside a chunk of BT tokens
 
@@ -16,11 +16,11 @@ bounded: a (chunk, head) is SAFE when
 (b is cumulative, so that is the minimum over the whole chunk). Then e^{−b} <= e^{SAFE_LOG} ≈ 5e8,
 which neither overflows bf16/fp16-range products in fp32 accumulation nor changes the operands'
 relative precision (a scale, not a sum). Typical GLA gates (logsigmoid(x)/16) give chunk totals of
-−3..−10, so real models take this path; unsafe chunks keep the sub-chunk path of triton_vector.py.
+−3..−10, so real models take this path; unsafe chunks keep the sub-chunk path of vector.py.
 Every kernel that branches calls `chunk_is_safe` on the same b buffer: a minimum is exact in any
-order, so all kernels take the same branch for a chunk (triton_vector.chunk_intra_kernel and
+order, so all kernels take the same branch for a chunk (vector.chunk_intra_kernel and
 chunk_vector_dqdk_kernel return at once on safe chunks, chunk_vector_fast_dqdk_kernel on unsafe
-ones, triton_output's kernels form A themselves on safe chunks and read it on unsafe ones).
+ones, output's kernels form A themselves on safe chunks and read it on unsafe ones).
 
 Backward on a safe chunk (one program per (chunk, K block, head)), with S_0 = h,
 dS_c = dh, dA_ij = scale · do_i · v_j (i >= j), q̂ = q ⊙ e^{b}, k̂ = k ⊙ e^{−b}:
@@ -40,9 +40,9 @@ import torch
 import triton
 import triton.language as tl
 
-from attnzoo.ops.linear.triton_safe import SAFE_LOG, chunk_is_safe  # noqa: F401 (re-exported)
-from attnzoo.ops.linear.triton_state import chunk_rows
-from attnzoo.ops.linear.triton_scalar_bwd import chunk_value_products
+from attnzoo.ops.linear.triton.safe import SAFE_LOG, chunk_is_safe  # noqa: F401 (re-exported)
+from attnzoo.ops.linear.triton.state import chunk_rows
+from attnzoo.ops.linear.triton.scalar_bwd import chunk_value_products
 
 # Operands of the forward's factorised A (the output kernel; dv's Aᵀ stays in the input dtype)
 # in float32 (tf32 dots) whatever the inputs' dtype. q ⊙ e^{b} and k ⊙ e^{−b} are new roundings
@@ -82,7 +82,7 @@ def chunk_vector_fast_dqdk_kernel(
 ):
     """dq, dk [N_tok, H, K] and db (float32) for the rows of one SAFE (chunk, head) and K block
     (db is per channel, so K blocks are independent; dA = do vᵀ is recomputed per block). FUSED_DG:
-    write the final dg instead of db, as the scalar kernel does (triton_scalar_bwd): the in-chunk
+    write the final dg instead of db, as the scalar kernel does (scalar_bwd.py): the in-chunk
     reverse cumsum plus <S_c, dS_c> per channel, e^{b_c} Σ_v S_0 ⊙ dS_c + Σ_j k_j ⊙ (dk's inter-chunk
     term); chunk_reverse_cumsum then skips safe chunks."""
     i_c, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)

@@ -3,7 +3,7 @@
 Gated linear attention: Yang, Wang, Shen, Panda & Kim, "Gated Linear Attention Transformers with
 Hardware-Efficient Training", 2023, arXiv:2312.06635 (the chunk-wise state recurrence below).
 
-Packed layout (see triton_cumsum.py): k [N_tok, H, K], v [N_tok, H, V], q, do likewise; b the
+Packed layout (see cumsum.py): k [N_tok, H, K], v [N_tok, H, V], q, do likewise; b the
 chunk-local cumulative log gate, [N_tok, H] (scalar, GATE=1) or [N_tok, H, K] (vector, GATE=2),
 or absent (GATE=0). h [N_chunks, H, K, V] is the state *entering* each chunk; dh the gradient
 with respect to the state *leaving* each chunk. The state stays in float32 registers. With
@@ -33,7 +33,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from attnzoo.ops.linear.triton_safe import chunk_is_safe
+from attnzoo.ops.linear.triton.safe import chunk_is_safe
 
 # Test/benchmark override of the segment length in chunks (None: choose_segment's rule).
 SEGMENT_CHUNKS: int | None = None
@@ -69,7 +69,7 @@ def choose_segment(*, n_programs: int, max_chunks: int, seg: int | None = None, 
 
 @triton.jit
 def chunk_bounds(cu_seqlens, chunk_seq, i_c):
-    """[bos, eos) (int64) of the packed sequence that holds chunk i_c (chunk tables of triton_chunk)."""
+    """[bos, eos) (int64) of the packed sequence that holds chunk i_c (chunk tables of chunk.py)."""
     n = tl.load(chunk_seq + i_c)
     return tl.load(cu_seqlens + n).to(tl.int64), tl.load(cu_seqlens + n + 1).to(tl.int64)
 
@@ -241,9 +241,9 @@ def chunk_state_bwd_kernel(
     """With TERM = 1 (a gate), also writes term = rowsum(S_c ⊙ dS_c) per chunk (S_c the state leaving the
     chunk, from h of the next chunk or ht), partial over this program's V block (and K block if
     scalar): the gradient of every later cumulative gate, so the reverse cumsum stays inside each
-    chunk. (The scalar gate's can instead be formed in triton_scalar_bwd: FUSED_DG there.) TERM = 2
+    chunk. (The scalar gate's can instead be formed in scalar_bwd.py: FUSED_DG there.) TERM = 2
     (vector gate, the fast path's dq/dk kernel forming dg itself): only for chunks that are not
-    triton_safe.chunk_is_safe, the others' rows of term are left unwritten.
+    safe.chunk_is_safe, the others' rows of term are left unwritten.
     MODE 1: D[n, s] (into E) and G[n, s] of every segment but the first. MODE 2: entry dS = dht,
     then dS = diag(e^{G[n,s']}) dS + D[n,s'] for s' = NS−1 down to s+1; then the segment's chunks
     in reverse (dh, term), and dh0 from segment 0."""

@@ -6,14 +6,14 @@ or [N_tok, H, K] (vector gate), float32, the per-step log gate with g_gamma alre
 None. States are float32 [N, H, K, V]. The math is CHUNKED.md §1 and §3; each kernel's file gives
 its formula:
 
-    forward:  b = chunk cumsum(g);  h = states entering chunks (triton_state);
-              [vector gate: A, intra-chunk scores (triton_vector)];  o (triton_output)
-    backward: b, h (and A) from the forward (eager) or recomputed;  dh (triton_state);  dv (triton_output);
-              dq, dk, db (triton_scalar_bwd / triton_vector, triton_vector_fast);  dg = reverse cumsum
-              of db inside each chunk + rowsum(S_c ⊙ dS_c) at the chunk's end (vector gate: triton_state,
-              triton_cumsum; scalar gate: all inside triton_scalar_bwd)
+    forward:  b = chunk cumsum(g);  h = states entering chunks (state.py);
+              [vector gate: A, intra-chunk scores (vector.py)];  o (output.py)
+    backward: b, h (and A) from the forward (eager) or recomputed;  dh (state.py);  dv (output.py);
+              dq, dk, db (scalar_bwd.py / vector.py, vector_fast.py);  dg = reverse cumsum
+              of db inside each chunk + rowsum(S_c ⊙ dS_c) at the chunk's end (vector gate: state.py,
+              cumsum.py; scalar gate: all inside scalar_bwd.py)
 
-Vector gate: a (chunk, head) whose total log decay is >= −SAFE_LOG (triton_safe, triton_vector_fast) forms A
+Vector gate: a (chunk, head) whose total log decay is >= −SAFE_LOG (safe.py, vector_fast.py) forms A
 as one factorised product (q ⊙ e^{b})(k ⊙ e^{−b})ᵀ inside the output/dv kernels and gets dq, dk,
 db from chunk_vector_fast_dqdk_kernel; the others keep the sub-chunk kernels. Both kinds of
 kernel are launched; each returns at once on the chunks of the other branch.
@@ -26,15 +26,15 @@ from dataclasses import dataclass
 import torch
 import triton
 
-from attnzoo.ops.dispatch import triton_interpret
-from attnzoo.ops.linear.triton_cumsum import chunk_local_cumsum, chunk_reverse_cumsum
-from attnzoo.ops.linear.triton_output import chunk_dv_kernel, chunk_output_kernel
-from attnzoo.ops.linear.triton_scalar_bwd import chunk_scalar_dqdk_kernel
-from attnzoo.ops.linear import triton_state
-from attnzoo.ops.linear.triton_state import chunk_state_bwd_kernel, chunk_state_fwd_kernel
-from attnzoo.ops.linear.triton_vector import chunk_intra_kernel, chunk_vector_dqdk_kernel
-from attnzoo.ops.linear import triton_vector_fast
-from attnzoo.ops.linear.triton_vector_fast import chunk_vector_fast_dqdk_kernel
+from attnzoo.ops.common.dispatch import triton_interpret
+from attnzoo.ops.linear.triton.cumsum import chunk_local_cumsum, chunk_reverse_cumsum
+from attnzoo.ops.linear.triton.output import chunk_dv_kernel, chunk_output_kernel
+from attnzoo.ops.linear.triton.scalar_bwd import chunk_scalar_dqdk_kernel
+from attnzoo.ops.linear.triton import state as triton_state
+from attnzoo.ops.linear.triton.state import chunk_state_bwd_kernel, chunk_state_fwd_kernel
+from attnzoo.ops.linear.triton.vector import chunk_intra_kernel, chunk_vector_dqdk_kernel
+from attnzoo.ops.linear.triton import vector_fast as triton_vector_fast
+from attnzoo.ops.linear.triton.vector_fast import chunk_vector_fast_dqdk_kernel
 
 BT = 64  # chunk length
 BC = 16  # sub-chunk length for the vector gate's intra-chunk scores
@@ -105,7 +105,7 @@ TUNE = dict(state_bk=64, state_bv=32, state_warps=4, state_stages=3, scalar_out_
 
 
 def _state_config(K, V, gate=1, n_heads_seqs=None):
-    """BK, BV and launch options of the state passes (triton_state). Vector gate: BV =
+    """BK, BV and launch options of the state passes (state.py). Vector gate: BV =
     TUNE["state_bv_vector_few"] where the state_bv_vector launch (n_heads_seqs = N·H sequences and
     heads) would have too few programs to go unsegmented, since each V block reloads the chunk's
     [BK, BT] float32 gate tile: fewer, wider blocks load it less often."""
@@ -144,7 +144,7 @@ def _output_config(gate, BK, dv=False):
 
 
 def _segments(BK, BV, K, V, H, gate, tab, seg, x):
-    """State-pass grid and segmentation (triton_state.choose_segment) for blocks BK x BV
+    """State-pass grid and segmentation (state.choose_segment) for blocks BK x BV
     (_state_config): (grid, SEG, NSMAX, E, G); SEG = 0 for one sequential launch (MODE 0), else
     E [N, NSMAX, H, K, V] and G (float32) hold the segment summaries of the two-launch form (MODE 1
     then 2) and the grid has N·H·NSMAX programs."""
@@ -216,9 +216,9 @@ def _intra(q, k, b, tab):
     return A
 
 
-def gla_chunk_fwd(q, k, v, g, *, scale, initial_state, output_final_state, tab, keep=None):
+def chunk_forward(q, k, v, g, *, scale, initial_state, output_final_state, tab, keep=None):
     """Returns o (input dtype) and the final state (float32, or None). keep: a dict to receive what
-    the backward would otherwise recompute (b, h, ht, A: gla_chunk_bwd(saved=keep))."""
+    the backward would otherwise recompute (b, h, ht, A: chunk_backward(saved=keep))."""
     N_tok, H, K = q.shape
     V = v.shape[-1]
     gate = _gate_kind(g)
@@ -236,7 +236,7 @@ def gla_chunk_fwd(q, k, v, g, *, scale, initial_state, output_final_state, tab, 
     return o, (ht if output_final_state else None)
 
 
-def gla_chunk_bwd(q, k, v, g, do, dht, *, scale, initial_state, tab, saved=None):
+def chunk_backward(q, k, v, g, do, dht, *, scale, initial_state, tab, saved=None):
     """Returns dq, dk, dv (input dtype), dg (float32, g's shape, or None), dh0 (float32 or None).
     saved: the forward's keep dict (b, h, ht, A taken from it instead of recomputed)."""
     N_tok, H, K = q.shape

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from attnzoo.ops.linear.triton_safe import chunk_is_safe
+from attnzoo.ops.linear.triton.safe import chunk_is_safe
 
 
 @triton.jit
@@ -80,7 +80,7 @@ def chunk_local_cumsum(g: torch.Tensor, tables, BT: int) -> torch.Tensor:
 def chunk_reverse_cumsum(db: torch.Tensor, term: torch.Tensor, tables, BT: int, skip_safe_of=None) -> torch.Tensor:
     """db [N_tok, H(, K)] float32, term [n_chunks, H(, K)] (the gradient of all later cumulative
     gates, rowsum(S_c ⊙ dS_c)) -> dg_t = Σ_{s >= t in t's chunk} db_s + term[chunk(t)].
-    skip_safe_of=b (vector gate): in place, leaving the chunks that triton_safe.chunk_is_safe
+    skip_safe_of=b (vector gate): in place, leaving the chunks that safe.chunk_is_safe
     takes (their rows of db already hold dg)."""
     N_tok, H = db.shape[:2]
     G = 1 if db.dim() == 2 else db.shape[2]

@@ -1,45 +1,22 @@
-"""Choosing an implementation: impl = "auto" | "reference" | "torch" | "triton"."""
+"""Precision rules of the ops: what dtype an op computes in, and how autocast is kept out.
+
+- A recurrent op keeps its state and does its arithmetic in float32, or float64 when any input
+  is float64 (`compute_dtype`); its outputs come back in the input's dtype.
+- An op computes in its own stated precision whatever the caller's autocast (`autocast_off`,
+  `without_autocast`); only q, k, v of mixed dtypes are first made one (`autocast_operands`).
+"""
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import functools
-import os
 
 import torch
 
-IMPLS = ("auto", "reference", "torch", "triton")
 
-
-def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
-def triton_interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def resolve_impl(impl: str, *tensors: torch.Tensor, triton_supported: bool = False) -> str:
-    """Return the concrete implementation for `impl`.
-
-    "auto" picks "triton" when every tensor is on CUDA, Triton imports and the caller says
-    the shape is supported (`triton_supported`); else "torch".
-    """
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    if impl != "auto":
-        if impl == "triton" and not triton_available():
-            raise ValueError('impl="triton" needs the triton package (pip install "attnzoo[triton]")')
-        return impl
-    on_cuda = all(t.is_cuda for t in tensors if t is not None)
-    if on_cuda and triton_supported and triton_available():
-        return "triton"
-    return "torch"
+def compute_dtype(*ts) -> torch.dtype:
+    """float64 if any given tensor is float64, else float32 (None entries are skipped)."""
+    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in ts) else torch.float32
 
 
 def autocast_off(*tensors):
@@ -85,26 +62,3 @@ def autocast_operands(*tensors):
         return tensors
     dtype = torch.get_autocast_dtype(device)
     return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in tensors)
-
-
-# Op overrides: a context (attnzoo.parallel.sequence_parallel) can replace an op by another function
-# for the code it runs; an op asks `op_override(name)` after checking its inputs. Ops never import the
-# code that overrides them. Names in use: "gated_linear_attention", "delta_rule", "softmax_attention",
-# "conv_cache" (the previous inputs of a causal conv / token shift), "token_positions" (an offset).
-_OP_OVERRIDES: contextvars.ContextVar = contextvars.ContextVar("attnzoo_op_overrides", default=None)
-
-
-def op_override(name: str):
-    """The function that replaces op `name` in the current context, or None (the op runs as usual)."""
-    table = _OP_OVERRIDES.get()
-    return None if table is None else table.get(name)
-
-
-@contextlib.contextmanager
-def op_overrides(table: dict | None):
-    """Within the block, `op_override(name)` returns table[name] (None: no override at all)."""
-    token = _OP_OVERRIDES.set(table)
-    try:
-        yield
-    finally:
-        _OP_OVERRIDES.reset(token)

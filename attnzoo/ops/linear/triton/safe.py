@@ -1,5 +1,5 @@
 """The branch test of the vector gate's factorised path (GLA, Yang et al. 2023, arXiv:2312.06635,
-§4.1; the bound is triton_vector_fast's docstring): a (chunk, head) is SAFE when its total log
+§4.1; the bound is vector_fast's docstring): a (chunk, head) is SAFE when its total log
 decay is >= −SAFE_LOG in every key channel,
 
     min_k b[l, h, k] >= −SAFE_LOG,    l the chunk's last valid row

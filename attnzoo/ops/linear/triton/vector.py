@@ -1,7 +1,7 @@
 """Triton kernels for the intra-chunk part of gated linear attention with a per-key-channel gate
 g [B, T, H, K] (GLA, Yang et al. 2023, arXiv:2312.06635; HGRN2, Qin et al. 2024, arXiv:2404.07904).
 
-Layout as in triton_state.py. A chunk of BT tokens is cut into sub-chunks of BC tokens. For the
+Layout as in state.py. A chunk of BT tokens is cut into sub-chunks of BC tokens. For the
 sub-chunk I with first row r and last row r', every exponent stays <= 0 (CHUNKED.md §1):
 
     rows of I against earlier columns j < r:   A_ij = Σ_k (q_ik e^{b_ik - b_rk}) (k_jk e^{b_rk - b_jk})
@@ -12,7 +12,7 @@ Nothing forms e^{-b}, so a chunk that forgets strongly (g ~ -10 per token) stays
 
 These kernels serve only the chunks whose total decay exceeds SAFE_LOG (min_k b at the last valid
 row < −SAFE_LOG); on the others both return at once, and the factorised path of
-triton_vector_fast.py (A in triton_output's kernels, dq/dk/db in chunk_vector_fast_dqdk_kernel)
+vector_fast.py (A in output's kernels, dq/dk/db in chunk_vector_fast_dqdk_kernel)
 takes over.
 
 Grids: chunk_intra_kernel (n_chunks, H), chunk_vector_dqdk_kernel (n_chunks, K/BK, H). Each program
@@ -35,8 +35,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from attnzoo.ops.linear.triton_state import chunk_rows
-from attnzoo.ops.linear.triton_safe import chunk_is_safe
+from attnzoo.ops.linear.triton.state import chunk_rows
+from attnzoo.ops.linear.triton.safe import chunk_is_safe
 
 
 @triton.jit
@@ -125,7 +125,8 @@ def _dqdk_subchunk(
     kernel); inlined into the sub-chunk loop, whatever the compiler hoists out of the loop (h's and
     dh's pointer tiles, the K-block masks) stays live across it and spills more (ptxas for sm_90,
     bf16, chunk bounds reloaded: up to +0.56 KB, at K = V = 100). As a call, the spills stay within 36 B of
-    the old one-program-per-sub-chunk kernel's, fewer for fp32 (benchmarks/compile_gla_sm90.py)."""
+    the old one-program-per-sub-chunk kernel's, fewer for fp32 (ptxas -v output of a one-off script,
+    benchmarks/compile_gla_sm90.py, in the git history; removed with the unreferenced scripts, issue #17)."""
     bos, eos, t0 = chunk_rows(cu_seqlens, chunk_seq, chunk_idx, i_c, BT)
     last = tl.minimum(t0 + BT, eos) - 1
     r = t0 + s * BC

@@ -1,7 +1,7 @@
 """Triton kernel for dq, dk (and the gate's per-token gradient) of chunked gated linear attention
 with no gate or a scalar gate (RetNet / Lightning g_gamma, Mamba-2 / simple GLA g [B, T, H]).
 
-Layout as in triton_state.py. One program per (chunk, head), holding the whole K (<= 256) so that
+Layout as in state.py. One program per (chunk, head), holding the whole K (<= 256) so that
 the per-token gate gradient can be summed over K in registers. With S_0 = h (state entering the
 chunk), dS_c = dh (gradient of the state leaving it), D_ij = e^{b_i - b_j} (i >= j) and
 dA_ij = scale · do_i · v_j:
@@ -25,7 +25,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from attnzoo.ops.linear.triton_state import chunk_rows
+from attnzoo.ops.linear.triton.state import chunk_rows
 
 
 @triton.jit

@@ -18,9 +18,9 @@ cu_seqlens (int [N + 1], FlashAttention convention, needs B == 1) packs N sequen
 starts from initial_state[n] and returns its own final state.
 
 Under torch.compile the chunked pass is the torch.library custom op `attnzoo::gla_chunk` (forward
-`gla_chunk`, backward `gla_chunk_bwd`), one opaque node; in eager mode the same kernels run from a
+`gla_chunk`, backward `gla_chunk_backward`), one opaque node; in eager mode the same kernels run from a
 plain autograd.Function (less host time per call). With no gradient needed and T <= DECODE_MAX_T
-per sequence, the recurrent kernel (triton_recurrent.py) runs instead.
+per sequence, the recurrent kernel (recurrent.py) runs instead.
 
 Precision (H200, bf16 inputs, against a float64 loop): o, S, dq, dk, dv, dh0 ~2-3e-3 relative, dg
 4-7e-3; the gradient of g_gamma (a sum of dg over every token, which cancels) is only good to
@@ -34,7 +34,8 @@ from typing import Optional
 
 import torch
 
-from attnzoo.ops.dispatch import triton_interpret
+from attnzoo.ops.common.checks import check_gla_inputs
+from attnzoo.ops.common.dispatch import triton_interpret
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -63,53 +64,50 @@ MAX_V = 256
 DECODE_MAX_T = 16
 
 
+def _limits(q, k, v) -> str | None:
+    """What the kernels cannot take in q, k, v (dtypes, head dims), or None: the one statement of
+    the limits, read by triton_supported (dispatch) and _check (an explicit impl="triton")."""
+    if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+        return f"needs q, k, v of one dtype in {DTYPES}, got {q.dtype}, {k.dtype}, {v.dtype}"
+    if q.shape[-1] > MAX_K or v.shape[-1] > MAX_V:
+        return (f"needs head dims K <= {MAX_K} and V <= {MAX_V}, got K={q.shape[-1]}, V={v.shape[-1]} "
+                f"(impl='torch' takes any size)")
+    return None
+
+
 def triton_supported(q, k, v, g=None, *, initial_state=None) -> bool:
     """Shapes and dtypes the Triton kernels take (the device is dispatch's business)."""
-    return (
-        q.dtype in DTYPES and k.dtype == q.dtype and v.dtype == q.dtype
-        and q.shape[-1] <= MAX_K and v.shape[-1] <= MAX_V and q.shape[1] > 0
-    )
+    return _limits(q, k, v) is None and q.shape[1] > 0
 
 
 def _check(q, k, v, g, initial_state, cu_seqlens):
-    if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(f"triton gated_linear_attention needs q, k, v of one dtype in {DTYPES}, "
-                         f"got {q.dtype}, {k.dtype}, {v.dtype}")
-    if q.shape[-1] > MAX_K or v.shape[-1] > MAX_V:
-        raise ValueError(f"triton gated_linear_attention needs head dims K <= {MAX_K} and V <= {MAX_V}, "
-                         f"got K={q.shape[-1]}, V={v.shape[-1]} (impl='torch' takes any size)")
+    limit = _limits(q, k, v)
+    if limit is not None:
+        raise ValueError(f"triton gated_linear_attention {limit}")
     if not (q.is_cuda or triton_interpret()):
         raise ValueError("triton gated_linear_attention needs CUDA tensors (or TRITON_INTERPRET=1)")
     if triton_interpret() and not q.is_cuda and q.dtype == torch.bfloat16:
         raise ValueError("Triton 3.6's CPU interpreter multiplies bfloat16 tiles as raw bits in tl.dot (wrong "
                          "results): use float16/float32 there, or impl='torch'")
-    if cu_seqlens is not None:
-        if q.shape[0] != 1:
-            raise ValueError(f"cu_seqlens needs packed inputs with B == 1, got B={q.shape[0]}")
-        if cu_seqlens.dim() != 1 or cu_seqlens.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f"cu_seqlens must be a 1-D int32/int64 tensor, "
-                             f"got {tuple(cu_seqlens.shape)} {cu_seqlens.dtype}")
-        n = cu_seqlens.shape[0] - 1
-        if initial_state is not None and initial_state.shape[0] != n:
-            raise ValueError(f"initial_state must be [N={n}, H, K, V] for {n} packed sequences, "
-                             f"got {tuple(initial_state.shape)}")
+    check_gla_inputs(q, k, v, g, None, initial_state, cu_seqlens=cu_seqlens)
 
 
 def _chunk_fwd(q, k, v, g, initial_state, cu_seqlens, batch, scale, output_final_state, keep=None):
-    """The chunked forward launches: (o, final state or None); keep as in triton_chunk.gla_chunk_fwd."""
-    from attnzoo.ops.linear.triton_chunk import gla_chunk_fwd, make_tables
+    """The chunked forward launches: (o, final state or None); keep as in chunk.chunk_forward."""
+    from attnzoo.ops.linear.triton.chunk import chunk_forward, make_tables
 
     tab = make_tables(q.shape[0], batch, cu_seqlens, q.device)
-    return gla_chunk_fwd(q, k, v, g, scale=scale, initial_state=initial_state,
+    return chunk_forward(q, k, v, g, scale=scale, initial_state=initial_state,
                          output_final_state=output_final_state, tab=tab, keep=keep)
 
 
 def _chunk_bwd(q, k, v, g, initial_state, cu_seqlens, batch, scale, do, dht, saved=None):
     """The chunked backward launches: (dq, dk, dv, dg or None, dh0 or None)."""
-    from attnzoo.ops.linear.triton_chunk import gla_chunk_bwd as bwd, make_tables
+    from attnzoo.ops.linear.triton.chunk import chunk_backward, make_tables
 
     tab = make_tables(q.shape[0], batch, cu_seqlens, q.device)
-    return bwd(q, k, v, g, do.contiguous(), dht, scale=scale, initial_state=initial_state, tab=tab, saved=saved)
+    return chunk_backward(q, k, v, g, do.contiguous(), dht, scale=scale, initial_state=initial_state, tab=tab,
+                          saved=saved)
 
 
 def _input_grads(dq, dk, dv, dg, dh0, g, initial_state):
@@ -136,8 +134,8 @@ def _(q, k, v, g, initial_state, cu_seqlens, batch, scale, output_final_state):
     return torch.empty_like(v), ht
 
 
-@torch.library.custom_op("attnzoo::gla_chunk_bwd", mutates_args=())
-def gla_chunk_bwd(
+@torch.library.custom_op("attnzoo::gla_chunk_backward", mutates_args=())
+def gla_chunk_backward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],  # noqa: UP045
     initial_state: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor],  # noqa: UP045
     batch: int, scale: float, do: torch.Tensor, dht: Optional[torch.Tensor],  # noqa: UP045
@@ -147,7 +145,7 @@ def gla_chunk_bwd(
     return dq, dk, dv, (dg if dg is not None else empty()), (dh0 if dh0 is not None else empty())
 
 
-@gla_chunk_bwd.register_fake
+@gla_chunk_backward.register_fake
 def _(q, k, v, g, initial_state, cu_seqlens, batch, scale, do, dht):
     dg = torch.empty_like(g, dtype=torch.float32) if g is not None else q.new_empty(0, dtype=torch.float32)
     dh0 = torch.empty_like(initial_state) if initial_state is not None else q.new_empty(0, dtype=torch.float32)
@@ -164,7 +162,7 @@ def _backward(ctx, do, dht):
     q, k, v, g, initial_state, cu_seqlens = ctx.saved_tensors
     if dht is not None and dht.numel() == 0:
         dht = None
-    grads = gla_chunk_bwd(q, k, v, g, initial_state, cu_seqlens, ctx.batch, ctx.scale,
+    grads = gla_chunk_backward(q, k, v, g, initial_state, cu_seqlens, ctx.batch, ctx.scale,
                           do, dht.contiguous() if dht is not None else None)
     return _input_grads(*grads, g, initial_state)
 
@@ -209,7 +207,7 @@ class _EagerGlaChunk(torch.autograd.Function):
 
     @staticmethod
     def vmap(info, in_dims, q, k, v, g, initial_state, cu_seqlens, batch, scale, output_final_state, save):
-        from attnzoo.ops.linear.chunk_layout import fold_vmapped, unfold_vmapped
+        from attnzoo.ops.common.chunk_layout import fold_vmapped, unfold_vmapped
 
         G = info.batch_size
         if cu_seqlens is not None:
@@ -252,7 +250,7 @@ def triton_gated_linear_attention(
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (q, k, v, g, g_gamma, initial_state))
     if not needs_grad and T <= DECODE_MAX_T * (1 if cu is None else cu.shape[0] - 1):
-        from attnzoo.ops.linear.triton_recurrent import recurrent_gla_fwd
+        from attnzoo.ops.linear.triton.recurrent import recurrent_gla_fwd
 
         if cu is None:
             cu = torch.arange(B + 1, device=q.device, dtype=torch.int32) * T

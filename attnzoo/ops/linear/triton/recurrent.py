@@ -3,7 +3,7 @@
     S_t = diag(e^{g_t}) S_{t-1} + k_t v_tᵀ,     o_t = scale · q_tᵀ S_t
 
 One program per (sequence, head, V block) keeps S [K, BV] in float32 registers and walks the
-sequence's tokens; packed layout and cu_seqlens as in triton_cumsum.py. g is the per-step log
+sequence's tokens; packed layout and cu_seqlens as in cumsum.py. g is the per-step log
 gate (g_gamma already added), [N_tok, H] (GATE=1) or [N_tok, H, K] (GATE=2). Forward only: a
 call that needs gradients takes the chunked path. Cost per token is O(K·V) whatever the context
 length, since the context lives in S.

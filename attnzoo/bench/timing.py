@@ -1,0 +1,76 @@
+"""Timing of a callable for the benches and the scripts in benchmarks/: one place for the warm-up,
+the device synchronisation and the clocks.
+
+- `call_times(fn, repeats=..., warmup=..., device=..., clock=...)`: the seconds of each timed call;
+  on CUDA the device is synchronised before and after every call, so a call's time includes its
+  kernels; clock "wall" (perf_counter) or "cpu" (process_time: the CPU seconds of this process,
+  which on a shared CPU machine moves less with other jobs' load than the wall clock).
+- `interleaved_times(fns, ...)`: several candidates timed in turn within each repeat (a drift of
+  the machine's load is then shared by all of them), wall and CPU clock of every call.
+- `median`, `summary`: the statistics the results report.
+
+GPU kernels alone are timed with triton's do_bench (attnzoo.bench.speed.do_bench_ms).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def sync(device) -> None:
+    """Wait for the device's queued work (CUDA); a no-op on CPU."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def call_times(fn, *, repeats: int = 3, warmup: int = 1, device="cpu", clock: str = "wall") -> list[float]:
+    """Seconds of each of `repeats` calls of fn() after `warmup` untimed calls."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {tuple(CLOCKS)}, got {clock!r}")
+    now = CLOCKS[clock]
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = now()
+        fn()
+        sync(device)
+        times.append(now() - t0)
+    return times
+
+
+def interleaved_times(fns: dict, *, repeats: int = 3, warmup: int = 1, device="cpu") -> dict:
+    """{name: {"wall": [s, ...], "cpu": [s, ...]}}: each repeat calls every candidate once, in order."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    out = {k: {"wall": [], "cpu": []} for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            sync(device)
+            w0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            sync(device)
+            out[k]["cpu"].append(time.process_time() - c0)
+            out[k]["wall"].append(time.perf_counter() - w0)
+    return out
+
+
+def median(xs) -> float:
+    """The median (the mean of the two middle values for an even count)."""
+    return statistics.median(xs)
+
+
+def summary(times: dict) -> dict:
+    """interleaved_times' lists as {"wall_median_s", "wall_min_s", "cpu_median_s", "cpu_min_s"}."""
+    return {f"{c}_{s}_s": (median(v) if s == "median" else min(v)) for c, v in times.items() for s in ("median", "min")}
