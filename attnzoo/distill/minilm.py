@@ -145,18 +145,22 @@ def extend_positions(model, n: int):
 
 @torch.no_grad()
 def throughput(model, lengths, device, *, repeats: int = 1) -> dict:
-    """{T: tokens/s} of one forward over one sequence of T random tokens (after a warm-up)."""
+    """{T: tokens/s} of one forward over one sequence of T random tokens (after a warm-up).
+
+    On CPU the clock is the process CPU time (with one torch thread: single-core time, not inflated
+    when other jobs share the cores); on CUDA wall time after synchronising."""
     out = {}
     big = extend_positions(model, max(lengths)).eval()
+    clock = time.perf_counter if torch.device(device).type == "cuda" else time.process_time
     for T in lengths:
         x = torch.randint(1000, 20000, (1, T), device=device)
         big(input_ids=x)
         _sync(device)
-        t0 = time.perf_counter()
+        t0 = clock()
         for _ in range(repeats):
             big(input_ids=x)
         _sync(device)
-        out[str(T)] = T * repeats / (time.perf_counter() - t0)
+        out[str(T)] = T * repeats / (clock() - t0)
     return out
 
 
@@ -198,7 +202,9 @@ def run_minilm(students, size_name: str, out: str, *, device: str = "cpu", stage
     records = []
 
     def emit(rec):
-        rec.update(experiment="minilm", size=size_name, config=asdict(size), train_chunks=int(chunks.shape[0]))
+        rec.update(experiment="minilm", size=size_name, config=asdict(size), train_chunks=int(chunks.shape[0]),
+                   throughput_clock="wall (synchronised)" if torch.device(device).type == "cuda"
+                   else f"process CPU time, {torch.get_num_threads()} torch threads")
         records.append(rec)
         if write is not None:
             write(rec)
