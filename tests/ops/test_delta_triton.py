@@ -155,3 +155,21 @@ def test_custom_op_under_torch_compile():
     assert rel(out, eager) < 1e-6
     for a, b in zip(gc, ge):
         assert rel(a, b) < 1e-6
+
+
+def test_public_op_dispatch():
+    """delta_rule(impl="triton") reaches the kernels (cu_seqlens included) and equals impl="torch";
+    impl="auto" on CPU tensors takes the torch path; float64 is not a Triton dtype."""
+    from attnzoo.ops.delta import delta_rule
+
+    cu = torch.tensor([0, 7, 40])
+    q, k, v, beta, g, h0 = make(1, 40, "mixed", seed=9, n_state=2)
+    do, dS = torch.randn(1, 40, H, 16), torch.randn(2, H, 16, 16)
+    (o, S, gr), (o_t, S_t, gr_t) = [fwd_bwd(delta_rule, q, k, v, beta, g, h0, do, dS, cu_seqlens=cu, impl=impl)
+                                    for impl in ("triton", "torch")]
+    assert rel(o, o_t) < 1e-4 and rel(S, S_t) < 1e-4
+    for name, a, b in zip(NAMES, gr, gr_t):
+        assert rel(a, b) < 1e-4, (name, rel(a, b))
+    o_a, _ = delta_rule(q, k, v, beta, g, impl="auto")
+    assert rel(o_a, delta_rule(q, k, v, beta, g, impl="torch")[0]) == 0.0
+    assert not triton_supported(q.double(), k.double(), v.double())

@@ -9,17 +9,19 @@ float64 inputs); N = B, or the number of sequences packed by cu_seqlens [N + 1] 
 
     S_t = exp(g_t) (I - β_t k_t k_tᵀ) S_{t-1} + β_t k_t v_tᵀ,     o_t = scale · q_tᵀ S_t
 
-impl: "reference" (loop over time, reference.py), "torch" or "auto" (chunked WY form, chunk.py).
+impl: "reference" (loop over time, reference.py), "torch" (chunked WY form, chunk.py), "triton"
+(triton/: chunked kernels, a decode kernel for small T without gradients, a torch.library custom op
+under torch.compile), or "auto": Triton on CUDA where it takes the shape (K <= 128, V <= 256, q, k, v
+of one float dtype), else torch.
 """
 
 from __future__ import annotations
 
 from attnzoo.ops.common.checks import check_delta_inputs
 from attnzoo.ops.common.dispatch import op_override, resolve_impl
-from attnzoo.ops.common.precision import without_autocast
+from attnzoo.ops.common.precision import autocast_operands, without_autocast
 
 
-@without_autocast  # computes in float32 (the state) whatever the caller's autocast
 def delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
                impl="auto"):
     """The (gated) delta rule (DeltaNet: Yang et al. 2024, arXiv:2406.06484; Gated DeltaNet: Yang,
@@ -30,7 +32,7 @@ def delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None, output_
         g: [B, T, H] log gate (<= 0) or None (DeltaNet). scale: None means K ** -0.5.
         initial_state: [N, H, K, V] or None (zeros). output_final_state: return the last state.
         cu_seqlens: int [N + 1] packing N sequences into T (B == 1), or None.
-        impl: "auto" | "reference" | "torch".
+        impl: "auto" | "reference" | "torch" | "triton".
     Returns:
         (o [B, T, H, V] in q's dtype, final_state [N, H, K, V] float32 (float64) or None).
 
@@ -46,6 +48,13 @@ def delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None, output_
         >>> torch.allclose(torch.cat([o1, o2], 1), o, atol=1e-5)  # a state continues where a call stopped
         True
     """
+    q, k, v = autocast_operands(q, k, v)  # under autocast: one dtype, the region's (the kernels take one)
+    return _delta_rule(q, k, v, beta, g, scale=scale, initial_state=initial_state,
+                       output_final_state=output_final_state, cu_seqlens=cu_seqlens, impl=impl)
+
+
+@without_autocast  # computes in float32 (the state) whatever the caller's autocast
+def _delta_rule(q, k, v, beta, g, *, scale, initial_state, output_final_state, cu_seqlens, impl):
     check_delta_inputs(q, k, v, beta, g, initial_state, cu_seqlens=cu_seqlens)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     override = op_override("delta_rule")  # e.g. attnzoo.parallel.sequence_parallel
@@ -54,12 +63,14 @@ def delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None, output_
             raise ValueError("cu_seqlens is not supported under sequence parallelism (shard whole sequences)")
         return override(q, k, v, beta, g, scale=scale, initial_state=initial_state,
                         output_final_state=output_final_state, impl=impl)
-    impl = resolve_impl(impl, q, triton_supported=False)
+    from attnzoo.ops.delta.triton.api import triton_supported
+
+    impl = resolve_impl(impl, q, triton_supported=triton_supported(q, k, v))
     if impl == "reference":
         from attnzoo.ops.delta.reference import delta_rule_reference as fn
     elif impl == "torch":
         from attnzoo.ops.delta.chunk import chunk_delta_rule as fn
     else:
-        raise ValueError('delta_rule has no Triton kernel yet; use impl="torch" or "reference"')
+        from attnzoo.ops.delta.triton.api import triton_delta_rule as fn
     return fn(q, k, v, beta, g, scale=scale, initial_state=initial_state, output_final_state=output_final_state,
               cu_seqlens=cu_seqlens)
