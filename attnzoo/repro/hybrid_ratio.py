@@ -20,6 +20,9 @@ Verdict rules, fixed before any run ("hard" = the many-pairs MQAR test set):
    itself stays below 0.5 hard recall the claim is untestable at this size: not reproduced, said so.
 4. The best standalone linear model is not the best in a hybrid: argmax over variants of pure hard
    recall differs from argmax of 3:1 hard recall (needs >= 2 variants). reproduced if they differ, else not.
+Rules 2 and 4 are untestable (not reproduced, said so) when the all-softmax stack stays below 0.5 hard
+recall, as rule 3 is: recalls at chance make the jump and the argmax noise. (Added after the CPU medium
+run, 82 steps per model, every linear stack at 0.016-0.018 hard recall; it can only lower a verdict.)
 
 Every run gets the same number of steps: one training step of each model is timed first and the count is
 what fits the size's `budget_seconds` for all runs together (capped at `steps`; on CUDA `cuda_workers`
@@ -188,10 +191,12 @@ def claims(p, res, size):
     before = [r for r in ("pure", "7:1") if r in ratios]
     jumps = {v: hard[(v, "3:1")] - max(hard[(v, r)] for r in before) for v in variants}
     n_jump = sum(j >= 0.10 for j in jumps.values())
+    untrained = "; untestable: the all-softmax stack did not learn MQAR (< 0.5)" if sm < 0.5 else ""
     c2 = Claim(CLAIMS[1], "recall rises sharply at 3:1 and below",
                ", ".join(f"{v} {hard[(v, before[0])]:.2f}->{hard[(v, '3:1')]:.2f}" for v in variants)
                + f" (hard, {'/'.join(before)} -> 3:1)",
-               verdict(n_jump == len(variants), n_jump >= 1), cond + "; rule: +0.10 hard recall at 3:1")
+               verdict(n_jump == len(variants) and not untrained, n_jump >= 1 and not untrained),
+               cond + "; rule: +0.10 hard recall at 3:1" + untrained)
 
     strong = [v for v in ("gated_deltanet", "hgrn2") if v in variants]
     ok = [v for v in strong if hard[(v, "3:1")] >= 0.9 * sm]
@@ -199,9 +204,8 @@ def claims(p, res, size):
     if not strong:
         c3 = Claim(CLAIMS[2], "Transformer-level recall at 3:1-6:1", f"softmax {sm:.2f}", "not reproduced",
                    cond + "; neither gated_deltanet nor hgrn2 run at this size")
-    elif sm < 0.5:
-        c3 = Claim(CLAIMS[2], "Transformer-level recall at 3:1-6:1", ours, "not reproduced",
-                   cond + "; untestable: the all-softmax stack did not learn MQAR (< 0.5)")
+    elif untrained:
+        c3 = Claim(CLAIMS[2], "Transformer-level recall at 3:1-6:1", ours, "not reproduced", cond + untrained)
     else:
         c3 = Claim(CLAIMS[2], "Transformer-level recall at 3:1-6:1", ours,
                    verdict(len(ok) == len(strong), len(ok) >= 1), cond + "; rule: >= 0.9 x softmax")
@@ -209,7 +213,8 @@ def claims(p, res, size):
     best_pure = max(variants, key=lambda v: hard[(v, "pure")])
     best_hyb = max(variants, key=lambda v: hard[(v, "3:1")])
     c4 = Claim(CLAIMS[3], "best standalone != best hybrid", f"best pure {best_pure}, best 3:1 {best_hyb}",
-               verdict(len(variants) > 1 and best_pure != best_hyb), cond + "; hard MQAR recall")
+               verdict(len(variants) > 1 and best_pure != best_hyb and not untrained),
+               cond + "; hard MQAR recall" + untrained)
     return [c1, c2, c3, c4]
 
 

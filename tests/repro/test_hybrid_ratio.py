@@ -46,9 +46,20 @@ def test_rules_not_reproduced_and_untestable_baseline():
     assert c[0].verdict == "partly"                       # one of two variants flat
     c = hr.claims({**P, "unigram_bits": 3.2}, _res(hard, bpb), "medium")
     assert c[0].verdict == "not reproduced" and "untestable" in c[0].conditions   # softmax 3.0 > 3.2 - 0.5
-    assert c[1].verdict == "not reproduced"
+    assert c[1].verdict == "not reproduced" and "untestable" in c[1].conditions
     assert c[2].verdict == "not reproduced" and "untestable" in c[2].conditions
     assert c[3].verdict == "not reproduced"               # gla best in both (ties go to the first)
+
+
+def test_jump_and_argmax_rules_untestable_when_softmax_did_not_learn_mqar():
+    hard = {(v, r): x for v, xs in (("gla", (0.1, 0.6, 0.7)), ("gated_deltanet", (0.2, 0.5, 0.7)))
+            for r, x in zip(("pure", "3:1", "1:1"), xs)}
+    learned = hr.claims(P, _res({**hard, ("softmax", "softmax"): 0.6}, {}), "medium")
+    assert [learned[1].verdict, learned[3].verdict] == ["reproduced", "reproduced"]
+    assert not any("untestable" in c.conditions for c in learned)
+    chance = hr.claims(P, _res({**hard, ("softmax", "softmax"): 0.4}, {}), "medium")
+    for c in (chance[1], chance[2], chance[3]):
+        assert c.verdict == "not reproduced" and "untestable" in c.conditions
 
 
 def test_quick_smoke(tmp_path):
