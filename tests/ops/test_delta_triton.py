@@ -173,3 +173,37 @@ def test_public_op_dispatch():
     o_a, _ = delta_rule(q, k, v, beta, g, impl="auto")
     assert rel(o_a, delta_rule(q, k, v, beta, g, impl="torch")[0]) == 0.0
     assert not triton_supported(q.double(), k.double(), v.double())
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_vmap_rule_folds_members_into_the_batch(packed):
+    """Under torch.func.vmap (attnzoo.train.group) the Triton pass folds the vmapped dim into the
+    batch (packed: into the tokens, cu_seqlens repeated); outputs, states and gradients equal one
+    call per member; beta is shared by every member (unbatched)."""
+    from torch.func import vmap
+
+    G, T = 2, 40
+    cu = torch.tensor([0, 15, 40]) if packed else None
+    n = 2 if packed else 1
+    q, k, v, beta, g, h0 = (torch.stack(x) for x in zip(*[make(1, T, "mixed", seed=20 + i, n_state=n)
+                                                           for i in range(G)]))
+    beta = beta[0]
+    ins = [t.clone().requires_grad_(True) for t in (q, k, v, beta, g, h0)]
+
+    def one(q, k, v, beta, g, h0):
+        return triton_delta_rule(q, k, v, beta, g, scale=0.3, initial_state=h0, output_final_state=True,
+                                 cu_seqlens=cu)
+
+    o, S = vmap(one, in_dims=(0, 0, 0, None, 0, 0))(*ins)
+    gv = torch.autograd.grad((o * o).sum() + S.sum(), ins)
+    dbeta = torch.zeros_like(beta)
+    for i in range(G):
+        xs = [t.detach().clone().requires_grad_(True) for t in (q[i], k[i], v[i], beta, g[i], h0[i])]
+        o_i, S_i = one(*xs)
+        assert rel(o[i], o_i) < 1e-6 and rel(S[i], S_i) < 1e-6
+        gi = torch.autograd.grad((o_i * o_i).sum() + S_i.sum(), xs)
+        for j, (a, b) in enumerate(zip(gv, gi)):
+            if j != 3:  # beta is shared: its gradient sums over the members
+                assert rel(a[i], b) < 1e-5, (i, j)
+        dbeta += gi[3]
+    assert rel(gv[3], dbeta) < 1e-5
