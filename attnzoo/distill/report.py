@@ -137,3 +137,80 @@ def plot_losses(records: list[dict], path: str):
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_byte_lm(records: list[dict], path: str):
+    """quality.png: val bpb of teacher / stage 1 / stage 1+2 / scratch per pattern, and passkey accuracy
+    against the evaluation length (multiples of the distillation length) per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    teacher = next((r for r in records if r["model"] == "teacher"), None)
+    patterns = list(dict.fromkeys(r["pattern"] for r in records if r["model"] != "teacher"))
+    if teacher is None or not patterns:
+        return None
+    kinds = [("stage1_only", "stage 1"), ("linearized", "stage 1+2"), ("scratch", "scratch, same tokens")]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4))
+    width = 0.8 / len(kinds)
+    for j, (kind, label) in enumerate(kinds):
+        vals = [next((r["bpb"] for r in records if r["model"] == kind and r["pattern"] == p), float("nan"))
+                for p in patterns]
+        ax.bar([i + (j - 1) * width for i in range(len(patterns))], vals, width, label=label)
+    ax.axhline(teacher["bpb"], color="k", ls="--", lw=1, label="softmax teacher")
+    ax.set_xticks(range(len(patterns)), patterns, fontsize=8)
+    ax.set_ylabel("validation bits per byte (lower is better)")
+    ax.legend(fontsize=7)
+    lengths = sorted(teacher["passkey"], key=lambda k: int(k[:-1]))
+    xs = [int(k[:-1]) for k in lengths]
+    bx.plot(xs, [teacher["passkey"][k] for k in lengths], "k--o", label="softmax teacher")
+    for p in patterns:
+        r = next((r for r in records if r["model"] == "linearized" and r["pattern"] == p), None)
+        if r is not None:
+            bx.plot(xs, [r["passkey"].get(k, float("nan")) for k in lengths], "-o", label=f"{p} (stage 1+2)")
+    bx.axhline(0.1, color="grey", lw=0.8, ls=":", label="chance (1 digit in 10)")
+    bx.set_xscale("log", base=2)
+    bx.set_xticks(xs, [f"{x}x" for x in xs])
+    bx.set_xlabel("passkey prompt length / distillation length")
+    bx.set_ylabel("passkey digit accuracy")
+    bx.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_minilm(records: list[dict], path: str):
+    """quality.png: cosine / top-1 / top-5 per student, and encoder tokens/s against length."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    students = [r for r in records if r["model"] == "linearized"]
+    if not students:
+        return None
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4))
+    metrics = ("cosine", "top1", "top5")
+    width = 0.8 / len(metrics)
+    for j, m in enumerate(metrics):
+        ax.bar([i + (j - 1) * width for i in range(len(students))], [r[m] for r in students], width, label=m)
+    ax.set_xticks(range(len(students)), [r["student"] for r in students], fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("agreement with the teacher (held-out text)")
+    ax.legend(fontsize=7)
+    for r in records:
+        tp = r.get("throughput") or {}
+        ks = sorted(tp, key=int)
+        style = "k--o" if r["model"] == "teacher" else "-o"
+        bx.plot([int(k) for k in ks], [tp[k] for k in ks], style, label=r.get("student", r["model"]))
+    bx.set_xscale("log", base=2)
+    bx.set_yscale("log")
+    bx.set_xlabel("tokens (one sequence)")
+    bx.set_ylabel("encoder tokens/s")
+    bx.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -4,7 +4,8 @@
     attnzoo linearize --teacher minilm --student lawcat,gla,gated_deltanet --size cpu --out DIR
 
 Writes DIR/results.jsonl (one record per model, appended as each finishes), DIR/summary.md (the
-table, with the machine line) and DIR/loss.png (training loss per stage); checkpoints of every
+table, with the machine line), DIR/loss.png (training loss per stage) and DIR/quality.png (bpb and
+passkey vs length, or embedding agreement and throughput vs length); checkpoints of every
 stage under DIR/<student>/ make a second run of the same command resume where the first stopped.
 """
 
@@ -16,7 +17,8 @@ import time
 import torch
 
 from attnzoo.distill.report import (
-    LinearizeProgress, append_jsonl, byte_lm_rows, markdown, minilm_rows, plot_losses, print_table, read_jsonl,
+    LinearizeProgress, append_jsonl, byte_lm_rows, markdown, minilm_rows, plot_byte_lm, plot_losses, plot_minilm,
+    print_table, read_jsonl,
 )
 
 TEACHERS = ("byte-lm", "minilm")
@@ -64,9 +66,25 @@ def linearize(*, teacher: str, students: list[str], stage: str = "both", size: s
             head, rows = minilm_rows(records)
     title = f"linearize {teacher} ({size}, {machine}, {time.time() - started:.0f} s)"
     print_table(head, rows, title)
+    write_reports(records, out, teacher=teacher, title=title)
+    return records
+
+
+def write_reports(records: list[dict], out: str, *, teacher: str, title: str):
+    """summary.md, loss.png and quality.png of `records` in folder `out`."""
+    head, rows = byte_lm_rows(records) if teacher == "byte-lm" else minilm_rows(records)
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write(f"# {title}\n\n{markdown(head, rows)}\n")
     plot_losses(records, os.path.join(out, "loss.png"))
+    (plot_byte_lm if teacher == "byte-lm" else plot_minilm)(records, os.path.join(out, "quality.png"))
+
+
+def rebuild_reports(out: str, *, teacher: str, title: str):
+    """Rewrite the reports of a finished run from its results.jsonl (e.g. after a report change)."""
+    records = read_jsonl(os.path.join(out, "results.jsonl"))
+    if not records:
+        raise ValueError(f"no records in {out}/results.jsonl")
+    write_reports(records, out, teacher=teacher, title=title)
     return records
 
 
@@ -79,4 +97,4 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-__all__ = ["linearize", "read_jsonl"]
+__all__ = ["linearize", "read_jsonl", "rebuild_reports"]
