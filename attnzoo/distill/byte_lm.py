@@ -60,7 +60,7 @@ BYTE_SIZES = {
     # the first CPU run: a short teacher, 50 + 50 distillation steps (1.7% + 1.7% of its tokens)
     "cpu-short": ByteLMSize(d_model=64, n_layers=4, n_heads=4, seq_len=128, teacher_steps=1500, batch_size=16,
                             stage1_steps=50, stage2_steps=50, stage_batch=8, passkey_share=0.375),
-    "cpu": ByteLMSize(d_model=64, n_layers=4, n_heads=4, seq_len=128, teacher_steps=4000, batch_size=16,
+    "cpu": ByteLMSize(d_model=64, n_layers=4, n_heads=4, seq_len=128, teacher_steps=3000, batch_size=16,
                       stage1_steps=200, stage2_steps=200, stage_batch=8, passkey_share=0.375),
     "gpu": ByteLMSize(d_model=256, n_layers=6, n_heads=4, seq_len=512, teacher_steps=4000, batch_size=32,
                       stage1_steps=300, stage2_steps=300, corpus_bytes=8_000_000, val_windows=256,
