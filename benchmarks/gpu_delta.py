@@ -13,9 +13,11 @@ compare; varlen (cu_seqlens) against sequences one by one; the decode kernel; to
 (b) Times (triton.testing.do_bench medians after warm-up) of fwd and fwd+bwd at T = 1k..32k with
 B·T = 16k tokens: ours, the torch chunked path and fla (its Hopper guard lifted for timing, as in
 attnzoo.bench.speed), with peak memory of one fwd+bwd; decode of one token at batch 64 (state given)
-against fla's fused_recurrent_gated_delta_rule. Every case runs in its own try/except; results are
-written to OUT_DIR/gpu_delta.json (with the machine line) after every case; a table closes the run. A
-time budget (--budget seconds, default 300) skips whatever is left once spent.
+against fla's fused_recurrent_gated_delta_rule; whole deltanet / gated_deltanet layers fwd+bwd at
+d_model = H·D = 2048 (impl triton and torch, and fla.layers' DeltaNet / GatedDeltaNet of the same
+widths where importable; fla's layers differ in details such as output gates). Every case runs in
+its own try/except; results are written to OUT_DIR/gpu_delta.json (with the machine line) after
+every case; a table closes the run. A time budget (--budget seconds, default 300) skips whatever is left once spent.
 """
 
 from __future__ import annotations
@@ -224,6 +226,55 @@ def timing(T, gate):
     return out
 
 
+def fla_layer(name, d_model):
+    if SMOKE:
+        return None
+    try:
+        from fla.layers import DeltaNet, GatedDeltaNet
+    except Exception:
+        return None
+    if name == "gated_deltanet":
+        return GatedDeltaNet(hidden_size=d_model, expand_v=1, head_dim=D, num_heads=d_model // D, mode="chunk")
+    return DeltaNet(hidden_size=d_model, num_heads=d_model // D, mode="chunk")
+
+
+def timing_mixer(name):
+    """A whole layer fwd+bwd (inputs and weights), bf16, d_model = H·D, B·T = 16k: ours with
+    impl="triton" and "torch", and fla's layer of the same widths where importable; the Triton
+    layer's output against the torch one (same weights)."""
+    import attnzoo
+
+    d_model, T = H * D, (64 if SMOKE else 4096)
+    B = max(1, TOKENS // T)
+    x = torch.randn(B, T, d_model, device=DEV, dtype=DT, requires_grad=True)
+    dy = torch.randn_like(x)
+    out = {"B": B, "T": T, "d_model": d_model}
+    torch.manual_seed(0)
+    m = attnzoo.build(name, d_model=d_model, n_heads=H).to(DEV, DT)
+    layers = {"ours": m}
+    fl = fla_layer(name, d_model)
+    if fl is not None:
+        layers["fla"] = fl.to(DEV, DT)
+    with torch.no_grad():
+        m.impl = "torch"
+        y_t = m(x)
+        m.impl = "triton"
+        out["ours_triton_vs_torch_rel"] = rel(m(x), y_t)
+    for impl in ("triton", "torch", "fla"):
+        if impl == "fla" and "fla" not in layers:
+            continue
+        layer = layers["fla" if impl == "fla" else "ours"]
+        if impl != "fla":
+            layer.impl = impl
+        params = [p for p in layer.parameters() if p.requires_grad]
+        first = lambda y: y[0] if isinstance(y, tuple) else y  # noqa: E731 (fla layers return a tuple)
+        try:
+            out[f"{impl}_fwdbwd_ms"] = bench_ms(lambda: torch.autograd.grad(first(layer(x)), [x, *params], dy))
+        except Exception as e:
+            out[f"{impl}_error"] = f"{type(e).__name__}: {str(e)[:200]}"
+    return out
+
+
 def timing_decode():
     B = 4 if SMOKE else 64
     q, k, v, beta, g, h0 = inputs(B, 1, "weak", seed=7)
@@ -282,6 +333,13 @@ def table():
     for r in RECORDS:
         if r["case"] == "time decode":
             print(f"\ndecode B={r.get('B')}: ours {fmt(r.get('ours_ms'))} ms, fla {fmt(r.get('fla_ms'))} ms")
+    for r in RECORDS:
+        if r["case"].startswith("mixer ") and "T" in r:
+            o, f = r.get("triton_fwdbwd_ms"), r.get("fla_fwdbwd_ms")
+            print(f"{r['case']} d_model={r['d_model']} B={r['B']} T={r['T']} fwd+bwd: triton {fmt(o)} ms, torch "
+                  f"{fmt(r.get('torch_fwdbwd_ms'))} ms, fla {fmt(f)} ms (fla / ours "
+                  f"{fmt(f / o if o and f else None)}); "
+                  f"triton vs torch output {fmt(r.get('ours_triton_vs_torch_rel'))}")
     print("errors:", [r["case"] for r in RECORDS if "error" in r] or "none",
           "| skipped:", [r["case"] for r in RECORDS if "skipped" in r] or "none")
 
@@ -314,6 +372,8 @@ def main():
         for gate in ("strong", None):
             case(f"time T={T} {gate}", lambda: timing(T, gate), a.out, a.budget)
     case("time decode", timing_decode, a.out, a.budget)
+    for name in ("gated_deltanet", "deltanet"):
+        case(f"mixer {name}", lambda: timing_mixer(name), a.out, a.budget)
     table()
 
 
