@@ -12,11 +12,11 @@ from attnzoo.distill.lora import LoRALinear, apply_lora, merge_lora
 from attnzoo.distill.losses import (
     DistillWeights, attention_map_kl, attention_transfer, combined_loss, hidden_mse, logit_kd,
 )
-from attnzoo.distill.stages import AttentionTransferLoss, StageConfig, train_stage
+from attnzoo.distill.stages import AttentionTransferLoss, StageConfig, freeze_except, lm_finetune_loss, train_stage
 from attnzoo.distill.swap import copy_projections, linearize_encoder, linearize_lm
 
 __all__ = [
     "AttentionTransferLoss", "DistillWeights", "LoRALinear", "StageConfig", "apply_lora", "attention_map_kl",
-    "attention_transfer", "combined_loss", "copy_projections", "hidden_mse", "linearize_encoder", "linearize_lm",
-    "logit_kd", "merge_lora", "train_stage",
+    "attention_transfer", "combined_loss", "copy_projections", "freeze_except", "hidden_mse", "linearize_encoder",
+    "linearize_lm", "lm_finetune_loss", "logit_kd", "merge_lora", "train_stage",
 ]
