@@ -43,7 +43,7 @@ def test_based_without_own_parameters_trains_its_feature_projections():
     assert new == {f"blocks.{i}.mixer.{p}.weight" for i in range(2) for p in ("q_proj", "k_proj")}
 
 
-@pytest.mark.parametrize("name", ["lawcat", "gla*1+softmax"])
+@pytest.mark.parametrize("name", ["lawcat", "gated_deltanet", "based", "gla*1+softmax"])
 def test_student_keeps_the_contract(name):
     """Causality and state continuation after conversion; save/load round trip."""
     student, _ = linearize_lm(_teacher(), name)
