@@ -15,7 +15,8 @@ B·T = 16k tokens: ours, the torch chunked path and fla (its Hopper guard lifted
 attnzoo.bench.speed), with peak memory of one fwd+bwd; decode of one token at batch 64 (state given)
 against fla's fused_recurrent_gated_delta_rule; whole deltanet / gated_deltanet layers fwd+bwd at
 d_model = H·D = 2048 (impl triton and torch, and fla.layers' DeltaNet / GatedDeltaNet of the same
-widths where importable; fla's layers differ in details such as output gates). Every case runs in
+widths where importable; fla's layers differ in details such as output gates); (c) fwd and fwd+bwd
+of ours under other launch options (chunk.TUNE) at T = 16k and 2k, strong gates. Every case runs in
 its own try/except; results are written to OUT_DIR/gpu_delta.json (with the machine line) after
 every case; a table closes the run. A time budget (--budget seconds, default 300) skips whatever is left once spent.
 """
@@ -275,6 +276,39 @@ def timing_mixer(name):
     return out
 
 
+TUNES = ({}, {"state_bv": 16, "state_min_programs": 0}, {"state_bv": 32, "state_min_programs": 0},
+         {"state_bv": 64, "state_min_programs": 0}, {"state_stages": 2}, {"state_warps": 8}, {"bwd_warps": 4},
+         {"wy_warps": 8}, {"dqk_bk": 32})
+
+
+def tuning(T, gate):
+    """fwd and fwd+bwd of ours under other launch options (ops/delta/triton/chunk.TUNE), each on top
+    of the defaults (the first entry)."""
+    from attnzoo.ops.delta.triton import chunk as delta_chunk
+
+    B = max(1, TOKENS // T)
+    ins = inputs(B, T, gate, seed=8)
+    do = torch.randn(B, T, H, D, device=DEV, dtype=DT)
+    xs = [t.detach().clone().requires_grad_(True) if t is not None else None for t in ins[:5]]
+    base = dict(delta_chunk.TUNE)
+    out = {"B": B, "T": T, "gate": gate, "defaults": base, "variants": []}
+    for change in TUNES:
+        delta_chunk.TUNE.update(change)
+        rec = {"change": change}
+        try:
+            with torch.no_grad():
+                rec["fwd_ms"] = bench_ms(lambda: ours(*ins[:5], scale=D ** -0.5))
+            rec["fwdbwd_ms"] = bench_ms(lambda: torch.autograd.grad(
+                ours(*xs, scale=D ** -0.5)[0], [x for x in xs if x is not None], do))
+        except Exception as e:
+            rec["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+        finally:
+            delta_chunk.TUNE.clear()
+            delta_chunk.TUNE.update(base)
+        out["variants"].append(rec)
+    return out
+
+
 def timing_decode():
     B = 4 if SMOKE else 64
     q, k, v, beta, g, h0 = inputs(B, 1, "weak", seed=7)
@@ -340,6 +374,11 @@ def table():
                   f"{fmt(r.get('torch_fwdbwd_ms'))} ms, fla {fmt(f)} ms (fla / ours "
                   f"{fmt(f / o if o and f else None)}); "
                   f"triton vs torch output {fmt(r.get('ours_triton_vs_torch_rel'))}")
+    for r in RECORDS:
+        if r["case"].startswith("tune ") and "variants" in r:
+            print(f"{r['case']} B={r['B']}: " + "; ".join(
+                f"{v['change'] or 'defaults'} {fmt(v.get('fwd_ms'))} / {fmt(v.get('fwdbwd_ms'))} ms"
+                for v in r["variants"]))
     print("errors:", [r["case"] for r in RECORDS if "error" in r] or "none",
           "| skipped:", [r["case"] for r in RECORDS if "skipped" in r] or "none")
 
@@ -374,6 +413,8 @@ def main():
     case("time decode", timing_decode, a.out, a.budget)
     for name in ("gated_deltanet", "deltanet"):
         case(f"mixer {name}", lambda: timing_mixer(name), a.out, a.budget)
+    for T in ((64,) if SMOKE else (16384, 2048)):
+        case(f"tune T={T} strong", lambda: tuning(T, "strong"), a.out, a.budget)
     table()
 
 

@@ -25,8 +25,13 @@ from attnzoo.ops.linear.triton.output import chunk_output_kernel
 
 BT = 64  # chunk length (the same as the GLA kernels': make_tables counts chunks of this size)
 
-# Launch options, a dict so a GPU script can time others in one process.
-TUNE = dict(state_bv=32, state_warps=4, wy_warps=4, bwd_warps=8, dqk_bk=64, out_warps=4)
+# Launch options, a dict so that benchmarks/gpu_delta.py can time others in one process (each
+# config compiles once). Not tuned on a GPU yet: the values are first guesses. The state passes walk
+# a sequence's chunks one after the other with one program per (V block, sequence, head), so few
+# long sequences leave SMs idle: below state_min_programs programs the V block shrinks to
+# state_bv_few (each V block reloads the chunk's K and W tiles, so smaller blocks cost bandwidth).
+TUNE = dict(state_bv=32, state_bv_few=16, state_min_programs=256, state_warps=4, state_stages=3, wy_warps=4,
+            bwd_warps=8, dqk_bk=64, out_warps=4)
 
 
 def _bk(K):
@@ -37,6 +42,14 @@ def _bk(K):
 
 def _bv(V, cap):
     return min(cap, max(16, triton.next_power_of_2(V)))
+
+
+def _state_launch(V, n_seqs, H):
+    """(BV, grid, launch options) of the state passes."""
+    BV = _bv(V, TUNE["state_bv"])
+    if triton.cdiv(V, BV) * n_seqs * H < TUNE["state_min_programs"]:
+        BV = _bv(V, TUNE["state_bv_few"])
+    return BV, (triton.cdiv(V, BV), n_seqs * H), dict(num_warps=TUNE["state_warps"], num_stages=TUNE["state_stages"])
 
 
 def _state_dtype(x):
@@ -60,12 +73,12 @@ def chunk_forward(q, k, v, beta, g, *, scale, initial_state, output_final_state,
     h = k.new_empty(tab.n_chunks, H, K, V, dtype=_state_dtype(k))
     v_new = torch.empty_like(v)
     ht = k.new_empty(tab.n_seqs, H, K, V, dtype=torch.float32) if output_final_state else None
-    BVs = _bv(V, TUNE["state_bv"])
-    delta_state_fwd_kernel[(triton.cdiv(V, BVs), tab.n_seqs * H)](
+    BVs, grid, opts = _state_launch(V, tab.n_seqs, H)
+    delta_state_fwd_kernel[grid](
         k, w, u, b if b is not None else k, h, v_new, initial_state if initial_state is not None else k,
         ht if ht is not None else k, tab.cu_seqlens, tab.chunk_offsets,
         H=H, K=K, V=V, BT=BT, BK=BK, BV=BVs, GATE=gate, HAS_H0=initial_state is not None,
-        STORE_HT=output_final_state, num_warps=TUNE["state_warps"],
+        STORE_HT=output_final_state, **opts,
     )
     o = torch.empty_like(v)
     BKo, BVo = min(64, BK), _bv(V, 64)
@@ -93,12 +106,12 @@ def chunk_backward(q, k, v, beta, g, do, dht, *, scale, initial_state, tab, save
     dh = torch.empty_like(h)
     dv_new = v.new_empty(v.shape, dtype=torch.float32)
     dh0 = q.new_empty(tab.n_seqs, H, K, V, dtype=torch.float32) if initial_state is not None else None
-    BVs = _bv(V, TUNE["state_bv"])
-    delta_state_bwd_kernel[(triton.cdiv(V, BVs), tab.n_seqs * H)](
+    BVs, grid, opts = _state_launch(V, tab.n_seqs, H)
+    delta_state_bwd_kernel[grid](
         q, k, w, b if b is not None else q, do, dh, dv_new, dht if dht is not None else q,
         dh0 if dh0 is not None else q, tab.cu_seqlens, tab.chunk_offsets, scale,
         H=H, K=K, V=V, BT=BT, BK=BK, BV=BVs, GATE=gate, HAS_DHT=dht is not None, STORE_DH0=dh0 is not None,
-        num_warps=TUNE["state_warps"],
+        **opts,
     )
     dv = torch.empty_like(v)
     dk_wy = k.new_empty(k.shape, dtype=torch.float32)
