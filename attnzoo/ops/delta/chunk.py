@@ -51,6 +51,7 @@ import torch
 from attnzoo.ops.common.checks import check_chunk_size, check_delta_inputs
 from attnzoo.ops.common.chunk_layout import from_chunks, segmented_scan, segments, to_chunks
 from attnzoo.ops.common.gate_sums import pairwise_decay, pairwise_decay_grad, prefix_excl, revcumsum, suffix_excl
+from attnzoo.ops.common.opaque import compiling
 from attnzoo.ops.common.precision import compute_dtype
 from attnzoo.ops.common.varlen import run_per_sequence
 
@@ -200,6 +201,12 @@ def chunk_delta_rule(
     ct = compute_dtype(q, k, v, beta, g, initial_state)
     dev = q.device
     scale = K ** -0.5 if scale is None else scale
+    if compiling():  # torch.compile: one opaque custom op (ops/common/opaque.py), the same computation
+        from attnzoo.ops.delta.chunk_op import compiled_chunk_delta_rule
+
+        return compiled_chunk_delta_rule(q, k, v, beta, g, scale=scale, initial_state=initial_state,
+                                         output_final_state=output_final_state, cu_seqlens=cu_seqlens,
+                                         chunk_size=chunk_size)
     if cu_seqlens is not None:  # packed sequences, one after the other
         return run_per_sequence(
             chunk_delta_rule, cu_seqlens, (q, k, v, beta, g), initial_state=initial_state,

@@ -55,6 +55,7 @@ import torch
 from attnzoo.ops.common.checks import check_chunk_size, check_gla_inputs
 from attnzoo.ops.common.chunk_layout import from_chunks, segmented_scan, segments, to_chunks
 from attnzoo.ops.common.gate_sums import add_prefix_excl_, add_revcumsum_, suffix_excl
+from attnzoo.ops.common.opaque import compiling
 from attnzoo.ops.common.precision import compute_dtype
 from attnzoo.ops.common.varlen import run_per_sequence
 from attnzoo.ops.linear.chunk_factored import factored_backward, factored_forward
@@ -210,6 +211,11 @@ def chunk_gated_linear_attention(
     T = q.shape[1]
     ct = compute_dtype(q, k, v, g, initial_state)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if compiling():  # torch.compile: one opaque custom op (ops/common/opaque.py), the same computation
+        from attnzoo.ops.linear.chunk_op import compiled_chunk_gla
+
+        return compiled_chunk_gla(q, k, v, g, g_gamma=g_gamma, scale=scale, initial_state=initial_state,
+                                  output_final_state=output_final_state, cu_seqlens=cu_seqlens, chunk_size=chunk_size)
     if cu_seqlens is not None:
         H, K, V = q.shape[2], q.shape[3], v.shape[-1]
         return run_per_sequence(
