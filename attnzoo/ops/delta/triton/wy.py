@@ -29,6 +29,7 @@ from attnzoo.ops.linear.triton.state import chunk_rows
 
 
 DOT = tl.constexpr("ieee")  # precision of the inverse's float32 products
+BC = tl.constexpr(16)  # rows of the inverse's blocks (a chunk is 4 of them)
 
 
 @triton.jit
@@ -104,8 +105,7 @@ def delta_wy_fwd_kernel(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     GATE: tl.constexpr,
 ):
-    tl.static_assert(BT == 64)
-    BC: tl.constexpr = 16
+    tl.static_assert(BT == 4 * BC)
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     bos, eos, t0 = chunk_rows(cu_seqlens, chunk_seq, chunk_idx, i_c, BT)
     k0, b0, g0, m0, kb0 = _rows(k, beta, b, t0, eos, i_h, 0, H, K, BC, BK, GATE)
