@@ -201,12 +201,11 @@ def chunk_delta_rule(
     ct = compute_dtype(q, k, v, beta, g, initial_state)
     dev = q.device
     scale = K ** -0.5 if scale is None else scale
-    if compiling():  # torch.compile: one opaque custom op (ops/common/opaque.py), the same computation
-        from attnzoo.ops.delta.chunk_op import compiled_chunk_delta_rule
-
-        return compiled_chunk_delta_rule(q, k, v, beta, g, scale=scale, initial_state=initial_state,
-                                         output_final_state=output_final_state, cu_seqlens=cu_seqlens,
-                                         chunk_size=chunk_size)
+    if compiling():  # torch.compile: one opaque custom op, the same computation (chunk_op.py, registered by
+        # the package's __init__; ops/common/opaque.py says why)
+        o, S = torch.ops.attnzoo.delta_chunk_torch(q, k, v, beta, g, initial_state, cu_seqlens, float(scale),
+                                                   bool(output_final_state), int(chunk_size))
+        return o, (S if output_final_state else None)
     if cu_seqlens is not None:  # packed sequences, one after the other
         return run_per_sequence(
             chunk_delta_rule, cu_seqlens, (q, k, v, beta, g), initial_state=initial_state,

@@ -1,10 +1,11 @@
 """The chunked torch delta rule (chunk.py) as the custom op `attnzoo::delta_chunk_torch`, which
 chunk_delta_rule runs under torch.compile (ops/common/opaque.py says why).
 
-    o, S = compiled_chunk_delta_rule(q, k, v, beta, g, scale=..., initial_state=..., output_final_state=...,
-                                     cu_seqlens=..., chunk_size=...)
+    o, S = torch.ops.attnzoo.delta_chunk_torch(q, k, v, beta, g, initial_state, cu_seqlens, scale,
+                                               output_final_state, chunk_size)
 
-Same arguments and results as chunk_delta_rule (scale already resolved to a float).
+The arguments of chunk_delta_rule, positional (scale a float); S is an empty tensor when
+output_final_state is False. Registered when attnzoo.ops.delta is imported (its __init__).
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ import torch
 
 from attnzoo.ops.common.opaque import empty_like_none, fake_grads, fresh, none_if_empty, recompute_grads
 from attnzoo.ops.common.precision import compute_dtype
+from attnzoo.ops.delta.chunk import chunk_delta_rule
 
 Tensor = torch.Tensor
 
 
 def _eager(q, k, v, beta, g, initial_state, cu_seqlens, scale, output_final_state, chunk_size):
-    from attnzoo.ops.delta.chunk import chunk_delta_rule
-
     return chunk_delta_rule(q, k, v, beta, g, scale=scale, initial_state=initial_state,
                             output_final_state=output_final_state, cu_seqlens=cu_seqlens, chunk_size=chunk_size)
 
@@ -79,10 +79,3 @@ def _backward(ctx, do, dS):
 
 delta_chunk_torch.register_autograd(_backward, setup_context=_setup_context)
 
-
-def compiled_chunk_delta_rule(q, k, v, beta, g=None, *, scale, initial_state, output_final_state, cu_seqlens,
-                              chunk_size):
-    """chunk_delta_rule through the custom op (what torch.compile traces)."""
-    o, S = delta_chunk_torch(q, k, v, beta, g, initial_state, cu_seqlens, float(scale), bool(output_final_state),
-                             int(chunk_size))
-    return o, (S if output_final_state else None)

@@ -211,11 +211,11 @@ def chunk_gated_linear_attention(
     T = q.shape[1]
     ct = compute_dtype(q, k, v, g, initial_state)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    if compiling():  # torch.compile: one opaque custom op (ops/common/opaque.py), the same computation
-        from attnzoo.ops.linear.chunk_op import compiled_chunk_gla
-
-        return compiled_chunk_gla(q, k, v, g, g_gamma=g_gamma, scale=scale, initial_state=initial_state,
-                                  output_final_state=output_final_state, cu_seqlens=cu_seqlens, chunk_size=chunk_size)
+    if compiling():  # torch.compile: one opaque custom op, the same computation (chunk_op.py, registered by
+        # the package's __init__; ops/common/opaque.py says why)
+        o, S = torch.ops.attnzoo.gla_chunk_torch(q, k, v, g, g_gamma, initial_state, cu_seqlens, float(scale),
+                                                 bool(output_final_state), int(chunk_size))
+        return o, (S if output_final_state else None)
     if cu_seqlens is not None:
         H, K, V = q.shape[2], q.shape[3], v.shape[-1]
         return run_per_sequence(

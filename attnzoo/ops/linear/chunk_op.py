@@ -1,10 +1,11 @@
 """The chunked torch gated linear attention (chunk.py) as the custom op `attnzoo::gla_chunk_torch`,
 which chunk_gated_linear_attention runs under torch.compile (ops/common/opaque.py says why).
 
-    o, S = compiled_chunk_gla(q, k, v, g, g_gamma=..., scale=..., initial_state=..., output_final_state=...,
-                              cu_seqlens=..., chunk_size=...)
+    o, S = torch.ops.attnzoo.gla_chunk_torch(q, k, v, g, g_gamma, initial_state, cu_seqlens, scale,
+                                             output_final_state, chunk_size)
 
-Same arguments and results as chunk_gated_linear_attention (scale already resolved to a float).
+The arguments of chunk_gated_linear_attention, positional (scale a float); S is an empty tensor when
+output_final_state is False. Registered when attnzoo.ops.linear is imported (its __init__).
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ import torch
 
 from attnzoo.ops.common.opaque import empty_like_none, fake_grads, fresh, none_if_empty, recompute_grads
 from attnzoo.ops.common.precision import compute_dtype
+from attnzoo.ops.linear.chunk import chunk_gated_linear_attention
 
 Tensor = torch.Tensor
 
 
 def _eager(q, k, v, g, g_gamma, initial_state, cu_seqlens, scale, output_final_state, chunk_size):
-    from attnzoo.ops.linear.chunk import chunk_gated_linear_attention
-
     return chunk_gated_linear_attention(q, k, v, g, g_gamma=g_gamma, scale=scale, initial_state=initial_state,
                                         output_final_state=output_final_state, cu_seqlens=cu_seqlens,
                                         chunk_size=chunk_size)
@@ -80,10 +80,3 @@ def _backward(ctx, do, dS):
 
 gla_chunk_torch.register_autograd(_backward, setup_context=_setup_context)
 
-
-def compiled_chunk_gla(q, k, v, g=None, *, g_gamma, scale, initial_state, output_final_state, cu_seqlens,
-                       chunk_size):
-    """chunk_gated_linear_attention through the custom op (what torch.compile traces)."""
-    o, S = gla_chunk_torch(q, k, v, g, g_gamma, initial_state, cu_seqlens, float(scale), bool(output_final_state),
-                           int(chunk_size))
-    return o, (S if output_final_state else None)
