@@ -85,14 +85,15 @@ def fla_ops():
 FLA = fla_ops()
 
 
-def inputs(B, T, gate, seed=0, n_state=None):
+def inputs(B, T, gate, seed=0, n_state=None, dtype=None, d=D):
+    dtype = dtype or DT
     gen = torch.Generator(device=DEV).manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=gen, device=DEV)  # noqa: E731
-    q, k, v = r(B, T, H, D), F.normalize(r(B, T, H, D), dim=-1), r(B, T, H, D)
+    q, k, v = r(B, T, H, d), F.normalize(r(B, T, H, d), dim=-1), r(B, T, H, d)
     beta = torch.sigmoid(r(B, T, H))
     g = {"weak": F.logsigmoid(r(B, T, H) + 4.0), "strong": F.logsigmoid(r(B, T, H))}.get(gate)
-    h0 = r(n_state or B, H, D, D)
-    return [q.to(DT), k.to(DT), v.to(DT), beta.to(DT), g, h0]
+    h0 = r(n_state or B, H, d, d)
+    return [q.to(dtype), k.to(dtype), v.to(dtype), beta.to(dtype), g, h0]
 
 
 def ours(q, k, v, beta, g, **kw):
@@ -113,7 +114,7 @@ def fla_call(q, k, v, beta, g, *, scale, initial_state=None, output_final_state=
 
 def fwd_bwd(fn, ins, do, dS, **kw):
     xs = [t.detach().clone().requires_grad_(True) if t is not None else None for t in ins]
-    o, S = fn(*xs[:5], scale=D ** -0.5, initial_state=xs[5], output_final_state=True, **kw)
+    o, S = fn(*xs[:5], scale=xs[0].shape[-1] ** -0.5, initial_state=xs[5], output_final_state=True, **kw)
     torch.autograd.backward([o, S], [do.to(o.dtype), dS])
     return [o.detach(), S.detach()] + [t.grad if t is not None else None for t in xs]
 
@@ -126,14 +127,15 @@ def rel(a, b):
     return e if e == e else float("nan")
 
 
-def check(B, T, gate, ref_name):
-    ins = inputs(B, T, gate)
+def check(B, T, gate, ref_name, dtype=None, d=D):
+    ins = inputs(B, T, gate, dtype=dtype, d=d)
     gen = torch.Generator(device=DEV).manual_seed(1)
-    do, dS = torch.randn(B, T, H, D, generator=gen, device=DEV), torch.randn(B, H, D, D, generator=gen, device=DEV)
+    do, dS = torch.randn(B, T, H, d, generator=gen, device=DEV), torch.randn(B, H, d, d, generator=gen, device=DEV)
     f32 = [t.float() if t is not None else None for t in ins]
     ref = delta_rule_reference if ref_name == "loop" else torch_chunked
     want = fwd_bwd(ref, f32, do, dS)
-    out = {"B": B, "T": T, "gate": gate, "reference": f"float32 {ref_name}", "tol": TOL}
+    out = {"B": B, "T": T, "D": d, "dtype": str(ins[0].dtype), "gate": gate, "reference": f"float32 {ref_name}",
+           "tol": TOL}
     got = fwd_bwd(ours, ins, do, dS)
     out["ours"] = {n: rel(a, b) for n, a, b in zip(NAMES, got, want)}
     out["ok"] = all(e is not None and e < TOL for n, e in out["ours"].items() if want[NAMES.index(n)] is not None)
@@ -278,8 +280,8 @@ def timing_mixer(name):
 
 
 TUNES = ({}, {"state_bv": 16, "state_min_programs": 0}, {"state_bv": 32, "state_min_programs": 0},
-         {"state_bv": 64, "state_min_programs": 0}, {"state_stages": 2}, {"state_warps": 8}, {"bwd_warps": 4},
-         {"wy_warps": 8}, {"dqk_bk": 32})
+         {"state_bv": 64, "state_min_programs": 0}, {"state_stages": 3}, {"state_stages": 1}, {"state_warps": 8},
+         {"bwd_warps": 4}, {"wy_warps": 8}, {"dqk_bk": 32})
 
 
 def tuning(T, gate):
@@ -409,6 +411,12 @@ def main():
         case(f"check loop {gate} B={small[0]} T={small[1]}", lambda: check(*small, gate, "loop"), a.out, a.budget)
     for gate in (None, "weak", "strong"):
         case(f"check chunked {gate} B={big[0]} T={big[1]}", lambda: check(*big, gate, "chunked"), a.out, a.budget)
+    # fp32 inputs (tf32 products on the GPU) and head dims below and off a power of two
+    odd = (1, 45, 24) if SMOKE else (1, 1000, 100)
+    case(f"check loop fp32 weak D={D // 2} T={small[1] // 2}",
+         lambda: check(1, small[1] // 2, "weak", "loop", dtype=torch.float32, d=D // 2), a.out, a.budget)
+    case(f"check loop strong D={odd[2]} T={odd[1]}", lambda: check(odd[0], odd[1], "strong", "loop", d=odd[2]),
+         a.out, a.budget)
     case("check varlen", check_varlen, a.out, a.budget)
     case("check decode", check_decode, a.out, a.budget)
     case("check compile", check_compile, a.out, a.budget)

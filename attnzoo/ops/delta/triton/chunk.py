@@ -30,8 +30,11 @@ BT = 64  # chunk length (the same as the GLA kernels': make_tables counts chunks
 # a sequence's chunks one after the other with one program per (V block, sequence, head), so few
 # long sequences leave SMs idle: below state_min_programs programs the V block shrinks to
 # state_bv_few (each V block reloads the chunk's K and W tiles, so smaller blocks cost bandwidth).
-TUNE = dict(state_bv=32, state_bv_few=16, state_min_programs=256, state_warps=4, state_stages=3, wy_warps=4,
-            bwd_warps=8, dqk_bk=64, out_warps=4)
+# state_stages pipelines the state passes' tile loads for 16-bit inputs; float32 inputs take
+# state_stages_f32 (their per-chunk tiles of all K, q, k and W in the backward, are ~100 KB: a second
+# stage could pass the shared memory of a block).
+TUNE = dict(state_bv=32, state_bv_few=16, state_min_programs=256, state_warps=4, state_stages=2,
+            state_stages_f32=1, wy_warps=4, bwd_warps=8, dqk_bk=64, out_warps=4)
 
 
 def _bk(K):
@@ -44,12 +47,13 @@ def _bv(V, cap):
     return min(cap, max(16, triton.next_power_of_2(V)))
 
 
-def _state_launch(V, n_seqs, H):
+def _state_launch(V, n_seqs, H, dtype):
     """(BV, grid, launch options) of the state passes."""
     BV = _bv(V, TUNE["state_bv"])
     if triton.cdiv(V, BV) * n_seqs * H < TUNE["state_min_programs"]:
         BV = _bv(V, TUNE["state_bv_few"])
-    return BV, (triton.cdiv(V, BV), n_seqs * H), dict(num_warps=TUNE["state_warps"], num_stages=TUNE["state_stages"])
+    stages = TUNE["state_stages_f32" if dtype == torch.float32 else "state_stages"]
+    return BV, (triton.cdiv(V, BV), n_seqs * H), dict(num_warps=TUNE["state_warps"], num_stages=stages)
 
 
 def _state_dtype(x):
@@ -73,7 +77,7 @@ def chunk_forward(q, k, v, beta, g, *, scale, initial_state, output_final_state,
     h = k.new_empty(tab.n_chunks, H, K, V, dtype=_state_dtype(k))
     v_new = torch.empty_like(v)
     ht = k.new_empty(tab.n_seqs, H, K, V, dtype=torch.float32) if output_final_state else None
-    BVs, grid, opts = _state_launch(V, tab.n_seqs, H)
+    BVs, grid, opts = _state_launch(V, tab.n_seqs, H, k.dtype)
     delta_state_fwd_kernel[grid](
         k, w, u, b if b is not None else k, h, v_new, initial_state if initial_state is not None else k,
         ht if ht is not None else k, tab.cu_seqlens, tab.chunk_offsets,
@@ -106,7 +110,7 @@ def chunk_backward(q, k, v, beta, g, do, dht, *, scale, initial_state, tab, save
     dh = torch.empty_like(h)
     dv_new = v.new_empty(v.shape, dtype=torch.float32)
     dh0 = q.new_empty(tab.n_seqs, H, K, V, dtype=torch.float32) if initial_state is not None else None
-    BVs, grid, opts = _state_launch(V, tab.n_seqs, H)
+    BVs, grid, opts = _state_launch(V, tab.n_seqs, H, k.dtype)
     delta_state_bwd_kernel[grid](
         q, k, w, b if b is not None else q, do, dh, dv_new, dht if dht is not None else q,
         dh0 if dh0 is not None else q, tab.cu_seqlens, tab.chunk_offsets, scale,
