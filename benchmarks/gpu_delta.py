@@ -26,105 +26,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import traceback
 from pathlib import Path
 
-SMOKE = "--smoke" in sys.argv
-if SMOKE:
-    os.environ["TRITON_INTERPRET"] = "1"
+import gpu_delta_setup as setup  # noqa: I001 (first: sets TRITON_INTERPRET under --smoke)
+import torch
+from gpu_delta_setup import (BUDGET, D, DEV, FLA, H, NAMES, SMOKE, T0, TOL, delta_rule_reference, fla_call,
+                             fwd_bwd, inputs, ours, rel, torch_chunked)
+from gpu_delta_timing import timing, timing_decode, timing_mixer, tuning
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from attnzoo.ops.delta.chunk import chunk_delta_rule  # noqa: E402
-from attnzoo.ops.delta.reference import delta_rule_reference  # noqa: E402
-from attnzoo.ops.delta.triton import triton_delta_rule  # noqa: E402
-
-DEV = "cpu" if SMOKE else "cuda"
-DT = torch.float32 if SMOKE else torch.bfloat16  # the interpreter cannot multiply bf16 tiles
-H, D = (2, 16) if SMOKE else (16, 128)
-TOKENS = 128 if SMOKE else 16384
-TOL = 1e-3 if SMOKE else 2e-2
-T0 = time.time()
 RECORDS: list[dict] = []
-NAMES = ("o", "S", "dq", "dk", "dv", "dbeta", "dg", "dh0")
-
-
-def machine():
-    import triton
-
-    if SMOKE:
-        return {"gpu": None, "torch": torch.__version__, "triton": triton.__version__, "smoke": True}
-    from attnzoo.bench.speed import machine_line
-
-    return {**machine_line()["machine"], "dtype": str(DT), "H": H, "D": D}
-
-
-def fla_ops():
-    """fla's chunked and recurrent delta-rule ops with the Hopper guard lifted, or {} (missing)."""
-    if SMOKE:
-        return {}
-    try:
-        import fla.ops.common.chunk_o as chunk_o
-        from fla.ops.delta_rule import chunk_delta_rule as fla_delta
-        from fla.ops.gated_delta_rule import chunk_gated_delta_rule as fla_gated
-        from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule as fla_recurrent
-    except Exception as e:
-        print("fla not importable:", type(e).__name__, str(e)[:200])
-        return {}
-    if hasattr(chunk_o, "TRITON_ABOVE_3_7_1"):
-        chunk_o.TRITON_ABOVE_3_7_1 = True  # speed and error only (fla #640)
-    return {"gated": fla_gated, "plain": fla_delta, "recurrent": fla_recurrent}
-
-
-FLA = fla_ops()
-
-
-def inputs(B, T, gate, seed=0, n_state=None, dtype=None, d=D):
-    dtype = dtype or DT
-    gen = torch.Generator(device=DEV).manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=gen, device=DEV)  # noqa: E731
-    q, k, v = r(B, T, H, d), F.normalize(r(B, T, H, d), dim=-1), r(B, T, H, d)
-    beta = torch.sigmoid(r(B, T, H))
-    g = {"weak": F.logsigmoid(r(B, T, H) + 4.0), "strong": F.logsigmoid(r(B, T, H))}.get(gate)
-    h0 = r(n_state or B, H, d, d)
-    return [q.to(dtype), k.to(dtype), v.to(dtype), beta.to(dtype), g, h0]
-
-
-def ours(q, k, v, beta, g, **kw):
-    return triton_delta_rule(q, k, v, beta, g, **kw)
-
-
-def torch_chunked(q, k, v, beta, g, **kw):
-    return chunk_delta_rule(q, k, v, beta, g, **kw)
-
-
-def fla_call(q, k, v, beta, g, *, scale, initial_state=None, output_final_state=False, cu_seqlens=None):
-    if g is None:
-        return FLA["plain"](q=q, k=k, v=v, beta=beta, scale=scale, initial_state=initial_state,
-                            output_final_state=output_final_state, cu_seqlens=cu_seqlens)
-    return FLA["gated"](q=q, k=k, v=v, g=g, beta=beta, scale=scale, initial_state=initial_state,
-                        output_final_state=output_final_state, cu_seqlens=cu_seqlens)
-
-
-def fwd_bwd(fn, ins, do, dS, **kw):
-    xs = [t.detach().clone().requires_grad_(True) if t is not None else None for t in ins]
-    o, S = fn(*xs[:5], scale=xs[0].shape[-1] ** -0.5, initial_state=xs[5], output_final_state=True, **kw)
-    torch.autograd.backward([o, S], [do.to(o.dtype), dS])
-    return [o.detach(), S.detach()] + [t.grad if t is not None else None for t in xs]
-
-
-def rel(a, b):
-    if a is None or b is None:
-        return None
-    a, b = a.double(), b.double()
-    e = ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-    return e if e == e else float("nan")
 
 
 def check(B, T, gate, ref_name, dtype=None, d=D):
@@ -192,145 +105,6 @@ def check_compile():
     return {"ours_compiled_vs_eager": errs, "ok": all(e < 1e-2 for e in errs.values())}
 
 
-def bench_ms(fn):
-    if SMOKE:
-        from attnzoo.bench.timing import call_times, median
-
-        return 1e3 * median(call_times(fn, repeats=2, warmup=1))
-    from attnzoo.bench.speed import do_bench_ms
-
-    return do_bench_ms(fn)
-
-
-def timing(T, gate):
-    B = max(1, TOKENS // T)
-    ins = inputs(B, T, gate, seed=6)
-    do = torch.randn(B, T, H, D, device=DEV, dtype=DT)
-    provs = {"ours": ours, "torch": torch_chunked}
-    if FLA:
-        provs["fla"] = fla_call
-    out = {"B": B, "T": T, "gate": gate}
-    for name, fn in provs.items():
-        try:
-            xs = [t.detach().clone().requires_grad_(True) if t is not None else None for t in ins[:5]]
-            with torch.no_grad():
-                fwd_ms = bench_ms(lambda: fn(*ins[:5], scale=D ** -0.5))
-            run = lambda: torch.autograd.grad(fn(*xs, scale=D ** -0.5)[0], [x for x in xs if x is not None], do)  # noqa: E731
-            run()
-            if not SMOKE:
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-                base = torch.cuda.memory_allocated()
-                run()
-                torch.cuda.synchronize()
-                out[f"{name}_peak_mib"] = (torch.cuda.max_memory_allocated() - base) / 2**20
-            out[f"{name}_fwd_ms"], out[f"{name}_fwdbwd_ms"] = fwd_ms, bench_ms(run)
-        except Exception as e:
-            out[f"{name}_error"] = f"{type(e).__name__}: {str(e)[:200]}"
-    return out
-
-
-def fla_layer(name, d_model):
-    if SMOKE:
-        return None
-    try:
-        from fla.layers import DeltaNet, GatedDeltaNet
-    except Exception:
-        return None
-    if name == "gated_deltanet":
-        return GatedDeltaNet(hidden_size=d_model, expand_v=1, head_dim=D, num_heads=d_model // D, mode="chunk")
-    return DeltaNet(hidden_size=d_model, num_heads=d_model // D, mode="chunk")
-
-
-def timing_mixer(name):
-    """A whole layer fwd+bwd (inputs and weights), bf16, d_model = H·D, B·T = 16k: ours with
-    impl="triton" and "torch", and fla's layer of the same widths where importable; the Triton
-    layer's output against the torch one (same weights)."""
-    import attnzoo
-
-    d_model, T = H * D, (64 if SMOKE else 4096)
-    B = max(1, TOKENS // T)
-    x = torch.randn(B, T, d_model, device=DEV, dtype=DT, requires_grad=True)
-    dy = torch.randn_like(x)
-    out = {"B": B, "T": T, "d_model": d_model}
-    torch.manual_seed(0)
-    m = attnzoo.build(name, d_model=d_model, n_heads=H).to(DEV, DT)
-    layers = {"ours": m}
-    fl = fla_layer(name, d_model)
-    if fl is not None:
-        layers["fla"] = fl.to(DEV, DT)
-    with torch.no_grad():
-        m.impl = "torch"
-        y_t = m(x)
-        m.impl = "triton"
-        out["ours_triton_vs_torch_rel"] = rel(m(x), y_t)
-    for impl in ("triton", "torch", "fla"):
-        if impl == "fla" and "fla" not in layers:
-            continue
-        layer = layers["fla" if impl == "fla" else "ours"]
-        if impl != "fla":
-            layer.impl = impl
-        params = [p for p in layer.parameters() if p.requires_grad]
-        first = lambda y: y[0] if isinstance(y, tuple) else y  # noqa: E731 (fla layers return a tuple)
-        try:
-            out[f"{impl}_fwdbwd_ms"] = bench_ms(lambda: torch.autograd.grad(first(layer(x)), [x, *params], dy))
-        except Exception as e:
-            out[f"{impl}_error"] = f"{type(e).__name__}: {str(e)[:200]}"
-    return out
-
-
-TUNES = ({}, {"state_bv": 16, "state_min_programs": 0}, {"state_bv": 32, "state_min_programs": 0},
-         {"state_bv": 64, "state_min_programs": 0}, {"state_stages": 3}, {"state_stages": 1}, {"state_warps": 8},
-         {"bwd_warps": 4}, {"wy_warps": 8}, {"dqk_bk": 32})
-
-
-def tuning(T, gate):
-    """fwd and fwd+bwd of ours under other launch options (ops/delta/triton/chunk.TUNE), each on top
-    of the defaults (the first entry)."""
-    from attnzoo.ops.delta.triton import chunk as delta_chunk
-
-    B = max(1, TOKENS // T)
-    ins = inputs(B, T, gate, seed=8)
-    do = torch.randn(B, T, H, D, device=DEV, dtype=DT)
-    xs = [t.detach().clone().requires_grad_(True) if t is not None else None for t in ins[:5]]
-    base = dict(delta_chunk.TUNE)
-    out = {"B": B, "T": T, "gate": gate, "defaults": base, "variants": []}
-    for change in TUNES:
-        if time.time() - T0 > BUDGET[0] + 30:  # the case may start just before the budget ends
-            out["variants"].append({"change": change, "skipped": "time budget spent"})
-            continue
-        delta_chunk.TUNE.update(change)
-        rec = {"change": change}
-        try:
-            with torch.no_grad():
-                rec["fwd_ms"] = bench_ms(lambda: ours(*ins[:5], scale=D ** -0.5))
-            rec["fwdbwd_ms"] = bench_ms(lambda: torch.autograd.grad(
-                ours(*xs, scale=D ** -0.5)[0], [x for x in xs if x is not None], do))
-        except Exception as e:
-            rec["error"] = f"{type(e).__name__}: {str(e)[:200]}"
-        finally:
-            delta_chunk.TUNE.clear()
-            delta_chunk.TUNE.update(base)
-        out["variants"].append(rec)
-    return out
-
-
-def timing_decode():
-    B = 4 if SMOKE else 64
-    q, k, v, beta, g, h0 = inputs(B, 1, "weak", seed=7)
-    out = {"B": B, "T": 1}
-    with torch.no_grad():
-        out["ours_ms"] = bench_ms(lambda: ours(q, k, v, beta, g, scale=D ** -0.5, initial_state=h0,
-                                               output_final_state=True))
-        if FLA:
-            try:
-                out["fla_ms"] = bench_ms(lambda: FLA["recurrent"](q=q, k=k, v=v, g=g, beta=beta, scale=D ** -0.5,
-                                                                  initial_state=h0, output_final_state=True))
-            except Exception as e:
-                out["fla_error"] = f"{type(e).__name__}: {str(e)[:200]}"
-    return out
-
-
 def case(name, fn, out_dir, budget):
     if time.time() - T0 > budget:
         rec = {"case": name, "skipped": "time budget spent"}
@@ -390,7 +164,6 @@ def table():
 
 
 MACHINE: dict = {}
-BUDGET = [300.0]
 
 
 def main():
@@ -404,7 +177,7 @@ def main():
     if not SMOKE and not torch.cuda.is_available():
         sys.exit("needs CUDA (or --smoke)")
     a.out.mkdir(parents=True, exist_ok=True)
-    MACHINE = machine()
+    MACHINE = setup.machine()
     small = (1, 70) if SMOKE else (2, 2048)
     big = (2, 130) if SMOKE else (4, 4096)
     for gate in (None, "weak", "strong"):
