@@ -158,13 +158,14 @@ def test_custom_op_under_torch_compile():
 
 
 def test_public_op_dispatch():
-    """delta_rule(impl="triton") reaches the kernels (cu_seqlens included) and equals impl="torch";
-    impl="auto" on CPU tensors takes the torch path; float64 is not a Triton dtype."""
+    """delta_rule(impl="triton") reaches the kernels (cu_seqlens with an empty sequence, whose state
+    passes through) and equals impl="torch"; impl="auto" on CPU tensors takes the torch path;
+    float64 is not a Triton dtype."""
     from attnzoo.ops.delta import delta_rule
 
-    cu = torch.tensor([0, 7, 40])
-    q, k, v, beta, g, h0 = make(1, 40, "mixed", seed=9, n_state=2)
-    do, dS = torch.randn(1, 40, H, 16), torch.randn(2, H, 16, 16)
+    cu = torch.tensor([0, 7, 7, 40])
+    q, k, v, beta, g, h0 = make(1, 40, "mixed", seed=9, n_state=3)
+    do, dS = torch.randn(1, 40, H, 16), torch.randn(3, H, 16, 16)
     (o, S, gr), (o_t, S_t, gr_t) = [fwd_bwd(delta_rule, q, k, v, beta, g, h0, do, dS, cu_seqlens=cu, impl=impl)
                                     for impl in ("triton", "torch")]
     assert rel(o, o_t) < 1e-4 and rel(S, S_t) < 1e-4
