@@ -3,8 +3,9 @@
     python benchmarks/gpu_delta.py OUT_DIR            # on a CUDA machine (about 4-5 minutes)
     python benchmarks/gpu_delta.py OUT_DIR --smoke    # tiny shapes on the CPU (Triton interpreter)
 
-(a) Checks (bf16 inputs, H=16, D=128, relative error ‖x − ref‖ / ‖ref‖ of o, the final state and the
-gradients of q, k, v, beta, g and the initial state): against the float32 loop over time
+(a) The first fwd+bwd call per gate kind (compile time on a cold Triton cache). Checks (bf16
+inputs, H=16, D=128, relative error ‖x − ref‖ / ‖ref‖ of o, the final state and the gradients of
+q, k, v, beta, g and the initial state): against the float32 loop over time
 (ops/delta/reference.py) at B·T = 4k tokens, and against the float32 torch chunked path
 (ops/delta/chunk.py, equal to the loop to ~1e-6) at B·T = 16k; no gate (DeltaNet), weak gates
 (logsigmoid(x + 4), ~ -0.02 per step) and strong ones (logsigmoid(x), ~ -0.8); fla's
@@ -58,6 +59,20 @@ def check(B, T, gate, ref_name, dtype=None, d=D):
             out["fla"] = {n: rel(a, b) for n, a, b in zip(NAMES, fl, want)}
         except Exception as e:
             out["fla"] = f"{type(e).__name__}: {str(e)[:200]}"
+    return out
+
+
+def first_call():
+    """Seconds of the first fwd+bwd (Triton compiles, nothing autotunes) on a cold cache, per gate kind."""
+    out = {}
+    for gate in ("weak", None):
+        ins = inputs(2, 100, gate, seed=2)
+        do, dS = torch.randn(2, 100, H, D, device=DEV), torch.randn(2, H, D, D, device=DEV)
+        t = time.time()
+        fwd_bwd(ours, ins, do, dS)
+        if not SMOKE:
+            torch.cuda.synchronize()
+        out[f"seconds_{gate or 'no_gate'}"] = round(time.time() - t, 2)
     return out
 
 
@@ -128,6 +143,9 @@ def fmt(x):
 
 
 def table():
+    for r in RECORDS:
+        if r["case"] == "first call":
+            print("first fwd+bwd (compiles):", {k: v for k, v in r.items() if k.startswith("seconds_")})
     print("\nchecks (max relative error over o, S and the gradients; fla beside where importable)")
     for r in RECORDS:
         if r["case"].startswith("check") and isinstance(r.get("ours"), dict):
@@ -178,6 +196,7 @@ def main():
         sys.exit("needs CUDA (or --smoke)")
     a.out.mkdir(parents=True, exist_ok=True)
     MACHINE = setup.machine()
+    case("first call", first_call, a.out, a.budget)
     small = (1, 70) if SMOKE else (2, 2048)
     big = (2, 130) if SMOKE else (4, 4096)
     for gate in (None, "weak", "strong"):
