@@ -76,6 +76,15 @@ def test_odd_head_dims():
     check(1, 70, "mixed", K=20, V=24, seed=2)
 
 
+def test_dq_dk_over_several_k_blocks(monkeypatch):
+    """The dq/dk kernel splits K into blocks (two of 64 at K = 128 on the GPU), each writing its share
+    of the gate's gradient: K = 40 in blocks of 32 here (the second one partly masked)."""
+    from attnzoo.ops.delta.triton import chunk as delta_chunk
+
+    monkeypatch.setitem(delta_chunk.TUNE, "dqk_bk", 32)
+    check(1, 70, "mixed", K=40, V=16, seed=6)
+
+
 @pytest.mark.parametrize("gate", [None, "mixed"])
 def test_half_inputs_fp32_state(gate):
     """float16 here: Triton 3.6's interpreter multiplies bfloat16 tiles as raw bits in tl.dot, so
