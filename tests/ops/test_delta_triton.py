@@ -217,3 +217,16 @@ def test_vmap_rule_folds_members_into_the_batch(packed):
                 assert rel(a[i], b) < 1e-5, (i, j)
         dbeta += gi[3]
     assert rel(gv[3], dbeta) < 1e-5
+
+
+def test_second_backward_through_a_retained_graph():
+    """The eager pass hands its kept chunk tensors to the first backward and drops them; a second
+    backward through the retained graph recomputes them and gives the same gradients."""
+    q, k, v, beta, g, h0 = make(1, 70, "mixed", seed=11)
+    ins = [t.clone().requires_grad_(True) for t in (q, k, v, beta, g, h0)]
+    o, S = triton_delta_rule(*ins[:5], scale=0.3, initial_state=ins[5], output_final_state=True)
+    do, dS = torch.randn_like(o), torch.randn_like(S)
+    first = torch.autograd.grad([o, S], ins, [do, dS], retain_graph=True)
+    second = torch.autograd.grad([o, S], ins, [do, dS])
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
