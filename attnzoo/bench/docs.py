@@ -2,9 +2,10 @@
 
 Everything on a page comes from the code: the mechanism (the mixer module's docstring, which holds
 its formula or recurrence), the card (paper, family, cost, capabilities, limits, the state-size
-formula and its value at a few sizes), the constructor's defaults, the state the example instance
-really returns (field shapes), and a usage snippet that tests/docs/ executes. `attnzoo card NAME`
-prints the page; `attnzoo card --write-docs docs` rewrites the folder and a test keeps it in sync.
+formula and its value at a few sizes), the recorded torch.compile graph breaks (bench/graph_breaks.py),
+the constructor's defaults, the state the example instance really returns (field shapes), and a usage
+snippet that tests/docs/ executes. `attnzoo card NAME` prints the page; `attnzoo card --write-docs docs`
+rewrites the folder and a test keeps it in sync.
 """
 
 from __future__ import annotations
@@ -113,6 +114,25 @@ def _lambda_source(src: str) -> str:
     return text
 
 
+def _compile_section(name: str) -> list[str]:
+    """The recorded graph breaks of the forward (bench/graph_breaks.py's file) and what the tests check."""
+    from attnzoo.bench.graph_breaks import MODES, recorded
+
+    rec = recorded(name)
+    tested = ("`torch.compile(m)` matches eager, forward and gradients, in tests/conformance/test_compile.py "
+              "(aot_eager for every mixer, inductor on the CPU).")
+    if rec is None:
+        return ["Graph breaks not measured (`python -m attnzoo.bench.graph_breaks`).", "", tested]
+    out = [f"Graph breaks in the forward (`torch._dynamo.explain`, torch {rec['torch']}; {rec['conditions']}):", "",
+           "| mode | graphs | graph breaks |", "|---|---|---|"]
+    out += [f"| {mode} ({what}) | {rec[mode]['graphs']} | {rec[mode]['graph_breaks']} |"
+            for mode, what in MODES.items()]
+    reasons = [(mode, r) for mode in MODES for r in rec[mode]["reasons"]]
+    if reasons:
+        out += ["", "Break reasons:", ""] + [f"- {mode}: {r}" for mode, r in reasons]
+    return out + ["", tested]
+
+
 def mixer_page(name: str) -> str:
     """The Markdown reference page of the registered mixer `name`."""
     cls, card = get_class(name), get_card(name)
@@ -160,6 +180,7 @@ def mixer_page(name: str) -> str:
         kw = heads_kwarg(name, h)
         b = state_bytes(name, t, d_model=d, **kw)
         out.append(f"| {d} | {h if kw else '-'} | {t} | {human_bytes(b)} |")
+    out += ["", "## torch.compile", ""] + _compile_section(name)
     out += ["", "## Constructor defaults", ""] + _defaults_table(cls)
     out += ["", f"Example kwargs (tests, demos): `{card.example_kwargs!r}`", ""]
     out += ["## Usage", "", "```python", usage_snippet(name), "```", ""]
@@ -169,11 +190,15 @@ def mixer_page(name: str) -> str:
 def index_page() -> str:
     out = [HEADER, "", "# attnzoo mixers", "",
            "One page per registered mixer (`attnzoo card NAME` prints the same in a terminal).", "",
-           "| mixer | family | complexity | capabilities | paper |", "|---|---|---|---|---|"]
+           "| mixer | family | complexity | capabilities | graph breaks (train / eval) | paper |",
+           "|---|---|---|---|---|---|"]
+    from attnzoo.bench.graph_breaks import MODES, recorded
+
     for name in list_mixers():
-        c = get_card(name)
+        c, rec = get_card(name), recorded(name)
+        breaks = "-" if rec is None else " / ".join(str(rec[mode]["graph_breaks"]) for mode in MODES)
         out.append(f"| [`{name}`](mixers/{name}.md) | {c.family} | {c.complexity} | {c.capabilities() or '-'} | "
-                   f"{c.paper.authors} ({c.paper.year}) |")
+                   f"{breaks} | {c.paper.authors} ({c.paper.year}) |")
     return "\n".join(out) + "\n"
 
 

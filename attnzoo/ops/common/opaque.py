@@ -33,9 +33,12 @@ def none_if_empty(t):
 
 
 def fresh(t: torch.Tensor, *inputs) -> torch.Tensor:
-    """t, cloned if it shares storage with one of inputs (a custom op's outputs must not alias)."""
+    """t as a custom op may return it: contiguous, at storage offset 0 (what its fake result is) and
+    sharing no storage with inputs (outputs must not alias); copied only if it is not already."""
     ptrs = {x.untyped_storage().data_ptr() for x in inputs if isinstance(x, torch.Tensor) and x.numel()}
-    return t.clone() if t.numel() and t.untyped_storage().data_ptr() in ptrs else t
+    if t.is_contiguous() and t.storage_offset() == 0 and not (t.numel() and t.untyped_storage().data_ptr() in ptrs):
+        return t
+    return t.clone(memory_format=torch.contiguous_format)
 
 
 def recompute_grads(fn, inputs, grad_outputs) -> list[torch.Tensor]:

@@ -33,7 +33,7 @@ def delta_chunk_torch(
     scale: float, output_final_state: bool, chunk_size: int,
 ) -> tuple[Tensor, Tensor]:
     o, S = _eager(q, k, v, beta, g, initial_state, cu_seqlens, scale, output_final_state, chunk_size)
-    return o.contiguous(), (fresh(S, initial_state).contiguous() if S is not None else empty_like_none(q))
+    return fresh(o), (fresh(S, initial_state) if S is not None else empty_like_none(q))
 
 
 @delta_chunk_torch.register_fake
@@ -54,7 +54,8 @@ def delta_chunk_torch_backward(
     def fn(q, k, v, beta, g, initial_state):
         return _eager(q, k, v, beta, g, initial_state, cu_seqlens, scale, dS is not None, chunk_size)
 
-    return tuple(x.contiguous() for x in recompute_grads(fn, (q, k, v, beta, g, initial_state), (do, dS)))
+    ins = (q, k, v, beta, g, initial_state)
+    return tuple(fresh(x, *ins, do, dS) for x in recompute_grads(fn, ins, (do, dS)))
 
 
 @delta_chunk_torch_backward.register_fake
