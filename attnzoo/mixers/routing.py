@@ -8,7 +8,9 @@ route. Training adds `aux_loss = β · ||x - sg(μ_{a(x)})||²` (β = 1e-4, comm
 
 - `routing` (causal=True): every query and key goes to its nearest centroid; query i attends to the
   keys j <= i of its own cluster, so no output depends on a later token. Local heads see
-  i - window < j <= i. Decoding keeps a KV cache plus the keys' cluster ids.
+  i - window < j <= i. With share_qk (q = k) a query skips its own key unless it has no other
+  (Reformer's rule for shared-QK attention; without it q_i·q_i dominates and nothing is learned).
+  Decoding keeps a KV cache plus the keys' cluster ids.
       y_i = W_o concat_h softmax_j(q_i·k_j/√d | j <= i, a(k_j) = a(q_i)) v_j
 - `routing_balanced` (causal=False): each centroid takes its top-`window` nearest tokens
   (balanced clusters), full attention inside each cluster, and a token in several clusters gets
@@ -64,6 +66,15 @@ def masked_attention(q, k, v, allowed, *, impl):
     bias = torch.where(allowed | ~seen, q.new_zeros(()), q.new_full((), float("-inf")))
     o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=bias)
     return (o * seen.to(o.dtype)).transpose(1, 2)
+
+
+def not_self_unless_alone(allowed, is_self):
+    """Shared-QK attention (Kitaev et al. 2020, Reformer §2, which the Routing Transformer's shared
+    queries/keys follow): q_i·k_i = |q_i|² is the largest logit a layer-normed query can have, so a query
+    would attend mostly to itself; it may not, except where it has no other key to attend to (the first
+    token, an empty cluster). allowed, is_self: bool [..., Tq, L]."""
+    others = allowed & ~is_self
+    return torch.where(others.any(-1, keepdim=True), others, allowed)
 
 
 class RoutingAttention(Mixer):
@@ -155,6 +166,8 @@ class RoutingAttention(Mixer):
         local = base & (pos[:, :, None] - kpos[:, None, :] < self.window)
         routed = base[:, None] & (qc.permute(0, 2, 1)[..., None] == kc.permute(0, 2, 1)[:, :, None, :])
         allowed = torch.cat([local[:, None].expand(-1, self.n_local, -1, -1), routed], 1)
+        if self.share_qk:
+            allowed = not_self_unless_alone(allowed, (kpos[:, None, :] == pos[:, :, None])[:, None])
         o = masked_attention(q, k, v, allowed, impl=impl)
         y = self.o_proj(o.reshape(B, T, -1))
         new_state = None

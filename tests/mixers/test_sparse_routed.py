@@ -183,12 +183,34 @@ def _dense(m, x, causal):
 @pytest.mark.parametrize("name,causal", [("routing", True), ("routing_balanced", False)])
 def test_routing_with_one_cluster_and_window_T_equals_dense_attention(name, causal):
     T = 17
-    m = build(name, n_heads=4, n_clusters=1, window=T, n_local_heads=0)
+    kw = {"share_qk": False} if causal else {}  # shared QK skips the own key when causal: next test
+    m = build(name, n_heads=4, n_clusters=1, window=T, n_local_heads=0, **kw)
     x = rand(2, T, D, seed=11)
     with torch.no_grad():
         assert torch.allclose(m(x), _dense(m, x, causal), atol=1e-10)
-        m2 = build(name, n_heads=4, n_clusters=1, window=T, n_local_heads=2)  # local heads, window T: dense too
+        m2 = build(name, n_heads=4, n_clusters=1, window=T, n_local_heads=2, **kw)  # local heads, window T
         assert torch.allclose(m2(x), _dense(m2, x, causal), atol=1e-10)
+
+
+@pytest.mark.parametrize("n_local_heads", [0, 2])
+def test_routing_shared_qk_skips_its_own_key_unless_alone(n_local_heads):
+    """Reformer's shared-QK rule: with q = k, query i attends to keys j < i, and token 0 to itself."""
+    from attnzoo.mixers.layers import apply_rope
+
+    T = 13
+    m = build("routing", n_heads=4, n_clusters=1, window=T, n_local_heads=n_local_heads, share_qk=True)
+    x = rand(2, T, D, seed=16)
+    with torch.no_grad():
+        q, k, v = m.qkv(x)
+        pos = torch.arange(T).expand(2, -1)
+        q, k = apply_rope(q, pos), apply_rope(k, pos)
+        logits = torch.einsum("bihd,bjhd->bhij", q, k) * m.head_dim**-0.5
+        allowed = torch.ones(T, T).tril(-1).bool()
+        allowed[0, 0] = True
+        o = torch.einsum("bhij,bjhd->bihd", logits.masked_fill(~allowed, float("-inf")).softmax(-1), v)
+        assert torch.allclose(m(x), m.o_proj(o.reshape(2, T, -1)), atol=1e-10)
+        y, state = m(x[:, :7], return_state=True)  # decoding continues the rule
+        assert torch.allclose(m(x[:, 7:], state=state), m(x)[:, 7:], atol=1e-10)
 
 
 @pytest.mark.parametrize("name", ["routing", "routing_balanced"])
