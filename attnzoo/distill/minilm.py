@@ -212,6 +212,7 @@ def run_minilm(students, size_name: str, out: str, *, device: str = "cpu", stage
     e_teacher = embed(teacher, tokenizer, held, device)
     t_speed = throughput(teacher, size.throughput_lengths, device)
     emit({"model": "teacher", "student": "softmax", "cosine": 1.0, "top1": 1.0, "top5": 1.0, "throughput": t_speed})
+    emit(floor_record(teacher, tokenizer, held, e_teacher, device))
     for name in students:
         folder = os.path.join(out, f"minilm_{name}")
         student = copy.deepcopy(teacher)
@@ -250,6 +251,22 @@ def run_minilm(students, size_name: str, out: str, *, device: str = "cpu", stage
         rec["throughput"] = throughput(student, size.throughput_lengths, device)
         emit(rec)
     return records
+
+
+@torch.no_grad()
+def embedding_floor(teacher, tok, texts, device, *, max_len: int = 256, batch: int = 32) -> torch.Tensor:
+    """The no-context floor: the mean of the teacher's input embeddings (word + position, LayerNorm),
+    no attention and no layer. A student's neighbour agreement is worth what it adds above this."""
+    out = []
+    for i in range(0, len(texts), batch):
+        x, m = encode_batch(tok, texts[i:i + batch], max_len, device)
+        out.append(mean_pool(teacher.embeddings(input_ids=x), m).float().cpu())
+    return torch.cat(out)
+
+
+def floor_record(teacher, tok, held, e_teacher, device) -> dict:
+    top1, top5 = neighbour_agreement(e_teacher, embedding_floor(teacher, tok, held, device))
+    return {"model": "floor", "student": "mean of input embeddings", "top1": round(top1, 4), "top5": round(top5, 4)}
 
 
 def _similarity(e_teacher, e_student) -> dict:

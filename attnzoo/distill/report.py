@@ -83,7 +83,12 @@ def minilm_rows(records: list[dict]) -> tuple[list[str], list[list[str]]]:
     rows = []
     for r in records:
         tp = r.get("throughput", {})
-        rows.append([r["model"], r.get("student", "-"), _fmt(r.get("cosine")), _fmt(r.get("top1")),
+        s1 = r.get("after_stage1")
+        if s1 and "stage2" in r:      # the same student after stage 1 alone (speed as below)
+            rows.append(["stage 1", r["student"], _fmt(s1["cosine"]), _fmt(s1["top1"]), _fmt(s1["top5"])]
+                        + ["" for _ in lengths])
+        name = {"linearized": "stage 1+2" if "stage2" in r else "stage 1"}.get(r["model"], r["model"])
+        rows.append([name, r.get("student", "-"), _fmt(r.get("cosine")), _fmt(r.get("top1")),
                      _fmt(r.get("top5"))] + [_fmt_int(tp.get(k)) for k in lengths])
     return head, rows
 
@@ -202,6 +207,8 @@ def plot_minilm(records: list[dict], path: str):
     ax.legend(fontsize=7)
     for r in records:
         tp = r.get("throughput") or {}
+        if not tp:
+            continue
         ks = sorted(tp, key=int)
         style = "k--o" if r["model"] == "teacher" else "-o"
         bx.plot([int(k) for k in ks], [tp[k] for k in ks], style, label=r.get("student", r["model"]))
