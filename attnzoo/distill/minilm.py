@@ -49,6 +49,7 @@ MINILM_SIZES = {
     "test": MiniLMSize(seq_len=32, batch_size=2, stage1_steps=3, stage2_steps=2, held_out=12,
                        throughput_lengths=(64,), max_files=60),
     "cpu": MiniLMSize(seq_len=128, batch_size=4, stage1_steps=60, stage2_steps=30),
+    "cpu-long": MiniLMSize(seq_len=128, batch_size=4, stage1_steps=240, stage2_steps=120),   # 4x the tokens
     "gpu": MiniLMSize(seq_len=256, batch_size=32, stage1_steps=600, stage2_steps=300, held_out=1024),
 }
 
