@@ -218,8 +218,9 @@ def _tick(progress, name):
 
 
 def run_byte_lm(students, size_name: str, out: str, *, device: str = "cpu", stage: str = "both", seed: int = 0,
-                scratch: bool = True, progress=None, write=None) -> list[dict]:
-    """The whole experiment: teacher, then per student stages + scratch; write(record) per result."""
+                scratch: bool = True, lora: bool = True, progress=None, write=None) -> list[dict]:
+    """The whole experiment: teacher, then per student stages + scratch; write(record) per result.
+    lora=False: stage 2 fine-tunes every parameter instead of LoRA adapters."""
     size = BYTE_SIZES[size_name]
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -237,7 +238,8 @@ def run_byte_lm(students, size_name: str, out: str, *, device: str = "cpu", stag
 
     emit({"model": "teacher", "pattern": "softmax", **evaluate_lm(teacher, size, val, keys, device), **t_rec})
     for pattern in students:
-        student, rec = run_student(teacher, pattern, size, out, device, stage=stage, seed=seed, progress=progress)
+        student, rec = run_student(teacher, pattern, size, out, device, stage=stage, seed=seed, lora=lora,
+                                   progress=progress)
         rec.update(model="linearized", pattern=pattern, **evaluate_lm(student, size, val, keys, device))
         for key in ("stage1", "stage2"):
             if key in rec:

@@ -183,7 +183,7 @@ def stage2_loss(student, teacher):
 
 
 def run_minilm(students, size_name: str, out: str, *, device: str = "cpu", stage: str = "both", seed: int = 0,
-               progress=None, write=None, teacher=None, tokenizer=None) -> list[dict]:
+               lora: bool = True, progress=None, write=None, teacher=None, tokenizer=None) -> list[dict]:
     size = MINILM_SIZES[size_name]
     torch.manual_seed(seed)
     if teacher is None:
@@ -239,14 +239,18 @@ def run_minilm(students, size_name: str, out: str, *, device: str = "cpu", stage
         if stage in ("2", "both"):
             if stage == "2":
                 load_stage1(student, os.path.join(folder, "stage1"))
-            apply_lora(student, targets=LORA_TARGETS_HF)
+            if lora:
+                apply_lora(student, targets=LORA_TARGETS_HF)
+            else:
+                for p in student.parameters():
+                    p.requires_grad_(True)
             cfg = StageConfig(steps=size.stage2_steps, lr=size.stage2_lr, warmup_steps=max(1, size.stage2_steps // 10),
                               checkpoint_dir=os.path.join(folder, "stage2"))
             res = train_stage(student, stage2_loss(student, teacher), batch_at, cfg,
                               on_step=tick(f"minilm {name} stage 2"))
             merge_lora(student)
             rec["stage2"] = {"steps": res.steps, "seconds": round(res.seconds, 1), "history": res.history,
-                             "tokens": res.steps * size.batch_size * size.seq_len}
+                             "tokens": res.steps * size.batch_size * size.seq_len, "lora": lora}
         e_s = embed(student, tokenizer, held, device)
         rec.update(_similarity(e_teacher, e_s))
         rec["throughput"] = throughput(student, size.throughput_lengths, device)

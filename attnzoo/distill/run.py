@@ -32,7 +32,10 @@ def machine_line(device: str) -> str:
 
 
 def linearize(*, teacher: str, students: list[str], stage: str = "both", size: str = "cpu", out: str,
-              device: str = "cpu", seed: int = 0, scratch: bool = True, quiet: bool = False) -> list[dict]:
+              device: str = "cpu", seed: int = 0, scratch: bool = True, lora: bool = True,
+              quiet: bool = False) -> list[dict]:
+    """Run one teacher's experiment into `out` (see the module docstring). lora=False: stage 2 trains
+    every parameter (full fine-tuning) instead of LoRA r=8/alpha=16 on q, k, v, o."""
     if teacher not in TEACHERS:
         raise ValueError(f"--teacher must be one of {TEACHERS}, got {teacher!r}")
     if stage not in STAGES:
@@ -55,14 +58,14 @@ def linearize(*, teacher: str, students: list[str], stage: str = "both", size: s
 
             _check_size(size, BYTE_SIZES)
             records = run_byte_lm(students, size, out, device=device, stage=stage, seed=seed, scratch=scratch,
-                                  progress=progress, write=write)
+                                  lora=lora, progress=progress, write=write)
             head, rows = byte_lm_rows(records)
         else:
             from attnzoo.distill.minilm import MINILM_SIZES, run_minilm
 
             _check_size(size, MINILM_SIZES)
-            records = run_minilm(students, size, out, device=device, stage=stage, seed=seed, progress=progress,
-                                 write=write)
+            records = run_minilm(students, size, out, device=device, stage=stage, seed=seed, lora=lora,
+                                 progress=progress, write=write)
             head, rows = minilm_rows(records)
     title = f"linearize {teacher} ({size}, {machine}, {time.time() - started:.0f} s)"
     print_table(head, rows, title)

