@@ -123,11 +123,11 @@ def _compile_section(name: str) -> list[str]:
               "(aot_eager for every mixer, inductor on the CPU).")
     if rec is None:
         return ["Graph breaks not measured (`python -m attnzoo.bench.graph_breaks`).", "", tested]
-    out = [f"Graph breaks in the forward (`torch._dynamo.explain`, torch {rec['torch']}; {rec['conditions']}):", "",
+    out = [f"Graph breaks (`torch._dynamo.explain`, torch {rec['torch']}; {rec['conditions']}):", "",
            "| mode | graphs | graph breaks |", "|---|---|---|"]
-    out += [f"| {mode} ({what}) | {rec[mode]['graphs']} | {rec[mode]['graph_breaks']} |"
-            for mode, what in MODES.items()]
-    reasons = [(mode, r) for mode in MODES for r in rec[mode]["reasons"]]
+    modes = [m for m in MODES if rec.get(m)]  # decode: only mixers that decode
+    out += [f"| {mode} ({MODES[mode]}) | {rec[mode]['graphs']} | {rec[mode]['graph_breaks']} |" for mode in modes]
+    reasons = [(mode, r) for mode in modes for r in rec[mode]["reasons"]]
     if reasons:
         out += ["", "Break reasons:", ""] + [f"- {mode}: {r}" for mode, r in reasons]
     return out + ["", tested]
@@ -190,13 +190,13 @@ def mixer_page(name: str) -> str:
 def index_page() -> str:
     out = [HEADER, "", "# attnzoo mixers", "",
            "One page per registered mixer (`attnzoo card NAME` prints the same in a terminal).", "",
-           "| mixer | family | complexity | capabilities | graph breaks (train / eval) | paper |",
+           "| mixer | family | complexity | capabilities | graph breaks (train / eval / decode) | paper |",
            "|---|---|---|---|---|---|"]
     from attnzoo.bench.graph_breaks import MODES, recorded
 
     for name in list_mixers():
         c, rec = get_card(name), recorded(name)
-        breaks = "-" if rec is None else " / ".join(str(rec[mode]["graph_breaks"]) for mode in MODES)
+        breaks = "-" if rec is None else " / ".join(str(rec[m]["graph_breaks"]) if rec.get(m) else "-" for m in MODES)
         out.append(f"| [`{name}`](mixers/{name}.md) | {c.family} | {c.complexity} | {c.capabilities() or '-'} | "
                    f"{breaks} | {c.paper.authors} ({c.paper.year}) |")
     return "\n".join(out) + "\n"

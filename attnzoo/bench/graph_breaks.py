@@ -4,9 +4,10 @@
     python -m attnzoo.bench.graph_breaks gla moh    # prints those mixers' counts, writes nothing
 
 Conditions (CONDITIONS, recorded in the file): the card's example instance at d_model 32, x float32
-[2, 12, 32] on the CPU, the plain forward (no mask, no state), in two modes (MODES): "train" (training
-mode, gradients enabled: what a training step compiles) and "eval" (eval mode under torch.no_grad:
-inference; some mixers take other paths there).
+[2, 12, 32] on the CPU, no mask, in three modes (MODES): "train" (the forward in training mode,
+gradients enabled: what a training step compiles), "eval" (the forward in eval mode under
+torch.no_grad: inference; some mixers take other paths there) and "decode" (eval, no_grad: one token
+from the state of the 12-token forward, what generate() runs per token; mixers that decode only).
 A graph break splits the forward into several graphs run one after the other with Python in
 between (no fusion across it); `graphs` is their number (1: the whole forward is one graph).
 The reference pages (bench/docs.py, `attnzoo card NAME`) show the recorded counts;
@@ -23,8 +24,9 @@ import sys
 RESULTS = os.path.join(os.path.dirname(__file__), "graph_breaks.json")
 D_MODEL, BATCH, SEQ_LEN = 32, 2, 12
 CONDITIONS = (f"the card's example instance, d_model {D_MODEL}, x float32 [{BATCH}, {SEQ_LEN}, {D_MODEL}] on the "
-              "CPU, plain forward (no mask, no state)")
-MODES = {"train": "training mode, gradients enabled", "eval": "eval mode, torch.no_grad"}
+              "CPU, no mask")
+MODES = {"train": "forward, training mode, gradients enabled", "eval": "forward, eval mode, torch.no_grad",
+         "decode": f"one token after {SEQ_LEN} from their state, eval mode, torch.no_grad"}
 
 
 def example_mixer(name: str, *, seed: int = 0):
@@ -44,19 +46,28 @@ def _where(frame) -> str:
     return f"{path}:{frame.lineno}"
 
 
-def count_graph_breaks(name: str, mode: str = "train") -> dict:
-    """{"graphs", "graph_breaks", "reasons"} of mixer `name`'s forward (CONDITIONS, MODES[mode]); reasons
-    are the distinct break reasons, each with the attnzoo line where it happened."""
+def count_graph_breaks(name: str, mode: str = "train") -> dict | None:
+    """{"graphs", "graph_breaks", "reasons"} of mixer `name` in MODES[mode] (CONDITIONS); reasons are the
+    distinct break reasons, each with the attnzoo line where it happened. None: "decode" of a mixer
+    that does not decode."""
     import torch
+
+    from attnzoo.registry import get_card
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {tuple(MODES)}, got {mode!r}")
+    if mode == "decode" and not get_card(name).decode:
+        return None
     m, x = example_mixer(name)
     m.train(mode == "train")
     torch._dynamo.reset()
     try:
         with torch.set_grad_enabled(mode == "train"):
-            ex = torch._dynamo.explain(m)(x)
+            if mode == "decode":
+                _, state = m(x, return_state=True)
+                ex = torch._dynamo.explain(lambda t, s: m(t, state=s, return_state=True))(x[:, :1], state)
+            else:
+                ex = torch._dynamo.explain(m)(x)
     finally:
         torch._dynamo.reset()
     reasons = []
@@ -80,7 +91,7 @@ def measure_all(names=None) -> dict:
     for name in names or list_mixers():
         mixers[name] = {mode: count_graph_breaks(name, mode) for mode in MODES}
         print(name, ", ".join(f"{mode}: {r['graphs']} graph(s), {r['graph_breaks']} break(s)"
-                              for mode, r in mixers[name].items()), flush=True)
+                              for mode, r in mixers[name].items() if r is not None), flush=True)
     return {"torch": torch.__version__.split("+")[0], "conditions": CONDITIONS, "modes": MODES, "mixers": mixers}
 
 

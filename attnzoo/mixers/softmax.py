@@ -17,6 +17,7 @@ from torch import nn
 
 from attnzoo.mixers.base import Mixer, MixerState, check_heads
 from attnzoo.mixers.layers import RMSNorm, apply_rope, token_positions
+from attnzoo.ops.common.opaque import compiling
 from attnzoo.ops.softmax import softmax_attention
 from attnzoo.registry import Card, Paper, register
 
@@ -121,7 +122,9 @@ class SoftmaxAttention(Mixer):
             kpos = torch.cat([state.kpos, pos], 1)
         else:
             k_all, v_all, valid, kpos = k, v, real, pos
-        padded = mask is not None or (state is not None and not bool(state.valid.all()))
+        # all-real cache: the unmasked path (faster); under torch.compile the masked one, which gives the same
+        # outputs without reading the cache's mask on the host (a graph break)
+        padded = mask is not None or (state is not None and (compiling() or not bool(state.valid.all())))
         o = softmax_attention(
             q, k_all, v_all, causal=self.causal, window=self.window,
             q_pos=pos if padded else None, k_pos=kpos if padded else None,
