@@ -51,6 +51,9 @@ class TrainConfig:
     checkpoint_dir: str | None = None
     checkpoint_every: int = 0        # 0: checkpoint at evaluations and at the end
     resume: bool = True              # continue from checkpoint_dir/latest.json when present
+    compile: bool | str = False      # torch.compile the training forward (True: inductor; a str: that backend);
+    # evaluation stays eager. The first step then includes the compilation (not charged to max_seconds);
+    # on a CPU it paid for few zoo models (benchmarks/results/compile/)
 
     def check(self):
         if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1:
@@ -60,6 +63,8 @@ class TrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.target_accuracy is not None and not 0 < self.target_accuracy <= 1:
             raise ValueError(f"target_accuracy must be in (0, 1], got {self.target_accuracy}")
+        if not isinstance(self.compile, (bool, str)):
+            raise ValueError(f"compile must be a bool or a torch.compile backend name, got {self.compile!r}")
 
 
 @dataclass
@@ -189,6 +194,9 @@ def train_lm(model: nn.Module, *, train: tuple[torch.Tensor, torch.Tensor], test
             dist.barrier()
 
     model.train()
+    forward = model
+    if config.compile:
+        forward = torch.compile(model, backend="inductor" if config.compile is True else config.compile)
     while step < config.steps:
         scale = warmup_cosine(step, warmup=config.warmup_steps, total=config.steps, min_ratio=config.min_lr_ratio)
         for g in opt.param_groups:
@@ -199,7 +207,7 @@ def train_lm(model: nn.Module, *, train: tuple[torch.Tensor, torch.Tensor], test
         scored = y != IGNORE_INDEX
         count = _all_sum(scored.sum().to(torch.float32).reshape(1)).clamp_min(1.0)
         with _autocast(device, config.amp):
-            logits = model(x)
+            logits = forward(x)
         ce_sum = F.cross_entropy(at_least_float32(logits).reshape(-1, logits.shape[-1]), y.reshape(-1),
                                  ignore_index=IGNORE_INDEX, reduction="sum")
         loss = ce_sum * world / count        # DDP averages over ranks: the mean is the full-batch mean

@@ -71,6 +71,8 @@ class ZooPreset:
     repeat_pattern: bool = False            # a hybrid pattern runs whole in each of the n_layers (Zoology's Hybrid)
     mixers: tuple | None = None             # the mixers swept when none are named (None: every causal mixer)
     random_non_queries: bool = True         # MQAR fillers random tokens (True) or zeros (Zoology's Figure 2: False)
+    compile: tuple = ()                     # mixers (or patterns) whose runs train under torch.compile ("all": every
+    # run; not group runs), an opt-in: on a CPU it paid for mamba and gaam only (benchmarks/results/compile/)
 
     def batch_for(self, seq_len: int) -> int:
         return int((self.batch_sizes or {}).get(seq_len, self.batch_size))
@@ -93,6 +95,8 @@ class ZooPreset:
             *((k, getattr(self, k) is None or _positive(getattr(self, k)), "None or a finite number of seconds > 0")
               for k in ("total_seconds", "run_seconds")),
             ("mixer_kwargs", self.mixer_kwargs is None or isinstance(self.mixer_kwargs, dict), "None or a dict"),
+            ("compile", isinstance(self.compile, (tuple, list)) and all(isinstance(m, str) for m in self.compile),
+             "a tuple of mixer names or patterns (or 'all')"),
             ("batch_sizes", self.batch_sizes is None or (isinstance(self.batch_sizes, dict) and all(
                 _int(k, 1) and _int(v, 1) for k, v in self.batch_sizes.items())), "None or {seq_len: batch >= 1}"),
         ]

@@ -73,7 +73,10 @@ def run_one(spec: dict, preset: ZooPreset, *, device: str, max_seconds: float | 
         cfg = TrainConfig(steps=preset.steps, batch_size=preset.batch_for(spec["seq_len"]), lr=spec["lr"],
                           weight_decay=preset.weight_decay, warmup_steps=preset.warmup_steps,
                           eval_every=preset.eval_every, target_accuracy=preset.target_accuracy,
-                          max_seconds=max_seconds, seed=preset.seed, device=device)
+                          max_seconds=max_seconds, seed=preset.seed, device=device,
+                          compile=spec["mixer"] in preset.compile or "all" in preset.compile)
+        if cfg.compile:
+            rec["compiled"] = True
         res = train_lm(lm, train=data.train, test=data.test, config=cfg, on_step=on_step, on_eval=on_eval)
         rec.update(accuracy=round(res.accuracy, 6), loss=round(res.loss, 6), steps=res.steps, stopped=res.stopped,
                    warmup_s=round(res.warmup_seconds, 3),  # the first step (JIT, warm-up): not in the run's cap
