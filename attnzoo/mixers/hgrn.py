@@ -13,11 +13,9 @@ W_o LN(g ⊙ h)). The paper learns the lower bounds of all layers together (cumu
 layers, rising with depth); a single mixer takes its layer's bound as `lower_bound`, and
 `hgrn_lower_bounds(n_layers)` gives that schedule at its initialisation (equal shares: k / n_layers).
 
-Computation: with p_t the index of token t among the call's real tokens, h_t = exp(i p_t theta) u_t where
-u_t = lam_t u_{t-1} + (1 - lam_t) exp(-i p_t theta) c_t is a real-gated element-wise recurrence:
-`gated_linear_attention` with one head per channel (K = 1, V = 2 for Re/Im), q = 1, k = 1 - lam,
-g = log lam (chunked on CPU, Triton on CUDA). The state is h itself, [B, d_h, 1, 2] (V = 1 when real).
-Padded steps get lam = 1 and k = 0 and do not advance p.
+Computation: `attnzoo.ops.scan.linear_recurrence` (a log-depth scan; complex products on (Re, Im)
+pairs) with a_t = lam_t exp(i theta), b_t = (1 - lam_t) c_t. The state is h, [B, d_h, 2] ([B, d_h, 1]
+when real). Padded steps get a = 1, b = 0: they leave h alone.
 """
 
 from __future__ import annotations
@@ -26,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnzoo.mixers._linear_common import check_recurrent_state, mask_steps, recurrent_state_bytes
+from attnzoo.mixers._linear_common import check_recurrent_state, mask_steps
 from attnzoo.mixers.base import Mixer, RecurrentState
-from attnzoo.ops.linear import gated_linear_attention
+from attnzoo.ops.scan.linear_recurrence import linear_recurrence
 from attnzoo.registry import Card, Paper, register
 
 
@@ -42,13 +40,7 @@ def hgrn_lower_bounds(n_layers: int) -> list[float]:
 
 def hgrn_state_bytes(d_model: int, n_heads: int, seq_len: int, expand: int = 1, complex_valued: bool = True) -> int:
     """h [d_h] complex (two fp32 per channel) or real, d_h = expand · d_model."""
-    return recurrent_state_bytes(expand * d_model, 1, 2 if complex_valued else 1)
-
-
-def rotate(z: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """z [..., 2] (Re, Im) times exp(i angle), with cos/sin [...] of the angle."""
-    re, im = z[..., 0], z[..., 1]
-    return torch.stack([re * cos - im * sin, re * sin + im * cos], -1)
+    return 4 * expand * d_model * (2 if complex_valued else 1)
 
 
 @register(
@@ -91,7 +83,7 @@ class HGRN(Mixer):
             self.theta = nn.Parameter(10000.0 ** (-torch.arange(dh, dtype=torch.float32) / dh))
 
     def check_state(self, state):
-        check_recurrent_state(state, (self.d_hidden, 1, 2 if self.complex_valued else 1))
+        check_recurrent_state(state, (self.d_hidden, 2 if self.complex_valued else 1))
 
     def gates(self, x, mask):
         """(log lam, 1 - lam), both [B, T, d_h], without cancellation; lam = 1 and 1 - lam = 0 at padded steps."""
@@ -99,41 +91,28 @@ class HGRN(Mixer):
         log_lam = F.logsigmoid(z) if lb == 0.0 else torch.log(lb + (1.0 - lb) * torch.sigmoid(z))
         return mask_steps(log_lam, mask), mask_steps((1.0 - lb) * torch.sigmoid(-z), mask)
 
-    def phases(self, mask, B, T, device):
-        """cos, sin of p_t theta [B, T, d_h] (p_t: index among the call's real tokens) and of the last real
-        token's (n - 1) theta [B, d_h] (n = the number of real tokens; -theta when n = 0), angles in float64."""
-        real = torch.ones(B, T, dtype=torch.long, device=device) if mask is None else mask.long()
-        p = (real.cumsum(1) - 1).clamp_min(0).double()
-        ang = p[..., None] * self.theta.double()
-        end = (real.sum(1).double()[:, None] - 1) * self.theta.double()
-        ct = torch.float64 if self.theta.dtype == torch.float64 else torch.float32
-        return ang.cos().to(ct), ang.sin().to(ct), end.cos().to(ct), end.sin().to(ct)
-
-    def hidden(self, x, mask, state, final: bool = True):
-        """h [B, T, d_h, 2] (Re, Im; [.., 1] when real) and (if final) the last h as a state [B, d_h, 1, 2]."""
+    def hidden(self, x, mask, state):
+        """h [B, T, d_h, P] (P = 2: Re, Im; P = 1 when real) and the last h [B, d_h, P]."""
         B, T, _ = x.shape
-        dh = self.d_hidden
-        log_lam, k = self.gates(x, mask)
-        c = F.silu(self.c_proj(x)).view(B, T, 2 if self.complex_valued else 1, dh).transpose(2, 3)
-        h0 = None if state is None else state.S[:, :, 0]                        # [B, d_h, 2]
+        dh, P = self.d_hidden, 2 if self.complex_valued else 1
+        log_lam, k = self.gates(x, mask)                                        # lam = 1, k = 0 at padding
+        c = F.silu(self.c_proj(x)).view(B, T, P, dh).transpose(2, 3)           # [B, T, d_h, P]
+        b = k[..., None] * c
+        lam = log_lam.exp()
         if self.complex_valued:
-            cos, sin, cos_n, sin_n = self.phases(mask, B, T, x.device)
-            c = rotate(c, cos.to(c.dtype), -sin.to(c.dtype))                     # exp(-i p theta) c
-            if h0 is not None:                                                  # u_{-1} = exp(i theta) h_prev
-                th = self.theta.to(h0.dtype)
-                h0 = rotate(h0, th.cos(), th.sin())
-        ones = torch.ones(B, T, dh, 1, dtype=x.dtype, device=x.device)
-        u, uT = gated_linear_attention(ones, k[..., None], c, log_lam, scale=1.0, output_final_state=final,
-                                       initial_state=None if h0 is None else h0[:, :, None], impl=self.impl)
-        if not self.complex_valued:
-            return u, uT
-        h = rotate(u, cos.to(u.dtype), sin.to(u.dtype))
-        hT = None if uT is None else rotate(uT[:, :, 0], cos_n.to(uT.dtype), sin_n.to(uT.dtype))[:, :, None]
-        return h, hT
+            th = self.theta.to(lam.dtype)
+            a = torch.stack([lam * th.cos(), lam * th.sin()], -1)
+            if mask is not None:                                               # a padded step: a = 1 exactly
+                a = torch.where(mask[..., None, None], a, torch.tensor([1.0, 0.0], dtype=a.dtype, device=a.device))
+            return linear_recurrence(a, b, initial_state=None if state is None else state.S,
+                                     complex_pairs=True, impl=self.impl)
+        h, hT = linear_recurrence(lam, b[..., 0], initial_state=None if state is None else state.S[..., 0],
+                                  impl=self.impl)
+        return h[..., None], hT[..., None]
 
     def _forward(self, x, mask, state, return_state):
         B, T, _ = x.shape
-        h, hT = self.hidden(x, mask, state, final=return_state)
+        h, hT = self.hidden(x, mask, state)
         o = h.transpose(2, 3).reshape(B, T, -1).to(x.dtype)                      # [Re h | Im h]
         y = self.o_proj(self.norm(torch.sigmoid(self.g_proj(x)) * o))
         return y, (RecurrentState(S=hT) if return_state else None)
