@@ -23,6 +23,7 @@ from torch import nn
 
 from attnzoo.mixers.base import Mixer, MixerState, check_heads
 from attnzoo.mixers.layers import RMSNorm
+from attnzoo.ops.common.opaque import compiling
 from attnzoo.ops.softmax.forgetting import forgetting_attention
 from attnzoo.registry import Card, Paper, register
 
@@ -108,7 +109,8 @@ class ForgettingTransformer(Mixer):
             valid, cache_decay = torch.cat([state.valid, real], 1), state.decay
         else:
             k_all, v_all, valid, cache_decay = k, v, real, None
-        padded = mask is not None or (state is not None and not bool(state.valid.all()))
+        # under torch.compile the masked path (same outputs) instead of reading the cache's mask on the host
+        padded = mask is not None or (state is not None and (compiling() or not bool(state.valid.all())))
         o, decay = forgetting_attention(q, k_all, v_all, log_f, cache_decay=cache_decay,
                                         key_mask=valid if padded else None, output_decay=return_state,
                                         impl=self.impl)

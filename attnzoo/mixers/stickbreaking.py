@@ -20,6 +20,7 @@ from torch import nn
 
 from attnzoo.mixers.base import Mixer, MixerState, check_heads
 from attnzoo.mixers.layers import RMSNorm
+from attnzoo.ops.common.opaque import compiling
 from attnzoo.ops.softmax.stickbreaking import stickbreaking_attention
 from attnzoo.registry import Card, Paper, register
 
@@ -92,7 +93,8 @@ class StickBreaking(Mixer):
             valid = torch.cat([state.valid, real], 1)
         else:
             k_all, v_all, valid = k, v, real
-        padded = mask is not None or (state is not None and not bool(state.valid.all()))
+        # under torch.compile the masked path (same outputs) instead of reading the cache's mask on the host
+        padded = mask is not None or (state is not None and (compiling() or not bool(state.valid.all())))
         o = stickbreaking_attention(q, k_all, v_all, key_mask=valid if padded else None,
                                     attend_current=self.attend_current, impl=self.impl)
         y = self.o_proj(o.reshape(B, T, H * hd))
