@@ -42,8 +42,9 @@ def cmd_zoo(args):
     from attnzoo.bench.zoo import run_zoo
     from attnzoo.bench.zoo.presets import floor_note, get_preset
 
+    compile_ = tuple(m.strip() for m in args.compile.split(",") if m.strip()) if args.compile else None
     preset = get_preset(args.preset, d_models=args.d_models, lrs=args.lrs, steps=args.steps,
-                        total_seconds=args.total_seconds, grid=args.grid)
+                        total_seconds=args.total_seconds, grid=args.grid, compile=compile_)
     mixers = [m.strip() for m in args.mixers.split(",")] if args.mixers is not None else None
     if mixers is not None and not all(mixers):
         raise ValueError(f"--mixers must be a comma list of names or patterns, got {args.mixers!r}")
@@ -142,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     pz.add_argument("--workers", type=int,
                     help="runs at once (default: the preset's on CUDA, one per core up to 8 on a CPU)")
     pz.add_argument("--threads", type=int, help="torch CPU threads per run")
+    pz.add_argument("--compile", help="comma list of mixers/patterns whose runs train under torch.compile, or 'all' "
+                    "(off by default; CPU: it paid for mamba and gaam only, benchmarks/results/compile/)")
     pz.set_defaults(func=cmd_zoo)
 
     pb = sub.add_parser("bench", help="speed benches")
@@ -234,12 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
     pli.add_argument("--teacher", required=True, choices=["byte-lm", "minilm"])
     pli.add_argument("--student", required=True, help="comma list of mixers or patterns, e.g. lawcat,gla*3+softmax")
     pli.add_argument("--stage", default="both", choices=["1", "2", "both"])
-    pli.add_argument("--size", default="cpu", choices=["test", "cpu-short", "cpu", "gpu"],
-                     help="cpu-short: byte-lm only (the short first CPU run)")
+    pli.add_argument("--size", default="cpu", choices=["test", "cpu-short", "cpu", "cpu-long", "gpu"],
+                     help="cpu-short: byte-lm only (the short first CPU run); cpu-long: minilm only (4x cpu's steps)")
     pli.add_argument("--out", required=True, help="results folder (a second run resumes from its checkpoints)")
     pli.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     pli.add_argument("--seed", type=int, default=0)
     pli.add_argument("--no-scratch", action="store_true", help="byte-lm: skip the from-scratch baselines")
+    pli.add_argument("--full", action="store_true", help="stage 2 fine-tunes every parameter (default: LoRA r=8)")
     pli.set_defaults(func=cmd_linearize)
     return p
 
@@ -251,7 +255,8 @@ def cmd_linearize(args):
     if not all(students):
         raise ValueError(f"--student must be a comma list of names or patterns, got {args.student!r}")
     linearize(teacher=args.teacher, students=students, stage=args.stage, size=args.size, out=args.out,
-              device=args.device or ("cuda" if _cuda() else "cpu"), seed=args.seed, scratch=not args.no_scratch)
+              device=args.device or ("cuda" if _cuda() else "cpu"), seed=args.seed, scratch=not args.no_scratch,
+              lora=not args.full)
     print(f"written: {args.out}/results.jsonl, summary.md, loss.png")
     return 0
 
