@@ -117,3 +117,17 @@ def test_mixer_decay_is_per_channel_and_in_range():
     g = m.log_gate(torch.randn(1, 6, 16, dtype=F64) * 4)
     assert g.shape == (1, 6, 2, 8) and (g <= 0).all()
     assert g.std(-1).min() > 0  # the channels of a head decay at different rates
+
+
+def test_long_inputs_run_in_checkpointed_segments(monkeypatch):
+    import attnzoo.ops.delta.dplr_chunk as dplr_chunk
+
+    ins = _inputs(T=45, strength=2.0)
+    monkeypatch.setattr(dplr_chunk, "SEGMENT_PAIR_ELEMENTS", 2 * 2 * 2 * 4 * 4 * 5)  # 2 chunks of 4 per segment
+    calls = []
+    real = dplr_chunk._segment
+    monkeypatch.setattr(dplr_chunk, "_segment", lambda *a: calls.append(1) or real(*a))
+    got = _grads(_kda("torch", chunk_size=4), ins)
+    assert len(calls) >= 12  # 6 segments, each run again in the backward
+    for a, b in zip(got, _grads(_kda("reference"), ins)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
