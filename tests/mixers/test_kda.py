@@ -131,3 +131,10 @@ def test_long_inputs_run_in_checkpointed_segments(monkeypatch):
     assert len(calls) >= 12  # 6 segments, each run again in the backward
     for a, b in zip(got, _grads(_kda("reference"), ins)):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_shapes_past_the_small_slice_fast_paths_keep_gradients():
+    # B·H·N·K >= 2048: the size at which ops/common/gate_sums switches to in-place / out= loops
+    ins = _inputs(B=2, T=128, H=2, K=16, V=2, strength=1.0)
+    for a, b in zip(_grads(_kda("torch", chunk_size=4), ins), _grads(_kda("reference"), ins)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)

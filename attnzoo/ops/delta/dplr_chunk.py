@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from attnzoo.ops.common.checks import check_chunk_size
-from attnzoo.ops.common.gate_sums import pairwise_decay, prefix_excl, suffix_excl
+from attnzoo.ops.common.gate_sums import pairwise_decay, prefix_excl
 from attnzoo.ops.common.precision import compute_dtype
 
 # Elements of the pairwise decays [B, H, n, C, C, K] one segment of chunks may hold (64 MiB in float32).
@@ -42,6 +42,12 @@ def _chunks(x, N: int, C: int, dtype):
     if N * C > T:
         x = F.pad(x, (0, 0, 0, N * C - T))
     return x.reshape(B, H, N, C, D)
+
+
+def _suffix_excl(g):
+    """Σ_{l > j} g_l along the chunk dim (-2), by a flipped cumsum (gate_sums.suffix_excl writes with out=,
+    which autograd cannot differentiate)."""
+    return F.pad(g.flip(-2).cumsum(-2)[..., :-1, :], (0, 0, 1, 0)).flip(-2)
 
 
 def _pair(E, x, y):
@@ -58,7 +64,7 @@ def _segment(qc, kc, vc, ac, bc, gc, S):
     rhs = torch.cat([bc * prefix_excl(gc, -2).exp(), _pair(E_prev, bc, kc) @ vc], -1)
     WU = torch.linalg.solve_triangular(L, rhs, upper=False, unitriangular=True)
     W, U0 = WU[..., :K], WU[..., K:]
-    tail = suffix_excl(gc, -2).exp()  # exp(G_C - G_j)
+    tail = _suffix_excl(gc).exp()  # exp(G_C - G_j)
     a_end, k_end = ac * tail, kc * tail
     gamma = gc.sum(-2).exp()  # [B, H, n, K]
     M = torch.diag_embed(gamma) + a_end.transpose(-1, -2) @ W  # [B, H, n, K, K]
