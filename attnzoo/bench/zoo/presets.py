@@ -117,6 +117,8 @@ QUICK_MIXER_KWARGS = {
     "gated_softmax": {"n_heads": 1, "n_kv_heads": 1},
     "prompt_tuning": {"n_heads": 1, "n_kv_heads": 1},
     "sliding_window": {"n_heads": 1},
+    "fox": {"n_heads": 1},
+    "stickbreaking": {"n_heads": 1},
     "block_sparse": {"n_heads": 2, "n_kv_heads": 1},
     "routing": {"n_heads": 2, "n_local_heads": 1, "n_clusters": 4, "window": 8},
     "base_conv": {"l_max": 64},
