@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="runs at once (default: the preset's on CUDA, one per core up to 8 on a CPU)")
     pz.add_argument("--threads", type=int, help="torch CPU threads per run")
     pz.add_argument("--compile", help="comma list of mixers/patterns whose runs train under torch.compile, or 'all' "
-                    "(off by default; CPU: it paid for mamba and gaam only, benchmarks/results/compile/)")
+                    "(off by default; CPU: it paid for kda, rwkv7, hgrn, gaam; benchmarks/results/compile/)")
     pz.set_defaults(func=cmd_zoo)
 
     pb = sub.add_parser("bench", help="speed benches")

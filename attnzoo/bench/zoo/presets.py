@@ -72,7 +72,7 @@ class ZooPreset:
     mixers: tuple | None = None             # the mixers swept when none are named (None: every causal mixer)
     random_non_queries: bool = True         # MQAR fillers random tokens (True) or zeros (Zoology's Figure 2: False)
     compile: tuple = ()                     # mixers (or patterns) whose runs train under torch.compile ("all": every
-    # run; not group runs), an opt-in: on a CPU it paid for mamba and gaam only (benchmarks/results/compile/)
+    # run; not group runs), an opt-in: on a CPU it paid for kda, rwkv7, hgrn, gaam (benchmarks/results/compile/)
 
     def batch_for(self, seq_len: int) -> int:
         return int((self.batch_sizes or {}).get(seq_len, self.batch_size))
