@@ -200,8 +200,8 @@ def write_report(out, *, run_id=None, echo=print) -> str:
         f"Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, backend "
         f"{machine['backend']} on {machine['device']}, {machine['threads_per_rank']} thread per rank, load average "
         f"{machine['loadavg_1m_at_start']} at start (a shared machine); run {machine['run_id']}, {machine['time']}, "
-        f"commit {machine.get('git') or 'not recorded'}. Ranks beyond the core count share cores, so compute time grows with P here: these are gloo measurements "
-        "of the algorithms, not of GPU scaling.", "",
+        f"commit {machine.get('git') or 'not recorded'}. Ranks beyond the core count share cores, so compute "
+        "time grows with P here: these are gloo measurements of the algorithms, not of GPU scaling.", "",
         "## Time per fwd+bwd and bytes per rank (weak scaling: fixed tokens per rank)", "",
         "Median of interleaved rounds (variants in a rotated order each round). Load average while measuring: "
         + ", ".join(f"P = {P}: {max(r.get('loadavg_1m', float('nan')) for r in op_rows if r['P'] == P):.1f}"
