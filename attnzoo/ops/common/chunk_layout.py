@@ -72,6 +72,21 @@ def fold_vmapped(x, in_dim, size: int):
     return x.reshape(size * x.shape[1], *x.shape[2:])
 
 
+def fold_vmapped_packing(q, q_dim, cu_dim, cu_seqlens, size: int):
+    """Inside a vmap rule of a packed op (tokens of one member's sequences concatenated, cut by a
+    cu_seqlens every member shares): q with its vmapped dim moved to 0, and the cu_seqlens of the
+    members' packings laid end to end (member m's offsets shifted by m x its token count), so that
+    fold_vmapped then makes one packed call. Returns (q, q_dim, cu_seqlens)."""
+    q = q.movedim(q_dim, 0) if q_dim is not None else q
+    q_dim = 0 if q_dim is not None else None
+    if cu_dim is not None:
+        raise ValueError("vmap over cu_seqlens is not supported: give every member the same packing")
+    total = q.shape[1 if q_dim == 0 else 0]  # packed tokens of one member
+    offs = torch.arange(size, device=cu_seqlens.device, dtype=cu_seqlens.dtype)[:, None] * total
+    cu_seqlens = torch.cat([(cu_seqlens[:-1][None] + offs).reshape(-1), cu_seqlens[-1:] + (size - 1) * total])
+    return q, q_dim, cu_seqlens
+
+
 def unfold_vmapped(x, size: int):
     """The inverse of fold_vmapped for an output: [G·B, ...] -> [G, B, ...] (out_dim 0)."""
     return None if x is None else x.view(size, x.shape[0] // size, *x.shape[1:])

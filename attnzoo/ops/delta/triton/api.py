@@ -27,7 +27,7 @@ import torch
 
 import attnzoo.ops.linear.triton.api as _gla_api  # applies the interpreter patch of Triton 3.6 (CPU tests)
 from attnzoo.ops.common.checks import check_delta_inputs
-from attnzoo.ops.common.chunk_layout import fold_vmapped, unfold_vmapped
+from attnzoo.ops.common.chunk_layout import fold_vmapped, fold_vmapped_packing, unfold_vmapped
 from attnzoo.ops.common.dispatch import triton_interpret
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -172,13 +172,8 @@ class _EagerDeltaChunk(torch.autograd.Function):
     def vmap(info, in_dims, q, k, v, beta, g, initial_state, cu_seqlens, batch, scale, output_final_state):
         G = info.batch_size
         if cu_seqlens is not None:
-            q = q.movedim(in_dims[0], 0) if in_dims[0] is not None else q
-            in_dims = (0 if in_dims[0] is not None else None, *in_dims[1:])
-            if in_dims[6] is not None:
-                raise ValueError("vmap over cu_seqlens is not supported: give every member the same packing")
-            total = q.shape[1 if in_dims[0] == 0 else 0]  # packed tokens of one member
-            offs = torch.arange(G, device=cu_seqlens.device, dtype=cu_seqlens.dtype)[:, None] * total
-            cu_seqlens = torch.cat([(cu_seqlens[:-1][None] + offs).reshape(-1), cu_seqlens[-1:] + (G - 1) * total])
+            q, q_dim, cu_seqlens = fold_vmapped_packing(q, in_dims[0], in_dims[6], cu_seqlens, G)
+            in_dims = (q_dim, *in_dims[1:])
         q, k, v, beta, g, initial_state = (fold_vmapped(x, d, G) for x, d in
                                            zip((q, k, v, beta, g, initial_state), in_dims))
         o, ht, kept = _EagerDeltaChunk.apply(q, k, v, beta, g, initial_state, cu_seqlens, batch * G, scale,
