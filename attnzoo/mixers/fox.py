@@ -22,8 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnzoo.mixers.base import Mixer, MixerState, check_heads
-from attnzoo.mixers.layers import RMSNorm
-from attnzoo.ops.common.opaque import compiling
+from attnzoo.mixers.layers import RMSNorm, extend_kv_cache
 from attnzoo.ops.softmax.forgetting import forgetting_attention
 from attnzoo.registry import Card, Paper, register
 
@@ -104,13 +103,8 @@ class ForgettingTransformer(Mixer):
             q, k = self.q_norm(q), self.k_norm(k)
         log_f = self.log_forget(x, mask)
         real = torch.ones(B, T, dtype=torch.bool, device=x.device) if mask is None else mask
-        if state is not None:
-            k_all, v_all = torch.cat([state.k.to(k.dtype), k], 1), torch.cat([state.v.to(v.dtype), v], 1)
-            valid, cache_decay = torch.cat([state.valid, real], 1), state.decay
-        else:
-            k_all, v_all, valid, cache_decay = k, v, real, None
-        # under torch.compile the masked path (same outputs) instead of reading the cache's mask on the host
-        padded = mask is not None or (state is not None and (compiling() or not bool(state.valid.all())))
+        k_all, v_all, valid, padded = extend_kv_cache(state, k, v, real, mask)
+        cache_decay = None if state is None else state.decay
         o, decay = forgetting_attention(q, k_all, v_all, log_f, cache_decay=cache_decay,
                                         key_mask=valid if padded else None, output_decay=return_state,
                                         impl=self.impl)

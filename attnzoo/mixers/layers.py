@@ -1,4 +1,4 @@
-"""Small building blocks shared by mixers: RMSNorm, gated RMSNorm, rotary embeddings."""
+"""Small building blocks shared by mixers: RMSNorm, gated RMSNorm, rotary embeddings, KV caches."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from attnzoo.ops.common.dispatch import op_override
+from attnzoo.ops.common.opaque import compiling
 
 
 class RMSNorm(nn.Module):
@@ -84,3 +85,16 @@ def token_positions(mask: torch.Tensor | None, B: int, T: int, start: torch.Tens
     if offset is not None:
         pos = pos + offset(mask, B, T, device)[:, None]
     return pos
+
+
+def extend_kv_cache(state, k, v, real, mask):
+    """A KV-cache mixer's keys for this call: (k_all, v_all, valid, padded). The cache's k/v/valid
+    (state.k, state.v [B, L, H, D], state.valid [B, L]) come first, then this call's k, v and `real`
+    [B, T] (state None: this call's alone). padded: the attention must take its masked path, because
+    this call has padding (mask given) or the cache may hold some (under torch.compile it is assumed
+    to, which gives the same outputs without reading the cache's mask on the host: a graph break)."""
+    padded = mask is not None or (state is not None and (compiling() or not bool(state.valid.all())))
+    if state is None:
+        return k, v, real, padded
+    return (torch.cat([state.k.to(k.dtype), k], 1), torch.cat([state.v.to(v.dtype), v], 1),
+            torch.cat([state.valid, real], 1), padded)

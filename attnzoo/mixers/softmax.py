@@ -16,8 +16,7 @@ import torch
 from torch import nn
 
 from attnzoo.mixers.base import Mixer, MixerState, check_heads
-from attnzoo.mixers.layers import RMSNorm, apply_rope, token_positions
-from attnzoo.ops.common.opaque import compiling
+from attnzoo.mixers.layers import RMSNorm, apply_rope, extend_kv_cache, token_positions
 from attnzoo.ops.softmax import softmax_attention
 from attnzoo.registry import Card, Paper, register
 
@@ -115,16 +114,8 @@ class SoftmaxAttention(Mixer):
         pos = token_positions(mask, B, T, None if state is None else state.seen, x.device)
         if self.rope:
             q, k = apply_rope(q, pos, self.rope_theta), apply_rope(k, pos, self.rope_theta)
-        if state is not None:
-            k_all = torch.cat([state.k.to(k.dtype), k], 1)
-            v_all = torch.cat([state.v.to(v.dtype), v], 1)
-            valid = torch.cat([state.valid, real], 1)
-            kpos = torch.cat([state.kpos, pos], 1)
-        else:
-            k_all, v_all, valid, kpos = k, v, real, pos
-        # all-real cache: the unmasked path (faster); under torch.compile the masked one, which gives the same
-        # outputs without reading the cache's mask on the host (a graph break)
-        padded = mask is not None or (state is not None and (compiling() or not bool(state.valid.all())))
+        k_all, v_all, valid, padded = extend_kv_cache(state, k, v, real, mask)  # all-real: the unmasked path
+        kpos = pos if state is None else torch.cat([state.kpos, pos], 1)
         o = softmax_attention(
             q, k_all, v_all, causal=self.causal, window=self.window,
             q_pos=pos if padded else None, k_pos=kpos if padded else None,

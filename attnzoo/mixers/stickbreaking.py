@@ -19,8 +19,7 @@ import torch
 from torch import nn
 
 from attnzoo.mixers.base import Mixer, MixerState, check_heads
-from attnzoo.mixers.layers import RMSNorm
-from attnzoo.ops.common.opaque import compiling
+from attnzoo.mixers.layers import RMSNorm, extend_kv_cache
 from attnzoo.ops.softmax.stickbreaking import stickbreaking_attention
 from attnzoo.registry import Card, Paper, register
 
@@ -88,13 +87,7 @@ class StickBreaking(Mixer):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         real = torch.ones(B, T, dtype=torch.bool, device=x.device) if mask is None else mask
-        if state is not None:
-            k_all, v_all = torch.cat([state.k.to(k.dtype), k], 1), torch.cat([state.v.to(v.dtype), v], 1)
-            valid = torch.cat([state.valid, real], 1)
-        else:
-            k_all, v_all, valid = k, v, real
-        # under torch.compile the masked path (same outputs) instead of reading the cache's mask on the host
-        padded = mask is not None or (state is not None and (compiling() or not bool(state.valid.all())))
+        k_all, v_all, valid, padded = extend_kv_cache(state, k, v, real, mask)
         o = stickbreaking_attention(q, k_all, v_all, key_mask=valid if padded else None,
                                     attend_current=self.attend_current, impl=self.impl)
         y = self.o_proj(o.reshape(B, T, H * hd))
