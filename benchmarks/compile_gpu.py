@@ -2,6 +2,7 @@
 
     python benchmarks/compile_gpu.py OUT_DIR             # on a CUDA machine, about 7 minutes
     python benchmarks/compile_gpu.py OUT_DIR --smoke     # CPU, tiny sizes, aot_eager: checks the script
+    python benchmarks/compile_gpu.py OUT_DIR --budget-s 240   # start no new mixer after 240 s (default 330)
 
 The same bench as `attnzoo bench compile` (attnzoo/bench/compile_bench.py: fwd + bwd + AdamW of the
 zoo's 2-layer model at the quick preset's T=64, d_model 64, batch 64; eager and compiled stepped in
@@ -37,6 +38,7 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 2
     out, smoke = os.path.join(argv[0], "compile"), "--smoke" in argv
+    budget_s = float(argv[argv.index("--budget-s") + 1]) if "--budget-s" in argv else BUDGET_S
     preset = get_preset("quick")
     if smoke:
         preset = replace(preset, grid=((8, 2),), d_models=(16,), batch_size=4, batch_sizes=None)
@@ -47,7 +49,7 @@ def main(argv: list[str]) -> int:
         print("no CUDA device (use --smoke on a CPU)", file=sys.stderr)
         return 1
     run_compile_bench(ordered(default_mixers(preset)), preset=preset, device="cuda", steps=10, rounds=3, out=out,
-                      budget_s=BUDGET_S)
+                      budget_s=budget_s)
     return 0
 
 
