@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 
 import attnzoo
-import attnzoo.mixers._wip_path_attn  # noqa: F401  (registers path_attn)
 from attnzoo.ops.softmax.path import path_attention, path_attention_reference
 
 

@@ -13,9 +13,9 @@ transformed up to the newest token (`PathKVState.k`, float32; float64 for a floa
 applies its H_t to every cached key (O(L d) per step, like reading a KV cache), plus the short conv's cache.
 Padded steps get beta = 0 (H = I) and are never keys.
 
-Left out of the paper: the PaTH-FoX variant (a forget gate on the logits as well), the low-rank w projection
-is an option (`w_rank`, default a full projection), the FlashAttention-style kernel (the torch path
-materialises the T x T logits), and the paper's training recipe and initialisation.
+Left out of the paper: the PaTH-FoX variant (a forget gate on the logits as well), the FlashAttention-style
+kernel (the torch path materialises the T x T logits), and the paper's training recipe and initialisation.
+The paper's low-rank w projection is an option (`w_rank`; default a full d_model x H·d projection).
 """
 
 from __future__ import annotations
@@ -68,14 +68,13 @@ PATH = Paper("PaTH Attention: Position Encoding via Accumulating Householder Tra
         complexity="O(T^2 d); decode O(L d) per token (every cached key is updated)",
         state_bytes=path_state_bytes,
         example_kwargs={"n_heads": 2, "chunk_size": 16},
-        claim="Data-dependent position encoding by products of Householder-like transitions between key and "
-              "query lifts transformers past TC^0 in expressivity; PaTH beats RoPE on state-tracking and "
-              "flip-flop tasks and in moderate-scale language modelling, and RoPE models convert to it.",
+        claim="A data-dependent position encoding (products of Householder-like transitions between key and "
+              "query) in place of RoPE's fixed rotations improves on RoPE and other recent baselines on synthetic "
+              "benchmarks and moderate-scale language modelling; pretrained RoPE models convert to it.",
     ),
 )
 class PathAttention(Mixer):
     state_class = PathKVState
-    state_tag_ignore = ("impl", "chunk_size")
 
     def __init__(
         self, d_model: int, *, n_heads: int = 4, head_dim: int | None = None, w_rank: int | None = None,
