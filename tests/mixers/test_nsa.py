@@ -184,7 +184,8 @@ def _naive_mixer(m, x):
     return m.o_proj(out.reshape(B, T, H * hd))
 
 
-@pytest.mark.parametrize("kw", [KW, dict(KW, cmp_block=6, cmp_stride=3, sel_block=5, top_n=2, n_local=2)])
+@pytest.mark.parametrize("kw", [KW, dict(KW, cmp_block=6, cmp_stride=3, sel_block=5, top_n=2, n_local=2),
+                                dict(KW, top_n=0, n_init=0)])  # the last: only the own block is selected
 def test_mixer_equals_the_formula(kw):
     torch.manual_seed(0)
     m = attnzoo.build("nsa", d_model=32, n_heads=4, n_kv_heads=2, **kw).double()

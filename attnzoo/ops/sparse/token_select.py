@@ -1,5 +1,6 @@
 """Per-token block selection and the attention over it (NSA's selection branch, Yuan et al. 2025,
-arXiv:2502.11089), plus NSA's block compression windows and compressed attention.
+arXiv:2502.11089; MoBA's gate, Lu et al. 2025, arXiv:2502.13189), plus NSA's block compression windows
+and compressed attention.
 
 Keys live on a position timeline k, v [B, L, Hkv, D] (slot j = position j); queries q [B, T, Hq, D] sit
 at positions q_pos [B, T] on it (Hq a multiple of Hkv: GQA). Compression block i covers positions
@@ -91,7 +92,7 @@ def select_token_blocks(p_cmp, q_pos, n_sel: int, *, block_len: int, stride: int
     mb = (q_pos // sel_block)[:, None, :, None]  # [B, 1, T, 1]
     j = torch.arange(n_sel, device=dev)
     early = j <= mb - n_local  # wholly before the local blocks
-    sel = ((j <= mb) & (j > mb - n_local)) | (early & (j < n_init))
+    sel = (((j <= mb) & (j > mb - n_local)) | (early & (j < n_init))).expand(B, Hkv, T, n_sel)
     k = min(top_n, n_sel)
     if k > 0:
         cand = early & (j >= n_init) & (score > 0)
@@ -99,11 +100,40 @@ def select_token_blocks(p_cmp, q_pos, n_sel: int, *, block_len: int, stride: int
         picked = torch.zeros(B, Hkv, T, n_sel + 1, dtype=torch.bool, device=dev)
         picked.scatter_(3, torch.where(vals > float("-inf"), top, torch.full_like(top, n_sel)), True)
         sel = sel | picked[..., :n_sel]
-    S = min(n_sel, n_init + top_n + n_local)
+    return block_layout(sel, min(n_sel, n_init + top_n + n_local))
+
+
+def block_layout(sel: torch.Tensor, S: int):
+    """A selection mask bool [..., n_sel] as (block_ids int32 [..., S] ascending, -1 padded, block_counts int32)."""
+    n_sel = sel.shape[-1]
+    j = torch.arange(n_sel, device=sel.device)
     ids = torch.sort(torch.where(sel, j, torch.full_like(j, n_sel)), dim=-1).values[..., :S]
     counts = (ids < n_sel).sum(-1)
     ids = torch.where(ids < n_sel, ids, torch.full_like(ids, -1))
     return ids.to(torch.int32), counts.to(torch.int32)
+
+
+@torch.no_grad()
+def select_moba_blocks(q, kbar, q_pos, n_sel: int, *, block_size: int, top_k: int):
+    """MoBA's gate (Lu et al. 2025, arXiv:2502.13189), per query head: the own block q_pos // bs, and the
+    top_k - 1 earlier blocks by s_j = q_t · mean(k over block j). q [B, T, Hq, D], kbar [B, N, Hkv, D] the
+    means of the complete blocks (N >= every query's own block index), q_pos [B, T]. Returns block_ids
+    int32 [B, Hq, T, S] (ascending, -1 padded) and block_counts [B, Hq, T], S = min(n_sel, top_k)."""
+    if not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k must be an int >= 1 (the own block counts), got {top_k!r}")
+    B, T, Hq, D = q.shape
+    N, Hkv = kbar.shape[1], kbar.shape[2]
+    ct = _compute_dtype(q)
+    s = torch.einsum("btkgd,bnkd->bkgtn", q.to(ct).view(B, T, Hkv, Hq // Hkv, D), kbar.to(ct)).reshape(B, Hq, T, N)
+    mb = (q_pos // block_size)[:, None, :, None]  # [B, 1, T, 1]
+    sel = (torch.arange(n_sel, device=q.device) == mb).expand(B, Hq, T, n_sel)
+    k = min(top_k - 1, N)
+    if k > 0:
+        vals, top = torch.topk(s.masked_fill(torch.arange(N, device=q.device) >= mb, float("-inf")), k, dim=-1)
+        picked = torch.zeros(B, Hq, T, n_sel + 1, dtype=torch.bool, device=q.device)
+        picked.scatter_(3, torch.where(vals > float("-inf"), top, torch.full_like(top, n_sel)), True)
+        sel = sel | picked[..., :n_sel]
+    return block_layout(sel, min(n_sel, top_k))
 
 
 def token_sparse_attention_reference(q, k, v, block_ids, block_counts, q_pos, *, block_size: int, scale=None):
