@@ -6,7 +6,6 @@ import pytest
 import torch
 
 import attnzoo
-import attnzoo.mixers._wip_mla  # noqa: F401  (registers mla)
 from attnzoo.mixers.layers import apply_rope
 
 
