@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from attnzoo.bench.machine import machine_line
 from attnzoo.distill.report import (
     LinearizeProgress, append_jsonl, byte_lm_rows, markdown, minilm_rows, plot_byte_lm, plot_losses, plot_minilm,
     print_table, read_jsonl,
@@ -23,12 +24,6 @@ from attnzoo.distill.report import (
 
 TEACHERS = ("byte-lm", "minilm")
 STAGES = ("1", "2", "both")
-
-
-def machine_line(device: str) -> str:
-    from attnzoo.repro.base import machine_line as line
-
-    return line(device)
 
 
 def linearize(*, teacher: str, students: list[str], stage: str = "both", size: str = "cpu", out: str,

@@ -5,10 +5,11 @@ from __future__ import annotations
 import importlib
 import json
 import pkgutil
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from attnzoo.bench.machine import machine_line  # noqa: F401  (re-exported: studies and scripts import it here)
 
 VERDICTS = ("reproduced", "partly", "not reproduced")
 SIZES = ("quick", "medium", "full")  # medium: a CPU size for committed results (<= 5 min on 2 cores)
@@ -75,21 +76,6 @@ class StudyContext:
         fig.savefig(path, dpi=120, bbox_inches="tight")
         plt.close(fig)
         return path
-
-
-def machine_line(device: str = "cpu") -> str:
-    import torch
-
-    if device.startswith("cuda") and torch.cuda.is_available():
-        try:
-            import triton
-            tv = triton.__version__
-        except ImportError:
-            tv = "none"
-        return (f"{torch.cuda.get_device_name()} · torch {torch.__version__} · Triton {tv} · "
-                f"CUDA {torch.version.cuda}")
-    cpu = platform.processor() or platform.machine()
-    return f"CPU {cpu} ({torch.get_num_threads()} threads) · torch {torch.__version__}"
 
 
 def _modules():

@@ -7,11 +7,10 @@ probe, the throughput bench); tests patch it here.
 
 from __future__ import annotations
 
-import os
-import platform
 
 import torch
 
+from attnzoo.bench.machine import machine_line  # noqa: F401  (re-exported)
 from attnzoo.bench.zoo.presets import ZooPreset
 from attnzoo.models.lm import pattern_unit
 from attnzoo.registry import get_card, list_mixers
@@ -25,15 +24,6 @@ def default_mixers(preset: ZooPreset | None = None) -> list[str]:
     if preset is not None and preset.mixers:
         return list(preset.mixers)
     return [n for n in list_mixers() if get_card(n).causal and get_card(n).family not in SKIP_FAMILIES]
-
-
-def machine_line(device: str) -> str:
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        name = torch.cuda.get_device_name(dev)
-        return f"{name}, torch {torch.__version__}, CUDA {torch.version.cuda}"
-    return (f"{platform.processor() or platform.machine()} CPU x{os.cpu_count()}, {torch.get_num_threads()} threads, "
-            f"torch {torch.__version__}")
 
 
 _TASK_CACHE: dict = {}
