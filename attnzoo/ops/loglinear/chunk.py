@@ -39,6 +39,20 @@ from attnzoo.ops.loglinear.fenwick import (
 )
 
 
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward hands on a contiguous gradient: the chunk layout's permutes would otherwise
+    reach the caller's gradients as permuted strides, on which AOTAutograd's traced backward of a caller's
+    `view` fails (seen under torch.compile: Gated DeltaNet's gate projection)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous()
+
+
 def _chunked(x, B, N, C):
     """[B, T, H, ...] zero-padded to N * C steps -> [B, H, N, C, ...]."""
     T = x.shape[1]
@@ -93,6 +107,7 @@ def chunk_log_linear(q, k, v, g, level_weights, beta=None, *, mask=None, scale=N
     N = -(-T // C)
 
     def prep(x):
+        x = _ContiguousGrad.apply(x) if x.requires_grad else x
         return _chunked(torch.where(real.view(B, T, *[1] * (x.dim() - 2)), x.to(ct), 0), B, N, C)
 
     qc, kc, vc, lam = prep(q) * scale, prep(k), prep(v), prep(level_weights)    # lam [B, H, N, C, L]
@@ -129,5 +144,5 @@ def chunk_log_linear(q, k, v, g, level_weights, beta=None, *, mask=None, scale=N
         joins = (capped_bit_length(ends[:, n, None] ^ posc[:, n], L) - 1).clamp(0, levels - 1)   # [B, C]
         S = S + torch.einsum("bcl,bhck,bhcv->bhlkv", F.one_hot(joins, levels).to(ct), W[:, :, n], vc[:, :, n])
     o = torch.stack(outs, 2).movedim(1, 3).reshape(B, N * C, H, V)[:, :T]
-    o = torch.where(real[..., None, None], o, 0).to(q.dtype)
+    o = torch.where(real[..., None, None], o, 0).to(q.dtype).contiguous()   # where keeps the permuted strides
     return o, (LevelState(S, n0 + seen[:, -1]) if output_final_state else None)
