@@ -52,6 +52,14 @@ def test_chunked_op_matches_the_paper_recurrence(T, strength):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=lambda s, n=name: f"{n}: {s}")
 
 
+@pytest.mark.parametrize("chunk_size", [1, 2, 12, 64])
+def test_chunk_lengths_including_one_rounded_down_to_a_power_of_two(chunk_size):
+    ins = _inputs(T=21, strength=3.0)
+    got, want = _grads(_op("torch", chunk_size=chunk_size), ins), _grads(_op("reference"), ins)
+    for name, a, b in zip(NAMES, got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=lambda s, n=name: f"{n}: {s}")
+
+
 def test_chunked_op_default_chunk_and_no_initial_state():
     q, k, v, gate, _, _ = _inputs(T=37, M=64, strength=0.5)
     o, (Ks, Vs) = gated_slot_attention(q, k, v, gate, output_final_state=True)

@@ -1,7 +1,7 @@
 """gated_slot_attention: one signature for every implementation.
 
     o, (K̃, Ṽ) = gated_slot_attention(q, k, v, g, *, scale=1.0, initial_state=None,
-                                       output_final_state=False, impl="auto", chunk_size=16)
+                                       output_final_state=False, impl="auto", chunk_size=64)
 
 Zhang et al. (2024), "Gated Slot Attention for Efficient Linear-Time Sequence Modeling", arXiv:2409.07146.
 q, k [B, T, H, K]; v [B, T, H, V]; g [B, T, H, M] the log forget gate (<= 0) of each of the M slots,
@@ -53,7 +53,7 @@ def check_slot_inputs(q, k, v, g, scale, initial_state) -> None:
 
 
 def gated_slot_attention(q, k, v, g, *, scale=1.0, initial_state=None, output_final_state=False, impl="auto",
-                         chunk_size=16):
+                         chunk_size=64):
     """Gated slot attention (GSA, arXiv:2409.07146; the module docstring has the recurrence).
 
     Args:
@@ -61,7 +61,8 @@ def gated_slot_attention(q, k, v, g, *, scale=1.0, initial_state=None, output_fi
         scale: multiplies the slot scores K̃_t q_t before the softmax (the paper: 1).
         initial_state: (K̃ [B, H, M, K], Ṽ [B, H, M, V]) or None (zeros).
         output_final_state: return the memories after the last token.
-        impl: "auto" | "reference" | "torch". chunk_size: tokens per chunk of the first pass.
+        impl: "auto" | "reference" | "torch".
+        chunk_size: tokens per chunk of the first pass (rounded down to a power of two).
     Returns:
         (o [B, T, H, V] in q's dtype, (K̃, Ṽ) float32 (float64) or None).
 

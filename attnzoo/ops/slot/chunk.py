@@ -13,9 +13,15 @@ memory entering the chunk):
     z_i = scale · [ e^{b_i} ⊙ (K̃_0 q_i) + Σ_{j<=i} (q_i·k_j) s_j ⊙ e^{b_i − b_j} ]
     K̃_C = Diag(e^{b_C}) K̃_0 + Σ_j (s_j ⊙ e^{b_C − b_j}) k_jᵀ
 
-The decay of each (i, j) pair is kept per slot (a [C, C, m] tensor per chunk, exponents <= 0 taken directly,
-so nothing overflows however strongly a slot forgets); the chunk states pass through a loop over the T / C
-chunks. Plain autograd (no hand-written backward). Arithmetic in float32 (float64 for float64 inputs).
+The intra-chunk sum keeps a decay per slot for every pair, without a [C, C, m] tensor: C is a power of two,
+and a pair (i, j), j < i, is taken at the one halving level where i lies in the second half and j in the
+first half of a block of P tokens, through the block's midpoint h: e^{b_i − b_j} = e^{b_i − b_h} e^{b_h − b_j},
+
+    z_i += e^{b_i − b_h} ⊙ Σ_{j in first half} (q_i·k_j) (s_j ⊙ e^{b_h − b_j})     one [P/2, P/2] x [P/2, m] product
+
+(log2 C levels; i = j is the diagonal). Every exponent is <= 0, so nothing overflows however strongly a slot
+forgets. The chunk states pass through a loop over the T / C chunks. Plain autograd (no hand-written
+backward). Arithmetic in float32 (float64 for float64 inputs).
 """
 
 from __future__ import annotations
@@ -37,21 +43,43 @@ def _to_chunks(x, N: int, C: int, ct):
     return x.reshape(B, H, N, C, D)
 
 
-def chunk_slot_scores(q, k, g, *, scale=1.0, initial_state=None, chunk_size=16):
+def _chunk_length(T: int, chunk_size: int) -> int:
+    """The largest power of two <= chunk_size, but no longer than T needs (the next power of two >= T)."""
+    return min(1 << (chunk_size.bit_length() - 1), 1 << max(T - 1, 0).bit_length())
+
+
+def _intra_scores(q, k, s, b):
+    """Σ_{j<=i} (q_i·k_j) s_j ⊙ e^{b_i − b_j} per chunk by halving levels (module docstring).
+    q, k [..., C, K]; s, b [..., C, M]; C a power of two. Returns [..., C, M]."""
+    *lead, C, K = q.shape
+    M = s.shape[-1]
+    z = (q * k).sum(-1, keepdim=True) * s                                    # i = j: no decay
+    P = 2
+    while P <= C:
+        h, n = P // 2, C // P
+        qv, kv = q.reshape(*lead, n, 2, h, K), k.reshape(*lead, n, 2, h, K)
+        sv, bv = s.reshape(*lead, n, 2, h, M), b.reshape(*lead, n, 2, h, M)
+        mid = bv[..., 0, -1:, :]                                             # b at the block's midpoint
+        w = sv[..., 0, :, :] * (mid - bv[..., 0, :, :]).exp()               # first half: s_j e^{b_h − b_j}
+        e = (bv[..., 1, :, :] - mid).exp()                                   # second half: e^{b_i − b_h}
+        add = e * ((qv[..., 1, :, :] @ kv[..., 0, :, :].transpose(-1, -2)) @ w)
+        z = z + torch.stack([torch.zeros_like(add), add], -3).reshape(*lead, C, M)
+        P *= 2
+    return z
+
+
+def chunk_slot_scores(q, k, g, *, scale=1.0, initial_state=None, chunk_size=64):
     """Pass 1: z [B, T, H, M] (z_t = scale · K̃_t q_t, in float32 / float64) and the last key memory K̃
     [B, H, M, K]. q, k [B, T, H, K]; g [B, T, H, M] = log α (<= 0); initial_state K̃_0 [B, H, M, K] or None."""
     B, T, H, K = q.shape
     M = g.shape[-1]
     ct = compute_dtype(q, k, g, initial_state)
-    C = min(chunk_size, T)
+    C = _chunk_length(T, chunk_size)
     N = -(-T // C)
     qc, kc, gc = (_to_chunks(t, N, C, ct) for t in (q, k, g))
     s = -torch.expm1(gc)                                                    # 1 - α, exact for small |log α|
     b = gc.cumsum(-2)                                                       # [B, H, N, C, M]
-    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-    A = (qc @ kc.transpose(-1, -2)).masked_fill(~causal, 0.0)              # q_i·k_j, j <= i
-    pair = (b[..., :, None, :] - b[..., None, :, :]).masked_fill(~causal[:, :, None], float("-inf")).exp()
-    z = (A[..., None, :] @ (pair * s[..., None, :, :]))[..., 0, :]          # Σ_j A_ij s_j e^{b_i − b_j}
+    z = _intra_scores(qc, kc, s, b)
     local = (s * (b[..., -1:, :] - b).exp()).transpose(-1, -2) @ kc        # [B, H, N, M, K]
     decay = b[..., -1, :].exp()[..., None]                                  # e^{b_C} [B, H, N, M, 1]
     S = torch.zeros(B, H, M, K, dtype=ct, device=q.device) if initial_state is None else initial_state.to(ct)
@@ -66,7 +94,7 @@ def chunk_slot_scores(q, k, g, *, scale=1.0, initial_state=None, chunk_size=16):
 
 
 def chunk_gated_slot_attention(q, k, v, g, *, scale=1.0, initial_state=None, output_final_state=False,
-                               chunk_size=16, gla_impl="torch"):
+                               chunk_size=64, gla_impl="torch"):
     """Both passes (module docstring); same arguments and returns as the public op (api.py), gla_impl the
     implementation of the second pass (ops/linear's impl)."""
     K0, V0 = (None, None) if initial_state is None else initial_state
