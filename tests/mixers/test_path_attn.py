@@ -39,7 +39,7 @@ def _naive(q, k, v, w, beta):
 
 def test_reference_is_the_formula():
     q, k, v, w, beta, _, _ = _inputs(B=1, T=6)
-    o, _ = path_attention_reference(q, k, v, w, beta)
+    o, _, _ = path_attention_reference(q, k, v, w, beta)
     torch.testing.assert_close(o, _naive(q, k, v, w, beta), rtol=1e-12, atol=1e-12)
 
 
@@ -48,8 +48,8 @@ def test_reference_is_the_formula():
 @pytest.mark.parametrize("L", [0, 3])
 def test_blockwise_path_matches_reference(T, chunk, L):
     q, k, v, w, beta, ck, cv = _inputs(T=T, L=L, seed=T + chunk + L)
-    o_ref, k_ref = path_attention_reference(q, k, v, w, beta, cache_k=ck, cache_v=cv, output_keys=True)
-    o, keys = path_attention(q, k, v, w, beta, cache_k=ck, cache_v=cv, output_keys=True, chunk_size=chunk,
+    o_ref, k_ref, _ = path_attention_reference(q, k, v, w, beta, cache_k=ck, cache_v=cv, output_keys=True)
+    o, keys, _ = path_attention(q, k, v, w, beta, cache_k=ck, cache_v=cv, output_keys=True, chunk_size=chunk,
                              impl="torch")
     torch.testing.assert_close(o, o_ref, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(keys, k_ref, rtol=1e-10, atol=1e-10)
@@ -58,8 +58,8 @@ def test_blockwise_path_matches_reference(T, chunk, L):
 @pytest.mark.parametrize("beta_shift", [-4.0, 4.0])   # beta near 0 (H near I) and near 2 (near reflections)
 def test_float32_stays_close_to_float64(beta_shift):
     q, k, v, w, beta, _, _ = _inputs(T=70, D=16, beta_shift=beta_shift)
-    o64, k64 = path_attention(q, k, v, w, beta, output_keys=True, chunk_size=32)
-    o32, k32 = path_attention(*(t.float() for t in (q, k, v, w, beta)), output_keys=True, chunk_size=32)
+    o64, k64, _ = path_attention(q, k, v, w, beta, output_keys=True, chunk_size=32)
+    o32, k32, _ = path_attention(*(t.float() for t in (q, k, v, w, beta)), output_keys=True, chunk_size=32)
     assert o32.dtype == torch.float32 and k32.dtype == torch.float32
     assert ((o32.double() - o64).abs().max() / o64.abs().max()) < 1e-5
     assert ((k32.double() - k64).abs().max() / k64.abs().max()) < 1e-5
@@ -71,7 +71,7 @@ def test_gradients_match_reference():
     wo, wk = torch.randn(2, 7, 2, 4, dtype=torch.float64), torch.randn(2, 9, 2, 4, dtype=torch.float64)
 
     def loss(impl):
-        o, keys = path_attention(q, k, v, w, beta, cache_k=ck, cache_v=cv, output_keys=True, chunk_size=3, impl=impl)
+        o, keys, _ = path_attention(q, k, v, w, beta, cache_k=ck, cache_v=cv, output_keys=True, chunk_size=3, impl=impl)
         return (o * wo).sum() + (keys * wk).sum()
 
     g_ref = torch.autograd.grad(loss("reference"), ins)
@@ -83,10 +83,10 @@ def test_gradients_match_reference():
 @pytest.mark.parametrize("impl", ["reference", "torch"])
 def test_cache_of_transformed_keys_continues_the_sequence(impl):
     q, k, v, w, beta, _, _ = _inputs(T=11)
-    full, keys_full = path_attention(q, k, v, w, beta, output_keys=True, chunk_size=4, impl=impl)
+    full, keys_full, _ = path_attention(q, k, v, w, beta, output_keys=True, chunk_size=4, impl=impl)
     t = 5
-    _, keys = path_attention(q[:, :t], k[:, :t], v[:, :t], w[:, :t], beta[:, :t], output_keys=True, impl=impl)
-    o2, keys2 = path_attention(q[:, t:], k[:, t:], v[:, t:], w[:, t:], beta[:, t:], cache_k=keys, cache_v=v[:, :t],
+    _, keys, _ = path_attention(q[:, :t], k[:, :t], v[:, :t], w[:, :t], beta[:, :t], output_keys=True, impl=impl)
+    o2, keys2, _ = path_attention(q[:, t:], k[:, t:], v[:, t:], w[:, t:], beta[:, t:], cache_k=keys, cache_v=v[:, :t],
                                output_keys=True, chunk_size=4, impl=impl)
     torch.testing.assert_close(o2, full[:, t:], rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(keys2, keys_full, rtol=1e-10, atol=1e-10)
@@ -96,7 +96,7 @@ def test_the_cache_holds_each_key_seen_from_the_newest_token():
     """keys_j = H_{T-1} ··· H_{j+1} k_j, and a decode step applies its own H to every cached key."""
     q, k, v, w, beta, _, _ = _inputs(B=1, T=4, H=1)
     Hm = [torch.eye(4, dtype=torch.float64) - beta[0, t, 0] * torch.outer(w[0, t, 0], w[0, t, 0]) for t in range(4)]
-    _, keys = path_attention(q, k, v, w, beta, output_keys=True)
+    _, keys, _ = path_attention(q, k, v, w, beta, output_keys=True)
     torch.testing.assert_close(keys[0, 0, 0], Hm[3] @ Hm[2] @ Hm[1] @ k[0, 0, 0])
     torch.testing.assert_close(keys[0, 3, 0], k[0, 3, 0])
 
@@ -105,11 +105,11 @@ def test_beta_zero_is_plain_causal_softmax_and_order_matters_otherwise():
     from attnzoo.ops.softmax import softmax_attention
 
     q, k, v, w, beta, _, _ = _inputs(T=10)
-    o, _ = path_attention(q, k, v, w, torch.zeros_like(beta), chunk_size=4)
+    o, _, _ = path_attention(q, k, v, w, torch.zeros_like(beta), chunk_size=4)
     torch.testing.assert_close(o, softmax_attention(q, k, v, causal=True, impl="reference"))
     swap = [0, 1, 3, 2, 4, 5, 6, 7, 8, 9]   # the transitions of tokens 2 and 3 swapped: another product
-    o_b, _ = path_attention(q, k, v, w, beta, chunk_size=4)
-    o_bs, _ = path_attention(q, k, v, w[:, swap], beta[:, swap], chunk_size=4)
+    o_b, _, _ = path_attention(q, k, v, w, beta, chunk_size=4)
+    o_bs, _, _ = path_attention(q, k, v, w[:, swap], beta[:, swap], chunk_size=4)
     assert (o_bs[:, 4:] - o_b[:, 4:]).abs().max() > 1e-3     # H_3 H_2 != H_2 H_3
     torch.testing.assert_close(o_bs[:, :2], o_b[:, :2])      # queries before the swap see the same products
 
@@ -120,13 +120,88 @@ def test_masked_keys_are_never_seen_and_a_blind_query_gets_zeros():
     key_mask[0, :2] = False
     beta = beta.clone()
     beta[0, :2] = 0                                           # padded tokens transform nothing
-    o, _ = path_attention(q, k, v, w, beta, key_mask=key_mask, chunk_size=4)
-    o_ref, _ = path_attention_reference(q, k, v, w, beta, key_mask=key_mask)
+    o, _, _ = path_attention(q, k, v, w, beta, key_mask=key_mask, chunk_size=4)
+    o_ref, _, _ = path_attention_reference(q, k, v, w, beta, key_mask=key_mask)
     torch.testing.assert_close(o, o_ref)
     assert o[0, :2].abs().max() == 0                          # queries 0 and 1 of row 0 see only masked keys
     k2, w2 = k.clone(), w.clone()
     k2[0, :2], w2[0, :2] = 1e3, 7.0                           # a masked key's content and a beta-0 w change nothing
     torch.testing.assert_close(path_attention(q, k2, v, w2, beta, key_mask=key_mask, chunk_size=4)[0], o)
+
+
+def _log_f(B, T, H, seed=5, shift=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return F.logsigmoid(torch.randn(B, T, H, generator=g, dtype=torch.float64) * 2 + shift)
+
+
+@pytest.mark.parametrize("L", [0, 3])
+def test_forget_gate_blockwise_matches_reference_with_decays(L):
+    """PaTH-FoX: the Householder products and FoX's Σ log f on the logits; outputs, keys and decays."""
+    q, k, v, w, beta, ck, cv = _inputs(T=13, L=L, seed=L)
+    log_f = _log_f(2, 13, 2)
+    cd = None if not L else -torch.rand(2, L, 2, dtype=torch.float64)
+    o_ref, k_ref, d_ref = path_attention_reference(q, k, v, w, beta, log_f=log_f, cache_decay=cd, cache_k=ck,
+                                                   cache_v=cv, output_keys=True)
+    o, keys, d = path_attention(q, k, v, w, beta, log_f=log_f, cache_decay=cd, cache_k=ck, cache_v=cv,
+                                output_keys=True, chunk_size=4)
+    for a, b in ((o, o_ref), (keys, k_ref), (d, d_ref)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    assert d.shape == (2, L + 13, 2) and (d <= 0).all()
+
+
+def test_forget_gate_gradients_match_reference():
+    ins = [t.requires_grad_(True) for t in _inputs(T=6, L=2)]
+    log_f, cd = _log_f(2, 6, 2).requires_grad_(True), (-torch.rand(2, 2, 2, dtype=torch.float64)).requires_grad_(True)
+    wo = torch.randn(2, 6, 2, 4, dtype=torch.float64)
+
+    def loss(impl):
+        q, k, v, w, beta, ck, cv = ins
+        o, keys, d = path_attention(q, k, v, w, beta, log_f=log_f, cache_decay=cd, cache_k=ck, cache_v=cv,
+                                    output_keys=True, chunk_size=4, impl=impl)
+        return (o * wo).sum() + keys.sum() + (d * d).sum()
+
+    leaves = ins + [log_f, cd]
+    for a, b in zip(torch.autograd.grad(loss("torch"), leaves), torch.autograd.grad(loss("reference"), leaves)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_forget_gate_without_transitions_is_fox():
+    from attnzoo.ops.softmax.forgetting import forgetting_attention
+
+    q, k, v, w, beta, _, _ = _inputs(T=9)
+    log_f = _log_f(2, 9, 2, shift=-1.0)
+    o, _, _ = path_attention(q, k, v, w, torch.zeros_like(beta), log_f=log_f, chunk_size=4)
+    torch.testing.assert_close(o, forgetting_attention(q, k, v, log_f, impl="reference")[0])
+
+
+def test_path_fox_mixer_decodes_and_its_card_counts_the_decays():
+    torch.manual_seed(3)
+    m = attnzoo.build("path_attn", d_model=16, n_heads=2, chunk_size=4, forget_gate=True).double().eval()
+    x = torch.randn(2, 10, 16, dtype=torch.float64)
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[1, 2:4] = False
+    with torch.no_grad():
+        full, s_full = m(x, mask=mask, return_state=True)
+        y, s = m(x[:, :3], mask=mask[:, :3], return_state=True)
+        ys = [y] + [None] * 7
+        for t in range(3, 10):
+            ys[t - 2], s = m(x[:, t: t + 1], mask=mask[:, t: t + 1], state=s, return_state=True)
+        torch.testing.assert_close(torch.cat(ys, 1)[mask], full[mask], rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(s.decay, s_full.decay)
+        m32 = attnzoo.build("path_attn", d_model=16, n_heads=2, forget_gate=True)
+        _, s32 = m32(x[:, :, :].float(), return_state=True)
+    held = sum(t.numel() * t.element_size() for t in (s32.k, s32.v, s32.valid, s32.conv, s32.decay)) // 2
+    assert m32.state_bytes(10) == held
+    with pytest.raises(ValueError, match="another mixer"):
+        attnzoo.build("path_attn", d_model=16, n_heads=2)(x[:, :1].float(), state=s32)
+
+
+def test_the_docstring_example_runs():
+    import doctest
+
+    import attnzoo.ops.softmax.path as mod
+
+    assert doctest.testmod(mod).failed == 0
 
 
 def test_bad_arguments_raise():
@@ -143,6 +218,12 @@ def test_bad_arguments_raise():
         path_attention(q, k, v, w, beta, cache_k=ck, cache_v=cv, key_mask=torch.ones(2, 5, dtype=torch.bool))
     with pytest.raises(ValueError, match="chunk_size"):
         path_attention(q, k, v, w, beta, chunk_size=0)
+    with pytest.raises(ValueError, match="log_f"):
+        path_attention(q, k, v, w, beta, log_f=beta[..., :1])
+    with pytest.raises(ValueError, match="cache_decay"):
+        path_attention(q, k, v, w, beta, log_f=beta, cache_k=ck, cache_v=cv)
+    with pytest.raises(ValueError, match="needs log_f"):
+        path_attention(q, k, v, w, beta, cache_decay=beta)
     with pytest.raises(ValueError, match="[Tt]riton"):
         path_attention(q, k, v, w, beta, impl="triton")
 
