@@ -20,8 +20,9 @@ kernels does not apply: the fast path gathers each query's blocks in torch.
 Left out of the paper: its Triton kernel (group-centric loading), the exact index weighting of its Eq. 9
 (we give each compression block's probability to the selection blocks it overlaps, by the share of its
 tokens; the same as the paper's when l = d = l'), and its MLP's exact shape (unspecified there).
-State: the three branches' keys/values on the position timeline (slot j = real position j, window keys
-kept whole) plus the compressed k̃, ṽ of the completed blocks, recomputed only for newly completed ones.
+State: the selection branch's keys/values on the position timeline (slot j = real position j), the last
+`window` window keys/values and the last l compression keys/values of each row (all a later token can
+still read), and the compressed k̃, ṽ of the completed blocks, recomputed only for newly completed ones.
 """
 
 from __future__ import annotations
@@ -50,9 +51,11 @@ BRANCHES = ("cmp", "slc", "win")
 
 @dataclass
 class NSAState(MixerState):
-    """k/v of each branch [B, L, Hkv, D] (slot j = real position j, valid = j < seen), seen [B], and the
-    compressed kc, vc [B, Nc, Hkv, D] of the blocks complete in L = max(seen) slots (a row's blocks past its
-    own seen are placeholders, recomputed by the next call)."""
+    """k_slc, v_slc [B, L, Hkv, D] (slot j = real position j, valid = j < seen, L = max(seen)); the tails
+    k_cmp, v_cmp [B, min(l, L), Hkv, D] and k_win, v_win [B, min(window, L), Hkv, D]: a row's last real
+    tokens, the newest in the last slot (zeros before position 0); seen [B]; the compressed kc, vc
+    [B, Nc, Hkv, D] of the blocks complete in L slots (a row's blocks past its own seen are placeholders,
+    recomputed by the next call)."""
 
     k_cmp: torch.Tensor
     v_cmp: torch.Tensor
@@ -80,24 +83,37 @@ class BlockCompressor(nn.Module):
         return blocks.mean(2) + self.fc2(F.silu(self.fc1(z)))
 
 
-def _timeline(t, pos, real, L, old):
-    """This call's t [B, T, H, D] placed at its real positions after the cached `old` [B, L0, H, D], on L slots."""
+def _timeline(t, pos, real, L, old, seen0=None):
+    """This call's t [B, T, H, D] placed at its real positions after the cached `old`, on L slots: old is the
+    timeline's start [B, L0, H, D], or with seen0 [B] given a tail (row b's last old.shape[1] tokens, ending
+    at position seen0[b] - 1; the slots before the tail stay zero)."""
     B, T, H, D = t.shape
     buf = t.new_zeros(B, L + 1, H, D)
-    if old is not None and old.shape[1] > 0:
+    if old is not None and old.shape[1] > 0 and seen0 is None:
         buf[:, : old.shape[1]] = old.to(t.dtype)
+    elif old is not None and old.shape[1] > 0:
+        at = seen0[:, None] - old.shape[1] + torch.arange(old.shape[1], device=t.device)
+        at = torch.where(at >= 0, at, torch.full_like(at, L))
+        buf = buf.scatter(1, at[..., None, None].expand(-1, -1, H, D), old.to(t.dtype))
     idx = torch.where(real, pos, torch.full_like(pos, L))  # padded tokens go to a dropped slot
     return buf.scatter(1, idx[..., None, None].expand(B, T, H, D), t)[:, :L]
 
 
+def _tail(t, total, keep):
+    """Row b's last `keep` slots before total[b] of the timeline t [B, L, H, D] (zeros before slot 0)."""
+    at = total[:, None] - keep + torch.arange(keep, device=t.device)
+    got = torch.gather(t, 1, at.clamp_min(0)[..., None, None].expand(-1, -1, t.shape[2], t.shape[3]))
+    return torch.where((at >= 0)[..., None, None], got, got.new_zeros(()))
+
+
 def nsa_state_bytes(d_model: int, n_heads: int, seq_len: int, n_kv_heads: int | None = None,
-                    head_dim: int | None = None, cmp_block: int = 32, cmp_stride: int = 16) -> int:
-    """fp32 keys and values of the three branches for every token, the compressed k̃, ṽ of the
-    (seq_len - l) // d + 1 complete blocks, and the int64 `seen`."""
+                    head_dim: int | None = None, cmp_block: int = 32, cmp_stride: int = 16, window: int = 512) -> int:
+    """fp32 keys and values: the selection branch's for every token, the last min(window, T) window ones,
+    the last min(l, T) compression ones and the (T - l) // d + 1 compressed blocks; the int64 `seen`."""
     hd = d_model // n_heads if head_dim is None else head_dim
     hkv = n_heads if n_kv_heads is None else n_kv_heads
-    per_vec = hkv * hd * 4
-    return seq_len * 6 * per_vec + n_compressed(seq_len, cmp_block, cmp_stride) * 2 * per_vec + 8
+    vecs = seq_len + min(window, seq_len) + min(cmp_block, seq_len) + n_compressed(seq_len, cmp_block, cmp_stride)
+    return 2 * vecs * hkv * hd * 4 + 8
 
 
 def tokens_read_per_step(seq_len: int, cmp_block: int = 32, cmp_stride: int = 16, sel_block: int = 64,
@@ -170,17 +186,25 @@ class NativeSparseAttention(Mixer):
                              f"{tuple(state.k_slc.shape)} and compressed {tuple(state.kc.shape)}")
 
     def _compressed(self, kt, vt, state, plain):
-        """kc, vc [B, Nc, Hkv, D] for the timeline's complete blocks; cached ones are reused."""
+        """kc, vc [B, Nc, Hkv, D] for the timeline's complete blocks. Row b keeps its cached blocks
+        i < (seen_b - l) // d + 1 (complete before this call; their tokens may be gone from the tail) and
+        computes the others from the timeline (they start at or after seen_b - l + 1: inside the tail)."""
         l, d = self.cmp_block, self.cmp_stride
+        n_old = 0 if plain or state is None else state.kc.shape[1]
         i0 = 0
-        if not plain and state is not None and state.kc.shape[1] > 0 and not compiling():  # compiled: recompute
-            i0 = min(n_compressed(int(state.seen.min()), l, d), state.kc.shape[1])
+        if n_old > 0 and not compiling():  # compiled: recompute every block (no host read), keep the cached
+            i0 = min(n_compressed(int(state.seen.min()), l, d), n_old)
         kc = self.compress_k(compression_windows(kt[:, i0 * d:], l, d))
         vc = self.compress_v(compression_windows(vt[:, i0 * d:], l, d))
-        if i0 > 0:
-            kc = torch.cat([state.kc[:, :i0].to(kc.dtype), kc], 1)
-            vc = torch.cat([state.vc[:, :i0].to(vc.dtype), vc], 1)
-        return kc, vc
+        if n_old == 0:
+            return kc, vc
+        done = torch.div(state.seen - l, d, rounding_mode="floor").clamp_min(-1) + 1  # [B] cached complete blocks
+        keep = (torch.arange(i0, n_old, device=kc.device) < done[:, None])[..., None, None]  # [B, n_old - i0]
+        parts_k = [state.kc[:, :i0].to(kc.dtype), torch.where(keep, state.kc[:, i0:].to(kc.dtype), kc[:, : n_old - i0]),
+                   kc[:, n_old - i0:]]
+        parts_v = [state.vc[:, :i0].to(vc.dtype), torch.where(keep, state.vc[:, i0:].to(vc.dtype), vc[:, : n_old - i0]),
+                   vc[:, n_old - i0:]]
+        return torch.cat(parts_k, 1), torch.cat(parts_v, 1)
 
     def _forward(self, x, mask, state, return_state):
         B, T, _ = x.shape
@@ -199,9 +223,11 @@ class NativeSparseAttention(Mixer):
         if not plain:
             olds = [None] * 6 if state is None else [state.k_cmp, state.v_cmp, state.k_slc, state.v_slc,
                                                      state.k_win, state.v_win]
+            tails = (0, 1, 4, 5)  # the compression and window keys/values are kept as tails
             # L = max(seen) + T when every new token is real (static: no host read under torch.compile)
             L = state.k_slc.shape[1] + T if mask is None else int(total.max())
-            keys = [_timeline(t, pos, real, L, o) for t, o in zip(keys, olds)]
+            keys = [_timeline(t, pos, real, L, o, seen0 if i in tails else None)
+                    for i, (t, o) in enumerate(zip(keys, olds))]
         kt_c, vt_c, kt_s, vt_s, kt_w, vt_w = keys
         L = kt_s.shape[1]
         ref = self.impl == "reference"
@@ -224,7 +250,9 @@ class NativeSparseAttention(Mixer):
         y = self.o_proj(o.reshape(B, T, H * hd))
         new_state = None
         if return_state:
-            new_state = NSAState(kt_c, vt_c, kt_s, vt_s, kt_w, vt_w, seen=total, kc=kc.detach(), vc=vc.detach())
+            lc, lw = min(self.cmp_block, L), min(self.window, L)
+            new_state = NSAState(_tail(kt_c, total, lc), _tail(vt_c, total, lc), kt_s, vt_s, _tail(kt_w, total, lw),
+                                 _tail(vt_w, total, lw), seen=total, kc=kc.detach(), vc=vc.detach())
         return y, new_state
 
     def extra_repr(self):
