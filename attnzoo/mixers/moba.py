@@ -10,7 +10,8 @@ x [B, T, d_model] -> y [B, T, d_model]; q [B, T, H, D], k, v [B, T, Hkv, D] (GQA
 own gate over the shared keys), RoPE on q and k (the gate reads the rotated keys). Only complete blocks
 before the query's own are scored, so a block mean never holds a later token. The paper's defaults:
 block_size 512, top_k 3. The attention reads each query's blocks through ops/sparse/token_select.py
-(the per-token selection NSA also uses; gathered in torch); its "reference" impl is the dense masked form.
+(the per-token selection NSA also uses: a masked SDPA call while the [T, L] scores are small, else a
+gather of each query's blocks; torch only); its "reference" impl is the dense masked form.
 
 Left out of the paper: its FlashAttention varlen kernel and online-softmax merge, and its hybrid recipe
 (MoBA layers with full-attention layers, or full attention in the last layers: a LanguageModel pattern

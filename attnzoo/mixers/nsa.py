@@ -15,7 +15,8 @@ defaults: l = 32, d = 16, l' = 64, n = 16 selected blocks (here top_n = 13 + n_i
 window 512. φ is a two-layer MLP over the block's l keys plus a learned intra-block position embedding,
 with the block mean added (so it starts near mean pooling). Every query token selects its own blocks
 (the paper's per-token selection), so the query-block layout of ops/sparse/blocks.py and its Triton
-kernels does not apply: the fast path gathers each query's blocks in torch.
+kernels does not apply: the selected branch runs on ops/sparse/token_select.py (a masked SDPA call while
+the [T, L] scores are small, else each query gathers its blocks; torch only, no Triton kernel yet).
 
 Left out of the paper: its Triton kernel (group-centric loading), the exact index weighting of its Eq. 9
 (we give each compression block's probability to the selection blocks it overlaps, by the share of its

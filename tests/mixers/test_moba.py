@@ -85,7 +85,11 @@ def test_every_block_selected_is_causal_softmax_attention_and_one_block_is_local
             torch.testing.assert_close(y[:, s: s + 4], full(x[:, s: s + 4]), rtol=1e-10, atol=1e-10)
 
 
-def test_reference_mixer_matches_fast_mixer_forward_and_gradients():
+@pytest.mark.parametrize("dense_max", [1 << 25, 0])  # the masked SDPA, then the gather
+def test_reference_mixer_matches_fast_mixer_forward_and_gradients(dense_max, monkeypatch):
+    import attnzoo.ops.sparse.token_select as ts
+
+    monkeypatch.setattr(ts, "DENSE_MAX_SCORES", dense_max)
     torch.manual_seed(2)
     m = attnzoo.build("moba", d_model=32, **KW).double()
     r = attnzoo.build("moba", d_model=32, impl="reference", **KW).double()

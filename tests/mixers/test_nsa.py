@@ -15,6 +15,8 @@ from attnzoo.ops.sparse.token_select import (
     overlap_weights,
     select_token_blocks,
     token_sparse_attention,
+    token_sparse_attention_sdpa,
+    token_sparse_attention_torch,
 )
 
 KW = dict(cmp_block=4, cmp_stride=2, sel_block=4, top_n=1, n_init=1, n_local=1, window=4)
@@ -104,25 +106,39 @@ def test_reference_is_the_per_token_formula():
                 torch.testing.assert_close(o[b, t, h], want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("path", [token_sparse_attention_sdpa, token_sparse_attention_torch])
 @pytest.mark.parametrize("T", [1, 7, 21, 33])
-def test_gathered_path_equals_reference_forward_and_gradients(T):
+def test_torch_paths_equal_reference_forward_and_gradients(T, path):
     q, k, v, ids, cnt, pos = _selection_inputs(T=T)
+    cnt[0, 1, T // 2] = 0  # a query that reads no block gets zeros
     q, k, v = (t.requires_grad_(True) for t in (q, k, v))
     w = torch.randn(q.shape, dtype=torch.float64)
     o_ref = token_sparse_attention(q, k, v, ids, cnt, pos, block_size=4, impl="reference")
-    o = token_sparse_attention(q, k, v, ids, cnt, pos, block_size=4, impl="torch")
+    o = path(q, k, v, ids, cnt, pos, block_size=4)
     torch.testing.assert_close(o, o_ref, rtol=1e-12, atol=1e-12)
+    assert o[0, T // 2, 2:].abs().max() == 0
     g_ref = torch.autograd.grad((o_ref * w).sum(), (q, k, v))
     g = torch.autograd.grad((o * w).sum(), (q, k, v))
     for a, b in zip(g, g_ref):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
-    o32 = token_sparse_attention(q.float(), k.float(), v.float(), ids, cnt, pos, block_size=4)
+    o32 = path(q.float(), k.float(), v.float(), ids, cnt, pos, block_size=4)
     assert (o32.double() - o_ref).abs().max() < 1e-5
 
 
-def test_gathered_path_in_small_chunks_equals_one_chunk():
-    from attnzoo.ops.sparse.token_select import token_sparse_attention_torch
+def test_torch_impl_takes_the_gather_past_the_dense_budget(monkeypatch):
+    import attnzoo.ops.sparse.token_select as ts
 
+    q, k, v, ids, cnt, pos = _selection_inputs(T=9)
+    calls = []
+    monkeypatch.setattr(ts, "token_sparse_attention_torch", lambda *a, **kw: calls.append("gather"))
+    monkeypatch.setattr(ts, "token_sparse_attention_sdpa", lambda *a, **kw: calls.append("sdpa"))
+    ts.token_sparse_attention(q, k, v, ids, cnt, pos, block_size=4)
+    monkeypatch.setattr(ts, "DENSE_MAX_SCORES", 2 * 4 * 9 * 9 - 1)
+    ts.token_sparse_attention(q, k, v, ids, cnt, pos, block_size=4)
+    assert calls == ["sdpa", "gather"]
+
+
+def test_gathered_path_in_small_chunks_equals_one_chunk():
     q, k, v, ids, cnt, pos = _selection_inputs(T=17)
     whole = token_sparse_attention_torch(q, k, v, ids, cnt, pos, block_size=4)
     chunks = token_sparse_attention_torch(q, k, v, ids, cnt, pos, block_size=4, max_gathered=1)  # one query each
@@ -196,7 +212,11 @@ def test_mixer_equals_the_formula(kw):
         torch.testing.assert_close(m(x), _naive_mixer(m, x), rtol=1e-10, atol=1e-10)
 
 
-def test_reference_mixer_matches_fast_mixer_forward_and_gradients():
+@pytest.mark.parametrize("dense_max", [1 << 25, 0])  # the masked SDPA, then the gather
+def test_reference_mixer_matches_fast_mixer_forward_and_gradients(dense_max, monkeypatch):
+    import attnzoo.ops.sparse.token_select as ts
+
+    monkeypatch.setattr(ts, "DENSE_MAX_SCORES", dense_max)
     torch.manual_seed(1)
     m = attnzoo.build("nsa", d_model=32, n_heads=4, n_kv_heads=1, **KW).double()
     r = attnzoo.build("nsa", d_model=32, n_heads=4, n_kv_heads=1, impl="reference", **KW).double()
