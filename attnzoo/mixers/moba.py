@@ -79,8 +79,8 @@ def tokens_read_per_step(seq_len: int, block_size: int = 512, top_k: int = 3) ->
         causal=True,
         example_kwargs={"n_heads": 4, "n_kv_heads": 2, "block_size": 4, "top_k": 2},
         claim="Routing each query to its own block and the top-k blocks by a parameter-free gate (query times "
-              "mean key) matches full attention on language modelling loss and long-context benchmarks while "
-              "reading a fraction of the keys, and switches to full attention without retraining.",
+              "mean key) performs comparably to full attention on long-context tasks while reading a fraction "
+              "of the keys, and can switch seamlessly between full and sparse attention.",
     ),
 )
 class MixtureOfBlockAttention(SoftmaxAttention):
