@@ -43,29 +43,30 @@ def _unchunk(x, T: int):
     return x.reshape(B, H, N * C, K)[:, :, :T].transpose(1, 2)
 
 
-def conjugate_gradient(matvec, b, steps: int, dims=(-1,)):
-    """x ≈ A^{-1} b for a symmetric positive definite A given as matvec, per vector over `dims`:
-    `steps` CG steps from x = 0, each vector stopping once |r|² <= eps² |b|²."""
+def conjugate_gradient(matvec, b, steps: int):
+    """x ≈ A^{-1} b for a symmetric positive definite A given as matvec, per vector over the last dim:
+    `steps` CG steps from x = 0, each vector stopping once |r|² <= eps² |b|² (its alpha is 0 from then
+    on, so x and r stay as they are; p may change but is never used again)."""
     eps = torch.finfo(b.dtype).eps
     x = torch.zeros_like(b)
     r, p = b, b
-    rs = (r * r).sum(dims, keepdim=True)
+    rs = torch.linalg.vecdot(r, r)[..., None]
     floor = rs * eps**2
+    one, zero = torch.ones((), dtype=b.dtype, device=b.device), torch.zeros((), dtype=b.dtype, device=b.device)
     for _ in range(steps):
         active = rs > floor
         Ap = matvec(p)
-        pAp = (p * Ap).sum(dims, keepdim=True)
-        alpha = torch.where(active, rs / torch.where(active, pAp, torch.ones_like(pAp)), torch.zeros_like(pAp))
-        x = x + alpha * p
-        r = r - alpha * Ap
-        rs_new = (r * r).sum(dims, keepdim=True)
-        ratio = torch.where(active, rs_new / torch.where(active, rs, torch.ones_like(rs)), torch.zeros_like(rs))
-        p = torch.where(active, r + ratio * p, p)
+        pAp = torch.linalg.vecdot(p, Ap)[..., None]
+        alpha = torch.where(active, rs / torch.where(active, pAp, one), zero)
+        x = torch.addcmul(x, alpha, p)
+        r = torch.addcmul(r, alpha, Ap, value=-1)
+        rs_new = torch.linalg.vecdot(r, r)[..., None]
+        p = torch.addcmul(r, torch.where(active, rs_new / torch.where(active, rs, one), zero), p)
         rs = torch.where(active, rs_new, rs)
     return x
 
 
-def chunk_mesa_solve(q, k, beta, g, lam, H0=None, *, cg_steps: int, chunk_size: int = 64):
+def chunk_mesa_solve(q, k, beta, g, lam, H0=None, *, cg_steps: int, chunk_size: int = 16):
     """(q*, H_T): q*_t ≈ (H_t + diag(λ))^{-1} q_t [B, T, H, K] in the compute dtype, and the final H
     [B, H, K, K]. q, k [B, T, H, K]; beta, g [B, T, H]; lam [H, K]; H0 [B, H, K, K] or None."""
     B, T, H, K = q.shape
@@ -93,10 +94,10 @@ def chunk_mesa_solve(q, k, beta, g, lam, H0=None, *, cg_steps: int, chunk_size: 
         Hs = decay[:, :, n] * Hs + H_local[:, :, n]
     H_enter = torch.stack(enter, 2)  # [B, H, N, K, K]
     reg = lam.to(ct)[None, :, None, None, :]
-    kT = kc.transpose(-1, -2)
+    kT = kc.transpose(-1, -2).contiguous()
 
-    def matvec(p):  # (H_t + Λ) p_t for every token
-        return eb * (p @ H_enter.transpose(-1, -2)) + ((p @ kT) * W) @ kc + reg * p
+    def matvec(p):  # (H_t + Λ) p_t for every token (H_enter is symmetric: p @ H_enter = (H_enter p)ᵀ)
+        return torch.addcmul(torch.addcmul(((p @ kT) * W) @ kc, eb, p @ H_enter), reg, p)
 
     x = conjugate_gradient(matvec, qc, cg_steps)
     return _unchunk(x, T), Hs
