@@ -183,15 +183,16 @@ def test_interrupt_in_process_keeps_finished_runs_and_says_to_resume(tmp_path):
 # ---- item 4: what the user asked is done or refused ----
 def test_explicit_steps_below_the_preset_floor_are_honoured_with_a_note(tmp_path, capsys):
     quick = get_preset("quick", steps=40)
-    assert (quick.steps, quick.min_steps) == (40, 40) and get_preset("quick").min_steps == 300
+    assert (quick.steps, quick.min_steps) == (40, 40) and get_preset("quick").min_steps == 1000
     budget = SweepBudget(quick, 1, time.perf_counter())
     budget.order([{"mixer": "m"}], [0.001], None)
     assert budget.preset.steps == 40 and budget.steps_note() is None
-    assert "running 40 steps per run as asked" in floor_note("quick", 40) and floor_note("quick", 300) is None
+    assert "running 40 steps per run as asked" in floor_note("quick", 40) and floor_note("quick", 1000) is None
     with pytest.raises(ValueError, match="min_steps \\(5\\) must be <= steps \\(3\\)"):
         replace(TINY, min_steps=5)
     assert main(["zoo", "--mixers", "softmax", "--workers", "1", "--out", str(tmp_path), *CLI_TINY]) == 0
-    assert "note: running 2 steps per run as asked; the quick preset recommends at least 300" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "note: running 2 steps per run as asked; the quick preset recommends at least 1000" in err
     (rec,) = read_results(str(tmp_path / "results.jsonl"))
     assert rec["max_steps"] == 2 and rec["steps"] == 2
 

@@ -1,11 +1,30 @@
 """Presets of the zoo sweep: which (T, pairs), vocabulary, widths, learning rates and budgets.
 
-quick     a 2-core CPU, all registered causal mixers in about 10 minutes: one small MQAR setting
-          (T=64, 4 pairs, vocab 128), d_model 64, lr 3e-3, batch 64; one single-threaded run per
-          core; mixers at Zoology-like sizes (QUICK_MIXER_KWARGS: one head for full attention)
-          rather than their cards' conformance sizes. Equal steps for every mixer: 600, or as many
-          as the probed step times fit in 570 s, but at least 300 (schedule.py); early stop at
-          0.99. Measured: see benchmarks/results/zoo_quick_cpu/ and the commit that wrote it.
+quick     a 2-core CPU, all registered causal mixers (~40-45) in about 10 minutes, and attention learns
+          the task (softmax >= 0.99). A smaller MQAR setting than Zoology's smallest: T=32, 4 pairs,
+          vocab 64 (T=64, vocab 128 until issue #23 part 4); d_model 64, lr 3e-3, batch 64, warm-up 20
+          steps then cosine (Zoology's schedule) over 1000 steps; one single-threaded run per core;
+          mixers at Zoology-like sizes (QUICK_MIXER_KWARGS: one head for full attention), no MLP (as
+          Zoology), RoPE rather than Zoology's learned positions (measured at T=64, an 800-step
+          schedule: RoPE 0.99 at step 725 (seed 1), learned positions plus RoPE 0.84, learned alone
+          0.35 (seed 0)). Budget: at most 1000 steps per run and at most half the time the median
+          run's 1000 steps take (time_cap_ratio 0.5, from the step times probed at the start;
+          schedule.capped_steps): a dearer run trains the steps that time buys, its cosine spanning
+          them (‡ in the leaderboard), so slow mixers rank lower for being slow. Early stop at 0.99.
+          The plan is in steps (min_steps = steps), so it does not shrink on a loaded machine: the
+          sweep takes longer instead.
+          Why (measured on the shared 2-core CPU, 1 thread per run, seeds 0, 1, 2, Dec 2026): softmax at
+          T=64, vocab 128 reached 0.99 at steps 700-725 of 800- and 1500-step schedules (seeds 0, 1;
+          seed 2 stayed on the 0.25 plateau for 800 steps; 600 steps ended at 0.83), and 39 mixers at
+          T=64 cost ~6.3 s per step of each; at T=32, vocab 64 a step costs ~1/2 to 1/3 as much and
+          softmax reached 0.99 at steps 475, 650, 625 of a 1000-step schedule (833 steps: seed 2 ended
+          at 0.987; 700: 0.93). Batch 32 at twice the steps reached it at about the same wall time
+          (1175-1225 steps); lr 6e-3 and 1e-2 stayed on the plateau at T=64, lr 2e-3 climbed slower.
+          Without the cap, 1000 equal steps of 39 mixers need ~1.4 s x 1000 / 2 cores (kda 0.66 s,
+          rwkv7 0.5 s, mesanet 0.3 s per step); with it, ~0.8 s x 1000 / 2: the cheapest (attention at
+          one head and the like, <= 0.5 x the median step: stickbreaking, softmax, sliding_window,
+          prompt_tuning, linear, moh) get all 1000 steps, the others the same time each (step times:
+          `attnzoo bench step-cost`).
 standard  one GPU in about 9 minutes: two settings, two widths, two learning rates, eight runs
           at once on the GPU (each tiny model leaves it mostly idle; the step count is planned with
           the step times measured for 8 runs sharing an H200, schedule.contention_for).
@@ -73,6 +92,8 @@ class ZooPreset:
     random_non_queries: bool = True         # MQAR fillers random tokens (True) or zeros (Zoology's Figure 2: False)
     compile: tuple = ()                     # mixers (or patterns) whose runs train under torch.compile ("all": every
     # run; not group runs), an opt-in: on a CPU it paid for kda, rwkv7, hgrn, gaam (benchmarks/results/compile/)
+    time_cap_ratio: float | None = None     # a run whose steps would take more than this many times the median
+    # run's (probed) time gets the steps that time buys (schedule.capped_steps); None: equal steps for all
 
     def batch_for(self, seq_len: int) -> int:
         return int((self.batch_sizes or {}).get(seq_len, self.batch_size))
@@ -94,6 +115,7 @@ class ZooPreset:
                                                                  and self.target_accuracy <= 1), "None or in (0, 1]"),
             *((k, getattr(self, k) is None or _positive(getattr(self, k)), "None or a finite number of seconds > 0")
               for k in ("total_seconds", "run_seconds")),
+            ("time_cap_ratio", self.time_cap_ratio is None or _positive(self.time_cap_ratio), "None or a number > 0"),
             ("mixer_kwargs", self.mixer_kwargs is None or isinstance(self.mixer_kwargs, dict), "None or a dict"),
             ("compile", isinstance(self.compile, (tuple, list)) and all(isinstance(m, str) for m in self.compile),
              "a tuple of mixer names or patterns (or 'all')"),
@@ -121,7 +143,7 @@ QUICK_MIXER_KWARGS = {
     "stickbreaking": {"n_heads": 1},
     "block_sparse": {"n_heads": 2, "n_kv_heads": 1},
     "routing": {"n_heads": 2, "n_local_heads": 1, "n_clusters": 4, "window": 8},
-    "base_conv": {"l_max": 64},
+    "base_conv": {"l_max": "T"},
     "mamba2": {"head_dim": 32},
     "rwkv6": {"n_heads": 2},
     "h3": {"head_dim": 1},
@@ -149,9 +171,9 @@ PAPER_DIFFERENCES = (
 
 PRESETS = {
     "quick": ZooPreset(
-        name="quick", grid=((64, 4),), vocab_size=128, d_models=(64,), lrs=(3e-3,), num_train=20_000,
-        num_test=256, batch_size=64, steps=600, min_steps=300, eval_every=50, total_seconds=570.0,
-        mixer_kwargs=QUICK_MIXER_KWARGS,
+        name="quick", grid=((32, 4),), vocab_size=64, d_models=(64,), lrs=(3e-3,), num_train=20_000,
+        num_test=256, batch_size=64, steps=1000, min_steps=1000, eval_every=50, total_seconds=570.0,
+        time_cap_ratio=2.0, mixer_kwargs=QUICK_MIXER_KWARGS,
     ),
     "standard": ZooPreset(
         name="standard", grid=((64, 4), (128, 8)), vocab_size=2048, d_models=(64, 128), lrs=(1e-3, 3e-3),

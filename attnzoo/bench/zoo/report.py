@@ -21,6 +21,37 @@ def best_runs(records: list[dict]) -> list[dict]:
     return list(best.values())
 
 
+def _sweep_steps(r: dict):
+    return r.get("sweep_steps", r.get("max_steps"))
+
+
+def _capped(r: dict) -> bool:
+    """A run given fewer steps than its sweep's by the time cap (schedule.capped_steps)."""
+    return bool(r.get("max_steps")) and r["max_steps"] < (_sweep_steps(r) or 0)
+
+
+def budget_sentence(rows: list[dict]) -> list[str]:
+    """The leaderboard's statement of the budget rule the runs were trained under."""
+    budgets = sorted({(_sweep_steps(r), r.get("target_accuracy")) for r in rows if r.get("max_steps")})
+    if not budgets:
+        return []
+    steps = ", ".join(str(n) for n, _ in budgets)
+    targets = ", ".join(sorted({f"{t:g}" for _, t in budgets if t is not None})) or "none"
+    ratios = sorted({r["time_cap_ratio"] for r in rows if r.get("time_cap_ratio")})
+    if not ratios:
+        rule = ("Budget: equal steps. Every run trains up to {steps} steps (the cosine schedule spans them) and stops "
+                "early once held-out accuracy reaches {targets}; slow mixers get as many steps as fast ones.")
+    else:
+        cap = ", ".join(f"{x:g}" for x in ratios)
+        rule = ("Budget: equal steps up to a time cap. Every run trains up to {steps} steps (the cosine schedule "
+                "spans them) and stops early once held-out accuracy reaches {targets}, except that a run whose "
+                f"steps would take more than {cap}x the median run's time (from the step times probed at the "
+                "start) trains the steps that time buys, its schedule spanning them: ‡ marks it, and its accuracy "
+                "is a lower bound for the full steps (a slow mixer ranks lower for being slow).")
+    return [rule.format(steps=steps, targets=targets) + " † marks a run cut short by the sweep's wall-clock cap "
+            "(a machine too slow for the budget): its accuracy is a lower bound.", ""]
+
+
 def _settings(rows):
     return sorted({(r["task"], r["seq_len"], r["num_pairs"]) for r in rows})
 
@@ -32,14 +63,7 @@ def leaderboard_markdown(records: list[dict]) -> str:
     lines = ["# attnzoo zoo leaderboard", "",
              "Best learning rate per (mixer, d_model), as Zoology reports; accuracy on held-out sequences.", "",
              "Machine: " + "; ".join(machines), ""]
-    budgets = sorted({(r["max_steps"], r.get("target_accuracy")) for r in rows if r.get("max_steps")})
-    if budgets:
-        steps = ", ".join(str(n) for n, _ in budgets)
-        targets = ", ".join(sorted({f"{t:g}" for _, t in budgets if t is not None})) or "none"
-        lines += [f"Budget: equal steps. Every run trains up to {steps} steps (the cosine schedule spans them) "
-                  f"and stops early once held-out accuracy reaches {targets}; slow mixers get as many steps as "
-                  "fast ones. † marks a run cut short by the sweep's wall-clock cap (a machine too slow for the "
-                  "budget): its accuracy is a lower bound.", ""]
+    lines += budget_sentence(rows)
     for task, T, D in _settings(rows):
         sub = [r for r in rows if (r["task"], r["seq_len"], r["num_pairs"]) == (task, T, D)]
         d_models = sorted({r["d_model"] for r in sub})
@@ -54,7 +78,8 @@ def leaderboard_markdown(records: list[dict]) -> str:
             cells = []
             for d in d_models:
                 r = by_mixer[m].get(d)
-                cut = "†" if r is not None and r.get("stopped") == "time" and r.get("max_steps") else ""
+                cut = "" if r is None else ("‡" if _capped(r) else "") + (
+                    "†" if r.get("stopped") == "time" and r.get("max_steps") else "")
                 cells.append("—" if r is None else f"{r['accuracy']:.3f} ({r['lr']:.2g}, {r['steps']}{cut})")
             last = by_mixer[m].get(d_models[-1]) or next(iter(by_mixer[m].values()))
             wall = f"{last['seconds']:.0f}" if "seconds" in last else "—"

@@ -144,8 +144,10 @@ def run_zoo(*, preset: ZooPreset, out: str, mixers: list[str] | None = None, tas
     passed to every run (in-process runs only, workers=1). Each model's training step is timed
     once (the probe); the runs go longest first; every run gets the same number of steps,
     preset.steps or fewer if the probes say that would not fit in total_seconds (early stop at
-    the target); a wall-clock cap, the unused budget shared by the unfinished runs, cuts a run
-    only when the machine turns out slower than probed (schedule.py).
+    the target), except that with preset.time_cap_ratio a run dearer than that many times the
+    median run gets the steps that time buys (schedule.capped_steps); a wall-clock cap, the unused
+    budget shared by the unfinished runs, cuts a run only when the machine turns out slower than
+    probed (schedule.py).
 
     Raises ValueError before any run for unknown or non-causal mixers, impossible task settings
     and workers/threads < 1; ZooInterrupted (a KeyboardInterrupt) on Ctrl-C, once the runs in
@@ -194,14 +196,15 @@ def _run_in_process(pending, preset, device, threads, path, prog, budget, max_ru
     preset = budget.preset                  # its steps: what fits the budget, the same for every run
     for i, spec in enumerate(pending):
         per_run = budget.start(i)
-        prog.start_run(i, spec, preset.steps)
+        run_preset = budget.preset_for(i)       # fewer steps for a run above the preset's time cap
+        prog.start_run(i, spec, run_preset.steps)
 
         def step_cb(step, loss, i=i):
             prog.step(i, step, loss)
             if on_step is not None:
                 on_step(step, loss)
 
-        rec = run_one(spec, preset, device=device, max_seconds=per_run, on_step=step_cb,
+        rec = run_one(spec, run_preset, device=device, max_seconds=per_run, on_step=step_cb,
                       on_eval=lambda s, lo, a, i=i: prog.eval(i, s, lo, a))
         budget.finish(i)
         _append(path, rec, budget, i, prog)
@@ -250,7 +253,7 @@ def _run_parallel(pending, preset, device, workers, threads, path, prog, budget,
                         return
                     key = ev[0]
                     if ev[1] == "start":
-                        prog.start_run(key, pending[key], preset.steps)
+                        prog.start_run(key, pending[key], budget.preset_for(key).steps)
                     elif ev[1] == "step":
                         prog.step(key, ev[2], ev[3])
                     else:
@@ -262,7 +265,8 @@ def _run_parallel(pending, preset, device, workers, threads, path, prog, budget,
                         break                   # a run retried after a dead worker runs alone
                     key, spec = todo.pop(0)
                     per_run = budget.start(key)
-                    fut = pool.submit(_worker, spec, asdict(preset), device, per_run, threads, events, key)
+                    fut = pool.submit(_worker, spec, asdict(budget.preset_for(key)), device, per_run, threads,
+                                      events, key)
                     running[fut] = key
                 finished, _ = wait(list(running), timeout=0.25, return_when=FIRST_COMPLETED)
                 drain()
@@ -281,7 +285,8 @@ def _run_parallel(pending, preset, device, workers, threads, path, prog, budget,
                             todo.insert(0, (key, pending[key]))
                             continue
                         rec = [dict(m, preset=preset.name, machine=machine_line(device), accuracy=None,
-                                    steps=0, stopped="error", seconds=0.0, max_steps=preset.steps,
+                                    steps=0, stopped="error", seconds=0.0,
+                                    max_steps=budget.preset_for(key).steps,
                                     error="BrokenProcessPool: the worker process died (killed, out of memory?)")
                                for m in member_specs(pending[key])]
                     _append(path, rec, budget, key, prog)
@@ -303,7 +308,7 @@ def _append(path: str, rec, budget, key: int, prog):
     recs = rec if isinstance(rec, list) else [rec]
     budget.add_warmup(recs[0].get("warmup_s"))
     for r in recs:
-        append_result(path, dict(r, probe_ms=budget.probe_ms(key)))
+        append_result(path, dict(r, **budget.record_fields(key)))
     if prog is not None:
         prog.finish_run(key, max(recs, key=lambda r: -1.0 if r.get("accuracy") is None else r["accuracy"]))
 

@@ -15,6 +15,10 @@ mixer gets as many steps as a fast one and does not look worse for being slow.
   the sweep's wall budget (the same number for all runs, so the cosine schedule still ends),
   but never fewer than preset.min_steps: on a slow or busy machine the sweep then takes longer
   than total_seconds rather than train too little to rank anything;
+- capped_steps(...): with preset.time_cap_ratio set (the quick preset), a run whose steps would
+  take more than that many times the median run's time gets the steps that time buys instead
+  (its cosine schedule spanning them; the leaderboard marks it). The cap is relative to the
+  other runs' probes, so the steps planned do not depend on how loaded the machine is;
 - run_cap(...): the cap of a run being started = what is left of the sweep's wall budget, times
   the workers, shared among the work not done yet (itself, the runs queued, what the running
   ones have left) in proportion to expected time. A run that stops early (target reached)
@@ -146,6 +150,22 @@ def contention_for(device: str, workers: int) -> StepModel:
     return StepModel(CONTENTION)
 
 
+def _lower_median(xs: list[float]) -> float:
+    return sorted(xs)[(len(xs) - 1) // 2]
+
+
+def capped_steps(per_step: list[float], steps: int, ratio: float | None) -> list[int]:
+    """Steps of each run: `steps`, or for a run whose `steps` would take more than `ratio` times the
+    median run's time (per_step: its expected seconds per step), floor(ratio * median * steps / per_step)
+    (at least 1). ratio None: `steps` for every run."""
+    if ratio is not None and not ratio > 0:
+        raise ValueError(f"the time cap ratio must be > 0 (or None), got {ratio!r}")
+    if ratio is None or not per_step:
+        return [steps] * len(per_step)
+    level = ratio * _lower_median(per_step) * steps      # seconds
+    return [steps if p * steps <= level else max(1, math.floor(level / p)) for p in per_step]
+
+
 class SweepBudget:
     """The sweep's runs in schedule order, the steps they all get, and each run's time cap."""
 
@@ -155,39 +175,61 @@ class SweepBudget:
         self.contention = contention if isinstance(contention, StepModel) else StepModel(float(contention))
         self.total_seconds = preset.total_seconds
         self.expected: list[float] = []
+        self.run_steps: list[int] = []
         self.probes: list[float] = []
         self.started: dict[int, float] = {}
 
     def order(self, specs: list[dict], probe_seconds: list[float], max_runs: int | None) -> list[dict]:
         """The runs longest first (at most max_runs); sets self.preset.steps to what fits, but no
-        fewer than preset.min_steps: then the wall budget grows to what those steps need."""
+        fewer than preset.min_steps: then the wall budget grows to what those steps need. With
+        preset.time_cap_ratio, the runs above the cap get fewer steps (capped_steps, self.run_steps)
+        and the fit counts them at the cap."""
         cost = dict(zip(map(id, specs), budget_costs(probe_seconds)))
         probe = dict(zip(map(id, specs), probe_seconds))
         specs = longest_first(specs, probe_seconds)[:max_runs]
         per_step = [self.contention(cost[id(s)]) for s in specs]
         self.probes = [probe[id(s)] for s in specs]
-        total = self.preset.total_seconds
+        total, ratio = self.preset.total_seconds, self.preset.time_cap_ratio
+        # seconds per step of the whole sweep: a capped run costs the cap (ratio x the median run), not its own
+        capped = per_step if ratio is None or not specs else [min(c, ratio * _lower_median(per_step)) for c in per_step]
         if total is not None and specs:
             left = total - (time.perf_counter() - self.t_start)
-            fit = math.floor(max(0.0, left) * self.workers / max(sum(per_step), 1e-12))
+            fit = math.floor(max(0.0, left) * self.workers / max(sum(capped), 1e-12))
             self.fit_steps = fit
             steps = max(1, self.preset.min_steps, min(self.preset.steps, fit))
             self.preset = replace(self.preset, steps=steps)
-            if steps > fit:
-                self.total_seconds = total - left + sum(per_step) * steps / self.workers
-        self.expected = [c * self.preset.steps for c in per_step]
+        self.run_steps = capped_steps(per_step, self.preset.steps, ratio)
+        self.expected = [c * n for c, n in zip(per_step, self.run_steps)]
+        if total is not None and specs and self.preset.steps > self.fit_steps:
+            self.total_seconds = total - left + sum(self.expected) / self.workers
         return specs
+
+    def preset_for(self, key: int):
+        """The preset run `key` trains with: its own steps (fewer than the sweep's when capped)."""
+        n = self.run_steps[key] if key < len(self.run_steps) else self.preset.steps
+        return self.preset if n == self.preset.steps else replace(self.preset, steps=n,
+                                                                   min_steps=min(n, self.preset.min_steps))
+
+    def record_fields(self, key: int) -> dict:
+        """What a run's record says of the budget: its probe, the sweep's steps, the cap ratio if any."""
+        out = {"probe_ms": self.probe_ms(key), "sweep_steps": self.preset.steps}
+        if self.preset.time_cap_ratio is not None:
+            out["time_cap_ratio"] = self.preset.time_cap_ratio
+        return out
 
     def steps_note(self) -> str | None:
         """What order() did to the steps asked for, in a line for the user (None: every run gets them)."""
         steps, total = self.preset.steps, self.preset.total_seconds
+        n_capped = sum(n < steps for n in self.run_steps)
+        capped = (f"; {n_capped} run(s) above {self.preset.time_cap_ratio:g}x the median run's time get the steps "
+                  "that time buys") if n_capped else ""
         if steps < self.asked_steps:
             return (f"steps: {steps} per run, not {self.asked_steps}: that is what the probed step times fit "
-                    f"in the {total:g} s budget (a larger --total-seconds gives more)")
+                    f"in the {total:g} s budget (a larger --total-seconds gives more){capped}")
         if self.fit_steps is not None and steps > self.fit_steps:     # steps == min_steps, the floor
             return (f"steps: {steps} per run (min_steps) need about {self.total_seconds:.0f} s, more than the "
-                    f"{total:g} s budget, which is stretched to them")
-        return None
+                    f"{total:g} s budget, which is stretched to them{capped}")
+        return f"steps: {steps} per run{capped}" if capped else None
 
     def probe_ms(self, key: int) -> float | None:
         t = self.probes[key]
