@@ -90,6 +90,6 @@ def test_quick_preset_recipe():
     at one head, no MLP, the time cap on, and a fixed step count that does not shrink with the load."""
     q = get_preset("quick")
     assert q.grid == ((32, 4),) and q.vocab_size == 64 and q.batch_size == 64 and q.lrs == (3e-3,)
-    assert q.time_cap_ratio is not None and q.steps == q.min_steps
+    assert q.time_cap_ratio == 0.5 and q.steps == q.min_steps == 1000
     assert q.positions == () and q.mixer_kwargs["softmax"]["n_heads"] == 1
     assert get_preset("paper").time_cap_ratio is None and get_preset("standard").time_cap_ratio is None

@@ -173,7 +173,7 @@ PRESETS = {
     "quick": ZooPreset(
         name="quick", grid=((32, 4),), vocab_size=64, d_models=(64,), lrs=(3e-3,), num_train=20_000,
         num_test=256, batch_size=64, steps=1000, min_steps=1000, eval_every=50, total_seconds=570.0,
-        time_cap_ratio=2.0, mixer_kwargs=QUICK_MIXER_KWARGS,
+        time_cap_ratio=0.5, mixer_kwargs=QUICK_MIXER_KWARGS,
     ),
     "standard": ZooPreset(
         name="standard", grid=((64, 4), (128, 8)), vocab_size=2048, d_models=(64, 128), lrs=(1e-3, 3e-3),
