@@ -25,8 +25,10 @@ any run. `attnzoo repro NAME [--quick]` reruns one. Sizes: `quick` is the CI smo
 the verdict), `medium` a few CPU minutes, `full` the GPU size. The CPU runs were made on a 2-core machine
 shared by several engineers at once (load 5-9); most studies train on one torch thread there, whatever
 the machine line's thread count says: CPU timings (kinetics) are noisy and CPU-size models are small and
-short-trained, which each table's conditions state. The `full-<gpu>` runs come from one device call of
-`bash benchmarks/gpu_repro.sh` (fixed order, a time cap per study; its status.txt lists what it skipped).
+short-trained, which each table's conditions state. The `full-<gpu>` runs come from device calls
+(`bash benchmarks/gpu_repro.sh`, or `attnzoo repro NAME --size full` directly); each folder's notes.md
+says which, and what else shared the GPU (studies whose steps follow measured step times train less on a
+shared GPU).
 """
 
 
