@@ -98,3 +98,17 @@ def extend_kv_cache(state, k, v, real, mask):
         return k, v, real, padded
     return (torch.cat([state.k.to(k.dtype), k], 1), torch.cat([state.v.to(v.dtype), v], 1),
             torch.cat([state.valid, real], 1), padded)
+
+
+def qkv_heads(mixer, x, n_kv_heads: int | None = None):
+    """(q [B, T, H, hd], k, v [B, T, Hkv, hd]) from an attention mixer's q_proj / k_proj / v_proj
+    (Hkv = n_kv_heads, default H), through its q_norm / k_norm when it has them (QK-norm)."""
+    B, T, _ = x.shape
+    H, hd = mixer.n_heads, mixer.head_dim
+    Hkv = H if n_kv_heads is None else n_kv_heads
+    q = mixer.q_proj(x).view(B, T, H, hd)
+    k = mixer.k_proj(x).view(B, T, Hkv, hd)
+    v = mixer.v_proj(x).view(B, T, Hkv, hd)
+    if mixer.q_norm is not None:
+        q, k = mixer.q_norm(q), mixer.k_norm(k)
+    return q, k, v

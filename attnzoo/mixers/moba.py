@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from attnzoo.mixers.base import MixerState
-from attnzoo.mixers.layers import apply_rope, token_positions
+from attnzoo.mixers.layers import apply_rope, qkv_heads, token_positions
 from attnzoo.mixers.softmax import SoftmaxAttention
 from attnzoo.ops.common.opaque import compiling
 from attnzoo.ops.sparse.token_select import select_moba_blocks, token_sparse_attention
@@ -119,11 +119,7 @@ class MixtureOfBlockAttention(SoftmaxAttention):
     def _forward(self, x, mask, state, return_state):
         B, T, _ = x.shape
         H, Hkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
-        q = self.q_proj(x).view(B, T, H, hd)
-        k = self.k_proj(x).view(B, T, Hkv, hd)
-        v = self.v_proj(x).view(B, T, Hkv, hd)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = qkv_heads(self, x, Hkv)
         real = torch.ones(B, T, dtype=torch.bool, device=x.device) if mask is None else mask
         pos = token_positions(mask, B, T, None if state is None else state.seen, x.device)
         if self.rope:

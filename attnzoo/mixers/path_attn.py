@@ -30,7 +30,7 @@ from torch import nn
 
 from attnzoo.mixers._linear_common import l2_normalize, mask_steps
 from attnzoo.mixers.base import Mixer, MixerState, check_heads
-from attnzoo.mixers.layers import RMSNorm
+from attnzoo.mixers.layers import RMSNorm, qkv_heads
 from attnzoo.mixers.short_conv import ShortConv
 from attnzoo.ops.common.opaque import compiling
 from attnzoo.ops.softmax.path import path_attention
@@ -136,11 +136,7 @@ class PathAttention(Mixer):
     def _forward(self, x, mask, state, return_state):
         B, T, _ = x.shape
         H, hd = self.n_heads, self.head_dim
-        q = self.q_proj(x).view(B, T, H, hd)
-        k = self.k_proj(x).view(B, T, H, hd)
-        v = self.v_proj(x).view(B, T, H, hd)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = qkv_heads(self, x)
         w, beta, conv = self.transitions(x, mask, None if state is None else state.conv, return_state)
         real = torch.ones(B, T, dtype=torch.bool, device=x.device) if mask is None else mask
         valid = real if state is None else torch.cat([state.valid, real], 1)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from attnzoo.mixers.base import Mixer, MixerState, check_heads
-from attnzoo.mixers.layers import RMSNorm, extend_kv_cache
+from attnzoo.mixers.layers import RMSNorm, extend_kv_cache, qkv_heads
 from attnzoo.ops.softmax.stickbreaking import stickbreaking_attention
 from attnzoo.registry import Card, Paper, register
 
@@ -81,11 +81,7 @@ class StickBreaking(Mixer):
     def _forward(self, x, mask, state, return_state):
         B, T, _ = x.shape
         H, hd = self.n_heads, self.head_dim
-        q = self.q_proj(x).view(B, T, H, hd)
-        k = self.k_proj(x).view(B, T, H, hd)
-        v = self.v_proj(x).view(B, T, H, hd)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = qkv_heads(self, x)
         real = torch.ones(B, T, dtype=torch.bool, device=x.device) if mask is None else mask
         k_all, v_all, valid, padded = extend_kv_cache(state, k, v, real, mask)
         o = stickbreaking_attention(q, k_all, v_all, key_mask=valid if padded else None,
