@@ -113,6 +113,11 @@ def plot_zoo(records: list[dict], path: str) -> str | None:
         title = f"{task} T={T}" + (f" pairs={D}" if D else "")
         ax_s.set(xscale="log", xlabel="state per sequence (bytes, log)", ylabel="accuracy", title=title, ylim=(0, 1.02))
         ax_d.set(xscale="log", xlabel="d_model", ylabel="accuracy", title=title, ylim=(0, 1.02))
+        widths = sorted({r["d_model"] for r in sub})
+        ax_d.set_xticks(widths, [str(w) for w in widths])       # Zoology's Figure 2 axis: the widths run
+        ax_d.minorticks_off()
+        if len(widths) == 1:
+            ax_d.set_xlim(widths[0] / 1.5, widths[0] * 1.5)
         ax_d.legend(fontsize=7, bbox_to_anchor=(1.02, 1.0), loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
