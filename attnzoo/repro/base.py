@@ -11,7 +11,10 @@ from pathlib import Path
 
 from attnzoo.bench.machine import machine_line  # noqa: F401  (re-exported: studies and scripts import it here)
 
-VERDICTS = ("reproduced", "partly", "not reproduced")
+VERDICTS = ("reproduced", "partly", "not reproduced", "untestable")
+# "untestable": the run cannot decide the claim (a control that did not learn, variants that ended at unequal
+# steps); the row's conditions say why. It is counted apart from "not reproduced" (readme.py).
+UNTESTABLE = VERDICTS[3]
 SIZES = ("quick", "medium", "full")  # medium: a CPU size for committed results (<= 5 min on 2 cores)
 
 
@@ -30,8 +33,11 @@ class Claim:
             raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
 
 
-def verdict(ok: bool, partly: bool = False) -> str:
-    """The rule most studies use: all of the claim holds -> reproduced; some -> partly; else not."""
+def verdict(ok: bool, partly: bool = False, untestable: str = "") -> str:
+    """The rule most studies use: all of the claim holds -> reproduced; some -> partly; else not.
+    A non-empty `untestable` (the reason, stated in the row's conditions) overrides: "untestable"."""
+    if untestable:
+        return UNTESTABLE
     return VERDICTS[0] if ok else VERDICTS[1] if partly else VERDICTS[2]
 
 

@@ -6,8 +6,10 @@ Each study's summary.md (written by base.run_study) starts with "# repro: <name>
 "Size `...`, N s on <machine>." line, then the verdict table. A study may have several committed runs,
 one folder each under its own (<name>/medium-cpu/, <name>/full-h100/). The README lists the studies in
 the order of `attnzoo repro --list` (then any other folder), with a tally of verdicts per run, and says
-which known studies have no committed summary yet. A run folder's notes.md (what a reader must know
-about that run: the machine's state, a known defect it exposed) is shown under its table.
+which known studies have no committed summary yet; "untestable" rows (a control that did not learn,
+variants stopped at unequal steps) are counted apart from "not reproduced". A run folder's notes.md
+(what a reader must know about that run: the machine's state, a known defect it exposed) is shown under
+its table.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from attnzoo.repro.base import VERDICTS
+from attnzoo.repro.base import UNTESTABLE, VERDICTS
 
 HEADER = """# attnzoo repro: the seed papers' claims at small scale
 
@@ -28,8 +30,23 @@ the machine line's thread count says: CPU timings (kinetics) are noisy and CPU-s
 short-trained, which each table's conditions state. The `full-<gpu>` runs come from device calls
 (`bash benchmarks/gpu_repro.sh`, or `attnzoo repro NAME --size full` directly); each folder's notes.md
 says which, and what else shared the GPU (studies whose steps follow measured step times train less on a
-shared GPU).
+shared GPU). An **untestable** row is one the run could not decide (a control that did not learn, variants
+that ended at unequal steps; its conditions say which): it is neither a reproduction nor a refutation.
+Rows committed before that verdict existed say "not reproduced" with "untestable: ..." in their
+conditions; the tally counts them as untestable.
 """
+
+
+def row_verdict(row: str) -> str | None:
+    """The verdict of one table row ("| claim | paper | ours | **verdict** | conditions |"). A row written
+    before "untestable" was a verdict ("**not reproduced**" with "untestable: ..." in its conditions, the
+    studies' earlier wording) counts as untestable: the run could not decide the claim."""
+    found = [v for v in re.findall(r"\*\*([a-z ]+)\*\*", row) if v in VERDICTS]
+    if not found:
+        return None
+    v = found[-1]
+    conditions = row.rstrip().rstrip("|").rsplit("|", 1)[-1]
+    return UNTESTABLE if v == "not reproduced" and "untestable" in conditions else v
 
 
 def read_summary(path: str | Path) -> dict:
@@ -42,7 +59,7 @@ def read_summary(path: str | Path) -> dict:
     rows = [ln for ln in lines if ln.startswith("|")]
     if len(rows) < 3:
         raise ValueError(f"{path}: no verdict table")
-    verdicts = [v for v in re.findall(r"\*\*([a-z ]+)\*\*", "\n".join(rows[2:])) if v in VERDICTS]
+    verdicts = [v for v in (row_verdict(r) for r in rows[2:]) if v is not None]
     size_line = next((ln for ln in lines if ln.startswith("Size ")), "")
     body = [ln for ln in lines[1:] if ln.strip() and not ln.startswith("|") and not ln.startswith("Size ")]
     return {"name": m.group(1), "paper": body[0] if body else "", "size_line": size_line,

@@ -21,12 +21,27 @@ def test_readme_gathers_tables_and_tallies(tmp_path):
     text = write_readme(tmp_path, known=["b-study", "a-study", "missing"]).read_text()
     assert "| **reproduced** | c |\n\nRan on a quiet GPU.\n\nFiles: [a-study/full-h100/]" in text
     assert text.index("## b-study") < text.index("## a-study-full-h100") < text.index("## a-study-medium-cpu")
-    assert "| [b-study](#b-study) | - | Paper b-study, arXiv:0 | 2 | 1 | 0 | 1 |" in text
-    assert "| [a-study](#a-study-medium-cpu) | medium-cpu | Paper a-study, arXiv:0 | 1 | 0 | 1 | 0 |" in text
-    assert "| **all** | | | 4 | 2 | 1 | 1 |" in text
+    assert "| [b-study](#b-study) | - | Paper b-study, arXiv:0 | 2 | 1 | 0 | 1 | 0 |" in text
+    assert "| [a-study](#a-study-medium-cpu) | medium-cpu | Paper a-study, arXiv:0 | 1 | 0 | 1 | 0 | 0 |" in text
+    assert "| **all** | | | 4 | 2 | 1 | 1 | 0 |" in text
     assert "Files: [a-study/medium-cpu/](a-study/medium-cpu/)" in text
     assert "No committed summary yet: missing." in text
     assert "| claim 1 | p | o | **not reproduced** | c |" in text
+
+
+def test_untestable_rows_are_not_counted_as_not_reproduced(tmp_path):
+    root = tmp_path / "a"
+    root.mkdir()
+    claims = [Claim("c0", "p", "o", "untestable", "x; untestable: the control did not learn"),
+              Claim("c1", "p", "o", "not reproduced", "x; untestable: the all-softmax stack did not learn MQAR"),
+              Claim("c2", "p", "o", "not reproduced", "rule: spread <= 3%"),
+              Claim("c3", "p", "o", "reproduced", "x")]
+    (root / "summary.md").write_text(summary_markdown("a", "Paper a", claims, "cpu", "full", 1))
+    assert read_summary(root / "summary.md")["verdicts"] == ["untestable", "untestable", "not reproduced",
+                                                             "reproduced"]
+    text = write_readme(tmp_path, known=["a"]).read_text()
+    assert "| study | run | paper | claims | reproduced | partly | not reproduced | untestable |" in text
+    assert "| [a](#a) | - | Paper a | 4 | 1 | 0 | 1 | 2 |" in text
 
 
 def test_read_summary_refuses_other_files(tmp_path):

@@ -14,6 +14,7 @@ def test_verdict_rule():
     assert verdict(True) == "reproduced"
     assert verdict(False, partly=True) == "partly"
     assert verdict(False) == "not reproduced"
+    assert verdict(True, untestable="untestable: the control did not learn") == "untestable"
 
 
 def test_unknown_study_refused(tmp_path):
