@@ -22,7 +22,9 @@ Training modes (`mode`, a plain attribute like `top_k`):
   o_proj, and sets `aux_loss = 10 * (SmoothL1(o_f, sg(o_s)) + SmoothL1(sg(o_f), o_s))` over real
   tokens; in eval "mixed" uses the sparse output (SSA's default inference mode).
 The state is a KV cache on the position timeline (index = position), so decoding reads blocks directly,
-plus the first query of the current block (`block_q`), which made that block's selection.
+plus the first query of the current block (`block_q`), which made that block's selection, and the pooled
+keys of the complete blocks (`kbar`): a decode step pools only the block its token completes
+(`update_pooled_keys`), not the whole cache.
 On CUDA (impl="auto") the selected blocks are read by the Triton kernels (forward, backward, decode).
 """
 
@@ -51,9 +53,34 @@ MODES = ("sparse", "full", "mixed")
 class BlockKVState(KVCacheState):
     """KV cache where slot j holds the key/value at real position j (valid = j < seen); block_q [B, Hq, D]
     is the first query of the block holding position `seen` (it chose that block's keys; unused, zero,
-    when `seen` starts a new block)."""
+    when `seen` starts a new block); kbar [B, L // bs, Hkv, D] the pooled (mean) keys of the blocks complete
+    in the timeline (entry j of a row is exact when j < seen // bs; later entries are placeholders)."""
 
     block_q: torch.Tensor | None = None
+    kbar: torch.Tensor | None = None
+
+
+def update_pooled_keys(kbar: torch.Tensor, K: torch.Tensor, total: torch.Tensor, completed: torch.Tensor,
+                       block_size: int) -> torch.Tensor:
+    """The pooled keys after one decode step, pooling only the block the step completed.
+
+    kbar [B, n, H, D] the pooled keys before the step (n complete-block slots), K [B, L, H, D] the timeline
+    after it, total [B] each row's token count after it, completed bool [B]: the row's new token ended block
+    total // bs - 1. Returns [B, L // bs, H, D] (a new tensor; kbar is not modified): kbar grown with
+    placeholder zeros, the completed rows' block set to the mean of its bs keys."""
+    B, L, H, D = K.shape
+    bs = block_size
+    n = L // bs
+    grow = n - kbar.shape[1]
+    out = torch.cat([kbar.to(K.dtype), K.new_zeros(B, grow, H, D)], 1) if grow > 0 else kbar.to(K.dtype).clone()
+    if n == 0:
+        return out
+    slot = (total // bs - 1).clamp(0, n - 1)  # [B]
+    idx = (slot[:, None] * bs + torch.arange(bs, device=K.device)).clamp_max(L - 1)  # [B, bs]
+    new = K.gather(1, idx[..., None, None].expand(B, bs, H, D)).sum(1) / float(bs)  # [B, H, D]
+    rows = torch.arange(B, device=K.device)
+    out[rows, slot] = torch.where(completed[:, None, None], new, out[rows, slot])
+    return out
 
 
 class BlockSparseAttention(SoftmaxAttention):
@@ -90,6 +117,13 @@ class BlockSparseAttention(SoftmaxAttention):
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if not isinstance(self.top_k, int) or self.top_k < 1:
             raise ValueError(f"top_k must be a positive int, got {self.top_k!r}")
+
+    def check_state(self, state: BlockKVState):
+        super().check_state(state)
+        want = (state.k.shape[0], state.k.shape[1] // self.block_size, self.n_kv_heads, self.head_dim)
+        if state.kbar is not None and tuple(state.kbar.shape) != want:
+            raise ValueError(f"block_sparse state's pooled keys must be [B, L // block_size, Hkv, head_dim] = "
+                             f"{list(want)}, got {tuple(state.kbar.shape)}")
 
     def _timeline(self, t, pos, real, seen0, total, old):
         """Place the new real tokens' t [B, T, H, D] at their positions after the cached ones."""
@@ -129,11 +163,12 @@ class BlockSparseAttention(SoftmaxAttention):
             mode = "sparse"
         o_f = o_s = None
         block_q = q.new_zeros(B, self.n_heads, hd)
+        kbar = None
         if mode in ("full", "mixed"):
             o_f = softmax_attention(q, K, V, causal=True, q_pos=None if plain else pos, k_pos=None if plain else kpos,
                                     key_mask=None if plain else valid, impl=self.impl)
         if mode in ("sparse", "mixed"):
-            o_s, block_q = self.sparse_attention(q, K, V, pos, real, valid, seen0, total, state, plain)
+            o_s, block_q, kbar = self.sparse_attention(q, K, V, pos, real, valid, seen0, total, state, plain)
         self.aux_loss = None
         if mode == "mixed":
             w = real[..., None, None]
@@ -148,7 +183,10 @@ class BlockSparseAttention(SoftmaxAttention):
         y = self.o_proj(o.reshape(B, T, self.n_heads * hd))
         new_state = None
         if return_state:
-            new_state = BlockKVState(k=K, v=V, valid=valid, kpos=kpos, seen=total, block_q=block_q.detach())
+            if kbar is None:  # mode "full": pooled keys kept all the same, so a later sparse step finds them
+                kbar = pooled_block_keys(K, valid, self.block_size)[:, : L // self.block_size]
+            new_state = BlockKVState(k=K, v=V, valid=valid, kpos=kpos, seen=total, block_q=block_q.detach(),
+                                     kbar=kbar.detach())
         return y, new_state
 
     def _select(self, qrep, kbar, q_block=None):
@@ -158,20 +196,26 @@ class BlockSparseAttention(SoftmaxAttention):
                                  local_blocks=local, score=self.score, q_block=q_block)
 
     def sparse_attention(self, q, K, V, pos, real, valid, seen0, total, state, plain):
-        """Block-sparse output o [B, T, Hq, D] at the new tokens and the next state's block_q."""
+        """Block-sparse output o [B, T, Hq, D] at the new tokens, the next state's block_q and the pooled keys
+        of the complete blocks [B, L // bs, Hkv, D]."""
         B, T, Hq, D = q.shape
         bs = self.block_size
+        L = K.shape[1]
         old_q = None if state is None or state.block_q is None else state.block_q.to(q.dtype)
-        kbar = pooled_block_keys(K, valid, bs)
+        if T == 1 and state is not None and state.kbar is not None:  # one token: pool only the block it completes
+            kdone = update_pooled_keys(state.kbar, K, total, real[:, 0] & (total % bs == 0), bs)
+            kbar = F.pad(kdone, (0, 0, 0, 0, 0, -(-L // bs) - kdone.shape[1]))  # + the open block (never scored)
+        else:
+            kbar = pooled_block_keys(K, valid, bs)
+            kdone = kbar[:, : L // bs]
         if T == 1 and old_q is not None and bool(real.all()):  # decoding one token: the decode kernel
             starts = (seen0 % bs == 0)[:, None, None]
             qrep = torch.where(starts, q[:, 0], old_q)
             ids, cnt = self._select(qrep[:, None], kbar, q_block=(seen0 // bs)[:, None])
             o = block_sparse_decode(q[:, 0], K, V, ids[:, :, 0], cnt[:, :, 0], total, block_size=bs,
                                     impl=self.impl)
-            return o[:, None], qrep
+            return o[:, None], qrep, kdone
         Qt = q if plain else self._timeline(q, pos, real, seen0, total, None)  # [B, L, Hq, D]
-        L = Qt.shape[1]
         M = -(-L // bs)
         qrep = Qt[:, ::bs].detach().clone()  # [B, M, Hq, D]: the first query of every block
         rows = torch.arange(B, device=q.device)
@@ -186,7 +230,7 @@ class BlockSparseAttention(SoftmaxAttention):
         nb = total // bs
         block_q = torch.where((total % bs != 0)[:, None, None], qrep[rows, nb.clamp_max(M - 1)],
                               q.new_zeros(()))
-        return o, block_q
+        return o, block_q, kdone
 
     def extra_repr(self):
         return (f"{super().extra_repr()}, block_size={self.block_size}, top_k={self.top_k}, "
@@ -194,10 +238,13 @@ class BlockSparseAttention(SoftmaxAttention):
 
 
 def block_sparse_state_bytes(d_model: int, n_heads: int, seq_len: int, n_kv_heads: int | None = None,
-                             head_dim: int | None = None) -> int:
-    """The whole KV cache (kv_cache_bytes) plus block_q [H, head_dim] fp32, the open block's first query."""
+                             head_dim: int | None = None, block_size: int = 16) -> int:
+    """The whole KV cache (kv_cache_bytes), block_q [H, head_dim] fp32 (the open block's first query) and the
+    pooled keys of the complete blocks [seq_len // block_size, Hkv, head_dim] fp32."""
     hd = d_model // n_heads if head_dim is None else head_dim
-    return kv_cache_bytes(d_model, n_heads, seq_len, n_kv_heads, hd) + n_heads * hd * 4
+    hkv = n_heads if n_kv_heads is None else n_kv_heads
+    return kv_cache_bytes(d_model, n_heads, seq_len, n_kv_heads, hd) + n_heads * hd * 4 + \
+        (seq_len // block_size) * hkv * hd * 4
 
 
 def tokens_read_per_step(seq_len: int, block_size: int = 16, top_k: int = 16, n_sink: int = 0,
