@@ -23,6 +23,15 @@ Verdict rules (fixed before any run):
 5. loss spikes at 10x lr: reproduced if softmax spikes and the gated model spikes fewer times; partly
    if softmax spikes, the counts tie, and the gated run ends lower; not otherwise (incl. "the baseline
    did not spike at this lr", said in the row).
+Equal training (issue #14, added after two full GPU runs of one commit gave opposite loss verdicts: time
+caps had stopped the variants at 799 / 1008 / 1245 of 1500 steps): every run evaluates (bpb, first-token
+share, max |h| on the probe batch) at 10 checkpoints (every steps/10 steps, and at its last step), and
+the variants of a learning rate are compared at the largest checkpoint every one of them reached
+(`repro._steps.common_step`; spikes are counted up to that step), stated in the conditions. The wall-clock
+cap is a safety net only: at the full size 3x the probed step time x steps + 10 s per run, none on CPU.
+If the common checkpoint is below half the planned steps (or there is none), that learning rate's claims
+are "untestable", with the reason. Expected full-size time on one unshared H100: ~3-4 min (an estimate
+from the capped runs' 799-1245 steps in 40 s on a shared H100, not a measurement).
 """
 
 from __future__ import annotations
@@ -33,6 +42,8 @@ import torch
 from attnzoo.analysis.attention_maps import first_token_share, lm_attention_probs, trace_blocks, \
     uniform_first_token_share
 from attnzoo.models import LanguageModel
+from attnzoo.repro._lm import train_step_seconds
+from attnzoo.repro._steps import at_step, checkpoint_every, common_step, step_note, untestable_reason
 from attnzoo.repro._train import cpu_threads, device_note
 from attnzoo.repro.base import Claim, verdict
 from attnzoo.tasks.bytes import StdlibBytes, bits_per_byte
@@ -73,16 +84,32 @@ def build(variant: str, cfg: dict) -> LanguageModel:
                          mixer_kwargs={name: {"n_heads": cfg["n_heads"], "qk_norm": True, **kw}})
 
 
-def train_one(ctx, variant, cfg, data, lr):
+def safety_cap(ctx, variant, cfg, data) -> float | None:
+    """The wall-clock cap of one run: 3x its probed step time x steps + 10 s at the full size, else None."""
+    if ctx.size != "full":
+        return None
+    torch.manual_seed(ctx.seed)
+    probe = train_step_seconds(build(variant, cfg), data["train"], batch_size=cfg["batch"], device=ctx.device)
+    return 3 * probe * cfg["steps"] + 10
+
+
+def train_one(ctx, variant, cfg, data, lr, probe):
+    """Train one variant; -> (its final model on CPU, TrainResult, per-step train losses, checkpoints:
+    [{step, bpb, first_token_share, max_activation, ...}] at every steps/10 and at its last step)."""
     torch.manual_seed(ctx.seed)
     model = build(variant, cfg)
-    losses = []
+    losses, checkpoints = [], []
     conf = TrainConfig(steps=cfg["steps"], batch_size=cfg["batch"], lr=lr, warmup_steps=max(1, cfg["steps"] // 20),
-                       eval_every=cfg["steps"], seed=ctx.seed, device=ctx.device, eval_batch_size=64,
-                       max_seconds=40.0 if ctx.size == "full" else None)
+                       eval_every=checkpoint_every(cfg["steps"]), seed=ctx.seed, device=ctx.device,
+                       eval_batch_size=64, max_seconds=safety_cap(ctx, variant, cfg, data))
+
+    def on_eval(step, loss, _acc):
+        dev = next(model.parameters()).device
+        checkpoints.append({"step": step, "bpb": bits_per_byte(loss), **diagnose(model, probe.to(dev))})
+
     result = train_lm(model, train=data["train"], test=data["val"], config=conf,
-                      on_step=lambda _s, loss: losses.append(loss))
-    return model.cpu().float(), result, losses
+                      on_step=lambda _s, loss: losses.append(loss), on_eval=on_eval)
+    return model.cpu().float(), result, losses, checkpoints
 
 
 @torch.no_grad()
@@ -112,28 +139,52 @@ def _run(ctx) -> list[Claim]:
         for v in variants:
             lr = cfg["lr"] * lr_mult
             ctx.log(f"{v} at lr {lr:g}: {cfg['steps']} steps")
-            model, result, losses = train_one(ctx, v, cfg, data, lr)
-            row = {"bpb": bits_per_byte(result.loss), "steps": result.steps, "seconds": result.seconds,
-                   "spikes": count_spikes(losses, after=max(1, cfg["steps"] // 20)), **diagnose(model, probe)}
+            _model, result, losses, checkpoints = train_one(ctx, v, cfg, data, lr, probe)
+            row = {"steps": result.steps, "seconds": result.seconds, "stopped": result.stopped,
+                   "checkpoints": checkpoints, "train_loss": losses}
             res[(v, lr_mult)], curves[(v, lr_mult)] = row, losses
-            ctx.record(variant=v, lr=lr, lr_mult=lr_mult, **row, train_loss=losses[::max(1, len(losses) // 200)])
-            ctx.log(f"  bpb {row['bpb']:.3f}, first-token share {row['first_token_share']:.3f}, "
-                    f"max |h| {row['max_activation']:.1f}, spikes {row['spikes']}")
-    _plot(ctx, res, curves)
-    return _claims(ctx, cfg, res)
+            last = checkpoints[-1]
+            ctx.record(variant=v, lr=lr, lr_mult=lr_mult, steps=result.steps, seconds=result.seconds,
+                       stopped=result.stopped, checkpoints=checkpoints, **{k: last[k] for k in SCALARS},
+                       train_loss=losses[::max(1, len(losses) // 200)])
+            ctx.log(f"  {result.steps} steps: bpb {last['bpb']:.3f}, first-token share "
+                    f"{last['first_token_share']:.3f}, max |h| {last['max_activation']:.1f}")
+    picked = compare(res, cfg)
+    _plot(ctx, picked, curves)
+    return _claims(ctx, cfg, picked)
+
+
+SCALARS = ("bpb", "first_token_share", "max_activation")
+
+
+def compare(res: dict, cfg: dict) -> dict:
+    """res[(variant, lr_mult)] = {steps, checkpoints, train_loss} -> the same keys mapped to each run's
+    checkpoint at its learning rate's common step (+ "spikes" up to that step, "step", "note", "untestable")."""
+    out = {}
+    for mult in sorted({m for _, m in res}):
+        runs = {v: r for (v, m), r in res.items() if m == mult}
+        step = common_step({v: r["checkpoints"] for v, r in runs.items()})
+        ends = {f"{v} x{mult:g} lr": r["steps"] for v, r in runs.items()}
+        reason = untestable_reason(step, cfg["steps"], ends)
+        for v, r in runs.items():
+            at = at_step(r["checkpoints"], step) if step is not None else r["checkpoints"][-1]
+            until = step if step is not None else r["steps"]
+            out[(v, mult)] = {**at, "step": until, "untestable": reason,
+                              "note": reason or step_note(step, cfg["steps"], ends),
+                              "spikes": count_spikes(r["train_loss"][:until], after=max(1, cfg["steps"] // 20))}
+    return out
 
 
 def _claims(ctx, cfg, res) -> list[Claim]:
+    """res: compare()'s rows (each variant at its learning rate's common step)."""
     uni = uniform_first_token_share(cfg["seq_len"])
     base, el, hw = res[("softmax", 1.0)], res[("gated elementwise", 1.0)], res[("gated headwise", 1.0)]
     hs, he = res[("softmax", HIGH_LR)], res[("gated elementwise", HIGH_LR)]
-    cond = (f"d={cfg['d_model']}, {cfg['n_layers']} layers, {cfg['n_heads']} heads, T={cfg['seq_len']}, "
-            f"{cfg['steps']} steps x {cfg['batch']} seqs (same bytes, seed {ctx.seed}), lr {cfg['lr']:g}, "
-            f"qk-norm, {device_note(ctx.device)}")
-    short = [f"{v} x{m:g} lr stopped at {r['steps']} steps (time cap)" for (v, m), r in res.items()
-             if r["steps"] < cfg["steps"]]
-    if short:
-        cond += "; " + ", ".join(short)
+    cond0 = (f"d={cfg['d_model']}, {cfg['n_layers']} layers, {cfg['n_heads']} heads, T={cfg['seq_len']}, "
+             f"{cfg['steps']} steps x {cfg['batch']} seqs (same bytes, seed {ctx.seed}), lr {cfg['lr']:g}, "
+             f"qk-norm, {device_note(ctx.device)}")
+    cond, cond_hi = f"{cond0}; {base['note']}", f"{cond0}; at {HIGH_LR:g}x lr {hs['note']}"
+    skip, skip_hi = base["untestable"], hs["untestable"]
     sink = base["first_token_share"] >= 2 * uni
 
     def sink_claim(i, g, label):
@@ -141,7 +192,7 @@ def _claims(ctx, cfg, res) -> list[Claim]:
         return Claim(CLAIMS[i], "46.7% -> 4.8% (elementwise)" if i == 0 else "reduced",
                      f"softmax {100 * base['first_token_share']:.1f}% -> {label} {100 * g['first_token_share']:.1f}% "
                      f"(uniform {100 * uni:.1f}%)",
-                     verdict(sink and g["first_token_share"] <= 0.5 * base["first_token_share"], lower),
+                     verdict(sink and g["first_token_share"] <= 0.5 * base["first_token_share"], lower, skip),
                      cond + ("" if sink else "; the baseline has no sink at this scale (< 2x uniform)"))
 
     spiked = hs["spikes"] > 0
@@ -151,17 +202,17 @@ def _claims(ctx, cfg, res) -> list[Claim]:
         sink_claim(1, hw, "headwise"),
         Claim(CLAIMS[2], "PPL 6.026 -> 5.761",
               f"bpb softmax {base['bpb']:.3f}, elementwise {el['bpb']:.3f}, headwise {hw['bpb']:.3f}",
-              verdict(el["bpb"] <= base["bpb"] - 0.01, el["bpb"] < base["bpb"]), cond),
+              verdict(el["bpb"] <= base["bpb"] - 0.01, el["bpb"] < base["bpb"], skip), cond),
         Claim(CLAIMS[3], "max activation much smaller",
               f"max abs(h) softmax {base['max_activation']:.1f}, elementwise {el['max_activation']:.1f}, "
               f"headwise {hw['max_activation']:.1f}",
               verdict(el["max_activation"] <= 0.5 * base["max_activation"],
-                      el["max_activation"] < base["max_activation"]), cond),
+                      el["max_activation"] < base["max_activation"], skip), cond),
         Claim(CLAIMS[4], "baseline spikes, gated stable",
               f"at lr {cfg['lr'] * HIGH_LR:g}: spikes softmax {hs['spikes']}, elementwise {he['spikes']}; "
               f"bpb {hs['bpb']:.3f} vs {he['bpb']:.3f}",
-              verdict(spike_ok, spiked and he["spikes"] == hs["spikes"] and he["bpb"] < hs["bpb"]),
-              cond + f"; spike: loss > {SPIKE_RATIO}x median of the previous {SPIKE_WINDOW} steps"
+              verdict(spike_ok, spiked and he["spikes"] == hs["spikes"] and he["bpb"] < hs["bpb"], skip_hi),
+              cond_hi + f"; spike: loss > {SPIKE_RATIO}x median of the previous {SPIKE_WINDOW} steps"
               + ("" if spiked else "; the baseline did not spike at this lr")),
     ]
 
@@ -184,6 +235,7 @@ def _plot(ctx, res, curves):
         for mult, ls in ((1.0, "-"), (HIGH_LR, ":")):
             c = curves[(v, mult)]
             a3.plot(c, ls, color=f"C{i}", lw=0.8, label=f"{v}, {mult:g}x lr")
+    a3.axvline(res[("softmax", 1.0)]["step"], color="grey", lw=0.8, ls="--", label="compared at (1x lr)")
     a3.set(xlabel="step", ylabel="train loss (nats/byte)", title="training loss", yscale="log")
     a3.legend(fontsize=7)
     ctx.savefig(fig)

@@ -20,3 +20,49 @@ def test_count_spikes():
     assert count_spikes(spiky, after=31) == 0  # inside the warmup: not counted
     falling = [5.0 - 0.05 * t for t in range(60)]
     assert count_spikes(falling, after=0) == 0
+
+
+CFG = {"d_model": 8, "n_layers": 1, "n_heads": 2, "seq_len": 64, "batch": 2, "steps": 100, "lr": 1e-3}
+
+
+class _Ctx:
+    seed, device = 0, "cpu"
+
+
+def _run(last, bpb_of, share=0.3, every=10):
+    """A fake run stopped at `last` steps: checkpoints every 10 steps (+ the last), bpb_of(step)."""
+    steps = list(range(every, last + 1, every)) + ([last] if last % every else [])
+    cps = [{"step": s, "bpb": bpb_of(s), "first_token_share": share, "max_activation": 10.0,
+            "max_activation_per_layer": [10.0]} for s in steps]
+    return {"steps": last, "checkpoints": cps, "train_loss": [2.0] * last}
+
+
+def test_variants_stopped_at_unequal_steps_are_compared_at_the_common_step():
+    from attnzoo.repro.sinks import _claims, compare
+
+    # softmax was cut at 79 steps; the gated runs trained longer and their *final* bpb looks better, but at
+    # the common step 70 the gated elementwise model is worse: the verdict must follow step 70
+    res = {("softmax", 1.0): _run(79, lambda s: 3.0 - s / 100),
+           ("gated elementwise", 1.0): _run(100, lambda s: 3.1 - s / 100),
+           ("gated headwise", 1.0): _run(95, lambda s: 3.1 - s / 100),
+           ("softmax", HIGH_LR): _run(100, lambda s: 3.0), ("gated elementwise", HIGH_LR): _run(100, lambda s: 3.0)}
+    picked = compare(res, CFG)
+    assert {r["step"] for (v, m), r in picked.items() if m == 1.0} == {70}
+    assert picked[("softmax", HIGH_LR)]["step"] == 100
+    claims = _claims(_Ctx, CFG, picked)
+    assert "bpb softmax 2.300, elementwise 2.400" in claims[2].ours and claims[2].verdict == "not reproduced"
+    assert "compared at step 70 of 100 planned" in claims[2].conditions and "softmax x1 lr stopped at 79" \
+        in claims[2].conditions
+    assert "compared at step 100 (all 100 planned steps)" in claims[4].conditions
+
+
+def test_too_few_common_steps_make_the_claims_untestable():
+    from attnzoo.repro.sinks import _claims, compare
+
+    res = {("softmax", 1.0): _run(40, lambda s: 3.0), ("gated elementwise", 1.0): _run(100, lambda s: 2.0),
+           ("gated headwise", 1.0): _run(100, lambda s: 2.0), ("softmax", HIGH_LR): _run(100, lambda s: 3.0),
+           ("gated elementwise", HIGH_LR): _run(100, lambda s: 3.0)}
+    claims = _claims(_Ctx, CFG, compare(res, CFG))
+    assert [c.verdict for c in claims[:4]] == ["untestable"] * 4
+    assert "untestable: the variants share only 40 of 100 planned steps" in claims[2].conditions
+    assert claims[4].verdict == "not reproduced"     # 10x lr ran to the end: decided (no spike in the baseline)
