@@ -170,10 +170,11 @@ def test_bad_inputs_raise():
     q, k, v, g, _, h0 = make(2, 9, "scalar", 1.0, torch.float32, seed=7)
     with pytest.raises(ValueError, match="dtype"):
         triton_gated_linear_attention(q.double(), k.double(), v.double(), g, scale=1.0)
-    big = torch.randn(1, 4, 1, 256)
-    with pytest.raises(ValueError, match="head dims"):
-        triton_gated_linear_attention(big, big, big[..., :16], None, scale=1.0)
-    assert not triton_supported(big, big, big[..., :16])  # impl="auto" falls back to torch
+    big = torch.randn(1, 4, 1, 512)
+    with pytest.raises(ValueError, match="head dim V"):
+        triton_gated_linear_attention(big[..., :16], big[..., :16], big, None, scale=1.0)
+    assert not triton_supported(big[..., :16], big[..., :16], big)  # impl="auto" falls back to torch
+    assert triton_supported(big, big, big[..., :16])  # K > 128: blocks of key channels (test_gla_triton_wide_k)
     with pytest.raises(ValueError, match="B == 1"):
         triton_gated_linear_attention(q, k, v, g, scale=1.0, cu_seqlens=torch.tensor([0, 4, 9]))
     with pytest.raises(ValueError, match="interpreter multiplies bfloat16"):  # it would return garbage

@@ -5,7 +5,8 @@
 
 q, k [B, T, H, K]; v [B, T, H, V]; g [B, T, H] (scalar gate) or [B, T, H, K] (vector gate), log
 space (<= 0); g_gamma [H]; initial_state [N, H, K, V] float32; o [B, T, H, V] in q's dtype;
-S [N, H, K, V] float32 (N = B, or the number of packed sequences).
+S [N, H, K, V] float32 (N = B, or the number of packed sequences). V <= 256; K of any size: beyond
+128 key channels the op runs as blocks of 128 whose outputs are summed (exact, _split_over_k).
 
     S_t = diag(exp(g_t + g_gamma)) S_{t-1} + k_t v_tᵀ,     o_t = scale · q_tᵀ S_t
 
@@ -59,7 +60,9 @@ def _patch_interpreter_index():
 
 if triton_interpret():
     _patch_interpreter_index()
-MAX_K = 128  # the scalar-gate dq/dk kernel holds all of K: K = 256 overflowed shared memory on the H200
+# Key channels of one launch: the scalar-gate dq/dk kernel holds all of K (K = 256 overflowed shared
+# memory on the H200). A larger K runs as blocks of at most MAX_K channels (_split_over_k), so K is unbounded.
+MAX_K = 128
 MAX_V = 256
 DECODE_MAX_T = 16
 
@@ -69,9 +72,8 @@ def _limits(q, k, v) -> str | None:
     the limits, read by triton_supported (dispatch) and _check (an explicit impl="triton")."""
     if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
         return f"needs q, k, v of one dtype in {DTYPES}, got {q.dtype}, {k.dtype}, {v.dtype}"
-    if q.shape[-1] > MAX_K or v.shape[-1] > MAX_V:
-        return (f"needs head dims K <= {MAX_K} and V <= {MAX_V}, got K={q.shape[-1]}, V={v.shape[-1]} "
-                f"(impl='torch' takes any size)")
+    if v.shape[-1] > MAX_V:
+        return f"needs head dim V <= {MAX_V}, got V={v.shape[-1]} (impl='torch' takes any size)"
     return None
 
 
@@ -224,6 +226,27 @@ def _compiling() -> bool:
     return bool(fn()) if fn is not None else torch._dynamo.is_compiling()
 
 
+def _split_over_k(q, k, v, g, g_gamma, scale, initial_state, output_final_state, cu_seqlens):
+    """K > MAX_K as blocks of at most MAX_K key channels. Exact: given the gate, row c of the state
+    evolves on its own (S_t[c] = e^{g_t[c]} S_{t-1}[c] + k_t[c] v_tᵀ) and o_t = scale · Σ_c q_t[c] S_t[c],
+    so o is the sum of the blocks' outputs and the state their concatenation along K (a normaliser
+    column of ones in v, api.py's normalize, is summed like any value column). The blocks' outputs
+    (each in q's dtype) are summed in float32; autograd sums the gradients of the shared v, g (scalar)
+    and g_gamma over the blocks."""
+    K = q.shape[-1]
+    o_sum, states = None, []
+    for lo in range(0, K, MAX_K):
+        hi = min(lo + MAX_K, K)
+        g_blk = g[..., lo:hi] if (g is not None and g.dim() == 4) else g
+        h0 = initial_state[:, :, lo:hi] if initial_state is not None else None
+        o, S = triton_gated_linear_attention(
+            q[..., lo:hi], k[..., lo:hi], v, g_blk, g_gamma=g_gamma, scale=scale, initial_state=h0,
+            output_final_state=output_final_state, cu_seqlens=cu_seqlens)
+        o_sum = o.float() if o_sum is None else o_sum + o
+        states.append(S)
+    return o_sum.to(q.dtype), (torch.cat(states, 2) if output_final_state else None)
+
+
 def triton_gated_linear_attention(
     q, k, v, g=None, *, g_gamma=None, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
 ):
@@ -231,6 +254,8 @@ def triton_gated_linear_attention(
     B, T, H, K = q.shape
     V = v.shape[-1]
     scale = K ** -0.5 if scale is None else float(scale)
+    if K > MAX_K:
+        return _split_over_k(q, k, v, g, g_gamma, scale, initial_state, output_final_state, cu_seqlens)
     gt = None
     if g is not None:
         gt = g.float()
