@@ -1,0 +1,367 @@
+"""Fused kernels of gated linear attention for short sequences: ONE launch for the forward and ONE
+for the backward, whatever the number of chunks (issue #22 item 2).
+
+Layout as in chunk.py: packed tokens q, k [N_tok, H, K], v, do [N_tok, H, V]; g the per-token log
+gate ([N_tok, H] scalar or [N_tok, H, K] vector, any float dtype, g_gamma already added) or None;
+sequences are rows n·T .. n·T + T of a regular batch, or cu_seqlens[n] .. cu_seqlens[n + 1] (read on
+the device: no host synchronisation, no chunk tables, so a call is CUDA-graph friendly).
+
+One program per (sequence, head) [forward: and V block] keeps the state S [K, BV] in float32 registers
+and walks the sequence's chunks of BT tokens in a loop. With b the chunk-local cumulative log gate
+(cumsum inside the kernel), bl = b at the chunk's last token, A_ij = Σ_k q_ik k_jk e^{b_ik − b_jk}
+(i >= j, zero above) (CHUNKED.md §1; GLA, Yang et al. 2023, arXiv:2312.06635, §3-4):
+
+    o_i = scale · [ (q_i ⊙ e^{b_i})ᵀ S + Σ_{j<=i} A_ij v_j ],     S <- diag(e^{bl}) S + Σ_j (k_j ⊙ e^{bl − b_j}) v_jᵀ
+
+Backward, one program per (sequence, head), all of K and V: pass 1 runs the state forward again and
+writes dq and q ⊙ dq (into dg's buffer); pass 2 runs dS backward from dht and writes dk, dv and dg:
+
+    dq_i = scale · e^{b_i} ⊙ (S do_i) + Σ_{j<=i} dA_ij D_ij k_j,    dA_ij = scale · do_i · v_j
+    dk_j = e^{bl − b_j} ⊙ (dS v_j) + Σ_{i>=j} dA_ij D_ij q_i,   dv_j = (k_j ⊙ e^{bl − b_j})ᵀ dS + Σ_{i>=j} A_ij do_i
+    dg_t = Σ_{s>=t} (q_s ⊙ dq_s − k_s ⊙ dk_s) + rowsum(S_T ⊙ dS_T)       (summed over K for a scalar gate)
+    dS <- diag(e^{bl}) dS + scale · Σ_i (q_i ⊙ e^{b_i}) do_iᵀ,      dh0 = dS entering the first chunk
+
+(D_ij = e^{b_i − b_j}; the dg identity of CHUNKED.md §3 taken over the whole sequence, which is short
+here.) Every exponent is <= 0 as written. Scalar gate / no gate: A = (Q Kᵀ) ⊙ D as one product per
+chunk (BT = 64 forward). Vector gate: chunks of BT = 16 whose A, dq and dk intra terms are formed
+pairwise per channel (a loop over the chunk's rows), exact in every gate regime (no factorised e^{−b},
+no branch). Transposed products come from transposed loads (the states are never transposed, dq and
+dk are formed transposed), never by transposing a tensor-core result (fla issue #640).
+
+The programs are few when sequences are long (N·H per launch, each walking T / BT chunks in series):
+the chunked multi-kernel path (chunk.py) stays for long T. `use_fused` is the dispatch rule.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+# The longest sequence (tokens) the fused path takes, a first guess until measured on the GPU
+# (benchmarks/gpu_gla_fused.py times fused against chunked at T = 64 .. 4096, 16k tokens per call):
+# the fused launch has N·H programs, each walking T / 64 chunks in series, so it loses to the chunked
+# path once N·H falls well below the SM count (T = 1k: 256 programs at H = 16 and 16k tokens).
+FUSED_MAX_T = 512
+FUSED_MAX_DIM = 128  # K and V at most (the backward holds a [K, V] float32 state per program)
+# None: the rule (CUDA tensors only, so the interpreter tests of the chunked kernels keep testing
+# them); True / False: force the fused path on (where K, V fit) or off (tests, benchmarks).
+FORCE: bool | None = None
+# Chunk lengths (tokens): scalar gate / no gate forward and backward, vector gate (pairwise intra part).
+BT_SCALAR_FWD = 64
+BT_SCALAR_BWD = 32
+BT_VECTOR = 16
+
+
+def use_fused(n_tok: int, batch: int, cu_seqlens, K: int, V: int, is_cuda: bool) -> bool:
+    """Whether the fused kernels run: K, V <= FUSED_MAX_DIM and the longest sequence <= FUSED_MAX_T
+    tokens (with cu_seqlens, all n_tok tokens count: the lengths are not read on the host), on CUDA;
+    FORCE overrides the length and the device."""
+    if K > FUSED_MAX_DIM or V > FUSED_MAX_DIM:
+        return False
+    if FORCE is not None:
+        return bool(FORCE)
+    longest = n_tok if cu_seqlens is not None else n_tok // max(batch, 1)
+    return is_cuda and longest <= FUSED_MAX_T
+
+
+@triton.jit
+def _bounds(cu_seqlens, n, T, VARLEN: tl.constexpr):
+    if VARLEN:
+        bos = tl.load(cu_seqlens + n).to(tl.int64)
+        eos = tl.load(cu_seqlens + n + 1).to(tl.int64)
+    else:
+        bos = n.to(tl.int64) * T
+        eos = bos + T
+    return bos, eos
+
+
+@triton.jit
+def _rows(x, t, mt, i_h, cols, H: tl.constexpr, D: tl.constexpr):
+    """x[t, i_h, cols] as [BT, BD] (zeros outside the sequence and past D)."""
+    return tl.load(x + t[:, None] * (H * D) + i_h * D + cols[None, :], mask=mt[:, None] & (cols < D)[None, :],
+                   other=0.0)
+
+
+@triton.jit
+def _cols(x, t, mt, i_h, rows, H: tl.constexpr, D: tl.constexpr):
+    """The transposed tile x[t, i_h, rows]ᵀ as [BD, BT]."""
+    return tl.load(x + t[None, :] * (H * D) + i_h * D + rows[:, None], mask=(rows < D)[:, None] & mt[None, :],
+                   other=0.0)
+
+
+@triton.jit
+def _scalar_gate(g, t, mt, i_h, H: tl.constexpr):
+    """(b [BT] the chunk-local cumulative log gate, bl its value at the last valid token)."""
+    gc = tl.load(g + t * H + i_h, mask=mt, other=0.0).to(tl.float32)
+    return tl.cumsum(gc, axis=0), tl.sum(gc, axis=0)
+
+
+@triton.jit
+def _vector_gate_T(g, t, mt, i_h, kk, H: tl.constexpr, K: tl.constexpr):
+    """(bT [BK, BT] transposed chunk-local cumulative log gate, bl [BK] at the last valid token)."""
+    gT = _cols(g, t, mt, i_h, kk, H, K).to(tl.float32)
+    return tl.cumsum(gT, axis=1), tl.sum(gT, axis=1)
+
+
+@triton.jit
+def _pairwise(bT, kf, qf, dA, mt, BT: tl.constexpr, DK: tl.constexpr):
+    """The vector gate's intra-chunk terms, row by row (i), with e_ij = e^{b_i − b_j} (j <= i) per channel.
+    DK False: A [BT(i), BT(j)] = Σ_k q_ik k_jk e_ijk (zero above the diagonal) and a zero dkT.
+    DK True: Aᵀ [BT(j), BT(i)] and dkT [BK, BT(j)] = Σ_{i>=j} dA_ij e_ij ⊙ q_i, dA [BT(i), BT(j)].
+    bT, kf, qf [BK, BT] float32 (transposed tiles)."""
+    ar = tl.arange(0, BT)
+    AT = tl.zeros([BT, BT], dtype=tl.float32)
+    dkT = tl.zeros(bT.shape, dtype=tl.float32)
+    for i in tl.static_range(BT):
+        sel = (ar == i)[None, :]
+        bi = tl.sum(tl.where(sel, bT, 0.0), axis=1)
+        qi = tl.sum(tl.where(sel, qf, 0.0), axis=1)
+        keep = (ar <= i)[None, :] & mt[None, :]
+        w = tl.where(keep, tl.exp(tl.where(keep, bi[:, None] - bT, 0.0)), 0.0) * qi[:, None]  # [BK, BT(j)]
+        row = tl.sum(w * kf, axis=0)  # [BT(j)] = A_ij
+        if DK:
+            AT = tl.where(sel, row[:, None], AT)
+            dArow = tl.sum(tl.where((ar == i)[:, None], dA, 0.0), axis=0)  # [BT(j)] = dA_ij
+            dkT += dArow[None, :] * w
+        else:
+            AT = tl.where((ar == i)[:, None], row[None, :], AT)
+    return AT, dkT
+
+
+@triton.jit
+def _pairwise_dq(bT, kf, dAT, mt, BT: tl.constexpr):
+    """dqT [BK, BT(i)] = Σ_{j<=i} dA_ij e^{b_i − b_j} ⊙ k_j (vector gate), dAT [BT(j), BT(i)] = dA_ij."""
+    ar = tl.arange(0, BT)
+    dqT = tl.zeros(bT.shape, dtype=tl.float32)
+    for i in tl.static_range(BT):
+        sel = (ar == i)[None, :]
+        bi = tl.sum(tl.where(sel, bT, 0.0), axis=1)
+        dArow = tl.sum(tl.where(sel, dAT, 0.0), axis=1)  # [BT(j)]
+        keep = (ar <= i)[None, :] & mt[None, :]
+        e = tl.where(keep, tl.exp(tl.where(keep, bi[:, None] - bT, 0.0)), 0.0)
+        dqT = tl.where(sel, tl.sum(dArow[None, :] * e * kf, axis=1)[:, None], dqT)
+    return dqT
+
+
+@triton.jit
+def fused_fwd_kernel(
+    q, k, v, g, o, h0, ht, cu_seqlens, T, scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    GATE: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, VARLEN: tl.constexpr,
+):
+    """Grid (V / BV, N·H): o and the final state of one sequence, head and V block."""
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    n, i_h = i_nh // H, i_nh % H
+    bos, eos = _bounds(cu_seqlens, n, T, VARLEN)
+    kk = tl.arange(0, BK)
+    vv = i_v * BV + tl.arange(0, BV)
+    mkv = (kk < K)[:, None] & (vv < V)[None, :]
+    s_off = i_nh.to(tl.int64) * K * V + kk[:, None] * V + vv[None, :]
+    S = tl.zeros([BK, BV], dtype=tl.float32)
+    if HAS_H0:
+        S += tl.load(h0 + s_off, mask=mkv, other=0.0)
+    ar = tl.arange(0, BT)
+    for c in range(0, tl.cdiv(eos - bos, BT)):
+        t = bos + c * BT + ar
+        mt = t < eos
+        qt = _rows(q, t, mt, i_h, kk, H, K)
+        kT = _cols(k, t, mt, i_h, kk, H, K)
+        vt = _rows(v, t, mt, i_h, vv, H, V)
+        causal = (ar[:, None] >= ar[None, :]) & mt[:, None] & mt[None, :]
+        if GATE == 2:
+            b = tl.cumsum(_rows(g, t, mt, i_h, kk, H, K).to(tl.float32), axis=0)
+            bT, bl = _vector_gate_T(g, t, mt, i_h, kk, H, K)
+            A, _ = _pairwise(bT, kT.to(tl.float32), _cols(q, t, mt, i_h, kk, H, K).to(tl.float32), bl, mt, BT, False)
+            acc = tl.dot((qt * tl.exp(b)).to(qt.dtype), S.to(qt.dtype))
+            acc += tl.dot(A.to(qt.dtype), vt)
+            S *= tl.exp(bl)[:, None]
+            kd = kT * tl.exp(bl[:, None] - bT)
+        elif GATE == 1:
+            b, bl = _scalar_gate(g, t, mt, i_h, H)
+            A = tl.dot(qt, kT) * tl.exp(tl.where(causal, b[:, None] - b[None, :], 0.0))
+            acc = tl.dot((qt * tl.exp(b)[:, None]).to(qt.dtype), S.to(qt.dtype))
+            acc += tl.dot(tl.where(causal, A, 0.0).to(qt.dtype), vt)
+            S *= tl.exp(bl)
+            kd = kT * tl.exp(bl - b)[None, :]
+        else:
+            A = tl.dot(qt, kT)
+            acc = tl.dot(qt, S.to(qt.dtype)) + tl.dot(tl.where(causal, A, 0.0).to(qt.dtype), vt)
+            kd = kT
+        tl.store(o + t[:, None] * (H * V) + i_h * V + vv[None, :], (acc * scale).to(o.dtype.element_ty),
+                 mask=mt[:, None] & (vv < V)[None, :])
+        S += tl.dot(kd.to(qt.dtype), vt)
+    if STORE_HT:
+        tl.store(ht + s_off, S, mask=mkv)
+
+
+@triton.jit
+def fused_bwd_kernel(
+    q, k, v, g, do, h0, dht, dq, dk, dv, dg, dh0, cu_seqlens, T, scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    GATE: tl.constexpr, HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
+    VARLEN: tl.constexpr,
+):
+    """Grid (N·H,): dq, dk, dv, dg (float32) and dh0 of one sequence and head (module docstring)."""
+    i_nh = tl.program_id(0)
+    n, i_h = i_nh // H, i_nh % H
+    bos, eos = _bounds(cu_seqlens, n, T, VARLEN)
+    kk = tl.arange(0, BK)
+    vv = tl.arange(0, BV)
+    mkv = (kk < K)[:, None] & (vv < V)[None, :]
+    s_off = i_nh.to(tl.int64) * K * V + kk[:, None] * V + vv[None, :]
+    ar = tl.arange(0, BT)
+    nc = tl.cdiv(eos - bos, BT)
+    S = tl.zeros([BK, BV], dtype=tl.float32)
+    if HAS_H0:
+        S += tl.load(h0 + s_off, mask=mkv, other=0.0)
+    for c in range(0, nc):  # pass 1: the states forward; dq and q ⊙ dq
+        t = bos + c * BT + ar
+        mt = t < eos
+        kT = _cols(k, t, mt, i_h, kk, H, K)
+        qT = _cols(q, t, mt, i_h, kk, H, K)
+        vt = _rows(v, t, mt, i_h, vv, H, V)
+        doT = _cols(do, t, mt, i_h, vv, H, V)
+        dt = kT.dtype
+        anti = (ar[:, None] <= ar[None, :]) & mt[:, None] & mt[None, :]  # [j, i]: j <= i
+        dAT = tl.dot(vt, doT) * scale  # [j, i] = scale · v_j · do_i
+        dqT = tl.dot(S.to(dt), doT) * scale
+        if GATE == 2:
+            bT, bl = _vector_gate_T(g, t, mt, i_h, kk, H, K)
+            dqT = dqT * tl.exp(bT) + _pairwise_dq(bT, kT.to(tl.float32), tl.where(anti, dAT, 0.0), mt, BT)
+            kd = kT * tl.exp(bl[:, None] - bT)
+        elif GATE == 1:
+            b, bl = _scalar_gate(g, t, mt, i_h, H)
+            dAT = tl.where(anti, dAT * tl.exp(tl.where(anti, b[None, :] - b[:, None], 0.0)), 0.0)
+            dqT = dqT * tl.exp(b)[None, :] + tl.dot(kT, dAT.to(dt))
+            kd = kT * tl.exp(bl - b)[None, :]
+        else:
+            dqT += tl.dot(kT, tl.where(anti, dAT, 0.0).to(dt))
+            kd = kT
+        tl.store(dq + t[None, :] * (H * K) + i_h * K + kk[:, None], dqT.to(dq.dtype.element_ty),
+                 mask=(kk < K)[:, None] & mt[None, :])
+        if GATE == 2:
+            tl.store(dg + t[None, :] * (H * K) + i_h * K + kk[:, None], qT.to(tl.float32) * dqT,
+                     mask=(kk < K)[:, None] & mt[None, :])
+            S *= tl.exp(bl)[:, None]
+        elif GATE == 1:
+            tl.store(dg + t * H + i_h, tl.sum(qT.to(tl.float32) * dqT, axis=0), mask=mt)
+            S *= tl.exp(bl)
+        S += tl.dot(kd.to(dt), vt)
+    dS = tl.zeros([BK, BV], dtype=tl.float32)
+    if HAS_DHT:
+        dS += tl.load(dht + s_off, mask=mkv, other=0.0)
+    R = tl.sum(S * dS, axis=1)  # the gradient of every cumulative gate through the final state, per channel
+    if GATE == 1:
+        R = tl.sum(R, axis=0)
+    tl.debug_barrier()  # pass 2 reads the q ⊙ dq this program wrote into dg
+    for j in range(0, nc):  # pass 2: dS backward; dk, dv, dg
+        c = nc - 1 - j
+        t = bos + c * BT + ar
+        mt = t < eos
+        qT = _cols(q, t, mt, i_h, kk, H, K)
+        kT = _cols(k, t, mt, i_h, kk, H, K)
+        kt = _rows(k, t, mt, i_h, kk, H, K)
+        vT = _cols(v, t, mt, i_h, vv, H, V)
+        dot_ = _rows(do, t, mt, i_h, vv, H, V)
+        dt = kT.dtype
+        causal = (ar[:, None] >= ar[None, :]) & mt[:, None] & mt[None, :]  # [i, j]: i >= j
+        anti = (ar[:, None] <= ar[None, :]) & mt[:, None] & mt[None, :]    # [j, i]
+        dA = tl.dot(dot_, vT) * scale  # [i, j] = scale · do_i · v_j
+        dkT = tl.dot(dS.to(dt), vT)
+        if GATE == 2:
+            bT, bl = _vector_gate_T(g, t, mt, i_h, kk, H, K)
+            b = tl.cumsum(_rows(g, t, mt, i_h, kk, H, K).to(tl.float32), axis=0)
+            AT, dk_in = _pairwise(bT, kT.to(tl.float32), qT.to(tl.float32), tl.where(causal, dA, 0.0), mt, BT, True)
+            dkT = dkT * tl.exp(bl[:, None] - bT) + dk_in
+            kd = kt * tl.exp(bl[None, :] - b)
+            qs = qT * (scale * tl.exp(bT))
+        elif GATE == 1:
+            b, bl = _scalar_gate(g, t, mt, i_h, H)
+            dA = tl.where(causal, dA * tl.exp(tl.where(causal, b[:, None] - b[None, :], 0.0)), 0.0)
+            dkT = dkT * tl.exp(bl - b)[None, :] + tl.dot(qT, dA.to(dt))
+            AT = tl.where(anti, tl.dot(kt, qT) * tl.exp(tl.where(anti, b[None, :] - b[:, None], 0.0)), 0.0)
+            kd = kt * tl.exp(bl - b)[:, None]
+            qs = qT * (scale * tl.exp(b))[None, :]
+        else:
+            dkT += tl.dot(qT, tl.where(causal, dA, 0.0).to(dt))
+            AT = tl.where(anti, tl.dot(kt, qT), 0.0)
+            kd = kt
+            qs = qT * scale
+        dvt = tl.dot(kd.to(dt), dS.to(dt)) + scale * tl.dot(AT.to(dt), dot_)
+        tl.store(dv + t[:, None] * (H * V) + i_h * V + vv[None, :], dvt.to(dv.dtype.element_ty),
+                 mask=mt[:, None] & (vv < V)[None, :])
+        mkt = (kk < K)[:, None] & mt[None, :]
+        tl.store(dk + t[None, :] * (H * K) + i_h * K + kk[:, None], dkT.to(dk.dtype.element_ty), mask=mkt)
+        if GATE == 2:  # dg_t = R + Σ_{s >= t in the chunk} db_s per channel, db = q ⊙ dq − k ⊙ dk
+            dg_ptr = dg + t[None, :] * (H * K) + i_h * K + kk[:, None]
+            dbT = tl.load(dg_ptr, mask=mkt, other=0.0) - kT.to(tl.float32) * dkT
+            tot = tl.sum(dbT, axis=1)
+            tl.store(dg_ptr, R[:, None] + tot[:, None] - tl.cumsum(dbT, axis=1) + dbT, mask=mkt)
+            R += tot
+            dS *= tl.exp(bl)[:, None]
+        elif GATE == 1:
+            dbt = tl.load(dg + t * H + i_h, mask=mt, other=0.0) - tl.sum(kT.to(tl.float32) * dkT, axis=0)
+            tot = tl.sum(dbt, axis=0)
+            tl.store(dg + t * H + i_h, R + tot - tl.cumsum(dbt, axis=0) + dbt, mask=mt)
+            R += tot
+            dS *= tl.exp(bl)
+        dS += tl.dot(qs.to(dt), dot_)
+    if STORE_DH0:
+        tl.store(dh0 + s_off, dS, mask=mkv)
+
+
+def _gate_kind(g):
+    return 0 if g is None else (1 if g.dim() == 2 else 2)
+
+
+def _dims(q, v):
+    K, V = q.shape[-1], v.shape[-1]
+    return max(16, triton.next_power_of_2(K)), max(16, triton.next_power_of_2(V))
+
+
+def _seqs(n_tok, batch, cu_seqlens, device):
+    """(N, T, cu, VARLEN): T the regular batch's length (0 with cu_seqlens), cu an int32 tensor to pass."""
+    if cu_seqlens is None:
+        return batch, n_tok // batch, torch.empty(1, dtype=torch.int32, device=device), False
+    return cu_seqlens.shape[0] - 1, 0, cu_seqlens, True
+
+
+def fused_forward(q, k, v, g, *, scale, initial_state, output_final_state, batch, cu_seqlens=None):
+    """One launch: (o in q's dtype, final state float32 [N, H, K, V] or None). Packed inputs (module
+    docstring); cu_seqlens int32 [N + 1] or None (then batch regular sequences of n_tok / batch)."""
+    n_tok, H, K = q.shape
+    V = v.shape[-1]
+    N, T, cu, varlen = _seqs(n_tok, batch, cu_seqlens, q.device)
+    gate = _gate_kind(g)
+    BK, BVfull = _dims(q, v)
+    BV = min(64, BVfull)
+    o = torch.empty_like(v)
+    ht = q.new_empty(N, H, K, V, dtype=torch.float32) if output_final_state else None
+    fused_fwd_kernel[(triton.cdiv(V, BV), N * H)](
+        q, k, v, g if g is not None else q, o, initial_state if initial_state is not None else q,
+        ht if ht is not None else q, cu, T, scale, H=H, K=K, V=V, BT=BT_VECTOR if gate == 2 else BT_SCALAR_FWD,
+        BK=BK, BV=BV, GATE=gate, HAS_H0=initial_state is not None, STORE_HT=ht is not None, VARLEN=varlen,
+        num_warps=4,
+    )
+    return o, ht
+
+
+def fused_backward(q, k, v, g, do, dht, *, scale, initial_state, batch, cu_seqlens=None):
+    """One launch: (dq, dk, dv in the inputs' dtype, dg float32 in g's shape or None, dh0 float32 or None)."""
+    n_tok, H, K = q.shape
+    V = v.shape[-1]
+    N, T, cu, varlen = _seqs(n_tok, batch, cu_seqlens, q.device)
+    gate = _gate_kind(g)
+    BK, BV = _dims(q, v)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dg = torch.empty(g.shape, dtype=torch.float32, device=g.device) if g is not None else None
+    dh0 = q.new_empty(N, H, K, V, dtype=torch.float32) if initial_state is not None else None
+    fused_bwd_kernel[(N * H,)](
+        q, k, v, g if g is not None else q, do, initial_state if initial_state is not None else q,
+        dht if dht is not None else q, dq, dk, dv, dg if dg is not None else q, dh0 if dh0 is not None else q,
+        cu, T, scale, H=H, K=K, V=V, BT=BT_VECTOR if gate == 2 else BT_SCALAR_BWD, BK=BK, BV=BV, GATE=gate,
+        HAS_H0=initial_state is not None, HAS_DHT=dht is not None, STORE_DH0=dh0 is not None, VARLEN=varlen,
+        num_warps=8,
+    )
+    return dq, dk, dv, dg, dh0
