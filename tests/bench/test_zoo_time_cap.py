@@ -11,7 +11,7 @@ from attnzoo.bench.zoo import read_results, run_zoo
 from attnzoo.bench.zoo import run as zoo_mod
 from attnzoo.bench.zoo.presets import ZooPreset, get_preset
 from attnzoo.bench.zoo.report import leaderboard_markdown
-from attnzoo.bench.zoo.schedule import CONTENTION, SweepBudget, capped_steps
+from attnzoo.bench.zoo.schedule import CONTENTION, STRETCH_MARGIN, SweepBudget, capped_steps
 
 TINY = ZooPreset(name="tiny", grid=((16, 2),), vocab_size=32, d_models=(16,), lrs=(1e-3,), num_train=128,
                  num_test=32, batch_size=8, steps=6, eval_every=6, warmup_steps=1)
@@ -52,7 +52,8 @@ def test_a_floor_above_the_fit_stretches_the_budget_to_the_capped_runs():
     b = SweepBudget(preset, 2, time.perf_counter())
     b.order([{"mixer": m} for m in "abc"], [1 / 64, 1 / 64, 1 / 8], None)     # binary fractions: exact steps
     assert b.preset.steps == 500 and b.run_steps == [125, 500, 500]
-    assert b.total_seconds == pytest.approx((125 / 8 + 2 * 500 / 64) * CONTENTION / 2, rel=0.01)
+    assert b.planned_seconds == pytest.approx((125 / 8 + 2 * 500 / 64) * CONTENTION / 2, rel=0.01)
+    assert b.total_seconds == pytest.approx(STRETCH_MARGIN * b.planned_seconds, rel=0.01)   # caps: a safety net
 
 
 def test_sweep_gives_the_dear_run_fewer_steps_and_the_leaderboard_marks_it(tmp_path, monkeypatch):
@@ -93,3 +94,6 @@ def test_quick_preset_recipe():
     assert q.time_cap_ratio == 0.5 and q.steps == q.min_steps == 1000
     assert q.positions == () and q.mixer_kwargs["softmax"]["n_heads"] == 1
     assert get_preset("paper").time_cap_ratio is None and get_preset("standard").time_cap_ratio is None
+    # an explicit step count is what every run takes: the cap is off unless given too
+    assert get_preset("quick", steps=50).time_cap_ratio is None
+    assert get_preset("quick", steps=50, time_cap_ratio=0.7).time_cap_ratio == 0.7

@@ -194,13 +194,16 @@ def get_preset(name: str, **overrides) -> ZooPreset:
     """PRESETS[name] with the overrides that are not None (checked: bad values raise ValueError).
 
     An explicit `steps` is honoured: below the preset's floor (min_steps), the floor comes down to
-    it, so the runs take that many steps and not the floor (floor_note says so to the user)."""
+    it, so the runs take that many steps and not the floor (floor_note says so to the user); and
+    every run takes them: the preset's time cap (time_cap_ratio) is off unless also given."""
     if name not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
     base, overrides = PRESETS[name], {k: v for k, v in overrides.items() if v is not None}
     steps = overrides.get("steps")
     if "min_steps" not in overrides and _int(steps, 1) and steps < base.min_steps:
         overrides["min_steps"] = steps
+    if steps is not None and "time_cap_ratio" not in overrides:
+        overrides["time_cap_ratio"] = None
     return replace(base, **overrides)
 
 

@@ -6,7 +6,8 @@ by a wall-clock cap only as a safety net on a machine too slow for the sweep's b
 mixer gets as many steps as a fast one and does not look worse for being slow.
 
 - probe_step_seconds(spec, preset, device): seconds of one training step of that run's model
-  (one warm-up step, then the median of three timed ones), to order the runs and size the steps;
+  (one warm-up step, then the median of three timed ones; on a CPU the fastest of five, since
+  other jobs on the machine only ever add time), to order the runs and size the steps;
 - longest_first(specs, costs): the runs in decreasing expected time (cost x steps), so the
   slowest mixers start at once and the last runs to finish are short (LPT scheduling: with W
   workers the sweep ends at most one short run after the busiest worker);
@@ -38,7 +39,11 @@ import torch.nn.functional as F
 def probe_step_seconds(spec: dict, preset, device: str = "cpu", threads: int | None = None) -> float:
     """Wall seconds of one training step (forward, loss, backward, AdamW) of `spec`'s model, under
     the trainer's autocast (bf16 on CUDA). The first step (Triton JIT, warm-up) is not timed: the
-    median of the three steps after it is returned.
+    median of the three steps after it is returned; on a CPU, the fastest of the five after it (a CPU
+    shared with other jobs only ever adds time to a step, and the time cap's plan rests on the
+    ratios of these probes: measured on the shared 2-core CPU, one-head softmax over the median
+    probe was 0.41 at the fastest of three passes of `attnzoo bench step-cost`, 0.72 in one sweep's
+    medians of three).
 
     Returns inf when the model cannot be built or stepped: the run itself then records why."""
     from attnzoo.bench.zoo import models
@@ -56,7 +61,8 @@ def probe_step_seconds(spec: dict, preset, device: str = "cpu", threads: int | N
         lm = models.build_model(spec, preset).to(device)
         opt = build_optimizer(lm, name="adamw", lr=1e-4, weight_decay=0.0)
         times = []
-        for i in range(4):
+        on_cpu = torch.device(device).type == "cpu"
+        for i in range(6 if on_cpu else 4):
             if device != "cpu" and torch.cuda.is_available():
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
@@ -70,7 +76,7 @@ def probe_step_seconds(spec: dict, preset, device: str = "cpu", threads: int | N
                 torch.cuda.synchronize()
             if i:
                 times.append(time.perf_counter() - t0)
-        return sorted(times)[1]
+        return min(times) if on_cpu else sorted(times)[1]
     except Exception:  # noqa: BLE001 -- a broken mixer is reported by its run, not by the probe
         return float("inf")
 
@@ -132,6 +138,12 @@ CUDA_SHARED_SLOPE = 2.5
 CUDA_SHARED_FLOOR_PER_RUN = 0.0046
 
 
+# When the steps asked for (min_steps) need more than the sweep's budget, the budget is stretched to
+# this many times what they are expected to need: the runs' wall caps are a safety net there, not the
+# budget (on the shared CPU in-run steps ran up to ~1.8x their probes as other jobs came and went).
+STRETCH_MARGIN = 1.5
+
+
 @dataclass(frozen=True)
 class StepModel:
     """In-run seconds per step from a probe's: max(probe x factor, floor_s)."""
@@ -171,7 +183,7 @@ class SweepBudget:
 
     def __init__(self, preset, workers: int, t_start: float, contention: float | StepModel = CONTENTION):
         self.preset, self.workers, self.t_start = preset, workers, t_start
-        self.asked_steps, self.fit_steps = preset.steps, None
+        self.asked_steps, self.fit_steps, self.planned_seconds = preset.steps, None, None
         self.contention = contention if isinstance(contention, StepModel) else StepModel(float(contention))
         self.total_seconds = preset.total_seconds
         self.expected: list[float] = []
@@ -201,7 +213,10 @@ class SweepBudget:
         self.run_steps = capped_steps(per_step, self.preset.steps, ratio)
         self.expected = [c * n for c, n in zip(per_step, self.run_steps)]
         if total is not None and specs and self.preset.steps > self.fit_steps:
-            self.total_seconds = total - left + sum(self.expected) / self.workers
+            self.planned_seconds = total - left + sum(self.expected) / self.workers
+            # the wall caps (start) then share a budget STRETCH_MARGIN x what the plan needs: the steps
+            # are fixed by the floor, so a cap only cuts a run on a machine much slower than probed
+            self.total_seconds = total - left + STRETCH_MARGIN * sum(self.expected) / self.workers
         return specs
 
     def preset_for(self, key: int):
@@ -227,7 +242,7 @@ class SweepBudget:
             return (f"steps: {steps} per run, not {self.asked_steps}: that is what the probed step times fit "
                     f"in the {total:g} s budget (a larger --total-seconds gives more){capped}")
         if self.fit_steps is not None and steps > self.fit_steps:     # steps == min_steps, the floor
-            return (f"steps: {steps} per run (min_steps) need about {self.total_seconds:.0f} s, more than the "
+            return (f"steps: {steps} per run (min_steps) need about {self.planned_seconds:.0f} s, more than the "
                     f"{total:g} s budget, which is stretched to them{capped}")
         return f"steps: {steps} per run{capped}" if capped else None
 
