@@ -8,7 +8,8 @@ windows share one rule):
 - prefix_len (int or [B]): keys with k_pos < prefix_len are seen by every query
   (prefix-LM: bidirectional over the prefix, causal after).
 Default positions: k_pos = 0..Tk-1 and q_pos = Tk-Tq..Tk-1 (queries are the newest tokens).
-A query that sees no key gets a zero output.
+A query that sees no key gets a zero output. A causal window with the default positions and no
+key mask runs in query blocks over a band of keys (banded.py: O(T·w), no T x T mask).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from attnzoo.ops.common.dispatch import op_override, resolve_impl
+from attnzoo.ops.softmax.banded import banded_window_attention, use_banded
 from attnzoo.ops.softmax.reference import softmax_attention_reference
 from attnzoo.ops.softmax.sdpa import softmax_attention_sdpa
 
@@ -117,6 +119,9 @@ def softmax_attention(
     impl = resolve_impl(impl, q)
     if return_probs and impl != "reference":
         raise ValueError('return_probs=True needs impl="reference" (SDPA does not expose the probabilities)')
+    if (impl != "reference" and causal and window is not None and prefix_len is None and key_mask is None
+            and q_pos is None and k_pos is None and use_banded(Tq, Tk, window)):
+        return banded_window_attention(q, k, v, window=window, scale=scale)  # O(T·w), not a T x T mask
     simple_causal = (
         causal and window is None and prefix_len is None and key_mask is None
         and q_pos is None and k_pos is None and Tq == Tk
