@@ -25,7 +25,8 @@ The state is a KV cache on the position timeline (index = position), so decoding
 plus the first query of the current block (`block_q`), which made that block's selection, and the pooled
 keys of the complete blocks (`kbar`): a decode step pools only the block its token completes
 (`update_pooled_keys`), not the whole cache.
-On CUDA (impl="auto") the selected blocks are read by the Triton kernels (forward, backward, decode).
+On CUDA (impl="auto") the selection is one fused Triton kernel (ops/sparse/triton/block_select.py) and the
+selected blocks are read by the Triton kernels (forward, backward, decode).
 """
 
 from __future__ import annotations
@@ -193,7 +194,8 @@ class BlockSparseAttention(SoftmaxAttention):
         sink, local = self.block_budget()
         with torch.no_grad():
             return select_blocks(qrep.detach(), kbar.detach(), top_k=self.top_k, sink_blocks=sink,
-                                 local_blocks=local, score=self.score, q_block=q_block)
+                                 local_blocks=local, score=self.score, q_block=q_block,
+                                 impl="torch" if self.impl == "reference" else self.impl)
 
     def sparse_attention(self, q, K, V, pos, real, valid, seen0, total, state, plain):
         """Block-sparse output o [B, T, Hq, D] at the new tokens, the next state's block_q and the pooled keys

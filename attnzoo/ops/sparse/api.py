@@ -13,6 +13,7 @@ caches [B, L, Hkv, D], block_ids [B, Hkv, S], block_counts [B, Hkv].
 impl: "reference" (dense masked softmax, float32), "torch" (gathers the selected blocks), "triton"
 (FlashAttention-style kernels over the selected blocks; forward and backward, and a split-K decode
 kernel), "auto" (Triton on CUDA when the shape is supported, else torch). All take the same arguments.
+select_blocks has its own impl: the torch reference or one fused Triton kernel (triton/block_select.py).
 """
 
 from __future__ import annotations
@@ -137,10 +138,11 @@ def _block_sparse_decode(q, k_cache, v_cache, block_ids, block_counts, cache_len
 
 def block_topk_attention(q, k, v, *, block_size: int, top_k: int, sink_blocks: int = 0, local_blocks: int = 1,
                          score: str = "softmax", scale: float | None = None, impl: str = "auto"):
-    """Selection (blocks.py, from each query block's first query and the pooled keys) and attention in one
-    call: returns (o, block_ids, block_counts). The selection carries no gradient."""
+    """Selection (blocks.py, from each query block's first query and the pooled keys; the fused Triton kernel
+    where impl resolves to Triton) and attention in one call: returns (o, block_ids, block_counts). The
+    selection carries no gradient."""
     with torch.no_grad():
         ids, counts = select_blocks(block_queries(q, block_size), pooled_block_keys(k, None, block_size),
                                     top_k=top_k, sink_blocks=sink_blocks, local_blocks=local_blocks, score=score,
-                                    scale=scale)
+                                    scale=scale, impl="torch" if impl == "reference" else impl)
     return block_sparse_attention(q, k, v, ids, counts, block_size=block_size, scale=scale, impl=impl), ids, counts

@@ -12,8 +12,10 @@ token arrives; a mean over the block's queries would let a token's keys depend o
     S_m = {b < sink_blocks} ∪ {m - local_blocks < b <= m} ∪ topk_b(s_{m,b} : b < m, not forced)
 
 Only complete blocks before the query block are scored (b < m), so a pooled key never contains a token
-after the block's first query. The selection is per KV head (GQA groups share it) and is not
-differentiated (as in NSA). The result is the block-sparse layout every implementation takes:
+after the block's first query. Ties: among equal scores the lower block index is chosen first (a stable
+descending sort here; the same rule in the Triton kernel, triton/block_select.py). The selection is per
+KV head (GQA groups share it) and is not differentiated (as in NSA). The result is the block-sparse
+layout every implementation takes:
 
     block_ids    int32 [B, Hkv, M, S]   selected key blocks of query block m, ascending, -1 padded
     block_counts int32 [B, Hkv, M]      how many entries of block_ids[..., m, :] are real
@@ -26,6 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from attnzoo.ops.common.dispatch import resolve_impl, triton_interpret
 from attnzoo.ops.common.precision import without_autocast
 
 
@@ -51,17 +54,36 @@ def block_queries(q: torch.Tensor, block_size: int) -> torch.Tensor:
     return q[:, ::block_size]
 
 
+SELECT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+SELECT_MAX_LANES = 16384  # next_pow2(G) * next_pow2(N): the score rows one Triton program holds
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def triton_select_supported(qrep: torch.Tensor, kbar: torch.Tensor) -> bool:
+    """Inputs the Triton selection takes: float16/bfloat16/float32, D <= 256, next_pow2(G)·next_pow2(N) <= 16384
+    (e.g. G = 1 up to 16384 blocks: 1M tokens in blocks of 64)."""
+    G = qrep.shape[2] // max(1, kbar.shape[2])
+    return (qrep.dtype in SELECT_DTYPES and kbar.dtype in SELECT_DTYPES and qrep.shape[-1] <= 256
+            and _pow2(G) * _pow2(kbar.shape[1]) <= SELECT_MAX_LANES)
+
+
 @without_autocast  # scores in float32 whatever the caller's autocast
 def select_blocks(
     qrep: torch.Tensor, kbar: torch.Tensor, *, top_k: int, sink_blocks: int = 0, local_blocks: int = 1,
-    score: str = "softmax", scale: float | None = None, q_block: torch.Tensor | None = None,
+    score: str = "softmax", scale: float | None = None, q_block: torch.Tensor | None = None, impl: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k key blocks per query block (see the module docstring).
 
     qrep [B, M, Hq, D] representative queries; kbar [B, N, Hkv, D] pooled keys; q_block [B, M] the
     query block index of each representative (default m: prefill; decode passes (len - 1) // bs).
     Returns block_ids int32 [B, Hkv, M, S] (ascending, -1 padded), block_counts int32 [B, Hkv, M],
-    S = min(N, sink_blocks + top_k + local_blocks). Scores in float32 (float64 for float64 inputs).
+    S = min(N, sink_blocks + min(top_k, N) + local_blocks). Scores in float32 (float64 for float64 inputs).
+    impl: "torch" / "reference" (this file: the reference), "triton" (one fused kernel,
+    triton/block_select.py: same rule, same ties; scores may differ from torch's in the last bits, so two
+    blocks whose scores are within rounding of each other may swap), "auto" (Triton on CUDA when supported).
     """
     if score not in ("softmax", "logits"):
         raise ValueError(f'score must be "softmax" (SSA) or "logits" (Kinetics), got {score!r}')
@@ -74,11 +96,33 @@ def select_blocks(
         raise ValueError(f"qrep [B, M, Hq, D] and kbar [B, N, Hkv, D] with Hq % Hkv == 0, got "
                          f"{tuple(qrep.shape)} and {tuple(kbar.shape)}")
     B, M, Hq, D = qrep.shape
+    if q_block is not None and (q_block.shape != (B, M) or q_block.is_floating_point()):
+        raise ValueError(f"q_block must be an integer tensor [B, M] = [{B}, {M}], got {q_block.dtype} "
+                         f"{tuple(q_block.shape)}")
+    scale = D**-0.5 if scale is None else float(scale)
+    kw = {"top_k": top_k, "sink_blocks": sink_blocks, "local_blocks": local_blocks, "score": score, "scale": scale,
+          "q_block": q_block}
+    impl = resolve_impl(impl, qrep, kbar, q_block, triton_supported=triton_select_supported(qrep, kbar))
+    if impl != "triton":
+        return _select_blocks_torch(qrep, kbar, **kw)
+    if not triton_select_supported(qrep, kbar):
+        raise ValueError(f"the Triton selection takes float16/bfloat16/float32 inputs, head dim <= 256 and "
+                         f"next_pow2(G) * next_pow2(N) <= 16384; got {qrep.dtype}/{kbar.dtype}, D={D}, "
+                         f"G={Hq // kbar.shape[2]}, N={kbar.shape[1]} (impl='torch' takes any)")
+    if not (qrep.is_cuda or triton_interpret()):
+        raise ValueError("the Triton selection needs CUDA tensors (or TRITON_INTERPRET=1)")
+    from attnzoo.ops.sparse.triton.block_select import triton_select_blocks
+
+    return triton_select_blocks(qrep, kbar, **kw)
+
+
+def _select_blocks_torch(qrep, kbar, *, top_k, sink_blocks, local_blocks, score, scale, q_block):
+    """The reference selection (select_blocks' torch path)."""
+    B, M, Hq, D = qrep.shape
     N, Hkv = kbar.shape[1], kbar.shape[2]
     G = Hq // Hkv
     dev = qrep.device
     ct = torch.float64 if qrep.dtype == torch.float64 else torch.float32
-    scale = D**-0.5 if scale is None else scale
     if q_block is None:
         q_block = torch.arange(M, device=dev).expand(B, M)
     qb = q_block.to(torch.long)[:, None, :, None]  # [B, 1, M, 1]
@@ -95,7 +139,8 @@ def select_blocks(
         else:
             s = logits.mean(2)
         s = s.masked_fill(~(complete[:, :, 0] & ~forced), float("-inf"))  # [B, Hkv, M, N]
-        vals, top = torch.topk(s, kk, dim=-1)
+        vals, top = torch.sort(s, dim=-1, descending=True, stable=True)  # equal scores: lower block first
+        vals, top = vals[..., :kk], top[..., :kk]
         parts.append(torch.where(vals > float("-inf"), top, torch.full_like(top, -1)))
     sink = torch.arange(sink_blocks, device=dev).expand(B, 1, M, sink_blocks)
     sink = torch.where((sink <= qb) & (sink <= qb - local_blocks), sink, torch.full_like(sink, -1))
