@@ -30,6 +30,10 @@ Verdict rules (fixed before any run):
    |x| > 1e3; LSA is cubic in its inputs) stays in r_k, so it fails the rule; the count of diverged
    rollouts and the RMS of the others are reported beside it (reporting added after the medium run
    diverged; the rule is unchanged).
+Untestable (issue #14, added before any run under it; it can only turn a verdict into "untestable"):
+claims 1, 2 and 4 when LSA did not learn (at some n its MSE >= 0.9 x the zero predictor's, i.e. of
+predicting the mean): an untrained LSA "never beats OLS" and "collapses to the mean" vacuously; claim 3
+the same for the softmax model. Every model trains the same fixed steps (no wall-clock cap).
 """
 
 from __future__ import annotations
@@ -113,7 +117,7 @@ def _run(ctx) -> list[Claim]:
             ztr, zte = Htr.transpose(1, 2).float(), Hte.transpose(1, 2).float()
             ytr, yte = ytr.float(), yte.double()
             lags = Hte[:, :-1, -1].flip(1)                         # query lags, newest first
-            err = {"ols": (lags @ torch.from_numpy(phi_hat) - yte) ** 2,
+            err = {"ols": (lags @ torch.from_numpy(phi_hat) - yte) ** 2, "zero": yte ** 2,
                    "ols_in_context": (ols_ar_predict(Hte).double() - yte) ** 2}
             models = {}
             for kind in ("linear", "softmax"):
@@ -163,6 +167,13 @@ def _claims(ctx, cfg, rows, rolls) -> list[Claim]:
     def never_beats(k):
         return all(r[k] >= r["ols"] - 2 * r[f"{k}_minus_ols_se"] for r in rows.values())
 
+    def unlearned(k, label):
+        bad = [f"n={n}" for (_s, n), r in rows.items() if "zero" in r and r[k] >= 0.9 * r["zero"]]
+        return f"; untestable: {label} did not learn (MSE >= 0.9 x predicting the mean at {', '.join(bad)})" \
+            if bad else ""
+
+    skip_lsa, skip_sm = unlearned("lsa", "LSA"), unlearned("softmax", "softmax")
+
     gap = {n: float(np.mean([rows[(s, n)]["lsa"] - rows[(s, n)]["ols"] for s in seeds])) for n in hist}
     positive = all(g > 0 for g in gap.values())
     slope = float(np.polyfit(np.log(hist), np.log([max(g, 1e-12) for g in gap.values()]), 1)[0]) if positive \
@@ -186,20 +197,22 @@ def _claims(ctx, cfg, rows, rolls) -> list[Claim]:
 
     return [
         Claim(CLAIMS[0], "MSE(LSA) >= MSE(OLS) at every n", f"LSA {table('lsa')}; OLS {table('ols')}; "
-              f"in-context OLS {table('ols_in_context')}", verdict(never_beats("lsa")), cond),
+              f"in-context OLS {table('ols_in_context')}", verdict(never_beats("lsa"), untestable=skip_lsa),
+              cond + skip_lsa),
         Claim(CLAIMS[1], "Δ_n = B_p/n + o(1/n) > 0 (slope -1 in log-log)",
               f"gap {', '.join(f'n={n}: {g:.4f}' for n, g in gap.items())}; log-log slope "
               f"{slope:.2f}; mean gap·n {B:.3f}",
-              verdict(positive and -1.5 <= slope <= -0.5, positive and slope < 0), cond),
+              verdict(positive and -1.5 <= slope <= -0.5, positive and slope < 0, skip_lsa), cond + skip_lsa),
         Claim(CLAIMS[2], "softmax no better than OLS", f"softmax {table('softmax')}",
-              verdict(never_beats("softmax")), cond + "; softmax: the query out of the normaliser"),
+              verdict(never_beats("softmax"), untestable=skip_sm),
+              cond + "; softmax: the query out of the normaliser" + skip_sm),
         Claim(CLAIMS[3], "predictions decay to the mean exponentially",
               f"LSA rollout RMS/series RMS: step 1 {lsa_rms[0]:.2f}, 10 {lsa_rms[9]:.2f}, 100 {lsa_rms[-1]:.3f}; "
               f"log-linear R² {r2:.2f}, rate {fit[0]:.3f}/step; OLS rollout step 100 {ols_rms[-1]:.3f}; "
               f"{diverged} of {len(rolls) * cfg['starts']} LSA rollouts diverged (non-finite or > 1e3)"
               + (f", the others at step 100: {kept[-1]:.1e}" if diverged else ""),
-              verdict(lsa_rms[-1] < 0.1 and r2 >= 0.7 and fit[0] < 0, lsa_rms[-1] < 0.5),
-              cond + f"; rollouts at n={hist[0]} from {cfg['starts']} test starts"),
+              verdict(lsa_rms[-1] < 0.1 and r2 >= 0.7 and fit[0] < 0, lsa_rms[-1] < 0.5, skip_lsa),
+              cond + f"; rollouts at n={hist[0]} from {cfg['starts']} test starts" + skip_lsa),
     ]
 
 

@@ -26,6 +26,11 @@ Verdict rules (fixed before any run):
    > the decoder-only's late share; partly if one of the two; not otherwise.
 3. long outputs suffer, PALM less: reproduced if the decoder-only's late accuracy <= its early - 0.05
    and PALM's late accuracy >= the decoder-only's late + 0.05; partly if one holds; not otherwise.
+Untestable (issue #14, added before any run under it; it can only turn a verdict into "untestable"):
+every claim when a model's teacher-forced accuracy is below LEARNED (4x chance, 1/16): a model that did
+not learn the reversal has no source attention to lose or keep; claims 2 and 3 (which compare the two
+models) when they ended at unequal steps. The wall-clock cap is a safety net only: at the full size 3x
+the probed step time x steps + 10 s per model (before: 90 s, which could cut one model and not the other).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import torch
 from attnzoo.analysis.attention_maps import source_output_share, trace_blocks
 from attnzoo.analysis.prefix_mass import attention_probs, prefix_mass
 from attnzoo.models import LanguageModel
+from attnzoo.repro._lm import train_step_seconds
 from attnzoo.repro._train import cpu_threads, device_note
 from attnzoo.repro.base import Claim, verdict
 from attnzoo.train import TrainConfig, train_lm
@@ -58,6 +64,7 @@ SIZES = {
 SYMBOLS, SEP = 16, 16
 VOCAB = SYMBOLS + 1
 MODELS = ("decoder-only", "partial attention")
+LEARNED = 4 / SYMBOLS          # teacher-forced accuracy below this: the model did not learn the task
 
 
 def reversal_data(num: int, S: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,12 +122,17 @@ def _run(ctx) -> list[Claim]:
     test = reversal_data(cfg["test"], S, seed=ctx.seed + 10_000)
     res = {}
     for kind in MODELS:
+        cap = None
+        if ctx.size == "full":   # a safety net only: 3x the probed step time (a throwaway copy) x steps
+            torch.manual_seed(ctx.seed)
+            cap = 3 * train_step_seconds(build(kind, cfg), train, batch_size=cfg["batch"], device=ctx.device) \
+                * cfg["steps"] + 10
         torch.manual_seed(ctx.seed)
         lm = build(kind, cfg)
         ctx.log(f"{kind}: {cfg['steps']} steps, S={S}")
         conf = TrainConfig(steps=cfg["steps"], batch_size=cfg["batch"], lr=cfg["lr"], weight_decay=0.0,
                            warmup_steps=max(1, cfg["steps"] // 20), eval_every=cfg["steps"], seed=ctx.seed,
-                           device=ctx.device, max_seconds=90.0 if ctx.size == "full" else None)
+                           device=ctx.device, max_seconds=cap)
         result = train_lm(lm, train=train, test=test, config=conf)
         lm = lm.cpu().float().eval()
         res[kind] = {**measure(lm, test[0], S), "teacher_forced_accuracy": result.accuracy, "steps": result.steps}
@@ -141,6 +153,11 @@ def _claims(ctx, cfg, res) -> list[Claim]:
     short = [f"{k} stopped at {r['steps']} steps (time cap)" for k, r in res.items() if r["steps"] < cfg["steps"]]
     if short:
         cond += "; " + ", ".join(short)
+    weak = [f"{k} {r['teacher_forced_accuracy']:.2f}" for k, r in res.items()
+            if r["teacher_forced_accuracy"] < LEARNED]
+    skip = f"; untestable: did not learn the reversal (teacher-forced accuracy < {LEARNED:.2f}: {', '.join(weak)})" \
+        if weak else ""
+    skip2 = skip or ("; untestable: the two models ended at unequal steps" if dec["steps"] != pal["steps"] else "")
     me, ml = quarters(dec["mass"])
     slope = float(np.polyfit(np.arange(S), dec["mass"], 1)[0])
     pe, pl = quarters(pal["mass"])
@@ -153,14 +170,14 @@ def _claims(ctx, cfg, res) -> list[Claim]:
     return [
         Claim(CLAIMS[0], "source attention decreases with target length",
               f"decoder-only source mass early {me:.2f} -> late {ml:.2f} (slope {slope:+.4f}/step)",
-              verdict(ml <= 0.8 * me and slope < 0, ml < me), cond),
+              verdict(ml <= 0.8 * me and slope < 0, ml < me, skip), cond + skip),
         Claim(CLAIMS[1], "PALM keeps attending to the source",
               f"output source share: PALM {se:.2f} -> {sl:.2f}, decoder-only {de:.2f} -> {dl:.2f}; PALM self-attention "
               f"mass {pe:.2f} -> {pl:.2f} (+ its source-only branch, mass 1)",
-              verdict(keeps and beats, keeps or beats), cond),
+              verdict(keeps and beats, keeps or beats, skip2), cond + skip2),
         Claim(CLAIMS[2], "degeneration hurts long outputs; PALM mitigates",
               f"greedy accuracy early -> late: decoder-only {ae:.2f} -> {al:.2f}, PALM {qe:.2f} -> {ql:.2f}",
-              verdict(falls and better, falls or better), cond),
+              verdict(falls and better, falls or better, skip2), cond + skip2),
     ]
 
 

@@ -24,3 +24,28 @@ def test_reversal_data_and_greedy():
     assert torch.equal(greedy(lm, prompt, 5), lm.generate(prompt, 5, temperature=0)[:, 6:])
     assert build("partial attention", cfg).blocks[0].mixer.prefix_len == 6
     assert quarters([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]) == (1.5, 7.5)
+
+
+def test_untrained_or_unequal_models_make_the_claims_untestable():
+    from attnzoo.repro.degeneration import _claims
+
+    class Ctx:
+        seed, device = 0, "cpu"
+
+    S = 8
+    cfg = {"S": S, "d_model": 16, "n_layers": 1, "n_heads": 2, "steps": 100, "batch": 4, "lr": 1e-3}
+    fading = [1.0 - 0.1 * i for i in range(S)]
+
+    def model(acc, steps=100, share=fading):
+        return {"mass": fading, "share": share, "accuracy": [1.0] * 4 + [0.5] * 4, "teacher_forced_accuracy": acc,
+                "steps": steps}
+
+    res = {"decoder-only": model(0.9), "partial attention": model(0.95, share=[0.9] * S)}
+    assert [c.verdict for c in _claims(Ctx, cfg, res)] == ["reproduced", "reproduced", "partly"]
+    res["decoder-only"] = model(0.1)                        # at chance (1/16 = 0.06): learned nothing
+    c = _claims(Ctx, cfg, res)
+    assert [x.verdict for x in c] == ["untestable"] * 3 and "did not learn the reversal" in c[0].conditions
+    res = {"decoder-only": model(0.9, steps=60), "partial attention": model(0.95, share=[0.9] * S)}
+    c = _claims(Ctx, cfg, res)
+    assert c[0].verdict == "reproduced" and [x.verdict for x in c[1:]] == ["untestable"] * 2
+    assert "ended at unequal steps" in c[1].conditions

@@ -40,3 +40,16 @@ def test_quick_smoke(tmp_path):
     runs = [r for r in rows if "train_mode" in r]
     assert sorted(r["train_mode"] for r in runs) == ["full", "mixed", "sparse"]
     assert len({r["steps"] for r in runs}) == 1
+
+
+def test_untestable_when_a_model_stopped_early_or_the_control_did_not_learn():
+    good = {"full-only": _row(2.00, k1=2.6, k2=2.4, k4=2.2, k8=2.1),
+            "sparse-only": _row(2.10, k1=2.5, k2=2.3, k4=2.12, k8=2.11),
+            "SSA": _row(1.99, k1=2.3, k2=2.1, k4=2.0, k8=1.99)}
+    learned = {**P, "unigram_bits": 4.5}
+    assert [c.verdict for c in sa.claims(learned, good, "medium")] == ["reproduced"] * 3
+    cut = {**good, "SSA": {**good["SSA"], "steps": 6}}             # the plan (P) is 10 steps
+    c = sa.claims(learned, cut, "medium")
+    assert [x.verdict for x in c] == ["untestable"] * 3 and "stopped SSA at 6 of 10 steps" in c[0].conditions
+    c = sa.claims({**P, "unigram_bits": 2.3}, good, "medium")       # full-only 2.00 > 2.3 - 0.5
+    assert [x.verdict for x in c] == ["untestable"] * 3 and "learned little past byte" in c[2].conditions
