@@ -1,20 +1,22 @@
-"""Based on CUDA: checks and timings of the two fixes for its slow bidirectional MiniLM student
+"""Based on CUDA: checks and timings of the fixes for its slow bidirectional MiniLM student
 (benchmarks/results/linearize/gpu/: 86 ms per forward at 512 tokens, 1.78 s at 32k in bf16).
 
 Based's Taylor features are 1 + 16 + 256 = 273 per head; the Triton GLA path used to refuse K > 128,
 so the torch chunked path ran on CUDA (its segments, sized for a CPU cache, are one 64-token chunk
-each at 12 heads x 273: ~25 launches per 64 tokens); its sliding-window branch built a T x T mask
-(int64 relative positions: 8 GiB at 32k). Now Triton takes any K (blocks of 128 key channels) and a
-causal window runs banded (ops/softmax/banded.py). This script measures, in one process:
+each at 12 heads x 273: a dozen-plus launches per 64 tokens); its sliding-window branch built a T x T
+mask (int64 relative positions: 8 GiB at 32k). Now Triton takes any K (blocks of 128 key channels),
+the torch path's segments on CUDA are larger (chunk_layout.SEGMENT_ELEMENTS_CUDA) and a causal window
+runs banded (ops/softmax/banded.py). This script measures, in one process:
 
   check   the new paths against references at real shapes: Triton GLA (K = 273, normalize=True)
           vs the float64 loop, forward and dq/dk/dv; banded window vs the dense masked SDPA
-  op      the op timings, old path vs new: GLA torch vs triton (forward; forward+backward), window
+  op      the op timings, old path vs new: GLA torch with CPU-sized segments (old), torch with the
+          CUDA segments, triton (forward; forward+backward), window
           dense vs banded (forward), B = 1, H = 12, head dim 32, w = 64, bf16
   minilm  MiniLM (6 layers, d 384, 12 heads; random weights: speed does not depend on them) with
           every self-attention a bidirectional Based, one sequence per forward, old dispatch
-          (triton_supported refusing K > 128, no banded window) vs new, plus the gla student;
-          the paths that ran are counted in one untimed forward
+          (triton_supported refusing K > 128, CPU-sized segments, no banded window) vs new, plus the
+          gla student; the paths that ran are counted in one untimed forward
 
     OMP_NUM_THREADS=4 .venv/bin/python benchmarks/based_gpu.py --out $OUT          # GPU, < 5 min
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/based_gpu.py --smoke --out /tmp/based_smoke   # CPU check
@@ -36,6 +38,7 @@ import time
 
 import torch
 
+import attnzoo.ops.common.chunk_layout as chunk_layout
 import attnzoo.ops.linear.triton.api as gla_triton_api
 import attnzoo.ops.softmax.api as softmax_api
 from attnzoo.bench.machine import machine_line
@@ -74,13 +77,26 @@ def make_timer(device):
 
 
 @contextlib.contextmanager
+def cpu_segments():
+    """The torch chunked path's segments sized for a CPU cache on CUDA too (as before the fixes)."""
+    cap = chunk_layout.SEGMENT_ELEMENTS_CUDA
+    chunk_layout.SEGMENT_ELEMENTS_CUDA = chunk_layout.SEGMENT_ELEMENTS
+    try:
+        yield
+    finally:
+        chunk_layout.SEGMENT_ELEMENTS_CUDA = cap
+
+
+@contextlib.contextmanager
 def old_dispatch():
-    """The dispatch before the fixes: Triton GLA refuses K > 128, a window always takes the dense mask."""
+    """The dispatch before the fixes: Triton GLA refuses K > 128, the torch path's segments are
+    CPU-sized, a window always takes the dense mask."""
     supported, banded = gla_triton_api.triton_supported, softmax_api.use_banded
     gla_triton_api.triton_supported = lambda q, k, v, g=None, **kw: q.shape[-1] <= 128 and supported(q, k, v, g)
     softmax_api.use_banded = lambda *a: False
     try:
-        yield
+        with cpu_segments():
+            yield
     finally:
         gla_triton_api.triton_supported, softmax_api.use_banded = supported, banded
 
@@ -154,16 +170,19 @@ def op_cases(device, lengths, dtype, max_T_slow):
     fast = "triton" if device == "cuda" else "torch"
     for T in lengths:
         q, k, v = taylor_qkv(T, dt, device)
-        for impl in dict.fromkeys(("torch", fast)):
+        # the old path: torch chunked with CPU-sized segments; torch with the CUDA segments; triton
+        for impl, segs in dict.fromkeys((("torch", "cpu"), ("torch", "cuda"), (fast, "cuda"))):
             for mode in ("fwd", "fwd_bwd"):
-                rec = {"case": "op_gla_k273_normalized", "impl": impl, "mode": mode, "dtype": dtype, "T": T}
-                if impl == "torch" and fast != "torch" and T > max_T_slow:
+                rec = {"case": "op_gla_k273_normalized", "impl": impl, "segments": segs, "mode": mode,
+                       "dtype": dtype, "T": T}
+                if impl == "torch" and segs == "cpu" and device == "cuda" and T > max_T_slow:
                     yield {**rec, "error": f"skipped: old path beyond T={max_T_slow}"}, None
                     continue
                 ins = [t.detach().clone().requires_grad_(mode == "fwd_bwd") for t in (q, k, v)]
 
-                def fn(ins=ins, impl=impl, mode=mode):
-                    with torch.set_grad_enabled(mode == "fwd_bwd"):
+                def fn(ins=ins, impl=impl, mode=mode, segs=segs):
+                    with torch.set_grad_enabled(mode == "fwd_bwd"), (
+                            cpu_segments() if segs == "cpu" else contextlib.nullcontext()):
                         o, _ = gated_linear_attention(*ins, scale=1.0, normalize=True, impl=impl)
                         if mode == "fwd_bwd":
                             o.sum().backward()

@@ -80,3 +80,11 @@ def test_layout_round_trip_with_padding_dtype_and_scale():
     assert torch.equal(c.reshape(2, 3, 16, 5)[:, :, :13].transpose(1, 2), x.float() * 0.5)  # scaled after the cast
     back = layout.from_chunks(c, 13, torch.float32, scale=2.0)
     assert back.is_contiguous() and torch.equal(back, x.float())
+
+
+def test_cuda_segments_are_not_cache_sized():
+    """On CUDA the cap only bounds memory: Based's 12 heads x 273 features at 32k tokens were 512
+    one-chunk segments (a dozen-plus launches each) under the CPU cap, 7 under the CUDA one."""
+    assert len(layout.segments(32768, 64, 12, 273)) == len(layout.segments(32768, 64, 12, 273, "cpu")) == 512
+    cuda = layout.segments(32768, 64, 12, 273, torch.device("cuda"))
+    assert len(cuda) == 7 and cuda[-1][1] == 32768 and all((hi - lo) % 64 == 0 for lo, hi in cuda[:-1])

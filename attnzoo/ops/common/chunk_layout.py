@@ -47,12 +47,18 @@ def from_chunks(xc, T: int, dtype, scale=None, out=None):
 # sequence is run as consecutive segments of whole chunks (the state carried from one to the next),
 # so every intermediate stays about cache-sized and the time grows linearly in T.
 SEGMENT_ELEMENTS = 2**18
+# On a GPU there is no such cache to fit and each segment costs a dozen-plus kernel launches: the cap
+# only bounds the transient memory (64 MB of float32 per [B, H, T, width] tensor). With the CPU cap,
+# Based's 12 heads x 273 features made every 64-token chunk its own segment (512 at 32k tokens).
+SEGMENT_ELEMENTS_CUDA = 2**24
 
 
-def segments(T: int, C: int, batch_heads: int, width: int) -> list[tuple[int, int]]:
+def segments(T: int, C: int, batch_heads: int, width: int, device=None) -> list[tuple[int, int]]:
     """[start, end) of the segments of a sequence of T steps: whole chunks of C, about
-    SEGMENT_ELEMENTS / (batch_heads · width) steps each (at least one chunk)."""
-    seg = max(C, SEGMENT_ELEMENTS // max(1, batch_heads * width) // C * C)
+    SEGMENT_ELEMENTS / (batch_heads · width) steps each (SEGMENT_ELEMENTS_CUDA for a CUDA device;
+    at least one chunk)."""
+    cap = SEGMENT_ELEMENTS_CUDA if device is not None and torch.device(device).type == "cuda" else SEGMENT_ELEMENTS
+    seg = max(C, cap // max(1, batch_heads * width) // C * C)
     return [(s, min(s + seg, T)) for s in range(0, T, seg)]
 
 

@@ -226,7 +226,7 @@ def chunk_gated_linear_attention(
     gate = _combined_log_gate(g, g_gamma, q.shape, ct)
     S = None if initial_state is None else initial_state.to(ct)
     B, _, H, K = q.shape
-    sizes = [hi - lo for lo, hi in segments(T, C, B * H, max(K, v.shape[-1]))]  # cache-sized segments
+    sizes = [hi - lo for lo, hi in segments(T, C, B * H, max(K, v.shape[-1]), q.device)]  # cache-sized segments
     o, S = segmented_scan(partial(_segment_forward, scale=scale, C=C, ct=ct), _segment_backward, S, sizes,
                                v.shape[-1], q, k, v, gate)
     return o, (S if output_final_state else None)
