@@ -44,6 +44,7 @@ from attnzoo.ops.sparse import (
     block_sparse_decode,
     pooled_block_keys,
     select_blocks,
+    update_pooled_keys,
 )
 from attnzoo.registry import Card, Paper, register
 
@@ -59,29 +60,6 @@ class BlockKVState(KVCacheState):
 
     block_q: torch.Tensor | None = None
     kbar: torch.Tensor | None = None
-
-
-def update_pooled_keys(kbar: torch.Tensor, K: torch.Tensor, total: torch.Tensor, completed: torch.Tensor,
-                       block_size: int) -> torch.Tensor:
-    """The pooled keys after one decode step, pooling only the block the step completed.
-
-    kbar [B, n, H, D] the pooled keys before the step (n complete-block slots), K [B, L, H, D] the timeline
-    after it, total [B] each row's token count after it, completed bool [B]: the row's new token ended block
-    total // bs - 1. Returns [B, L // bs, H, D] (a new tensor; kbar is not modified): kbar grown with
-    placeholder zeros, the completed rows' block set to the mean of its bs keys."""
-    B, L, H, D = K.shape
-    bs = block_size
-    n = L // bs
-    grow = n - kbar.shape[1]
-    out = torch.cat([kbar.to(K.dtype), K.new_zeros(B, grow, H, D)], 1) if grow > 0 else kbar.to(K.dtype).clone()
-    if n == 0:
-        return out
-    slot = (total // bs - 1).clamp(0, n - 1)  # [B]
-    idx = (slot[:, None] * bs + torch.arange(bs, device=K.device)).clamp_max(L - 1)  # [B, bs]
-    new = K.gather(1, idx[..., None, None].expand(B, bs, H, D)).sum(1) / float(bs)  # [B, H, D]
-    rows = torch.arange(B, device=K.device)
-    out[rows, slot] = torch.where(completed[:, None, None], new, out[rows, slot])
-    return out
 
 
 class BlockSparseAttention(SoftmaxAttention):

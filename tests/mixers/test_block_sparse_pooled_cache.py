@@ -7,8 +7,7 @@ import pytest
 import torch
 
 import attnzoo
-from attnzoo.mixers.block_sparse import update_pooled_keys
-from attnzoo.ops.sparse import pooled_block_keys
+from attnzoo.ops.sparse import pooled_block_keys, update_pooled_keys
 
 D = 32
 

@@ -5,9 +5,11 @@ from attnzoo.ops.sparse.api import block_sparse_attention, block_sparse_decode, 
 from attnzoo.ops.sparse.blocks import (
     allowed_keys,
     block_queries,
+    candidate_scores,
     pooled_block_keys,
     select_blocks,
     selected_block_mask,
+    update_pooled_keys,
 )
 from attnzoo.ops.sparse.reference import block_sparse_attention_reference, block_sparse_decode_reference
 
@@ -19,7 +21,9 @@ __all__ = [
     "block_sparse_decode",
     "block_sparse_decode_reference",
     "block_topk_attention",
+    "candidate_scores",
     "pooled_block_keys",
     "select_blocks",
     "selected_block_mask",
+    "update_pooled_keys",
 ]

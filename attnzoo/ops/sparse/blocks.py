@@ -49,6 +49,29 @@ def pooled_block_keys(k: torch.Tensor, valid: torch.Tensor | None, block_size: i
     return kz / cnt[..., None, None]
 
 
+def update_pooled_keys(kbar: torch.Tensor, K: torch.Tensor, total: torch.Tensor, completed: torch.Tensor,
+                       block_size: int) -> torch.Tensor:
+    """The pooled keys after one decode step, pooling only the block the step completed.
+
+    kbar [B, n, H, D] the pooled keys before the step (n complete-block slots), K [B, L, H, D] the timeline
+    after it, total [B] each row's token count after it, completed bool [B]: the row's new token ended block
+    total // bs - 1. Returns [B, L // bs, H, D] (a new tensor; kbar is not modified): kbar grown with
+    placeholder zeros, the completed rows' block set to the mean of its bs keys."""
+    B, L, H, D = K.shape
+    bs = block_size
+    n = L // bs
+    grow = n - kbar.shape[1]
+    out = torch.cat([kbar.to(K.dtype), K.new_zeros(B, grow, H, D)], 1) if grow > 0 else kbar.to(K.dtype).clone()
+    if n == 0:
+        return out
+    slot = (total // bs - 1).clamp(0, n - 1)  # [B]
+    idx = (slot[:, None] * bs + torch.arange(bs, device=K.device)).clamp_max(L - 1)  # [B, bs]
+    new = K.gather(1, idx[..., None, None].expand(B, bs, H, D)).sum(1) / float(bs)  # [B, H, D]
+    rows = torch.arange(B, device=K.device)
+    out[rows, slot] = torch.where(completed[:, None, None], new, out[rows, slot])
+    return out
+
+
 def block_queries(q: torch.Tensor, block_size: int) -> torch.Tensor:
     """The representative (first) query of each query block: q [B, T, H, D] -> [B, ceil(T / bs), H, D]."""
     return q[:, ::block_size]
@@ -116,29 +139,45 @@ def select_blocks(
     return triton_select_blocks(qrep, kbar, **kw)
 
 
-def _select_blocks_torch(qrep, kbar, *, top_k, sink_blocks, local_blocks, score, scale, q_block):
-    """The reference selection (select_blocks' torch path)."""
+@without_autocast
+def candidate_scores(qrep, kbar, *, sink_blocks: int = 0, local_blocks: int = 1, score: str = "softmax",
+                     scale: float | None = None, q_block: torch.Tensor | None = None) -> torch.Tensor:
+    """The scores the top-k ranks: s [B, Hkv, M, N] float32 (float64 for float64 inputs), -inf where a block is
+    no candidate (not complete before the query block, or forced as sink/local). Same arguments as select_blocks."""
     B, M, Hq, D = qrep.shape
     N, Hkv = kbar.shape[1], kbar.shape[2]
     G = Hq // Hkv
     dev = qrep.device
     ct = torch.float64 if qrep.dtype == torch.float64 else torch.float32
+    scale = D**-0.5 if scale is None else scale
     if q_block is None:
         q_block = torch.arange(M, device=dev).expand(B, M)
     qb = q_block.to(torch.long)[:, None, :, None]  # [B, 1, M, 1]
     blocks = torch.arange(N, device=dev)
     forced = (blocks <= qb) & ((blocks < sink_blocks) | (blocks > qb - local_blocks))  # [B, 1, M, N]
+    logits = torch.einsum("bmkgd,bnkd->bkgmn", qrep.to(ct).view(B, M, Hkv, G, D), kbar.to(ct)) * scale
+    complete = (blocks < qb)[:, :, None]  # [B, 1, 1, M, N]
+    if score == "softmax":
+        p = torch.softmax(logits.masked_fill(~complete, float("-inf")), dim=-1)
+        s = torch.where(complete, p, p.new_zeros(())).mean(2)
+    else:
+        s = logits.mean(2)
+    return s.masked_fill(~(complete[:, :, 0] & ~forced), float("-inf"))  # [B, Hkv, M, N]
+
+
+def _select_blocks_torch(qrep, kbar, *, top_k, sink_blocks, local_blocks, score, scale, q_block):
+    """The reference selection (select_blocks' torch path)."""
+    B, M = qrep.shape[:2]
+    N, Hkv = kbar.shape[1], kbar.shape[2]
+    dev = qrep.device
+    if q_block is None:
+        q_block = torch.arange(M, device=dev).expand(B, M)
+    qb = q_block.to(torch.long)[:, None, :, None]  # [B, 1, M, 1]
     kk = min(top_k, N)
     parts = []
     if kk > 0:
-        logits = torch.einsum("bmkgd,bnkd->bkgmn", qrep.to(ct).view(B, M, Hkv, G, D), kbar.to(ct)) * scale
-        complete = (blocks < qb)[:, :, None]  # [B, 1, 1, M, N]
-        if score == "softmax":
-            p = torch.softmax(logits.masked_fill(~complete, float("-inf")), dim=-1)
-            s = torch.where(complete, p, p.new_zeros(())).mean(2)
-        else:
-            s = logits.mean(2)
-        s = s.masked_fill(~(complete[:, :, 0] & ~forced), float("-inf"))  # [B, Hkv, M, N]
+        s = candidate_scores(qrep, kbar, sink_blocks=sink_blocks, local_blocks=local_blocks, score=score,
+                             scale=scale, q_block=q_block)
         vals, top = torch.sort(s, dim=-1, descending=True, stable=True)  # equal scores: lower block first
         vals, top = vals[..., :kk], top[..., :kk]
         parts.append(torch.where(vals > float("-inf"), top, torch.full_like(top, -1)))
