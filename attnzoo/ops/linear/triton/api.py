@@ -95,7 +95,13 @@ def _check(q, k, v, g, initial_state, cu_seqlens):
 
 
 def _chunk_fwd(q, k, v, g, initial_state, cu_seqlens, batch, scale, output_final_state, keep=None):
-    """The chunked forward launches: (o, final state or None); keep as in chunk.chunk_forward."""
+    """The chunked forward launches: (o, final state or None); keep as in chunk.chunk_forward. Short
+    sequences (fused.use_fused) run the fused one-launch kernel instead (keep then stays empty)."""
+    from attnzoo.ops.linear.triton import fused
+
+    if fused.use_fused(q.shape[0], batch, cu_seqlens, q.shape[-1], v.shape[-1], q.is_cuda):
+        return fused.fused_forward(q, k, v, g, scale=scale, initial_state=initial_state,
+                                   output_final_state=output_final_state, batch=batch, cu_seqlens=cu_seqlens)
     from attnzoo.ops.linear.triton.chunk import chunk_forward, make_tables
 
     tab = make_tables(q.shape[0], batch, cu_seqlens, q.device)
@@ -104,7 +110,13 @@ def _chunk_fwd(q, k, v, g, initial_state, cu_seqlens, batch, scale, output_final
 
 
 def _chunk_bwd(q, k, v, g, initial_state, cu_seqlens, batch, scale, do, dht, saved=None):
-    """The chunked backward launches: (dq, dk, dv, dg or None, dh0 or None)."""
+    """The chunked backward launches: (dq, dk, dv, dg or None, dh0 or None); fused.use_fused: one launch."""
+    from attnzoo.ops.linear.triton import fused
+
+    if fused.use_fused(q.shape[0], batch, cu_seqlens, q.shape[-1], v.shape[-1], q.is_cuda):
+        return fused.fused_backward(q, k, v, g, do.contiguous(), dht, scale=scale, initial_state=initial_state,
+                                    batch=batch, cu_seqlens=cu_seqlens)
+    saved = saved or None  # a fused forward kept nothing
     from attnzoo.ops.linear.triton.chunk import chunk_backward, make_tables
 
     tab = make_tables(q.shape[0], batch, cu_seqlens, q.device)

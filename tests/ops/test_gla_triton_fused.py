@@ -1,0 +1,152 @@
+"""The fused short-sequence GLA kernels (attnzoo/ops/linear/triton/fused.py: one launch forward, one
+launch backward) against the float64 reference loop, on the CPU through Triton's interpreter, reached
+through the public Triton op with fused.FORCE on; and the dispatch rule that picks them."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+pytest.importorskip("triton")
+
+from attnzoo.ops.linear.reference import gated_linear_attention_reference as reference  # noqa: E402
+from attnzoo.ops.linear.triton import fused, triton_gated_linear_attention  # noqa: E402
+
+H = 2
+TOL = {torch.float32: 1e-4, torch.float16: 5e-3}
+
+
+@pytest.fixture
+def force_fused(monkeypatch):
+    monkeypatch.setattr(fused, "FORCE", True)
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def make(B, T, gate, strength, dtype, seed, K=16, V=16, n_state=None):
+    gen = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
+    u = lambda *s: torch.rand(*s, generator=gen)  # noqa: E731
+    q, k, v = r(B, T, H, K).to(dtype), r(B, T, H, K).to(dtype), r(B, T, H, V).to(dtype)
+    g = {"scalar": -strength * u(B, T, H), "vector": -strength * u(B, T, H, K)}.get(gate)
+    g_gamma = -strength * u(H) if gate == "gamma" else None
+    return q, k, v, g, g_gamma, r(n_state or B, H, K, V), r(B, T, H, V), r(n_state or B, H, K, V)
+
+
+def fwd_bwd(fn, q, k, v, g, g_gamma, h0, do, dS, **kw):
+    ins = [t.detach().clone().requires_grad_(True) if t is not None else None for t in (q, k, v, g, g_gamma, h0)]
+    o, S = fn(ins[0], ins[1], ins[2], ins[3], g_gamma=ins[4], scale=q.shape[-1] ** -0.5, initial_state=ins[5],
+              output_final_state=True, **kw)
+    torch.autograd.backward([o, S], [do.to(o.dtype), dS])
+    return o, S, [t.grad if t is not None else None for t in ins]
+
+
+def check(B, T, gate, strength, dtype=torch.float32, seed=0, K=16, V=16):
+    q, k, v, g, g_gamma, h0, do, dS = make(B, T, gate, strength, dtype, seed, K, V)
+    o, S, grads = fwd_bwd(triton_gated_linear_attention, q, k, v, g, g_gamma, h0, do, dS)
+    d = lambda t: t.double() if t is not None else None  # noqa: E731
+    o_r, S_r, grads_r = fwd_bwd(reference, *map(d, (q, k, v, g, g_gamma, h0)), do.double(), dS.double())
+    tol = TOL[dtype]
+    assert o.dtype == dtype and S.dtype == torch.float32
+    assert rel(o, o_r) < tol and rel(S, S_r) < tol, (rel(o, o_r), rel(S, S_r))
+    for name, a, b in zip(("dq", "dk", "dv", "dg", "dg_gamma", "dh0"), grads, grads_r):
+        if b is not None:
+            assert a is not None and torch.isfinite(a).all(), name
+            assert rel(a, b) < tol, (name, rel(a, b))
+
+
+@pytest.mark.parametrize("gate,T,strength", [
+    (None, 37, 0.0), ("gamma", 65, 1.0), ("scalar", 130, 10.0), ("scalar", 64, 0.0), ("scalar", 1, 1.0),
+    ("vector", 37, 10.0), ("vector", 17, 0.05),
+])
+def test_fused_matches_reference_fp32(gate, T, strength, force_fused):
+    """Forward, final state and every gradient (q, k, v, gates, g_gamma, initial state) through the
+    fused kernels: odd T, T = one chunk, several chunks (scalar chunks of 64 forward / 32 backward,
+    vector chunks of 16), strong forgetting (g down to -10 per token) and none (g = 0)."""
+    check(B=2 if T < 100 else 1, T=T, gate=gate, strength=strength)
+
+
+@pytest.mark.parametrize("gate", ["scalar", "vector"])
+def test_fused_half_inputs(gate, force_fused):
+    """float16 (the interpreter cannot multiply bfloat16 tiles; bf16 is checked on the GPU)."""
+    check(B=1, T=23, gate=gate, strength=1.0, dtype=torch.float16)
+
+
+def test_fused_odd_head_dims(force_fused):
+    """K, V not powers of two (tiles padded and masked)."""
+    check(B=1, T=40, gate="scalar", strength=1.0, K=24, V=40, seed=2)
+
+
+@pytest.mark.parametrize("gate", ["scalar", "vector"])
+def test_fused_varlen_matches_sequences_one_by_one(gate, force_fused):
+    """cu_seqlens (lengths 5, 0, 36, 20) read on the device: each sequence starts from its own initial
+    state and returns its own final state (an empty one returns it unchanged, its dh0 = dht)."""
+    cu = torch.tensor([0, 5, 5, 41, 61])
+    q, k, v, g, _, h0, do, dS = make(1, 61, gate, 1.0, torch.float32, seed=3, n_state=4)
+    o, S, grads = fwd_bwd(triton_gated_linear_attention, q, k, v, g, None, h0, do, dS, cu_seqlens=cu)
+    assert torch.allclose(S[1], h0[1]) and torch.allclose(grads[5][1], dS[1])
+    for n, (a, b) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+        if a == b:
+            continue
+        part = lambda t: t[:, a:b].double()  # noqa: E731
+        o_r, S_r, gr = fwd_bwd(reference, part(q), part(k), part(v), part(g), None, h0[n:n + 1].double(),
+                               part(do), dS[n:n + 1].double())
+        assert rel(o[:, a:b], o_r) < 1e-4 and rel(S[n:n + 1], S_r) < 1e-4
+        for name, x, y in zip(("dq", "dk", "dv", "dg"), grads[:4], gr[:4]):
+            assert rel(x[:, a:b], y) < 1e-4, (n, name, rel(x[:, a:b], y))
+        assert rel(grads[5][n:n + 1], gr[5]) < 1e-4
+
+
+def test_fused_equals_chunked_without_state(monkeypatch):
+    """No initial state, no final-state gradient: the fused and the chunked Triton paths agree."""
+    q, k, v, g, _, _, do, _ = make(2, 70, "scalar", 1.0, torch.float32, seed=4)
+    runs = []
+    for force in (True, False):
+        monkeypatch.setattr(fused, "FORCE", force)
+        ins = [t.clone().requires_grad_(True) for t in (q, k, v, g)]
+        o, _ = triton_gated_linear_attention(*ins, scale=0.25)
+        runs.append((o, *torch.autograd.grad(o, ins, do)))
+    for a, b in zip(*runs):
+        assert rel(a, b) < 1e-5
+
+
+def test_dispatch_rule(monkeypatch):
+    """Fused on CUDA for sequences of at most FUSED_MAX_T tokens and K, V <= FUSED_MAX_DIM; with
+    cu_seqlens the total token count decides (no host read of the lengths); FORCE overrides the length
+    and the device but not the head dims."""
+    monkeypatch.setattr(fused, "FORCE", None)
+    cu = torch.tensor([0, 3, 9])
+    m, d = fused.FUSED_MAX_T, fused.FUSED_MAX_DIM
+    assert fused.use_fused(16 * m, 16, None, 128, 128, True)
+    assert not fused.use_fused(16 * (m + 1), 16, None, 128, 128, True)
+    assert not fused.use_fused(16 * m, 16, None, 128, 128, False)
+    assert not fused.use_fused(m, 1, None, d + 1, 64, True) and not fused.use_fused(m, 1, None, 64, d + 1, True)
+    assert fused.use_fused(m, 1, cu, 64, 64, True) and not fused.use_fused(m + 1, 1, cu, 64, 64, True)
+    monkeypatch.setattr(fused, "FORCE", True)
+    assert fused.use_fused(10 ** 6, 1, None, 64, 64, False) and not fused.use_fused(64, 1, None, d + 1, 64, False)
+    monkeypatch.setattr(fused, "FORCE", False)
+    assert not fused.use_fused(64, 1, None, 64, 64, True)
+
+
+def test_fused_under_torch_compile(force_fused):
+    """The fused kernels run inside the attnzoo::gla_chunk custom op too: a fullgraph compile gives
+    the eager values and gradients."""
+    q, k, v, g, _, h0, _, _ = make(1, 20, "vector", 1.0, torch.float32, seed=8)
+
+    def loss(q, k, v, g, h0):
+        o, S = triton_gated_linear_attention(q, k, v, g, scale=0.25, initial_state=h0, output_final_state=True)
+        return (o * o).sum() + S.sum()
+
+    ins = [t.clone().requires_grad_(True) for t in (q, k, v, g, h0)]
+    ge = torch.autograd.grad(loss(*ins), ins)
+    out = torch.compile(loss, backend="aot_eager", fullgraph=True)(*ins)
+    gc = torch.autograd.grad(out, ins)
+    for a, b in zip(ge, gc):
+        assert rel(a, b) < 1e-6
