@@ -123,3 +123,23 @@ def test_based_mixer_triton_equals_torch():
         outs.append((y, xi.grad, m.q_proj.weight.grad.clone()))
     for a, b in zip(*outs):
         assert rel(a, b) < 1e-4, rel(a, b)
+
+
+def test_key_blocks_under_torch_compile(monkeypatch):
+    """The blocks are plain torch around the custom op: a fullgraph compile gives the eager values
+    and gradients (MAX_K lowered to 8: K = 20 is three blocks)."""
+    monkeypatch.setattr(tri, "MAX_K", 8)
+    q, k, v, g, _, h0 = make(1, 20, 2, 20, 4, "scalar", seed=4)
+
+    def loss(q, k, v, g, h0):
+        o, S = triton_gated_linear_attention(q, k, v, g, scale=0.25, initial_state=h0, output_final_state=True)
+        return (o * o).sum() + S.sum()
+
+    ins = [t.clone().requires_grad_(True) for t in (q, k, v, g, h0)]
+    eager = loss(*ins)
+    ge = torch.autograd.grad(eager, ins)
+    out = torch.compile(loss, backend="aot_eager", fullgraph=True)(*ins)
+    gc = torch.autograd.grad(out, ins)
+    assert rel(out, eager) < 1e-6
+    for a, b in zip(gc, ge):
+        assert rel(a, b) < 1e-6
