@@ -18,7 +18,7 @@ runs banded (ops/softmax/banded.py). This script measures, in one process:
           (triton_supported refusing K > 128, CPU-sized segments, no banded window) vs new, plus the
           gla student; the paths that ran are counted in one untimed forward
 
-    OMP_NUM_THREADS=4 .venv/bin/python benchmarks/based_gpu.py --out $OUT          # GPU, < 5 min
+    OMP_NUM_THREADS=4 PYTHONPATH=. python3 benchmarks/based_gpu.py --out $OUT      # GPU, < 6 min
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/based_gpu.py --smoke --out /tmp/based_smoke   # CPU check
 
 Timing: attnzoo.bench.speed.do_bench_ms (triton.testing.do_bench median) on CUDA, the median of 3
