@@ -17,6 +17,10 @@ limit keeps what it measured), the first line the machine (GPU, SMs, driver, tor
     medians, providers interleaved in rotated order, --rounds rounds).
 Then prints a table of fused/chunked and fused/fla and the largest T at which fused beat chunked in
 every fwd+bwd case: the measured value for fused.FUSED_MAX_T.
+
+--sweep (a second call, OUT/gla_fused_sweep.jsonl): records "sweep", the fused path under each of
+VARIANTS (settings of fused.TUNE, each compiling its kernels once) at T = 256 and 1024, weak gates,
+fwd and fwdbwd, interleaved in timed_rounds like the providers above.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ ARGS.add_argument("--tokens", type=int, default=16384)
 ARGS.add_argument("--rounds", type=int, default=3)
 ARGS.add_argument("--no-fla", action="store_true")
 ARGS.add_argument("--no-checks", action="store_true")
+ARGS.add_argument("--sweep", action="store_true", help="instead: fused launch configs (fused.TUNE) at T = 256, 1024")
 OPT = ARGS.parse_args()
 if OPT.smoke:
     os.environ["TRITON_INTERPRET"] = "1"
@@ -50,7 +55,9 @@ from attnzoo.ops.linear.triton import fused  # noqa: E402
 DEV = "cpu" if OPT.smoke else "cuda"
 DTYPE = torch.float32 if OPT.smoke else torch.bfloat16  # the interpreter multiplies bf16 tiles wrongly
 H, D = (2, 16) if OPT.smoke else (16, 128)
-OUT = os.path.join(OPT.out, "gla_fused.jsonl")
+OUT = os.path.join(OPT.out, "gla_fused_sweep.jsonl" if OPT.sweep else "gla_fused.jsonl")
+VARIANTS = {"base": {}, "fwd_bv128": {"fwd_bv": 128}, "fwd_w8": {"fwd_warps": 8}, "bwd_w4": {"bwd_warps": 4},
+            "bt_bwd64": {"bt_scalar_bwd": 64}, "bt_fwd32": {"bt_scalar_fwd": 32}, "bt_vec32": {"bt_vector": 32}}
 
 
 def emit(rec):
@@ -204,6 +211,33 @@ def timings(fla):
                             emit(rec)
 
 
+def sweep():
+    base = dict(fused.TUNE)
+    for T in ((16, 40) if OPT.smoke else (256, 1024)):
+        B = max(1, (80 if OPT.smoke else OPT.tokens) // T)
+        for gate in ("scalar", "vector"):
+            for mode in ("fwd", "fwdbwd"):
+                q, k, v, g = inputs(B, T, H, D, gate, "weak", mode == "fwdbwd")
+                entries = []
+                for name, settings in VARIANTS.items():
+                    call = op_call("fused", q, k, v, g, mode, None)
+
+                    def fn(call=call, settings=settings):
+                        fused.TUNE.clear()
+                        fused.TUNE.update({**base, **settings})
+                        return call()
+                    rec = {"kind": "sweep", "variant": name, "T": T, "B": B, "gate": gate, "mode": mode}
+                    try:
+                        fn()
+                    except Exception as e:  # e.g. out of shared memory at one config: recorded
+                        rec["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+                    entries.append((rec, None if "error" in rec else fn))
+                for rec in timed_rounds(entries, OPT.rounds, **({"timer": perf_ms} if OPT.smoke else {})):
+                    emit(rec)
+    fused.TUNE.clear()
+    fused.TUNE.update(base)
+
+
 def table(path):
     recs = [json.loads(x) for x in open(path) if '"kind": "time"' in x]
     ms = {(r["provider"], r["T"], r["gate"], r["regime"], r["mode"]): r.get("ms") for r in recs}
@@ -231,6 +265,9 @@ def main():
     emit(machine_line() if DEV == "cuda" else {"machine": {"device": "cpu (Triton interpreter)",
                                                            "torch": torch.__version__}})
     torch.manual_seed(0)
+    if OPT.sweep:
+        sweep()
+        return
     if not OPT.no_checks:
         for gate in ("scalar", "vector"):
             for regime in ("weak", "strong"):

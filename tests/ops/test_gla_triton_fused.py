@@ -150,3 +150,14 @@ def test_fused_under_torch_compile(force_fused):
     gc = torch.autograd.grad(out, ins)
     for a, b in zip(ge, gc):
         assert rel(a, b) < 1e-6
+
+
+@pytest.mark.parametrize("gate,tune", [
+    ("scalar", dict(bt_scalar_fwd=32, bt_scalar_bwd=64, fwd_bv=16)),
+    ("vector", dict(bt_vector=32, fwd_bv=32)),
+])
+def test_fused_other_launch_configs(gate, tune, force_fused, monkeypatch):
+    """The configs benchmarks/gpu_gla_fused.py --sweep times are correct too (chunk lengths, V blocks)."""
+    for key, value in tune.items():
+        monkeypatch.setitem(fused.TUNE, key, value)
+    check(B=1, T=70, gate=gate, strength=1.0, seed=6, V=40)

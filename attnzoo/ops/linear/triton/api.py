@@ -21,7 +21,9 @@ starts from initial_state[n] and returns its own final state.
 Under torch.compile the chunked pass is the torch.library custom op `attnzoo::gla_chunk` (forward
 `gla_chunk`, backward `gla_chunk_backward`), one opaque node; in eager mode the same kernels run from a
 plain autograd.Function (less host time per call). With no gradient needed and T <= DECODE_MAX_T
-per sequence, the recurrent kernel (recurrent.py) runs instead.
+per sequence, the recurrent kernel (recurrent.py) runs instead. Short sequences (fused.use_fused: at
+most fused.FUSED_MAX_T tokens, K, V <= 128, CUDA) run the fused kernels of fused.py inside the same
+two functions: one launch forward, one backward.
 
 Precision (H200, bf16 inputs, against a float64 loop): o, S, dq, dk, dv, dh0 ~2-3e-3 relative, dg
 4-7e-3; the gradient of g_gamma (a sum of dg over every token, which cancels) is only good to

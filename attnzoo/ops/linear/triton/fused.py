@@ -47,10 +47,10 @@ FUSED_MAX_DIM = 128  # K and V at most (the backward holds a [K, V] float32 stat
 # None: the rule (CUDA tensors only, so the interpreter tests of the chunked kernels keep testing
 # them); True / False: force the fused path on (where K, V fit) or off (tests, benchmarks).
 FORCE: bool | None = None
-# Chunk lengths (tokens): scalar gate / no gate forward and backward, vector gate (pairwise intra part).
-BT_SCALAR_FWD = 64
-BT_SCALAR_BWD = 32
-BT_VECTOR = 16
+# Launch configs, first guesses (a dict so that benchmarks/gpu_gla_fused.py --sweep can time others in
+# one process): chunk lengths (scalar gate / no gate forward and backward; vector gate, whose pairwise
+# intra part costs BT·K exponentials per token), the forward's V block and the warps of each launch.
+TUNE = dict(bt_scalar_fwd=64, bt_scalar_bwd=32, bt_vector=16, fwd_bv=64, fwd_warps=4, bwd_warps=8)
 
 
 def use_fused(n_tok: int, batch: int, cu_seqlens, K: int, V: int, is_cuda: bool) -> bool:
@@ -320,10 +320,11 @@ def _dims(q, v):
     return max(16, triton.next_power_of_2(K)), max(16, triton.next_power_of_2(V))
 
 
-def _seqs(n_tok, batch, cu_seqlens, device):
-    """(N, T, cu, VARLEN): T the regular batch's length (0 with cu_seqlens), cu an int32 tensor to pass."""
+def _seqs(n_tok, batch, cu_seqlens, like):
+    """(N, T, cu, VARLEN): T the regular batch's length (0 with cu_seqlens); cu the tensor to pass (for a
+    regular batch any tensor, `like`: the kernels read it only when VARLEN)."""
     if cu_seqlens is None:
-        return batch, n_tok // batch, torch.empty(1, dtype=torch.int32, device=device), False
+        return batch, n_tok // batch, like, False
     return cu_seqlens.shape[0] - 1, 0, cu_seqlens, True
 
 
@@ -332,17 +333,18 @@ def fused_forward(q, k, v, g, *, scale, initial_state, output_final_state, batch
     docstring); cu_seqlens int32 [N + 1] or None (then batch regular sequences of n_tok / batch)."""
     n_tok, H, K = q.shape
     V = v.shape[-1]
-    N, T, cu, varlen = _seqs(n_tok, batch, cu_seqlens, q.device)
+    N, T, cu, varlen = _seqs(n_tok, batch, cu_seqlens, q)
     gate = _gate_kind(g)
     BK, BVfull = _dims(q, v)
-    BV = min(64, BVfull)
+    BV = min(TUNE["fwd_bv"], BVfull)
     o = torch.empty_like(v)
     ht = q.new_empty(N, H, K, V, dtype=torch.float32) if output_final_state else None
     fused_fwd_kernel[(triton.cdiv(V, BV), N * H)](
         q, k, v, g if g is not None else q, o, initial_state if initial_state is not None else q,
-        ht if ht is not None else q, cu, T, scale, H=H, K=K, V=V, BT=BT_VECTOR if gate == 2 else BT_SCALAR_FWD,
-        BK=BK, BV=BV, GATE=gate, HAS_H0=initial_state is not None, STORE_HT=ht is not None, VARLEN=varlen,
-        num_warps=4,
+        ht if ht is not None else q, cu, T, scale, H=H, K=K, V=V,
+        BT=TUNE["bt_vector" if gate == 2 else "bt_scalar_fwd"], BK=BK, BV=BV, GATE=gate,
+        HAS_H0=initial_state is not None, STORE_HT=ht is not None, VARLEN=varlen,
+        num_warps=TUNE["fwd_warps"],
     )
     return o, ht
 
@@ -351,7 +353,7 @@ def fused_backward(q, k, v, g, do, dht, *, scale, initial_state, batch, cu_seqle
     """One launch: (dq, dk, dv in the inputs' dtype, dg float32 in g's shape or None, dh0 float32 or None)."""
     n_tok, H, K = q.shape
     V = v.shape[-1]
-    N, T, cu, varlen = _seqs(n_tok, batch, cu_seqlens, q.device)
+    N, T, cu, varlen = _seqs(n_tok, batch, cu_seqlens, q)
     gate = _gate_kind(g)
     BK, BV = _dims(q, v)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
@@ -360,8 +362,8 @@ def fused_backward(q, k, v, g, do, dht, *, scale, initial_state, batch, cu_seqle
     fused_bwd_kernel[(N * H,)](
         q, k, v, g if g is not None else q, do, initial_state if initial_state is not None else q,
         dht if dht is not None else q, dq, dk, dv, dg if dg is not None else q, dh0 if dh0 is not None else q,
-        cu, T, scale, H=H, K=K, V=V, BT=BT_VECTOR if gate == 2 else BT_SCALAR_BWD, BK=BK, BV=BV, GATE=gate,
+        cu, T, scale, H=H, K=K, V=V, BT=TUNE["bt_vector" if gate == 2 else "bt_scalar_bwd"], BK=BK, BV=BV, GATE=gate,
         HAS_H0=initial_state is not None, HAS_DHT=dht is not None, STORE_DH0=dh0 is not None, VARLEN=varlen,
-        num_warps=8,
+        num_warps=TUNE["bwd_warps"],
     )
     return dq, dk, dv, dg, dh0
