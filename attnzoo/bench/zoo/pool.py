@@ -67,6 +67,25 @@ class ProcessPerTask:
         return [ex for ex, _ in self._tasks]
 
 
+# What the fork server imports once, so that a fresh worker does not: torch (~0.4 s), torch._dynamo (which
+# the optimizers import on first use: ~2 s, 5 s on the loaded 2-core CPU) and the zoo.
+WORKER_PRELOAD = ("torch", "torch._dynamo", "attnzoo.bench.zoo.run")
+
+
+def worker_context():
+    """The multiprocessing context of the zoo's workers: "forkserver" with WORKER_PRELOAD where the
+    platform has it (each worker forked from a server that imported torch once, no CUDA initialised
+    there), else "spawn". A worker reads nothing of the parent's environment set after the server
+    started: what it needs comes as arguments."""
+    import multiprocessing as mp
+
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(list(WORKER_PRELOAD))
+        return ctx
+    return mp.get_context("spawn")
+
+
 def fresh_process_pool(workers: int, mp_context, initializer=None):
     """An executor of `workers` processes that runs every task in a new process (each process runs
     `initializer()` first)."""

@@ -116,10 +116,10 @@ class _Reporter:
         self.queue.put((self.key, "eval", step, loss, acc))
 
 
-def _worker(spec: dict, preset_dict: dict, device: str, max_seconds, threads, queue, key):
+def _worker(spec: dict, preset_dict: dict, device: str, max_seconds, threads, queue, key, kill_mixer=None):
     if threads:
         torch.set_num_threads(threads)
-    if os.environ.get("ATTNZOO_ZOO_KILL_WORKER") == spec["mixer"]:     # tests: a worker killed (OOM killer)
+    if kill_mixer == spec["mixer"]:     # tests: a worker killed (OOM killer); ATTNZOO_ZOO_KILL_WORKER in the parent
         os._exit(1)
     rep = _Reporter(queue, key)
     queue.put((key, "start"))
@@ -211,7 +211,6 @@ def _run_in_process(pending, preset, device, threads, path, prog, budget, max_ru
 
 
 def _run_parallel(pending, preset, device, workers, threads, path, prog, budget, max_runs):
-    import multiprocessing as mp
     import queue as queue_mod
     from concurrent.futures import FIRST_COMPLETED, wait
 
@@ -219,12 +218,13 @@ def _run_parallel(pending, preset, device, workers, threads, path, prog, budget,
 
     from attnzoo.bench.zoo import pool as zoo_pool
 
-    ctx = mp.get_context("spawn")
+    ctx = zoo_pool.worker_context()
     threads = threads or max(1, (os.cpu_count() or 1) // workers)     # no oversubscription of the cores
-    # A fresh process per task (~2 s each): a mixer that leaks or bloats memory (the chunked GLA /
-    # delta ops leaked each step's graph until 6bd237a: later runs in that worker ran 10-40x slower
-    # and one was OOM-killed at 18 GB) then cannot slow down or kill the runs after it. On Python
-    # 3.10 too (pool.py).
+    # A fresh process per task (forked from a server that imported torch and the zoo once, pool.py; a
+    # spawned one paid ~2 s, 5 s on a loaded CPU, of imports per run): a mixer that leaks or bloats
+    # memory (the chunked GLA / delta ops leaked each step's graph until 6bd237a: later runs in that
+    # worker ran 10-40x slower and one was OOM-killed at 18 GB) then cannot slow down or kill the runs
+    # after it. On Python 3.10 too (pool.py).
 
     def new_pool():
         return zoo_pool.fresh_process_pool(workers, ctx, initializer=zoo_pool.ignore_sigint)
@@ -266,7 +266,7 @@ def _run_parallel(pending, preset, device, workers, threads, path, prog, budget,
                     key, spec = todo.pop(0)
                     per_run = budget.start(key)
                     fut = pool.submit(_worker, spec, asdict(budget.preset_for(key)), device, per_run, threads,
-                                      events, key)
+                                      events, key, os.environ.get("ATTNZOO_ZOO_KILL_WORKER"))
                     running[fut] = key
                 finished, _ = wait(list(running), timeout=0.25, return_when=FIRST_COMPLETED)
                 drain()
