@@ -161,3 +161,26 @@ def test_fused_other_launch_configs(gate, tune, force_fused, monkeypatch):
     for key, value in tune.items():
         monkeypatch.setitem(fused.TUNE, key, value)
     check(B=1, T=70, gate=gate, strength=1.0, seed=6, V=40)
+
+
+def test_config_that_does_not_compile_falls_back_to_chunked(force_fused, monkeypatch):
+    """A launch that runs out of GPU resources at compile time (OutOfResources) is remembered in
+    fused.FAILED, warned about once, and the op takes the chunked path: same results."""
+    from triton.runtime.errors import OutOfResources
+
+    class Refuses:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                raise OutOfResources(300000, 232448, "shared memory")
+            return launch
+
+    q, k, v, g, _, h0, do, dS = make(1, 30, "scalar", 1.0, torch.float32, seed=7)
+    want = fwd_bwd(triton_gated_linear_attention, q, k, v, g, None, h0, do, dS)
+    monkeypatch.setattr(fused, "FAILED", set())
+    monkeypatch.setattr(fused, "fused_bwd_kernel", Refuses())
+    with pytest.warns(UserWarning, match="does not fit"):
+        got = fwd_bwd(triton_gated_linear_attention, q, k, v, g, None, h0, do, dS)
+    assert len(fused.FAILED) == 1
+    for a, b in zip([*want[:2], *want[2]], [*got[:2], *got[2]]):
+        if b is not None:
+            assert rel(a, b) < 1e-5

@@ -102,8 +102,10 @@ def _chunk_fwd(q, k, v, g, initial_state, cu_seqlens, batch, scale, output_final
     from attnzoo.ops.linear.triton import fused
 
     if fused.use_fused(q.shape[0], batch, cu_seqlens, q.shape[-1], v.shape[-1], q.is_cuda):
-        return fused.fused_forward(q, k, v, g, scale=scale, initial_state=initial_state,
-                                   output_final_state=output_final_state, batch=batch, cu_seqlens=cu_seqlens)
+        out = fused.fused_forward(q, k, v, g, scale=scale, initial_state=initial_state,
+                                  output_final_state=output_final_state, batch=batch, cu_seqlens=cu_seqlens)
+        if out is not None:  # None: this config does not compile (fused.FAILED)
+            return out
     from attnzoo.ops.linear.triton.chunk import chunk_forward, make_tables
 
     tab = make_tables(q.shape[0], batch, cu_seqlens, q.device)
@@ -116,8 +118,10 @@ def _chunk_bwd(q, k, v, g, initial_state, cu_seqlens, batch, scale, do, dht, sav
     from attnzoo.ops.linear.triton import fused
 
     if fused.use_fused(q.shape[0], batch, cu_seqlens, q.shape[-1], v.shape[-1], q.is_cuda):
-        return fused.fused_backward(q, k, v, g, do.contiguous(), dht, scale=scale, initial_state=initial_state,
-                                    batch=batch, cu_seqlens=cu_seqlens)
+        out = fused.fused_backward(q, k, v, g, do.contiguous(), dht, scale=scale, initial_state=initial_state,
+                                   batch=batch, cu_seqlens=cu_seqlens)
+        if out is not None:
+            return out
     saved = saved or None  # a fused forward kept nothing
     from attnzoo.ops.linear.triton.chunk import chunk_backward, make_tables
 

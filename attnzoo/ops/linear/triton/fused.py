@@ -50,7 +50,11 @@ FORCE: bool | None = None
 # Launch configs, first guesses (a dict so that benchmarks/gpu_gla_fused.py --sweep can time others in
 # one process): chunk lengths (scalar gate / no gate forward and backward; vector gate, whose pairwise
 # intra part costs BT·K exponentials per token), the forward's V block and the warps of each launch.
-TUNE = dict(bt_scalar_fwd=64, bt_scalar_bwd=32, bt_vector=16, fwd_bv=64, fwd_warps=4, bwd_warps=8)
+TUNE = dict(bt_scalar_fwd=64, bt_scalar_bwd=32, bt_vector=16, fwd_bv=64, fwd_warps=4, bwd_warps=8,
+            fwd_stages=2, bwd_stages=2)
+# Launch configs (kernel, gate, dtype, K, V, TUNE) that ran out of shared memory or registers at compile
+# time: use_fused's callers fall back to the chunked path for them (fused_forward / backward return None).
+FAILED: set = set()
 
 
 def use_fused(n_tok: int, batch: int, cu_seqlens, K: int, V: int, is_cuda: bool) -> bool:
@@ -328,6 +332,22 @@ def _seqs(n_tok, batch, cu_seqlens, like):
     return cu_seqlens.shape[0] - 1, 0, cu_seqlens, True
 
 
+def _launch(key, launch, args, kwargs) -> bool:
+    """Run one launch; False (and key added to FAILED, with a warning) when the compiler runs out of
+    resources for it, so that the caller takes the chunked path."""
+    from triton.runtime.errors import OutOfResources
+
+    try:
+        launch(*args, **kwargs)
+        return True
+    except OutOfResources as e:
+        import warnings
+
+        FAILED.add(key)
+        warnings.warn(f"fused GLA kernel {key[:5]} does not fit ({e}); using the chunked path", stacklevel=3)
+        return False
+
+
 def fused_forward(q, k, v, g, *, scale, initial_state, output_final_state, batch, cu_seqlens=None):
     """One launch: (o in q's dtype, final state float32 [N, H, K, V] or None). Packed inputs (module
     docstring); cu_seqlens int32 [N + 1] or None (then batch regular sequences of n_tok / batch)."""
@@ -339,14 +359,17 @@ def fused_forward(q, k, v, g, *, scale, initial_state, output_final_state, batch
     BV = min(TUNE["fwd_bv"], BVfull)
     o = torch.empty_like(v)
     ht = q.new_empty(N, H, K, V, dtype=torch.float32) if output_final_state else None
-    fused_fwd_kernel[(triton.cdiv(V, BV), N * H)](
+    key = ("fwd", gate, q.dtype, K, V, tuple(sorted(TUNE.items())))
+    if key in FAILED:
+        return None
+    launch = fused_fwd_kernel[(triton.cdiv(V, BV), N * H)]
+    ok = _launch(key, launch, (
         q, k, v, g if g is not None else q, o, initial_state if initial_state is not None else q,
-        ht if ht is not None else q, cu, T, scale, H=H, K=K, V=V,
-        BT=TUNE["bt_vector" if gate == 2 else "bt_scalar_fwd"], BK=BK, BV=BV, GATE=gate,
-        HAS_H0=initial_state is not None, STORE_HT=ht is not None, VARLEN=varlen,
-        num_warps=TUNE["fwd_warps"],
-    )
-    return o, ht
+        ht if ht is not None else q, cu, T, scale,
+    ), dict(H=H, K=K, V=V, BT=TUNE["bt_vector" if gate == 2 else "bt_scalar_fwd"], BK=BK, BV=BV, GATE=gate,
+            HAS_H0=initial_state is not None, STORE_HT=ht is not None, VARLEN=varlen,
+            num_warps=TUNE["fwd_warps"], num_stages=TUNE["fwd_stages"]))
+    return (o, ht) if ok else None
 
 
 def fused_backward(q, k, v, g, do, dht, *, scale, initial_state, batch, cu_seqlens=None):
@@ -359,11 +382,15 @@ def fused_backward(q, k, v, g, do, dht, *, scale, initial_state, batch, cu_seqle
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dg = torch.empty(g.shape, dtype=torch.float32, device=g.device) if g is not None else None
     dh0 = q.new_empty(N, H, K, V, dtype=torch.float32) if initial_state is not None else None
-    fused_bwd_kernel[(N * H,)](
+    key = ("bwd", gate, q.dtype, K, V, tuple(sorted(TUNE.items())))
+    if key in FAILED:
+        return None
+    launch = fused_bwd_kernel[(N * H,)]
+    ok = _launch(key, launch, (
         q, k, v, g if g is not None else q, do, initial_state if initial_state is not None else q,
         dht if dht is not None else q, dq, dk, dv, dg if dg is not None else q, dh0 if dh0 is not None else q,
-        cu, T, scale, H=H, K=K, V=V, BT=TUNE["bt_vector" if gate == 2 else "bt_scalar_bwd"], BK=BK, BV=BV, GATE=gate,
-        HAS_H0=initial_state is not None, HAS_DHT=dht is not None, STORE_DH0=dh0 is not None, VARLEN=varlen,
-        num_warps=TUNE["bwd_warps"],
-    )
-    return dq, dk, dv, dg, dh0
+        cu, T, scale,
+    ), dict(H=H, K=K, V=V, BT=TUNE["bt_vector" if gate == 2 else "bt_scalar_bwd"], BK=BK, BV=BV, GATE=gate,
+            HAS_H0=initial_state is not None, HAS_DHT=dht is not None, STORE_DH0=dh0 is not None, VARLEN=varlen,
+            num_warps=TUNE["bwd_warps"], num_stages=TUNE["bwd_stages"]))
+    return (dq, dk, dv, dg, dh0) if ok else None
