@@ -84,6 +84,21 @@ def test_ties_take_the_lower_block_index_first(impl, score):
     ids, cnt = select_blocks(torch.zeros_like(q), kbar, top_k=2, **{**kw, "sink_blocks": 1,
                                                                       "q_block": torch.tensor([[9]])})
     assert ids[0, 0, 0].tolist() == [0, 1, 2, 9]  # sink 0 forced, then the lowest tied candidates 1, 2
+    ids, cnt = select_blocks(-q, kbar, top_k=3, **kw)  # negative logits (the order-preserving key's other half)
+    assert torch.equal(ids, select_blocks(-q, kbar, top_k=3, **{**kw, "impl": "torch"})[0])
+
+
+def test_prefill_in_ranges_of_query_blocks_equals_one_launch(monkeypatch):
+    """The prefill launches per range of query blocks ([0, 4), [4, 8), [8, 16), [16, 25) here) with lanes for
+    the blocks each range can read: the same selection as the torch path."""
+    import attnzoo.ops.sparse.triton.block_select as bsel
+
+    monkeypatch.setattr(bsel, "PREFILL_SPLIT_MIN", 4)
+    q, k = rand(1, 100, 4, 8, seed=21), rand(1, 100, 2, 8, seed=22)
+    for score in ("softmax", "logits"):
+        (ia, ca), (ib, cb) = both(block_queries(q, 4), pooled_block_keys(k, None, 4), top_k=3, sink_blocks=1,
+                                  local_blocks=2, score=score)
+        assert torch.equal(ia, ib) and torch.equal(ca, cb)
 
 
 def test_triton_selection_refuses_what_it_cannot_take():
