@@ -66,3 +66,15 @@ def test_too_few_common_steps_make_the_claims_untestable():
     assert [c.verdict for c in claims[:4]] == ["untestable"] * 4
     assert "untestable: the variants share only 40 of 100 planned steps" in claims[2].conditions
     assert claims[4].verdict == "not reproduced"     # 10x lr ran to the end: decided (no spike in the baseline)
+
+
+def test_a_baseline_at_byte_frequencies_makes_claims_1_to_4_untestable():
+    from attnzoo.repro.sinks import _claims, compare
+
+    res = {(v, m): _run(100, lambda s: 4.4) for v, m in [("softmax", 1.0), ("gated elementwise", 1.0),
+                                                         ("gated headwise", 1.0), ("softmax", HIGH_LR),
+                                                         ("gated elementwise", HIGH_LR)]}
+    claims = _claims(_Ctx, {**CFG, "unigram_bits": 4.6}, compare(res, CFG))
+    assert [c.verdict for c in claims[:4]] == ["untestable"] * 4 and "order-0 4.60" in claims[0].conditions
+    assert claims[4].verdict == "not reproduced"
+    assert _claims(_Ctx, {**CFG, "unigram_bits": 5.0}, compare(res, CFG))[2].verdict == "not reproduced"
