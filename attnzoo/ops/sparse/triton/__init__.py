@@ -1,4 +1,5 @@
-"""Triton kernels of block-sparse attention: forward.py, backward.py, decode.py; attention.py wraps them."""
+"""Triton kernels of block-sparse attention: forward.py, backward.py, decode.py (attention.py wraps them) and the
+fused block selection, block_select.py."""
 
 from attnzoo.ops.common.dispatch import triton_interpret
 
