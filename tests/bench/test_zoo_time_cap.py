@@ -97,3 +97,15 @@ def test_quick_preset_recipe():
     # an explicit step count is what every run takes: the cap is off unless given too
     assert get_preset("quick", steps=50).time_cap_ratio is None
     assert get_preset("quick", steps=50, time_cap_ratio=0.7).time_cap_ratio == 0.7
+
+
+def test_cpu_probes_run_twice_in_opposite_orders_and_keep_the_faster(monkeypatch):
+    calls = []
+
+    def drifting(spec, preset, device, threads):       # the machine gets slower with every probe
+        calls.append(spec["mixer"])
+        return {"a": 1.0, "b": 2.0, "c": 3.0}[spec["mixer"]] * len(calls)
+    monkeypatch.setattr(zoo_mod, "probe_step_seconds", drifting)
+    specs = [{"mixer": m} for m in "abc"]
+    assert zoo_mod._probe_many(specs, TINY, "cpu", 1) == [1.0, 4.0, 9.0]    # min(1, 6), min(4, 10), min(9, 12)
+    assert calls == ["a", "b", "c", "c", "b", "a"]

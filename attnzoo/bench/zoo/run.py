@@ -314,5 +314,12 @@ def _append(path: str, rec, budget, key: int, prog):
 
 
 def _probe_many(specs: list[dict], preset: ZooPreset, device: str, threads) -> list[float]:
-    """Probe step times of several runs in one worker (one process start for all of them)."""
-    return [probe_step_seconds(s, preset, device, threads) for s in specs]
+    """Probe step times of several runs in one worker (one process start for all of them). On a CPU
+    twice, the second pass in reverse order, keeping each run's faster probe: a load that rises or
+    falls while the probes run (other jobs on a shared machine) then does not favour the runs probed
+    first, and the time cap's plan rests on these ratios (schedule.capped_steps)."""
+    first = [probe_step_seconds(s, preset, device, threads) for s in specs]
+    if torch.device(device).type != "cpu":
+        return first
+    second = [probe_step_seconds(s, preset, device, threads) for s in reversed(specs)][::-1]
+    return [min(a, b) for a, b in zip(first, second)]

@@ -3,11 +3,14 @@
 Budget rule (what the leaderboard states): every run trains up to `preset.steps` steps (the
 cosine schedule spans them), stops early once held-out accuracy reaches the target, and is cut
 by a wall-clock cap only as a safety net on a machine too slow for the sweep's budget. So a slow
-mixer gets as many steps as a fast one and does not look worse for being slow.
+mixer gets as many steps as a fast one and does not look worse for being slow, unless the preset
+sets time_cap_ratio (quick: 0.5): then a run dearer than that many times the median run trains the
+steps that time buys (capped_steps), and the leaderboard says so.
 
 - probe_step_seconds(spec, preset, device): seconds of one training step of that run's model
-  (one warm-up step, then the median of three timed ones; on a CPU the fastest of five, since
-  other jobs on the machine only ever add time), to order the runs and size the steps;
+  (one warm-up step, then the median of three timed ones; on a CPU the fastest, since other jobs
+  on the machine only ever add time; the sweep probes a CPU run twice), to order the runs and size
+  the steps;
 - longest_first(specs, costs): the runs in decreasing expected time (cost x steps), so the
   slowest mixers start at once and the last runs to finish are short (LPT scheduling: with W
   workers the sweep ends at most one short run after the busiest worker);
@@ -39,7 +42,7 @@ import torch.nn.functional as F
 def probe_step_seconds(spec: dict, preset, device: str = "cpu", threads: int | None = None) -> float:
     """Wall seconds of one training step (forward, loss, backward, AdamW) of `spec`'s model, under
     the trainer's autocast (bf16 on CUDA). The first step (Triton JIT, warm-up) is not timed: the
-    median of the three steps after it is returned; on a CPU, the fastest of the five after it (a CPU
+    median of the three steps after it is returned; on a CPU, the fastest of the three (a CPU
     shared with other jobs only ever adds time to a step, and the time cap's plan rests on the
     ratios of these probes: measured on the shared 2-core CPU, one-head softmax over the median
     probe was 0.41 at the fastest of three passes of `attnzoo bench step-cost`, 0.72 in one sweep's
@@ -62,7 +65,7 @@ def probe_step_seconds(spec: dict, preset, device: str = "cpu", threads: int | N
         opt = build_optimizer(lm, name="adamw", lr=1e-4, weight_decay=0.0)
         times = []
         on_cpu = torch.device(device).type == "cpu"
-        for i in range(6 if on_cpu else 4):
+        for i in range(4):
             if device != "cpu" and torch.cuda.is_available():
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
