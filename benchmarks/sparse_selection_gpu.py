@@ -61,6 +61,7 @@ H, D = (2, 16) if SMOKE else (16, 128)
 SINK, LOCAL = 1, 2
 T0 = time.time()
 RECORDS: list[dict] = []
+FUSED = ["triton"]  # the fused selection's impl; "torch" if the probe case finds it broken (torch numbers still come)
 MACHINE = {"machine": machine_line(DEV), "dtype": str(DT), "H": H, "D": D, "smoke": SMOKE}
 
 
@@ -115,6 +116,21 @@ def compare(sel_a, sel_b, scores) -> dict:
     return res
 
 
+def probe_fused() -> dict:
+    """One small fused selection against torch; a failure switches the fused timings to torch (FUSED)."""
+    g = torch.Generator(device=DEV).manual_seed(0)
+    q, k = (torch.randn(1, 512, H, D, device=DEV, generator=g).to(DT) for _ in range(2))
+    kw = {"top_k": 2, "sink_blocks": SINK, "local_blocks": LOCAL}
+    try:
+        a = select_blocks(block_queries(q, 16), pooled_block_keys(k, None, 16), impl="torch", **kw)
+        b = select_blocks(block_queries(q, 16), pooled_block_keys(k, None, 16), impl="triton", **kw)
+        return {"fused_works": True, "ids_equal": bool(torch.equal(a[0], b[0]))}
+    except Exception as e:
+        FUSED[0] = "torch"
+        traceback.print_exc(limit=6)
+        return {"fused_works": False, "error": f"{type(e).__name__}: {e}"[:800]}
+
+
 def prefill_case(T: int, bs: int, Hkv: int, score: str) -> dict:
     B = max(1, (256 if SMOKE else 16384) // T)
     g = torch.Generator(device=DEV).manual_seed(T + bs)
@@ -128,9 +144,9 @@ def prefill_case(T: int, bs: int, Hkv: int, score: str) -> dict:
         return block_queries(q, bs), pooled_block_keys(k, None, bs)
 
     qrep, kbar = pool()
-    res = {"B": B, "T": T, "bs": bs, "Hkv": Hkv, "score": score, "top_k": tk, "n_blocks": M}
+    res = {"B": B, "T": T, "bs": bs, "Hkv": Hkv, "score": score, "top_k": tk, "n_blocks": M, "fused": FUSED[0]}
     sel_t = select_blocks(qrep, kbar, impl="torch", **kw)
-    sel_f = select_blocks(qrep, kbar, impl="triton", **kw)
+    sel_f = select_blocks(qrep, kbar, impl=FUSED[0], **kw)
     res.update(compare(sel_t, sel_f, candidate_scores(qrep, kbar, sink_blocks=SINK, local_blocks=LOCAL,
                                                        score=score)))
     res["density"] = sel_t[1].float().mean().item() / M
@@ -146,10 +162,10 @@ def prefill_case(T: int, bs: int, Hkv: int, score: str) -> dict:
     with torch.no_grad():
         res["pool_ms"] = bench(pool)
         res["sel_torch_ms"] = bench(lambda: select_blocks(qrep, kbar, impl="torch", **kw))
-        res["sel_fused_ms"] = bench(lambda: select_blocks(qrep, kbar, impl="triton", **kw))
+        res["sel_fused_ms"] = bench(lambda: select_blocks(qrep, kbar, impl=FUSED[0], **kw))
         res["kernel_ms"] = bench(lambda: block_sparse_attention(q, k, v, ids, cnt, block_size=bs, impl="triton"))
         res["fwd_torch_sel_ms"] = bench(whole("torch"))
-        res["fwd_fused_sel_ms"] = bench(whole("triton"))
+        res["fwd_fused_sel_ms"] = bench(whole(FUSED[0]))
         if Hkv == H:
             qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))
 
@@ -184,9 +200,10 @@ def decode_case(B: int, L: int, bs: int, Hkv: int, score: str) -> dict:
     n_blocks = -(-L // bs)
     tk = top_k_for(n_blocks)
     kw = {"top_k": tk, "sink_blocks": SINK, "local_blocks": LOCAL, "score": score, "q_block": qb}
-    res = {"B": B, "L": L, "bs": bs, "Hkv": Hkv, "score": score, "top_k": tk, "n_blocks": n_blocks}
+    res = {"B": B, "L": L, "bs": bs, "Hkv": Hkv, "score": score, "top_k": tk, "n_blocks": n_blocks,
+           "fused": FUSED[0]}
     sel_t = select_blocks(q[:, None], kbar_all, impl="torch", **kw)
-    sel_f = select_blocks(q[:, None], kbar_all, impl="triton", **kw)
+    sel_f = select_blocks(q[:, None], kbar_all, impl=FUSED[0], **kw)
     res.update(compare(sel_t, sel_f, candidate_scores(q[:, None], kbar_all, sink_blocks=SINK, local_blocks=LOCAL,
                                                        score=score, q_block=qb)))
     ids, cnt = sel_f[0][:, :, 0], sel_f[1][:, :, 0]
@@ -202,7 +219,7 @@ def decode_case(B: int, L: int, bs: int, Hkv: int, score: str) -> dict:
     def step_after():
         kd = update_pooled_keys(old, k, lens, done, bs)
         kb = F.pad(kd, (0, 0, 0, 0, 0, n_blocks - kd.shape[1]))
-        i, c = select_blocks(q[:, None], kb, impl="triton", **kw)
+        i, c = select_blocks(q[:, None], kb, impl=FUSED[0], **kw)
         return block_sparse_decode(q, k, v, i[:, :, 0], c[:, :, 0], lens, block_size=bs, impl="triton")
 
     inc = update_pooled_keys(old, k, lens, done, bs)
@@ -213,7 +230,7 @@ def decode_case(B: int, L: int, bs: int, Hkv: int, score: str) -> dict:
     res["step_outputs_rel_diff"] = ((o_a.float() - o_b.float()).norm() / o_b.float().norm()).item()
     with torch.no_grad():
         res["sel_torch_ms"] = bench(lambda: select_blocks(q[:, None], kbar_all, impl="torch", **kw))
-        res["sel_fused_ms"] = bench(lambda: select_blocks(q[:, None], kbar_all, impl="triton", **kw))
+        res["sel_fused_ms"] = bench(lambda: select_blocks(q[:, None], kbar_all, impl=FUSED[0], **kw))
         res["kernel_ms"] = bench(lambda: block_sparse_decode(q, k, v, ids, cnt, lens, block_size=bs, impl="triton"))
         res["pool_whole_ms"] = bench(lambda: pooled_block_keys(k, valid, bs))
         res["pool_incremental_ms"] = bench(lambda: update_pooled_keys(old, k, lens, done, bs))
@@ -292,6 +309,7 @@ def main():
                                                                                         "logits")),
               (f"decode B={Bd} L={L} bs={blocks[0]} Hkv={hg} (GQA) logits", lambda: decode_case(Bd, L, blocks[0], hg,
                                                                                               "logits"))]
+    case("probe fused selection", probe_fused, a.out, a.budget)
     for name, fn in cases:
         case(name, fn, a.out, a.budget)
     report()
