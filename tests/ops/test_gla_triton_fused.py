@@ -14,7 +14,7 @@ import torch  # noqa: E402
 pytest.importorskip("triton")
 
 from attnzoo.ops.linear.reference import gated_linear_attention_reference as reference  # noqa: E402
-from attnzoo.ops.linear.triton import fused, triton_gated_linear_attention  # noqa: E402
+from attnzoo.ops.linear.triton import fused, fused_bwd, triton_gated_linear_attention  # noqa: E402
 
 H = 2
 TOL = {torch.float32: 1e-4, torch.float16: 5e-3}
@@ -177,10 +177,26 @@ def test_config_that_does_not_compile_falls_back_to_chunked(force_fused, monkeyp
     q, k, v, g, _, h0, do, dS = make(1, 30, "scalar", 1.0, torch.float32, seed=7)
     want = fwd_bwd(triton_gated_linear_attention, q, k, v, g, None, h0, do, dS)
     monkeypatch.setattr(fused, "FAILED", set())
-    monkeypatch.setattr(fused, "fused_bwd_kernel", Refuses())
+    monkeypatch.setattr(fused_bwd, "fused_bwd_kernel", Refuses())
     with pytest.warns(UserWarning, match="does not fit"):
         got = fwd_bwd(triton_gated_linear_attention, q, k, v, g, None, h0, do, dS)
     assert len(fused.FAILED) == 1
     for a, b in zip([*want[:2], *want[2]], [*got[:2], *got[2]]):
+        if b is not None:
+            assert rel(a, b) < 1e-5
+
+
+@pytest.mark.parametrize("gate", ["scalar", "vector"])
+def test_split_backward(gate, force_fused, monkeypatch):
+    """TUNE["bwd_split"]: the two backward passes as separate programs plus the dg combine launch give
+    the float64 loop's gradients, for a batch and for packed sequences (one of them empty)."""
+    monkeypatch.setitem(fused.TUNE, "bwd_split", True)
+    check(B=2, T=45, gate=gate, strength=1.0, seed=9)
+    cu = torch.tensor([0, 7, 7, 30])
+    q, k, v, g, _, h0, do, dS = make(1, 30, gate, 1.0, torch.float32, seed=10, n_state=3)
+    o, S, grads = fwd_bwd(triton_gated_linear_attention, q, k, v, g, None, h0, do, dS, cu_seqlens=cu)
+    monkeypatch.setitem(fused.TUNE, "bwd_split", False)
+    o2, S2, grads2 = fwd_bwd(triton_gated_linear_attention, q, k, v, g, None, h0, do, dS, cu_seqlens=cu)
+    for a, b in zip(grads, grads2):
         if b is not None:
             assert rel(a, b) < 1e-5

@@ -13,8 +13,9 @@ and walks the sequence's chunks of BT tokens in a loop. With b the chunk-local c
 
     o_i = scale · [ (q_i ⊙ e^{b_i})ᵀ S + Σ_{j<=i} A_ij v_j ],     S <- diag(e^{bl}) S + Σ_j (k_j ⊙ e^{bl − b_j}) v_jᵀ
 
-Backward, one program per (sequence, head), all of K and V: pass 1 runs the state forward again and
-writes dq and q ⊙ dq (into dg's buffer); pass 2 runs dS backward from dht and writes dk, dv and dg:
+Backward (fused_bwd.py), one program per (sequence, head), all of K and V: pass 1 runs the state
+forward again and writes dq and q ⊙ dq (into dg's buffer); pass 2 runs dS backward from dht and writes
+dk, dv and dg (TUNE["bwd_split"]: the passes as separate programs, and a second small launch for dg):
 
     dq_i = scale · e^{b_i} ⊙ (S do_i) + Σ_{j<=i} dA_ij D_ij k_j,    dA_ij = scale · do_i · v_j
     dk_j = e^{bl − b_j} ⊙ (dS v_j) + Σ_{i>=j} dA_ij D_ij q_i,   dv_j = (k_j ⊙ e^{bl − b_j})ᵀ dS + Σ_{i>=j} A_ij do_i
@@ -50,8 +51,9 @@ FORCE: bool | None = None
 # Launch configs, first guesses (a dict so that benchmarks/gpu_gla_fused.py --sweep can time others in
 # one process): chunk lengths (scalar gate / no gate forward and backward; vector gate, whose pairwise
 # intra part costs BT·K exponentials per token), the forward's V block and the warps of each launch.
+# bwd_split: the backward's two passes as separate programs (fused_bwd.py), two launches.
 TUNE = dict(bt_scalar_fwd=64, bt_scalar_bwd=32, bt_vector=16, fwd_bv=64, fwd_warps=4, bwd_warps=8,
-            fwd_stages=2, bwd_stages=2)
+            fwd_stages=2, bwd_stages=2, bwd_split=False)
 # Launch configs (kernel, gate, dtype, K, V, TUNE) that ran out of shared memory or registers at compile
 # time: use_fused's callers fall back to the chunked path for them (fused_forward / backward return None).
 FAILED: set = set()
@@ -199,122 +201,6 @@ def fused_fwd_kernel(
         tl.store(ht + s_off, S, mask=mkv)
 
 
-@triton.jit
-def fused_bwd_kernel(
-    q, k, v, g, do, h0, dht, dq, dk, dv, dg, dh0, cu_seqlens, T, scale,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    GATE: tl.constexpr, HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
-    VARLEN: tl.constexpr,
-):
-    """Grid (N·H,): dq, dk, dv, dg (float32) and dh0 of one sequence and head (module docstring)."""
-    i_nh = tl.program_id(0)
-    n, i_h = i_nh // H, i_nh % H
-    bos, eos = _bounds(cu_seqlens, n, T, VARLEN)
-    kk = tl.arange(0, BK)
-    vv = tl.arange(0, BV)
-    mkv = (kk < K)[:, None] & (vv < V)[None, :]
-    s_off = i_nh.to(tl.int64) * K * V + kk[:, None] * V + vv[None, :]
-    ar = tl.arange(0, BT)
-    nc = tl.cdiv(eos - bos, BT)
-    S = tl.zeros([BK, BV], dtype=tl.float32)
-    if HAS_H0:
-        S += tl.load(h0 + s_off, mask=mkv, other=0.0)
-    for c in range(0, nc):  # pass 1: the states forward; dq and q ⊙ dq
-        t = bos + c * BT + ar
-        mt = t < eos
-        kT = _cols(k, t, mt, i_h, kk, H, K)
-        qT = _cols(q, t, mt, i_h, kk, H, K)
-        vt = _rows(v, t, mt, i_h, vv, H, V)
-        doT = _cols(do, t, mt, i_h, vv, H, V)
-        dt = kT.dtype
-        anti = (ar[:, None] <= ar[None, :]) & mt[:, None] & mt[None, :]  # [j, i]: j <= i
-        dAT = tl.dot(vt, doT) * scale  # [j, i] = scale · v_j · do_i
-        dqT = tl.dot(S.to(dt), doT) * scale
-        if GATE == 2:
-            bT, bl = _vector_gate_T(g, t, mt, i_h, kk, H, K)
-            dqT = dqT * tl.exp(bT) + _pairwise_dq(bT, kT.to(tl.float32), tl.where(anti, dAT, 0.0), mt, BT)
-            kd = kT * tl.exp(bl[:, None] - bT)
-        elif GATE == 1:
-            b, bl = _scalar_gate(g, t, mt, i_h, H)
-            dAT = tl.where(anti, dAT * tl.exp(tl.where(anti, b[None, :] - b[:, None], 0.0)), 0.0)
-            dqT = dqT * tl.exp(b)[None, :] + tl.dot(kT, dAT.to(dt))
-            kd = kT * tl.exp(bl - b)[None, :]
-        else:
-            dqT += tl.dot(kT, tl.where(anti, dAT, 0.0).to(dt))
-            kd = kT
-        tl.store(dq + t[None, :] * (H * K) + i_h * K + kk[:, None], dqT.to(dq.dtype.element_ty),
-                 mask=(kk < K)[:, None] & mt[None, :])
-        if GATE == 2:
-            tl.store(dg + t[None, :] * (H * K) + i_h * K + kk[:, None], qT.to(tl.float32) * dqT,
-                     mask=(kk < K)[:, None] & mt[None, :])
-            S *= tl.exp(bl)[:, None]
-        elif GATE == 1:
-            tl.store(dg + t * H + i_h, tl.sum(qT.to(tl.float32) * dqT, axis=0), mask=mt)
-            S *= tl.exp(bl)
-        S += tl.dot(kd.to(dt), vt)
-    dS = tl.zeros([BK, BV], dtype=tl.float32)
-    if HAS_DHT:
-        dS += tl.load(dht + s_off, mask=mkv, other=0.0)
-    R = tl.sum(S * dS, axis=1)  # the gradient of every cumulative gate through the final state, per channel
-    if GATE == 1:
-        R = tl.sum(R, axis=0)
-    tl.debug_barrier()  # pass 2 reads the q ⊙ dq this program wrote into dg
-    for j in range(0, nc):  # pass 2: dS backward; dk, dv, dg
-        c = nc - 1 - j
-        t = bos + c * BT + ar
-        mt = t < eos
-        qT = _cols(q, t, mt, i_h, kk, H, K)
-        kT = _cols(k, t, mt, i_h, kk, H, K)
-        kt = _rows(k, t, mt, i_h, kk, H, K)
-        vT = _cols(v, t, mt, i_h, vv, H, V)
-        dot_ = _rows(do, t, mt, i_h, vv, H, V)
-        dt = kT.dtype
-        causal = (ar[:, None] >= ar[None, :]) & mt[:, None] & mt[None, :]  # [i, j]: i >= j
-        anti = (ar[:, None] <= ar[None, :]) & mt[:, None] & mt[None, :]    # [j, i]
-        dA = tl.dot(dot_, vT) * scale  # [i, j] = scale · do_i · v_j
-        dkT = tl.dot(dS.to(dt), vT)
-        if GATE == 2:
-            bT, bl = _vector_gate_T(g, t, mt, i_h, kk, H, K)
-            b = tl.cumsum(_rows(g, t, mt, i_h, kk, H, K).to(tl.float32), axis=0)
-            AT, dk_in = _pairwise(bT, kT.to(tl.float32), qT.to(tl.float32), tl.where(causal, dA, 0.0), mt, BT, True)
-            dkT = dkT * tl.exp(bl[:, None] - bT) + dk_in
-            kd = kt * tl.exp(bl[None, :] - b)
-            qs = qT * (scale * tl.exp(bT))
-        elif GATE == 1:
-            b, bl = _scalar_gate(g, t, mt, i_h, H)
-            dA = tl.where(causal, dA * tl.exp(tl.where(causal, b[:, None] - b[None, :], 0.0)), 0.0)
-            dkT = dkT * tl.exp(bl - b)[None, :] + tl.dot(qT, dA.to(dt))
-            AT = tl.where(anti, tl.dot(kt, qT) * tl.exp(tl.where(anti, b[None, :] - b[:, None], 0.0)), 0.0)
-            kd = kt * tl.exp(bl - b)[:, None]
-            qs = qT * (scale * tl.exp(b))[None, :]
-        else:
-            dkT += tl.dot(qT, tl.where(causal, dA, 0.0).to(dt))
-            AT = tl.where(anti, tl.dot(kt, qT), 0.0)
-            kd = kt
-            qs = qT * scale
-        dvt = tl.dot(kd.to(dt), dS.to(dt)) + scale * tl.dot(AT.to(dt), dot_)
-        tl.store(dv + t[:, None] * (H * V) + i_h * V + vv[None, :], dvt.to(dv.dtype.element_ty),
-                 mask=mt[:, None] & (vv < V)[None, :])
-        mkt = (kk < K)[:, None] & mt[None, :]
-        tl.store(dk + t[None, :] * (H * K) + i_h * K + kk[:, None], dkT.to(dk.dtype.element_ty), mask=mkt)
-        if GATE == 2:  # dg_t = R + Σ_{s >= t in the chunk} db_s per channel, db = q ⊙ dq − k ⊙ dk
-            dg_ptr = dg + t[None, :] * (H * K) + i_h * K + kk[:, None]
-            dbT = tl.load(dg_ptr, mask=mkt, other=0.0) - kT.to(tl.float32) * dkT
-            tot = tl.sum(dbT, axis=1)
-            tl.store(dg_ptr, R[:, None] + tot[:, None] - tl.cumsum(dbT, axis=1) + dbT, mask=mkt)
-            R += tot
-            dS *= tl.exp(bl)[:, None]
-        elif GATE == 1:
-            dbt = tl.load(dg + t * H + i_h, mask=mt, other=0.0) - tl.sum(kT.to(tl.float32) * dkT, axis=0)
-            tot = tl.sum(dbt, axis=0)
-            tl.store(dg + t * H + i_h, R + tot - tl.cumsum(dbt, axis=0) + dbt, mask=mt)
-            R += tot
-            dS *= tl.exp(bl)
-        dS += tl.dot(qs.to(dt), dot_)
-    if STORE_DH0:
-        tl.store(dh0 + s_off, dS, mask=mkv)
-
-
 def _gate_kind(g):
     return 0 if g is None else (1 if g.dim() == 2 else 2)
 
@@ -373,7 +259,8 @@ def fused_forward(q, k, v, g, *, scale, initial_state, output_final_state, batch
 
 
 def fused_backward(q, k, v, g, do, dht, *, scale, initial_state, batch, cu_seqlens=None):
-    """One launch: (dq, dk, dv in the inputs' dtype, dg float32 in g's shape or None, dh0 float32 or None)."""
+    """One launch (two with TUNE["bwd_split"], fused_bwd.py): (dq, dk, dv in the inputs' dtype, dg float32
+    in g's shape or None, dh0 float32 or None)."""
     n_tok, H, K = q.shape
     V = v.shape[-1]
     N, T, cu, varlen = _seqs(n_tok, batch, cu_seqlens, q)
@@ -385,12 +272,22 @@ def fused_backward(q, k, v, g, do, dht, *, scale, initial_state, batch, cu_seqle
     key = ("bwd", gate, q.dtype, K, V, tuple(sorted(TUNE.items())))
     if key in FAILED:
         return None
-    launch = fused_bwd_kernel[(N * H,)]
-    ok = _launch(key, launch, (
-        q, k, v, g if g is not None else q, do, initial_state if initial_state is not None else q,
-        dht if dht is not None else q, dq, dk, dv, dg if dg is not None else q, dh0 if dh0 is not None else q,
-        cu, T, scale,
-    ), dict(H=H, K=K, V=V, BT=TUNE["bt_vector" if gate == 2 else "bt_scalar_bwd"], BK=BK, BV=BV, GATE=gate,
-            HAS_H0=initial_state is not None, HAS_DHT=dht is not None, STORE_DH0=dh0 is not None, VARLEN=varlen,
-            num_warps=TUNE["bwd_warps"], num_stages=TUNE["bwd_stages"]))
+    from attnzoo.ops.linear.triton import fused_bwd
+
+    ptr = lambda x: x if x is not None else q  # noqa: E731
+    args = (q, k, v, ptr(g), do, ptr(initial_state), ptr(dht), dq, dk, dv, ptr(dg), ptr(dh0))
+    kw = dict(H=H, K=K, V=V, BT=TUNE["bt_vector" if gate == 2 else "bt_scalar_bwd"], BK=BK, BV=BV, GATE=gate,
+              HAS_H0=initial_state is not None, HAS_DHT=dht is not None, STORE_DH0=dh0 is not None, VARLEN=varlen)
+    opts = dict(num_warps=TUNE["bwd_warps"], num_stages=TUNE["bwd_stages"])
+    if not TUNE["bwd_split"]:
+        ok = _launch(key, fused_bwd.fused_bwd_kernel[(N * H,)], (*args, cu, T, scale), {**kw, **opts})
+    else:
+        E = torch.empty_like(dg) if dg is not None else None
+        tot = q.new_empty(N * H, *((K,) if gate == 2 else ()), dtype=torch.float32) if dg is not None else None
+        ok = _launch(key, fused_bwd.fused_bwd_split_kernel[(2, N * H)], (*args, ptr(E), ptr(tot), cu, T, scale),
+                     {**kw, **opts})
+        if ok and dg is not None:
+            G = K if gate == 2 else 1
+            fused_bwd.fused_dg_combine_kernel[(N * H,)](dg, E, tot, cu, T, H=H, G=G, BT=64,
+                                                       BG=triton.next_power_of_2(G), VARLEN=varlen)
     return (dq, dk, dv, dg, dh0) if ok else None
