@@ -24,7 +24,8 @@ Training modes (`mode`, a plain attribute like `top_k`):
 The state is a KV cache on the position timeline (index = position), so decoding reads blocks directly,
 plus the first query of the current block (`block_q`), which made that block's selection, and the pooled
 keys of the complete blocks (`kbar`): a decode step pools only the block its token completes
-(`update_pooled_keys`), not the whole cache.
+(`update_pooled_keys`), a longer continuation only the blocks after those complete in every row, not the
+whole cache.
 On CUDA (impl="auto") the selection is one fused Triton kernel (ops/sparse/triton/block_select.py) and the
 selected blocks are read by the Triton kernels (forward, backward, decode).
 """
@@ -38,6 +39,7 @@ import torch.nn.functional as F
 
 from attnzoo.mixers.layers import apply_rope, token_positions
 from attnzoo.mixers.softmax import KVCacheState, SoftmaxAttention, kv_cache_bytes
+from attnzoo.ops.common.opaque import compiling
 from attnzoo.ops.softmax import softmax_attention
 from attnzoo.ops.sparse import (
     block_sparse_attention,
@@ -185,7 +187,12 @@ class BlockSparseAttention(SoftmaxAttention):
         if T == 1 and state is not None and state.kbar is not None:  # one token: pool only the block it completes
             kdone = update_pooled_keys(state.kbar, K, total, real[:, 0] & (total % bs == 0), bs)
             kbar = F.pad(kdone, (0, 0, 0, 0, 0, -(-L // bs) - kdone.shape[1]))  # + the open block (never scored)
-        else:
+        elif state is not None and state.kbar is not None and state.kbar.shape[1] > 0 and not compiling():
+            i0 = min(int(seen0.min()) // bs, state.kbar.shape[1])  # blocks complete in every row before the call
+            tail = pooled_block_keys(K[:, i0 * bs:], valid[:, i0 * bs:], bs)
+            kbar = torch.cat([state.kbar[:, :i0].to(K.dtype), tail], 1)
+            kdone = kbar[:, : L // bs]
+        else:  # no state (or compiled: no host read): pool the whole timeline
             kbar = pooled_block_keys(K, valid, bs)
             kdone = kbar[:, : L // bs]
         if T == 1 and old_q is not None and bool(real.all()):  # decoding one token: the decode kernel

@@ -90,3 +90,25 @@ def test_full_mode_state_keeps_pooled_keys_and_a_bad_kbar_is_refused():
         s.kbar = s.kbar[:, :1]
         with pytest.raises(ValueError, match="pooled keys"):
             m(x[:, :1], state=s)
+
+
+def test_chunked_prefill_pools_only_the_new_blocks_and_equals_one_forward(monkeypatch):
+    import attnzoo.mixers.block_sparse as mod
+
+    m = build()
+    x = torch.randn(2, 30, D, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    mask = torch.ones(2, 13, dtype=torch.bool)
+    mask[1, 10:] = False  # row 1: 10 tokens in the first chunk (2 complete blocks), row 0: 13 (3 blocks)
+    pooled = []
+    real_pool = mod.pooled_block_keys
+    monkeypatch.setattr(mod, "pooled_block_keys", lambda *a: pooled.append(a[0].shape[1]) or real_pool(*a))
+    with torch.no_grad():
+        y1, s = m(x[:, :13], mask=mask, return_state=True)
+        y2, s = m(x[:, 13:], state=s, return_state=True)  # 17 more tokens per row
+        assert pooled[-1] == int(s.seen.max()) - 2 * 4  # the timeline after the 2 blocks complete in both rows
+        full, n = exact_blocks(s, 4)
+        for b in range(2):
+            assert torch.allclose(s.kbar[b, : n[b]], full[b, : n[b]], atol=1e-14, rtol=0)
+        for b, n_pre in ((0, 13), (1, 10)):
+            whole = m(torch.cat([x[b:b + 1, :n_pre], x[b:b + 1, 13:]], 1))
+            assert torch.allclose(torch.cat([y1[b:b + 1, :n_pre], y2[b:b + 1]], 1), whole, atol=1e-10)
