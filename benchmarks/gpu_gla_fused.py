@@ -6,8 +6,9 @@
 Writes OUT/gla_fused.jsonl, one JSON line per record (appended as each finishes, so a run cut by its time
 limit keeps what it measured), the first line the machine (GPU, SMs, driver, torch, Triton, CUDA):
   - "check": the fused path (fused.FORCE = True) against the float32 loop (impl="reference" on float32
-    copies) at H = 4, D = 128, bf16, odd T, with an initial state and a final-state gradient, scalar
-    and vector gate, weak and strong gates, plus varlen; max relative error over o, S and every gradient.
+    copies) at H = 4, D = 128 (and 16, 48), bf16, odd T, with an initial state and a final-state gradient,
+    scalar and vector gate, weak and strong gates, plus varlen; max relative error over o, S and every
+    gradient (the chunked path's GPU checks give 2-7e-3 in bf16: notes/triton_gla.md).
   - "launches": CUDA kernels per fwd+bwd call (torch.profiler) of fused and chunked at T = 256.
   - "graph": fused fwd+bwd captured in a CUDA graph (no host synchronisation inside) and replayed.
   - "time": providers fused / chunked (attnzoo's Triton op with fused.FORCE on / off) / fla
@@ -109,11 +110,11 @@ def rel(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
 
 
-def check(T, gate, regime, cu=None):
+def check(T, gate, regime, cu=None, d=None):
     """Max relative error of the fused path (bf16) against the float32 loop, o, S and all gradients."""
     B = 1 if cu is not None else 2
     T = int(cu[-1]) if cu is not None else T
-    h, d = (2, 16) if OPT.smoke else (4, 128)
+    h, d = (2, 16) if OPT.smoke else (4, d or 128)
     q, k, v, g = inputs(B, T, h, d, gate, regime, True, seed=1)
     n = B if cu is None else cu.shape[0] - 1
     h0 = torch.randn(n, h, d, d, device=DEV, requires_grad=True)
@@ -127,7 +128,7 @@ def check(T, gate, regime, cu=None):
         grads = torch.autograd.grad([o, S], ins, [do.to(o.dtype), dS])
         runs.append([o, S, *grads])
     errs = {name: rel(a, b) for name, a, b in zip(("o", "S", "dq", "dk", "dv", "dg", "dh0"), *runs)}
-    emit({"kind": "check", "T": T, "gate": gate, "regime": regime, "varlen": cu is not None,
+    emit({"kind": "check", "T": T, "D": d, "gate": gate, "regime": regime, "varlen": cu is not None,
           "max_rel": max(errs.values()), **errs})
 
 
@@ -279,9 +280,11 @@ def main():
     if not OPT.no_checks:
         cu = torch.tensor([0, 5, 5, 29, 40] if OPT.smoke else [0, 100, 100, 377, 512], device=DEV, dtype=torch.int32)
         for gate in ("scalar", "vector"):
-            for regime, c in (("weak", None), ("strong", None), ("strong", cu)):
+            dims = (16, 48) if gate == "scalar" else (16,)  # small and odd head dims too (each compiles anew)
+            for regime, c, d in (("weak", None, None), ("strong", None, None), ("strong", cu, None),
+                                 *(("weak", None, d) for d in dims)):
                 try:
-                    check(37 if OPT.smoke else 300, gate, regime, cu=c)
+                    check(37 if OPT.smoke else 300, gate, regime, cu=c, d=d)
                 except Exception as e:  # recorded, and the timings still run
                     emit({"kind": "check", "gate": gate, "regime": regime, "error": f"{type(e).__name__}: {e}"[:400]})
     if DEV == "cuda":
