@@ -1,7 +1,8 @@
 """hybrid-ratio: linear:full layer ratios (A Systematic Analysis of Hybrid Linear Attention, arXiv:2507.06457).
 
-For each linear mixer (gla, hgrn2, deltanet, gated_deltanet, retnet; fewer at the CPU sizes) a stack of
-n_layers at linear:full = pure, 7:1, 3:1, 1:1 (one softmax layer closing each unit of r+1 layers, the
+For each linear mixer of a size (the issue names gla, hgrn2, deltanet, gated_deltanet, retnet; each size
+runs a subset, see below) a stack of n_layers at linear:full = pure, 7:1, 3:1, 1:1 (the size's ratios;
+one softmax layer closing each unit of r+1 layers, the
 paper's interleaving) and an all-softmax stack, same width, tokens and seed. Each model is trained twice
 from the same initialisation seed: on MQAR (Zoology, arXiv:2312.04927) mixing two difficulties (few and
 many key-value pairs at one length; recall = accuracy on each difficulty's test set) and on stdlib bytes
@@ -9,28 +10,48 @@ many key-value pairs at one length; recall = accuracy on each difficulty's test 
 
 Verdict rules, fixed before any run ("hard" = the many-pairs MQAR test set):
 1. LM quality flat across ratios: per variant, (max - min) / mean of bpb over its pure and hybrid
-   stacks <= 3 %. reproduced: every variant; partly: at least half; else not. Untestable (not
-   reproduced, said so) when the all-softmax stack is not 0.5 bpb below the corpus's order-0 entropy:
-   stacks that learned only byte frequencies are trivially flat. (This clause was added after the first
-   CPU medium run, whose 60-step models sat at 4.0 bpb and passed the spread rule vacuously.)
+   stacks <= 3 %. reproduced: every variant; partly: at least half; else not. Untestable when the
+   all-softmax stack is not 0.5 bpb below the corpus's order-0 entropy: stacks that learned only byte
+   frequencies are trivially flat. (This clause was added after the first CPU medium run, whose 60-step
+   models sat at 4.0 bpb and passed the spread rule vacuously.)
 2. Recall jumps at 3:1: per variant, hard recall(3:1) - max(hard recall(pure), hard recall(7:1) when run)
    >= 0.10. reproduced: every variant; partly: at least one; else not.
 3. GatedDeltaNet / HGRN-2 at 3:1 reach Transformer-level recall: hard recall(3:1) >= 0.9 x the
-   all-softmax stack's. reproduced: each of those run; partly: one; else not. If the all-softmax stack
-   itself stays below 0.5 hard recall the claim is untestable at this size: not reproduced, said so.
+   all-softmax stack's. reproduced: each of those run; partly: one; else not (untestable when neither runs).
 4. The best standalone linear model is not the best in a hybrid: argmax over variants of pure hard
-   recall differs from argmax of 3:1 hard recall (needs >= 2 variants). reproduced if they differ, else not.
-Rules 2 and 4 are untestable (not reproduced, said so) when the all-softmax stack stays below 0.5 hard
-recall, as rule 3 is: recalls at chance make the jump and the argmax noise. (Added after the CPU medium
-run, 82 steps per model, every linear stack at 0.016-0.018 hard recall; it can only lower a verdict.)
+   recall differs from argmax of 3:1 hard recall (untestable with < 2 variants). reproduced if they
+   differ, else not.
+Rules 2-4 are untestable when the all-softmax stack stays below 0.5 hard recall: recalls at chance make
+the jump and the argmax noise. (Added after the CPU medium run, 82 steps per model, every linear stack at
+0.016-0.018 hard recall.) A task's claims are also untestable when the wall-clock safety cap stopped one
+of its runs before the planned steps (unequal training). "Untestable" is a verdict of its own (issue #14;
+before, such rows said "not reproduced" with the reason in their conditions, and the README counted them
+as refutations).
 
-Every run gets the same number of steps: one training step of each model is timed first and the count is
-what fits the size's `budget_seconds` for all runs together (capped at `steps`; on CUDA `cuda_workers`
-runs share the GPU at once, each in its own process, their steps slowed as the zoo measured:
-bench/zoo/schedule.contention_for); the steps each run
-actually took are in results.jsonl (a wall-clock safety cap of 3x the plan can only cut a run short on a
-machine that slowed down). At the CPU sizes the models are far too small and short-trained for
-the paper's regime; those tables say so in their conditions.
+Every run of a task gets the same number of steps: one training step of each stack is timed first and
+the MQAR count is what fits the size's `budget_seconds` for all runs together, capped at `steps` and
+never below `min_steps` (the bytes runs train `bytes_share` of it: rule 1 needs models past byte
+frequencies, not MQAR-length training); on CUDA `cuda_workers` runs share the GPU at once, each in its
+own process, their steps slowed as the zoo measured (bench/zoo/schedule.contention_for). The plan and
+its expected time are recorded (results.jsonl "plan"), the steps each run actually took beside its
+numbers (a wall-clock safety cap of 3x the plan can only cut a run short on a machine that slowed down).
+At the CPU sizes the models are far too small and short-trained for the paper's regime; those tables say
+so in their conditions.
+
+The full size (issue #14): the first GPU run (26 stacks x 2 tasks at T=128, 8/32 pairs, vocab 512, batch
+256, a 120 s budget) gave 98 steps per run and nothing learned (all-softmax 0.02 hard recall). Measured
+on CPU (benchmarks/hybrid_ratio_mqar_steps.py; results/repro/hybrid-ratio/mqar_steps_cpu.jsonl): a
+2-layer d=64 4-head softmax stack at the full MQAR setting (T=128, pairs 8/32 mixed, vocab 512), batch 64,
+lr 2e-3, a 3000-step warmup + cosine, seed 0, sits at 0.04 hard recall until step 1500, then 0.27 at
+1750, 0.50 at 2000, 0.88 at 2250, 0.96 at 2500, 0.99 at 3000 (at T=64, pairs 4/16, vocab 256, 2 heads: 0.56 at 1250,
+0.92 at 3000). So the full size keeps that setting and trains a fixed plan of 3000 MQAR steps (batch 64)
+and 1000 bytes steps per stack, with fewer stacks to fit one GPU call: hgrn2 and gated_deltanet (the two
+claim 3 names) at pure, 7:1 and 3:1, plus the all-softmax stack (7 stacks, 14 runs, 8 at once). Expected
+time on one unshared H100: ~4-7 min, an estimate, not a measurement (28k run-steps over 8 workers at
+60-100 ms per in-run step, from the zoo's contention model max(2.5 x probe, 37 ms) with 25-40 ms probes
+assumed for 8 layers at batch 64, plus ~1 min of probes and Triton compilation). The 8-layer stack is
+deeper than the one measured; whether it learns by 3000 steps is what the run tells (rules 2-4 say
+"untestable" if the all-softmax stack does not reach 0.5).
 """
 
 from __future__ import annotations
@@ -66,14 +87,14 @@ RATIOS = {"pure": None, "7:1": 7, "3:1": 3, "1:1": 1}
 SIZES = {
     "quick": dict(variants=("gla", "gated_deltanet"), ratios=("pure", "3:1"), n_layers=4, d_model=32, n_heads=2,
                   seq_len=32, pairs=(2, 6), vocab=64, n_train=512, batch=16, steps=20, lr=3e-3, budget_seconds=12.0,
-                  cuda_workers=1),
+                  cuda_workers=1, bytes_share=1.0, min_steps=10),
     "medium": dict(variants=("gla", "gated_deltanet"), ratios=("pure", "3:1"), n_layers=4, d_model=64,
                    n_heads=2, seq_len=64, pairs=(4, 12), vocab=128, n_train=8192, batch=32, steps=400, lr=3e-3,
-                   budget_seconds=200.0, cuda_workers=1),
-    "full": dict(variants=("gla", "hgrn2", "deltanet", "gated_deltanet", "retnet"),
-                 ratios=("pure", "7:1", "3:1", "1:1"), n_layers=8, d_model=128, n_heads=4, seq_len=128,
-                 pairs=(8, 32), vocab=512, n_train=65536, batch=256, steps=3000, lr=2e-3, budget_seconds=120.0,
-                 cuda_workers=8),
+                   budget_seconds=200.0, cuda_workers=1, bytes_share=1.0, min_steps=10),
+    # the full size's plan is fixed (min_steps = steps): 3000 MQAR / 1000 bytes steps per stack; see the docstring
+    "full": dict(variants=("hgrn2", "gated_deltanet"), ratios=("pure", "7:1", "3:1"), n_layers=8, d_model=128,
+                 n_heads=4, seq_len=128, pairs=(8, 32), vocab=512, n_train=65536, batch=64, steps=3000, lr=2e-3,
+                 budget_seconds=300.0, cuda_workers=8, bytes_share=1 / 3, min_steps=3000),
 }
 
 
@@ -140,16 +161,22 @@ def _run(ctx):
     per_stack = {s[2]: train_step_seconds(_build(p, s[2], "bytes", ctx.seed), data["bytes"][0],
                                           batch_size=p["batch"], device=dev) for s in _stacks(p)}
     probes = [per_stack[s[2]] for s, _task in runs]
+    share = {"mqar": 1.0, "bytes": p["bytes_share"]}          # bytes runs train this share of the MQAR steps
     slow = contention_for(dev, workers)            # in-run seconds per step with `workers` runs at once
-    costs = [slow(c) / workers for c in probes]
-    steps = equal_steps(costs, budget_seconds=p["budget_seconds"], most=p["steps"], least=10)
+    costs = [slow(c) * share[task] / workers for c, (_s, task) in zip(probes, runs)]
+    steps = equal_steps(costs, budget_seconds=p["budget_seconds"], most=p["steps"], least=p["min_steps"])
+    task_steps = {t: max(1, round(steps * share[t])) for t in share}
     cap = 3 * slow(max(probes)) * steps + 10   # a safety net only (a loaded machine); steps taken are recorded
+    expected = sum(costs) * steps
     ctx.log(f"{len(runs)} runs ({workers} at once), step probes {min(probes) * 1e3:.0f}-{max(probes) * 1e3:.0f} ms: "
-            f"{steps} steps each")
-    jobs = [{"size": ctx.size, "seed": ctx.seed, "device": dev, "task": task, "pattern": s[2], "steps": steps,
-             "cap": cap} for s, task in runs]
+            f"{task_steps['mqar']} MQAR / {task_steps['bytes']} bytes steps each, expected {expected:.0f} s")
+    ctx.record(plan={"mqar_steps": task_steps["mqar"], "bytes_steps": task_steps["bytes"], "workers": workers,
+                     "probe_seconds": per_stack, "expected_seconds": round(expected, 1), "cap_seconds": round(cap, 1)})
+    jobs = [{"size": ctx.size, "seed": ctx.seed, "device": dev, "task": task, "pattern": s[2],
+             "steps": task_steps[task], "cap": cap} for s, task in runs]
     outs = run_tasks(train_run, jobs, workers=workers)
-    p = {**p, "steps_each": steps, "unigram_bits": unigram_bits(data["bytes"][0][0])}
+    p = {**p, "steps_each": task_steps["mqar"], "bytes_steps_each": task_steps["bytes"],
+         "unigram_bits": unigram_bits(data["bytes"][0][0])}
     res = {}
     for variant, ratio, pattern in _stacks(p):
         row = {"variant": variant, "ratio": ratio, "pattern": pattern}
@@ -164,12 +191,22 @@ def _run(ctx):
     return claims(p, res, ctx.size)
 
 
+def _short_runs(res, task: str, planned: int) -> str:
+    """'' or why a task's comparison is untestable: runs the wall-clock safety cap stopped before the plan."""
+    short = [f"{r['pattern']} at {r[f'{task}_steps']}" for r in res.values() if r[f"{task}_steps"] < planned]
+    return f"; untestable: {task} runs stopped before {planned} steps ({', '.join(short)})" if short else ""
+
+
 def claims(p, res, size):
-    """The four verdict rows from res[(variant, ratio)] = {recall_easy, recall_hard, bpb, ...}."""
+    """The four verdict rows from res[(variant, ratio)] = {recall_easy, recall_hard, bpb, mqar_steps,
+    bytes_steps, ...}; p holds the size plus steps_each (MQAR), bytes_steps_each and unigram_bits."""
     variants, ratios = p["variants"], p["ratios"]
+    mqar_steps, bytes_steps = p["steps_each"], p.get("bytes_steps_each", p["steps_each"])
     cond = (f"{size}: {p['n_layers']} layers d={p['d_model']}, MQAR T={p['seq_len']} pairs {p['pairs']} "
-            f"vocab {p['vocab']}, bytes T={p['seq_len']}, {p['steps_each']} steps per run, "
+            f"vocab {p['vocab']}, bytes T={p['seq_len']}, {mqar_steps} MQAR / {bytes_steps} bytes steps per run, "
             f"batch {p['batch']}")
+    res = {k: {"mqar_steps": mqar_steps, "bytes_steps": bytes_steps, "pattern": "/".join(k), **v}
+           for k, v in res.items()}
     hard = {k: v["recall_hard"] for k, v in res.items()}
     sm = hard[("softmax", "softmax")]
 
@@ -181,40 +218,40 @@ def claims(p, res, size):
     sm_bpb, floor = res[("softmax", "softmax")]["bpb"], p["unigram_bits"]
     ours = ("spread " + ", ".join(f"{v} {100 * s:.1f}%" for v, s in spreads.items())
             + f"; softmax {sm_bpb:.2f} bpb, order-0 {floor:.2f}")
-    if sm_bpb > floor - 0.5:
-        c1 = Claim(CLAIMS[0], "flat (within noise) across 3:1..24:1 and pure", ours, "not reproduced",
-                   cond + "; untestable: the models learned little past byte frequencies")
-    else:
-        c1 = Claim(CLAIMS[0], "flat (within noise) across 3:1..24:1 and pure", ours,
-                   verdict(n_flat == len(variants), n_flat * 2 >= len(variants)), cond + "; rule: spread <= 3%")
+    lm_skip = ("; untestable: the models learned little past byte frequencies" if sm_bpb > floor - 0.5 else "") \
+        + _short_runs(res, "bytes", bytes_steps)
+    c1 = Claim(CLAIMS[0], "flat (within noise) across 3:1..24:1 and pure", ours,
+               verdict(n_flat == len(variants), n_flat * 2 >= len(variants), lm_skip),
+               cond + "; rule: spread <= 3%" + lm_skip)
 
     before = [r for r in ("pure", "7:1") if r in ratios]
     jumps = {v: hard[(v, "3:1")] - max(hard[(v, r)] for r in before) for v in variants}
     n_jump = sum(j >= 0.10 for j in jumps.values())
-    untrained = "; untestable: the all-softmax stack did not learn MQAR (< 0.5)" if sm < 0.5 else ""
+    untrained = ("; untestable: the all-softmax stack did not learn MQAR (< 0.5)" if sm < 0.5 else "") \
+        + _short_runs(res, "mqar", mqar_steps)
     c2 = Claim(CLAIMS[1], "recall rises sharply at 3:1 and below",
                ", ".join(f"{v} {hard[(v, before[0])]:.2f}->{hard[(v, '3:1')]:.2f}" for v in variants)
                + f" (hard, {'/'.join(before)} -> 3:1)",
-               verdict(n_jump == len(variants) and not untrained, n_jump >= 1 and not untrained),
+               verdict(n_jump == len(variants), n_jump >= 1, untrained),
                cond + "; rule: +0.10 hard recall at 3:1" + untrained)
 
     strong = [v for v in ("gated_deltanet", "hgrn2") if v in variants]
     ok = [v for v in strong if hard[(v, "3:1")] >= 0.9 * sm]
     ours = ", ".join(f"{v} {hard[(v, '3:1')]:.2f}" for v in strong) + f" vs softmax {sm:.2f}"
     if not strong:
-        c3 = Claim(CLAIMS[2], "Transformer-level recall at 3:1-6:1", f"softmax {sm:.2f}", "not reproduced",
-                   cond + "; neither gated_deltanet nor hgrn2 run at this size")
-    elif untrained:
-        c3 = Claim(CLAIMS[2], "Transformer-level recall at 3:1-6:1", ours, "not reproduced", cond + untrained)
+        c3 = Claim(CLAIMS[2], "Transformer-level recall at 3:1-6:1", f"softmax {sm:.2f}", "untestable",
+                   cond + "; untestable: neither gated_deltanet nor hgrn2 run at this size")
     else:
         c3 = Claim(CLAIMS[2], "Transformer-level recall at 3:1-6:1", ours,
-                   verdict(len(ok) == len(strong), len(ok) >= 1), cond + "; rule: >= 0.9 x softmax")
+                   verdict(len(ok) == len(strong), len(ok) >= 1, untrained),
+                   cond + "; rule: >= 0.9 x softmax" + untrained)
 
     best_pure = max(variants, key=lambda v: hard[(v, "pure")])
     best_hyb = max(variants, key=lambda v: hard[(v, "3:1")])
+    one = "" if len(variants) > 1 else "; untestable: needs >= 2 variants"
     c4 = Claim(CLAIMS[3], "best standalone != best hybrid", f"best pure {best_pure}, best 3:1 {best_hyb}",
-               verdict(len(variants) > 1 and best_pure != best_hyb and not untrained),
-               cond + "; hard MQAR recall" + untrained)
+               verdict(best_pure != best_hyb, untestable=untrained + one),
+               cond + "; hard MQAR recall" + untrained + one)
     return [c1, c2, c3, c4]
 
 

@@ -45,10 +45,12 @@ def test_rules_not_reproduced_and_untestable_baseline():
     c = hr.claims(P, _res(hard, bpb), "medium")
     assert c[0].verdict == "partly"                       # one of two variants flat
     c = hr.claims({**P, "unigram_bits": 3.2}, _res(hard, bpb), "medium")
-    assert c[0].verdict == "not reproduced" and "untestable" in c[0].conditions   # softmax 3.0 > 3.2 - 0.5
-    assert c[1].verdict == "not reproduced" and "untestable" in c[1].conditions
-    assert c[2].verdict == "not reproduced" and "untestable" in c[2].conditions
-    assert c[3].verdict == "not reproduced"               # gla best in both (ties go to the first)
+    assert c[0].verdict == "untestable" and "untestable" in c[0].conditions   # softmax 3.0 > 3.2 - 0.5
+    assert c[1].verdict == "untestable" and "did not learn MQAR" in c[1].conditions
+    assert c[2].verdict == "untestable" and "did not learn MQAR" in c[2].conditions
+    assert c[3].verdict == "untestable"
+    hard[("softmax", "softmax")] = 0.6
+    assert hr.claims(P, _res(hard, bpb), "medium")[3].verdict == "not reproduced"   # gla best in both (ties: first)
 
 
 def test_jump_and_argmax_rules_untestable_when_softmax_did_not_learn_mqar():
@@ -59,7 +61,19 @@ def test_jump_and_argmax_rules_untestable_when_softmax_did_not_learn_mqar():
     assert not any("untestable" in c.conditions for c in learned)
     chance = hr.claims(P, _res({**hard, ("softmax", "softmax"): 0.4}, {}), "medium")
     for c in (chance[1], chance[2], chance[3]):
-        assert c.verdict == "not reproduced" and "untestable" in c.conditions
+        assert c.verdict == "untestable" and "untestable" in c.conditions
+    assert chance[0].verdict != "untestable"              # the bytes control learned: the LM claim is decided
+
+
+def test_a_run_cut_by_the_safety_cap_makes_its_task_untestable():
+    hard = {(v, r): x for v, xs in (("gla", (0.1, 0.6, 0.7)), ("gated_deltanet", (0.2, 0.5, 0.7)))
+            for r, x in zip(("pure", "3:1", "1:1"), xs)}
+    res = _res({**hard, ("softmax", "softmax"): 0.9}, {})
+    res[("gla", "3:1")]["mqar_steps"] = 7                 # planned 10 (P's steps_each)
+    c = hr.claims(P, res, "medium")
+    assert [x.verdict for x in c[1:]] == ["untestable"] * 3
+    assert "mqar runs stopped before 10 steps (gla/3:1 at 7)" in c[1].conditions
+    assert c[0].verdict == "reproduced"                   # the bytes runs all trained their 10 steps
 
 
 def test_quick_smoke(tmp_path):
@@ -67,3 +81,13 @@ def test_quick_smoke(tmp_path):
     assert [c.claim for c in claims] == list(hr.CLAIMS)
     runs = [r for r in rows if "pattern" in r]
     assert len(runs) == 5 and len({r["mqar_steps"] for r in runs} | {r["bytes_steps"] for r in runs}) == 1
+
+
+def test_full_size_plan_is_fixed_and_names_the_claim_3_mixers():
+    p = hr.SIZES["full"]
+    stacks = hr._stacks(p)
+    assert len(stacks) == 7 and ("gated_deltanet", "3:1", "gated_deltanet*3,softmax") in stacks
+    assert {"hgrn2", "gated_deltanet"} <= set(p["variants"]) and p["min_steps"] == p["steps"] == 3000
+    # however slow the probes, the plan stays 3000 MQAR steps (and a third of it on bytes)
+    assert equal_steps([1.0] * 14, budget_seconds=p["budget_seconds"], most=p["steps"], least=p["min_steps"]) == 3000
+    assert round(3000 * p["bytes_share"]) == 1000
