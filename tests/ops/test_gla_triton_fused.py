@@ -200,3 +200,26 @@ def test_split_backward(gate, force_fused, monkeypatch):
     for a, b in zip(grads, grads2):
         if b is not None:
             assert rel(a, b) < 1e-5
+
+
+def test_fused_under_vmap_equals_one_call_per_member(force_fused):
+    """attnzoo.train.group vmaps the op over models: the eager Function folds the vmapped dim into the
+    batch, and the fused kernels then see a batch of G·B sequences; values and gradients equal one
+    call per member."""
+    from torch.func import vmap
+
+    G = 2
+    q, k, v, g, _, h0, _, _ = make(G * 2, 20, "vector", 1.0, torch.float32, seed=11)
+    q, k, v, g = (x.reshape(G, 2, *x.shape[1:]).requires_grad_(True) for x in (q, k, v, g))
+    h0 = h0.reshape(G, 2, *h0.shape[1:]).requires_grad_(True)
+    fn = lambda q, k, v, g, h0: triton_gated_linear_attention(q, k, v, g, initial_state=h0,  # noqa: E731
+                                                              output_final_state=True)
+    o, S = vmap(fn)(q, k, v, g, h0)
+    per = [fn(q[i], k[i], v[i], g[i], h0[i]) for i in range(G)]
+    o_ref, S_ref = torch.stack([p[0] for p in per]), torch.stack([p[1] for p in per])
+    assert rel(o, o_ref) < 1e-5 and rel(S, S_ref) < 1e-5
+    w = torch.randn_like(o)
+    ga = torch.autograd.grad((o * w).sum() + S.sum(), (q, k, v, g, h0))
+    gb = torch.autograd.grad((o_ref * w).sum() + S_ref.sum(), (q, k, v, g, h0))
+    for a, b in zip(ga, gb):
+        assert rel(a, b) < 1e-5
