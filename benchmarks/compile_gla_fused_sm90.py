@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from attnzoo.ops.linear.triton import fused, fused_bwd  # noqa: E402
 
-FP32_ARGS = {"g", "h0", "ht", "dht", "dh0", "dg", "E", "tot"}
+FP32_ARGS = {"g", "h0", "ht", "dht", "dh0", "dg", "E", "tot"}  # ckpt: the input dtype (bf16 / fp32 here)
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 
 
@@ -78,7 +78,9 @@ def jobs(K: int, V: int):
         out.append((f"fwd g{gate}", fused.fused_fwd_kernel, dict(base, BT=bt_f, BV=min(tune["fwd_bv"], BV),
                                                                STORE_HT=False), tune["fwd_warps"], tune["fwd_stages"]))
         bwd = dict(base, BT=bt_b, BV=BV, HAS_DHT=False, STORE_DH0=False)
-        out.append((f"bwd g{gate}", fused_bwd.fused_bwd_kernel, bwd, tune["bwd_warps"], tune["bwd_stages"]))
+        segc = tune["dg_seg"] // bt_b if gate else 0
+        out.append((f"bwd g{gate}", fused_bwd.fused_bwd_kernel, dict(bwd, SEGC=segc), tune["bwd_warps"],
+                    tune["bwd_stages"]))
         out.append((f"bwd split g{gate}", fused_bwd.fused_bwd_split_kernel, bwd, tune["bwd_warps"],
                     tune["bwd_stages"]))
     return out

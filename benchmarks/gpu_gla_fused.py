@@ -60,7 +60,8 @@ OUT = os.path.join(OPT.out, "gla_fused_sweep.jsonl" if OPT.sweep else "gla_fused
 VARIANTS = {"base": {}, "fwd_bv128": {"fwd_bv": 128}, "fwd_w8": {"fwd_warps": 8}, "bwd_w4": {"bwd_warps": 4},
             "bt_bwd64": {"bt_scalar_bwd": 64}, "bt_fwd32": {"bt_scalar_fwd": 32}, "bt_vec32": {"bt_vector": 32},
             "stages1": {"fwd_stages": 1, "bwd_stages": 1}, "stages3": {"fwd_stages": 3, "bwd_stages": 3},
-            "bwd_split": {"bwd_split": True}, "bt_bwd16": {"bt_scalar_bwd": 16}, "fwd_bv32": {"fwd_bv": 32}}
+            "bwd_split": {"bwd_split": True}, "bt_bwd16": {"bt_scalar_bwd": 16}, "fwd_bv32": {"fwd_bv": 32},
+            "dg_seg0": {"dg_seg": 0}, "dg_seg128": {"dg_seg": 128}, "dg_seg256": {"dg_seg": 256}}
 
 
 def emit(rec):

@@ -223,3 +223,22 @@ def test_fused_under_vmap_equals_one_call_per_member(force_fused):
     gb = torch.autograd.grad((o_ref * w).sum() + S_ref.sum(), (q, k, v, g, h0))
     for a, b in zip(ga, gb):
         assert rel(a, b) < 1e-5
+
+
+@pytest.mark.parametrize("gate", ["scalar", "vector"])
+@pytest.mark.parametrize("dg_seg", [0, 32])
+def test_dg_segments_with_packed_sequences(gate, dg_seg, force_fused, monkeypatch):
+    """TUNE["dg_seg"]: dg summed over the whole sequence (0) or restarted at state checkpoints every
+    dg_seg tokens (32: every scalar chunk, every second vector chunk); packed sequences of lengths 50,
+    3, 77 (their checkpoint slots must not collide) against the float64 loop one by one."""
+    monkeypatch.setitem(fused.TUNE, "dg_seg", dg_seg)
+    cu = torch.tensor([0, 50, 53, 130])
+    q, k, v, g, _, h0, do, dS = make(1, 130, gate, 1.0, torch.float32, seed=12, n_state=3)
+    o, S, grads = fwd_bwd(triton_gated_linear_attention, q, k, v, g, None, h0, do, dS, cu_seqlens=cu)
+    for n, (a, b) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+        part = lambda t: t[:, a:b].double()  # noqa: E731
+        _, _, gr = fwd_bwd(reference, part(q), part(k), part(v), part(g), None, h0[n:n + 1].double(),
+                           part(do), dS[n:n + 1].double())
+        for name, x, y in zip(("dq", "dk", "dv", "dg"), grads[:4], gr[:4]):
+            assert rel(x[:, a:b], y) < 1e-4, (n, name, rel(x[:, a:b], y))
+        assert rel(grads[5][n:n + 1], gr[5]) < 1e-4

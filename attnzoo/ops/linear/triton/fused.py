@@ -51,9 +51,10 @@ FORCE: bool | None = None
 # Launch configs, first guesses (a dict so that benchmarks/gpu_gla_fused.py --sweep can time others in
 # one process): chunk lengths (scalar gate / no gate forward and backward; vector gate, whose pairwise
 # intra part costs BT·K exponentials per token), the forward's V block and the warps of each launch.
-# bwd_split: the backward's two passes as separate programs (fused_bwd.py), two launches.
+# bwd_split: the backward's two passes as separate programs (fused_bwd.py), two launches. dg_seg: tokens
+# per dg segment of the one-program backward (0: the whole sequence), a multiple of the chunk lengths.
 TUNE = dict(bt_scalar_fwd=64, bt_scalar_bwd=32, bt_vector=16, fwd_bv=64, fwd_warps=4, bwd_warps=8,
-            fwd_stages=2, bwd_stages=2, bwd_split=False)
+            fwd_stages=2, bwd_stages=2, bwd_split=False, dg_seg=64)
 # Launch configs (kernel, gate, dtype, K, V, TUNE) that ran out of shared memory or registers at compile
 # time: use_fused's callers fall back to the chunked path for them (fused_forward / backward return None).
 FAILED: set = set()
@@ -280,7 +281,11 @@ def fused_backward(q, k, v, g, do, dht, *, scale, initial_state, batch, cu_seqle
               HAS_H0=initial_state is not None, HAS_DHT=dht is not None, STORE_DH0=dh0 is not None, VARLEN=varlen)
     opts = dict(num_warps=TUNE["bwd_warps"], num_stages=TUNE["bwd_stages"])
     if not TUNE["bwd_split"]:
-        ok = _launch(key, fused_bwd.fused_bwd_kernel[(N * H,)], (*args, cu, T, scale), {**kw, **opts})
+        segc = TUNE["dg_seg"] // kw["BT"] if gate else 0
+        ck_dtype = q.dtype if q.dtype in (torch.float16, torch.bfloat16) else torch.float32
+        ckpt = q.new_empty(triton.cdiv(n_tok, segc * kw["BT"]), H, K, V, dtype=ck_dtype) if segc else q
+        ok = _launch(key, fused_bwd.fused_bwd_kernel[(N * H,)], (*args, ckpt, cu, T, scale),
+                     {**kw, **opts, "SEGC": segc})
     else:
         E = torch.empty_like(dg) if dg is not None else None
         tot = q.new_empty(N * H, *((K,) if gate == 2 else ()), dtype=torch.float32) if dg is not None else None
