@@ -22,12 +22,13 @@ dk, dv and dg (TUNE["bwd_split"]: the passes as separate programs, and a second 
     dg_t = Σ_{s>=t} (q_s ⊙ dq_s − k_s ⊙ dk_s) + rowsum(S_T ⊙ dS_T)       (summed over K for a scalar gate)
     dS <- diag(e^{bl}) dS + scale · Σ_i (q_i ⊙ e^{b_i}) do_iᵀ,      dh0 = dS entering the first chunk
 
-(D_ij = e^{b_i − b_j}; the dg identity of CHUNKED.md §3 taken over the whole sequence, which is short
-here.) Every exponent is <= 0 as written. Scalar gate / no gate: A = (Q Kᵀ) ⊙ D as one product per
-chunk (BT = 64 forward). Vector gate: chunks of BT = 16 whose A, dq and dk intra terms are formed
-pairwise per channel (a loop over the chunk's rows), exact in every gate regime (no factorised e^{−b},
-no branch). Transposed products come from transposed loads (the states are never transposed, dq and
-dk are formed transposed), never by transposing a tensor-core result (fla issue #640).
+(D_ij = e^{b_i − b_j}; the dg identity of CHUNKED.md §3; with TUNE["dg_seg"] the sum restarts every
+dg_seg tokens at the exact rowsum(S_c ⊙ dS_c) from a state checkpoint, fused_bwd.py.) Every exponent
+is <= 0 as written. Scalar gate / no gate: A = (Q Kᵀ) ⊙ D as one product per chunk (BT = 64 forward).
+Vector gate: chunks of BT = 16 whose A, dq and dk intra terms are formed pairwise per channel (a loop
+over the chunk's rows), exact in every gate regime (no factorised e^{−b}, no branch). Transposed
+products come from transposed loads (the states are never transposed, dq and dk are formed
+transposed), never by transposing a tensor-core result (fla issue #640).
 
 The programs are few when sequences are long (N·H per launch, each walking T / BT chunks in series):
 the chunked multi-kernel path (chunk.py) stays for long T. `use_fused` is the dispatch rule.
