@@ -79,6 +79,10 @@ def block_queries(q: torch.Tensor, block_size: int) -> torch.Tensor:
 
 SELECT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 SELECT_MAX_LANES = 16384  # next_pow2(G) * next_pow2(N): the score rows one Triton program holds
+# impl="auto" takes the Triton selection on CUDA only once it has run on a GPU: it is verified in the Triton
+# interpreter, not yet on hardware (benchmarks/sparse_selection_gpu.py checks it against the torch
+# selection and times it). impl="triton" runs it now.
+SELECT_TRITON_AUTO = False
 
 
 def _pow2(n: int) -> int:
@@ -106,7 +110,8 @@ def select_blocks(
     S = min(N, sink_blocks + min(top_k, N) + local_blocks). Scores in float32 (float64 for float64 inputs).
     impl: "torch" / "reference" (this file: the reference), "triton" (one fused kernel,
     triton/block_select.py: same rule, same ties; scores may differ from torch's in the last bits, so two
-    blocks whose scores are within rounding of each other may swap), "auto" (Triton on CUDA when supported).
+    blocks whose scores are within rounding of each other may swap), "auto" (Triton on CUDA when supported
+    and SELECT_TRITON_AUTO is on: off until a GPU run verifies it).
     """
     if score not in ("softmax", "logits"):
         raise ValueError(f'score must be "softmax" (SSA) or "logits" (Kinetics), got {score!r}')
@@ -125,7 +130,8 @@ def select_blocks(
     scale = D**-0.5 if scale is None else float(scale)
     kw = {"top_k": top_k, "sink_blocks": sink_blocks, "local_blocks": local_blocks, "score": score, "scale": scale,
           "q_block": q_block}
-    impl = resolve_impl(impl, qrep, kbar, q_block, triton_supported=triton_select_supported(qrep, kbar))
+    impl = resolve_impl(impl, qrep, kbar, q_block,
+                        triton_supported=SELECT_TRITON_AUTO and triton_select_supported(qrep, kbar))
     if impl != "triton":
         return _select_blocks_torch(qrep, kbar, **kw)
     if not triton_select_supported(qrep, kbar):

@@ -23,7 +23,7 @@ Under torch.compile the chunked pass is the torch.library custom op `attnzoo::gl
 plain autograd.Function (less host time per call). With no gradient needed and T <= DECODE_MAX_T
 per sequence, the recurrent kernel (recurrent.py) runs instead. Short sequences (fused.use_fused: at
 most fused.FUSED_MAX_T tokens, K, V <= 128, CUDA) run the fused kernels of fused.py inside the same
-two functions: one launch forward, one backward.
+two functions: one launch forward, one backward (FUSED_MAX_T is 0, i.e. off, until a GPU run measures it).
 
 Precision (H200, bf16 inputs, against a float64 loop): o, S, dq, dk, dv, dh0 ~2-3e-3 relative, dg
 4-7e-3; the gradient of g_gamma (a sum of dg over every token, which cancels) is only good to

@@ -44,7 +44,10 @@ import triton.language as tl
 # (benchmarks/gpu_gla_fused.py times fused against chunked at T = 64 .. 4096, 16k tokens per call):
 # the fused launch has N·H programs, each walking T / 64 chunks in series, so it loses to the chunked
 # path once N·H falls well below the SM count (T = 1k: 256 programs at H = 16 and 16k tokens).
-FUSED_MAX_T = 512
+# 0 (off) until the kernels have run on a GPU: they are verified in the Triton interpreter and compile for
+# sm_90a, not yet checked on hardware; the GPU script forces them (FORCE) and gives the value to set
+# (its first guess: 512).
+FUSED_MAX_T = 0
 FUSED_MAX_DIM = 128  # K and V at most (the backward holds a [K, V] float32 state per program)
 # None: the rule (CUDA tensors only, so the interpreter tests of the chunked kernels keep testing
 # them); True / False: force the fused path on (where K, V fit) or off (tests, benchmarks).
