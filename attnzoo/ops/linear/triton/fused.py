@@ -40,6 +40,9 @@ import torch
 import triton
 import triton.language as tl
 
+from attnzoo.ops.linear.triton import fused_bwd
+from attnzoo.ops.linear.triton.fused_common import _bounds, _cols, _pairwise, _rows, _scalar_gate, _vector_gate_T
+
 # The longest sequence (tokens) the fused path takes, a first guess until measured on the GPU
 # (benchmarks/gpu_gla_fused.py times fused against chunked at T = 64 .. 4096, 16k tokens per call):
 # the fused launch has N·H programs, each walking T / 64 chunks in series, so it loses to the chunked
@@ -74,85 +77,6 @@ def use_fused(n_tok: int, batch: int, cu_seqlens, K: int, V: int, is_cuda: bool)
         return bool(FORCE)
     longest = n_tok if cu_seqlens is not None else n_tok // max(batch, 1)
     return is_cuda and longest <= FUSED_MAX_T
-
-
-@triton.jit
-def _bounds(cu_seqlens, n, T, VARLEN: tl.constexpr):
-    if VARLEN:
-        bos = tl.load(cu_seqlens + n).to(tl.int64)
-        eos = tl.load(cu_seqlens + n + 1).to(tl.int64)
-    else:
-        bos = n.to(tl.int64) * T
-        eos = bos + T
-    return bos, eos
-
-
-@triton.jit
-def _rows(x, t, mt, i_h, cols, H: tl.constexpr, D: tl.constexpr):
-    """x[t, i_h, cols] as [BT, BD] (zeros outside the sequence and past D)."""
-    return tl.load(x + t[:, None] * (H * D) + i_h * D + cols[None, :], mask=mt[:, None] & (cols < D)[None, :],
-                   other=0.0)
-
-
-@triton.jit
-def _cols(x, t, mt, i_h, rows, H: tl.constexpr, D: tl.constexpr):
-    """The transposed tile x[t, i_h, rows]ᵀ as [BD, BT]."""
-    return tl.load(x + t[None, :] * (H * D) + i_h * D + rows[:, None], mask=(rows < D)[:, None] & mt[None, :],
-                   other=0.0)
-
-
-@triton.jit
-def _scalar_gate(g, t, mt, i_h, H: tl.constexpr):
-    """(b [BT] the chunk-local cumulative log gate, bl its value at the last valid token)."""
-    gc = tl.load(g + t * H + i_h, mask=mt, other=0.0).to(tl.float32)
-    return tl.cumsum(gc, axis=0), tl.sum(gc, axis=0)
-
-
-@triton.jit
-def _vector_gate_T(g, t, mt, i_h, kk, H: tl.constexpr, K: tl.constexpr):
-    """(bT [BK, BT] transposed chunk-local cumulative log gate, bl [BK] at the last valid token)."""
-    gT = _cols(g, t, mt, i_h, kk, H, K).to(tl.float32)
-    return tl.cumsum(gT, axis=1), tl.sum(gT, axis=1)
-
-
-@triton.jit
-def _pairwise(bT, kf, qf, dA, mt, BT: tl.constexpr, DK: tl.constexpr):
-    """The vector gate's intra-chunk terms, row by row (i), with e_ij = e^{b_i − b_j} (j <= i) per channel.
-    DK False: A [BT(i), BT(j)] = Σ_k q_ik k_jk e_ijk (zero above the diagonal) and a zero dkT.
-    DK True: Aᵀ [BT(j), BT(i)] and dkT [BK, BT(j)] = Σ_{i>=j} dA_ij e_ij ⊙ q_i, dA [BT(i), BT(j)].
-    bT, kf, qf [BK, BT] float32 (transposed tiles)."""
-    ar = tl.arange(0, BT)
-    AT = tl.zeros([BT, BT], dtype=tl.float32)
-    dkT = tl.zeros(bT.shape, dtype=tl.float32)
-    for i in tl.static_range(BT):
-        sel = (ar == i)[None, :]
-        bi = tl.sum(tl.where(sel, bT, 0.0), axis=1)
-        qi = tl.sum(tl.where(sel, qf, 0.0), axis=1)
-        keep = (ar <= i)[None, :] & mt[None, :]
-        w = tl.where(keep, tl.exp(tl.where(keep, bi[:, None] - bT, 0.0)), 0.0) * qi[:, None]  # [BK, BT(j)]
-        row = tl.sum(w * kf, axis=0)  # [BT(j)] = A_ij
-        if DK:
-            AT = tl.where(sel, row[:, None], AT)
-            dArow = tl.sum(tl.where((ar == i)[:, None], dA, 0.0), axis=0)  # [BT(j)] = dA_ij
-            dkT += dArow[None, :] * w
-        else:
-            AT = tl.where((ar == i)[:, None], row[None, :], AT)
-    return AT, dkT
-
-
-@triton.jit
-def _pairwise_dq(bT, kf, dAT, mt, BT: tl.constexpr):
-    """dqT [BK, BT(i)] = Σ_{j<=i} dA_ij e^{b_i − b_j} ⊙ k_j (vector gate), dAT [BT(j), BT(i)] = dA_ij."""
-    ar = tl.arange(0, BT)
-    dqT = tl.zeros(bT.shape, dtype=tl.float32)
-    for i in tl.static_range(BT):
-        sel = (ar == i)[None, :]
-        bi = tl.sum(tl.where(sel, bT, 0.0), axis=1)
-        dArow = tl.sum(tl.where(sel, dAT, 0.0), axis=1)  # [BT(j)]
-        keep = (ar <= i)[None, :] & mt[None, :]
-        e = tl.where(keep, tl.exp(tl.where(keep, bi[:, None] - bT, 0.0)), 0.0)
-        dqT = tl.where(sel, tl.sum(dArow[None, :] * e * kf, axis=1)[:, None], dqT)
-    return dqT
 
 
 @triton.jit
@@ -277,8 +201,6 @@ def fused_backward(q, k, v, g, do, dht, *, scale, initial_state, batch, cu_seqle
     key = ("bwd", gate, q.dtype, K, V, tuple(sorted(TUNE.items())))
     if key in FAILED:
         return None
-    from attnzoo.ops.linear.triton import fused_bwd
-
     ptr = lambda x: x if x is not None else q  # noqa: E731
     args = (q, k, v, ptr(g), do, ptr(initial_state), ptr(dht), dq, dk, dv, ptr(dg), ptr(dh0))
     kw = dict(H=H, K=K, V=V, BT=TUNE["bt_vector" if gate == 2 else "bt_scalar_bwd"], BK=BK, BV=BV, GATE=gate,

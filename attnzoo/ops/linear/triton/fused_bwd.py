@@ -23,8 +23,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from attnzoo.ops.linear.triton.fused import (_bounds, _cols, _pairwise, _pairwise_dq, _rows, _scalar_gate,
-                                             _vector_gate_T)
+from attnzoo.ops.linear.triton.fused_common import (_bounds, _cols, _pairwise, _pairwise_dq, _rows, _scalar_gate,
+                                                    _vector_gate_T)
 
 
 @triton.jit
