@@ -33,7 +33,6 @@ import contextlib
 import copy
 import json
 import os
-import statistics
 import time
 
 import torch
@@ -42,6 +41,7 @@ import attnzoo.ops.common.chunk_layout as chunk_layout
 import attnzoo.ops.linear.triton.api as gla_triton_api
 import attnzoo.ops.softmax.api as softmax_api
 from attnzoo.bench.machine import machine_line
+from attnzoo.bench.timing import ms_timer
 from attnzoo.mixers._linear_common import taylor_feature_map
 from attnzoo.ops.linear import gated_linear_attention
 from attnzoo.ops.softmax.api import attention_allowed
@@ -57,23 +57,6 @@ MINILM_CONFIG = dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num
 def rel(a, b) -> float:
     a, b = a.detach().double(), b.detach().double()
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
-
-
-def make_timer(device):
-    if device == "cuda":
-        from attnzoo.bench.speed import do_bench_ms
-
-        return do_bench_ms
-
-    def cpu_ms(fn):
-        fn()
-        times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            fn()
-            times.append(1e3 * (time.perf_counter() - t0))
-        return statistics.median(times)
-    return cpu_ms
 
 
 @contextlib.contextmanager
@@ -249,7 +232,7 @@ def run(args):
     device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "based_gpu.jsonl")
-    machine, timer, started = machine_line(device), make_timer(device), time.time()
+    machine, timer, started = machine_line(device), ms_timer(device), time.time()
     if args.smoke:
         lengths, T_gla, T_win, max_slow, dtypes = (64, 160), 40, 160, 64, ("float32",)
     else:

@@ -20,14 +20,14 @@ import argparse
 import copy
 import json
 import os
-import statistics
 import time
 
 import torch
 
 from attnzoo.distill.hf_adapter import replace_attention
 from attnzoo.distill.minilm import extend_positions, load_teacher
-from attnzoo.repro.base import machine_line
+from attnzoo.bench.machine import machine_line
+from attnzoo.bench.timing import ms_timer
 
 STUDENTS = ("lawcat", "gla", "gated_deltanet", "based")
 LENGTHS = (512, 2048, 8192, 32768)
@@ -35,23 +35,6 @@ LENGTHS = (512, 2048, 8192, 32768)
 MINILM_CONFIG = dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
                      intermediate_size=1536, hidden_act="gelu", max_position_embeddings=512, type_vocab_size=2,
                      layer_norm_eps=1e-12, pad_token_id=0, position_embedding_type="absolute")
-
-
-def _timer(device: str):
-    if device == "cuda":
-        from attnzoo.bench.speed import do_bench_ms
-
-        return do_bench_ms
-
-    def cpu_ms(fn):
-        fn()
-        times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            fn()
-            times.append(1e3 * (time.perf_counter() - t0))
-        return statistics.median(times)
-    return cpu_ms
 
 
 def timing_teacher(device: str):
@@ -88,7 +71,7 @@ def run(args) -> list[dict]:
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "linearize_gpu.jsonl")
     machine = machine_line(device)
-    timer = _timer(device)
+    timer = ms_timer(device)
     teacher, weights = timing_teacher(device)
     started, records = time.time(), []
     for dtype in dtypes:

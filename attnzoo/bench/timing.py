@@ -74,3 +74,14 @@ def median(xs) -> float:
 def summary(times: dict) -> dict:
     """interleaved_times' lists as {"wall_median_s", "wall_min_s", "cpu_median_s", "cpu_min_s"}."""
     return {f"{c}_{s}_s": (median(v) if s == "median" else min(v)) for c, v in times.items() for s in ("median", "min")}
+
+
+def ms_timer(device):
+    """A function fn -> milliseconds of one fn() for the scripts that time on either device: on CUDA
+    triton's do_bench median (attnzoo.bench.speed.do_bench_ms), on the CPU the median of 3 calls
+    after one warm-up."""
+    if torch.device(device).type == "cuda":
+        from attnzoo.bench.speed import do_bench_ms
+
+        return do_bench_ms
+    return lambda fn: 1e3 * median(call_times(fn, repeats=3, warmup=1))
