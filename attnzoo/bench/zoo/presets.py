@@ -21,10 +21,11 @@ quick     a 2-core CPU, all registered causal mixers (~40-45) in about 10 minute
           at 0.987; 700: 0.93). Batch 32 at twice the steps reached it at about the same wall time
           (1175-1225 steps); lr 6e-3 and 1e-2 stayed on the plateau at T=64, lr 2e-3 climbed slower.
           Without the cap, 1000 equal steps of 39 mixers need ~1.4 s x 1000 / 2 cores (kda 0.66 s,
-          rwkv7 0.5 s, mesanet 0.3 s per step); with it, ~0.8 s x 1000 / 2: the cheapest (attention at
-          one head and the like, <= 0.5 x the median step: stickbreaking, softmax, sliding_window,
-          prompt_tuning, linear, moh) get all 1000 steps, the others the same time each (step times:
-          `attnzoo bench step-cost`).
+          rwkv7 0.5 s, mesanet 0.3 s per step); with it, ~0.8 s x 1000 / 2: the cheapest (<= 0.5 x the
+          median step) get all 1000 steps, the others the same time each (step times: `attnzoo bench
+          step-cost`). The committed run (benchmarks/results/zoo_quick_cpu: 39 mixers, 427 s wall for
+          the whole demo at load <= 2.5): 4 runs took all 1000 steps, 35 were capped (softmax at 722:
+          its probe was 1.7x its in-run step; it still reached 0.991), 393 s of runs per core.
 standard  one GPU in about 9 minutes: two settings, two widths, two learning rates, eight runs
           at once on the GPU (each tiny model leaves it mostly idle; the step count is planned with
           the step times measured for 8 runs sharing an H200, schedule.contention_for).
