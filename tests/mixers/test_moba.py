@@ -2,12 +2,12 @@
 the mixer against the whole formula (float64), its limits (every block selected = causal softmax
 attention, one block = attention inside the own block), the block-mean cache and decoding."""
 
-import dataclasses
 
 import pytest
 import torch
 
 import attnzoo
+from tests.mixers._decode_checks import check_compiled_decode_rule
 from attnzoo.mixers.layers import apply_rope
 from attnzoo.ops.sparse.token_select import select_moba_blocks
 
@@ -148,18 +148,7 @@ def test_the_compiled_decode_rule_equals_the_cached_one(monkeypatch):
     import attnzoo.mixers.moba as mod
 
     torch.manual_seed(6)
-    m = attnzoo.build("moba", d_model=32, **KW).double().eval()
-    x = torch.randn(2, 14, 32, dtype=torch.float64)
-    mask = torch.ones(2, 11, dtype=torch.bool)
-    mask[0, 6:] = False  # row 0 has seen 6 tokens, row 1 eleven
-    with torch.no_grad():
-        _, state = m(x[:, :11], mask=mask, return_state=True)
-        y, s = m(x[:, 11:], state=state, return_state=True)
-        monkeypatch.setattr(mod, "compiling", lambda: True)
-        yc, sc = m(x[:, 11:], state=state, return_state=True)
-    torch.testing.assert_close(yc, y, rtol=1e-12, atol=1e-12)
-    for f in dataclasses.fields(s):
-        torch.testing.assert_close(getattr(sc, f.name), getattr(s, f.name), rtol=1e-12, atol=1e-12)
+    check_compiled_decode_rule(monkeypatch, mod, attnzoo.build("moba", d_model=32, **KW).double().eval())
 
 
 def test_bad_arguments_raise():
