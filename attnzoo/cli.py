@@ -44,6 +44,7 @@ def cmd_zoo(args):
 
     compile_ = tuple(m.strip() for m in args.compile.split(",") if m.strip()) if args.compile else None
     preset = get_preset(args.preset, d_models=args.d_models, lrs=args.lrs, steps=args.steps,
+                        schedule_steps=args.schedule_steps,
                         total_seconds=args.total_seconds, grid=args.grid, compile=compile_)
     mixers = [m.strip() for m in args.mixers.split(",")] if args.mixers is not None else None
     if mixers is not None and not all(mixers):
@@ -138,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     pz.add_argument("--lrs", type=_floats, help="override the preset's learning rates, e.g. 1e-3,3e-3")
     pz.add_argument("--steps", type=int, help="override the most steps per run (honoured below the preset's "
                     "floor too, with a note)")
+    pz.add_argument("--schedule-steps", type=int,
+                    help="the cosine schedule spans this many steps while --steps caps the training (e.g. "
+                         "Zoology's 12500 under a session's budget): a run that reaches the target before the cap "
+                         "is the full schedule's run, one cut at the cap a lower bound of it")
     pz.add_argument("--grid", type=_grid, help="override the (T, pairs) settings, e.g. 64:4,128:8 (passkey: 256)")
     pz.add_argument("--total-seconds", type=float, help="override the whole sweep's time budget")
     pz.add_argument("--workers", type=int,

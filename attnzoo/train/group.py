@@ -183,7 +183,8 @@ def train_group(models: list[nn.Module], *, lrs, train, test, config: TrainConfi
 
     last_report = 0.0
     while active:
-        scale = warmup_cosine(step, warmup=config.warmup_steps, total=config.steps, min_ratio=config.min_lr_ratio)
+        scale = warmup_cosine(step, warmup=config.warmup_steps, total=config.schedule_steps or config.steps,
+                              min_ratio=config.min_lr_ratio)
         idx = batch_indices(step, n=n, batch_size=config.batch_size, seed=config.seed).to(device, non_blocking=True)
         mean = stepper.step(idx, peak[active] * scale)
         step += 1

@@ -34,6 +34,8 @@ IGNORE_INDEX = -100
 @dataclass
 class TrainConfig:
     steps: int = 1000
+    schedule_steps: int | None = None  # the warmup + cosine spans this many steps (None: steps); training
+    # stops at `steps` <= it, so a run capped below its schedule follows the longer run's trajectory exactly
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.1
@@ -61,6 +63,8 @@ class TrainConfig:
                              f"{self.batch_size}, {self.eval_every}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.schedule_steps is not None and self.schedule_steps < self.steps:
+            raise ValueError(f"schedule_steps must be None or >= steps ({self.steps}), got {self.schedule_steps}")
         if self.target_accuracy is not None and not 0 < self.target_accuracy <= 1:
             raise ValueError(f"target_accuracy must be in (0, 1], got {self.target_accuracy}")
         if not isinstance(self.compile, (bool, str)):
@@ -198,7 +202,8 @@ def train_lm(model: nn.Module, *, train: tuple[torch.Tensor, torch.Tensor], test
     if config.compile:
         forward = torch.compile(model, backend="inductor" if config.compile is True else config.compile)
     while step < config.steps:
-        scale = warmup_cosine(step, warmup=config.warmup_steps, total=config.steps, min_ratio=config.min_lr_ratio)
+        scale = warmup_cosine(step, warmup=config.warmup_steps, total=config.schedule_steps or config.steps,
+                              min_ratio=config.min_lr_ratio)
         for g in opt.param_groups:
             g["lr"] = config.lr * scale
         idx = batch_indices(step, n=n, batch_size=config.batch_size, seed=config.seed)[rank::world]

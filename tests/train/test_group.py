@@ -112,3 +112,28 @@ def test_group_error_names_why_a_mixer_cannot_be_grouped():
     assert group_error(models("gla", (0, 1)), sample_ids=d.train[0][:16]) is None
     why = group_error(models("moh", (0, 1)), sample_ids=d.train[0][:16])
     assert why is not None and "vmap" in why
+
+
+def test_a_run_capped_below_its_schedule_follows_the_longer_run():
+    """schedule_steps: the cosine spans 24 steps while training stops at 12. Alone and in a group, the
+    capped run's history equals the first 12 steps of the 24-step run (same lr at every step), and
+    differs from a run whose schedule ends at 12 (its lr anneals sooner)."""
+    d = data()
+    full = train_lm(models("gla", seeds=(0,))[0], train=d.train, test=d.test, config=config(lr=3e-3, steps=24))
+    capped_model = models("gla", seeds=(0,))[0]
+    capped = train_lm(capped_model, train=d.train, test=d.test,
+                      config=config(lr=3e-3, steps=12, schedule_steps=24))
+    short = train_lm(models("gla", seeds=(0,))[0], train=d.train, test=d.test, config=config(lr=3e-3, steps=12))
+    assert capped.steps == 12 and [h["step"] for h in capped.history] == [4, 8, 12]
+    for a, b in zip(capped.history, full.history):
+        assert a["step"] == b["step"] and a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-12)
+    assert capped.history[-1]["train_loss"] != pytest.approx(short.history[-1]["train_loss"], rel=1e-9)
+    grouped = models("gla", seeds=(0, 1))
+    res = train_group(grouped, lrs=(3e-3, 1e-2), train=d.train, test=d.test,
+                      config=config(lr=3e-3, steps=12, schedule_steps=24))
+    for a, b in zip(res[0].history, capped.history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-9, abs=1e-12)
+    for (n, p), (_, q) in zip(grouped[0].named_parameters(), capped_model.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-11, msg=n)
+    with pytest.raises(ValueError, match="schedule_steps"):
+        config(steps=12, schedule_steps=8).check()

@@ -45,12 +45,14 @@ def run_group(spec: dict, preset: ZooPreset, *, device: str, max_seconds: float 
 
     members = member_specs(spec)
     base = [dict(m, preset=preset.name, machine=machine_line(device), max_steps=preset.steps,
+               **({"schedule_steps": preset.schedule_steps} if preset.schedule_steps else {}),
                  target_accuracy=preset.target_accuracy, group_size=len(members)) for m in members]
     t0 = time.perf_counter()
     try:
         data = task_data(spec, preset)
         lms = [models.build_model(m, preset) for m in members]      # the preset's seed: equal inits, as alone
-        cfg = TrainConfig(steps=preset.steps, batch_size=preset.batch_for(spec["seq_len"]), lr=members[0]["lr"],
+        cfg = TrainConfig(steps=preset.steps, schedule_steps=preset.schedule_steps,
+                          batch_size=preset.batch_for(spec["seq_len"]), lr=members[0]["lr"],
                           weight_decay=preset.weight_decay, warmup_steps=preset.warmup_steps,
                           eval_every=preset.eval_every, target_accuracy=preset.target_accuracy,
                           max_seconds=max_seconds, seed=preset.seed, device=device)

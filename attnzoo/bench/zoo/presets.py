@@ -38,7 +38,10 @@ paper     Zoology's Figure 2 recipe (Arora et al. 2023, arXiv:2312.04927; the fi
           BaseConv then Taylor linear attention (feature_dim 8, 1 head, no sliding window) in every
           layer; BaseConv layers alternate kernel 3 and a long implicit kernel; H3 with d_state = T and
           head_dim 2; Hyena's filters as long as T. Zoology trains 64 epochs (12,500 steps at T <= 128):
-          `steps` is that; a GPU session passes fewer with --steps and says so (early stop at 0.99).
+          `steps` is that; a GPU session passes fewer with --steps and says so (early stop at 0.99),
+          better with --schedule-steps 12500 too: the cosine keeps Zoology's length and --steps only caps
+          the training, so a run that reaches 0.99 first is the full recipe's run (softmax at d=64 needs
+          its lr high for ~1750 steps: 0.483 under a 1500-step schedule, 0.998 under 6000).
           Differences that remain: PAPER_DIFFERENCES.
 """
 
@@ -95,6 +98,9 @@ class ZooPreset:
     # run; not group runs), an opt-in: on a CPU it paid for kda, rwkv7, hgrn, gaam (benchmarks/results/compile/)
     time_cap_ratio: float | None = None     # a run whose steps would take more than this many times the median
     # run's (probed) time gets the steps that time buys (schedule.capped_steps); None: equal steps for all
+    schedule_steps: int | None = None       # the cosine spans this many steps while a run stops at `steps`
+    # (None: steps): e.g. Zoology's 12,500-step schedule under a session's compute cap; a run that reaches the
+    # target before the cap is exactly the full recipe's, one cut at the cap a lower bound of it
 
     def batch_for(self, seq_len: int) -> int:
         return int((self.batch_sizes or {}).get(seq_len, self.batch_size))
@@ -126,6 +132,9 @@ class ZooPreset:
         for field, ok, expected in checks:
             if not ok:
                 raise ValueError(f"zoo preset {self.name!r}: {field} must be {expected}, got {getattr(self, field)!r}")
+        if self.schedule_steps is not None and not (_int(self.schedule_steps, 1) and self.schedule_steps >= self.steps):
+            raise ValueError(f"zoo preset {self.name!r}: schedule_steps must be None or an integer >= steps "
+                             f"({self.steps}), got {self.schedule_steps!r}")
         if self.min_steps > self.steps:
             raise ValueError(f"zoo preset {self.name!r}: min_steps ({self.min_steps}) must be <= steps ({self.steps})")
 

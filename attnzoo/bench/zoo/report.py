@@ -48,6 +48,11 @@ def budget_sentence(rows: list[dict]) -> list[str]:
                 f"steps would take more than {cap}x the median run's time (from the step times probed at the "
                 "start) trains the steps that time buys, its schedule spanning them: ‡ marks it, and its accuracy "
                 "is a lower bound for the full steps (a slow mixer ranks lower for being slow).")
+    spans = sorted({r["schedule_steps"] for r in rows if r.get("schedule_steps")})
+    if spans:
+        rule += (" The cosine schedule spans {} steps instead (steps only cap the training): a run that reached "
+                 "the target is exactly the full schedule's run; one that stopped at the cap is a lower bound of "
+                 "it.").format(", ".join(map(str, spans)))
     return [rule.format(steps=steps, targets=targets) + " † marks a run cut short by the sweep's wall-clock cap "
             "(a machine too slow for the budget): its accuracy is a lower bound.", ""]
 

@@ -65,12 +65,14 @@ def run_one(spec: dict, preset: ZooPreset, *, device: str, max_seconds: float | 
         return run_group(spec, preset, device=device, max_seconds=max_seconds, on_step=on_step, on_eval=on_eval)
 
     rec = dict(spec, preset=preset.name, machine=machine_line(device), max_steps=preset.steps,
+               **({"schedule_steps": preset.schedule_steps} if preset.schedule_steps else {}),
                target_accuracy=preset.target_accuracy)
     t0 = time.perf_counter()
     try:
         data = task_data(spec, preset)
         lm = models.build_model(spec, preset)
-        cfg = TrainConfig(steps=preset.steps, batch_size=preset.batch_for(spec["seq_len"]), lr=spec["lr"],
+        cfg = TrainConfig(steps=preset.steps, schedule_steps=preset.schedule_steps,
+                          batch_size=preset.batch_for(spec["seq_len"]), lr=spec["lr"],
                           weight_decay=preset.weight_decay, warmup_steps=preset.warmup_steps,
                           eval_every=preset.eval_every, target_accuracy=preset.target_accuracy,
                           max_seconds=max_seconds, seed=preset.seed, device=device,
