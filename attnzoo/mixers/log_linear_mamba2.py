@@ -18,9 +18,7 @@ x_t, about 1 at init).
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 
-from attnzoo.mixers._linear_common import mask_steps
 from attnzoo.mixers._log_linear_common import (
     LOG_LINEAR,
     LOG_LINEAR_CLAIM,
@@ -70,25 +68,15 @@ class LogLinearMamba2(Mamba2):
         check_level_state(state, self.n_heads, self.d_state, self.head_dim, self.n_levels, conv=self.conv)
 
     def _forward(self, x, mask, state, return_state):
-        Bsz, T, _ = x.shape
-        H, P, N, di = self.n_heads, self.head_dim, self.d_state, self.d_inner
-        z, xbc, dt_raw = self.in_proj(x).split([di, di + 2 * N, H], -1)
-        xbc, conv_cache = self.conv(xbc, mask=mask, cache=None if state is None else state.conv,
-                                    output_cache=return_state)
-        xs, b, c = xbc.split([di, N, N], -1)
-        xs = xs.reshape(Bsz, T, H, P)
-        g, delta = self.log_decay(dt_raw)
-        k = mask_steps(b, mask)[:, :, None, :].expand(Bsz, T, H, N)
-        q = c[:, :, None, :].expand(Bsz, T, H, N)
-        v = mask_steps(xs * delta[..., None], mask)
+        z, xs, q, k, v, g, conv_cache = self.ssd_inputs(x, mask, None if state is None else state.conv,
+                                                        return_state)
         impl = "reference" if self.impl == "reference" else "torch"
         o, S = log_linear_attention(
-            q, k, v, mask_steps(g, mask), self.levels(x), mask=mask, scale=1.0,
+            q, k, v, g, self.levels(x), mask=mask, scale=1.0,
             initial_state=None if state is None else state.levels(), output_final_state=return_state,
             impl=impl, chunk_size=32,
         )
-        y = (o + self.D.to(x.dtype)[:, None] * xs).reshape(Bsz, T, di)
-        y = self.out_proj(self.norm(y * F.silu(z)))
+        y = self.readout(o, xs, z, x.dtype)
         return y, (LevelRecurrentState(S=S.S, count=S.count, conv=conv_cache) if return_state else None)
 
     def extra_repr(self):

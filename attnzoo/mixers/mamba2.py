@@ -83,25 +83,36 @@ class Mamba2(Mixer):
         delta = F.softplus(dt_raw + self.dt_bias.to(dt_raw.dtype))
         return -torch.exp(self.A_log.to(dt_raw.dtype)) * delta, delta
 
-    def _forward(self, x, mask, state, return_state):
+    def ssd_inputs(self, x, mask, conv_state, return_state):
+        """The SSD's operands from x: (z [B, T, d_inner] the output gate's input, xs [B, T, H, P], q, k
+        [B, T, H, N] (C and B shared by the heads), v = xs * Delta, g the log decay [B, T, H] (padded
+        steps: k, v, g zero), the conv cache)."""
         Bsz, T, _ = x.shape
         H, P, N, di = self.n_heads, self.head_dim, self.d_state, self.d_inner
         z, xbc, dt_raw = self.in_proj(x).split([di, di + 2 * N, H], -1)
-        xbc, conv_cache = self.conv(xbc, mask=mask, cache=None if state is None else state.conv,
-                                    output_cache=return_state)
+        xbc, conv_cache = self.conv(xbc, mask=mask, cache=conv_state, output_cache=return_state)
         xs, b, c = xbc.split([di, N, N], -1)
         xs = xs.reshape(Bsz, T, H, P)
         g, delta = self.log_decay(dt_raw)
-        g = mask_steps(g, mask)
         k = mask_steps(b, mask)[:, :, None, :].expand(Bsz, T, H, N)
         q = c[:, :, None, :].expand(Bsz, T, H, N)
         v = mask_steps(xs * delta[..., None], mask)
+        return z, xs, q, k, v, mask_steps(g, mask), conv_cache
+
+    def readout(self, o, xs, z, dtype):
+        """y = out_proj(norm((o + D xs) * silu(z))), o [B, T, H, P] the SSD's output; D in `dtype` (the
+        input's)."""
+        y = (o + self.D.to(dtype)[:, None] * xs).reshape(*xs.shape[:2], self.d_inner)
+        return self.out_proj(self.norm(y * F.silu(z)))
+
+    def _forward(self, x, mask, state, return_state):
+        z, xs, q, k, v, g, conv_cache = self.ssd_inputs(x, mask, None if state is None else state.conv,
+                                                        return_state)
         o, S = gated_linear_attention(
             q, k, v, g, scale=1.0, initial_state=None if state is None else state.S,
             output_final_state=return_state, impl=self.impl,
         )
-        y = (o + self.D.to(x.dtype)[:, None] * xs).reshape(Bsz, T, di)
-        y = self.out_proj(self.norm(y * F.silu(z)))
+        y = self.readout(o, xs, z, x.dtype)
         return y, (RecurrentState(S=S, conv=conv_cache) if return_state else None)
 
 
