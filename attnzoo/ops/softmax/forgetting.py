@@ -20,10 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from attnzoo.ops.common.dispatch import resolve_impl
-
-
-def _compute_dtype(q):
-    return torch.float64 if q.dtype == torch.float64 else torch.float32
+from attnzoo.ops.common.precision import compute_dtype
 
 
 def check_forgetting_inputs(q, k, v, log_f, cache_decay, key_mask):
@@ -60,7 +57,7 @@ def forgetting_attention_reference(q, k, v, log_f, *, cache_decay=None, key_mask
     tensor [Tq, Tk, Tq], small T only), then a masked softmax, in float32 (float64 for float64 inputs).
     Same arguments and returns as `forgetting_attention`."""
     check_forgetting_inputs(q, k, v, log_f, cache_decay, key_mask)
-    ct = _compute_dtype(q)
+    ct = compute_dtype(q)
     B, Tq, H, D = q.shape
     Tk = k.shape[1]
     n_cached = Tk - Tq
@@ -94,7 +91,7 @@ def forgetting_attention_reference(q, k, v, log_f, *, cache_decay=None, key_mask
 def forgetting_attention_torch(q, k, v, log_f, *, cache_decay=None, key_mask=None, scale=None, output_decay=False):
     """D_ij = c_i - c_j from one cumulative sum, given to SDPA as a float attn_mask (float32 compute for
     16-bit inputs; float64 for float64)."""
-    ct = _compute_dtype(q)
+    ct = compute_dtype(q)
     B, Tq, H, D = q.shape
     Tk = k.shape[1]
     scale = D**-0.5 if scale is None else scale

@@ -35,10 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from attnzoo.ops.common.dispatch import resolve_impl
-
-
-def _compute_dtype(q):
-    return torch.float64 if q.dtype == torch.float64 else torch.float32
+from attnzoo.ops.common.precision import compute_dtype
 
 
 def check_path_inputs(q, k, v, w, beta, cache_k, cache_v, key_mask, chunk_size, log_f=None, cache_decay=None):
@@ -128,14 +125,14 @@ def path_attention_reference(q, k, v, w, beta, *, log_f=None, cache_decay=None, 
     if log_f is not None:                                                    # Σ of log f after each key
         after = torch.stack([lf[:, :, j + 1:].sum(-1) for j in range(T)], 2)
         decay = after if not L else torch.cat([cache_decay.to(f).transpose(1, 2) + lf.sum(-1, keepdim=True), after], 2)
-        decay = decay.transpose(1, 2).to(_compute_dtype(q))
+        decay = decay.transpose(1, 2).to(compute_dtype(q))
     new = torch.zeros(B, H, T, D, dtype=f, device=q.device)
     P = eye.expand(B, H, D, D)                                               # H_{T-1} ··· H_{j+1}
     for j in range(T - 1, -1, -1):
         new[:, :, j] = torch.einsum("bhde,bhe->bhd", P, kf[:, :, j])
         P = P @ Hs[:, :, j]
     keys = new if ck is None else torch.cat([torch.einsum("bhde,bhle->bhld", P, ck), new], 2)
-    return o, keys.transpose(1, 2).to(_compute_dtype(q)), decay
+    return o, keys.transpose(1, 2).to(compute_dtype(q)), decay
 
 
 def _block_pieces(qb, kb, wb, bb):
@@ -155,7 +152,7 @@ def _block_pieces(qb, kb, wb, bb):
 def path_attention_torch(q, k, v, w, beta, *, log_f=None, cache_decay=None, cache_k=None, cache_v=None,
                          key_mask=None, scale=None, output_keys=False, chunk_size=32):
     """Blockwise (UT form) in float32 (float64 for float64 inputs); see the module docstring."""
-    ct = _compute_dtype(q)
+    ct = compute_dtype(q)
     B, T, H, D = q.shape
     L = 0 if cache_k is None else cache_k.shape[1]
     scale = D**-0.5 if scale is None else scale

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from attnzoo.ops.common.precision import compute_dtype
 from attnzoo.ops.sparse.reference import counted_ids
-
-
-def _compute_dtype(t: torch.Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 def _gather_blocks(x, ids, block_size):
@@ -32,7 +29,7 @@ def block_sparse_attention_torch(q, k, v, block_ids, block_counts, *, block_size
     Hkv, Dv = k.shape[2], v.shape[-1]
     G = Hq // Hkv
     bs = block_size
-    ct = _compute_dtype(q)
+    ct = compute_dtype(q)
     scale = D**-0.5 if scale is None else scale
     M = -(-T // bs)
     pad = M * bs - T
@@ -67,7 +64,7 @@ def block_sparse_decode_torch(q, k_cache, v_cache, block_ids, block_counts, cach
     B, Hq, D = q.shape
     L, Hkv = k_cache.shape[1], k_cache.shape[2]
     bs = block_size
-    ct = _compute_dtype(q)
+    ct = compute_dtype(q)
     scale = D**-0.5 if scale is None else scale
     pad = -(-L // bs) * bs - L
     ids = counted_ids(block_ids, block_counts).long()[:, :, None]  # [B, Hkv, 1, S]

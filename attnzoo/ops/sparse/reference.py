@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from attnzoo.ops.common.precision import compute_dtype
 from attnzoo.ops.sparse.blocks import allowed_keys, selected_block_mask
-
-
-def _compute_dtype(t: torch.Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 def counted_ids(block_ids: torch.Tensor, block_counts: torch.Tensor) -> torch.Tensor:
@@ -37,7 +34,7 @@ def block_sparse_attention_reference(q, k, v, block_ids, block_counts, *, block_
     """Causal self-attention over the selected blocks (positions 0..T-1): o [B, T, Hq, Dv] in q's dtype."""
     B, T, Hq, D = q.shape
     Hkv = k.shape[2]
-    ct = _compute_dtype(q)
+    ct = compute_dtype(q)
     scale = D**-0.5 if scale is None else scale
     allowed = allowed_keys(counted_ids(block_ids, block_counts), T, block_size)
     qf = q.to(ct).view(B, T, Hkv, Hq // Hkv, D).permute(0, 2, 3, 1, 4)
@@ -53,7 +50,7 @@ def block_sparse_decode_reference(q, k_cache, v_cache, block_ids, block_counts, 
     sits at position cache_lens[b] - 1). Returns o [B, Hq, Dv] in q's dtype."""
     B, Hq, D = q.shape
     L, Hkv = k_cache.shape[1], k_cache.shape[2]
-    ct = _compute_dtype(q)
+    ct = compute_dtype(q)
     scale = D**-0.5 if scale is None else scale
     n = -(-L // block_size)
     sel = selected_block_mask(counted_ids(block_ids, block_counts)[:, :, None], n)[:, :, 0]  # [B, Hkv, n]

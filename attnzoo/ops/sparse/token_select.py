@@ -27,11 +27,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from attnzoo.ops.common.precision import compute_dtype
 from attnzoo.ops.sparse.reference import _masked_softmax_attention, counted_ids
-
-
-def _compute_dtype(t: torch.Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 def n_compressed(L: int, block_len: int, stride: int) -> int:
@@ -60,7 +57,7 @@ def compressed_attention(q, kc, vc, q_pos, *, block_len: int, stride: int, scale
     B, T, Hq, D = q.shape
     Nc, Hkv = kc.shape[1], kc.shape[2]
     G = Hq // Hkv
-    ct = _compute_dtype(q)
+    ct = compute_dtype(q)
     scale = D**-0.5 if scale is None else scale
     seen = compressed_positions(Nc, block_len, stride, q.device)[None, None, :] <= q_pos[:, :, None]  # [B, T, Nc]
     s = torch.einsum("btkgd,bnkd->bkgtn", q.to(ct).view(B, T, Hkv, G, D), kc.to(ct)) * scale
@@ -128,7 +125,7 @@ def select_moba_blocks(q, kbar, q_pos, n_sel: int, *, block_size: int, top_k: in
         raise ValueError(f"top_k must be an int >= 1 (the own block counts), got {top_k!r}")
     B, T, Hq, D = q.shape
     N, Hkv = kbar.shape[1], kbar.shape[2]
-    ct = _compute_dtype(q)
+    ct = compute_dtype(q)
     s = torch.einsum("btkgd,bnkd->bkgtn", q.to(ct).view(B, T, Hkv, Hq // Hkv, D), kbar.to(ct)).reshape(B, Hq, T, N)
     mb = (q_pos // block_size)[:, None, :, None]  # [B, 1, T, 1]
     sel = (torch.arange(n_sel, device=q.device) == mb).expand(B, Hq, T, n_sel)
@@ -146,7 +143,7 @@ def token_sparse_attention_reference(q, k, v, block_ids, block_counts, q_pos, *,
     selected blocks and j <= q_pos[t]. q [B, T, Hq, D], k, v [B, L, Hkv, D] -> o [B, T, Hq, Dv]."""
     B, T, Hq, D = q.shape
     L, Hkv = k.shape[1], k.shape[2]
-    ct = _compute_dtype(q)
+    ct = compute_dtype(q)
     scale = D**-0.5 if scale is None else scale
     allowed = selection_mask(block_ids, block_counts, q_pos, L, block_size)  # [B, Hkv, T, L]
     qf = q.to(ct).view(B, T, Hkv, Hq // Hkv, D).permute(0, 2, 3, 1, 4)
@@ -188,7 +185,7 @@ def token_sparse_attention_torch(q, k, v, block_ids, block_counts, q_pos, *, blo
     B, T, Hq, D = q.shape
     L, Hkv, Dv = k.shape[1], k.shape[2], v.shape[-1]
     G, S, bs = Hq // Hkv, block_ids.shape[-1], block_size
-    ct = _compute_dtype(q)
+    ct = compute_dtype(q)
     scale = D**-0.5 if scale is None else scale
     pad = -(-L // bs) * bs - L
     ids = counted_ids(block_ids, block_counts).long()
