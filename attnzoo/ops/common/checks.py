@@ -40,6 +40,23 @@ def check_qkv(q, k, v) -> None:
         )
 
 
+def check_cached_qkv(q, k, v, key_mask) -> tuple[int, int, int, int]:
+    """Attention over a KV cache followed by the new tokens: q [B, Tq, H, D], k [B, Tk, H, D] and
+    v [B, Tk, H, Dv] with Tk >= Tq (cached keys first), key_mask None or bool [B, Tk]. Returns (B, Tq, Tk, H)."""
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"q, k, v must be [B, T, H, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    B, Tq, H, D = q.shape
+    Tk = k.shape[1]
+    if tuple(k.shape) != (B, Tk, H, D) or tuple(v.shape[:3]) != (B, Tk, H):
+        raise ValueError(f"k must be [B, Tk, {H}, {D}] and v [B, Tk, {H}, Dv] for q {tuple(q.shape)}; "
+                         f"got {tuple(k.shape)}, {tuple(v.shape)}")
+    if Tk < Tq:
+        raise ValueError(f"keys (Tk={Tk}) must include the Tq={Tq} new tokens (cached keys first)")
+    if key_mask is not None and (key_mask.dtype != torch.bool or tuple(key_mask.shape) != (B, Tk)):
+        raise ValueError(f"key_mask must be bool [B, Tk] = {(B, Tk)}, got {key_mask.dtype} {tuple(key_mask.shape)}")
+    return B, Tq, Tk, H
+
+
 def check_state(initial_state, shape: tuple, words: str) -> None:
     """initial_state None or of `shape`; `words` names the dims in the error, e.g. "[B, H, K, V]"."""
     if initial_state is not None and tuple(initial_state.shape) != tuple(shape):

@@ -19,28 +19,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from attnzoo.ops.common.checks import check_cached_qkv
 from attnzoo.ops.common.dispatch import resolve_impl
 from attnzoo.ops.common.precision import compute_dtype
 
 
 def check_forgetting_inputs(q, k, v, log_f, cache_decay, key_mask):
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"q, k, v must be [B, T, H, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    B, Tq, H, D = q.shape
-    Tk = k.shape[1]
-    if tuple(k.shape) != (B, Tk, H, D) or tuple(v.shape[:3]) != (B, Tk, H):
-        raise ValueError(f"k must be [B, Tk, {H}, {D}] and v [B, Tk, {H}, Dv] for q {tuple(q.shape)}; "
-                         f"got {tuple(k.shape)}, {tuple(v.shape)}")
-    if Tk < Tq:
-        raise ValueError(f"keys (Tk={Tk}) must include the Tq={Tq} new tokens (cached keys first)")
+    B, Tq, Tk, H = check_cached_qkv(q, k, v, key_mask)
     if tuple(log_f.shape) != (B, Tq, H):
         raise ValueError(f"log_f must be [B, Tq, H] = {(B, Tq, H)}, got {tuple(log_f.shape)}")
     n_cached = Tk - Tq
     if n_cached and (cache_decay is None or tuple(cache_decay.shape) != (B, n_cached, H)):
         got = None if cache_decay is None else tuple(cache_decay.shape)
         raise ValueError(f"cache_decay must be [B, {n_cached}, {H}] for {n_cached} cached keys, got {got}")
-    if key_mask is not None and (key_mask.dtype != torch.bool or tuple(key_mask.shape) != (B, Tk)):
-        raise ValueError(f"key_mask must be bool [B, Tk] = {(B, Tk)}, got {key_mask.dtype} {tuple(key_mask.shape)}")
 
 
 def _allowed(B, Tq, Tk, key_mask, device):

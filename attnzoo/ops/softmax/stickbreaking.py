@@ -19,21 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from attnzoo.ops.common.checks import check_cached_qkv
 from attnzoo.ops.common.dispatch import resolve_impl
-
-
-def _check(q, k, v, key_mask):
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"q, k, v must be [B, T, H, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    B, Tq, H, D = q.shape
-    Tk = k.shape[1]
-    if tuple(k.shape) != (B, Tk, H, D) or tuple(v.shape[:3]) != (B, Tk, H):
-        raise ValueError(f"k must be [B, Tk, {H}, {D}] and v [B, Tk, {H}, Dv] for q {tuple(q.shape)}; "
-                         f"got {tuple(k.shape)}, {tuple(v.shape)}")
-    if Tk < Tq:
-        raise ValueError(f"keys (Tk={Tk}) must include the Tq={Tq} new tokens (cached keys first)")
-    if key_mask is not None and (key_mask.dtype != torch.bool or tuple(key_mask.shape) != (B, Tk)):
-        raise ValueError(f"key_mask must be bool [B, Tk] = {(B, Tk)}, got {key_mask.dtype} {tuple(key_mask.shape)}")
 
 
 def _seen(B, Tq, Tk, key_mask, attend_current, device):
@@ -53,7 +40,7 @@ def _logits(q, k, scale, ct):
 def stickbreaking_attention_reference(q, k, v, *, key_mask=None, scale=None, attend_current=False):
     """The definition: the product Π (1 - beta_ik) over the seen keys between j and i, taken explicitly
     over a [B, H, Tq, Tk, Tk] tensor (small T only), in float32 (float64 for float64 inputs)."""
-    _check(q, k, v, key_mask)
+    check_cached_qkv(q, k, v, key_mask)
     ct = torch.float64 if q.dtype == torch.float64 else torch.float32
     B, Tq, H, D = q.shape
     Tk = k.shape[1]
@@ -101,7 +88,7 @@ def stickbreaking_attention(q, k, v, *, key_mask=None, scale=None, attend_curren
         >>> torch.allclose(o, stickbreaking_attention(q, k, v, impl="reference"), atol=1e-5), float(o[0, 0].abs().max())
         (True, 0.0)
     """
-    _check(q, k, v, key_mask)
+    check_cached_qkv(q, k, v, key_mask)
     impl = resolve_impl(impl, q)
     kw = {"key_mask": key_mask, "scale": scale, "attend_current": attend_current}
     if impl == "reference":
