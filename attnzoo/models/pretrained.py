@@ -26,6 +26,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from attnzoo.models.pattern import parse_pattern
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 MODEL_TYPE = "attnzoo"
@@ -47,12 +49,13 @@ def init_config(**arguments) -> dict:
     return arguments
 
 
-def _model_classes() -> dict:
-    from attnzoo.models.encoder import Encoder
-    from attnzoo.models.lm import LanguageModel
-    from attnzoo.models.sequence_classifier import SequenceClassifier
+# The model classes a config can name, by class name: every PretrainedMixin subclass registers itself
+# (attnzoo.models imports them all), so this file imports none of the model files that import it.
+MODEL_CLASSES: dict[str, type] = {}
 
-    return {c.__name__: c for c in (LanguageModel, Encoder, SequenceClassifier)}
+
+def _model_classes() -> dict:
+    return MODEL_CLASSES
 
 
 def _check_json(value, where: str):
@@ -171,8 +174,6 @@ def check_config(config: dict, *, where: str = CONFIG_NAME) -> dict:
     init = config.get("init")
     if not isinstance(init, dict) or "mixer" not in init:
         raise ValueError(f"{where}: \"init\" must be a dict of constructor arguments with a \"mixer\", got {init!r}")
-    from attnzoo.models.lm import parse_pattern
-
     try:
         parse_pattern(init["mixer"], int(init.get("n_layers", 1)))
     except (ValueError, TypeError) as e:
@@ -231,6 +232,10 @@ def load_pretrained(directory: str, *, expect: type | None = None, device="cpu")
 
 class PretrainedMixin:
     """Adds save_pretrained(dir) / from_pretrained(dir) to a model that records `self.init_config`."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        MODEL_CLASSES[cls.__name__] = cls
 
     def save_pretrained(self, directory: str) -> str:
         """Write config.json + model.safetensors into `directory` (created if needed)."""
