@@ -109,3 +109,20 @@ def test_triton_selection_refuses_what_it_cannot_take():
     assert ids.shape == (1, 2, 1, 2)
     with pytest.raises(ValueError, match="q_block"):
         select_blocks(q.float(), k.float(), top_k=1, impl="triton", q_block=torch.tensor([3]))
+
+
+def test_auto_takes_triton_where_measured_faster(monkeypatch):
+    """impl="auto": the fused selection on CUDA within SELECT_TRITON_MAX_WORK (rows · rounds · lanes; the
+    H100 run: 2.6e8 faster, 1.0e9 slower than torch), torch beyond it, and never when switched off."""
+    from attnzoo.ops.sparse import blocks
+
+    def preferred(B, M, N, Hkv, G, top_k, decode=False):
+        q, kb = torch.zeros(B, M, Hkv * G, 16), torch.zeros(B, N, Hkv, 16)
+        return blocks.triton_select_preferred(q, kb, top_k, torch.zeros(B, M, dtype=torch.long) if decode else None)
+
+    assert preferred(1, 1024, 1024, 4, 4, 61)            # GQA at 64k, blocks of 64: 2.6e8
+    assert preferred(1, 512, 512, 16, 1, 29)             # 64k, blocks of 128: 1.2e8
+    assert preferred(8, 1, 2048, 16, 1, 125, decode=True)  # decode at 128k
+    assert not preferred(1, 1024, 1024, 16, 1, 61)       # 64k, blocks of 64, Hkv 16: 1.0e9 (torch was faster)
+    monkeypatch.setattr(blocks, "SELECT_TRITON_AUTO", False)
+    assert not preferred(1, 16, 16, 1, 1, 2)

@@ -118,21 +118,37 @@ def test_fused_equals_chunked_without_state(monkeypatch):
 
 
 def test_dispatch_rule(monkeypatch):
-    """Fused on CUDA for sequences of at most FUSED_MAX_T tokens and K, V <= FUSED_MAX_DIM; with
-    cu_seqlens the total token count decides (no host read of the lengths); FORCE overrides the length
-    and the device but not the head dims."""
+    """Fused on CUDA for 16-bit inputs, sequences of at most FUSED_MAX_T[gate kind] tokens and K, V <=
+    FUSED_MAX_DIM; with cu_seqlens the total token count decides (no host read of the lengths); FORCE
+    overrides the length, the dtype and the device but not the head dims."""
     monkeypatch.setattr(fused, "FORCE", None)
+    monkeypatch.setattr(fused, "FUSED_MAX_T", {"scalar": 512, "vector": 64})
     cu = torch.tensor([0, 3, 9])
-    m, d = fused.FUSED_MAX_T, fused.FUSED_MAX_DIM
-    assert fused.use_fused(16 * m, 16, None, 128, 128, True)
-    assert not fused.use_fused(16 * (m + 1), 16, None, 128, 128, True)
-    assert not fused.use_fused(16 * m, 16, None, 128, 128, False)
-    assert not fused.use_fused(m, 1, None, d + 1, 64, True) and not fused.use_fused(m, 1, None, 64, d + 1, True)
-    assert fused.use_fused(m, 1, cu, 64, 64, True) and not fused.use_fused(m + 1, 1, cu, 64, 64, True)
+    d = fused.FUSED_MAX_DIM
+    for vector, m in ((False, 512), (True, 64)):
+        kw = {"vector": vector}
+        assert fused.use_fused(16 * m, 16, None, 128, 128, True, **kw)
+        assert not fused.use_fused(16 * (m + 1), 16, None, 128, 128, True, **kw)
+        assert not fused.use_fused(16 * m, 16, None, 128, 128, False, **kw)
+        assert not fused.use_fused(m, 1, None, d + 1, 64, True, **kw)
+        assert not fused.use_fused(m, 1, None, 64, d + 1, True, **kw)
+        assert fused.use_fused(m, 1, cu, 64, 64, True, **kw) and not fused.use_fused(m + 1, 1, cu, 64, 64, True, **kw)
+        assert fused.use_fused(m, 1, None, 64, 64, True, dtype=torch.float16, **kw)
+        assert not fused.use_fused(m, 1, None, 64, 64, True, dtype=torch.float32, **kw)
+    assert fused.use_fused(100, 1, None, 64, 64, True) and not fused.use_fused(100, 1, None, 64, 64, True, vector=True)
     monkeypatch.setattr(fused, "FORCE", True)
-    assert fused.use_fused(10 ** 6, 1, None, 64, 64, False) and not fused.use_fused(64, 1, None, d + 1, 64, False)
+    assert fused.use_fused(10 ** 6, 1, None, 64, 64, False, dtype=torch.float32)
+    assert not fused.use_fused(64, 1, None, d + 1, 64, False)
     monkeypatch.setattr(fused, "FORCE", False)
     assert not fused.use_fused(64, 1, None, 64, 64, True)
+
+
+def test_measured_defaults():
+    """The defaults the H100 run chose (benchmarks/results/gla_fused/): scalar gate up to 2048 tokens,
+    vector gate off (its fused kernels were 3-9x slower than the chunked path)."""
+    assert fused.FUSED_MAX_T == {"scalar": 2048, "vector": 0}
+    assert not fused.use_fused(16, 1, None, 128, 128, True, vector=True)
+    assert fused.use_fused(2048, 1, None, 128, 128, True) and not fused.use_fused(2049, 1, None, 128, 128, True)
 
 
 def test_fused_under_torch_compile(force_fused):

@@ -79,14 +79,29 @@ def block_queries(q: torch.Tensor, block_size: int) -> torch.Tensor:
 
 SELECT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 SELECT_MAX_LANES = 16384  # next_pow2(G) * next_pow2(N): the score rows one Triton program holds
-# impl="auto" takes the Triton selection on CUDA only once it has run on a GPU: it is verified in the Triton
-# interpreter, not yet on hardware (benchmarks/sparse_selection_gpu.py checks it against the torch
-# selection and times it). impl="triton" runs it now.
-SELECT_TRITON_AUTO = False
+# impl="auto" takes the Triton selection on CUDA where it was measured faster than the torch one (one H100,
+# bf16, H=16, D=128, 2026-12-07, benchmarks/results/sparse_selection_h100/: every selected set equal to the
+# torch selection's but one near-tie row of 16384). Its cost grows with rows · rounds · lanes
+# (B·Hkv·M programs, each min(top_k, N) max-reductions over next_pow2(N) lanes): at 1.0e9 (64k tokens,
+# blocks of 64, Hkv=16, top_k 61) it took 2.79 ms against torch's 1.55; at 2.6e8 and below (GQA at 64k,
+# blocks of 128, 2k-16k, decode at 128k) it was 1.3x-33x faster. Above SELECT_TRITON_MAX_WORK "auto" keeps
+# torch. impl="triton" runs it at any size.
+SELECT_TRITON_AUTO = True
+SELECT_TRITON_MAX_WORK = 5e8
 
 
 def _pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
+
+
+def triton_select_preferred(qrep: torch.Tensor, kbar: torch.Tensor, top_k: int, q_block) -> bool:
+    """impl="auto"'s choice of the Triton selection: on, supported, and rows · rounds · lanes within
+    SELECT_TRITON_MAX_WORK (the comment above SELECT_TRITON_AUTO has the measurements)."""
+    if not (SELECT_TRITON_AUTO and triton_select_supported(qrep, kbar)):
+        return False
+    B, M, N, Hkv = qrep.shape[0], qrep.shape[1], kbar.shape[1], kbar.shape[2]
+    lanes = _pow2(N if q_block is not None else min(M, N))
+    return B * Hkv * M * min(top_k, N) * lanes <= SELECT_TRITON_MAX_WORK
 
 
 def triton_select_supported(qrep: torch.Tensor, kbar: torch.Tensor) -> bool:
@@ -110,8 +125,8 @@ def select_blocks(
     S = min(N, sink_blocks + min(top_k, N) + local_blocks). Scores in float32 (float64 for float64 inputs).
     impl: "torch" / "reference" (this file: the reference), "triton" (one fused kernel,
     triton/block_select.py: same rule, same ties; scores may differ from torch's in the last bits, so two
-    blocks whose scores are within rounding of each other may swap), "auto" (Triton on CUDA when supported
-    and SELECT_TRITON_AUTO is on: off until a GPU run verifies it).
+    blocks whose scores are within rounding of each other may swap), "auto" (Triton on CUDA where supported
+    and measured faster: triton_select_preferred).
     """
     if score not in ("softmax", "logits"):
         raise ValueError(f'score must be "softmax" (SSA) or "logits" (Kinetics), got {score!r}')
@@ -130,8 +145,7 @@ def select_blocks(
     scale = D**-0.5 if scale is None else float(scale)
     kw = {"top_k": top_k, "sink_blocks": sink_blocks, "local_blocks": local_blocks, "score": score, "scale": scale,
           "q_block": q_block}
-    impl = resolve_impl(impl, qrep, kbar, q_block,
-                        triton_supported=SELECT_TRITON_AUTO and triton_select_supported(qrep, kbar))
+    impl = resolve_impl(impl, qrep, kbar, q_block, triton_supported=triton_select_preferred(qrep, kbar, top_k, q_block))
     if impl != "triton":
         return _select_blocks_torch(qrep, kbar, **kw)
     if not triton_select_supported(qrep, kbar):

@@ -23,7 +23,7 @@ Under torch.compile the chunked pass is the torch.library custom op `attnzoo::gl
 plain autograd.Function (less host time per call). With no gradient needed and T <= DECODE_MAX_T
 per sequence, the recurrent kernel (recurrent.py) runs instead. Short sequences (fused.use_fused: at
 most fused.FUSED_MAX_T tokens, K, V <= 128, CUDA) run the fused kernels of fused.py inside the same
-two functions: one launch forward, one backward (FUSED_MAX_T is 0, i.e. off, until a GPU run measures it).
+two functions: one launch forward, one backward (FUSED_MAX_T: 2048 for the scalar gate, off for the vector one).
 
 Precision (H200, bf16 inputs, against a float64 loop): o, S, dq, dk, dv, dh0 ~2-3e-3 relative, dg
 4-7e-3; the gradient of g_gamma (a sum of dg over every token, which cancels) is only good to
@@ -101,7 +101,8 @@ def _chunk_fwd(q, k, v, g, initial_state, cu_seqlens, batch, scale, output_final
     sequences (fused.use_fused) run the fused one-launch kernel instead (keep then stays empty)."""
     from attnzoo.ops.linear.triton import fused
 
-    if fused.use_fused(q.shape[0], batch, cu_seqlens, q.shape[-1], v.shape[-1], q.is_cuda):
+    if fused.use_fused(q.shape[0], batch, cu_seqlens, q.shape[-1], v.shape[-1], q.is_cuda,
+                       vector=fused._gate_kind(g) == 2, dtype=q.dtype):
         out = fused.fused_forward(q, k, v, g, scale=scale, initial_state=initial_state,
                                   output_final_state=output_final_state, batch=batch, cu_seqlens=cu_seqlens)
         if out is not None:  # None: this config does not compile (fused.FAILED)
@@ -117,7 +118,8 @@ def _chunk_bwd(q, k, v, g, initial_state, cu_seqlens, batch, scale, do, dht, sav
     """The chunked backward launches: (dq, dk, dv, dg or None, dh0 or None); fused.use_fused: one launch."""
     from attnzoo.ops.linear.triton import fused
 
-    if fused.use_fused(q.shape[0], batch, cu_seqlens, q.shape[-1], v.shape[-1], q.is_cuda):
+    if fused.use_fused(q.shape[0], batch, cu_seqlens, q.shape[-1], v.shape[-1], q.is_cuda,
+                       vector=fused._gate_kind(g) == 2, dtype=q.dtype):
         out = fused.fused_backward(q, k, v, g, do.contiguous(), dht, scale=scale, initial_state=initial_state,
                                    batch=batch, cu_seqlens=cu_seqlens)
         if out is not None:

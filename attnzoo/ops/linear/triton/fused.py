@@ -43,14 +43,13 @@ import triton.language as tl
 from attnzoo.ops.linear.triton import fused_bwd
 from attnzoo.ops.linear.triton.fused_common import _bounds, _cols, _pairwise, _rows, _scalar_gate, _vector_gate_T
 
-# The longest sequence (tokens) the fused path takes, a first guess until measured on the GPU
-# (benchmarks/gpu_gla_fused.py times fused against chunked at T = 64 .. 4096, 16k tokens per call):
-# the fused launch has N·H programs, each walking T / 64 chunks in series, so it loses to the chunked
-# path once N·H falls well below the SM count (T = 1k: 256 programs at H = 16 and 16k tokens).
-# 0 (off) until the kernels have run on a GPU: they are verified in the Triton interpreter and compile for
-# sm_90a, not yet checked on hardware; the GPU script forces them (FORCE) and gives the value to set
-# (its first guess: 512).
-FUSED_MAX_T = 0
+# The longest sequence (tokens) the fused path takes, per gate kind, as measured on one H100 (bf16, H = 16,
+# D = 128, 16k tokens per call, T = 256..2048, benchmarks/results/gla_fused/, 2026-12-07): scalar gate fwd+bwd
+# 0.90-1.04 ms fused against 1.26-1.73 ms chunked (weak and strong gates), so 2048 (longer T not measured);
+# the vector gate's fused kernels took 19.2-19.7 ms against the chunked path's 2.2 (weak) / 6.4 (strong):
+# off (0). Only 16-bit inputs (FUSED_DTYPES) take it by the rule; float32 was not timed.
+FUSED_MAX_T = {"scalar": 2048, "vector": 0}
+FUSED_DTYPES = (torch.bfloat16, torch.float16)
 FUSED_MAX_DIM = 128  # K and V at most (the backward holds a [K, V] float32 state per program)
 # None: the rule (CUDA tensors only, so the interpreter tests of the chunked kernels keep testing
 # them); True / False: force the fused path on (where K, V fit) or off (tests, benchmarks).
@@ -67,16 +66,17 @@ TUNE = dict(bt_scalar_fwd=64, bt_scalar_bwd=32, bt_vector=16, fwd_bv=64, fwd_war
 FAILED: set = set()
 
 
-def use_fused(n_tok: int, batch: int, cu_seqlens, K: int, V: int, is_cuda: bool) -> bool:
-    """Whether the fused kernels run: K, V <= FUSED_MAX_DIM and the longest sequence <= FUSED_MAX_T
-    tokens (with cu_seqlens, all n_tok tokens count: the lengths are not read on the host), on CUDA;
-    FORCE overrides the length and the device."""
+def use_fused(n_tok: int, batch: int, cu_seqlens, K: int, V: int, is_cuda: bool, *, vector: bool = False,
+              dtype: torch.dtype = torch.bfloat16) -> bool:
+    """Whether the fused kernels run: K, V <= FUSED_MAX_DIM, a 16-bit dtype and the longest sequence <=
+    FUSED_MAX_T[gate kind] tokens (with cu_seqlens, all n_tok tokens count: the lengths are not read on the
+    host), on CUDA; FORCE overrides the length, the dtype and the device."""
     if K > FUSED_MAX_DIM or V > FUSED_MAX_DIM:
         return False
     if FORCE is not None:
         return bool(FORCE)
     longest = n_tok if cu_seqlens is not None else n_tok // max(batch, 1)
-    return is_cuda and longest <= FUSED_MAX_T
+    return is_cuda and dtype in FUSED_DTYPES and longest <= FUSED_MAX_T["vector" if vector else "scalar"]
 
 
 @triton.jit
