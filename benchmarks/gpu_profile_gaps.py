@@ -1,0 +1,188 @@
+"""Where the time goes in the two Triton gaps that 2026-12-07's H100 run left open (issue #22), one device call:
+
+    PYTHONUNBUFFERED=1 timeout 240 python3 benchmarks/gpu_profile_gaps.py OUT_DIR     # a CUDA machine, ~2 minutes
+    python3 benchmarks/gpu_profile_gaps.py OUT_DIR --smoke                           # CPU, Triton interpreter
+
+1. The vector-gate GLA chunked path is 2.9x slower with strong gates (logsigmoid(x): 6.4 ms fwd+bwd at
+   16k tokens) than with weak ones (logsigmoid(x)/16: 2.2 ms): the CUDA kernels of one fwd+bwd call in each
+   regime, by total time (torch.profiler), so the strongly forgetting chunks' extra kernels show by name.
+2. The delta-rule decode step (one token, B=64, state given) takes 0.153 ms against fla's 0.078: the same
+   call timed eager and replayed from a CUDA graph (the difference is host time: Python checks, reshapes,
+   the launch), and its kernels' own time from the profiler; the GLA decode step (scalar and vector gate)
+   beside it, same method.
+bf16, H=16, D=128. Every case in its own try/except; OUT_DIR/profile_gaps.json (machine line, records) is
+rewritten after each; a short table closes the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+SMOKE = "--smoke" in sys.argv
+if SMOKE:
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from attnzoo.bench.machine import machine_line  # noqa: E402
+from attnzoo.bench.timing import call_times, median  # noqa: E402
+from attnzoo.ops.delta import delta_rule  # noqa: E402
+from attnzoo.ops.linear import gated_linear_attention  # noqa: E402
+
+DEV = "cpu" if SMOKE else "cuda"
+DT = torch.float32 if SMOKE else torch.bfloat16
+H, D = (2, 16) if SMOKE else (16, 128)
+RECORDS: list[dict] = []
+
+
+def bench(fn) -> float:
+    if SMOKE:
+        return 1e3 * median(call_times(fn, repeats=1, warmup=0, device=DEV))
+    from attnzoo.bench.speed import do_bench_ms
+
+    return do_bench_ms(fn)
+
+
+def kernels(fn, calls: int = 3, top: int = 15) -> list[dict]:
+    """The device kernels (CPU ops in the smoke mode) of `calls` calls of fn, by total time per call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    acts = [ProfilerActivity.CPU] if SMOKE else [ProfilerActivity.CUDA]
+    with profile(activities=acts) as prof:
+        for _ in range(calls):
+            fn()
+        if not SMOKE:
+            torch.cuda.synchronize()
+    rows = []
+    for e in prof.key_averages():
+        us = e.self_cpu_time_total if SMOKE else getattr(e, "self_device_time_total", e.self_cuda_time_total)
+        if us > 0:
+            rows.append({"name": e.key[:90], "ms_per_call": us / 1e3 / calls, "count_per_call": e.count / calls})
+    return sorted(rows, key=lambda r: -r["ms_per_call"])[:top]
+
+
+def graph_ms(fn):
+    """fn replayed from a CUDA graph (no host work per call); None in the smoke mode, the error's text
+    where the call cannot be captured (a host synchronisation inside, say)."""
+    if SMOKE:
+        return None
+    try:
+        return _graph_ms(fn)
+    except Exception as e:  # recorded: the eager time and the kernels still come
+        return f"{type(e).__name__}: {e}"[:200]
+
+
+def _graph_ms(fn) -> float:
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    return bench(g.replay)
+
+
+def gla_inputs(B, T, vector, strong, grad, seed=0):
+    gen = torch.Generator(device=DEV).manual_seed(seed)
+    r = lambda *s: torch.randn(*s, device=DEV, generator=gen)  # noqa: E731
+    q, k, v = (r(B, T, H, D).to(DT).requires_grad_(grad) for _ in range(3))
+    g = F.logsigmoid(r(B, T, H, *((D,) if vector else ())))
+    return q, k, v, (g if strong else g / 16).requires_grad_(grad)
+
+
+def gla_regimes():
+    B, T = (1, 40) if SMOKE else (4, 4096)
+    out = {"B": B, "T": T}
+    for regime in ("weak", "strong"):
+        q, k, v, g = gla_inputs(B, T, True, regime == "strong", True)
+        do = torch.randn_like(v)
+
+        def step(q=q, k=k, v=v, g=g, do=do):
+            o = gated_linear_attention(q, k, v, g, impl="triton")[0]
+            torch.autograd.grad(o, (q, k, v, g), do)
+
+        out[f"{regime}_fwdbwd_ms"] = bench(step)
+        out[f"{regime}_kernels"] = kernels(step)
+    return out
+
+
+def decode_case():
+    B = 4 if SMOKE else 64
+    gen = torch.Generator(device=DEV).manual_seed(1)
+    r = lambda *s: torch.randn(*s, device=DEV, generator=gen)  # noqa: E731
+    q, v = r(B, 1, H, D).to(DT), r(B, 1, H, D).to(DT)
+    k = F.normalize(r(B, 1, H, D), dim=-1).to(DT)
+    beta, g, S0 = torch.sigmoid(r(B, 1, H)).to(DT), F.logsigmoid(r(B, 1, H) + 4), r(B, H, D, D)
+    gv = F.logsigmoid(r(B, 1, H, D)) / 16
+    calls = {
+        "delta (gated)": lambda: delta_rule(q, k, v, beta, g, initial_state=S0, output_final_state=True),
+        "delta (no gate)": lambda: delta_rule(q, k, v, beta, None, initial_state=S0, output_final_state=True),
+        "gla scalar": lambda: gated_linear_attention(q, k, v, g, initial_state=S0, output_final_state=True),
+        "gla vector": lambda: gated_linear_attention(q, k, v, gv, initial_state=S0, output_final_state=True),
+    }
+    out = {"B": B, "T": 1, "state_mib": S0.numel() * 4 / 2**20}
+    with torch.no_grad():
+        for name, fn in calls.items():
+            rec = {"eager_ms": bench(fn), "graph_ms": graph_ms(fn), "kernels": kernels(fn, calls=10, top=6)}
+            rec["kernel_ms"] = sum(x["ms_per_call"] for x in rec["kernels"])
+            out[name] = rec
+    return out
+
+
+def case(name, fn, out_dir: Path):
+    t = time.time()
+    try:
+        rec = {"case": name, **fn()}
+    except Exception as e:  # one failure must not lose the rest
+        rec = {"case": name, "error": f"{type(e).__name__}: {e}"[:600]}
+        traceback.print_exc(limit=4)
+    rec["wall_s"] = round(time.time() - t, 1)
+    RECORDS.append(rec)
+    (out_dir / "profile_gaps.json").write_text(json.dumps({"machine": machine_line(DEV), "records": RECORDS},
+                                                          indent=1))
+    return rec
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("out", type=Path)
+    p.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (Triton interpreter)")
+    a = p.parse_args()
+    if not SMOKE and not torch.cuda.is_available():
+        sys.exit("needs CUDA (or --smoke)")
+    a.out.mkdir(parents=True, exist_ok=True)
+    gla = case("gla vector regimes", gla_regimes, a.out)
+    dec = case("decode steps", decode_case, a.out)
+    print(f"\nmachine: {machine_line(DEV)}")
+    if "error" not in gla:
+        for regime in ("weak", "strong"):
+            print(f"\nGLA vector gate, {regime} gates, B={gla['B']} T={gla['T']}: fwd+bwd "
+                  f"{gla[regime + '_fwdbwd_ms']:.3f} ms; kernels (ms per call, launches per call):")
+            for x in gla[regime + "_kernels"][:10]:
+                print(f"  {x['ms_per_call']:8.3f}  x{x['count_per_call']:<4g} {x['name']}")
+    if "error" not in dec:
+        print(f"\ndecode, one token, B={dec['B']} (state {dec['state_mib']:.0f} MiB fp32):")
+        print("| call | eager ms | CUDA graph ms | kernels ms |")
+        print("|---|---|---|---|")
+        for name in ("delta (gated)", "delta (no gate)", "gla scalar", "gla vector"):
+            r = dec[name]
+            gm = f"{r['graph_ms']:.4f}" if isinstance(r["graph_ms"], float) else str(r["graph_ms"])[:40]
+            print(f"| {name} | {r['eager_ms']:.4f} | {gm} | {r['kernel_ms']:.4f} |")
+    print("errors:", [r["case"] for r in RECORDS if "error" in r] or "none")
+
+
+if __name__ == "__main__":
+    main()
