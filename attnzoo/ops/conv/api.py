@@ -18,7 +18,12 @@ the returned state holds the last real inputs, so padding never changes real out
 Works for any T, including T < W and single-token steps.
 
 impl: "reference" (the sum over lags, reference.py), "torch" or "auto" (F.conv1d; for a long
-kernel F.conv1d or FFT, long.py: fft=None chooses by length). There is no Triton kernel.
+kernel F.conv1d or FFT, long.py: fft=None chooses by length). The short conv also has "triton" (one
+kernel each way on the [B, T, C] layout, ops/conv/triton/; W <= 8), and its "torch" path is either
+F.conv1d over a transposed [B, C, T] copy or a shift-and-add over time, y = Σ_j w[:, j] ⊙ xc[:, j:j+T]
+(SHORT_CONV_TORCH; the shift path and the kernel avoid cuDNN's depthwise conv, slow backward in bf16).
+"auto" takes the kernel on CUDA only when SHORT_CONV_TRITON_AUTO is on: off until a GPU run has checked
+and timed it (benchmarks/gpu_short_conv.py). A long conv has no Triton kernel.
 """
 
 from __future__ import annotations
@@ -30,6 +35,14 @@ from attnzoo.ops.common.dispatch import op_override, resolve_impl
 from attnzoo.ops.conv.long import fast_causal_conv
 from attnzoo.ops.conv.padding import last_real_inputs, previous_inputs, real_tokens_first, restore_token_order
 from attnzoo.ops.conv.reference import check_conv_inputs, direct_causal_conv
+from attnzoo.ops.conv.triton import triton_short_conv, triton_short_supported
+
+# impl="auto" takes the Triton short conv on CUDA only once a GPU run has verified it (checked in the Triton
+# interpreter only so far; benchmarks/gpu_short_conv.py checks and times it). impl="triton" runs it now.
+SHORT_CONV_TRITON_AUTO = False
+# the short conv's "torch" path: "conv1d" (F.conv1d, groups=C, on a [B, C, T] copy) or "shift" (W shifted
+# multiply-adds over [B, T, C], in x's dtype)
+SHORT_CONV_TORCH = "conv1d"
 
 # a mixer's conv_impl word (hyena, base_conv, h3) -> long_causal_conv's fft argument
 CONV_PATHS = {"auto": None, "direct": False, "fft": True}
@@ -42,9 +55,9 @@ def fft_choice(conv_impl: str):
     return CONV_PATHS[conv_impl]
 
 
-def _resolve(impl, x, name):
-    impl = resolve_impl(impl, x, triton_supported=False)
-    if impl == "triton":
+def _resolve(impl, x, name, has_kernel=False, supported=False):
+    impl = resolve_impl(impl, x, triton_supported=has_kernel and supported)
+    if impl == "triton" and not has_kernel:
         raise ValueError(f'{name} has no Triton kernel; use impl="torch" or "reference"')
     return impl
 
@@ -77,28 +90,66 @@ def causal_conv1d(x, weight, bias=None, *, initial_state=None, output_final_stat
         raise ValueError(f"weight must be [C, W] = [{C}, W], got {tuple(weight.shape)}")
     if activation not in (None, "silu"):
         raise ValueError(f"activation must be None or 'silu', got {activation!r}")
-    impl = _resolve(impl, x, "causal_conv1d")
+    impl = _resolve(impl, x, "causal_conv1d", has_kernel=True,
+                    supported=SHORT_CONV_TRITON_AUTO and triton_short_supported(x, weight))
+    if SHORT_CONV_TORCH not in ("conv1d", "shift"):
+        raise ValueError(f'SHORT_CONV_TORCH must be "conv1d" or "shift", got {SHORT_CONV_TORCH!r}')
     W = weight.shape[1]
+    given = initial_state is not None
     state = previous_inputs(x, initial_state, W - 1, name="initial_state must be [B, W-1, C]")
     halo = op_override("conv_cache")  # sequence parallel: the previous ranks' last W-1 real inputs
     if halo is not None:
-        state = halo(x, mask, state, W - 1)
+        state, given = halo(x, mask, state, W - 1), True
     perm = None
     if mask is not None:
         x, _, perm = real_tokens_first(x, mask)
-    xc = torch.cat([state.to(x.dtype), x], 1)  # [B, W-1+T, C]
-    if impl == "reference":
-        y = direct_causal_conv(xc, weight.flip(-1))[:, W - 1:]
-        y = y if bias is None else y + bias.to(x.dtype)
+    if impl == "triton":
+        y = triton_short_conv(x, weight, bias, initial_state=state if given else None, activation=activation)
+        final = _last_inputs(x, state, mask, W - 1) if output_final_state else None
     else:
-        y = F.conv1d(xc.transpose(1, 2), weight[:, None, :].to(x.dtype), None if bias is None else bias.to(x.dtype),
-                     groups=C).transpose(1, 2)
-    if activation == "silu":
-        y = F.silu(y)
-    final = last_real_inputs(xc, mask, W - 1) if output_final_state else None
+        xc = torch.cat([state.to(x.dtype), x], 1)  # [B, W-1+T, C]
+        if impl == "reference":
+            y = direct_causal_conv(xc, weight.flip(-1))[:, W - 1:]
+            y = y if bias is None else y + bias.to(x.dtype)
+        elif SHORT_CONV_TORCH == "shift":
+            y = shift_conv(xc, weight, bias)
+        else:
+            y = F.conv1d(xc.transpose(1, 2), weight[:, None, :].to(x.dtype),
+                         None if bias is None else bias.to(x.dtype), groups=C).transpose(1, 2)
+        if activation == "silu":
+            y = F.silu(y)
+        final = last_real_inputs(xc, mask, W - 1) if output_final_state else None
     if perm is not None:
         y = restore_token_order(y, perm)
     return y, final
+
+
+def shift_conv(xc, weight, bias=None):
+    """The short conv as W shifted multiply-adds in xc's dtype: y = b + Σ_j w[:, j] ⊙ xc[:, j:j+T].
+
+    xc [B, W-1+T, C] (the W-1 previous inputs, then x); weight [C, W] (oldest tap first); bias [C] or None.
+    Returns y [B, T, C] (no transposed copy, no cuDNN).
+    """
+    W = weight.shape[1]
+    T = xc.shape[1] - W + 1
+    w = weight.to(xc.dtype)
+    y = xc[:, W - 1:] * w[:, W - 1]
+    if bias is not None:
+        y = y + bias.to(xc.dtype)
+    for j in range(W - 1):
+        y = torch.addcmul(y, xc[:, j:j + T], w[:, j])
+    return y
+
+
+def _last_inputs(x, state, mask, keep):
+    """The last `keep` real inputs of [state ; x] (x with real tokens first), as last_real_inputs gives, but
+    without building the concatenation: [B, keep, C] in x's dtype."""
+    B, T, C = x.shape
+    n = torch.full((B,), T, device=x.device) if mask is None else mask.sum(1)
+    idx = n[:, None] - keep + torch.arange(keep, device=x.device)  # [B, keep] rows of x; < 0: of the state
+    from_x = torch.gather(x, 1, idx.clamp(0, T - 1)[..., None].expand(B, keep, C))
+    from_s = torch.gather(state.to(x.dtype), 1, (idx + keep).clamp(max=max(keep - 1, 0))[..., None].expand(B, keep, C))
+    return torch.where((idx >= 0)[..., None], from_x, from_s)
 
 
 def long_causal_conv(x, kernel, *, initial_state=None, output_final_state=False, mask=None, fft=None,
