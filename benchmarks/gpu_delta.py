@@ -26,19 +26,18 @@ left once spent.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import gpu_delta_setup as setup  # noqa: I001 (first: sets TRITON_INTERPRET under --smoke)
 import torch
+from attnzoo.bench.cases import CaseLog  # noqa: E402
 from gpu_delta_setup import (BUDGET, D, DEV, FLA, H, NAMES, SMOKE, T0, TOL, delta_rule_reference, fla_call,
                              fwd_bwd, inputs, ours, rel, torch_chunked)
 from gpu_delta_timing import timing, timing_decode, timing_mixer, tuning
 
-RECORDS: list[dict] = []
+LOG: CaseLog | None = None  # main() makes it
 
 
 def check(B, T, gate, ref_name, dtype=None, d=D):
@@ -120,34 +119,16 @@ def check_compile():
     return {"ours_compiled_vs_eager": errs, "ok": all(e < 1e-2 for e in errs.values())}
 
 
-def case(name, fn, out_dir, budget):
-    if time.time() - T0 > budget:
-        rec = {"case": name, "skipped": "time budget spent"}
-    else:
-        t = time.time()
-        try:
-            rec = {"case": name, **fn()}
-        except Exception as e:
-            rec = {"case": name, "error": f"{type(e).__name__}: {str(e)[:300]}",
-                   "trace": traceback.format_exc()[-1500:]}
-        rec["seconds"] = round(time.time() - t, 1)
-        if not SMOKE:
-            torch.cuda.empty_cache()
-    RECORDS.append(rec)
-    print(json.dumps({k: v for k, v in rec.items() if k != "trace"}), flush=True)
-    (out_dir / "gpu_delta.json").write_text(json.dumps({"machine": MACHINE, "records": RECORDS}, indent=1))
-
-
 def fmt(x):
     return "-" if x is None else (f"{x:.3g}" if isinstance(x, float) else str(x))
 
 
 def table():
-    for r in RECORDS:
+    for r in LOG.records:
         if r["case"] == "first call":
             print("first fwd+bwd (compiles):", {k: v for k, v in r.items() if k.startswith("seconds_")})
     print("\nchecks (max relative error over o, S and the gradients; fla beside where importable)")
-    for r in RECORDS:
+    for r in LOG.records:
         if r["case"].startswith("check") and isinstance(r.get("ours"), dict):
             fl = r.get("fla")
             fl = max(v for v in fl.values() if v is not None) if isinstance(fl, dict) else fl
@@ -156,29 +137,29 @@ def table():
     print("\n| T | B | gate | ours fwd | ours fwd+bwd | torch fwd+bwd | fla fwd+bwd | fla / ours "
           "| peak MiB ours / fla |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for r in RECORDS:
+    for r in LOG.records:
         if r["case"].startswith("time ") and "T" in r and "B" in r and r["T"] > 1:
             o, f = r.get("ours_fwdbwd_ms"), r.get("fla_fwdbwd_ms")
             print(f"| {r['T']} | {r['B']} | {r['gate']} | {fmt(r.get('ours_fwd_ms'))} | {fmt(o)} | "
                   f"{fmt(r.get('torch_fwdbwd_ms'))} | {fmt(f)} | {fmt(f / o if o and f else None)} | "
                   f"{fmt(r.get('ours_peak_mib'))} / {fmt(r.get('fla_peak_mib'))} |")
-    for r in RECORDS:
+    for r in LOG.records:
         if r["case"] == "time decode":
             print(f"\ndecode B={r.get('B')}: ours {fmt(r.get('ours_ms'))} ms, fla {fmt(r.get('fla_ms'))} ms")
-    for r in RECORDS:
+    for r in LOG.records:
         if r["case"].startswith("mixer ") and "T" in r:
             o, f = r.get("triton_fwdbwd_ms"), r.get("fla_fwdbwd_ms")
             print(f"{r['case']} d_model={r['d_model']} B={r['B']} T={r['T']} fwd+bwd: triton {fmt(o)} ms, torch "
                   f"{fmt(r.get('torch_fwdbwd_ms'))} ms, fla {fmt(f)} ms (fla / ours "
                   f"{fmt(f / o if o and f else None)}); "
                   f"triton vs torch output {fmt(r.get('ours_triton_vs_torch_rel'))}")
-    for r in RECORDS:
+    for r in LOG.records:
         if r["case"].startswith("tune ") and "variants" in r:
             print(f"{r['case']} B={r['B']}: " + "; ".join(
                 f"{v['change'] or 'defaults'} {fmt(v.get('fwd_ms'))} / {fmt(v.get('fwdbwd_ms'))} ms"
                 for v in r["variants"]))
-    print("errors:", [r["case"] for r in RECORDS if "error" in r] or "none",
-          "| skipped:", [r["case"] for r in RECORDS if "skipped" in r] or "none")
+    print("errors:", [r["case"] for r in LOG.records if "error" in r] or "none",
+          "| skipped:", [r["case"] for r in LOG.records if "skipped" in r] or "none")
 
 
 MACHINE: dict = {}
@@ -190,37 +171,40 @@ def main():
     p.add_argument("out", type=Path)
     p.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU through the Triton interpreter")
     p.add_argument("--budget", type=float, default=270.0, help="seconds after which remaining cases are skipped")
+    p.add_argument("--only", default="", help="comma-separated case-name prefixes to run (e.g. 'time,mixer'): a rerun")
     a = p.parse_args()
     BUDGET[0] = a.budget
     if not SMOKE and not torch.cuda.is_available():
         sys.exit("needs CUDA (or --smoke)")
     a.out.mkdir(parents=True, exist_ok=True)
     MACHINE = setup.machine()
-    case("first call", first_call, a.out, a.budget)
+    global LOG
+    LOG = CaseLog(a.out / "gpu_delta.json", {"machine": MACHINE}, budget_s=a.budget, t0=T0,
+                  only=tuple(x for x in a.only.split(",") if x))
+    LOG.run("first call", first_call)
     small = (1, 70) if SMOKE else (2, 2048)
     big = (2, 130) if SMOKE else (4, 4096)
     for gate in (None, "weak", "strong"):
-        case(f"check loop {gate} B={small[0]} T={small[1]}", lambda: check(*small, gate, "loop"), a.out, a.budget)
+        LOG.run(f"check loop {gate} B={small[0]} T={small[1]}", lambda: check(*small, gate, "loop"))
     for gate in (None, "weak", "strong"):
-        case(f"check chunked {gate} B={big[0]} T={big[1]}", lambda: check(*big, gate, "chunked"), a.out, a.budget)
+        LOG.run(f"check chunked {gate} B={big[0]} T={big[1]}", lambda: check(*big, gate, "chunked"))
     # fp32 inputs (tf32 products on the GPU) and head dims below and off a power of two
     odd = (1, 45, 24) if SMOKE else (1, 1000, 100)
-    case(f"check loop fp32 weak D={D // 2} T={small[1] // 2}",
-         lambda: check(1, small[1] // 2, "weak", "loop", dtype=torch.float32, d=D // 2), a.out, a.budget)
-    case(f"check loop strong D={odd[2]} T={odd[1]}", lambda: check(odd[0], odd[1], "strong", "loop", d=odd[2]),
-         a.out, a.budget)
-    case("check varlen", check_varlen, a.out, a.budget)
-    case("check decode", check_decode, a.out, a.budget)
-    case("check compile", check_compile, a.out, a.budget)
+    LOG.run(f"check loop fp32 weak D={D // 2} T={small[1] // 2}",
+            lambda: check(1, small[1] // 2, "weak", "loop", dtype=torch.float32, d=D // 2))
+    LOG.run(f"check loop strong D={odd[2]} T={odd[1]}", lambda: check(odd[0], odd[1], "strong", "loop", d=odd[2]))
+    LOG.run("check varlen", check_varlen)
+    LOG.run("check decode", check_decode)
+    LOG.run("check compile", check_compile)
     Ts = (32, 64) if SMOKE else (1024, 4096, 16384, 32768)
     for T in Ts:
         for gate in ("strong", None):
-            case(f"time T={T} {gate}", lambda: timing(T, gate), a.out, a.budget)
-    case("time decode", timing_decode, a.out, a.budget)
+            LOG.run(f"time T={T} {gate}", lambda: timing(T, gate))
+    LOG.run("time decode", timing_decode)
     for name in ("gated_deltanet", "deltanet"):
-        case(f"mixer {name}", lambda: timing_mixer(name), a.out, a.budget)
+        LOG.run(f"mixer {name}", lambda: timing_mixer(name))
     for T in ((64,) if SMOKE else (16384, 2048)):
-        case(f"tune T={T} strong", lambda: tuning(T, "strong"), a.out, a.budget)
+        LOG.run(f"tune T={T} strong", lambda: tuning(T, "strong"))
     table()
 
 

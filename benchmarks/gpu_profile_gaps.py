@@ -17,11 +17,8 @@ rewritten after each; a short table closes the run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
-import traceback
 from pathlib import Path
 
 SMOKE = "--smoke" in sys.argv
@@ -33,6 +30,7 @@ import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from attnzoo.bench.cases import CaseLog  # noqa: E402
 from attnzoo.bench.machine import machine_line  # noqa: E402
 from attnzoo.bench.timing import call_times, median  # noqa: E402
 from attnzoo.ops.delta import delta_rule  # noqa: E402
@@ -41,7 +39,6 @@ from attnzoo.ops.linear import gated_linear_attention  # noqa: E402
 DEV = "cpu" if SMOKE else "cuda"
 DT = torch.float32 if SMOKE else torch.bfloat16
 H, D = (2, 16) if SMOKE else (16, 128)
-RECORDS: list[dict] = []
 
 
 def bench(fn) -> float:
@@ -142,20 +139,6 @@ def decode_case():
     return out
 
 
-def case(name, fn, out_dir: Path):
-    t = time.time()
-    try:
-        rec = {"case": name, **fn()}
-    except Exception as e:  # one failure must not lose the rest
-        rec = {"case": name, "error": f"{type(e).__name__}: {e}"[:600]}
-        traceback.print_exc(limit=4)
-    rec["wall_s"] = round(time.time() - t, 1)
-    RECORDS.append(rec)
-    (out_dir / "profile_gaps.json").write_text(json.dumps({"machine": machine_line(DEV), "records": RECORDS},
-                                                          indent=1))
-    return rec
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("out", type=Path)
@@ -163,9 +146,9 @@ def main():
     a = p.parse_args()
     if not SMOKE and not torch.cuda.is_available():
         sys.exit("needs CUDA (or --smoke)")
-    a.out.mkdir(parents=True, exist_ok=True)
-    gla = case("gla vector regimes", gla_regimes, a.out)
-    dec = case("decode steps", decode_case, a.out)
+    log = CaseLog(a.out / "profile_gaps.json", {"machine": machine_line(DEV)})
+    gla = log.run("gla vector regimes", gla_regimes)
+    dec = log.run("decode steps", decode_case)
     print(f"\nmachine: {machine_line(DEV)}")
     if "error" not in gla:
         for regime in ("weak", "strong"):
@@ -181,7 +164,7 @@ def main():
             r = dec[name]
             gm = f"{r['graph_ms']:.4f}" if isinstance(r["graph_ms"], float) else str(r["graph_ms"])[:40]
             print(f"| {name} | {r['eager_ms']:.4f} | {gm} | {r['kernel_ms']:.4f} |")
-    print("errors:", [r["case"] for r in RECORDS if "error" in r] or "none")
+    print("errors:", log.failed() or "none")
 
 
 if __name__ == "__main__":

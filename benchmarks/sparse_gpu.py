@@ -19,13 +19,11 @@ budget (--budget seconds, default 330) skips whatever is left once spent.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 
 SMOKE = "--smoke" in sys.argv
@@ -38,6 +36,7 @@ import torch.nn.functional as F  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import attnzoo  # noqa: E402
+from attnzoo.bench.cases import CaseLog  # noqa: E402
 from attnzoo.ops.gate import sigmoid_output_gate  # noqa: E402
 from attnzoo.ops.sparse import (  # noqa: E402
     block_queries,
@@ -57,7 +56,7 @@ BLOCKS = (16, 32) if SMOKE else (64, 128)
 SINK, LOCAL = 1, 2
 TOL = 2e-2
 T0 = time.time()
-RECORDS: list[dict] = []
+LOG: CaseLog | None = None  # main() makes it
 
 
 def machine() -> dict:
@@ -88,24 +87,6 @@ def bench(fn, grad_to_none=None) -> float:
     import triton.testing
 
     return triton.testing.do_bench(fn, warmup=25, rep=100, grad_to_none=grad_to_none, return_mode="median")
-
-
-def case(name, fn, out, budget):
-    if time.time() - T0 > budget:
-        rec = {"case": name, "skipped": "time budget spent"}
-    else:
-        t = time.time()
-        try:
-            rec = {"case": name, **fn(), "wall_s": round(time.time() - t, 1)}
-        except Exception as e:  # one failure must not lose the rest
-            rec = {"case": name, "error": f"{type(e).__name__}: {e}"[:800]}
-            traceback.print_exc(limit=3)
-        if DEV == "cuda":
-            torch.cuda.empty_cache()
-    RECORDS.append(rec)
-    shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in rec.items() if k != "case"}
-    print(f"[{time.time() - T0:6.1f}s] {name}: {shown}", flush=True)
-    (out / "sparse_gpu.json").write_text(json.dumps({"machine": MACHINE, "records": RECORDS}, indent=1))
 
 
 def inputs(B, T, Hq, Hkv, seed=0):
@@ -389,19 +370,19 @@ def time_g1(T):
 
 
 def report(out):
-    rows = [r for r in RECORDS if r["case"].startswith("time prefill") and "ours_fwd_ms" in r]
+    rows = [r for r in LOG.records if r["case"].startswith("time prefill") and "ours_fwd_ms" in r]
     print("\nprefill (ms, median)   T   bs  dens | cudnn  flex  ours(sel) ours(kern) | fwd+bwd: cudnn  flex  ours")
     for r in rows:
         f = lambda k: f"{r[k]:7.3f}" if k in r else "    -  "  # noqa: E731
         print(f"{r['case'][13:]:>22s} {r['density_all']:.3f} | {f('cudnn_fwd_ms')} {f('flex_fwd_ms')} "
               f"{f('ours_fwd_ms')} {f('ours_fwd_kernel_ms')} | {f('cudnn_fwdbwd_ms')} {f('flex_fwdbwd_ms')} "
               f"{f('ours_fwdbwd_ms')}")
-    for r in RECORDS:
+    for r in LOG.records:
         if r["case"].startswith(("time decode", "time g1")):
             print(r["case"], {k: round(v, 3) for k, v in r.items() if isinstance(v, float)})
-    bad = [r["case"] for r in RECORDS if r.get("ok") is False or any(k.endswith("error") for k in r)]
+    bad = [r["case"] for r in LOG.records if r.get("ok") is False or any(k.endswith("error") for k in r)]
     print("FAILED CHECKS / CASES WITH ERRORS (see the JSON):", bad or "none")
-    print("skipped (time budget):", [r["case"] for r in RECORDS if "skipped" in r] or "none")
+    print("skipped (time budget):", [r["case"] for r in LOG.records if "skipped" in r] or "none")
     try:
         import matplotlib
 
@@ -433,6 +414,8 @@ def main():
     p.add_argument("--budget", type=float, default=330.0, help="seconds after which remaining cases are skipped")
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
+    global LOG
+    LOG = CaseLog(a.out / "sparse_gpu.json", {"machine": MACHINE}, budget_s=a.budget, t0=T0)
     if not SMOKE and not torch.cuda.is_available():
         sys.exit("needs CUDA (or --smoke)")
     print(MACHINE, flush=True)
@@ -441,24 +424,23 @@ def main():
     for T, bs, hkv, grads in ((2 * s, small, H, True), (2 * s, big, H // 4 or 1, True), (8 * s // 4, small, H, True),
                               (8 * s // 4 if SMOKE else 8 * s, big, H, True), (16 * s, small, H, False),
                               (64 * s, small, H, False), (64 * s, big, H // 4 or 1, False)):
-        case(f"check prefill T={T} bs={bs} Hkv={hkv}" + (" fwd+bwd" if grads else " fwd"),
-             lambda: check_prefill(T, bs, hkv, grads), a.out, a.budget)
+        LOG.run(f"check prefill T={T} bs={bs} Hkv={hkv}" + (" fwd+bwd" if grads else " fwd"),
+                lambda: check_prefill(T, bs, hkv, grads))
     L = 40 * s // 8 if SMOKE else 128 * s
     for bs in BLOCKS:
-        case(f"check decode B=8 L={L} bs={bs}", lambda: check_decode(2 if SMOKE else 8, L, bs), a.out, a.budget)
+        LOG.run(f"check decode B=8 L={L} bs={bs}", lambda: check_decode(2 if SMOKE else 8, L, bs))
     for w in (1, D):
-        case(f"check g1 gate width={w}", lambda: check_gate(2 if SMOKE else 4, 2 * s, w), a.out, a.budget)
-    case(f"check mixer block_sparse T={4 * s}", lambda: check_mixer(4 * s, BLOCKS[0]), a.out, a.budget)
+        LOG.run(f"check g1 gate width={w}", lambda: check_gate(2 if SMOKE else 4, 2 * s, w))
+    LOG.run(f"check mixer block_sparse T={4 * s}", lambda: check_mixer(4 * s, BLOCKS[0]))
     Tmax = 16 * s if SMOKE else 64 * s
     for bs in BLOCKS:  # the headline first: 64k
-        case(f"time prefill T={Tmax} bs={bs}", lambda: {"T": Tmax, **time_prefill(Tmax, bs)}, a.out, a.budget)
-    case(f"time decode B=8 L={L} bs={BLOCKS[0]}", lambda: time_decode(2 if SMOKE else 8, L, BLOCKS[0]), a.out,
-         a.budget)
+        LOG.run(f"time prefill T={Tmax} bs={bs}", lambda: {"T": Tmax, **time_prefill(Tmax, bs)})
+    LOG.run(f"time decode B=8 L={L} bs={BLOCKS[0]}", lambda: time_decode(2 if SMOKE else 8, L, BLOCKS[0]))
     for T in (s,) if SMOKE else (2 * s, 16 * s):
-        case(f"time g1 T={T}", lambda: time_g1(T), a.out, a.budget)
+        LOG.run(f"time g1 T={T}", lambda: time_g1(T))
     for bs in BLOCKS[::-1]:
         for T in (4 * s,) if SMOKE else (2 * s, 4 * s, 8 * s, 16 * s, 32 * s):
-            case(f"time prefill T={T} bs={bs}", lambda: {"T": T, **time_prefill(T, bs)}, a.out, a.budget)
+            LOG.run(f"time prefill T={T} bs={bs}", lambda: {"T": T, **time_prefill(T, bs)})
     report(a.out)
     print(f"done in {time.time() - T0:.0f} s; results in {a.out / 'sparse_gpu.json'}")
 

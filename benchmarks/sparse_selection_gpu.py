@@ -25,7 +25,6 @@ try/except; OUT_DIR/sparse_selection_gpu.json (machine line, records) is rewritt
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -41,6 +40,7 @@ import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from attnzoo.bench.cases import CaseLog  # noqa: E402
 from attnzoo.bench.machine import machine_line  # noqa: E402
 from attnzoo.bench.timing import call_times, median  # noqa: E402
 from attnzoo.ops.sparse import (  # noqa: E402
@@ -60,7 +60,7 @@ DT = torch.float32 if SMOKE else torch.bfloat16  # the interpreter's tl.dot is w
 H, D = (2, 16) if SMOKE else (16, 128)
 SINK, LOCAL = 1, 2
 T0 = time.time()
-RECORDS: list[dict] = []
+LOG: CaseLog | None = None  # main() makes it
 FUSED = ["triton"]  # the fused selection's impl; "torch" if the probe case finds it broken (torch numbers still come)
 MACHINE = {"machine": machine_line(DEV), "dtype": str(DT), "H": H, "D": D, "smoke": SMOKE}
 
@@ -72,24 +72,6 @@ def bench(fn) -> float:
     from attnzoo.bench.speed import do_bench_ms
 
     return do_bench_ms(fn)
-
-
-def case(name, fn, out, budget):
-    if time.time() - T0 > budget:
-        rec = {"case": name, "skipped": "time budget spent"}
-    else:
-        t = time.time()
-        try:
-            rec = {"case": name, **fn(), "wall_s": round(time.time() - t, 1)}
-        except Exception as e:  # one failure must not lose the rest
-            rec = {"case": name, "error": f"{type(e).__name__}: {e}"[:800]}
-            traceback.print_exc(limit=4)
-        if DEV == "cuda":
-            torch.cuda.empty_cache()
-    RECORDS.append(rec)
-    shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in rec.items() if k != "case"}
-    print(f"[{time.time() - T0:6.1f}s] {name}: {shown}", flush=True)
-    (out / "sparse_selection_gpu.json").write_text(json.dumps({**MACHINE, "records": RECORDS}, indent=1))
 
 
 def top_k_for(n_blocks: int) -> int:
@@ -263,20 +245,20 @@ def report():
         return f" {r[key]:8.3f}" if key in r else "        -"
 
     print("\nprefill (ms)        T   bs Hkv | pool  sel_torch sel_fused | kernel fwd(torch sel) fwd(fused sel) cudnn")
-    for r in RECORDS:
+    for r in LOG.records:
         if r["case"].startswith("prefill") and "kernel_ms" in r:
             print(f"{r['case'][8:]:>24s} |{f(r, 'pool_ms')}{f(r, 'sel_torch_ms')}{f(r, 'sel_fused_ms')} |"
                   f"{f(r, 'kernel_ms')}{f(r, 'fwd_torch_sel_ms')}{f(r, 'fwd_fused_sel_ms')}{f(r, 'cudnn_fwd_ms')}")
     print("\ndecode (ms)                | sel_torch sel_fused kernel | pool_whole pool_inc | step_before step_after "
           "dense")
-    for r in RECORDS:
+    for r in LOG.records:
         if r["case"].startswith("decode") and "kernel_ms" in r:
             print(f"{r['case'][7:]:>26s} |{f(r, 'sel_torch_ms')}{f(r, 'sel_fused_ms')}{f(r, 'kernel_ms')} |"
                   f"{f(r, 'pool_whole_ms')}{f(r, 'pool_incremental_ms')} |{f(r, 'step_before_ms')}"
                   f"{f(r, 'step_after_ms')}{f(r, 'best_dense_ms')}")
-    bad = [r["case"] for r in RECORDS if r.get("ok") is False or "error" in r]
+    bad = [r["case"] for r in LOG.records if r.get("ok") is False or "error" in r]
     print("FAILED CHECKS / CASES WITH ERRORS (see the JSON):", bad or "none")
-    print("skipped (time budget):", [r["case"] for r in RECORDS if "skipped" in r] or "none")
+    print("skipped (time budget):", [r["case"] for r in LOG.records if "skipped" in r] or "none")
 
 
 def main():
@@ -286,6 +268,8 @@ def main():
     p.add_argument("--budget", type=float, default=400.0, help="seconds after which remaining cases are skipped")
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
+    global LOG
+    LOG = CaseLog(a.out / "sparse_selection_gpu.json", MACHINE, budget_s=a.budget, t0=T0)
     if not SMOKE and not torch.cuda.is_available():
         sys.exit("needs CUDA (or --smoke)")
     print(MACHINE, flush=True)
@@ -309,9 +293,9 @@ def main():
                                                                                         "logits")),
               (f"decode B={Bd} L={L} bs={blocks[0]} Hkv={hg} (GQA) logits", lambda: decode_case(Bd, L, blocks[0], hg,
                                                                                               "logits"))]
-    case("probe fused selection", probe_fused, a.out, a.budget)
+    LOG.run("probe fused selection", probe_fused)
     for name, fn in cases:
-        case(name, fn, a.out, a.budget)
+        LOG.run(name, fn)
     report()
     print(f"done in {time.time() - T0:.0f} s; results in {a.out / 'sparse_selection_gpu.json'}")
 

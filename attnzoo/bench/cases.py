@@ -1,0 +1,66 @@
+"""The case log of a one-call benchmark script (benchmarks/*_gpu.py and the like): each case runs in its own
+try/except, so one failure loses nothing else; a time budget skips what is left once spent; after every case
+the JSON file is rewritten (header + records), so a call cut by its time limit keeps what it measured.
+
+    log = CaseLog(out_dir / "sparse_gpu.json", {"machine": machine_line()}, budget_s=300)
+    log.run("prefill T=2048", lambda: {"ms": 1.23})      # -> {"case": ..., "ms": 1.23, "wall_s": ...}
+    log.records                                           # every record so far, skipped and failed ones too
+
+only=("time", "mixer") runs only the cases whose names start so (a rerun of the cases a call's limit cut).
+
+A record is {"case": name, **fn(), "wall_s": seconds}, or {"case": name, "error": "Type: message"} (the
+traceback is printed), or {"case": name, "skipped": "time budget spent"}. On CUDA the caching allocator is
+emptied after each case, so that one case's memory does not count against the next.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from pathlib import Path
+from collections.abc import Callable
+
+import torch
+
+
+class CaseLog:
+    def __init__(self, path: str | Path, header: dict, *, budget_s: float | None = None, t0: float | None = None,
+                 error_chars: int = 800, only: tuple[str, ...] = ()):
+        self.path, self.header, self.budget_s = Path(path), dict(header), budget_s
+        self.only = tuple(only)  # run only the cases whose names start with one of these (all when empty)
+        self.t0 = time.time() if t0 is None else t0
+        self.error_chars = error_chars
+        self.records: list[dict] = []
+
+    def elapsed(self) -> float:
+        return time.time() - self.t0
+
+    def run(self, name: str, fn: Callable[[], dict], *, budget_s: float | None = None) -> dict:
+        """Run one case (fn returns a dict of results) and record it; budget_s overrides the log's."""
+        budget = self.budget_s if budget_s is None else budget_s
+        if self.only and not name.startswith(self.only):
+            return {"case": name, "skipped": "not selected"}  # not recorded: a rerun of some cases
+        if budget is not None and self.elapsed() > budget:
+            rec = {"case": name, "skipped": "time budget spent"}
+        else:
+            t = time.time()
+            try:
+                rec = {"case": name, **fn(), "wall_s": round(time.time() - t, 1)}
+            except Exception as e:  # one failure must not lose the rest
+                rec = {"case": name, "error": f"{type(e).__name__}: {e}"[: self.error_chars]}
+                traceback.print_exc(limit=4)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        self.records.append(rec)
+        shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in rec.items() if k != "case"}
+        print(f"[{self.elapsed():6.1f}s] {name}: {shown}", flush=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps({**self.header, "records": self.records}, indent=1))
+        return rec
+
+    def failed(self) -> list[str]:
+        return [r["case"] for r in self.records if "error" in r]
+
+    def skipped(self) -> list[str]:
+        return [r["case"] for r in self.records if "skipped" in r]

@@ -1,0 +1,44 @@
+"""attnzoo.bench.cases.CaseLog: the case log of the one-call benchmark scripts."""
+
+import json
+import time
+
+from attnzoo.bench.cases import CaseLog
+
+
+def read(path):
+    return json.loads(path.read_text())
+
+
+def test_records_results_errors_and_rewrites_the_file_after_each_case(tmp_path):
+    log = CaseLog(tmp_path / "out" / "r.json", {"machine": "m1"})
+    assert log.run("a", lambda: {"ms": 1.5})["ms"] == 1.5
+    assert [r["case"] for r in read(tmp_path / "out" / "r.json")["records"]] == ["a"]
+
+    def broken():
+        raise RuntimeError("boom")
+
+    rec = log.run("b", broken)
+    assert rec["error"] == "RuntimeError: boom" and "wall_s" not in rec
+    log.run("c", lambda: {"x": 2})  # a failure loses nothing after it
+    data = read(tmp_path / "out" / "r.json")
+    assert data["machine"] == "m1" and [r["case"] for r in data["records"]] == ["a", "b", "c"]
+    assert log.failed() == ["b"] and log.skipped() == []
+
+
+def test_budget_skips_what_is_left_and_a_case_can_override_it(tmp_path):
+    log = CaseLog(tmp_path / "r.json", {}, budget_s=10.0, t0=time.time() - 60)
+    ran = []
+    assert log.run("late", lambda: ran.append(1) or {})["skipped"] == "time budget spent"
+    assert ran == [] and log.skipped() == ["late"]
+    assert "wall_s" in log.run("given more", lambda: ran.append(2) or {}, budget_s=120.0)
+    assert ran == [2]
+
+
+def test_only_runs_the_selected_prefixes_and_records_nothing_else(tmp_path):
+    log = CaseLog(tmp_path / "r.json", {}, only=("time", "mixer"))
+    ran = []
+    for name in ("check loop", "time T=1024", "mixer deltanet", "tune T=2048"):
+        log.run(name, lambda name=name: ran.append(name) or {})
+    assert ran == ["time T=1024", "mixer deltanet"]
+    assert [r["case"] for r in read(tmp_path / "r.json")["records"]] == ran
