@@ -119,6 +119,34 @@ def test_continuation_and_determinism():
     assert all(torch.equal(a, c) for a, c in zip(g1, g2))
 
 
+@pytest.mark.parametrize("shared", [True, False])
+def test_vmap_matches_members_one_by_one(shared):
+    """torch.func.vmap over G = 2 members (attnzoo.train.group): weights shared (folded into the batch) or per
+    member (folded into the channels); outputs and the gradients of x, weight, bias, state equal a loop."""
+    G, B, T, C, W = 2, 2, 11, 5, 4
+    g = torch.Generator().manual_seed(5)
+    x, s = torch.randn(G, B, T, C, generator=g), torch.randn(G, B, W - 1, C, generator=g)
+    w, b = torch.randn(C, W, generator=g), torch.randn(C, generator=g)
+    if not shared:
+        w, b = torch.stack([w, w.flip(-1)]), torch.stack([b, -b])
+    dy = torch.randn(G, B, T, C, generator=g)
+    dims = (0, None if shared else 0, None if shared else 0, 0)
+
+    def grads(fn):
+        leaves = [t.clone().requires_grad_(True) for t in (x, w, b, s)]
+        y = fn(*leaves)
+        return [y, *torch.autograd.grad((y * dy).sum(), leaves)]
+
+    def one(x, w, b, s):
+        return triton_short_conv(x, w, b, initial_state=s, activation="silu")
+
+    got = grads(torch.func.vmap(one, in_dims=dims))
+    want = grads(lambda x, w, b, s: torch.stack([one(x[i], w if shared else w[i], b if shared else b[i], s[i])
+                                                 for i in range(G)]))
+    for a, c in zip(got, want):
+        assert rel(a, c) < 1e-6
+
+
 def test_compile_traces_custom_op():
     """torch.compile (aot_eager, fullgraph) traces the op through its fake and autograd registrations."""
     (x, w, b, s), _, dy, _ = make(1, 9, 5, 4, True, True, False, seed=4)

@@ -12,10 +12,12 @@ The causal depthwise conv of H3 (arXiv:2212.14052) and Mamba (arXiv:2312.00752);
 backward's formulas. Accumulation in float32; the weight and bias are read in their own dtype (not rounded
 to x's); dweight / dbias are float32 partial sums per program, summed by torch (deterministic).
 
-The op is the torch.library custom op `attnzoo::short_conv` (backward `attnzoo::short_conv_backward`),
-in eager mode and under torch.compile alike: it keeps nothing beyond its inputs (the backward recomputes
-the pre-activation). Masks, the final state and the decode cache are the caller's (ops/conv/api.py): the
-kernel sees real tokens first. No vmap rule (torch.func.vmap over it raises).
+Under torch.compile the op is the torch.library custom op `attnzoo::short_conv` (backward
+`attnzoo::short_conv_backward`), one opaque node; in eager mode the same kernels run from a plain
+autograd.Function whose vmap rule (torch.func.vmap, attnzoo.train.group) folds the vmapped dim into the
+batch (weights shared) or into the channels (weights per member: a depthwise conv's channels are
+independent). Nothing is kept beyond the inputs: the backward recomputes the pre-activation. Masks, the
+final state and the decode cache are the caller's (ops/conv/api.py): the kernel sees real tokens first.
 """
 
 from __future__ import annotations
@@ -162,9 +164,50 @@ def _backward(ctx, dy):
 short_conv.register_autograd(_backward, setup_context=_setup_context)
 
 
+class _EagerShortConv(torch.autograd.Function):
+    """The custom op's pass for eager mode, with a vmap rule: apply(x, weight, bias, state, silu) -> y."""
+
+    @staticmethod
+    def forward(x, weight, bias, initial_state, silu):
+        return _fwd(x, weight, bias, initial_state, silu)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _setup_context(ctx, inputs, output)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, bias, state = ctx.saved_tensors
+        dx, dw, db, ds = _bwd(x, weight, bias, state, ctx.silu, dy.contiguous())
+        return dx, dw, db, ds, None
+
+    @staticmethod
+    def vmap(info, in_dims, x, weight, bias, initial_state, silu):
+        G = info.batch_size
+        lead = lambda t, d: None if t is None else (t.movedim(d, 0) if d is not None else t.expand(G, *t.shape))  # noqa: E731
+        x, state = lead(x, in_dims[0]), lead(initial_state, in_dims[3])
+        B, T, C = x.shape[1:]
+        if in_dims[1] is None and in_dims[2] is None:  # shared weights: the members are more batch rows
+            rows = lambda t: None if t is None else t.reshape(G * B, *t.shape[2:]).contiguous()  # noqa: E731
+            y = _EagerShortConv.apply(rows(x), weight, bias, rows(state), silu)
+            return y.reshape(G, B, T, C), 0
+        # weights per member: the members are more channels, [G, B, n, C] -> [B, n, G * C]
+        chans = lambda t: None if t is None else t.permute(1, 2, 0, 3).reshape(B, t.shape[2], G * C)  # noqa: E731
+        weight, bias = lead(weight, in_dims[1]), lead(bias, in_dims[2])
+        y = _EagerShortConv.apply(chans(x).contiguous(), weight.reshape(G * C, -1).contiguous(),
+                                  None if bias is None else bias.reshape(G * C).contiguous(),
+                                  None if state is None else chans(state).contiguous(), silu)
+        return y.reshape(B, T, G, C).permute(2, 0, 1, 3), 0
+
+
+def _compiling() -> bool:
+    return bool(torch.compiler.is_compiling())
+
+
 def triton_short_conv(x, weight, bias=None, *, initial_state=None, activation=None):
     """The short causal conv (module docstring): y [B, T, C] in x's dtype."""
     _check(x, weight, bias, initial_state, activation)
     state = initial_state.to(x.dtype).contiguous() if initial_state is not None else None
-    return short_conv(x.contiguous(), weight.contiguous(), None if bias is None else bias.contiguous(), state,
-                      activation == "silu")
+    args = (x.contiguous(), weight.contiguous(), None if bias is None else bias.contiguous(), state,
+            activation == "silu")
+    return short_conv(*args) if _compiling() else _EagerShortConv.apply(*args)
