@@ -197,11 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
     pzt.add_argument("--mixers", default=",".join(_zoo_throughput_mixers()), help="comma list")
     pzt.add_argument("--d-models", type=_ints, default=(64, 256))
     pzt.add_argument("--seq-lens", type=_ints, default=(64, 256))
-    pzt.add_argument("--paths", default="process,group,group_graph", help="comma list of process, group, group_graph")
+    pzt.add_argument("--paths", default="process,group,group_graph,group_procs",
+                     help="comma list of process, group, group_graph, group_procs")
     pzt.add_argument("--steps", type=int, default=20, help="timed steps per case (after --warmup)")
     pzt.add_argument("--warmup", type=int, default=5)
     pzt.add_argument("--group-size", type=int, default=4, help="models per group (Zoology: its 4 learning rates)")
     pzt.add_argument("--workers", type=int, default=8, help="processes sharing the device on the process path")
+    pzt.add_argument("--group-workers", type=int, default=None,
+                     help="group processes at once on the group_procs path (default: the preset's workers)")
     pzt.add_argument("--batch", type=int, default=None, help="default: Zoology's (512 for T <= 128, 256, 128)")
     pzt.add_argument("--device", default=None, help="default: cuda when available")
     pzt.add_argument("--out", default="runs/zoo_throughput", help="folder for throughput.jsonl (appended) and .md")
@@ -324,6 +327,7 @@ def cmd_bench_zoo_throughput(args):
     run_throughput(mixers=[m for m in args.mixers.split(",") if m], d_models=args.d_models, seq_lens=args.seq_lens,
                    paths=tuple(p for p in args.paths.split(",") if p), steps=args.steps, warmup=args.warmup,
                    group_size=args.group_size, workers=args.workers, batch=args.batch,
+                   group_workers=args.group_workers,
                    device=args.device or ("cuda" if _cuda() else "cpu"), out=args.out)
     with open(f"{args.out}/throughput.md", encoding="utf-8") as f:
         print(f.read())

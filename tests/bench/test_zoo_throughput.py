@@ -9,12 +9,14 @@ def test_throughput_bench_writes_rows_and_ratio(tmp_path, capsys):
     out = tmp_path / "zt"
     assert main(["bench", "zoo-throughput", "--mixers", "softmax", "--d-models", "16", "--seq-lens", "32",
                  "--steps", "2", "--warmup", "1", "--group-size", "2", "--workers", "2", "--batch", "4",
-                 "--paths", "process,group", "--device", "cpu", "--out", str(out)]) == 0
+                 "--paths", "process,group,group_procs", "--group-workers", "2", "--device", "cpu",
+                 "--out", str(out)]) == 0
     rows = [json.loads(line) for line in (out / "throughput.jsonl").read_text().splitlines()]
-    assert [r["path"] for r in rows] == ["process", "group"]
+    assert [r["path"] for r in rows] == ["process", "group_procs", "group"]
+    assert rows[1]["workers"] == 2 and rows[1]["group_size"] == 2
     assert all(r["model_steps_per_s"] > 0 and "error" not in r for r in rows), rows
     md = (out / "throughput.md").read_text()
-    assert "| softmax | 16 | 32 |" in md and "x |" in md
+    assert "| softmax | 16 | 32 |" in md and "x |" in md and "group_procs steps/s" in md
 
 
 def test_unknown_path_refused(tmp_path):

@@ -10,6 +10,8 @@ sizes and (T, pairs)); a model-step is one optimizer step of one model. Timed af
   every step, as the zoo's runs did); steps/s = workers * steps / the slowest worker's time.
 - group / group_graph: one process, a group of `group_size` models (the paper's learning rates,
   repeated) stepped by train.group_step.GroupStep, eager or from a CUDA graph.
+- group_procs: `group_workers` processes at once (default: the preset's workers, as its grid runs them),
+  each a group of `group_size` models from a CUDA graph (eager off CUDA); steps/s = the sum over them.
 
 Results: <out>/throughput.jsonl (one line per case and path, with the machine line) and
 <out>/throughput.md (the table with the ratios to the process path).
@@ -28,6 +30,7 @@ from attnzoo.bench.zoo.presets import get_preset
 
 DEFAULT_MIXERS = ("softmax", "gla", "gated_deltanet", "deltanet", "mamba", "based", "base_conv", "h3")
 PAIRS = {64: 4, 128: 8, 256: 16, 512: 64}
+PATHS = ("process", "group", "group_graph", "group_procs")
 
 
 def paper_batch(seq_len: int) -> int:
@@ -60,8 +63,10 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_group(spec, preset, *, device, group_size: int, graph: bool, steps: int, warmup: int) -> float:
-    """Seconds per group step (group_size models), after `warmup` steps (capture included)."""
+def time_group(spec, preset, *, device, group_size: int, graph: bool, steps: int, warmup: int,
+               before_timing=None) -> float:
+    """Seconds per group step (group_size models), after `warmup` steps (capture included);
+    before_timing() runs between the two (the group_procs path's barrier)."""
     from attnzoo.train.group import GroupAdamW, GroupModel
     from attnzoo.train.group_step import GroupStep
     from attnzoo.train.trainer import batch_indices
@@ -77,6 +82,8 @@ def time_group(spec, preset, *, device, group_size: int, graph: bool, steps: int
     for i in range(warmup):
         stepper.step(idx[i], lr)
     _sync(device)
+    if before_timing is not None:
+        before_timing()
     t0 = time.perf_counter()
     for i in range(warmup, warmup + steps):
         stepper.step(idx[i], lr)
@@ -84,6 +91,32 @@ def time_group(spec, preset, *, device, group_size: int, graph: bool, steps: int
     if graph and stepper.graph is None:
         raise RuntimeError(stepper.graph_note or "no CUDA graph was captured")
     return (time.perf_counter() - t0) / steps
+
+
+def _group_process_worker(specs, preset_name, device, steps, warmup, seed, barrier, queue, group_size):
+    """One of the group_procs path's processes: a group of group_size models per case, replayed from a CUDA
+    graph (eager off CUDA), its timed steps started together with the other processes'."""
+    preset = get_preset(preset_name)
+    torch.set_num_threads(1)
+    graph = torch.device(device).type == "cuda"
+    for case, spec in enumerate(specs):
+        waited = []
+
+        def wait(waited=waited):
+            waited.append(True)
+            barrier.wait(timeout=600)
+
+        try:
+            sec = time_group(spec, preset, device=device, group_size=group_size, graph=graph, steps=steps,
+                             warmup=warmup, before_timing=wait)
+            queue.put((case, sec * steps, None))   # seconds of the `steps` timed group steps
+        except Exception as e:  # noqa: BLE001 -- reported for this case; the barrier still needs this worker
+            if not waited:
+                with contextlib.suppress(Exception):
+                    barrier.wait(timeout=600)
+            queue.put((case, None, f"{type(e).__name__}: {e}"[:300]))
+        if torch.device(device).type == "cuda":
+            torch.cuda.empty_cache()
 
 
 def _process_worker(specs, preset_name, device, steps, warmup, seed, barrier, queue):
@@ -130,14 +163,21 @@ def _process_worker(specs, preset_name, device, steps, warmup, seed, barrier, qu
             torch.cuda.empty_cache()
 
 
-def time_processes(specs: list[dict], preset_name, *, device, workers: int, steps: int, warmup: int) -> list:
-    """Seconds per model-step (or an error string) per case, with `workers` one-model processes sharing the
-    device: the zoo's path before issue #23. The processes start once and run every case in turn."""
+def time_processes(specs: list[dict], preset_name, *, device, workers: int, steps: int, warmup: int,
+                   group_size: int | None = None) -> list:
+    """Seconds per model-step (or an error string) per case, with `workers` processes sharing the device:
+    one model each (the zoo's path before issue #23), or with group_size a group of that many models each
+    (group_procs: the paper preset's grid runs its groups so, `workers` at a time). The processes start once
+    and run every case in turn; each case's timed steps start together (a barrier)."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     barrier, queue = ctx.Barrier(workers), ctx.Queue()
-    procs = [ctx.Process(target=_process_worker, args=(specs, preset_name, device, steps, warmup, w, barrier, queue))
+    if group_size is None:
+        target, extra = _process_worker, ()
+    else:
+        target, extra = _group_process_worker, (group_size,)
+    procs = [ctx.Process(target=target, args=(specs, preset_name, device, steps, warmup, w, barrier, queue, *extra))
              for w in range(workers)]
     for p in procs:
         p.start()
@@ -164,22 +204,24 @@ def time_processes(specs: list[dict], preset_name, *, device, workers: int, step
     for case in range(len(specs)):
         vals = got.get(case, ["no result"])
         errs = [v for v in vals if isinstance(v, str)]
-        out.append(errs[0] if errs else max(vals) / (workers * steps))
+        out.append(errs[0] if errs else max(vals) / (workers * steps * (group_size or 1)))
     return out
 
 
 def run_throughput(*, mixers=DEFAULT_MIXERS, d_models=(64, 256), seq_lens=(64, 256), out: str,
                    device: str = "cuda", steps: int = 20, warmup: int = 5, group_size: int = 4,
                    workers: int = 8, paths=("process", "group", "group_graph"), preset: str = "paper",
-                   batch: int | None = None) -> list[dict]:
+                   batch: int | None = None, group_workers: int | None = None) -> list[dict]:
     """Time every (mixer, d_model, seq_len) on every path; append each result to throughput.jsonl.
-    batch None: Zoology's batch for each T (paper_batch)."""
+    batch None: Zoology's batch for each T (paper_batch). group_workers (group_procs path): processes each
+    running a group at once, default the preset's workers (what its grid runs)."""
     from attnzoo.bench.zoo.models import machine_line
 
-    unknown = set(paths) - {"process", "group", "group_graph"}
+    unknown = set(paths) - set(PATHS)
     if unknown:
-        raise ValueError(f"paths must be among process, group, group_graph; got {sorted(unknown)}")
+        raise ValueError(f"paths must be among {', '.join(PATHS)}; got {sorted(unknown)}")
     pre = get_preset(preset)
+    group_workers = group_workers or pre.workers
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, "throughput.jsonl")
     specs = [_case_spec(m, d, T, pre.vocab_size, batch) for m in mixers for d in d_models for T in seq_lens]
@@ -201,8 +243,13 @@ def run_throughput(*, mixers=DEFAULT_MIXERS, d_models=(64, 256), seq_lens=(64, 2
         for spec, sec in zip(specs, time_processes(specs, preset, device=device, workers=workers, steps=steps,
                                                     warmup=warmup)):
             emit(spec, "process", sec, workers=workers)
+    if "group_procs" in paths:
+        for spec, sec in zip(specs, time_processes(specs, preset, device=device, workers=group_workers, steps=steps,
+                                                    warmup=warmup, group_size=group_size)):
+            emit(spec, "group_procs", sec, workers=group_workers, group_size=group_size,
+                 graph=torch.device(device).type == "cuda")
     for spec in specs:
-        for how in [p for p in paths if p != "process"]:
+        for how in [p for p in paths if p in ("group", "group_graph")]:
             try:
                 sec = time_group(spec, pre, device=device, group_size=group_size, graph=how == "group_graph",
                                  steps=steps, warmup=warmup) / group_size
@@ -214,7 +261,7 @@ def run_throughput(*, mixers=DEFAULT_MIXERS, d_models=(64, 256), seq_lens=(64, 2
 
 
 def write_throughput_table(rows: list[dict], out: str) -> str:
-    paths = [p for p in ("process", "group", "group_graph") if any(r["path"] == p for r in rows)]
+    paths = [p for p in PATHS if any(r["path"] == p for r in rows)]
     head = "| mixer | d | T | " + " | ".join(f"{p} steps/s" for p in paths) + " | " + \
         " | ".join(f"{p}/process" for p in paths if p != "process") + " |"
     lines = [head, "|" + "---|" * (3 + len(paths) + len(paths) - 1)]
