@@ -9,7 +9,7 @@
 2. The delta-rule decode step (one token, B=64, state given) takes 0.153 ms against fla's 0.078: the same
    call timed eager and replayed from a CUDA graph (the difference is host time: Python checks, reshapes,
    the launch), and its kernels' own time from the profiler; the GLA decode step (scalar and vector gate)
-   beside it, same method.
+   beside it, same method; and the delta decode kernel under other launch configs (V block, warps).
 bf16, H=16, D=128. Every case in its own try/except; OUT_DIR/profile_gaps.json (machine line, records) is
 rewritten after each; a short table closes the run.
 """
@@ -124,11 +124,12 @@ def decode_case():
     k = F.normalize(r(B, 1, H, D), dim=-1).to(DT)
     beta, g, S0 = torch.sigmoid(r(B, 1, H)).to(DT), F.logsigmoid(r(B, 1, H) + 4), r(B, H, D, D)
     gv = F.logsigmoid(r(B, 1, H, D)) / 16
+    kw = {"initial_state": S0, "output_final_state": True, "impl": "triton"}
     calls = {
-        "delta (gated)": lambda: delta_rule(q, k, v, beta, g, initial_state=S0, output_final_state=True),
-        "delta (no gate)": lambda: delta_rule(q, k, v, beta, None, initial_state=S0, output_final_state=True),
-        "gla scalar": lambda: gated_linear_attention(q, k, v, g, initial_state=S0, output_final_state=True),
-        "gla vector": lambda: gated_linear_attention(q, k, v, gv, initial_state=S0, output_final_state=True),
+        "delta (gated)": lambda: delta_rule(q, k, v, beta, g, **kw),
+        "delta (no gate)": lambda: delta_rule(q, k, v, beta, None, **kw),
+        "gla scalar": lambda: gated_linear_attention(q, k, v, g, **kw),
+        "gla vector": lambda: gated_linear_attention(q, k, v, gv, **kw),
     }
     out = {"B": B, "T": 1, "state_mib": S0.numel() * 4 / 2**20}
     with torch.no_grad():
@@ -136,7 +137,27 @@ def decode_case():
             rec = {"eager_ms": bench(fn), "graph_ms": graph_ms(fn), "kernels": kernels(fn, calls=10, top=6)}
             rec["kernel_ms"] = sum(x["ms_per_call"] for x in rec["kernels"])
             out[name] = rec
+        out["delta decode launch configs"] = decode_configs(calls["delta (gated)"])
     return out
+
+
+def decode_configs(fn) -> list[dict]:
+    """The gated delta decode step under other launch configs of its kernel (ops/delta/triton/recurrent.TUNE),
+    each timed eager (each config compiles once first)."""
+    from attnzoo.ops.delta.triton import recurrent
+
+    base, rows = dict(recurrent.TUNE), []
+    for bv in ((16, 32) if SMOKE else (8, 16, 32, 64, 128)):
+        for warps in ((1, 4) if SMOKE else (1, 2, 4, 8)):
+            recurrent.TUNE.update(bv=bv, num_warps=warps)
+            try:
+                fn()
+                rows.append({"bv": bv, "num_warps": warps, "ms": bench(fn)})
+            except Exception as e:  # recorded (a config that does not compile, say)
+                rows.append({"bv": bv, "num_warps": warps, "error": f"{type(e).__name__}: {e}"[:200]})
+    recurrent.TUNE.clear()
+    recurrent.TUNE.update(base)
+    return rows
 
 
 def main():
@@ -164,6 +185,10 @@ def main():
             r = dec[name]
             gm = f"{r['graph_ms']:.4f}" if isinstance(r["graph_ms"], float) else str(r["graph_ms"])[:40]
             print(f"| {name} | {r['eager_ms']:.4f} | {gm} | {r['kernel_ms']:.4f} |")
+        best = min((r for r in dec["delta decode launch configs"] if "ms" in r), key=lambda r: r["ms"], default=None)
+        print("delta decode launch configs (bv, warps: ms):", ", ".join(
+            f"{r['bv']},{r['num_warps']}: {r['ms']:.4f}" for r in dec["delta decode launch configs"] if "ms" in r),
+            f"; best {best}" if best else "")
     print("errors:", log.failed() or "none")
 
 

@@ -14,6 +14,11 @@ import torch
 import triton
 import triton.language as tl
 
+# Launch config of the decode kernel: V block and warps (a dict so that benchmarks/gpu_profile_gaps.py can
+# time others in one process). First guesses: the H100 run of 2026-12-07 found this kernel 2x slower than
+# fla's fused_recurrent_gated_delta_rule at B = 64 (0.153 vs 0.078 ms), about 0.9 TB/s of state traffic.
+TUNE = {"bv": 32, "num_warps": 4}
+
 
 @triton.jit
 def delta_recurrent_fwd_kernel(
@@ -53,13 +58,13 @@ def recurrent_delta_fwd(q, k, v, beta, g, *, scale, initial_state, output_final_
     N_tok, H, K = q.shape
     V = v.shape[-1]
     BK = triton.next_power_of_2(K)
-    BV = min(32, triton.next_power_of_2(V))
+    BV = min(TUNE["bv"], triton.next_power_of_2(V))
     o = torch.empty_like(v)
     ht = q.new_empty(n_seqs, H, K, V, dtype=torch.float32) if output_final_state else None
     delta_recurrent_fwd_kernel[(triton.cdiv(V, BV), n_seqs * H)](
         q, k, v, beta, g if g is not None else q, o, initial_state if initial_state is not None else q,
         ht if ht is not None else q, cu_seqlens, scale,
         H=H, K=K, V=V, BK=BK, BV=BV, GATE=0 if g is None else 1, HAS_H0=initial_state is not None,
-        STORE_HT=output_final_state,
+        STORE_HT=output_final_state, num_warps=TUNE["num_warps"],
     )
     return o, ht
