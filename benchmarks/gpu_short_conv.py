@@ -10,7 +10,8 @@ SHORT_CONV_TORCH = "shift") and "triton" (ops/conv/triton/, SHORT_CONV_TRITON_AU
 - check: the Triton conv in bf16 (with bias and initial_state) against the float32 conv1d path at
   [4, 4096, 6144]: y, final state, dx, dweight, dbias, d initial_state (relative errors; ok < 2e-2); shift too;
 - conv: fwd and fwd+bwd (grads of x and weight) of each path alone, [4, 4096, 6144] and [16, 1024, 6144] bf16,
-  and a few Triton tile settings (ops/conv/triton/api.py TUNE) at the first shape;
+  and a few Triton tile settings (ops/conv/triton/api.py TUNE; the shipped ones from sm_90 register counts,
+  untimed) at the first shape;
 - layer: the whole deltanet and gated_deltanet layers (attnzoo.build(name, d_model=2048, n_heads=16)), bf16,
   B=4, T=4096, fwd+bwd (grads of x and every parameter) with each conv path;
 - profile: torch.profiler of one gated_deltanet fwd+bwd (default conv1d path, then the Triton conv), top 15
@@ -260,10 +261,12 @@ def main():
     print(MACHINE, flush=True)
     big, small = ((2, 64, 48), (4, 16, 48)) if SMOKE else ((4, 4096, 6144), (16, 1024, 6144))
     layer = (2, 64, 64, 2) if SMOKE else (4, 4096, 2048, 16)
-    tiles = ([{"BLOCK_T": 16, "BLOCK_C": 32, "BWD_ROWS": 32}] if SMOKE else
-             [{"BLOCK_T": 16, "BLOCK_C": 128, "BWD_ROWS": 256}, {"BLOCK_T": 32, "BLOCK_C": 64, "BWD_ROWS": 256},
-              {"BLOCK_T": 64, "BLOCK_C": 64, "BWD_ROWS": 512, "num_warps": 8},
-              {"BLOCK_T": 32, "BLOCK_C": 256, "BWD_ROWS": 128, "num_warps": 8}])
+    tiles = ([{"BLOCK_T": 8, "BWD_BLOCK_T": 16, "BWD_ROWS": 32, "BLOCK_C": 32}] if SMOKE else
+             [{"BLOCK_T": 8, "BWD_BLOCK_T": 8, "BLOCK_C": 128},
+              {"BLOCK_T": 32, "BWD_BLOCK_T": 16, "BLOCK_C": 128, "num_warps": 8},
+              {"BLOCK_T": 16, "BWD_BLOCK_T": 8, "BLOCK_C": 256, "num_warps": 8},
+              {"BLOCK_T": 16, "BWD_BLOCK_T": 8, "BLOCK_C": 64, "BWD_ROWS": 256},
+              {"BLOCK_T": 16, "BWD_BLOCK_T": 16, "BLOCK_C": 64, "BWD_ROWS": 512, "num_warps": 2}])
     cases = [(f"check {list(big)}", lambda: check_case(*big)),
              (f"conv {list(big)}", lambda: conv_case(*big)),
              (f"conv {list(small)}", lambda: conv_case(*small)),

@@ -22,11 +22,13 @@ from attnzoo.ops.conv.triton import api as tri  # noqa: E402
 from attnzoo.ops.conv.triton import triton_short_conv, triton_short_supported  # noqa: E402
 
 NAMES = ("y", "final", "dx", "dw", "db", "ds")
+DEFAULT_TUNE = dict(tri.TUNE)
 
 
 @pytest.fixture(autouse=True)
 def small_tiles(monkeypatch):
     monkeypatch.setitem(tri.TUNE, "BLOCK_T", 8)
+    monkeypatch.setitem(tri.TUNE, "BWD_BLOCK_T", 8)
     monkeypatch.setitem(tri.TUNE, "BLOCK_C", 16)
     monkeypatch.setitem(tri.TUNE, "BWD_ROWS", 16)
 
@@ -87,11 +89,9 @@ def test_triton_matches_reference(B, T, C, W, bias, state, mask, act):
     check(B, T, C, W, bias=bias, state=state, mask=mask, act=act)
 
 
-def test_default_tiles(monkeypatch):
-    """The shipped tile sizes (one tile of 64 rows here, BLOCK_C clipped to 32 channels)."""
-    monkeypatch.setitem(tri.TUNE, "BLOCK_T", 32)
-    monkeypatch.setitem(tri.TUNE, "BLOCK_C", 128)
-    monkeypatch.setitem(tri.TUNE, "BWD_ROWS", 256)
+def test_default_tiles():
+    """The shipped tile sizes (the fixture's small tiles undone: BLOCK_C clipped to 32 channels here)."""
+    tri.TUNE.update(DEFAULT_TUNE)
     check(2, 37, 24, 4, mask=True)
 
 
@@ -156,6 +156,42 @@ def test_compile_traces_custom_op():
     g = torch.autograd.grad((f(x, w) * dy).sum(), w)[0]
     g_ref = torch.autograd.grad((triton_short_conv(x, w, b, initial_state=s, activation="silu") * dy).sum(), w)[0]
     assert rel(g, g_ref) < 1e-6
+
+
+SM90_COMPILE = """
+import sys
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource, compile
+from attnzoo.ops.conv.triton import api, kernels
+tune = api.TUNE
+for which in ("fwd", "bwd"):
+    names = ["x", "w", "b", "s"] + (["y"] if which == "fwd" else ["dy", "dx", "ds", "dw", "db"])
+    sig = {f"{n}_ptr": "*fp32" if n in ("w", "b", "dw", "db") else "*bf16" for n in names}
+    sig.update(T="i32", C="i32")
+    const = {"W": 4, "HAS_BIAS": True, "HAS_STATE": True, "SILU": True, "BC": tune["BLOCK_C"]}
+    if which == "fwd":
+        const["BT"] = tune["BLOCK_T"]
+    else:
+        const.update(BT=tune["BWD_BLOCK_T"], ROWS=tune["BWD_ROWS"], WP=4)
+    attrs = {(i,): [["tt.divisibility", 16]] for i, (k, v) in enumerate(sig.items()) if v[0] == "*" or k == "C"}
+    fn = kernels.short_conv_fwd_kernel if which == "fwd" else kernels.short_conv_bwd_kernel
+    src = ASTSource(fn, {**sig, **{k: "constexpr" for k in const}}, constexprs=const, attrs=attrs)
+    out = compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": tune["num_warps"]})
+    assert out.asm["cubin"], which
+print("compiled")
+"""
+
+
+def test_kernels_compile_for_sm90():
+    """The interpreter is lenient: the kernels also compile to sm_90 cubins (no GPU needed; a process
+    without TRITON_INTERPRET), with the shipped tiles, bf16 x, every flag on, C % 16 == 0 as at C = 6144."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton.backends.nvidia")
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    r = subprocess.run([sys.executable, "-c", SM90_COMPILE], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and "compiled" in r.stdout, r.stderr[-3000:]
 
 
 def test_bad_inputs_raise(monkeypatch):

@@ -30,9 +30,11 @@ from attnzoo.ops.common.dispatch import triton_interpret
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_W = 8
-# tile sizes: BLOCK_T rows x BLOCK_C channels per tile; a backward program covers BWD_ROWS rows (a multiple
-# of BLOCK_T), so the dweight buffer holds B * cdiv(T + W - 1, BWD_ROWS) partial sums of [C, W]
-TUNE = {"BLOCK_T": 32, "BLOCK_C": 128, "BWD_ROWS": 256, "num_warps": 4}
+# tile sizes: BLOCK_T x BLOCK_C (forward), BWD_BLOCK_T x BLOCK_C (backward; BWD_ROWS rows per program, so the
+# dweight buffer holds B * cdiv(T + W - 1, BWD_ROWS) partial sums of [C, W]). Chosen from the registers ptxas
+# reports for sm_90 (W = 4, SiLU, bf16: ~130 forward, ~160 backward, no spills); not yet timed on a GPU
+# (benchmarks/gpu_short_conv.py times a few others).
+TUNE = {"BLOCK_T": 16, "BLOCK_C": 128, "BWD_BLOCK_T": 8, "BWD_ROWS": 128, "num_warps": 4}
 
 
 def _limits(x, weight) -> str | None:
@@ -41,6 +43,8 @@ def _limits(x, weight) -> str | None:
         return f"needs x and weight in {DTYPES}, got {x.dtype}, {weight.dtype}"
     if weight.dim() != 2 or not 1 <= weight.shape[1] <= MAX_W:
         return f"needs weight [C, W] with 1 <= W <= {MAX_W}, got {tuple(weight.shape)} (impl='torch' takes any W)"
+    if x.dim() == 3 and x.shape[1] * x.shape[2] >= 2 ** 31:
+        return f"needs T * C < 2^31 (int32 offsets inside a sequence), got T={x.shape[1]}, C={x.shape[2]}"
     return None
 
 
@@ -71,10 +75,11 @@ def _check(x, weight, bias, initial_state, activation):
         raise ValueError("triton short conv needs CUDA tensors (or TRITON_INTERPRET=1)")
 
 
-def _blocks(T, C, W):
+def _blocks(T, C, W, key="BLOCK_T"):
+    """(rows per tile, channels per tile, rows per backward program) for this shape."""
     from attnzoo.ops.conv.triton.kernels import next_pow2
 
-    bt = min(TUNE["BLOCK_T"], next_pow2(T + W - 1))
+    bt = min(TUNE[key], next_pow2(T + W - 1))
     return bt, min(TUNE["BLOCK_C"], next_pow2(C)), max(bt, TUNE["BWD_ROWS"] // bt * bt)
 
 
@@ -103,7 +108,7 @@ def _bwd(x, weight, bias, state, silu, dy):
 
     B, T, C = x.shape
     W = weight.shape[1]
-    bt, bc, rows = _blocks(T, C, W)
+    bt, bc, rows = _blocks(T, C, W, "BWD_BLOCK_T")
     n_t = triton_cdiv(T + W - 1, rows)
     dx = torch.empty_like(x)
     ds = torch.empty_like(state) if state is not None else None

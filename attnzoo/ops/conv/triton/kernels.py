@@ -21,28 +21,31 @@ import triton.language as tl
 
 
 @triton.jit
-def _inputs(xb, sb, s, c, T, C, W: tl.constexpr, HAS_STATE: tl.constexpr):
-    """x rows s [BT] (int64) at channels c [BC], float32; rows s < 0 from the state, zeros where none."""
+def _inputs(xb, sb, s, s0, c, T, C, W: tl.constexpr, HAS_STATE: tl.constexpr):
+    """x rows s [BT] (int32 offsets: T * C < 2^31) at channels c [BC], float32; rows s < 0 from the state
+    (read only by a tile whose first row s0 < 0), zeros where there is none."""
     cm = (c < C)[None, :]
     v = tl.load(xb + s[:, None] * C + c[None, :], mask=((s >= 0) & (s < T))[:, None] & cm, other=0.0)
     v = v.to(tl.float32)
     if HAS_STATE:
-        st = tl.load(sb + (s + W - 1)[:, None] * C + c[None, :], mask=((s < 0) & (s >= 1 - W))[:, None] & cm,
-                     other=0.0)
-        v += st.to(tl.float32)
+        if s0 < 0:
+            st = tl.load(sb + (s + W - 1)[:, None] * C + c[None, :], mask=((s < 0) & (s >= 1 - W))[:, None] & cm,
+                         other=0.0)
+            v += st.to(tl.float32)
     return v
 
 
 @triton.jit
-def _preact(xb, sb, w_ptr, b_ptr, r, c, T, C, W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_STATE: tl.constexpr):
-    """pre at output rows r [BT] (int64): b + Σ_j w[:, j] x_{r-W+1+j}, float32 [BT, BC]."""
+def _preact(xb, sb, w_ptr, b_ptr, r, r0, c, T, C, W: tl.constexpr, HAS_BIAS: tl.constexpr,
+            HAS_STATE: tl.constexpr):
+    """pre at output rows r [BT] (first row r0): b + Σ_j w[:, j] x_{r-W+1+j}, float32 [BT, BC]."""
     cm = c < C
     acc = tl.zeros((r.shape[0], c.shape[0]), dtype=tl.float32)
     if HAS_BIAS:
         acc += tl.load(b_ptr + c, mask=cm, other=0.0).to(tl.float32)[None, :]
     for j in tl.static_range(W):
         wj = tl.load(w_ptr + c * W + j, mask=cm, other=0.0).to(tl.float32)
-        acc += wj[None, :] * _inputs(xb, sb, r - (W - 1 - j), c, T, C, W, HAS_STATE)
+        acc += wj[None, :] * _inputs(xb, sb, r - (W - 1 - j), r0 - (W - 1 - j), c, T, C, W, HAS_STATE)
     return acc
 
 
@@ -51,11 +54,12 @@ def short_conv_fwd_kernel(x_ptr, w_ptr, b_ptr, s_ptr, y_ptr, T, C, W: tl.constex
                           HAS_STATE: tl.constexpr, SILU: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
     """Grid (cdiv(T, BT), cdiv(C, BC), B): y [B, T, C] (x's dtype) of one tile."""
     pid_t, pid_c, b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-    r = (pid_t * BT + tl.arange(0, BT)).to(tl.int64)
+    r0 = pid_t * BT
+    r = r0 + tl.arange(0, BT)
     c = pid_c * BC + tl.arange(0, BC)
-    xb = x_ptr + b * T * C
+    xb = x_ptr + b * T * C  # the batch offset in int64, offsets inside a sequence in int32
     sb = s_ptr + b * (W - 1) * C
-    acc = _preact(xb, sb, w_ptr, b_ptr, r, c, T, C, W, HAS_BIAS, HAS_STATE)
+    acc = _preact(xb, sb, w_ptr, b_ptr, r, r0, c, T, C, W, HAS_BIAS, HAS_STATE)
     if SILU:
         acc = acc * tl.sigmoid(acc)
     m = (r < T)[:, None] & (c < C)[None, :]
@@ -63,13 +67,13 @@ def short_conv_fwd_kernel(x_ptr, w_ptr, b_ptr, s_ptr, y_ptr, T, C, W: tl.constex
 
 
 @triton.jit
-def _dpre(xb, sb, dyb, w_ptr, b_ptr, r, c, T, C, W: tl.constexpr, HAS_BIAS: tl.constexpr,
+def _dpre(xb, sb, dyb, w_ptr, b_ptr, r, r0, c, T, C, W: tl.constexpr, HAS_BIAS: tl.constexpr,
           HAS_STATE: tl.constexpr, SILU: tl.constexpr):
     """dpre at output rows r [BT] (zeros outside 0 <= r < T), float32 [BT, BC]."""
     m = ((r >= 0) & (r < T))[:, None] & (c < C)[None, :]
     g = tl.load(dyb + r[:, None] * C + c[None, :], mask=m, other=0.0).to(tl.float32)
     if SILU:
-        p = _preact(xb, sb, w_ptr, b_ptr, r, c, T, C, W, HAS_BIAS, HAS_STATE)
+        p = _preact(xb, sb, w_ptr, b_ptr, r, r0, c, T, C, W, HAS_BIAS, HAS_STATE)
         sg = tl.sigmoid(p)
         g = g * sg * (1.0 + p * (1.0 - sg))
     return g
@@ -90,22 +94,24 @@ def short_conv_bwd_kernel(x_ptr, w_ptr, b_ptr, s_ptr, dy_ptr, dx_ptr, ds_ptr, dw
     dw = tl.zeros((WP, BC), dtype=tl.float32)
     db = tl.zeros((BC,), dtype=tl.float32)
     for i in range(0, ROWS, BT):
-        s = (pid_t * ROWS + i + tl.arange(0, BT) - (W - 1)).to(tl.int64)  # input rows, -(W-1) .. T-1
-        dxa = tl.zeros((BT, BC), dtype=tl.float32)
-        for k in tl.static_range(W):
-            g = _dpre(xb, sb, dyb, w_ptr, b_ptr, s + k, c, T, C, W, HAS_BIAS, HAS_STATE, SILU)
-            wk = tl.load(w_ptr + c * W + (W - 1 - k), mask=cm, other=0.0).to(tl.float32)
-            dxa += wk[None, :] * g
-            if k == W - 1:  # output rows s + W - 1: each row of every output once over all programs
-                db += tl.sum(g, axis=0)
-                for j in tl.static_range(W):
-                    xs = _inputs(xb, sb, s + j, c, T, C, W, HAS_STATE)  # x_{r-W+1+j} at r = s + W - 1
-                    dw += tl.where(taps[:, None] == j, tl.sum(g * xs, axis=0)[None, :], 0.0)
+        s0 = pid_t * ROWS + i - (W - 1)
+        s = s0 + tl.arange(0, BT)  # input rows, from -(W-1) to T-1 over all programs
+        # output rows r = s + W - 1 (each output row once over all programs): tap 0 of dx, db and dw
+        g = _dpre(xb, sb, dyb, w_ptr, b_ptr, s + W - 1, s0 + W - 1, c, T, C, W, HAS_BIAS, HAS_STATE, SILU)
+        dxa = tl.load(w_ptr + c * W, mask=cm, other=0.0).to(tl.float32)[None, :] * g
+        db += tl.sum(g, axis=0)
+        for j in tl.static_range(W):
+            xs = _inputs(xb, sb, s + j, s0 + j, c, T, C, W, HAS_STATE)  # x_{r-W+1+j}
+            dw += tl.where(taps[:, None] == j, tl.sum(g * xs, axis=0)[None, :], 0.0)
+        for k in range(W - 1):  # the other taps: output rows s + k (a loop, not unrolled: fewer registers)
+            g = _dpre(xb, sb, dyb, w_ptr, b_ptr, s + k, s0 + k, c, T, C, W, HAS_BIAS, HAS_STATE, SILU)
+            dxa += tl.load(w_ptr + c * W + (W - 1 - k), mask=cm, other=0.0).to(tl.float32)[None, :] * g
         mx = ((s >= 0) & (s < T))[:, None] & cm[None, :]
         tl.store(dxb + s[:, None] * C + c[None, :], dxa.to(dx_ptr.dtype.element_ty), mask=mx)
         if HAS_STATE:
-            ms = ((s < 0) & (s >= 1 - W))[:, None] & cm[None, :]
-            tl.store(dsb + (s + W - 1)[:, None] * C + c[None, :], dxa.to(ds_ptr.dtype.element_ty), mask=ms)
+            if s0 < 0:  # only the first sub-block of the first program has rows s < 0
+                ms = ((s < 0) & (s >= 1 - W))[:, None] & cm[None, :]
+                tl.store(dsb + (s + W - 1)[:, None] * C + c[None, :], dxa.to(ds_ptr.dtype.element_ty), mask=ms)
     p = b * tl.num_programs(0) + pid_t
     tl.store(dw_ptr + (p * C + c[None, :]) * W + taps[:, None], dw, mask=cm[None, :] & (taps[:, None] < W))
     if HAS_BIAS:
