@@ -21,7 +21,8 @@ impl: "reference" (the sum over lags, reference.py), "torch" or "auto" (F.conv1d
 kernel F.conv1d or FFT, long.py: fft=None chooses by length). The short conv also has "triton" (one
 kernel each way on the [B, T, C] layout, ops/conv/triton/; W <= 8), and its "torch" path is either
 F.conv1d over a transposed [B, C, T] copy or a shift-and-add over time, y = Σ_j w[:, j] ⊙ xc[:, j:j+T]
-(SHORT_CONV_TORCH; the shift path and the kernel avoid cuDNN's depthwise conv, slow backward in bf16).
+(SHORT_CONV_TORCH; the shift path and the kernel avoid cuDNN's depthwise conv, whose bf16 backward is
+the suspect of issue #22, not yet measured).
 "auto" takes the kernel on CUDA only when SHORT_CONV_TRITON_AUTO is on: off until a GPU run has checked
 and timed it (benchmarks/gpu_short_conv.py). A long conv has no Triton kernel.
 """
