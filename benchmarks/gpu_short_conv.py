@@ -14,6 +14,7 @@ SHORT_CONV_TORCH = "shift") and "triton" (ops/conv/triton/, SHORT_CONV_TRITON_AU
   untimed) at the first shape;
 - layer: the whole deltanet and gated_deltanet layers (attnzoo.build(name, d_model=2048, n_heads=16)), bf16,
   B=4, T=4096, fwd+bwd (grads of x and every parameter) with each conv path;
+- compiled: the shift path and the Triton conv under torch.compile at the first shape (last: the budget may skip it);
 - profile: torch.profiler of one gated_deltanet fwd+bwd (default conv1d path, then the Triton conv), top 15
   kernels by self CUDA time (also in OUT_DIR/profile_gated_deltanet.txt).
 Times are medians of triton.testing.do_bench (attnzoo.bench.speed.do_bench_ms). Every case is its own
@@ -171,6 +172,30 @@ def conv_case(B, T, C, paths=PATHS) -> dict:
     return res
 
 
+def compiled_case(B, T, C) -> dict:
+    """The shift path and the Triton conv (its custom op) under torch.compile (inductor fuses the shift path's
+    multiply-adds and SiLU; smoke: aot_eager), fwd and fwd+bwd, beside the eager times of conv_case."""
+    x, w, _, _ = inputs(B, T, C, seed=2)
+    xg, wg = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    dy = torch.randn_like(x)
+    res = {"B": B, "T": T, "C": C}
+    for path in ("shift", "triton"):
+        with conv_path(path):
+            f = torch.compile(lambda x, w: causal_conv1d(x, w, activation="silu")[0],
+                              backend="aot_eager" if SMOKE else "inductor")
+            t = time.time()
+            torch.autograd.grad(f(xg, wg), [xg, wg], dy)
+            res[f"{path}_compile_s"] = time.time() - t
+
+            def fwd():
+                with torch.no_grad():
+                    return f(x, w)
+
+            res[f"{path}_compiled_fwd_ms"] = bench(fwd)
+            res[f"{path}_compiled_fwdbwd_ms"] = bench(lambda: torch.autograd.grad(f(xg, wg), [xg, wg], dy))
+    return res
+
+
 def tile_case(B, T, C, tune: dict) -> dict:
     old = dict(tri.TUNE)
     tri.TUNE.update(tune)
@@ -232,6 +257,11 @@ def report(out: Path):
     for r in RECORDS:
         if r["case"].startswith(("conv ", "tile ")) and "error" not in r and "skipped" not in r:
             print(f"{r['case']:>28s}" + "".join(f(r, f"{p}_fwd_ms") + f(r, f"{p}_fwdbwd_ms") for p in PATHS))
+    for r in RECORDS:
+        if r["case"].startswith("compiled ") and "error" not in r and "skipped" not in r:
+            print(f"{r['case']:>28s}" + f(r, "shift_compiled_fwd_ms") + f(r, "shift_compiled_fwdbwd_ms")
+                  + f(r, "triton_compiled_fwd_ms") + f(r, "triton_compiled_fwdbwd_ms")
+                  + "   (torch.compile: shift fwd, f+b, triton fwd, f+b)")
     print("\nlayer fwd+bwd (ms)          " + "".join(f"{p:>12s}" for p in PATHS) + "   triton conv calls")
     for r in RECORDS:
         if r["case"].startswith("layer ") and "error" not in r and "skipped" not in r:
@@ -275,6 +305,7 @@ def main():
              ("profile gated_deltanet", lambda: profile_case("gated_deltanet", *layer)),
              ("profile gated_deltanet triton conv", lambda: profile_case("gated_deltanet", *layer, path="triton"))]
     cases += [(f"tile {list(big)} {t}", lambda t=t: tile_case(*big, t)) for t in tiles]
+    cases.append((f"compiled {list(big)}", lambda: compiled_case(*big)))
     for name, fn in cases:
         case(name, fn, a.out, a.budget)
     prof = [r for r in RECORDS if r["case"].startswith("profile") and r.get("table")]
