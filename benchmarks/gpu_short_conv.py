@@ -207,23 +207,36 @@ def tile_case(B, T, C, tune: dict) -> dict:
     return res
 
 
-def layer_call(name, B, T, d_model, H):
+def layer_call(name, B, T, d_model, H, with_output=False):
     torch.manual_seed(0)
     m = attnzoo.build(name, d_model=d_model, n_heads=H).to(DEV, DT)
     x = torch.randn(B, T, d_model, device=DEV, dtype=DT, requires_grad=True)
     dy = torch.randn_like(x)
     params = [p for p in m.parameters() if p.requires_grad]
-    return lambda: torch.autograd.grad(m(x), [x, *params], dy)
+    fn = lambda: torch.autograd.grad(m(x), [x, *params], dy)  # noqa: E731
+    if not with_output:
+        return fn
+
+    def out():
+        with torch.no_grad():
+            return m(x)
+
+    return fn, out
 
 
 def layer_case(name, B, T, d_model, H) -> dict:
-    fn = layer_call(name, B, T, d_model, H)
+    fn, out = layer_call(name, B, T, d_model, H, with_output=True)
     res = {"layer": name, "B": B, "T": T, "d_model": d_model, "H": H}
+    ref = None
     for path in PATHS:
         with conv_path(path), count_kernel_calls() as n:
             fn()  # compiles / warms up; counts the Triton conv's launches of one call
             res[f"{path}_triton_conv_calls"] = n["n"]
+            y = out()
+            ref = y if ref is None else ref  # the layer's output with conv1d, the first path
+            res[f"{path}_out_rel_vs_conv1d"] = rel(y, ref)
             res[f"{path}_fwdbwd_ms"] = bench(fn)
+    res["ok"] = all(res[f"{p}_out_rel_vs_conv1d"] < 2e-2 for p in PATHS) and res["triton_triton_conv_calls"] > 0
     return res
 
 

@@ -95,9 +95,10 @@ def test_default_tiles():
     check(2, 37, 24, 4, mask=True)
 
 
-def test_bfloat16_inputs():
-    """bf16 x and state (fp32 weight, bias): accumulation in float32, outputs rounded to bf16."""
-    check(2, 37, 24, 4, dtype=torch.bfloat16, tol=1.5e-2, seed=1)
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 1.5e-2), (torch.float16, 2e-3)])
+def test_half_inputs(dtype, tol):
+    """bf16 / fp16 x, weight, bias and state: accumulation in float32, outputs and gradients rounded."""
+    check(2, 37, 24, 4, dtype=dtype, tol=tol, seed=1)
 
 
 @pytest.mark.parametrize("W,bias,state,mask,act", [(4, True, True, True, "silu"), (3, False, False, False, None),
@@ -214,6 +215,29 @@ def test_bad_inputs_raise(monkeypatch):
     monkeypatch.setattr(conv_api, "SHORT_CONV_TORCH", "fft")
     with pytest.raises(ValueError, match="SHORT_CONV_TORCH"):
         causal_conv1d(x, w[:, :4])
+
+
+def test_switch_makes_auto_take_the_kernel(monkeypatch):
+    """With dispatch answering as on CUDA, impl="auto" (what ShortConv and the mixers call) takes the kernel
+    exactly when SHORT_CONV_TRITON_AUTO is on and the shape is supported (W <= 8); ShortConv's outputs and
+    decode cache, with a mask, then equal the torch path's."""
+    from attnzoo.mixers.short_conv import ShortConv
+
+    monkeypatch.setattr(conv_api, "resolve_impl", lambda impl, *t, triton_supported=False:
+                        ("triton" if triton_supported else "torch") if impl == "auto" else impl)
+    calls, fwd = [], tri._fwd
+    monkeypatch.setattr(tri, "_fwd", lambda *a: calls.append(1) or fwd(*a))
+    torch.manual_seed(0)
+    x, mask = torch.randn(2, 13, 24), torch.rand(2, 13) > 0.3
+    for W, on, want in [(4, False, 0), (4, True, 1), (9, True, 0)]:
+        conv = ShortConv(24, kernel_size=W, activation="silu", bias=True)
+        monkeypatch.setattr(conv_api, "SHORT_CONV_TRITON_AUTO", on)
+        calls.clear()
+        y, cache = conv(x, mask=mask, output_cache=True)
+        assert len(calls) == want, (W, on)
+        monkeypatch.setattr(conv_api, "SHORT_CONV_TRITON_AUTO", False)
+        y_t, cache_t = conv(x, mask=mask, output_cache=True)
+        assert rel(y, y_t) < 1e-6 and rel(cache, cache_t) == 0.0
 
 
 def test_auto_stays_on_torch_off_cuda(monkeypatch):
