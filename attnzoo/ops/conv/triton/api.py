@@ -212,7 +212,8 @@ def _compiling() -> bool:
 def triton_short_conv(x, weight, bias=None, *, initial_state=None, activation=None):
     """The short causal conv (module docstring): y [B, T, C] in x's dtype."""
     _check(x, weight, bias, initial_state, activation)
-    state = initial_state.to(x.dtype).contiguous() if initial_state is not None else None
+    # W = 1 keeps no previous inputs: its [B, 0, C] state (no memory on a GPU) is not passed
+    state = initial_state.to(x.dtype).contiguous() if initial_state is not None and weight.shape[1] > 1 else None
     args = (x.contiguous(), weight.contiguous(), None if bias is None else bias.contiguous(), state,
             activation == "silu")
     return short_conv(*args) if _compiling() else _EagerShortConv.apply(*args)

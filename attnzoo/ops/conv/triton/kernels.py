@@ -109,7 +109,7 @@ def short_conv_bwd_kernel(x_ptr, w_ptr, b_ptr, s_ptr, dy_ptr, dx_ptr, ds_ptr, dw
         mx = ((s >= 0) & (s < T))[:, None] & cm[None, :]
         tl.store(dxb + s[:, None] * C + c[None, :], dxa.to(dx_ptr.dtype.element_ty), mask=mx)
         if HAS_STATE:
-            if s0 < 0:  # only the first sub-block of the first program has rows s < 0
+            if s0 < 0:  # the first rows of the first program
                 ms = ((s < 0) & (s >= 1 - W))[:, None] & cm[None, :]
                 tl.store(dsb + (s + W - 1)[:, None] * C + c[None, :], dxa.to(ds_ptr.dtype.element_ty), mask=ms)
     p = b * tl.num_programs(0) + pid_t
