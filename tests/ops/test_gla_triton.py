@@ -17,47 +17,23 @@ from attnzoo.ops.linear import gated_linear_attention  # noqa: E402
 from attnzoo.ops.linear.reference import gated_linear_attention_reference as reference  # noqa: E402
 from attnzoo.ops.linear.triton import triton_gated_linear_attention, triton_supported  # noqa: E402
 
-H, K, V = 2, 16, 16
-TOL = {torch.float32: 1e-4, torch.float16: 5e-3}
+from tests.ops._checks import assert_compiled_matches_eager, rel  # noqa: E402
+from tests.ops._gla_triton_cases import (  # noqa: E402
+    TOL,
+    H,
+    assert_matches_reference,
+    assert_sequences_match_reference,
+    fwd_bwd,
+    make,
+)
 
-
-def rel(a, b):
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-
-
-def make(B, T, gate, strength, dtype, seed, n_state=None):
-    gen = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
-    q, k, v = r(B, T, H, K).to(dtype), r(B, T, H, K).to(dtype), r(B, T, H, V).to(dtype)
-    u = lambda *s: torch.rand(*s, generator=gen)  # noqa: E731
-    g = {"scalar": -strength * u(B, T, H), "vector": -strength * u(B, T, H, K)}.get(gate)
-    g_gamma = -strength * u(H) if gate == "gamma" else None
-    h0 = r(n_state or B, H, K, V)
-    return q, k, v, g, g_gamma, h0
-
-
-def fwd_bwd(fn, q, k, v, g, g_gamma, h0, do, dS, **kw):
-    ins = [t.detach().clone().requires_grad_(True) if t is not None else None for t in (q, k, v, g, g_gamma, h0)]
-    o, S = fn(ins[0], ins[1], ins[2], ins[3], g_gamma=ins[4], scale=K ** -0.5, initial_state=ins[5],
-              output_final_state=True, **kw)
-    torch.autograd.backward([o, S], [do.to(o.dtype), dS])
-    return o, S, [t.grad if t is not None else None for t in ins]
+K, V = 16, 16
 
 
 def check_against_reference(B, T, gate, strength, dtype=torch.float32, seed=0):
-    q, k, v, g, g_gamma, h0 = make(B, T, gate, strength, dtype, seed)
+    inputs = make(B, T, gate, strength, dtype, seed)
     do, dS = torch.randn(B, T, H, V), torch.randn(B, H, K, V)
-    o, S, grads = fwd_bwd(triton_gated_linear_attention, q, k, v, g, g_gamma, h0, do, dS)
-    d = lambda t: t.double() if t is not None else None  # noqa: E731
-    o_r, S_r, grads_r = fwd_bwd(reference, *map(d, (q, k, v, g, g_gamma, h0)), do.double(), dS.double())
-    tol = TOL[dtype]
-    assert o.dtype == dtype and S.dtype == torch.float32
-    assert rel(o, o_r) < tol and rel(S, S_r) < tol, (rel(o, o_r), rel(S, S_r))
-    for name, a, b in zip(("dq", "dk", "dv", "dg", "dg_gamma", "dh0"), grads, grads_r):
-        if b is not None:
-            assert a is not None and torch.isfinite(a).all(), name
-            assert rel(a, b) < tol, (name, rel(a, b))
+    assert_matches_reference(triton_gated_linear_attention, inputs, do, dS, TOL[dtype])
 
 
 @pytest.mark.parametrize("gate,T,strength", [
@@ -122,15 +98,8 @@ def test_varlen_matches_sequences_one_by_one(gate):
     cu = torch.tensor([0, 5, 71, 91])
     q, k, v, g, _, h0 = make(1, sum(lens), gate, 1.0, torch.float32, seed=3, n_state=len(lens))
     do, dS = torch.randn(1, sum(lens), H, V), torch.randn(len(lens), H, K, V)
-    o, S, grads = fwd_bwd(triton_gated_linear_attention, q, k, v, g, None, h0, do, dS, cu_seqlens=cu)
-    for n, (a, b) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
-        part = lambda t: t[:, a:b].double()  # noqa: E731
-        o_r, S_r, gr = fwd_bwd(reference, part(q), part(k), part(v), part(g), None, h0[n:n + 1].double(),
-                               part(do), dS[n:n + 1].double())
-        assert rel(o[:, a:b], o_r) < 1e-4 and rel(S[n:n + 1], S_r) < 1e-4
-        for name, x, y in zip(("dq", "dk", "dv", "dg"), grads[:4], gr[:4]):
-            assert rel(x[:, a:b], y) < 1e-4, (n, name, rel(x[:, a:b], y))
-        assert rel(grads[5][n:n + 1], gr[5]) < 1e-4
+    got = fwd_bwd(triton_gated_linear_attention, q, k, v, g, None, h0, do, dS, cu_seqlens=cu)
+    assert_sequences_match_reference(got, q, k, v, g, h0, do, dS, cu, tol=1e-4)
 
 
 def test_varlen_through_the_public_op():
@@ -193,15 +162,7 @@ def test_custom_op_under_torch_compile():
         o, S = triton_gated_linear_attention(q, k, v, g, scale=0.25, initial_state=h0, output_final_state=True)
         return (o * o).sum() + S.sum()
 
-    ins = [t.clone().requires_grad_(True) for t in (q, k, v, g, h0)]
-    eager = loss(*ins)
-    ge = torch.autograd.grad(eager, ins)
-    compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)
-    out = compiled(*ins)
-    gc = torch.autograd.grad(out, ins)
-    assert rel(out, eager) < 1e-6
-    for a, b in zip(gc, ge):
-        assert rel(a, b) < 1e-6
+    assert_compiled_matches_eager(loss, (q, k, v, g, h0), tol=1e-6)
 
 
 def test_scalar_dqdk_never_takes_k_blocks_of_16():

@@ -13,11 +13,16 @@ import torch  # noqa: E402
 
 pytest.importorskip("triton")
 
-from attnzoo.ops.linear.reference import gated_linear_attention_reference as reference  # noqa: E402
 from attnzoo.ops.linear.triton import fused, fused_bwd, triton_gated_linear_attention  # noqa: E402
 
-H = 2
-TOL = {torch.float32: 1e-4, torch.float16: 5e-3}
+from tests.ops._checks import assert_compiled_matches_eager, rel  # noqa: E402
+from tests.ops._gla_triton_cases import (  # noqa: E402
+    TOL,
+    assert_matches_reference,
+    assert_sequences_match_reference,
+    fwd_bwd,
+    make,
+)
 
 
 @pytest.fixture
@@ -25,41 +30,9 @@ def force_fused(monkeypatch):
     monkeypatch.setattr(fused, "FORCE", True)
 
 
-def rel(a, b):
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-
-
-def make(B, T, gate, strength, dtype, seed, K=16, V=16, n_state=None):
-    gen = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
-    u = lambda *s: torch.rand(*s, generator=gen)  # noqa: E731
-    q, k, v = r(B, T, H, K).to(dtype), r(B, T, H, K).to(dtype), r(B, T, H, V).to(dtype)
-    g = {"scalar": -strength * u(B, T, H), "vector": -strength * u(B, T, H, K)}.get(gate)
-    g_gamma = -strength * u(H) if gate == "gamma" else None
-    return q, k, v, g, g_gamma, r(n_state or B, H, K, V), r(B, T, H, V), r(n_state or B, H, K, V)
-
-
-def fwd_bwd(fn, q, k, v, g, g_gamma, h0, do, dS, **kw):
-    ins = [t.detach().clone().requires_grad_(True) if t is not None else None for t in (q, k, v, g, g_gamma, h0)]
-    o, S = fn(ins[0], ins[1], ins[2], ins[3], g_gamma=ins[4], scale=q.shape[-1] ** -0.5, initial_state=ins[5],
-              output_final_state=True, **kw)
-    torch.autograd.backward([o, S], [do.to(o.dtype), dS])
-    return o, S, [t.grad if t is not None else None for t in ins]
-
-
 def check(B, T, gate, strength, dtype=torch.float32, seed=0, K=16, V=16):
-    q, k, v, g, g_gamma, h0, do, dS = make(B, T, gate, strength, dtype, seed, K, V)
-    o, S, grads = fwd_bwd(triton_gated_linear_attention, q, k, v, g, g_gamma, h0, do, dS)
-    d = lambda t: t.double() if t is not None else None  # noqa: E731
-    o_r, S_r, grads_r = fwd_bwd(reference, *map(d, (q, k, v, g, g_gamma, h0)), do.double(), dS.double())
-    tol = TOL[dtype]
-    assert o.dtype == dtype and S.dtype == torch.float32
-    assert rel(o, o_r) < tol and rel(S, S_r) < tol, (rel(o, o_r), rel(S, S_r))
-    for name, a, b in zip(("dq", "dk", "dv", "dg", "dg_gamma", "dh0"), grads, grads_r):
-        if b is not None:
-            assert a is not None and torch.isfinite(a).all(), name
-            assert rel(a, b) < tol, (name, rel(a, b))
+    *inputs, do, dS = make(B, T, gate, strength, dtype, seed, K=K, V=V, cotangents=True)
+    assert_matches_reference(triton_gated_linear_attention, inputs, do, dS, TOL[dtype])
 
 
 @pytest.mark.parametrize("gate,T,strength", [
@@ -89,24 +62,15 @@ def test_fused_varlen_matches_sequences_one_by_one(gate, force_fused):
     """cu_seqlens (lengths 5, 0, 36, 20) read on the device: each sequence starts from its own initial
     state and returns its own final state (an empty one returns it unchanged, its dh0 = dht)."""
     cu = torch.tensor([0, 5, 5, 41, 61])
-    q, k, v, g, _, h0, do, dS = make(1, 61, gate, 1.0, torch.float32, seed=3, n_state=4)
+    q, k, v, g, _, h0, do, dS = make(1, 61, gate, 1.0, torch.float32, seed=3, n_state=4, cotangents=True)
     o, S, grads = fwd_bwd(triton_gated_linear_attention, q, k, v, g, None, h0, do, dS, cu_seqlens=cu)
     assert torch.allclose(S[1], h0[1]) and torch.allclose(grads[5][1], dS[1])
-    for n, (a, b) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
-        if a == b:
-            continue
-        part = lambda t: t[:, a:b].double()  # noqa: E731
-        o_r, S_r, gr = fwd_bwd(reference, part(q), part(k), part(v), part(g), None, h0[n:n + 1].double(),
-                               part(do), dS[n:n + 1].double())
-        assert rel(o[:, a:b], o_r) < 1e-4 and rel(S[n:n + 1], S_r) < 1e-4
-        for name, x, y in zip(("dq", "dk", "dv", "dg"), grads[:4], gr[:4]):
-            assert rel(x[:, a:b], y) < 1e-4, (n, name, rel(x[:, a:b], y))
-        assert rel(grads[5][n:n + 1], gr[5]) < 1e-4
+    assert_sequences_match_reference((o, S, grads), q, k, v, g, h0, do, dS, cu, tol=1e-4)
 
 
 def test_fused_equals_chunked_without_state(monkeypatch):
     """No initial state, no final-state gradient: the fused and the chunked Triton paths agree."""
-    q, k, v, g, _, _, do, _ = make(2, 70, "scalar", 1.0, torch.float32, seed=4)
+    q, k, v, g, _, _, do, _ = make(2, 70, "scalar", 1.0, torch.float32, seed=4, cotangents=True)
     runs = []
     for force in (True, False):
         monkeypatch.setattr(fused, "FORCE", force)
@@ -154,18 +118,13 @@ def test_measured_defaults():
 def test_fused_under_torch_compile(force_fused):
     """The fused kernels run inside the attnzoo::gla_chunk custom op too: a fullgraph compile gives
     the eager values and gradients."""
-    q, k, v, g, _, h0, _, _ = make(1, 20, "vector", 1.0, torch.float32, seed=8)
+    q, k, v, g, _, h0, _, _ = make(1, 20, "vector", 1.0, torch.float32, seed=8, cotangents=True)
 
     def loss(q, k, v, g, h0):
         o, S = triton_gated_linear_attention(q, k, v, g, scale=0.25, initial_state=h0, output_final_state=True)
         return (o * o).sum() + S.sum()
 
-    ins = [t.clone().requires_grad_(True) for t in (q, k, v, g, h0)]
-    ge = torch.autograd.grad(loss(*ins), ins)
-    out = torch.compile(loss, backend="aot_eager", fullgraph=True)(*ins)
-    gc = torch.autograd.grad(out, ins)
-    for a, b in zip(ge, gc):
-        assert rel(a, b) < 1e-6
+    assert_compiled_matches_eager(loss, (q, k, v, g, h0), tol=1e-6, value=False)
 
 
 @pytest.mark.parametrize("gate,tune", [
@@ -190,7 +149,7 @@ def test_config_that_does_not_compile_falls_back_to_chunked(force_fused, monkeyp
                 raise OutOfResources(300000, 232448, "shared memory")
             return launch
 
-    q, k, v, g, _, h0, do, dS = make(1, 30, "scalar", 1.0, torch.float32, seed=7)
+    q, k, v, g, _, h0, do, dS = make(1, 30, "scalar", 1.0, torch.float32, seed=7, cotangents=True)
     want = fwd_bwd(triton_gated_linear_attention, q, k, v, g, None, h0, do, dS)
     monkeypatch.setattr(fused, "FAILED", set())
     monkeypatch.setattr(fused_bwd, "fused_bwd_kernel", Refuses())
@@ -209,7 +168,7 @@ def test_split_backward(gate, force_fused, monkeypatch):
     monkeypatch.setitem(fused.TUNE, "bwd_split", True)
     check(B=2, T=45, gate=gate, strength=1.0, seed=9)
     cu = torch.tensor([0, 7, 7, 30])
-    q, k, v, g, _, h0, do, dS = make(1, 30, gate, 1.0, torch.float32, seed=10, n_state=3)
+    q, k, v, g, _, h0, do, dS = make(1, 30, gate, 1.0, torch.float32, seed=10, n_state=3, cotangents=True)
     o, S, grads = fwd_bwd(triton_gated_linear_attention, q, k, v, g, None, h0, do, dS, cu_seqlens=cu)
     monkeypatch.setitem(fused.TUNE, "bwd_split", False)
     o2, S2, grads2 = fwd_bwd(triton_gated_linear_attention, q, k, v, g, None, h0, do, dS, cu_seqlens=cu)
@@ -225,7 +184,7 @@ def test_fused_under_vmap_equals_one_call_per_member(force_fused):
     from torch.func import vmap
 
     G = 2
-    q, k, v, g, _, h0, _, _ = make(G * 2, 20, "vector", 1.0, torch.float32, seed=11)
+    q, k, v, g, _, h0, _, _ = make(G * 2, 20, "vector", 1.0, torch.float32, seed=11, cotangents=True)
     q, k, v, g = (x.reshape(G, 2, *x.shape[1:]).requires_grad_(True) for x in (q, k, v, g))
     h0 = h0.reshape(G, 2, *h0.shape[1:]).requires_grad_(True)
     fn = lambda q, k, v, g, h0: triton_gated_linear_attention(q, k, v, g, initial_state=h0,  # noqa: E731
@@ -249,12 +208,6 @@ def test_dg_segments_with_packed_sequences(gate, dg_seg, force_fused, monkeypatc
     3, 77 (their checkpoint slots must not collide) against the float64 loop one by one."""
     monkeypatch.setitem(fused.TUNE, "dg_seg", dg_seg)
     cu = torch.tensor([0, 50, 53, 130])
-    q, k, v, g, _, h0, do, dS = make(1, 130, gate, 1.0, torch.float32, seed=12, n_state=3)
-    o, S, grads = fwd_bwd(triton_gated_linear_attention, q, k, v, g, None, h0, do, dS, cu_seqlens=cu)
-    for n, (a, b) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
-        part = lambda t: t[:, a:b].double()  # noqa: E731
-        _, _, gr = fwd_bwd(reference, part(q), part(k), part(v), part(g), None, h0[n:n + 1].double(),
-                           part(do), dS[n:n + 1].double())
-        for name, x, y in zip(("dq", "dk", "dv", "dg"), grads[:4], gr[:4]):
-            assert rel(x[:, a:b], y) < 1e-4, (n, name, rel(x[:, a:b], y))
-        assert rel(grads[5][n:n + 1], gr[5]) < 1e-4
+    q, k, v, g, _, h0, do, dS = make(1, 130, gate, 1.0, torch.float32, seed=12, n_state=3, cotangents=True)
+    got = fwd_bwd(triton_gated_linear_attention, q, k, v, g, None, h0, do, dS, cu_seqlens=cu)
+    assert_sequences_match_reference(got, q, k, v, g, h0, do, dS, cu, tol=1e-4, outputs=False)

@@ -17,31 +17,21 @@ pytest.importorskip("triton")
 
 from attnzoo.ops.linear.triton import chunk as tc  # noqa: E402
 from attnzoo.ops.linear.triton import state as ts  # noqa: E402
-from attnzoo.ops.linear.reference import gated_linear_attention_reference as reference  # noqa: E402
 from attnzoo.ops.linear.triton import triton_gated_linear_attention as tri  # noqa: E402
 from attnzoo.ops.linear.triton.vector_fast import chunk_safe_mask  # noqa: E402
-from test_gla_triton import K as K_SHARED, fwd_bwd  # noqa: E402 (same H, K, V; pytest puts tests/ops on the path)
-
-H, K, V = 2, 16, 16
-assert K == K_SHARED  # fwd_bwd scales by K ** -0.5
-NAMES = ("dq", "dk", "dv", "dg", "dg_gamma", "dh0")
-
-
-def rel(a, b):
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+from tests.ops._checks import rel  # noqa: E402
+from tests.ops._gla_triton_cases import (  # noqa: E402
+    assert_close,
+    assert_sequences_match_reference,
+    fwd_bwd,
+    reference_run,
+)
+from tests.ops._gla_triton_cases import make as _make  # noqa: E402
 
 
 def make(n_tok, gate, strength, n_state, seed):
-    gen = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
-    u = lambda *s: torch.rand(*s, generator=gen)  # noqa: E731
-    q, k, v = r(1, n_tok, H, K), r(1, n_tok, H, K), r(1, n_tok, H, V)
-    g = {"scalar": -strength * u(1, n_tok, H), "vector": -strength * u(1, n_tok, H, K)}.get(gate)
-    g_gamma = -strength * u(H) if gate in ("gamma", "scalar+gamma") else None
-    if gate == "scalar+gamma":
-        g = -strength * u(1, n_tok, H)
-    return q, k, v, g, g_gamma, r(n_state, H, K, V), r(1, n_tok, H, V), r(n_state, H, K, V)
+    """One row of n_tok tokens, K = V = 16, and n_state initial states; do and dS too."""
+    return _make(1, n_tok, gate, strength, seed=seed, n_state=n_state, cotangents=True)
 
 
 def run_tri(seg, *args, **kw):
@@ -51,20 +41,6 @@ def run_tri(seg, *args, **kw):
         return fwd_bwd(tri, *args, **kw)
     finally:
         ts.SEGMENT_CHUNKS = old
-
-
-def assert_close(got, want, tol, where=""):
-    (o, S, grads), (o_r, S_r, grads_r) = got, want
-    assert rel(o, o_r) < tol and rel(S, S_r) < tol, (where, rel(o, o_r), rel(S, S_r))
-    for name, a, b in zip(NAMES, grads, grads_r):
-        if b is not None:
-            assert a is not None and torch.isfinite(a).all(), (where, name)
-            assert rel(a, b) < tol, (where, name, rel(a, b))
-
-
-def reference_of(args):
-    d = lambda t: t.double() if t is not None else None  # noqa: E731
-    return fwd_bwd(reference, *map(d, args))
 
 
 @pytest.mark.parametrize("gate,strength,T,seg", [
@@ -84,7 +60,7 @@ def test_segmented_matches_reference_and_sequential(gate, strength, T, seg):
         safe = chunk_safe_mask(tc.chunk_local_cumsum(args[3][0].contiguous(), tab, tc.BT), tab, tc.BT)
         assert bool(safe.all()) if strength < 1 else not bool(safe.any())
     got = run_tri(seg, *args)
-    assert_close(got, reference_of(args), 1e-4, "reference")
+    assert_close(got, reference_run(*args), 1e-4, "reference")
     assert_close(got, run_tri(None, *args), 1e-5, "sequential")
 
 
@@ -96,15 +72,8 @@ def test_segmented_varlen_sequences_one_by_one(gate):
     lens = [30, 300, 140, 71]
     cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()])
     q, k, v, g, _, h0, do, dS = make(sum(lens), gate, 1.0, len(lens), seed=11)
-    o, S, grads = run_tri(2, q, k, v, g, None, h0, do, dS, cu_seqlens=cu)
-    for n, (a, b) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
-        part = lambda t: t[:, a:b].double()  # noqa: E731
-        o_r, S_r, gr = fwd_bwd(reference, part(q), part(k), part(v), part(g), None, h0[n:n + 1].double(),
-                               part(do), dS[n:n + 1].double())
-        assert rel(o[:, a:b], o_r) < 1e-4 and rel(S[n:n + 1], S_r) < 1e-4, n
-        for name, x, y in zip(NAMES[:4], grads[:4], gr[:4]):
-            assert rel(x[:, a:b], y) < 1e-4, (n, name, rel(x[:, a:b], y))
-        assert rel(grads[5][n:n + 1], gr[5]) < 1e-4, n
+    got = run_tri(2, q, k, v, g, None, h0, do, dS, cu_seqlens=cu)
+    assert_sequences_match_reference(got, q, k, v, g, h0, do, dS, cu, tol=1e-4)
 
 
 @pytest.mark.parametrize("gate", [1, 2])
