@@ -65,10 +65,11 @@ def assert_close(got, want, tol, where=""):
 
 def assert_matches_reference(fn, inputs, do, dS, tol, **kw):
     """fn's output (in the inputs' dtype), final state (float32) and gradients against the reference
-    loop's; inputs: q, k, v, g, g_gamma, h0; kw (scale) goes to both."""
+    loop's; inputs: q, k, v, g, g_gamma, h0; kw (scale) goes to both. Returns fn's fwd_bwd."""
     got = fwd_bwd(fn, *inputs, do, dS, **kw)
     assert got[0].dtype == inputs[0].dtype and got[1].dtype == torch.float32
     assert_close(got, reference_run(*inputs, do, dS, **kw), tol)
+    return got
 
 
 def assert_sequences_match_reference(got, q, k, v, g, h0, do, dS, cu_seqlens, tol=1e-4, outputs=True, scale=None):

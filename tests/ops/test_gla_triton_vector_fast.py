@@ -18,22 +18,23 @@ import torch  # noqa: E402
 pytest.importorskip("triton")
 
 from attnzoo.ops.linear.triton import chunk as tc  # noqa: E402
-from attnzoo.ops.linear.reference import gated_linear_attention_reference as reference  # noqa: E402
 from attnzoo.ops.linear.triton import triton_gated_linear_attention  # noqa: E402
 from attnzoo.ops.linear.triton.cumsum import chunk_local_cumsum  # noqa: E402
 from attnzoo.ops.linear.triton.vector_fast import SAFE_LOG, chunk_safe_mask  # noqa: E402
+from tests.ops._gla_triton_cases import (  # noqa: E402
+    H,
+    assert_close,
+    assert_sequences_match_reference,
+    fwd_bwd,
+    reference_run,
+)
 
-H = 2
 LIMIT = float(SAFE_LOG.value)
 TOL32 = 5e-6  # float32 here is exact fp32 (no tf32 in the interpreter): errors measured ~2-7e-7
 
 
-def rel(a, b):
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-
-
 def qkv(B, T, K, V, dtype, seed):
+    """q, k, v and h0, then the generator for the gate (which is drawn after h0, unlike the shared make's)."""
     gen = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
     return r(B, T, H, K).to(dtype), r(B, T, H, K).to(dtype), r(B, T, H, V).to(dtype), r(B, H, K, V), gen
@@ -53,27 +54,22 @@ def safe_mask(g, cu_seqlens=None):
     return chunk_safe_mask(chunk_local_cumsum(g.reshape(B * T, H, -1).float().contiguous(), tab, tc.BT), tab, tc.BT)
 
 
-def fwd_bwd(fn, q, k, v, g, h0, do, dS, scale, **kw):
-    ins = [t.detach().clone().requires_grad_(True) for t in (q, k, v, g, h0)]
-    o, S = fn(*ins[:4], scale=scale, initial_state=ins[4], output_final_state=True, **kw)
-    torch.autograd.backward([o, S], [do.to(o.dtype), dS])
-    return [o, S] + [t.grad for t in ins]
-
-
-NAMES = ("o", "S", "dq", "dk", "dv", "dg", "dh0")
-
-
 def check(q, k, v, g, h0, tol, seed=1, **kw):
     B, T = q.shape[:2]
     gen = torch.Generator().manual_seed(seed)
     do = torch.randn(B, T, H, v.shape[-1], generator=gen)
     dS = torch.randn(h0.shape, generator=gen)
-    got = fwd_bwd(triton_gated_linear_attention, q, k, v, g, h0, do, dS, q.shape[-1] ** -0.5, **kw)
-    d = lambda t: t.double()  # noqa: E731
-    ref = fwd_bwd(reference, d(q), d(k), d(v), d(g), d(h0), d(do), d(dS), q.shape[-1] ** -0.5)
-    for name, a, b in zip(NAMES, got, ref):
-        assert torch.isfinite(a).all(), name
-        assert rel(a, b) < tol, (name, rel(a, b))
+    scale = q.shape[-1] ** -0.5
+    got = fwd_bwd(triton_gated_linear_attention, q, k, v, g, None, h0, do, dS, scale=scale, **kw)
+    assert_finite(got)
+    assert_close(got, reference_run(q, k, v, g, None, h0, do, dS, scale=scale), tol)
+
+
+def assert_finite(got):
+    """o, S and every gradient of a fwd_bwd result finite (the NaN-filled buffers were all written)."""
+    o, S, grads = got
+    for name, a in zip(("o", "S", "dq", "dk", "dv", "dg", "dg_gamma", "dh0"), (o, S, *grads)):
+        assert a is None or torch.isfinite(a).all(), name
 
 
 @pytest.mark.parametrize("K,V,dtype,tol", [(16, 16, torch.float32, TOL32), (24, 40, torch.float32, TOL32),
@@ -152,14 +148,9 @@ def test_varlen_partial_last_chunks_match_one_by_one():
     m = safe_mask(g, cu)
     assert m.tolist() == [[True] * H, [True] * H, [False] * H, [True] * H, [False] * H]
     do, dS = torch.randn(1, sum(lens), H, 16, generator=gen), torch.randn(len(lens), H, 16, 16, generator=gen)
-    got = fwd_bwd(triton_gated_linear_attention, q, k, v, g, h0, do, dS, 0.25, cu_seqlens=cu)
-    for n, (a, b) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
-        p = lambda t: t[:, a:b].double()  # noqa: E731
-        ref = fwd_bwd(reference, p(q), p(k), p(v), p(g), h0[n:n + 1].double(), p(do), dS[n:n + 1].double(), 0.25)
-        parts = [got[0][:, a:b], got[1][n:n + 1], *(x[:, a:b] for x in got[2:6]), got[6][n:n + 1]]
-        for name, x, y in zip(NAMES, parts, ref):
-            assert torch.isfinite(x).all(), (n, name)
-            assert rel(x, y) < TOL32, (n, name, rel(x, y))
+    got = fwd_bwd(triton_gated_linear_attention, q, k, v, g, None, h0, do, dS, scale=0.25, cu_seqlens=cu)
+    assert_finite(got)
+    assert_sequences_match_reference(got, q, k, v, g, h0, do, dS, cu, tol=TOL32, scale=0.25)
 
 
 class _NoLaunch:
@@ -207,14 +198,8 @@ def test_g_gamma_added_into_the_vector_gate_decides_the_branch():
     gg = torch.tensor([-0.1, -0.7])
     assert safe_mask(g + gg[:, None]).tolist() == [[True, False], [True, False]]
     do, dS = torch.randn(1, T, H, 16, generator=gen), torch.randn(1, H, K, 16, generator=gen)
-    outs = []
-    for fn, cast in ((triton_gated_linear_attention, lambda t: t), (reference, lambda t: t.double())):
-        ins = [cast(t).detach().clone().requires_grad_(True) for t in (q, k, v, g, gg, h0)]
-        o, S = fn(*ins[:4], g_gamma=ins[4], scale=0.25, initial_state=ins[5], output_final_state=True)
-        torch.autograd.backward([o, S], [cast(do), cast(dS)])
-        outs.append([o, S] + [t.grad for t in ins])
-    for name, a, b in zip(("o", "S", "dq", "dk", "dv", "dg", "dg_gamma", "dh0"), *outs):
-        assert rel(a, b) < TOL32, (name, rel(a, b))
+    got = fwd_bwd(triton_gated_linear_attention, q, k, v, g, gg, h0, do, dS, scale=0.25)
+    assert_close(got, reference_run(q, k, v, g, gg, h0, do, dS, scale=0.25), TOL32)
 
 
 @pytest.mark.parametrize("fused", [False, True])

@@ -18,29 +18,15 @@ import attnzoo.ops.linear.triton.api as tri  # noqa: E402
 from attnzoo.ops.linear import gated_linear_attention  # noqa: E402
 from attnzoo.ops.linear.reference import gated_linear_attention_reference as reference  # noqa: E402
 from attnzoo.ops.linear.triton import triton_gated_linear_attention, triton_supported  # noqa: E402
-
-
-def rel(a, b):
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+from tests.ops._checks import assert_compiled_matches_eager, rel  # noqa: E402
+from tests.ops._gla_triton_cases import assert_matches_reference  # noqa: E402
+from tests.ops._gla_triton_cases import make as _make  # noqa: E402
 
 
 def make(B, T, H, K, V, gate, dtype=torch.float32, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
-    u = lambda *s: torch.rand(*s, generator=gen)  # noqa: E731
-    q, k, v = r(B, T, H, K).to(dtype), r(B, T, H, K).to(dtype), r(B, T, H, V).to(dtype)
-    g = {"scalar": -u(B, T, H), "vector": -u(B, T, H, K)}.get(gate)
-    g_gamma = -0.3 * u(H) if gate == "gamma" else None
-    return q, k, v, g, g_gamma, r(B, H, K, V)
-
-
-def fwd_bwd(fn, ins, do, dS, **kw):
-    ins = [t.detach().clone().requires_grad_(True) if t is not None else None for t in ins]
-    q, k, v, g, g_gamma, h0 = ins
-    o, S = fn(q, k, v, g, g_gamma=g_gamma, initial_state=h0, output_final_state=True, **kw)
-    torch.autograd.backward([o, S], [do.to(o.dtype), dS])
-    return o, S, [t.grad if t is not None else None for t in ins]
+    """g = −U(0, 1), g_gamma = −0.3·U(0, 1); H = 2 (the shared make's)."""
+    assert H == 2
+    return _make(B, T, gate, 1.0, dtype, seed, K=K, V=V, gamma_strength=0.3)
 
 
 @pytest.mark.parametrize("gate", [None, "scalar", "gamma", "vector"])
@@ -50,14 +36,8 @@ def test_key_blocks_match_reference(gate, monkeypatch):
     monkeypatch.setattr(tri, "MAX_K", 16)
     ins = make(2, 70, 2, 40, 8, gate, seed=1)
     do, dS = torch.randn(2, 70, 2, 8), torch.randn(2, 2, 40, 8)
-    o, S, grads = fwd_bwd(triton_gated_linear_attention, ins, do, dS, scale=0.2)
-    o_r, S_r, grads_r = fwd_bwd(reference, [t.double() if t is not None else None for t in ins], do.double(),
-                                dS.double(), scale=0.2)
-    assert o.dtype == torch.float32 and S.shape == (2, 2, 40, 8)
-    assert rel(o, o_r) < 1e-4 and rel(S, S_r) < 1e-4, (rel(o, o_r), rel(S, S_r))
-    for name, a, b in zip(("dq", "dk", "dv", "dg", "dg_gamma", "dh0"), grads, grads_r):
-        if b is not None:
-            assert rel(a, b) < 1e-4, (name, rel(a, b))
+    _, S, _ = assert_matches_reference(triton_gated_linear_attention, ins, do, dS, 1e-4, scale=0.2)
+    assert S.shape == (2, 2, 40, 8)
 
 
 def test_key_blocks_default_scale_is_the_whole_k(monkeypatch):
@@ -135,11 +115,4 @@ def test_key_blocks_under_torch_compile(monkeypatch):
         o, S = triton_gated_linear_attention(q, k, v, g, scale=0.25, initial_state=h0, output_final_state=True)
         return (o * o).sum() + S.sum()
 
-    ins = [t.clone().requires_grad_(True) for t in (q, k, v, g, h0)]
-    eager = loss(*ins)
-    ge = torch.autograd.grad(eager, ins)
-    out = torch.compile(loss, backend="aot_eager", fullgraph=True)(*ins)
-    gc = torch.autograd.grad(out, ins)
-    assert rel(out, eager) < 1e-6
-    for a, b in zip(gc, ge):
-        assert rel(a, b) < 1e-6
+    assert_compiled_matches_eager(loss, (q, k, v, g, h0), tol=1e-6)
