@@ -18,14 +18,8 @@ from attnzoo.ops.linear.reference import gated_linear_attention_reference as ref
 from attnzoo.ops.linear.triton import triton_gated_linear_attention, triton_supported  # noqa: E402
 
 from tests.ops._checks import assert_compiled_matches_eager, rel  # noqa: E402
-from tests.ops._gla_triton_cases import (  # noqa: E402
-    TOL,
-    H,
-    assert_matches_reference,
-    assert_sequences_match_reference,
-    fwd_bwd,
-    make,
-)
+from tests.ops._gla_triton_cases import TOL, H, assert_matches_reference, assert_sequences_match_reference  # noqa: E402
+from tests.ops._gla_triton_cases import fwd_bwd, make  # noqa: E402
 
 K, V = 16, 16
 

@@ -16,13 +16,8 @@ pytest.importorskip("triton")
 from attnzoo.ops.linear.triton import fused, fused_bwd, triton_gated_linear_attention  # noqa: E402
 
 from tests.ops._checks import assert_compiled_matches_eager, rel  # noqa: E402
-from tests.ops._gla_triton_cases import (  # noqa: E402
-    TOL,
-    assert_matches_reference,
-    assert_sequences_match_reference,
-    fwd_bwd,
-    make,
-)
+from tests.ops._gla_triton_cases import TOL, assert_matches_reference, assert_sequences_match_reference  # noqa: E402
+from tests.ops._gla_triton_cases import fwd_bwd, make  # noqa: E402
 
 
 @pytest.fixture

@@ -20,12 +20,8 @@ from attnzoo.ops.linear.triton import state as ts  # noqa: E402
 from attnzoo.ops.linear.triton import triton_gated_linear_attention as tri  # noqa: E402
 from attnzoo.ops.linear.triton.vector_fast import chunk_safe_mask  # noqa: E402
 from tests.ops._checks import rel  # noqa: E402
-from tests.ops._gla_triton_cases import (  # noqa: E402
-    assert_close,
-    assert_sequences_match_reference,
-    fwd_bwd,
-    reference_run,
-)
+from tests.ops._gla_triton_cases import assert_close, assert_sequences_match_reference, fwd_bwd  # noqa: E402
+from tests.ops._gla_triton_cases import reference_run  # noqa: E402
 from tests.ops._gla_triton_cases import make as _make  # noqa: E402
 
 

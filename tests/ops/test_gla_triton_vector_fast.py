@@ -21,13 +21,8 @@ from attnzoo.ops.linear.triton import chunk as tc  # noqa: E402
 from attnzoo.ops.linear.triton import triton_gated_linear_attention  # noqa: E402
 from attnzoo.ops.linear.triton.cumsum import chunk_local_cumsum  # noqa: E402
 from attnzoo.ops.linear.triton.vector_fast import SAFE_LOG, chunk_safe_mask  # noqa: E402
-from tests.ops._gla_triton_cases import (  # noqa: E402
-    H,
-    assert_close,
-    assert_sequences_match_reference,
-    fwd_bwd,
-    reference_run,
-)
+from tests.ops._gla_triton_cases import H, assert_close, assert_sequences_match_reference, fwd_bwd  # noqa: E402
+from tests.ops._gla_triton_cases import reference_run  # noqa: E402
 
 LIMIT = float(SAFE_LOG.value)
 TOL32 = 5e-6  # float32 here is exact fp32 (no tf32 in the interpreter): errors measured ~2-7e-7
