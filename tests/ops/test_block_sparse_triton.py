@@ -20,13 +20,9 @@ from attnzoo.ops.sparse import (  # noqa: E402
     pooled_block_keys,
     select_blocks,
 )
+from tests.ops._checks import rel  # noqa: E402
 
 TOL = {torch.float32: 1e-4, torch.float16: 4e-3}
-
-
-def rel(a, b):
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def rand(*shape, seed, dtype):

@@ -16,15 +16,11 @@ pytest.importorskip("triton")
 
 from attnzoo.ops.delta.reference import delta_rule_reference as reference  # noqa: E402
 from attnzoo.ops.delta.triton import triton_delta_rule, triton_supported  # noqa: E402
+from tests.ops._checks import assert_compiled_matches_eager, rel  # noqa: E402
 
 H = 2
 TOL = {torch.float32: 1e-4, torch.float16: 5e-3}
 NAMES = ("dq", "dk", "dv", "dbeta", "dg", "dh0")
-
-
-def rel(a, b):
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def make(B, T, gate, dtype=torch.float32, K=16, V=16, seed=0, n_state=None):
@@ -155,15 +151,7 @@ def test_custom_op_under_torch_compile():
         o, S = triton_delta_rule(q, k, v, beta, g, scale=0.25, initial_state=h0, output_final_state=True)
         return (o * o).sum() + S.sum()
 
-    ins = [t.clone().requires_grad_(True) for t in (q, k, v, beta, g, h0)]
-    eager = loss(*ins)
-    ge = torch.autograd.grad(eager, ins)
-    compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)
-    out = compiled(*ins)
-    gc = torch.autograd.grad(out, ins)
-    assert rel(out, eager) < 1e-6
-    for a, b in zip(gc, ge):
-        assert rel(a, b) < 1e-6
+    assert_compiled_matches_eager(loss, (q, k, v, beta, g, h0), tol=1e-6)
 
 
 def test_public_op_dispatch():
