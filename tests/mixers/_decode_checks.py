@@ -1,4 +1,5 @@
-"""Checks shared by the mixer tests of the block-selecting attentions (moba, nsa)."""
+"""Decoding checks shared by the mixer tests: a decode run against the whole sequence in one call (moba, nsa,
+mla, path_attn), and the compiled-decode rule of the block-selecting attentions (moba, nsa)."""
 
 from __future__ import annotations
 
@@ -23,3 +24,25 @@ def check_compiled_decode_rule(monkeypatch, module, m):
     torch.testing.assert_close(yc, y, rtol=1e-12, atol=1e-12)
     for f in dataclasses.fields(s):
         torch.testing.assert_close(getattr(sc, f.name), getattr(s, f.name), rtol=1e-12, atol=1e-12)
+
+
+def assert_decode_equals_whole(m, x, mask=None, prefill=0):
+    """m (an eval mixer) on all of x in one call, then on its first `prefill` tokens in one call (0: none)
+    and on the rest one token at a time, the state carried (no gradients): the outputs agree within 1e-10,
+    at the tokens that mask keeps when one is given. Returns the one call's output and state, and the
+    last step's state."""
+    masked = (lambda a, b: {}) if mask is None else (lambda a, b: {"mask": mask[:, a:b]})
+    T = x.shape[1]
+    with torch.no_grad():
+        full, s_full = m(x, **masked(0, T), return_state=True)
+        ys, s = [], None
+        if prefill:
+            y, s = m(x[:, :prefill], **masked(0, prefill), return_state=True)
+            ys.append(y)
+        for t in range(prefill, T):
+            y, s = m(x[:, t: t + 1], **masked(t, t + 1), state=s, return_state=True)
+            ys.append(y)
+    y = torch.cat(ys, 1)
+    keep = slice(None) if mask is None else mask
+    torch.testing.assert_close(y[keep], full[keep], rtol=1e-10, atol=1e-10)
+    return full, s_full, s

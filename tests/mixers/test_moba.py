@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import attnzoo
-from tests.mixers._decode_checks import check_compiled_decode_rule
+from tests.mixers._decode_checks import assert_decode_equals_whole, check_compiled_decode_rule
+from tests.mixers._mixer_checks import check_reference_matches_fast
 from attnzoo.mixers.layers import apply_rope
 from attnzoo.ops.sparse.token_select import select_moba_blocks
 
@@ -93,14 +94,7 @@ def test_reference_mixer_matches_fast_mixer_forward_and_gradients(dense_max, mon
     torch.manual_seed(2)
     m = attnzoo.build("moba", d_model=32, **KW).double()
     r = attnzoo.build("moba", d_model=32, impl="reference", **KW).double()
-    r.load_state_dict(m.state_dict())
-    x = torch.randn(2, 26, 32, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(2, 26, 32, dtype=torch.float64)
-    ys = [mm(x) for mm in (m, r)]
-    torch.testing.assert_close(ys[0], ys[1], rtol=1e-10, atol=1e-10)
-    g = [torch.autograd.grad((y * w).sum(), [x] + list(mm.parameters())) for y, mm in zip(ys, (m, r))]
-    for a, b in zip(*g):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+    x, ys, _ = check_reference_matches_fast(m, r, (2, 26, 32))
     y32 = attnzoo.build("moba", d_model=32, **KW)
     y32.load_state_dict({k: t.float() for k, t in m.state_dict().items()})
     assert (y32(x.detach().float()).double() - ys[1]).abs().max() < 1e-5
@@ -110,13 +104,7 @@ def test_decode_reuses_the_block_means_and_equals_the_whole_sequence():
     torch.manual_seed(3)
     m = attnzoo.build("moba", d_model=32, **KW).double().eval()
     x = torch.randn(3, 15, 32, dtype=torch.float64)
-    with torch.no_grad():
-        full, s_full = m(x, return_state=True)
-        ys, s = [], None
-        for t in range(15):
-            y, s = m(x[:, t: t + 1], state=s, return_state=True)
-            ys.append(y)
-    torch.testing.assert_close(torch.cat(ys, 1), full, rtol=1e-10, atol=1e-10)
+    _, s_full, s = assert_decode_equals_whole(m, x)
     assert s.kbar.shape == (3, 3, 2, 8)  # 15 // 4 complete blocks
     torch.testing.assert_close(s.kbar, s_full.kbar, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(s_full.kbar, s_full.k[:, :12].reshape(3, 3, 4, 2, 8).mean(2))

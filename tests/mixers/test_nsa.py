@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import attnzoo
-from tests.mixers._decode_checks import check_compiled_decode_rule
+from tests.mixers._decode_checks import assert_decode_equals_whole, check_compiled_decode_rule
+from tests.mixers._mixer_checks import check_reference_matches_fast
 from attnzoo.mixers.layers import apply_rope
 from attnzoo.ops.sparse.token_select import (
     compressed_attention,
@@ -220,14 +221,7 @@ def test_reference_mixer_matches_fast_mixer_forward_and_gradients(dense_max, mon
     torch.manual_seed(1)
     m = attnzoo.build("nsa", d_model=32, n_heads=4, n_kv_heads=1, **KW).double()
     r = attnzoo.build("nsa", d_model=32, n_heads=4, n_kv_heads=1, impl="reference", **KW).double()
-    r.load_state_dict(m.state_dict())
-    x = torch.randn(2, 23, 32, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(2, 23, 32, dtype=torch.float64)
-    ys = [mm(x) for mm in (m, r)]
-    torch.testing.assert_close(ys[0], ys[1], rtol=1e-10, atol=1e-10)
-    g = [torch.autograd.grad((y * w).sum(), [x] + list(mm.parameters())) for y, mm in zip(ys, (m, r))]
-    for a, b in zip(*g):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+    _, _, g = check_reference_matches_fast(m, r, (2, 23, 32))
     names = [n for n, _ in m.named_parameters()]
     for n in ("compress_k.fc1.weight", "compress_v.pos", "gate_proj.weight"):  # every branch is trained
         assert g[0][1 + names.index(n)].abs().sum() > 0, n
@@ -237,13 +231,7 @@ def test_decode_reuses_the_compressed_blocks_and_equals_the_whole_sequence():
     torch.manual_seed(2)
     m = attnzoo.build("nsa", d_model=32, n_heads=2, **KW).double().eval()
     x = torch.randn(3, 14, 32, dtype=torch.float64)
-    with torch.no_grad():
-        full, s_full = m(x, return_state=True)
-        ys, s = [], None
-        for t in range(14):
-            y, s = m(x[:, t: t + 1], state=s, return_state=True)
-            ys.append(y)
-    torch.testing.assert_close(torch.cat(ys, 1), full, rtol=1e-10, atol=1e-10)
+    _, s_full, s = assert_decode_equals_whole(m, x)
     assert s.kc.shape == (3, 6, 2, 16)  # (14 - 4) // 2 + 1 complete blocks
     torch.testing.assert_close(s.kc, s_full.kc, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(s.vc, s_full.vc, rtol=1e-12, atol=1e-12)

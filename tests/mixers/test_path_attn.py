@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 import attnzoo
 from attnzoo.ops.softmax.path import path_attention, path_attention_reference
+from tests.mixers._decode_checks import assert_decode_equals_whole
 
 
 def _inputs(B=2, T=9, H=2, D=4, L=0, seed=0, beta_shift=0.0, dtype=torch.float64):
@@ -180,13 +181,8 @@ def test_path_fox_mixer_decodes_and_its_card_counts_the_decays():
     x = torch.randn(2, 10, 16, dtype=torch.float64)
     mask = torch.ones(2, 10, dtype=torch.bool)
     mask[1, 2:4] = False
+    _, s_full, s = assert_decode_equals_whole(m, x, mask, prefill=3)
     with torch.no_grad():
-        full, s_full = m(x, mask=mask, return_state=True)
-        y, s = m(x[:, :3], mask=mask[:, :3], return_state=True)
-        ys = [y] + [None] * 7
-        for t in range(3, 10):
-            ys[t - 2], s = m(x[:, t: t + 1], mask=mask[:, t: t + 1], state=s, return_state=True)
-        torch.testing.assert_close(torch.cat(ys, 1)[mask], full[mask], rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(s.decay, s_full.decay)
         m32 = attnzoo.build("path_attn", d_model=16, n_heads=2, forget_gate=True)
         _, s32 = m32(x[:, :, :].float(), return_state=True)
@@ -259,14 +255,8 @@ def test_mixer_decodes_across_blocks_and_padding_holes():
     mask = torch.ones(2, 13, dtype=torch.bool)
     mask[0, 3:5] = False
     mask[1, 9] = False
+    full, s_full, s = assert_decode_equals_whole(m, x, mask, prefill=6)
     with torch.no_grad():
-        full, s_full = m(x, mask=mask, return_state=True)
-        y, s = m(x[:, :6], mask=mask[:, :6], return_state=True)
-        ys = [y]
-        for t in range(6, 13):
-            y, s = m(x[:, t: t + 1], mask=mask[:, t: t + 1], state=s, return_state=True)
-            ys.append(y)
-        torch.testing.assert_close(torch.cat(ys, 1)[mask], full[mask], rtol=1e-10, atol=1e-10)
         nxt = torch.randn(2, 3, 16, dtype=torch.float64)
         torch.testing.assert_close(m(nxt, state=s), m(nxt, state=s_full), rtol=1e-10, atol=1e-10)
         keep = [t for t in range(13) if mask[0, t]]           # row 0 without its hole
