@@ -8,6 +8,7 @@ import torch
 import attnzoo
 from attnzoo.ops.delta import delta_rule
 from attnzoo.ops.delta.product import delta_product
+from tests.mixers._mixer_checks import assert_paths_agree
 
 F64 = torch.float64
 
@@ -79,15 +80,7 @@ def _mixer(impl, **kw):
 
 @pytest.mark.parametrize("neg", [False, True])
 def test_mixer_paths_agree_forward_state_and_gradients(neg):
-    x = torch.randn(2, 21, 16, generator=torch.Generator().manual_seed(1), dtype=F64)
-    w = torch.randn(2, 21, 16, generator=torch.Generator().manual_seed(2), dtype=F64)
-    outs = []
-    for impl in ("torch", "reference"):
-        m = _mixer(impl, n_householder=3, allow_neg_eigval=neg)
-        y, s = m(x, return_state=True)
-        outs.append((y, s.S, *torch.autograd.grad((y * w).sum(), list(m.parameters()))))
-    for a, b in zip(*outs):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    assert_paths_agree(lambda impl: _mixer(impl, n_householder=3, allow_neg_eigval=neg), 21, 1e-9)
 
 
 def test_state_bytes_count_the_extra_keys_and_values():

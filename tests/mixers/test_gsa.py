@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import attnzoo
 from attnzoo.mixers.gsa import SlotState
 from attnzoo.ops.slot import gated_slot_attention
+from tests.mixers._mixer_checks import grads_with_random_cotangents as _grads
 
 F64 = torch.float64
 
@@ -30,14 +31,6 @@ def _op(impl, chunk_size=16, scale=0.7):
                                            output_final_state=True, impl=impl, chunk_size=chunk_size)
         return o, Ks, Vs
     return fn
-
-
-def _grads(fn, ins, seed=5):
-    ins = [t.detach().clone().requires_grad_(True) for t in ins]
-    outs = fn(*ins)
-    g = torch.Generator().manual_seed(seed)
-    loss = sum((t * torch.randn(t.shape, generator=g, dtype=F64).to(t.dtype)).sum() for t in outs)
-    return (*outs, *torch.autograd.grad(loss, ins))
 
 
 NAMES = ["o", "K_last", "V_last", "dq", "dk", "dv", "dg", "dK0", "dV0"]

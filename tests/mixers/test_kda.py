@@ -9,6 +9,7 @@ import attnzoo
 from attnzoo.ops.delta import delta_rule
 from attnzoo.ops.delta.dplr import dplr_delta_rule
 from attnzoo.ops.delta.kda import kimi_delta_rule
+from tests.mixers._mixer_checks import assert_paths_agree, grads_with_random_cotangents as _grads
 
 F64 = torch.float64
 
@@ -22,15 +23,6 @@ def _inputs(B=2, T=13, H=2, K=5, V=4, strength=1.0, seed=0, dtype=F64):
     gate = -torch.rand(B, T, H, K, generator=g, dtype=F64) * strength
     S0 = r(B, H, K, V)
     return [t.to(dtype) for t in (q, k, v, beta, gate, S0)]
-
-
-def _grads(fn, ins, seed=5):
-    ins = [t.detach().clone().requires_grad_(True) for t in ins]
-    o, S = fn(*ins)
-    g = torch.Generator().manual_seed(seed)
-    loss = (o * torch.randn(o.shape, generator=g, dtype=F64).to(o.dtype)).sum() + \
-        (S * torch.randn(S.shape, generator=g, dtype=F64).to(S.dtype)).sum()
-    return (o, S, *torch.autograd.grad(loss, ins))
 
 
 def _kda(impl, chunk_size=16):
@@ -101,15 +93,7 @@ def _mixer(impl, **kw):
 
 
 def test_mixer_paths_agree_forward_state_and_gradients():
-    x = torch.randn(2, 37, 16, generator=torch.Generator().manual_seed(1), dtype=F64)
-    w = torch.randn(2, 37, 16, generator=torch.Generator().manual_seed(2), dtype=F64)
-    outs = []
-    for impl in ("torch", "reference"):
-        m = _mixer(impl)
-        y, s = m(x, return_state=True)
-        outs.append((y, s.S, *torch.autograd.grad((y * w).sum(), list(m.parameters()))))
-    for a, b in zip(*outs):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    assert_paths_agree(_mixer, 37, 1e-9)
 
 
 def test_mixer_decay_is_per_channel_and_in_range():

@@ -7,6 +7,7 @@ import torch
 
 import attnzoo
 from attnzoo.ops.mesa import mesa_attention
+from tests.mixers._mixer_checks import assert_paths_agree, grads_with_random_cotangents as _grads
 
 F64 = torch.float64
 
@@ -22,15 +23,6 @@ def _inputs(B=2, T=13, H=2, K=5, V=4, strength=1.0, seed=0, dtype=F64):
     A = r(B, H, K, K)
     S0 = torch.cat([r(B, H, K, V), 0.1 * A @ A.transpose(-1, -2)], -1)  # H0 symmetric positive semi-definite
     return [t.to(dtype) for t in (q, k, v, beta, gate, lam, S0)]
-
-
-def _grads(fn, ins, seed=5):
-    ins = [t.detach().clone().requires_grad_(True) for t in ins]
-    o, S = fn(*ins)
-    g = torch.Generator().manual_seed(seed)
-    loss = (o * torch.randn(o.shape, generator=g, dtype=F64).to(o.dtype)).sum() + \
-        (S * torch.randn(S.shape, generator=g, dtype=F64).to(S.dtype)).sum()
-    return (o, S, *torch.autograd.grad(loss, ins))
 
 
 def _mesa(impl, cg_steps=30, chunk_size=8):
@@ -129,15 +121,7 @@ def _mixer(impl, **kw):
 
 
 def test_mixer_paths_agree_forward_state_and_gradients():
-    x = torch.randn(2, 37, 16, generator=torch.Generator().manual_seed(1), dtype=F64)
-    w = torch.randn(2, 37, 16, generator=torch.Generator().manual_seed(2), dtype=F64)
-    outs = []
-    for impl in ("torch", "reference"):
-        m = _mixer(impl, cg_steps=10)  # head_dim 8: 8 CG steps are exact
-        y, s = m(x, return_state=True)
-        outs.append((y, s.S, *torch.autograd.grad((y * w).sum(), list(m.parameters()))))
-    for a, b in zip(*outs):
-        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8)
+    assert_paths_agree(lambda impl: _mixer(impl, cg_steps=10), 37, 1e-8)  # head_dim 8: 8 CG steps are exact
 
 
 def test_mixer_cg_steps_can_change_after_construction():

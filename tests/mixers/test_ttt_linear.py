@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import attnzoo
 from attnzoo.ops.ttt import ttt_linear
 from attnzoo.ops.ttt.inner import LN_EPS
+from tests.mixers._mixer_checks import assert_paths_agree
 
 F64 = torch.float64
 
@@ -150,19 +151,10 @@ def _mixer(impl, **kw):
 
 @pytest.mark.parametrize("b", [1, 4])
 def test_mixer_paths_agree_forward_state_and_gradients(b):
-    x = torch.randn(2, 19, 16, generator=torch.Generator().manual_seed(1), dtype=F64)
-    w = torch.randn(2, 19, 16, generator=torch.Generator().manual_seed(2), dtype=F64)
     mask = torch.ones(2, 19, dtype=torch.bool)
     mask[0, :3] = False
     mask[1, 10:12] = False
-    outs = []
-    for impl in ("torch", "reference"):
-        m = _mixer(impl, mini_batch=b)
-        y, s = m(x, mask=mask, return_state=True)
-        y = y * mask[..., None]
-        outs.append((y, s.base, s.W, *torch.autograd.grad((y * w).sum(), list(m.parameters()))))
-    for a, c in zip(*outs):
-        torch.testing.assert_close(a, c, rtol=1e-9, atol=1e-9)
+    assert_paths_agree(lambda impl: _mixer(impl, mini_batch=b), 19, 1e-9, fields=("base", "W"), mask=mask)
 
 
 def test_mixer_learning_rate_and_arguments():
