@@ -1,5 +1,6 @@
 """Decoding checks shared by the mixer tests: a decode run against the whole sequence in one call (moba, nsa,
-mla, path_attn), and the compiled-decode rule of the block-selecting attentions (moba, nsa)."""
+mla, path_attn), and for the block-selecting attentions (moba, nsa) a ragged prefill's continuation and the
+compiled-decode rule."""
 
 from __future__ import annotations
 
@@ -46,3 +47,24 @@ def assert_decode_equals_whole(m, x, mask=None, prefill=0):
     keep = slice(None) if mask is None else mask
     torch.testing.assert_close(y[keep], full[keep], rtol=1e-10, atol=1e-10)
     return full, s_full, s
+
+
+def check_ragged_padding_then_continuation(m, T, n_next, hole):
+    """m: a float64 eval mixer of d_model 32. x [2, T], the continuation nxt [2, n_next] and 3 padding
+    tokens drawn in that order from the global generator. Row 0 gets the 3 tokens as left padding, row 1 a
+    hole of 3 zero tokens after `hole` tokens (both masked); the padded prefill's outputs at the kept
+    tokens, and the continuation from its state, equal the unpadded run of x then nxt (1e-10)."""
+    x = torch.randn(2, T, 32, dtype=torch.float64)
+    nxt = torch.randn(2, n_next, 32, dtype=torch.float64)
+    xp = torch.cat([torch.randn(2, 3, 32, dtype=torch.float64), x], 1)
+    mask = torch.ones(2, T + 3, dtype=torch.bool)
+    mask[0, :3] = False
+    xp[1] = torch.cat([x[1, :hole], torch.zeros(3, 32, dtype=torch.float64), x[1, hole:]], 0)
+    mask[1, hole:hole + 3] = False
+    with torch.no_grad():
+        want = m(torch.cat([x, nxt], 1))
+        yp, s = m(xp, mask=mask, return_state=True)
+        y2 = m(nxt, state=s)
+    torch.testing.assert_close(yp[0, 3:], want[0, :T], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(yp[1, mask[1]], want[1, :T], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(y2, want[:, T:], rtol=1e-10, atol=1e-10)

@@ -8,6 +8,7 @@ import torch
 
 import attnzoo
 from tests.mixers._decode_checks import assert_decode_equals_whole, check_compiled_decode_rule
+from tests.mixers._decode_checks import check_ragged_padding_then_continuation
 from tests.mixers._mixer_checks import check_reference_matches_fast
 from attnzoo.mixers.layers import apply_rope
 from attnzoo.ops.sparse.token_select import select_moba_blocks
@@ -113,20 +114,7 @@ def test_decode_reuses_the_block_means_and_equals_the_whole_sequence():
 def test_ragged_padding_then_continuation_equals_the_unpadded_run():
     torch.manual_seed(4)
     m = attnzoo.build("moba", d_model=32, **KW).double().eval()
-    x = torch.randn(2, 13, 32, dtype=torch.float64)
-    nxt = torch.randn(2, 6, 32, dtype=torch.float64)
-    xp = torch.cat([torch.randn(2, 3, 32, dtype=torch.float64), x], 1)
-    mask = torch.ones(2, 16, dtype=torch.bool)
-    mask[0, :3] = False          # row 0: left padding
-    xp[1] = torch.cat([x[1, :6], torch.zeros(3, 32, dtype=torch.float64), x[1, 6:]], 0)
-    mask[1, 6:9] = False         # row 1: a hole inside its second block
-    with torch.no_grad():
-        want = m(torch.cat([x, nxt], 1))
-        yp, s = m(xp, mask=mask, return_state=True)
-        y2 = m(nxt, state=s)
-    torch.testing.assert_close(yp[0, 3:], want[0, :13], rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(yp[1, mask[1]], want[1, :13], rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(y2, want[:, 13:], rtol=1e-10, atol=1e-10)
+    check_ragged_padding_then_continuation(m, T=13, n_next=6, hole=6)  # row 1: a hole inside its second block
 
 
 def test_the_compiled_decode_rule_equals_the_cached_one(monkeypatch):
