@@ -50,6 +50,7 @@ import torch  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from attnzoo.bench.speed import fla_module, machine_line, timed_rounds  # noqa: E402
+from attnzoo.bench.timing import capture_cuda_graph  # noqa: E402
 from attnzoo.ops.linear import gated_linear_attention  # noqa: E402
 from attnzoo.ops.linear.triton import fused  # noqa: E402
 
@@ -160,15 +161,7 @@ def graph(T, gate):
     fn = op_call("fused", q, k, v, g, "fwdbwd", None)
     rec = {"kind": "graph", "T": T, "B": B, "gate": gate}
     try:
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            for _ in range(3):
-                fn()
-        torch.cuda.current_stream().wait_stream(s)
-        cg = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(cg):
-            fn()
+        cg = capture_cuda_graph(fn)
         cg.replay()
         sync()
         rec["graph_ms"] = triton.testing.do_bench(cg.replay, warmup=25, rep=100, return_mode="median")

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attnzoo.bench.cases import CaseLog  # noqa: E402
 from attnzoo.bench.machine import machine_line  # noqa: E402
-from attnzoo.bench.timing import call_times, median  # noqa: E402
+from attnzoo.bench.timing import call_times, capture_cuda_graph, median  # noqa: E402
 from attnzoo.ops.delta import delta_rule  # noqa: E402
 from attnzoo.ops.linear import gated_linear_attention  # noqa: E402
 
@@ -80,16 +80,7 @@ def graph_ms(fn):
 
 
 def _graph_ms(fn) -> float:
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return bench(g.replay)
+    return bench(capture_cuda_graph(fn).replay)
 
 
 def gla_inputs(B, T, vector, strong, grad, seed=0):

@@ -26,11 +26,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 import time
-import traceback
 from pathlib import Path
 
 SMOKE = "--smoke" in sys.argv
@@ -44,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import attnzoo  # noqa: E402
 import attnzoo.ops.conv.api as conv_api  # noqa: E402
 import attnzoo.ops.conv.triton.api as tri  # noqa: E402
+from attnzoo.bench.cases import CaseLog  # noqa: E402
 from attnzoo.bench.machine import machine_line  # noqa: E402
 from attnzoo.bench.timing import call_times, median  # noqa: E402
 from attnzoo.ops.conv import causal_conv1d  # noqa: E402
@@ -53,7 +52,7 @@ DT = torch.float32 if SMOKE else torch.bfloat16  # smoke: the interpreter on the
 PATHS = ("conv1d", "shift", "triton")
 W = 4
 T0 = time.time()
-RECORDS: list[dict] = []
+LOG: CaseLog | None = None  # main() makes it
 MACHINE = {"machine": machine_line(DEV), "dtype": str(DT), "W": W, "smoke": SMOKE, "triton_tune": dict(tri.TUNE)}
 
 
@@ -64,25 +63,6 @@ def bench(fn) -> float:
     from attnzoo.bench.speed import do_bench_ms
 
     return do_bench_ms(fn)
-
-
-def case(name, fn, out, budget):
-    if time.time() - T0 > budget:
-        rec = {"case": name, "skipped": "time budget spent"}
-    else:
-        t = time.time()
-        try:
-            rec = {"case": name, **fn(), "wall_s": round(time.time() - t, 1)}
-        except Exception as e:  # one failure must not lose the rest
-            rec = {"case": name, "error": f"{type(e).__name__}: {e}"[:800]}
-            traceback.print_exc(limit=4)
-        if DEV == "cuda":
-            torch.cuda.empty_cache()
-    RECORDS.append(rec)
-    shown = {k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in rec.items()
-             if k not in ("case", "table")}
-    print(f"[{time.time() - T0:6.1f}s] {name}: {shown}", flush=True)
-    (out / "short_conv.json").write_text(json.dumps({**MACHINE, "records": RECORDS}, indent=1))
 
 
 @contextlib.contextmanager
@@ -267,26 +247,26 @@ def report(out: Path):
         return f" {r[key]:11.3f}" if isinstance(r.get(key), float) else "           -"
 
     print("\nconv alone (ms)             " + "".join(f"{p + ' fwd':>12s}{p + ' f+b':>12s}" for p in PATHS))
-    for r in RECORDS:
+    for r in LOG.records:
         if r["case"].startswith(("conv ", "tile ")) and "error" not in r and "skipped" not in r:
             print(f"{r['case']:>28s}" + "".join(f(r, f"{p}_fwd_ms") + f(r, f"{p}_fwdbwd_ms") for p in PATHS))
-    for r in RECORDS:
+    for r in LOG.records:
         if r["case"].startswith("compiled ") and "error" not in r and "skipped" not in r:
             print(f"{r['case']:>28s}" + f(r, "shift_compiled_fwd_ms") + f(r, "shift_compiled_fwdbwd_ms")
                   + f(r, "triton_compiled_fwd_ms") + f(r, "triton_compiled_fwdbwd_ms")
                   + "   (torch.compile: shift fwd, f+b, triton fwd, f+b)")
     print("\nlayer fwd+bwd (ms)          " + "".join(f"{p:>12s}" for p in PATHS) + "   triton conv calls")
-    for r in RECORDS:
+    for r in LOG.records:
         if r["case"].startswith("layer ") and "error" not in r and "skipped" not in r:
             print(f"{r['case']:>28s}" + "".join(f(r, f"{p}_fwdbwd_ms") for p in PATHS)
                   + f"   {r.get('triton_triton_conv_calls')}")
-    for r in RECORDS:
+    for r in LOG.records:
         if r["case"].startswith("check") and "error" not in r:
             print(f"\n{r['case']}: triton ok={r['triton_ok']} shift ok={r['shift_ok']}; worst triton rel err "
                   f"{max(v for k, v in r.items() if k.startswith('triton_') and k.endswith('_rel')):.2e}")
-    bad = [r["case"] for r in RECORDS if r.get("ok") is False or "error" in r]
+    bad = [r["case"] for r in LOG.records if r.get("ok") is False or "error" in r]
     print("FAILED CHECKS / CASES WITH ERRORS (see the JSON):", bad or "none")
-    print("skipped (time budget):", [r["case"] for r in RECORDS if "skipped" in r] or "none")
+    print("skipped (time budget):", [r["case"] for r in LOG.records if "skipped" in r] or "none")
     print(f"done in {time.time() - T0:.0f} s; results in {out / 'short_conv.json'}")
 
 
@@ -297,6 +277,8 @@ def main():
     p.add_argument("--budget", type=float, default=200.0, help="seconds after which remaining cases are skipped")
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
+    global LOG
+    LOG = CaseLog(a.out / "short_conv.json", MACHINE, budget_s=a.budget, t0=T0, unprinted=("table",))
     if not SMOKE and not torch.cuda.is_available():
         sys.exit("needs CUDA (or --smoke)")
     if SMOKE:
@@ -320,8 +302,8 @@ def main():
     cases += [(f"tile {list(big)} {t}", lambda t=t: tile_case(*big, t)) for t in tiles]
     cases.append((f"compiled {list(big)}", lambda: compiled_case(*big)))
     for name, fn in cases:
-        case(name, fn, a.out, a.budget)
-    prof = [r for r in RECORDS if r["case"].startswith("profile") and r.get("table")]
+        LOG.run(name, fn)
+    prof = [r for r in LOG.records if r["case"].startswith("profile") and r.get("table")]
     if prof:  # the tables as text beside the JSON
         (a.out / "profile_gated_deltanet.txt").write_text("\n\n".join(f"{r['case']}\n{r['table']}" for r in prof))
     report(a.out)

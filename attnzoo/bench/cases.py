@@ -26,9 +26,10 @@ import torch
 
 class CaseLog:
     def __init__(self, path: str | Path, header: dict, *, budget_s: float | None = None, t0: float | None = None,
-                 error_chars: int = 800, only: tuple[str, ...] = ()):
+                 error_chars: int = 800, only: tuple[str, ...] = (), unprinted: tuple[str, ...] = ()):
         self.path, self.header, self.budget_s = Path(path), dict(header), budget_s
         self.only = tuple(only)  # run only the cases whose names start with one of these (all when empty)
+        self.unprinted = ("case", *unprinted)  # record keys kept in the file but not in the printed line
         self.t0 = time.time() if t0 is None else t0
         self.error_chars = error_chars
         self.records: list[dict] = []
@@ -53,7 +54,7 @@ class CaseLog:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         self.records.append(rec)
-        shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in rec.items() if k != "case"}
+        shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in rec.items() if k not in self.unprinted}
         print(f"[{self.elapsed():6.1f}s] {name}: {shown}", flush=True)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps({**self.header, "records": self.records}, indent=1))

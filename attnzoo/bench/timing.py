@@ -85,3 +85,18 @@ def ms_timer(device):
 
         return do_bench_ms
     return lambda fn: 1e3 * median(call_times(fn, repeats=3, warmup=1))
+
+
+def capture_cuda_graph(fn, warmup: int = 3):
+    """fn captured in a CUDA graph after `warmup` calls on a side stream (the warm-up PyTorch asks for before
+    a capture); returns the graph, whose replay() runs fn's kernels with no host work per call."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph
