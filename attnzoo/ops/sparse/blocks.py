@@ -81,7 +81,7 @@ SELECT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 SELECT_MAX_LANES = 16384  # next_pow2(G) * next_pow2(N): the score rows one Triton program holds
 # impl="auto" takes the Triton selection on CUDA where it was measured faster than the torch one (one H100,
 # bf16, H=16, D=128, 2026-12-07, benchmarks/results/sparse_selection_h100/: every selected set equal to the
-# torch selection's but one near-tie row of 16384). Its cost grows with rows · rounds · lanes
+# torch selection's but one row of 16384, an exact tie). Its cost grows with rows · rounds · lanes
 # (B·Hkv·M programs, each min(top_k, N) max-reductions over next_pow2(N) lanes): at 1.0e9 (64k tokens,
 # blocks of 64, Hkv=16, top_k 61) it took 2.79 ms against torch's 1.55; at 2.6e8 and below (GQA at 64k,
 # blocks of 128, 2k-16k, decode at 128k) it was 1.3x-33x faster. Above SELECT_TRITON_MAX_WORK "auto" keeps

@@ -45,7 +45,7 @@ from attnzoo.ops.linear.triton.fused_common import _bounds, _cols, _pairwise, _r
 
 # The longest sequence (tokens) the fused path takes, per gate kind, as measured on one H100 (bf16, H = 16,
 # D = 128, 16k tokens per call, T = 256..2048, benchmarks/results/gla_fused/, 2026-12-07): scalar gate fwd+bwd
-# 0.90-1.04 ms fused against 1.26-1.73 ms chunked (weak and strong gates), so 2048 (longer T not measured);
+# 0.90-1.09 ms fused against 1.25-1.72 ms chunked (weak and strong gates), so 2048 (longer T not measured);
 # the vector gate's fused kernels took 19.2-19.7 ms against the chunked path's 2.2 (weak) / 6.4 (strong):
 # off (0). Only 16-bit inputs (FUSED_DTYPES) take it by the rule; float32 was not timed.
 FUSED_MAX_T = {"scalar": 2048, "vector": 0}
