@@ -105,16 +105,22 @@ def stop_workers(pool, join_seconds: float = 5.0):
     fails with BrokenProcessPool). A second Ctrl-C meanwhile is ignored, so the stop finishes."""
     executors = pool.executors() if isinstance(pool, ProcessPerTask) else [pool]
     with _sigint_ignored():
-        procs = []
-        for ex in executors:
-            # ProcessPoolExecutor's own table of its processes (Python 3.14's terminate_workers reads
-            # it too), copied: shutdown clears it
-            procs += list((getattr(ex, "_processes", None) or {}).values())
-            ex.shutdown(wait=False, cancel_futures=True)
+        # ProcessPoolExecutor's own table of its processes (Python 3.14's terminate_workers reads it too),
+        # copied: shutdown clears it
+        procs = [p for ex in executors for p in list((getattr(ex, "_processes", None) or {}).values())]
         for p in procs:
             with contextlib.suppress(ValueError, ProcessLookupError):        # already closed / gone
                 if p.is_alive():
                     p.terminate()
+        for ex in executors:
+            # The executor's management thread sees the terminated workers, fails their futures and ends;
+            # wait for it before shutdown clears the process table, which that thread reads when a worker
+            # exits normally (max_tasks_per_child: a run that has just finished), else it dies on None in a
+            # traceback on stderr (seen once in six interrupted sweeps on a loaded CPU).
+            thread = getattr(ex, "_executor_manager_thread", None)
+            if thread is not None:
+                thread.join(join_seconds)
+            ex.shutdown(wait=False, cancel_futures=True)
         for p in procs:
             with contextlib.suppress(ValueError, AssertionError):
                 p.join(join_seconds)
