@@ -27,6 +27,7 @@ from typing import Optional
 import torch
 
 from attnzoo.ops.common.dispatch import triton_interpret
+from attnzoo.ops.common.opaque import compiling
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_W = 8
@@ -205,10 +206,6 @@ class _EagerShortConv(torch.autograd.Function):
         return y.reshape(B, T, G, C).permute(2, 0, 1, 3), 0
 
 
-def _compiling() -> bool:
-    return bool(torch.compiler.is_compiling())
-
-
 def triton_short_conv(x, weight, bias=None, *, initial_state=None, activation=None):
     """The short causal conv (module docstring): y [B, T, C] in x's dtype."""
     _check(x, weight, bias, initial_state, activation)
@@ -216,4 +213,4 @@ def triton_short_conv(x, weight, bias=None, *, initial_state=None, activation=No
     state = initial_state.to(x.dtype).contiguous() if initial_state is not None and weight.shape[1] > 1 else None
     args = (x.contiguous(), weight.contiguous(), None if bias is None else bias.contiguous(), state,
             activation == "silu")
-    return short_conv(*args) if _compiling() else _EagerShortConv.apply(*args)
+    return short_conv(*args) if compiling() else _EagerShortConv.apply(*args)

@@ -25,10 +25,11 @@ from typing import Optional
 
 import torch
 
-import attnzoo.ops.linear.triton.api as _gla_api  # applies the interpreter patch of Triton 3.6 (CPU tests)
+import attnzoo.ops.linear.triton.api  # noqa: F401  (applies the interpreter patch of Triton 3.6: CPU tests)
 from attnzoo.ops.common.checks import check_delta_inputs
 from attnzoo.ops.common.chunk_layout import fold_vmapped, fold_vmapped_packing, unfold_vmapped
 from attnzoo.ops.common.dispatch import triton_interpret
+from attnzoo.ops.common.opaque import compiling
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_K = 128  # the state passes hold all of K in registers
@@ -201,7 +202,7 @@ def triton_delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None, 
             cu = torch.arange(B + 1, device=q.device, dtype=torch.int32) * T
         o, ht = recurrent_delta_fwd(qp, kp, vp, bp, gp, scale=scale, initial_state=h0,
                                     output_final_state=output_final_state, cu_seqlens=cu, n_seqs=cu.shape[0] - 1)
-    elif _gla_api._compiling():
+    elif compiling():
         o, ht = delta_chunk(qp, kp, vp, bp, gp, h0, cu, B, scale, output_final_state)
         ht = ht if output_final_state else None
     else:

@@ -39,6 +39,7 @@ import torch
 
 from attnzoo.ops.common.checks import check_gla_inputs
 from attnzoo.ops.common.dispatch import triton_interpret
+from attnzoo.ops.common.opaque import compiling
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -101,8 +102,7 @@ def _chunk_fwd(q, k, v, g, initial_state, cu_seqlens, batch, scale, output_final
     sequences (fused.use_fused) run the fused one-launch kernel instead (keep then stays empty)."""
     from attnzoo.ops.linear.triton import fused
 
-    if fused.use_fused(q.shape[0], batch, cu_seqlens, q.shape[-1], v.shape[-1], q.is_cuda,
-                       vector=fused._gate_kind(g) == 2, dtype=q.dtype):
+    if fused.use_fused_for(q, v, g, batch, cu_seqlens):
         out = fused.fused_forward(q, k, v, g, scale=scale, initial_state=initial_state,
                                   output_final_state=output_final_state, batch=batch, cu_seqlens=cu_seqlens)
         if out is not None:  # None: this config does not compile (fused.FAILED)
@@ -118,8 +118,7 @@ def _chunk_bwd(q, k, v, g, initial_state, cu_seqlens, batch, scale, do, dht, sav
     """The chunked backward launches: (dq, dk, dv, dg or None, dh0 or None); fused.use_fused: one launch."""
     from attnzoo.ops.linear.triton import fused
 
-    if fused.use_fused(q.shape[0], batch, cu_seqlens, q.shape[-1], v.shape[-1], q.is_cuda,
-                       vector=fused._gate_kind(g) == 2, dtype=q.dtype):
+    if fused.use_fused_for(q, v, g, batch, cu_seqlens):
         out = fused.fused_backward(q, k, v, g, do.contiguous(), dht, scale=scale, initial_state=initial_state,
                                    batch=batch, cu_seqlens=cu_seqlens)
         if out is not None:
@@ -241,11 +240,6 @@ class _EagerGlaChunk(torch.autograd.Function):
         return (unfold_vmapped(o, G), unfold_vmapped(ht, G), kept), (0, None if ht is None else 0, None)
 
 
-def _compiling() -> bool:
-    fn = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
-    return bool(fn()) if fn is not None else torch._dynamo.is_compiling()
-
-
 def _split_over_k(q, k, v, g, g_gamma, scale, initial_state, output_final_state, cu_seqlens):
     """K > MAX_K as blocks of at most MAX_K key channels. Exact: given the gate, row c of the state
     evolves on its own (S_t[c] = e^{g_t[c]} S_{t-1}[c] + k_t[c] v_tᵀ) and o_t = scale · Σ_c q_t[c] S_t[c],
@@ -296,7 +290,7 @@ def triton_gated_linear_attention(
             cu = torch.arange(B + 1, device=q.device, dtype=torch.int32) * T
         o, ht = recurrent_gla_fwd(qp, kp, vp, gp, scale=scale, initial_state=h0,
                                   output_final_state=output_final_state, cu_seqlens=cu, n_seqs=cu.shape[0] - 1)
-    elif _compiling():
+    elif compiling():
         o, ht = gla_chunk(qp, kp, vp, gp, h0, cu, B, scale, output_final_state)
         ht = ht if output_final_state else None
     else:

@@ -79,6 +79,13 @@ def use_fused(n_tok: int, batch: int, cu_seqlens, K: int, V: int, is_cuda: bool,
     return is_cuda and dtype in FUSED_DTYPES and longest <= FUSED_MAX_T["vector" if vector else "scalar"]
 
 
+def use_fused_for(q, v, g, batch: int, cu_seqlens) -> bool:
+    """use_fused for the packed inputs of api._chunk_fwd / _chunk_bwd: q [N_tok, H, K], v [N_tok, H, V],
+    g None / [N_tok, H] (scalar) / [N_tok, H, K] (vector)."""
+    return use_fused(q.shape[0], batch, cu_seqlens, q.shape[-1], v.shape[-1], q.is_cuda,
+                     vector=_gate_kind(g) == 2, dtype=q.dtype)
+
+
 @triton.jit
 def fused_fwd_kernel(
     q, k, v, g, o, h0, ht, cu_seqlens, T, scale,
