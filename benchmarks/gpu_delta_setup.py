@@ -19,6 +19,7 @@ import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from attnzoo.bench.timing import ms_timer  # noqa: E402
 from attnzoo.ops.delta.chunk import chunk_delta_rule  # noqa: E402
 from attnzoo.ops.delta.reference import delta_rule_reference  # noqa: E402, F401 (gpu_delta.py's reference)
 from attnzoo.ops.delta.triton import triton_delta_rule  # noqa: E402
@@ -104,14 +105,7 @@ def rel(a, b):
 
 
 
-def bench_ms(fn):
-    if SMOKE:
-        from attnzoo.bench.timing import call_times, median
-
-        return 1e3 * median(call_times(fn, repeats=2, warmup=1))
-    from attnzoo.bench.speed import do_bench_ms
-
-    return do_bench_ms(fn)
+bench_ms = ms_timer(DEV, cpu_repeats=2, cpu_warmup=1)  # smoke: the Triton interpreter's times mean nothing
 
 
 

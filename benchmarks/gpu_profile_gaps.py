@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attnzoo.bench.cases import CaseLog  # noqa: E402
 from attnzoo.bench.machine import machine_line  # noqa: E402
-from attnzoo.bench.timing import call_times, capture_cuda_graph, median  # noqa: E402
+from attnzoo.bench.timing import capture_cuda_graph, ms_timer  # noqa: E402
 from attnzoo.ops.delta import delta_rule  # noqa: E402
 from attnzoo.ops.linear import gated_linear_attention  # noqa: E402
 
@@ -41,12 +41,7 @@ DT = torch.float32 if SMOKE else torch.bfloat16
 H, D = (2, 16) if SMOKE else (16, 128)
 
 
-def bench(fn) -> float:
-    if SMOKE:
-        return 1e3 * median(call_times(fn, repeats=1, warmup=0, device=DEV))
-    from attnzoo.bench.speed import do_bench_ms
-
-    return do_bench_ms(fn)
+bench = ms_timer(DEV, cpu_repeats=1, cpu_warmup=0)  # smoke: one interpreter call, meaningless as a time
 
 
 def kernels(fn, calls: int = 3, top: int = 15) -> list[dict]:
@@ -74,13 +69,9 @@ def graph_ms(fn):
     if SMOKE:
         return None
     try:
-        return _graph_ms(fn)
+        return bench(capture_cuda_graph(fn).replay)
     except Exception as e:  # recorded: the eager time and the kernels still come
         return f"{type(e).__name__}: {e}"[:200]
-
-
-def _graph_ms(fn) -> float:
-    return bench(capture_cuda_graph(fn).replay)
 
 
 def gla_inputs(B, T, vector, strong, grad, seed=0):

@@ -44,7 +44,7 @@ import attnzoo.ops.conv.api as conv_api  # noqa: E402
 import attnzoo.ops.conv.triton.api as tri  # noqa: E402
 from attnzoo.bench.cases import CaseLog  # noqa: E402
 from attnzoo.bench.machine import machine_line  # noqa: E402
-from attnzoo.bench.timing import call_times, median  # noqa: E402
+from attnzoo.bench.timing import ms_timer  # noqa: E402
 from attnzoo.ops.conv import causal_conv1d  # noqa: E402
 
 DEV = "cpu" if SMOKE else "cuda"
@@ -56,13 +56,7 @@ LOG: CaseLog | None = None  # main() makes it
 MACHINE = {"machine": machine_line(DEV), "dtype": str(DT), "W": W, "smoke": SMOKE, "triton_tune": dict(tri.TUNE)}
 
 
-def bench(fn) -> float:
-    """Median ms (do_bench on CUDA; one wall-clock call in the smoke mode, meaningless as a time)."""
-    if SMOKE:
-        return 1e3 * median(call_times(fn, repeats=1, warmup=0, device=DEV))
-    from attnzoo.bench.speed import do_bench_ms
-
-    return do_bench_ms(fn)
+bench = ms_timer(DEV, cpu_repeats=1, cpu_warmup=0)  # smoke: one interpreter call, meaningless as a time
 
 
 @contextlib.contextmanager

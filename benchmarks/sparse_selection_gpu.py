@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attnzoo.bench.cases import CaseLog  # noqa: E402
 from attnzoo.bench.machine import machine_line  # noqa: E402
-from attnzoo.bench.timing import call_times, median  # noqa: E402
+from attnzoo.bench.timing import ms_timer  # noqa: E402
 from attnzoo.ops.sparse import (  # noqa: E402
     block_queries,
     block_sparse_attention,
@@ -65,13 +65,7 @@ FUSED = ["triton"]  # the fused selection's impl; "torch" if the probe case find
 MACHINE = {"machine": machine_line(DEV), "dtype": str(DT), "H": H, "D": D, "smoke": SMOKE}
 
 
-def bench(fn) -> float:
-    """Median ms (do_bench on CUDA; a few wall-clock calls in the smoke mode)."""
-    if SMOKE:  # the interpreter: one timed call, meaningless as a time (the smoke mode checks the code runs)
-        return 1e3 * median(call_times(fn, repeats=1, warmup=0, device=DEV))
-    from attnzoo.bench.speed import do_bench_ms
-
-    return do_bench_ms(fn)
+bench = ms_timer(DEV, cpu_repeats=1, cpu_warmup=0)  # smoke: one interpreter call, meaningless as a time
 
 
 def top_k_for(n_blocks: int) -> int:

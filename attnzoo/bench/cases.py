@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 import time
 import traceback
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
