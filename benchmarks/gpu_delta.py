@@ -25,14 +25,11 @@ left once spent.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
-from pathlib import Path
 
 import gpu_delta_setup as setup  # noqa: I001 (first: sets TRITON_INTERPRET under --smoke)
 import torch
-from attnzoo.bench.cases import CaseLog  # noqa: E402
+from attnzoo.bench.cases import CaseLog, script_args  # noqa: E402
 from gpu_delta_setup import (BUDGET, D, DEV, FLA, H, NAMES, SMOKE, T0, TOL, delta_rule_reference, fla_call,
                              fwd_bwd, inputs, ours, rel, torch_chunked)
 from gpu_delta_timing import timing, timing_decode, timing_mixer, tuning
@@ -167,20 +164,12 @@ MACHINE: dict = {}
 
 def main():
     global MACHINE
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("out", type=Path)
-    p.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU through the Triton interpreter")
-    p.add_argument("--budget", type=float, default=270.0, help="seconds after which remaining cases are skipped")
-    p.add_argument("--only", default="", help="comma-separated case-name prefixes to run (e.g. 'time,mixer'): a rerun")
-    a = p.parse_args()
+    a = script_args(__doc__, budget=270.0, only=True)
     BUDGET[0] = a.budget
-    if not SMOKE and not torch.cuda.is_available():
-        sys.exit("needs CUDA (or --smoke)")
-    a.out.mkdir(parents=True, exist_ok=True)
     MACHINE = setup.machine()
     global LOG
     LOG = CaseLog(a.out / "gpu_delta.json", {"machine": MACHINE}, budget_s=a.budget, t0=T0,
-                  only=tuple(x for x in a.only.split(",") if x))
+                  only=a.only)
     LOG.run("first call", first_call)
     small = (1, 70) if SMOKE else (2, 2048)
     big = (2, 130) if SMOKE else (4, 4096)

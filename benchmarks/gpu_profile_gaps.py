@@ -16,7 +16,6 @@ rewritten after each; a short table closes the run.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -30,7 +29,7 @@ import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from attnzoo.bench.cases import CaseLog  # noqa: E402
+from attnzoo.bench.cases import CaseLog, script_args  # noqa: E402
 from attnzoo.bench.machine import machine_line  # noqa: E402
 from attnzoo.bench.timing import capture_cuda_graph, ms_timer  # noqa: E402
 from attnzoo.ops.delta import delta_rule  # noqa: E402
@@ -143,12 +142,7 @@ def decode_configs(fn) -> list[dict]:
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("out", type=Path)
-    p.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (Triton interpreter)")
-    a = p.parse_args()
-    if not SMOKE and not torch.cuda.is_available():
-        sys.exit("needs CUDA (or --smoke)")
+    a = script_args(__doc__)
     log = CaseLog(a.out / "profile_gaps.json", {"machine": machine_line(DEV)})
     gla = log.run("gla vector regimes", gla_regimes)
     dec = log.run("decode steps", decode_case)

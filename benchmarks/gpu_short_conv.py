@@ -24,7 +24,6 @@ try/except; OUT_DIR/short_conv.json (machine line, records) is rewritten after e
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import sys
@@ -42,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import attnzoo  # noqa: E402
 import attnzoo.ops.conv.api as conv_api  # noqa: E402
 import attnzoo.ops.conv.triton.api as tri  # noqa: E402
-from attnzoo.bench.cases import CaseLog  # noqa: E402
+from attnzoo.bench.cases import CaseLog, script_args  # noqa: E402
 from attnzoo.bench.machine import machine_line  # noqa: E402
 from attnzoo.bench.timing import ms_timer  # noqa: E402
 from attnzoo.ops.conv import causal_conv1d  # noqa: E402
@@ -265,16 +264,9 @@ def report(out: Path):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("out", type=Path)
-    p.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU through the Triton interpreter")
-    p.add_argument("--budget", type=float, default=200.0, help="seconds after which remaining cases are skipped")
-    a = p.parse_args()
-    a.out.mkdir(parents=True, exist_ok=True)
+    a = script_args(__doc__, budget=200.0)
     global LOG
     LOG = CaseLog(a.out / "short_conv.json", MACHINE, budget_s=a.budget, t0=T0, unprinted=("table",))
-    if not SMOKE and not torch.cuda.is_available():
-        sys.exit("needs CUDA (or --smoke)")
     if SMOKE:
         torch.set_num_threads(1)
     print(MACHINE, flush=True)

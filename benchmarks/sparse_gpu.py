@@ -18,7 +18,6 @@ budget (--budget seconds, default 330) skips whatever is left once spent.
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import subprocess
@@ -36,7 +35,7 @@ import torch.nn.functional as F  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import attnzoo  # noqa: E402
-from attnzoo.bench.cases import CaseLog  # noqa: E402
+from attnzoo.bench.cases import CaseLog, script_args  # noqa: E402
 from attnzoo.ops.gate import sigmoid_output_gate  # noqa: E402
 from attnzoo.ops.sparse import (  # noqa: E402
     block_queries,
@@ -408,16 +407,9 @@ def report(out):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("out", type=Path)
-    p.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU through the Triton interpreter")
-    p.add_argument("--budget", type=float, default=330.0, help="seconds after which remaining cases are skipped")
-    a = p.parse_args()
-    a.out.mkdir(parents=True, exist_ok=True)
+    a = script_args(__doc__, budget=330.0)
     global LOG
     LOG = CaseLog(a.out / "sparse_gpu.json", {"machine": MACHINE}, budget_s=a.budget, t0=T0)
-    if not SMOKE and not torch.cuda.is_available():
-        sys.exit("needs CUDA (or --smoke)")
     print(MACHINE, flush=True)
     s = 8 if SMOKE else 1024  # T unit
     small, big = (BLOCKS[0], BLOCKS[1])

@@ -24,7 +24,6 @@ try/except; OUT_DIR/sparse_selection_gpu.json (machine line, records) is rewritt
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -40,7 +39,7 @@ import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from attnzoo.bench.cases import CaseLog  # noqa: E402
+from attnzoo.bench.cases import CaseLog, script_args  # noqa: E402
 from attnzoo.bench.machine import machine_line  # noqa: E402
 from attnzoo.bench.timing import ms_timer  # noqa: E402
 from attnzoo.ops.sparse import (  # noqa: E402
@@ -256,16 +255,9 @@ def report():
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("out", type=Path)
-    p.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU through the Triton interpreter")
-    p.add_argument("--budget", type=float, default=400.0, help="seconds after which remaining cases are skipped")
-    a = p.parse_args()
-    a.out.mkdir(parents=True, exist_ok=True)
+    a = script_args(__doc__, budget=400.0)
     global LOG
     LOG = CaseLog(a.out / "sparse_selection_gpu.json", MACHINE, budget_s=a.budget, t0=T0)
-    if not SMOKE and not torch.cuda.is_available():
-        sys.exit("needs CUDA (or --smoke)")
     print(MACHINE, flush=True)
     if SMOKE:
         torch.set_num_threads(1)

@@ -5,6 +5,7 @@ the JSON file is rewritten (header + records), so a call cut by its time limit k
     log = CaseLog(out_dir / "sparse_gpu.json", {"machine": machine_line()}, budget_s=300)
     log.run("prefill T=2048", lambda: {"ms": 1.23})      # -> {"case": ..., "ms": 1.23, "wall_s": ...}
     log.records                                           # every record so far, skipped and failed ones too
+    args = script_args(__doc__, budget=300.0)             # such a script's OUT, --smoke, --budget (, --only)
 
 only=("time", "mixer") runs only the cases whose names start so (a rerun of the cases a call's limit cut).
 
@@ -15,7 +16,9 @@ emptied after each case, so that one case's memory does not count against the ne
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -65,3 +68,25 @@ class CaseLog:
 
     def skipped(self) -> list[str]:
         return [r["case"] for r in self.records if "skipped" in r]
+
+
+def script_args(doc: str, *, budget: float | None = None, only: bool = False, argv=None) -> argparse.Namespace:
+    """The command line of a one-call benchmark script: OUT (a folder, created), --smoke (tiny shapes on the
+    CPU through the Triton interpreter), --budget SECONDS (when the script has a time budget, default
+    `budget`), --only PREFIXES (with only: a comma list, parsed to a tuple for CaseLog's only=). Exits with
+    a message unless CUDA is available or --smoke is given."""
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
+    p.add_argument("out", type=Path)
+    p.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU through the Triton interpreter")
+    if budget is not None:
+        p.add_argument("--budget", type=float, default=budget, help="seconds after which remaining cases are skipped")
+    if only:
+        p.add_argument("--only", default="", help="comma-separated case-name prefixes to run (e.g. 'time,mixer'): "
+                       "a rerun")
+    a = p.parse_args(argv)
+    if not a.smoke and not torch.cuda.is_available():
+        sys.exit("needs CUDA (or --smoke)")
+    a.out.mkdir(parents=True, exist_ok=True)
+    if only:
+        a.only = tuple(x for x in a.only.split(",") if x)
+    return a

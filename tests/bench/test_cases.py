@@ -42,3 +42,17 @@ def test_only_runs_the_selected_prefixes_and_records_nothing_else(tmp_path):
         log.run(name, lambda name=name: ran.append(name) or {})
     assert ran == ["time T=1024", "mixer deltanet"]
     assert [r["case"] for r in read(tmp_path / "r.json")["records"]] == ran
+
+
+def test_script_args_makes_the_folder_parses_only_and_needs_cuda_or_smoke(tmp_path):
+    import pytest
+    import torch
+
+    from attnzoo.bench.cases import script_args
+
+    a = script_args("doc", budget=12.0, only=True, argv=[str(tmp_path / "o"), "--smoke", "--only", "time,mixer"])
+    assert (tmp_path / "o").is_dir() and a.budget == 12.0 and a.only == ("time", "mixer") and a.smoke
+    assert not hasattr(script_args("doc", argv=[str(tmp_path / "p"), "--smoke"]), "budget")
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="needs CUDA"):
+            script_args("doc", argv=[str(tmp_path / "q")])
