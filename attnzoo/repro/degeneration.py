@@ -41,7 +41,7 @@ import torch
 from attnzoo.analysis.attention_maps import source_output_share, trace_blocks
 from attnzoo.analysis.prefix_mass import attention_probs, prefix_mass
 from attnzoo.models import LanguageModel
-from attnzoo.repro._lm import train_step_seconds
+from attnzoo.repro._lm import run_tasks, train_step_seconds
 from attnzoo.repro._train import cpu_threads, device_note
 from attnzoo.repro.base import Claim, verdict
 from attnzoo.train import TrainConfig, train_lm
@@ -115,30 +115,44 @@ def run(ctx) -> list[Claim]:
         return _run(ctx)
 
 
+def train_model(job: dict) -> dict:
+    """Train and measure one of the two models: its record (curves, teacher-forced accuracy, steps). A
+    module-level function so that run_tasks can send it to a worker process (the two models train at
+    once: on a 2-core CPU the full size takes ~90 min per model on one thread, not 3 hours in turn)."""
+    kind, size, seed, dev = job["kind"], job["size"], job["seed"], job["device"]
+    cfg = SIZES[size]
+    S = cfg["S"]
+    with cpu_threads(dev):
+        train = reversal_data(cfg["steps"] * cfg["batch"], S, seed=seed)
+        test = reversal_data(cfg["test"], S, seed=seed + 10_000)
+        cap = None
+        if size == "full":   # a safety net only: 3x the probed step time (a throwaway copy) x steps
+            torch.manual_seed(seed)
+            cap = 3 * train_step_seconds(build(kind, cfg), train, batch_size=cfg["batch"], device=dev) \
+                * cfg["steps"] + 10
+        torch.manual_seed(seed)
+        lm = build(kind, cfg)
+        conf = TrainConfig(steps=cfg["steps"], batch_size=cfg["batch"], lr=cfg["lr"], weight_decay=0.0,
+                           warmup_steps=max(1, cfg["steps"] // 20), eval_every=cfg["steps"], seed=seed,
+                           device=dev, max_seconds=cap)
+        result = train_lm(lm, train=train, test=test, config=conf)
+        lm = lm.cpu().float().eval()
+        return {**measure(lm, test[0], S), "teacher_forced_accuracy": result.accuracy, "steps": result.steps,
+                "seconds": round(result.seconds, 1)}
+
+
 def _run(ctx) -> list[Claim]:
     cfg = SIZES[ctx.size]
     S = cfg["S"]
-    train = reversal_data(cfg["steps"] * cfg["batch"], S, seed=ctx.seed)
-    test = reversal_data(cfg["test"], S, seed=ctx.seed + 10_000)
-    res = {}
-    for kind in MODELS:
-        cap = None
-        if ctx.size == "full":   # a safety net only: 3x the probed step time (a throwaway copy) x steps
-            torch.manual_seed(ctx.seed)
-            cap = 3 * train_step_seconds(build(kind, cfg), train, batch_size=cfg["batch"], device=ctx.device) \
-                * cfg["steps"] + 10
-        torch.manual_seed(ctx.seed)
-        lm = build(kind, cfg)
-        ctx.log(f"{kind}: {cfg['steps']} steps, S={S}")
-        conf = TrainConfig(steps=cfg["steps"], batch_size=cfg["batch"], lr=cfg["lr"], weight_decay=0.0,
-                           warmup_steps=max(1, cfg["steps"] // 20), eval_every=cfg["steps"], seed=ctx.seed,
-                           device=ctx.device, max_seconds=cap)
-        result = train_lm(lm, train=train, test=test, config=conf)
-        lm = lm.cpu().float().eval()
-        res[kind] = {**measure(lm, test[0], S), "teacher_forced_accuracy": result.accuracy, "steps": result.steps}
-        ctx.record(model=kind, S=S, **res[kind])
-        ctx.log(f"  teacher-forced accuracy {result.accuracy:.3f}, mass early/late "
-                f"{quarters(res[kind]['mass'])}, greedy accuracy early/late {quarters(res[kind]['accuracy'])}")
+    workers = 2 if ctx.size == "full" else 1     # the smaller sizes stay in-process (their smoke test)
+    ctx.log(f"{' and '.join(MODELS)}: {cfg['steps']} steps each, S={S}, {workers} at once")
+    jobs = [{"kind": kind, "size": ctx.size, "seed": ctx.seed, "device": ctx.device} for kind in MODELS]
+    res = dict(zip(MODELS, run_tasks(train_model, jobs, workers=workers)))
+    for kind, r in res.items():
+        ctx.record(model=kind, S=S, **r)
+        ctx.log(f"{kind}: teacher-forced accuracy {r['teacher_forced_accuracy']:.3f} ({r['steps']} steps, "
+                f"{r['seconds']} s), mass early/late {quarters(r['mass'])}, greedy accuracy early/late "
+                f"{quarters(r['accuracy'])}")
     _plot(ctx, res, S)
     return _claims(ctx, cfg, res)
 
