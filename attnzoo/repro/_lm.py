@@ -11,7 +11,6 @@ attnzoo.train.train_lm (AdamW, warmup + cosine, clipping, bf16 autocast on CUDA,
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 
@@ -21,22 +20,6 @@ from attnzoo.models import LanguageModel
 from attnzoo.tasks.bytes import StdlibBytes
 from attnzoo.tasks.mqar import generate_mqar
 from attnzoo.train import TrainConfig, evaluate, train_lm
-
-
-@contextlib.contextmanager
-def one_thread_on_cpu(device: str):
-    """torch on one CPU thread inside (restored after): these models are too small for two threads to
-    pay, and on a shared, loaded 2-core machine two threads per process fight (measured: 4-layer d=32
-    steps of 50 ms on one thread, 0.5-1 s on two at load 9)."""
-    import torch
-
-    before = torch.get_num_threads()
-    if str(device).startswith("cpu"):
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def hybrid_pattern(linear: str, ratio: int | None) -> str:

@@ -61,17 +61,17 @@ import functools
 from attnzoo.repro._lm import (
     bits_per_byte_of,
     byte_data,
+    equal_steps,
     eval_loss_acc,
     fit,
     hybrid_pattern,
     mqar_mix,
-    equal_steps,
-    one_thread_on_cpu,
     run_tasks,
     small_lm,
     train_step_seconds,
     unigram_bits,
 )
+from attnzoo.repro._train import cpu_threads
 from attnzoo.repro.base import Claim, verdict
 
 NAME = "hybrid-ratio"
@@ -105,7 +105,7 @@ def _stacks(p):
 
 
 def run(ctx):
-    with one_thread_on_cpu(ctx.device):
+    with cpu_threads(ctx.device):
         return _run(ctx)
 
 
@@ -134,7 +134,7 @@ def train_run(job: dict) -> dict:
     module-level function so that run_tasks can send it to a worker process."""
     size, seed, dev, task = job["size"], job["seed"], job["device"], job["task"]
     p = SIZES[size]
-    with one_thread_on_cpu(dev):
+    with cpu_threads(dev):
         data, easy_test = _data(size, seed)
         model = _build(p, job["pattern"], task, seed)
         train, test = data[task]

@@ -77,9 +77,9 @@ def crossover(Ls, a, b) -> float:
 
 
 def run(ctx):
-    from attnzoo.repro._lm import one_thread_on_cpu
+    from attnzoo.repro._train import cpu_threads
 
-    with one_thread_on_cpu(ctx.device):   # on a shared CPU two threads stall each other (32 ms steps)
+    with cpu_threads(ctx.device):   # on a shared CPU two threads stall each other (32 ms steps)
         return _run(ctx)
 
 

@@ -41,8 +41,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from attnzoo.analysis.attention_maps import first_token_share, lm_attention_probs, trace_blocks, \
-    uniform_first_token_share
+from attnzoo.analysis.attention_maps import (
+    first_token_share,
+    lm_attention_probs,
+    trace_blocks,
+    uniform_first_token_share,
+)
 from attnzoo.models import LanguageModel
 from attnzoo.repro._lm import train_step_seconds, unigram_bits
 from attnzoo.repro._steps import at_step, checkpoint_every, common_step, step_note, untestable_reason

@@ -42,11 +42,11 @@ from attnzoo.repro._lm import (
     byte_data,
     equal_steps,
     fit,
-    one_thread_on_cpu,
     small_lm,
     train_step_seconds,
     unigram_bits,
 )
+from attnzoo.repro._train import cpu_threads
 from attnzoo.repro.base import Claim, verdict
 
 NAME = "ssa-align"
@@ -80,7 +80,7 @@ def set_mode(model, mode: str, top_k: int | None = None):
 
 
 def run(ctx):
-    with one_thread_on_cpu(ctx.device):
+    with cpu_threads(ctx.device):
         return _run(ctx)
 
 
