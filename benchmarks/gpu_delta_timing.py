@@ -7,6 +7,8 @@ import time
 
 import torch
 
+from attnzoo.bench.timing import tuned
+
 from gpu_delta_setup import (BUDGET, D, DEV, DT, FLA, H, SMOKE, T0, TOKENS, bench_ms, fla_call, inputs, ours,
                              rel, torch_chunked)
 
@@ -102,24 +104,20 @@ def tuning(T, gate):
     ins = inputs(B, T, gate, seed=8)
     do = torch.randn(B, T, H, D, device=DEV, dtype=DT)
     xs = [t.detach().clone().requires_grad_(True) if t is not None else None for t in ins[:5]]
-    base = dict(delta_chunk.TUNE)
-    out = {"B": B, "T": T, "gate": gate, "defaults": base, "variants": []}
+    out = {"B": B, "T": T, "gate": gate, "defaults": dict(delta_chunk.TUNE), "variants": []}
     for change in TUNES:
         if time.time() - T0 > BUDGET[0] + 30:  # the case may start just before the budget ends
             out["variants"].append({"change": change, "skipped": "time budget spent"})
             continue
-        delta_chunk.TUNE.update(change)
         rec = {"change": change}
-        try:
-            with torch.no_grad():
-                rec["fwd_ms"] = bench_ms(lambda: ours(*ins[:5], scale=D ** -0.5))
-            rec["fwdbwd_ms"] = bench_ms(lambda: torch.autograd.grad(
-                ours(*xs, scale=D ** -0.5)[0], [x for x in xs if x is not None], do))
-        except Exception as e:
-            rec["error"] = f"{type(e).__name__}: {str(e)[:200]}"
-        finally:
-            delta_chunk.TUNE.clear()
-            delta_chunk.TUNE.update(base)
+        with tuned(delta_chunk.TUNE, **change):
+            try:
+                with torch.no_grad():
+                    rec["fwd_ms"] = bench_ms(lambda: ours(*ins[:5], scale=D ** -0.5))
+                rec["fwdbwd_ms"] = bench_ms(lambda: torch.autograd.grad(
+                    ours(*xs, scale=D ** -0.5)[0], [x for x in xs if x is not None], do))
+            except Exception as e:
+                rec["error"] = f"{type(e).__name__}: {str(e)[:200]}"
         out["variants"].append(rec)
     return out
 

@@ -50,7 +50,7 @@ import torch  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from attnzoo.bench.speed import fla_module, machine_line, timed_rounds  # noqa: E402
-from attnzoo.bench.timing import capture_cuda_graph  # noqa: E402
+from attnzoo.bench.timing import capture_cuda_graph, tuned  # noqa: E402
 from attnzoo.ops.linear import gated_linear_attention  # noqa: E402
 from attnzoo.ops.linear.triton import fused  # noqa: E402
 
@@ -211,7 +211,12 @@ def timings(fla):
 
 
 def sweep():
-    base = dict(fused.TUNE)
+    with tuned(fused.TUNE) as table:   # each variant's call sets its settings; the defaults come back after
+        _sweep(table, dict(table))
+    emit({"kind": "failed_configs", "fused_failed": [str(x) for x in sorted(fused.FAILED, key=str)]})
+
+
+def _sweep(table: dict, base: dict):
     for T in ((16, 40) if OPT.smoke else (256, 1024)):
         B = max(1, (80 if OPT.smoke else OPT.tokens) // T)
         for gate in ("scalar", "vector"):
@@ -222,8 +227,8 @@ def sweep():
                     call = op_call("fused", q, k, v, g, mode, None)
 
                     def fn(call=call, settings=settings):
-                        fused.TUNE.clear()
-                        fused.TUNE.update({**base, **settings})
+                        table.clear()
+                        table.update({**base, **settings})
                         return call()
                     rec = {"kind": "sweep", "variant": name, "T": T, "B": B, "gate": gate, "mode": mode}
                     try:
@@ -236,9 +241,6 @@ def sweep():
                     entries.append((rec, None if "error" in rec else fn))
                 for rec in timed_rounds(entries, OPT.rounds, **({"timer": perf_ms} if OPT.smoke else {})):
                     emit(rec)
-    fused.TUNE.clear()
-    fused.TUNE.update(base)
-    emit({"kind": "failed_configs", "fused_failed": [str(x) for x in sorted(fused.FAILED, key=str)]})
 
 
 def table(path):

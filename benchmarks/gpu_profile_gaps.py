@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attnzoo.bench.cases import CaseLog, script_args  # noqa: E402
 from attnzoo.bench.machine import machine_line  # noqa: E402
-from attnzoo.bench.timing import capture_cuda_graph, ms_timer  # noqa: E402
+from attnzoo.bench.timing import capture_cuda_graph, ms_timer, tuned  # noqa: E402
 from attnzoo.ops.delta import delta_rule  # noqa: E402
 from attnzoo.ops.linear import gated_linear_attention  # noqa: E402
 
@@ -127,17 +127,15 @@ def decode_configs(fn) -> list[dict]:
     each timed eager (each config compiles once first)."""
     from attnzoo.ops.delta.triton import recurrent
 
-    base, rows = dict(recurrent.TUNE), []
+    rows = []
     for bv in ((16, 32) if SMOKE else (8, 16, 32, 64, 128)):
         for warps in ((1, 4) if SMOKE else (1, 2, 4, 8)):
-            recurrent.TUNE.update(bv=bv, num_warps=warps)
-            try:
-                fn()
-                rows.append({"bv": bv, "num_warps": warps, "ms": bench(fn)})
-            except Exception as e:  # recorded (a config that does not compile, say)
-                rows.append({"bv": bv, "num_warps": warps, "error": f"{type(e).__name__}: {e}"[:200]})
-    recurrent.TUNE.clear()
-    recurrent.TUNE.update(base)
+            with tuned(recurrent.TUNE, bv=bv, num_warps=warps):
+                try:
+                    fn()
+                    rows.append({"bv": bv, "num_warps": warps, "ms": bench(fn)})
+                except Exception as e:  # recorded (a config that does not compile, say)
+                    rows.append({"bv": bv, "num_warps": warps, "error": f"{type(e).__name__}: {e}"[:200]})
     return rows
 
 

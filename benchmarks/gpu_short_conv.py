@@ -43,7 +43,7 @@ import attnzoo.ops.conv.api as conv_api  # noqa: E402
 import attnzoo.ops.conv.triton.api as tri  # noqa: E402
 from attnzoo.bench.cases import CaseLog, script_args  # noqa: E402
 from attnzoo.bench.machine import machine_line  # noqa: E402
-from attnzoo.bench.timing import ms_timer  # noqa: E402
+from attnzoo.bench.timing import ms_timer, tuned  # noqa: E402
 from attnzoo.ops.conv import causal_conv1d  # noqa: E402
 
 DEV = "cpu" if SMOKE else "cuda"
@@ -170,14 +170,8 @@ def compiled_case(B, T, C) -> dict:
 
 
 def tile_case(B, T, C, tune: dict) -> dict:
-    old = dict(tri.TUNE)
-    tri.TUNE.update(tune)
-    try:
-        res = {**tune, **conv_case(B, T, C, paths=("triton",))}
-    finally:
-        tri.TUNE.clear()
-        tri.TUNE.update(old)
-    return res
+    with tuned(tri.TUNE, **tune):
+        return {**tune, **conv_case(B, T, C, paths=("triton",))}
 
 
 def layer_call(name, B, T, d_model, H, with_output=False):

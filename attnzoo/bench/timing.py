@@ -8,12 +8,15 @@ the device synchronisation and the clocks.
 - `interleaved_times(fns, ...)`: several candidates timed in turn within each repeat (a drift of
   the machine's load is then shared by all of them), wall and CPU clock of every call.
 - `median`, `summary`: the statistics the results report.
+- `tuned(table, **changes)`: a kernel's launch-config dict (e.g. ops/delta/triton/recurrent.TUNE)
+  with changes for the block, restored exactly on exit (the sweeps of benchmarks/gpu_*.py).
 
 GPU kernels alone are timed with triton's do_bench (attnzoo.bench.speed.do_bench_ms).
 """
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 
@@ -100,3 +103,16 @@ def capture_cuda_graph(fn, warmup: int = 3):
     with torch.cuda.graph(graph):
         fn()
     return graph
+
+
+@contextlib.contextmanager
+def tuned(table: dict, **changes):
+    """`table` (a module's TUNE dict of launch options, read at each call) updated with `changes` inside the
+    block and restored to exactly its old items after, also when the block raises; yields the table."""
+    old = dict(table)
+    table.update(changes)
+    try:
+        yield table
+    finally:
+        table.clear()
+        table.update(old)
