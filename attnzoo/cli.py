@@ -238,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     pr.add_argument("--out", default="runs/repro", help="folder; the study writes <out>/<name>/")
+    pr.add_argument("--resume", action="store_true",
+                    help="keep <out>/<name>/results.jsonl and skip the runs already in it (hybrid-ratio)")
     pr.set_defaults(func=cmd_repro)
 
     pli = sub.add_parser("linearize", help="swap a softmax teacher's attention for any mixer and distil it "
@@ -286,8 +288,7 @@ def cmd_repro(args):
         return 0
     device = args.device or ("cuda" if _cuda() else "cpu")
     size = args.size or ("quick" if args.quick else "full")
-    claims = run_study(args.name, out=args.out, size=size, seed=args.seed,
-                       device=device)
+    claims = run_study(args.name, out=args.out, size=size, seed=args.seed, device=device, resume=args.resume)
     for c in claims:
         print(f"{c.verdict:15s} {c.claim}: paper {c.paper}, ours {c.ours}")
     print(f"written: {args.out}/{args.name}/summary.md")

@@ -125,20 +125,41 @@ def equal_steps(step_seconds: list[float], *, budget_seconds: float, most: int, 
     return max(least, min(most, int(budget_seconds / sum(step_seconds))))
 
 
-def run_tasks(fn, tasks: list, *, workers: int = 1) -> list:
+def run_tasks(fn, tasks: list, *, workers: int = 1, on_done=None) -> list:
     """[fn(t) for t in tasks], with workers > 1 in that many fresh spawned processes at once (the zoo's
     pool: attnzoo.bench.zoo.pool; one process per task). Tiny models leave a GPU mostly idle, so several
     runs sharing it finish sooner (bench/zoo/schedule.py measured in-run steps of max(2.5 x probe, 37 ms)
-    with 8 at once on an H200). fn must be a module-level function; results come back in task order."""
+    with 8 at once on an H200). fn must be a module-level function; results come back in task order.
+    on_done(i, result), if given, is called in this process as each task finishes (in finishing order),
+    so that a study can record every finished run before the whole set ends (a run cut by a time cap
+    keeps what finished)."""
     if workers <= 1 or len(tasks) <= 1:
-        return [fn(t) for t in tasks]
+        out = []
+        for i, t in enumerate(tasks):
+            out.append(fn(t))
+            if on_done is not None:
+                on_done(i, out[-1])
+        return out
     import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, wait
 
     from attnzoo.bench.zoo.pool import fresh_process_pool, ignore_sigint
 
-    pool = fresh_process_pool(min(workers, len(tasks)), mp.get_context("spawn"), initializer=ignore_sigint)
+    workers = min(workers, len(tasks))
+    pool = fresh_process_pool(workers, mp.get_context("spawn"), initializer=ignore_sigint)
+    out, todo, running = [None] * len(tasks), list(enumerate(tasks)), {}
     try:
-        return list(pool.map(fn, tasks))
+        while todo or running:
+            while todo and len(running) < workers:     # at most `workers` in flight (ProcessPerTask runs
+                i, t = todo.pop(0)                     # whatever it is given at once)
+                running[pool.submit(fn, t)] = i
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for f in finished:
+                i = running.pop(f)
+                out[i] = f.result()
+                if on_done is not None:
+                    on_done(i, out[i])
+        return out
     finally:
         pool.shutdown(wait=True)
 

@@ -51,7 +51,9 @@ class StudyContext:
     seed: int = 0
     device: str = "cpu"
     quiet: bool = False
+    resume: bool = False            # keep <out>/results.jsonl; its rows (this size and seed) are `previous`
     started: float = field(default_factory=time.time)
+    previous: list = field(default_factory=list)
 
     def __post_init__(self):
         if self.size not in SIZES:
@@ -59,7 +61,14 @@ class StudyContext:
         self.out = Path(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self._results = self.out / "results.jsonl"
-        self._results.write_text("")
+        if self.resume and self._results.exists():
+            rows = [json.loads(line) for line in self._results.read_text().splitlines() if line.strip()]
+            self.previous = [r for r in rows if r.get("size") == self.size and r.get("seed") == self.seed
+                             and "claim" not in r]
+            # the earlier rows stay, but not its claims: they are written again at the end
+            self._results.write_text("".join(json.dumps(r, default=float) + "\n" for r in self.previous))
+        else:
+            self._results.write_text("")
 
     @property
     def quick(self) -> bool:
@@ -107,13 +116,16 @@ def summary_markdown(name: str, paper: str, claims: list[Claim], machine: str, s
 
 
 def run_study(name: str, out: str | Path = "runs/repro", size: str = "quick", seed: int = 0,
-              device: str = "cpu", quiet: bool = False) -> list[Claim]:
-    """Run one study; writes <out>/<name>/{results.jsonl, PNG, summary.md}; returns its claims."""
+              device: str = "cpu", quiet: bool = False, resume: bool = False) -> list[Claim]:
+    """Run one study; writes <out>/<name>/{results.jsonl, PNG, summary.md}; returns its claims. With
+    resume, results.jsonl's rows of this size and seed are kept and given to the study (ctx.previous): a
+    study that records its runs as they finish (hybrid-ratio) skips those already there."""
     studies = list_studies()
     if name not in studies:
         raise ValueError(f"unknown study {name!r}; known: {', '.join(sorted(studies))}")
     mod = studies[name]
-    ctx = StudyContext(name=name, out=Path(out) / name, size=size, seed=seed, device=device, quiet=quiet)
+    ctx = StudyContext(name=name, out=Path(out) / name, size=size, seed=seed, device=device, quiet=quiet,
+                       resume=resume)
     claims = mod.run(ctx)
     if not claims or not all(isinstance(c, Claim) for c in claims):
         raise TypeError(f"study {name} must return a non-empty list of Claim")

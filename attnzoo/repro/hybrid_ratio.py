@@ -52,6 +52,10 @@ time on one unshared H100: ~4-7 min, an estimate, not a measurement (28k run-ste
 assumed for 8 layers at batch 64, plus ~1 min of probes and Triton compilation). The 8-layer stack is
 deeper than the one measured; whether it learns by 3000 steps is what the run tells (rules 2-4 say
 "untestable" if the all-softmax stack does not reach 0.5).
+Measured 2026-12-07 (one unshared H100): probes 26-57 ms, the plan expected 331 s, and the 14 runs had not
+all finished at the 470 s cap, so nothing came back (results then arrived only at the end). Since then
+each run is recorded as it finishes (results.jsonl kind "run") and `--resume` skips the runs on record,
+so the full size may take two device calls.
 """
 
 from __future__ import annotations
@@ -83,6 +87,7 @@ CLAIMS = (
     "the best standalone linear mixer is not the best in a hybrid",
 )
 RATIOS = {"pure": None, "7:1": 7, "3:1": 3, "1:1": 1}
+RUN_KEYS = ("study", "size", "seed", "kind", "pattern", "task")   # a run record's keys that are not its results
 
 SIZES = {
     "quick": dict(variants=("gla", "gated_deltanet"), ratios=("pure", "3:1"), n_layers=4, d_model=32, n_heads=2,
@@ -174,7 +179,20 @@ def _run(ctx):
                      "probe_seconds": per_stack, "expected_seconds": round(expected, 1), "cap_seconds": round(cap, 1)})
     jobs = [{"size": ctx.size, "seed": ctx.seed, "device": dev, "task": task, "pattern": s[2],
              "steps": task_steps[task], "cap": cap} for s, task in runs]
-    outs = run_tasks(train_run, jobs, workers=workers)
+    # runs already on record with this plan (--resume after a call that was cut short) are not run again
+    kept = {(r["pattern"], r["task"]): {k: v for k, v in r.items() if k not in RUN_KEYS}
+            for r in ctx.previous if r.get("kind") == "run" and r.get(f"{r['task']}_steps") == task_steps[r["task"]]}
+    todo = [j for j in jobs if (j["pattern"], j["task"]) not in kept]
+    if kept:
+        ctx.log(f"resumed: {len(kept)} runs on record, {len(todo)} to run")
+
+    def done(i, out):   # each run on record as it finishes: a call cut short keeps the finished runs
+        ctx.record(kind="run", pattern=todo[i]["pattern"], task=todo[i]["task"], **out)
+        ctx.log(f"done {todo[i]['pattern']} {todo[i]['task']}: {out}")
+
+    fresh = dict(zip(((j["pattern"], j["task"]) for j in todo), run_tasks(train_run, todo, workers=workers,
+                                                                           on_done=done)))
+    outs = [kept.get((s[2], task)) or fresh[(s[2], task)] for s, task in runs]
     p = {**p, "steps_each": task_steps["mqar"], "bytes_steps_each": task_steps["bytes"],
          "unigram_bits": unigram_bits(data["bytes"][0][0])}
     res = {}

@@ -79,8 +79,12 @@ def test_a_run_cut_by_the_safety_cap_makes_its_task_untestable():
 def test_quick_smoke(tmp_path):
     claims, rows = run_quick("hybrid-ratio", tmp_path)
     assert [c.claim for c in claims] == list(hr.CLAIMS)
-    runs = [r for r in rows if "pattern" in r]
+    runs = [r for r in rows if "pattern" in r and r.get("kind") != "run"]
     assert len(runs) == 5 and len({r["mqar_steps"] for r in runs} | {r["bytes_steps"] for r in runs}) == 1
+    finished = [r for r in rows if r.get("kind") == "run"]     # each run on record as it finished, before the stacks
+    assert sorted((r["pattern"], r["task"]) for r in finished) == sorted((r["pattern"], t) for r in runs
+                                                                         for t in ("mqar", "bytes"))
+    assert rows.index(finished[-1]) < rows.index(runs[0])
 
 
 def test_full_size_plan_is_fixed_and_names_the_claim_3_mixers():
@@ -91,3 +95,28 @@ def test_full_size_plan_is_fixed_and_names_the_claim_3_mixers():
     # however slow the probes, the plan stays 3000 MQAR steps (and a third of it on bytes)
     assert equal_steps([1.0] * 14, budget_seconds=p["budget_seconds"], most=p["steps"], least=p["min_steps"]) == 3000
     assert round(3000 * p["bytes_share"]) == 1000
+
+
+def test_resume_runs_only_the_runs_not_on_record(tmp_path, monkeypatch):
+    import json
+
+    from attnzoo.repro.base import run_study
+
+    run_quick("hybrid-ratio", tmp_path)
+    path = tmp_path / "hybrid-ratio" / "results.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    finished = [r for r in rows if r.get("kind") == "run"]
+    cut = [r for r in rows if "claim" not in r and r.get("kind") != "run" and "pattern" not in r]   # the plan
+    path.write_text("".join(json.dumps(r) + "\n" for r in cut + finished[:6]))   # a call cut after 6 runs
+    calls = []
+    real = hr.train_run
+    monkeypatch.setattr(hr, "train_run", lambda job: calls.append((job["pattern"], job["task"])) or real(job))
+    claims = run_study("hybrid-ratio", out=tmp_path, size="quick", quiet=True, resume=True)
+    assert sorted(calls) == sorted((r["pattern"], r["task"]) for r in finished[6:])
+    again = [json.loads(line) for line in path.read_text().splitlines()]
+    stacks = {r["pattern"]: r for r in again if "pattern" in r and r.get("kind") != "run"}
+    first = {r["pattern"]: r for r in rows if "pattern" in r and r.get("kind") != "run"}
+    for r in finished[:6]:   # the kept runs' numbers are the ones on record, not new ones
+        key = "recall_hard" if r["task"] == "mqar" else "bpb"
+        assert stacks[r["pattern"]][key] == first[r["pattern"]][key]
+    assert sum("claim" in r for r in again) == len(claims)
