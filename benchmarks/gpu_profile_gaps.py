@@ -43,6 +43,12 @@ H, D = (2, 16) if SMOKE else (16, 128)
 bench = ms_timer(DEV, cpu_repeats=1, cpu_warmup=0)  # smoke: one interpreter call, meaningless as a time
 
 
+def device_us(e) -> float:
+    """An averaged profiler event's own device time: self_device_time_total (torch >= 2.4) or the older
+    self_cuda_time_total (getattr's default would be evaluated, and fail, where only the new one exists)."""
+    return e.self_device_time_total if hasattr(e, "self_device_time_total") else e.self_cuda_time_total
+
+
 def kernels(fn, calls: int = 3, top: int = 15) -> list[dict]:
     """The device kernels (CPU ops in the smoke mode) of `calls` calls of fn, by total time per call."""
     from torch.profiler import ProfilerActivity, profile
@@ -56,7 +62,7 @@ def kernels(fn, calls: int = 3, top: int = 15) -> list[dict]:
             torch.cuda.synchronize()
     rows = []
     for e in prof.key_averages():
-        us = e.self_cpu_time_total if SMOKE else getattr(e, "self_device_time_total", e.self_cuda_time_total)
+        us = e.self_cpu_time_total if SMOKE else device_us(e)
         if us > 0:
             rows.append({"name": e.key[:90], "ms_per_call": us / 1e3 / calls, "count_per_call": e.count / calls})
     return sorted(rows, key=lambda r: -r["ms_per_call"])[:top]
