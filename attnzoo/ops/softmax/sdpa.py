@@ -4,7 +4,11 @@
 torch.func.vmap (many models trained as one: attnzoo.train.group): the vmapped dim is folded into the
 batch dim, as the chunked ops do (ops/common/chunk_layout.fold_vmapped). SDPA's own batching rule hands
 the CUDA kernels strided views they reject (memory-efficient attention's backward: "LSE is not correctly
-aligned (strideB)", seen on an H100 with torch 2.11), so the zoo could not group softmax models."""
+aligned (strideB)", seen on an H100 with torch 2.11), so the zoo could not group softmax models.
+Under torch.compile the plain call is taken, vmapped or not: dynamo cannot trace the folded Function
+(its backward replays an autograd graph built inside its forward) and gave missing and wrong gradients
+(tests/ops/test_sdpa_vmap.py); whether SDPA's own batching rule then meets the CUDA stride error above
+is not measured."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from attnzoo.ops.common.chunk_layout import fold_vmapped, unfold_vmapped
+from attnzoo.ops.common.opaque import compiling
 from attnzoo.ops.softmax.reference import expand_kv
 
 
@@ -60,7 +65,7 @@ class _FoldedSDPA(torch.autograd.Function):
 def sdpa(q, k, v, *, attn_mask=None, is_causal: bool = False, scale=None):
     """F.scaled_dot_product_attention(q, k, v) for q [B, H, Tq, D], k/v [B, H, Tk, D] (mask broadcastable
     to [B, H, Tq, Tk]); under vmap one call over G·B sequences (see the module docstring)."""
-    if not any(_is_batched(x) for x in (q, k, v, attn_mask)):
+    if compiling() or not any(_is_batched(x) for x in (q, k, v, attn_mask)):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale)
     if attn_mask is not None:  # its batch dim made q's, so that folding pairs each row with its sequence
         attn_mask = attn_mask.reshape((1,) * (4 - attn_mask.dim()) + tuple(attn_mask.shape))
