@@ -147,12 +147,14 @@ def _run(ctx) -> list[Claim]:
     workers = 2 if ctx.size == "full" else 1     # the smaller sizes stay in-process (their smoke test)
     ctx.log(f"{' and '.join(MODELS)}: {cfg['steps']} steps each, S={S}, {workers} at once")
     jobs = [{"kind": kind, "size": ctx.size, "seed": ctx.seed, "device": ctx.device} for kind in MODELS]
-    res = dict(zip(MODELS, run_tasks(train_model, jobs, workers=workers)))
-    for kind, r in res.items():
-        ctx.record(model=kind, S=S, **r)
-        ctx.log(f"{kind}: teacher-forced accuracy {r['teacher_forced_accuracy']:.3f} ({r['steps']} steps, "
+
+    def done(i, r):   # each model on record as it finishes (the full size's two take 80-100 min on a CPU)
+        ctx.record(model=MODELS[i], S=S, **r)
+        ctx.log(f"{MODELS[i]}: teacher-forced accuracy {r['teacher_forced_accuracy']:.3f} ({r['steps']} steps, "
                 f"{r['seconds']} s), mass early/late {quarters(r['mass'])}, greedy accuracy early/late "
                 f"{quarters(r['accuracy'])}")
+
+    res = dict(zip(MODELS, run_tasks(train_model, jobs, workers=workers, on_done=done)))
     _plot(ctx, res, S)
     return _claims(ctx, cfg, res)
 
