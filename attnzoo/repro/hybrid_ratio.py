@@ -190,9 +190,9 @@ def _run(ctx):
         ctx.record(kind="run", pattern=todo[i]["pattern"], task=todo[i]["task"], **out)
         ctx.log(f"done {todo[i]['pattern']} {todo[i]['task']}: {out}")
 
-    fresh = dict(zip(((j["pattern"], j["task"]) for j in todo), run_tasks(train_run, todo, workers=workers,
-                                                                           on_done=done)))
-    outs = [kept.get((s[2], task)) or fresh[(s[2], task)] for s, task in runs]
+    done_runs = {**kept, **{(j["pattern"], j["task"]): out for j, out in
+                            zip(todo, run_tasks(train_run, todo, workers=workers, on_done=done))}}
+    outs = [done_runs[(s[2], task)] for s, task in runs]
     p = {**p, "steps_each": task_steps["mqar"], "bytes_steps_each": task_steps["bytes"],
          "unigram_bits": unigram_bits(data["bytes"][0][0])}
     res = {}
