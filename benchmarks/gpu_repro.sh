@@ -33,7 +33,7 @@ STUDIES=("$@")
 # (2026-12-07, H100: kinetics reached L = 65536 at 63 s and was cut by its old 150 s cap during L = 131072,
 # the wall time per context growing ~2x per doubling: cap 300 s now. hybrid-ratio's plan said 331 s and
 # the run passed its 470 s cap; since then each run is on record when it finishes, so a second call with
-# REPRO_RESUME=1 and the first call's results.jsonl continues)
+# REPRO_RESUME=1 and the first call's results.jsonl continues; the next run finished in 437 s, one call)
 declare -A NEED=([kinetics]=180 [hybrid-ratio]=420 [ssa-align]=150 [sinks]=270 [degeneration]=200
                  [icl-regression]=90 [ar-forecast]=90)
 declare -A CAP=([kinetics]=300 [hybrid-ratio]=470 [ssa-align]=270 [sinks]=400 [degeneration]=260
