@@ -38,6 +38,17 @@ def cmd_demo(args):
     run_demo()
 
 
+def _zoo_mixers(text: str | None) -> list[str] | None:
+    """--mixers: a comma list, or a ';' list when it holds one (so that a layer-wise hybrid written with a
+    comma, Zoology's Based "base_conv,based", stays one entry: "softmax;base_conv,based;gla")."""
+    if text is None:
+        return None
+    mixers = [m.strip() for m in text.split(";" if ";" in text else ",")]
+    if not all(mixers):
+        raise ValueError(f"--mixers must be a comma (or ';') list of names or patterns, got {text!r}")
+    return mixers
+
+
 def cmd_zoo(args):
     from attnzoo.bench.zoo import run_zoo
     from attnzoo.bench.zoo.presets import floor_note, get_preset
@@ -46,9 +57,7 @@ def cmd_zoo(args):
     preset = get_preset(args.preset, d_models=args.d_models, lrs=args.lrs, steps=args.steps,
                         schedule_steps=args.schedule_steps,
                         total_seconds=args.total_seconds, grid=args.grid, compile=compile_)
-    mixers = [m.strip() for m in args.mixers.split(",")] if args.mixers is not None else None
-    if mixers is not None and not all(mixers):
-        raise ValueError(f"--mixers must be a comma list of names or patterns, got {args.mixers!r}")
+    mixers = _zoo_mixers(args.mixers)
     if note := floor_note(args.preset, args.steps):
         print(note, file=sys.stderr)
     out = args.out or f"runs/zoo_{args.preset}"
@@ -130,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     pz = sub.add_parser("zoo", help="sweep mixers x d_model x lr on MQAR (Zoology); leaderboard + plot")
     pz.add_argument("--preset", default="quick", choices=["quick", "standard", "paper"])
     pz.add_argument("--mixers", help="comma list of mixers or hybrid patterns (default: every causal mixer). "
-                    "Put a pattern with '+', e.g. gated_deltanet*3+softmax")
+                    "Put a pattern with '+', e.g. gated_deltanet*3+softmax; separate with ';' to keep a comma "
+                    "pattern whole, e.g. 'softmax;base_conv,based'")
     pz.add_argument("--task", default="mqar", choices=["mqar", "passkey", "bytes"])
     pz.add_argument("--device", default="cuda" if _cuda() else "cpu")
     pz.add_argument("--out", help="results folder (default runs/zoo_<preset>)")

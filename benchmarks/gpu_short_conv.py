@@ -267,11 +267,12 @@ def main():
     big, small = ((2, 64, 48), (4, 16, 48)) if SMOKE else ((4, 4096, 6144), (16, 1024, 6144))
     layer = (2, 64, 64, 2) if SMOKE else (4, 4096, 2048, 16)
     tiles = ([{"BLOCK_T": 8, "BWD_BLOCK_T": 16, "BWD_ROWS": 32, "BLOCK_C": 32}] if SMOKE else
-             [{"BLOCK_T": 8, "BWD_BLOCK_T": 8, "BLOCK_C": 128},
+             [{"BLOCK_T": 16, "BWD_BLOCK_T": 8, "BLOCK_C": 128, "BWD_ROWS": 128, "num_warps": 4},  # the 1st default
+              {"BLOCK_T": 8, "BWD_BLOCK_T": 8, "BLOCK_C": 128},
               {"BLOCK_T": 32, "BWD_BLOCK_T": 16, "BLOCK_C": 128, "num_warps": 8},
               {"BLOCK_T": 16, "BWD_BLOCK_T": 8, "BLOCK_C": 256, "num_warps": 8},
               {"BLOCK_T": 16, "BWD_BLOCK_T": 8, "BLOCK_C": 64, "BWD_ROWS": 256},
-              {"BLOCK_T": 16, "BWD_BLOCK_T": 16, "BLOCK_C": 64, "BWD_ROWS": 512, "num_warps": 2}])
+              {"BLOCK_T": 32, "BWD_BLOCK_T": 32, "BLOCK_C": 64, "BWD_ROWS": 1024, "num_warps": 4}])
     cases = [(f"check {list(big)}", lambda: check_case(*big)),
              (f"conv {list(big)}", lambda: conv_case(*big)),
              (f"conv {list(small)}", lambda: conv_case(*small)),

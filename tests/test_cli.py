@@ -2,6 +2,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 import attnzoo
 from attnzoo.bench.table import README_END, README_START, markdown_table
 from attnzoo.cli import main
@@ -29,3 +31,13 @@ def test_version_and_list(capsys):
     assert "`softmax`" in capsys.readouterr().out
     assert main(["list"]) == 0
     assert "gated_softmax" in capsys.readouterr().out
+
+
+def test_zoo_mixers_split_on_semicolons_when_given_so_based_stays_whole():
+    from attnzoo.cli import _zoo_mixers
+
+    assert _zoo_mixers(None) is None
+    assert _zoo_mixers("softmax, gla") == ["softmax", "gla"]
+    assert _zoo_mixers("softmax;base_conv,based; gla") == ["softmax", "base_conv,based", "gla"]
+    with pytest.raises(ValueError, match="';'"):
+        _zoo_mixers("softmax;;gla")
