@@ -8,7 +8,8 @@ bf16 inputs 2e-2, fp32 inputs 5e-3 (tf32 dots)): forward, final state and every 
 gate, g_gamma, scalar and vector gates, T up to 16k, D 64 and 128, strong gates, an initial state;
 varlen against sequences one by one; the decode kernel; torch.compile (inductor) fwd+bwd. The
 vector checks report fast_share, the share of (chunk, head) pairs on the factorised path (strength
-1.0 forgets ~ -32 per chunk: all sub-chunk; "vector_gla" all factorised; "vector_mixed" both).
+1.0 forgets ~ -32 per chunk: all factorised since SAFE_LOG = 80, all sub-chunk before; strength 8:
+all sub-chunk; "vector_gla" and "vector_logsig" all factorised; "vector_mixed" at strength 4 both).
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def inputs(B, T, H, D, gate, dtype, strength, n_state=None, seed=0):
         g = -strength * torch.rand(B, T, H, D, device=dev)
     elif gate in ("vector_gla", "vector_mixed"):  # GLA's gate: logsigmoid(x) / 16, chunk totals ~ -3..-10
         g = torch.nn.functional.logsigmoid(torch.randn(B, T, H, D, device=dev)) / 16
+    elif gate == "vector_logsig":  # the "strong" regime of issue #22: logsigmoid(x), chunk totals ~ -52..-74
+        g = torch.nn.functional.logsigmoid(torch.randn(B, T, H, D, device=dev))
         if gate == "vector_mixed":  # odd heads forget strongly (-U(0, strength) per token) in every other chunk
             sel = ((torch.arange(T, device=dev) // 64) % 2 == 1)[:, None] & (torch.arange(H, device=dev) % 2 == 1)
             g = torch.where(sel[None, :, :, None], -strength * torch.rand(B, T, H, D, device=dev), g)
@@ -218,9 +221,15 @@ def main():
             ("scalar_fp16_777_D64", 1, 777, 2, 64, "scalar", torch.float16),
             # the factorised vector path (issue 7, v2): GLA-like gates, and both branches in one call
             ("vector_gla_8k_D128", 2, 8192, 4, 128, "vector_gla"),
-            ("vector_mixed_4129_D128", 1, 4129, 4, 128, "vector_mixed"),
-            ("vector_mixed_fp16_1000_D128", 1, 1000, 4, 128, "vector_mixed", torch.float16),
-            ("vector_mixed_fp32_1000_D64", 1, 1000, 4, 64, "vector_mixed", torch.float32),
+            # strength 4: -128 per chunk, beyond SAFE_LOG = 80 (at 1.0, -32, both branches were only
+            # sub-chunk before the centred factors of 2026-12-07's third session; now they are factorised)
+            ("vector_mixed_4129_D128", 1, 4129, 4, 128, "vector_mixed", torch.bfloat16, 4.0),
+            ("vector_mixed_fp16_1000_D128", 1, 1000, 4, 128, "vector_mixed", torch.float16, 4.0),
+            ("vector_mixed_fp32_1000_D64", 1, 1000, 4, 64, "vector_mixed", torch.float32, 4.0),
+            # logsigmoid(x) gates, factorised about half the chunk's decay (all safe since then)
+            ("vector_logsig_8k_D128", 2, 8192, 4, 128, "vector_logsig"),
+            ("vector_logsig_4129_D128", 1, 4129, 4, 128, "vector_logsig"),
+            ("vector_logsig_fp16_1000_D128", 1, 1000, 4, 128, "vector_logsig", torch.float16),
         ]
         only = args.only.split(",") if args.only else None
         for c in cases:
@@ -263,11 +272,11 @@ if __name__ == "__main__" and not os.environ.get("GLA_EXTRA"):
 def breakdown(B=2, T=8192, H=16, D=128):
     """Median ms of each launch of the chunked fwd and bwd (bf16): scalar gate; vector gate with
     GLA-like decay (strength 0.1: every chunk on the factorised path) and with strong decay
-    (strength 1.0: every chunk on the sub-chunk path)."""
+    (strength 4.0: every chunk on the sub-chunk path)."""
     from attnzoo.ops.linear.triton import chunk as tc
 
     out = []
-    for gate, strength in (("scalar", 0.1), ("vector", 0.1), ("vector", 1.0)):
+    for gate, strength in (("scalar", 0.1), ("vector", 0.1), ("vector", 4.0)):
         q, k, v, g, _, _ = inputs(B, T, H, D, gate, torch.bfloat16, strength)
         share = fast_share(g)
         P = lambda x: x.reshape(B * T, *x.shape[2:]).contiguous()  # noqa: E731

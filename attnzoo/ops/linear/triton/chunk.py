@@ -14,7 +14,7 @@ its formula:
               cumsum.py; scalar gate: all inside scalar_bwd.py)
 
 Vector gate: a (chunk, head) whose total log decay is >= −SAFE_LOG (safe.py, vector_fast.py) forms A
-as one factorised product (q ⊙ e^{b})(k ⊙ e^{−b})ᵀ inside the output/dv kernels and gets dq, dk,
+as one factorised product (q ⊙ e^{b − c})(k ⊙ e^{c − b})ᵀ, c = b_l / 2, inside the output/dv kernels and gets dq, dk,
 db from chunk_vector_fast_dqdk_kernel; the others keep the sub-chunk kernels. Both kinds of
 kernel are launched; each returns at once on the chunks of the other branch.
 """

@@ -10,8 +10,9 @@ leaving it). One program per (chunk, V block, head). With S_0 = h of the chunk (
 A_ij = Σ_k q_ik k_jk e^{b_ik - b_jk} (i >= j). For no gate or a scalar gate (GATE 0, 1) A is
 formed here, pairwise, as (Q Kᵀ) ⊙ e^{b_i - b_j}. For a vector gate (GATE 2) it depends on the
 chunk's branch (safe.chunk_is_safe, GLA: Yang et al. 2023, arXiv:2312.06635):
-safe chunks (total decay >= −SAFE_LOG) form it here as one factorised product per K block,
-A = (q ⊙ e^{b})(k ⊙ e^{−b})ᵀ and Aᵀ = (k ⊙ e^{−b})(q ⊙ e^{b})ᵀ from transposed loads; the others
+safe chunks (total decay >= −SAFE_LOG) form it here as one factorised product per K block about
+the half of the chunk's decay, c = b_l / 2 (vector_fast.py), A = (q ⊙ e^{b − c})(k ⊙ e^{c − b})ᵀ and
+Aᵀ = (k ⊙ e^{c − b})(q ⊙ e^{b − c})ᵀ from transposed loads; the others
 read it from the buffer written by vector.chunk_intra_kernel ([N_tok, H, BT], float32).
 FACTOR_F32 takes the factorised operands in float32 (tf32 dots; see vector_fast.FACTOR_F32).
 """
@@ -57,10 +58,12 @@ def chunk_output_kernel(
         if GATE < 2:
             kT = tl.load(k + t[None, :] * (H * K) + i_h * K + kk[:, None], mask=mk[:, None] & mt[None, :], other=0.0)
             acc_A += tl.dot(qt, kT)
-        elif safe:  # factorised: (q ⊙ e^{b}) (k ⊙ e^{-b})ᵀ, e^{-b} <= e^{SAFE_LOG}
+        elif safe:  # factorised about c = b_l / 2: (q ⊙ e^{b − c}) (k ⊙ e^{c − b})ᵀ, |exponents| <= SAFE_LOG / 2
             kT = tl.load(k + t[None, :] * (H * K) + i_h * K + kk[:, None], mask=mk[:, None] & mt[None, :], other=0.0)
             bT = tl.load(b + t[None, :] * (H * K) + i_h * K + kk[:, None], mask=mk[:, None] & mt[None, :], other=0.0)
-            acc_A += tl.dot(factor_cast(qt * tl.exp(bq), qt, FACTOR_F32), factor_cast(kT * tl.exp(-bT), qt, FACTOR_F32))
+            c = 0.5 * tl.load(b + (tl.minimum(t0 + BT, eos) - 1) * (H * K) + i_h * K + kk, mask=mk, other=0.0)
+            acc_A += tl.dot(factor_cast(qt * tl.exp(bq - c[None, :]), qt, FACTOR_F32),
+                            factor_cast(kT * tl.exp(c[:, None] - bT), qt, FACTOR_F32))
     causal = (tl.arange(0, BT)[:, None] >= tl.arange(0, BT)[None, :]) & mt[:, None] & mt[None, :]
     if GATE == 1:
         bt = tl.load(b + t * H + i_h, mask=mt, other=0.0)
@@ -117,10 +120,12 @@ def chunk_dv_kernel(
         if GATE < 2:
             qT = tl.load(q + t[None, :] * (H * K) + i_h * K + kk[:, None], mask=mk[:, None] & mt[None, :], other=0.0)
             AT += tl.dot(kt, qT)
-        elif safe:  # factorised: (k ⊙ e^{-b}) (q ⊙ e^{b})ᵀ from transposed loads
+        elif safe:  # factorised about c = b_l / 2: (k ⊙ e^{c − b}) (q ⊙ e^{b − c})ᵀ from transposed loads
             qT = tl.load(q + t[None, :] * (H * K) + i_h * K + kk[:, None], mask=mk[:, None] & mt[None, :], other=0.0)
             bT = tl.load(b + t[None, :] * (H * K) + i_h * K + kk[:, None], mask=mk[:, None] & mt[None, :], other=0.0)
-            AT += tl.dot(factor_cast(kt * tl.exp(-bk), kt, FACTOR_F32), factor_cast(qT * tl.exp(bT), kt, FACTOR_F32))
+            c = 0.5 * blk
+            AT += tl.dot(factor_cast(kt * tl.exp(c[None, :] - bk), kt, FACTOR_F32),
+                         factor_cast(qT * tl.exp(bT - c[:, None]), kt, FACTOR_F32))
     anti = (tl.arange(0, BT)[:, None] <= tl.arange(0, BT)[None, :]) & mt[:, None] & mt[None, :]
     if GATE == 1:
         AT *= tl.exp(tl.where(anti, bt[None, :] - bt[:, None], 0.0))
