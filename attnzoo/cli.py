@@ -183,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     pbs.add_argument("--modes", default="fwd,fwdbwd,decode", help="comma list of fwd, fwdbwd, decode")
     pbs.add_argument("--rounds", type=int, default=3,
                      help="interleaved timing rounds per case (providers rotated; the median is reported)")
+    pbs.add_argument("--gates", default="weak", help="comma list of gate regimes for the GLA ops: weak "
+                     "(logsigmoid(x)/16, GLA's own), strong (logsigmoid(x)); a table row per regime")
     pbs.add_argument("--out", default="benchmarks/results/speed", help="folder for speed.jsonl/.md/.png")
     pbs.set_defaults(func=cmd_bench_speed)
     psp = bsub.add_parser("sp", help="sequence parallelism on gloo CPU processes: All-Scan vs ring vs all-gather, "
@@ -350,7 +352,8 @@ def cmd_bench_speed(args):
     shapes = (parse_shapes(args.shapes, H=args.heads, D=args.head_dim, tokens=args.tokens) if args.shapes
               else default_shapes(tokens=args.tokens, H=args.heads, D=args.head_dim))
     providers = tuple(args.providers.split(",")) if args.providers else PROVIDERS
-    _, md = run_speed(shapes, args.out, providers=providers, modes=tuple(args.modes.split(",")), rounds=args.rounds)
+    _, md = run_speed(shapes, args.out, providers=providers, modes=tuple(args.modes.split(",")), rounds=args.rounds,
+                      gates=tuple(g.strip() for g in args.gates.split(",") if g.strip()))
     print(md)
 
 

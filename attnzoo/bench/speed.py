@@ -11,9 +11,13 @@ Providers (one name each in the results):
   mixer:NAME      a whole registered mixer (projections, gates, norms and its op) at
                   d_model = H·D with n_heads = H, bf16 weights; e.g. mixer:gla, mixer:softmax
 Modes: fwd, fwdbwd, decode (one new token against a context of T: our recurrent kernel with a
-state; SDPA with a KV cache of length T). Times are triton.testing.do_bench medians after warm-up,
-on random inputs, taken in --rounds interleaved rounds per case (the providers in rotated order;
-the median of the rounds is reported, every round kept in ms_rounds).
+state; SDPA with a KV cache of length T). Gate regimes (--gates, fwd and fwdbwd of the GLA ops, ours
+and fla's): "weak", g = logsigmoid(x) / 16 (GLA's own gate: chunk totals about −3..−10), and "strong",
+g = logsigmoid(x) (−0.81 per token: RWKV-6 / HGRN-2-like forgetting), x ~ N(0, 1); each record says
+which ("gates"), the table has a row per regime, the gate-less providers (SDPA, mixers) in each.
+Times are triton.testing.do_bench medians after warm-up, on random inputs, taken in --rounds
+interleaved rounds per case (the providers in rotated order; the median of the rounds is reported,
+every round kept in ms_rounds).
 FLOPs: SDPA causal fwd 2·B·H·T²·D (half of 4·B·H·T²·D), fwd+bwd 3.5 x fwd;
 chunked GLA fwd B·H·T·(4·K·V + 2·C·(K + V)) with C = 64, fwd+bwd 3.5 x fwd (a model, stated so).
 Results: JSON lines (first a machine line), a Markdown table with ratios per shape, a PNG plot.
@@ -32,6 +36,8 @@ DEFAULT_T = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
 PROVIDERS = ("attnzoo_scalar", "attnzoo_vector", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient",
              "fla_simple_gla", "fla_gla")
 MODES = ("fwd", "fwdbwd", "decode")
+GATES = {"weak": 16.0, "strong": 1.0}   # regime: g = logsigmoid(randn) / divisor
+GATED = ("attnzoo_scalar", "attnzoo_vector", "fla_simple_gla", "fla_gla")
 
 
 @dataclass
@@ -124,8 +130,9 @@ def make_mixer_call(name, s: Shape, mode, dtype=torch.bfloat16, device="cuda"):
     return (lambda: torch.autograd.grad(m(x), [x, *params], dy)), None
 
 
-def make_call(provider, s: Shape, mode, dtype=torch.bfloat16, fla=None):
-    """Returns (fn, flops) or None when the provider cannot run this case."""
+def make_call(provider, s: Shape, mode, dtype=torch.bfloat16, fla=None, gates="weak"):
+    """Returns (fn, flops) or None when the provider cannot run this case. gates: a GATES regime
+    (the GLA ops' fwd and fwdbwd)."""
     import torch.nn.functional as F
 
     if provider.startswith("mixer:"):
@@ -165,7 +172,7 @@ def make_call(provider, s: Shape, mode, dtype=torch.bfloat16, fla=None):
         return (lambda: gated_linear_attention(q, k, v, g, initial_state=S, output_final_state=True,
                                                impl="triton")), 4 * B * H * D * D
     q, k, v = rnd(B, T, H, D), rnd(B, T, H, D), rnd(B, T, H, D)
-    g = torch.nn.functional.logsigmoid(torch.randn(B, T, H, *((D,) if vector else ()), device=dev)) / 16
+    g = torch.nn.functional.logsigmoid(torch.randn(B, T, H, *((D,) if vector else ()), device=dev)) / GATES[gates]
     g.requires_grad_(rg)
     do = torch.randn_like(v)
     if provider.startswith("attnzoo"):
@@ -184,15 +191,22 @@ def make_call(provider, s: Shape, mode, dtype=torch.bfloat16, fla=None):
     return fn, gla_flops(s, mode)
 
 
-def prepare(provider, s, mode, fla=None):
+def regimes(provider, mode, gates) -> tuple:
+    """The gate regimes a provider is timed in: each of `gates` for the GLA ops' fwd / fwdbwd, else
+    (None,): SDPA and whole mixers have no gate input, decode's cost does not depend on its values."""
+    return tuple(gates) if provider in GATED and mode != "decode" else (None,)
+
+
+def prepare(provider, s, mode, fla=None, gates=None):
     """(record, fn): the first call (its seconds), peak memory above the inputs, and the call to
-    time; fn is None when the provider cannot run this case or failed (then record has "error")."""
-    rec = {"provider": provider, "mode": mode, **asdict(s)}
+    time; fn is None when the provider cannot run this case or failed (then record has "error").
+    gates: the GATES regime of a GLA op's inputs (None: weak, and not recorded)."""
+    rec = {"provider": provider, "mode": mode, **asdict(s), **({"gates": gates} if gates else {})}
     try:
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         base = torch.cuda.memory_allocated()
-        call = make_call(provider, s, mode, fla=fla)
+        call = make_call(provider, s, mode, fla=fla, gates=gates or "weak")
         if call is None:
             return None, None
         fn, flops = call
@@ -259,15 +273,24 @@ def _mixer_providers(records):
 
 
 def markdown(records):
+    """One row per (mode, T, B) and, when records carry them, gate regime: a record without "gates"
+    (SDPA, mixers, decode; or a run before regimes existed) is shown in every regime's row of its case."""
+    timed = [r for r in records if "ms" in r]
+    regs = {}
+    for r in timed:
+        if r.get("gates"):
+            regs.setdefault((r["mode"], r["T"], r["B"]), set()).add(r["gates"])
     rows = {}
-    for r in records:
-        if "ms" in r:
-            rows.setdefault((r["mode"], r["T"], r["B"]), {})[r["provider"]] = r
+    for r in timed:
+        case = (r["mode"], r["T"], r["B"])
+        for g in [r["gates"]] if r.get("gates") else sorted(regs.get(case, {""})):
+            rows.setdefault((*case, g), {})[r["provider"]] = r
+    with_gates = any(regs.values())
     provs = [p for p in PROVIDERS + _mixer_providers(records) if any(p in v for v in rows.values())]
-    head = ("| mode | T | B | " + " | ".join(f"{p} ms" for p in provs)
+    head = ("| mode | T | B | " + ("gates | " if with_gates else "") + " | ".join(f"{p} ms" for p in provs)
             + " | scalar/fla | vector/fla | scalar/best SDPA | vector/best SDPA |")
-    lines = [head, "|" + "---|" * (3 + len(provs) + 4)]
-    for (mode, T, B), v in sorted(rows.items()):
+    lines = [head, "|" + "---|" * (3 + with_gates + len(provs) + 4)]
+    for (mode, T, B, gates), v in sorted(rows.items()):
         sd = [v[p]["ms"] for p in v if p.startswith("sdpa_")]
         best = min(sd) if sd else None
         ratio = lambda a, b: f"{v[a]['ms'] / b:.2f}" if a in v and b else "-"  # noqa: E731
@@ -276,7 +299,8 @@ def markdown(records):
         cells = [f"{v[p]['ms']:.3f}" if p in v else "-" for p in provs]
         ratios = [ratio("attnzoo_scalar", fs), ratio("attnzoo_vector", fv), ratio("attnzoo_scalar", best),
                   ratio("attnzoo_vector", best)]
-        lines.append(f"| {mode} | {T} | {B} | " + " | ".join(cells + ratios) + " |")
+        lines.append(f"| {mode} | {T} | {B} | " + (f"{gates or '-'} | " if with_gates else "")
+                     + " | ".join(cells + ratios) + " |")
     return "\n".join(lines) + "\n\nRatios are time(ours) / time(baseline): below 1 means ours is faster.\n"
 
 
@@ -308,9 +332,13 @@ def _is_mixer(provider) -> bool:
     return provider.split(":", 1)[1] in list_mixers()
 
 
-def run_speed(shapes, out_dir, providers=PROVIDERS, modes=("fwd", "fwdbwd"), progress=print, rounds=3):
-    """Every (mode, shape): each provider prepared once, then timed in `rounds` interleaved rounds
-    (timed_rounds). Appends JSON lines to out_dir/speed.jsonl as each case finishes."""
+def run_speed(shapes, out_dir, providers=PROVIDERS, modes=("fwd", "fwdbwd"), progress=print, rounds=3,
+              gates=("weak",)):
+    """Every (mode, shape): each provider prepared once per gate regime it takes (regimes), then
+    timed in `rounds` interleaved rounds (timed_rounds). Appends JSON lines to out_dir/speed.jsonl
+    as each case finishes. gates: GATES regimes; ("weak",) alone records no "gates" key (as before)."""
+    if not gates or any(g not in GATES for g in gates):
+        raise ValueError(f"gates must be a non-empty list of {sorted(GATES)}, got {gates!r}")
     if not torch.cuda.is_available():
         raise ValueError("bench speed needs a CUDA GPU (torch.cuda.is_available() is False)")
     bad = [p for p in providers if p not in PROVIDERS and not _is_mixer(p)] + [m for m in modes if m not in MODES]
@@ -318,6 +346,7 @@ def run_speed(shapes, out_dir, providers=PROVIDERS, modes=("fwd", "fwdbwd"), pro
         raise ValueError(f"unknown providers/modes {bad}; providers: {PROVIDERS}, modes: {MODES}")
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
+    tagged = tuple(gates) != ("weak",)
     os.makedirs(out_dir, exist_ok=True)
     jl = os.path.join(out_dir, "speed.jsonl")
     fla = fla_module() if any(p.startswith("fla_") for p in providers) else None
@@ -327,11 +356,12 @@ def run_speed(shapes, out_dir, providers=PROVIDERS, modes=("fwd", "fwdbwd"), pro
         for mode in modes:
             for s in shapes:
                 entries = [e for p in providers if not (p.startswith("fla_") and fla is None)
-                           for e in [prepare(p, s, mode, fla=fla)] if e[0] is not None]
+                           for g in regimes(p, mode, gates)
+                           for e in [prepare(p, s, mode, fla=fla, gates=g if tagged else None)] if e[0] is not None]
                 for rec in timed_rounds(entries, rounds):
                     records.append(rec)
                     f.write(json.dumps(rec) + "\n")
-                    progress(f"{mode:7s} T={s.T:6d} B={s.B:3d} {rec['provider']:16s} "
+                    progress(f"{mode:7s} T={s.T:6d} B={s.B:3d} {rec['provider']:16s} {rec.get('gates') or '':6s} "
                              + (f"{rec['ms']:9.3f} ms  peak {rec['peak_mb']:8.1f} MB" if "ms" in rec
                                 else rec["error"]))
                 f.flush()

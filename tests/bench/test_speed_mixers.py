@@ -64,3 +64,31 @@ def test_timed_rounds_interleave_rotate_and_take_the_median():
     assert d == {"provider": "d", "error": "refused"}
     with pytest.raises(ValueError, match="rounds"):
         timed_rounds(entries, 0, timer=timer)
+
+
+def test_gate_regimes_get_a_row_each_with_the_gateless_providers_in_both():
+    from attnzoo.bench.speed import regimes
+
+    assert regimes("attnzoo_vector", "fwdbwd", ("weak", "strong")) == ("weak", "strong")
+    assert regimes("attnzoo_vector", "decode", ("weak", "strong")) == (None,)
+    assert regimes("sdpa_cudnn", "fwd", ("weak", "strong")) == (None,)
+    recs = [{"provider": "attnzoo_vector", "mode": "fwd", "T": 12, "B": 2, "ms": 1.0, "gates": "weak"},
+            {"provider": "attnzoo_vector", "mode": "fwd", "T": 12, "B": 2, "ms": 3.0, "gates": "strong"},
+            {"provider": "fla_gla", "mode": "fwd", "T": 12, "B": 2, "ms": 2.0, "gates": "weak"},
+            {"provider": "fla_gla", "mode": "fwd", "T": 12, "B": 2, "ms": 2.0, "gates": "strong"},
+            {"provider": "sdpa_cudnn", "mode": "fwd", "T": 12, "B": 2, "ms": 4.0}]
+    rows = [ln for ln in markdown(recs).splitlines() if ln.startswith("| fwd")]
+    assert len(rows) == 2 and "gates |" in markdown(recs)
+    strong = next(r for r in rows if "| strong |" in r)
+    weak = next(r for r in rows if "| weak |" in r)
+    # vector/fla and vector/best SDPA per regime; SDPA's 4.000 in both rows
+    assert "| 1.50 |" in strong and "| 0.75 |" in strong and "| 0.50 |" in weak and "| 0.25 |" in weak
+    assert "4.000" in strong and "4.000" in weak
+
+
+def test_unknown_gate_regime_is_refused_before_any_run(tmp_path):
+    from attnzoo.bench.speed import run_speed
+
+    with pytest.raises(ValueError, match="gates must be"):
+        run_speed([S], str(tmp_path / "none"), gates=("medium",))
+    assert not (tmp_path / "none").exists()
