@@ -221,7 +221,7 @@ def test_steps_cut_to_fit_the_budget_are_said():
     (["--grid", "0:2"], "grid must be at least one (seq_len >= 1, num_pairs >= 0) pair"),
     (["--workers", "0"], "workers must be an integer >= 1"),
     (["--threads", "-1"], "threads must be an integer >= 1"),
-    (["--mixers", ""], "--mixers must be a comma list"),
+    (["--mixers", ""], "--mixers must be a comma (or ';') list"),
     (["--mixers", "bi_mamba"], "mixer 'bi_mamba' is not causal"),
 ])
 def test_bad_settings_fail_before_any_run(tmp_path, capsys, args, expected):
