@@ -95,6 +95,15 @@ def test_default_tiles():
     check(2, 37, 24, 4, mask=True)
 
 
+def test_default_tiles_across_row_strips_and_channel_tiles():
+    """The shipped tiles where they are not clipped: T + W − 1 = 1103 rows make three backward strips of
+    BWD_ROWS (512) rows, so dweight and dbias sum partial strips, and C = 80 leaves a partial second
+    channel tile of BLOCK_C (64)."""
+    tri.TUNE.update(DEFAULT_TUNE)
+    assert tri.TUNE["BWD_ROWS"] < 1103 and tri.TUNE["BLOCK_C"] < 80
+    check(2, 1100, 80, 4, mask=True)
+
+
 @pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 1.5e-2), (torch.float16, 2e-3)])
 def test_half_inputs(dtype, tol):
     """bf16 / fp16 x, weight, bias and state: accumulation in float32, outputs and gradients rounded."""
