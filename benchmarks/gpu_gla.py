@@ -8,8 +8,9 @@ bf16 inputs 2e-2, fp32 inputs 5e-3 (tf32 dots)): forward, final state and every 
 gate, g_gamma, scalar and vector gates, T up to 16k, D 64 and 128, strong gates, an initial state;
 varlen against sequences one by one; the decode kernel; torch.compile (inductor) fwd+bwd. The
 vector checks report fast_share, the share of (chunk, head) pairs on the factorised path (strength
-1.0 forgets ~ -32 per chunk: all factorised since SAFE_LOG = 80, all sub-chunk before; strength 8:
-all sub-chunk; "vector_gla" and "vector_logsig" all factorised; "vector_mixed" at strength 4 both).
+1.0 forgets ~ -32 per chunk: sub-chunk at SAFE_LOG = 20, factorised at 80; strength 8: all sub-chunk;
+"vector_gla" all factorised; "vector_logsig" (-52..-74 per chunk) factorised only at SAFE_LOG = 80;
+"vector_mixed" at strength 4 both at either bound).
 """
 
 from __future__ import annotations
@@ -221,12 +222,12 @@ def main():
             ("scalar_fp16_777_D64", 1, 777, 2, 64, "scalar", torch.float16),
             # the factorised vector path (issue 7, v2): GLA-like gates, and both branches in one call
             ("vector_gla_8k_D128", 2, 8192, 4, 128, "vector_gla"),
-            # strength 4: -128 per chunk, beyond SAFE_LOG = 80 (at 1.0, -32, both branches were only
-            # sub-chunk before the centred factors of 2026-12-07's third session; now they are factorised)
+            # strength 4: -128 per chunk, beyond SAFE_LOG 20 and 80 (at 1.0, -32 per chunk, the "strong"
+            # chunks would be factorised once SAFE_LOG is 80, which the centred factors allow)
             ("vector_mixed_4129_D128", 1, 4129, 4, 128, "vector_mixed", torch.bfloat16, 4.0),
             ("vector_mixed_fp16_1000_D128", 1, 1000, 4, 128, "vector_mixed", torch.float16, 4.0),
             ("vector_mixed_fp32_1000_D64", 1, 1000, 4, 64, "vector_mixed", torch.float32, 4.0),
-            # logsigmoid(x) gates, factorised about half the chunk's decay (all safe since then)
+            # logsigmoid(x) gates: all sub-chunk at SAFE_LOG 20, all factorised (centred) at 80
             ("vector_logsig_8k_D128", 2, 8192, 4, 128, "vector_logsig"),
             ("vector_logsig_4129_D128", 1, 4129, 4, 128, "vector_logsig"),
             ("vector_logsig_fp16_1000_D128", 1, 1000, 4, 128, "vector_logsig", torch.float16),

@@ -14,21 +14,23 @@ c = b_l / 2 (l = min(t0 + BT, eos) − 1 the chunk's last valid row; b is cumula
 chunk's minimum): then every exponent b_i − c and c − b_j lies within ±|b_l| / 2. A (chunk, head)
 is SAFE when
 
-    min_k b_{l,k} >= −SAFE_LOG        (SAFE_LOG = 80: each factor within e^{±40})
+    min_k b_{l,k} >= −SAFE_LOG        (each factor within e^{±SAFE_LOG / 2})
 
 For the causal pairs (i >= j) the two exponents sum to b_i − b_j <= 0, so a product never exceeds
-|q_ik k_jk| and a factor never leaves ~2e17 |x| (float32 / bf16 range: 3.4e38); each factor is a
-scale, so the operands' relative precision and hence the products' are those of the unfactorised
-form. Only the masked pairs (i < j) can reach e^{80} |q k| and, with large inputs, overflow: every
-kernel drops them with tl.where (never by multiplying with a mask), so an inf there stays unread.
-fp16 inputs take float32 factors (factor_cast: fp16's range holds neither e^{40} nor e^{−40}).
-Gates: GLA's own (logsigmoid(x)/16) gives chunk totals of about −3..−10; logsigmoid(x) with x ~
-N(0, 1) ("strong", −0.81 per token on average) gives min_k b_l from −52 to −74 (K = 128, measured over
-4096 (chunk, head)s), all safe, where the first bound (SAFE_LOG = 20 about c = 0, i.e. e^{−b} <=
-e^{20}) sent every such chunk to the sub-chunk path of vector.py, which is 3x slower (the 2026-12-07
-H100 profile: 6.45 against 2.15 ms fwd+bwd). Gates that forget harder than −80 per chunk (e.g. −10 per
-token) keep the sub-chunk path. Every kernel that branches calls `chunk_is_safe` on the same b
-buffer: a minimum is exact in any order, so all kernels take the same branch for a chunk
+|q_ik k_jk|, and each factor is a scale, so the operands' relative precision and hence the products'
+are those of the unfactorised form. With SAFE_LOG = 80 a factor stays within e^{40} ≈ 2e17 |x| (float32
+/ bf16 / tf32 range: 3.4e38); only the masked pairs (i < j) can reach e^{SAFE_LOG} |q k| and, with large
+inputs, overflow: every kernel drops them with tl.where (never by multiplying with a mask), so an inf
+there stays unread (tested). fp16 inputs take float32 factors (factor_cast). Gates: GLA's own
+(logsigmoid(x)/16) gives chunk totals of about −3..−10; logsigmoid(x), x ~ N(0, 1) ("strong", −0.81 per
+token) gives min_k b_l from −52 to −74 (K = 128, over 4096 (chunk, head)s). SAFE_LOG is 20 for now (the
+bound of the uncentred form, c = 0, checked on the GPU): every strong chunk then takes the sub-chunk path
+of vector.py, 3x slower (the 2026-12-07 H100 profile: 6.45 against 2.15 ms fwd+bwd). 80, which the centred
+factors allow and which factorises every strong chunk, is checked in the interpreter (fp32, fp16) and
+waits for a bf16 check on the GPU (benchmarks/gpu_gla.py's vector_logsig cases, gpu_profile_gaps.py).
+Gates that forget harder than −SAFE_LOG per chunk keep the sub-chunk path.
+Every kernel that branches calls `chunk_is_safe` on the same b buffer: a minimum is exact in any
+order, so all kernels take the same branch for a chunk
 (vector.chunk_intra_kernel and chunk_vector_dqdk_kernel return at once on safe chunks,
 chunk_vector_fast_dqdk_kernel on unsafe ones, output's kernels form A themselves on safe chunks and
 read it on unsafe ones).
