@@ -16,7 +16,7 @@ import triton.language as tl
 
 # a chunk is factorised when its total log decay is >= −SAFE_LOG. With the factors centred on half the decay
 # (vector_fast.py) 80 is safe (factors within e^{±40}) and is what logsigmoid(x) gates need (chunk totals
-# −52..−74); it stays 20 until a GPU run checks bf16 there (interpreter-checked only: notes/gpu_queue.md).
+# −52..−74); it stays 20 until a GPU run checks bf16 there (interpreter-checked only: notes/triton_gla.md).
 SAFE_LOG = tl.constexpr(20.0)
 
 
