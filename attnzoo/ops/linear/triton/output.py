@@ -37,13 +37,14 @@ def chunk_output_kernel(
     bos, eos, t0 = chunk_rows(cu_seqlens, chunk_seq, chunk_idx, i_c, BT)
     t = t0 + tl.arange(0, BT)
     mt = t < eos
+    last = tl.minimum(t0 + BT, eos) - 1
     vv = i_v * BV + tl.arange(0, BV)
     h_base = h + i_c.to(tl.int64) * H * K * V + i_h * K * V
     acc_o = tl.zeros([BT, BV], dtype=tl.float32)
     acc_A = tl.zeros([BT, BT], dtype=tl.float32)
     safe = False
     if GATE == 2:
-        safe = chunk_is_safe(b, tl.minimum(t0 + BT, eos) - 1, i_h, H, K, BK)
+        safe = chunk_is_safe(b, last, i_h, H, K, BK)
     for i_k in range(tl.cdiv(K, BK)):
         kk = i_k * BK + tl.arange(0, BK)
         mk = kk < K
@@ -61,7 +62,7 @@ def chunk_output_kernel(
         elif safe:  # factorised about c = b_l / 2: (q ⊙ e^{b − c}) (k ⊙ e^{c − b})ᵀ, |exponents| <= SAFE_LOG / 2
             kT = tl.load(k + t[None, :] * (H * K) + i_h * K + kk[:, None], mask=mk[:, None] & mt[None, :], other=0.0)
             bT = tl.load(b + t[None, :] * (H * K) + i_h * K + kk[:, None], mask=mk[:, None] & mt[None, :], other=0.0)
-            c = 0.5 * tl.load(b + (tl.minimum(t0 + BT, eos) - 1) * (H * K) + i_h * K + kk, mask=mk, other=0.0)
+            c = 0.5 * tl.load(b + last * (H * K) + i_h * K + kk, mask=mk, other=0.0)
             acc_A += tl.dot(factor_cast(qt * tl.exp(bq - c[None, :]), qt, FACTOR_F32),
                             factor_cast(kT * tl.exp(c[:, None] - bT), qt, FACTOR_F32))
     causal = (tl.arange(0, BT)[:, None] >= tl.arange(0, BT)[None, :]) & mt[:, None] & mt[None, :]
