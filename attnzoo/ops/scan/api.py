@@ -13,7 +13,8 @@ cu_seqlens [S + 1] (int) packs S sequences into the T steps of a batch of one: s
 (zero-order hold on A, Euler on B, as in the paper). A step with Δ_t = 0 leaves h unchanged,
 which is how mixers make padded steps invisible.
 impl: "reference" (loop over time), "torch" (chunked scan, chunk_size steps per chunk; None: ~sqrt(T)),
-"auto" (= torch).
+"triton" (ops/scan/triton: the state kept in registers; CUDA, float16 / bfloat16 / float32, no cu_seqlens;
+chunk_size is not used), "auto" (triton on CUDA when SCAN_TRITON_AUTO is on and the inputs fit, else torch).
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from __future__ import annotations
 from attnzoo.ops.common.checks import check_scan_inputs
 from attnzoo.ops.common.dispatch import resolve_impl
 from attnzoo.ops.common.precision import without_autocast
+
+# "auto" takes the Triton kernel on CUDA only once a GPU run has checked it at real shapes (benchmarks/gpu_scan.py)
+SCAN_TRITON_AUTO = False
 
 
 @without_autocast  # computes in float32 (the state) whatever the caller's autocast
@@ -32,7 +36,7 @@ def selective_scan(u, delta, A, B, C, D=None, *, initial_state=None, output_fina
         u, delta: [B, T, D] (delta > 0). A: [D, N] (negative). B, C: [B, T, N]. D: [D] skip or None.
         initial_state: [B, D, N] or None (zeros). output_final_state: return the last state.
         cu_seqlens: int [S + 1] packing S sequences into T (B == 1; states [S, D, N]), or None.
-        impl: "auto" | "reference" | "torch". chunk_size: steps per chunk of the torch path (None: ~sqrt(T)).
+        impl: "auto" | "reference" | "torch" | "triton". chunk_size: steps per chunk of the torch path (None: ~sqrt(T)).
     Returns:
         (y [B, T, D] in u's dtype, final_state [B, D, N] float32 (float64) or None).
 
@@ -46,7 +50,7 @@ def selective_scan(u, delta, A, B, C, D=None, *, initial_state=None, output_fina
         True
     """
     check_scan_inputs(u, delta, A, B, C, D, initial_state, cu_seqlens=cu_seqlens)
-    impl = resolve_impl(impl, u, triton_supported=False)
+    impl = resolve_impl(impl, u, triton_supported=SCAN_TRITON_AUTO and u.is_cuda and cu_seqlens is None and _fits(u, delta, A, B, C))
     kw = {"initial_state": initial_state, "output_final_state": output_final_state, "cu_seqlens": cu_seqlens}
     if impl == "reference":
         from attnzoo.ops.scan.reference import selective_scan_reference
@@ -56,4 +60,19 @@ def selective_scan(u, delta, A, B, C, D=None, *, initial_state=None, output_fina
         from attnzoo.ops.scan.chunk import chunk_selective_scan
 
         return chunk_selective_scan(u, delta, A, B, C, D, chunk_size=chunk_size, **kw)
-    raise ValueError('selective_scan has no Triton kernel yet; use impl="torch" or "reference"')
+    if cu_seqlens is not None:
+        raise ValueError('selective_scan impl="triton" takes no cu_seqlens; use impl="torch" for packed sequences')
+    from attnzoo.ops.scan.triton import triton_selective_scan
+
+    y, h = triton_selective_scan(u, delta, A, B, C, D, initial_state=initial_state)
+    return y, (h if output_final_state else None)
+
+
+def _fits(u, delta, A, B, C) -> bool:
+    from attnzoo.ops.common.dispatch import triton_available
+
+    if not triton_available():
+        return False
+    from attnzoo.ops.scan.triton import triton_scan_supported
+
+    return triton_scan_supported(u, delta, A, B, C)

@@ -22,6 +22,7 @@ from typing import Optional
 import torch
 
 import attnzoo.ops.linear.triton.api  # noqa: F401  (applies the interpreter patch of Triton 3.6: CPU tests)
+from attnzoo.ops.common.checks import check_scan_inputs
 from attnzoo.ops.common.dispatch import triton_interpret
 from attnzoo.ops.common.opaque import compiling, empty_like_none, none_if_empty
 
@@ -137,6 +138,9 @@ def _(u, dt, A, B, C, D, ck, dy, dhT):
 
 def _grads(bwd, ctx, dy, dhT):
     u, dt, A, B, C, D, h0, ck = ctx.saved_tensors
+    if ck.numel() == 0:
+        raise RuntimeError("selective scan backward without the forward's checkpoints (the forward ran with "
+                           "grad mode off)")
     du, ddt, dA, dB, dC, dD, dh0 = bwd(u, dt, A, B, C, D, ck, dy.contiguous(),
                                        None if dhT is None else dhT.contiguous())
     return (du, ddt, dA, dB, dC, none_if_empty(dD) if D is not None else None,
@@ -189,9 +193,11 @@ class _EagerScan(torch.autograd.Function):
 
 def triton_selective_scan(u, delta, A, B, C, D=None, *, initial_state=None):
     """The selective scan (module docstring): (y [B, T, D] in u's dtype, final state [B, D, N] float32)."""
+    check_scan_inputs(u, delta, A, B, C, D, initial_state)
     _check(u, delta, A, B, C)
-    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                           for t in (u, delta, A, B, C, D, initial_state))
+    # the chunk checkpoints whenever autograd records (requires_grad is not seen through vmap's wrappers);
+    # they are 1/L of the states, dropped at once when nothing is recorded
+    save = torch.is_grad_enabled()
     args = (u.contiguous(), delta.contiguous(), A.float().unsqueeze(0).contiguous(), B.contiguous(), C.contiguous(),
             None if D is None else D.float().unsqueeze(0).contiguous(),
             None if initial_state is None else initial_state.float().contiguous(), save)
