@@ -50,7 +50,8 @@ def selective_scan(u, delta, A, B, C, D=None, *, initial_state=None, output_fina
         True
     """
     check_scan_inputs(u, delta, A, B, C, D, initial_state, cu_seqlens=cu_seqlens)
-    impl = resolve_impl(impl, u, triton_supported=SCAN_TRITON_AUTO and u.is_cuda and cu_seqlens is None and _fits(u, delta, A, B, C))
+    fits = SCAN_TRITON_AUTO and u.is_cuda and cu_seqlens is None and _fits(u, delta, A, B, C)
+    impl = resolve_impl(impl, u, triton_supported=fits)
     kw = {"initial_state": initial_state, "output_final_state": output_final_state, "cu_seqlens": cu_seqlens}
     if impl == "reference":
         from attnzoo.ops.scan.reference import selective_scan_reference
