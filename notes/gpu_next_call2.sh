@@ -6,5 +6,5 @@ grep -n "^SAFE_LOG" attnzoo/ops/linear/triton/safe.py | tee $OUT/safe_log.txt
 ls /tmp/site >/dev/null 2>&1 || pip install -q --no-deps --target /tmp/site ../.whl/*.whl
 mkdir -p $OUT/speed $OUT/delta
 timeout 370 python3 -m attnzoo.cli bench speed --providers attnzoo_scalar,attnzoo_vector,sdpa_cudnn,fla_simple_gla,fla_gla --modes fwdbwd,fwd --gates weak,strong --shapes 1024,4096,16384 --out $OUT/speed > $OUT/speed/log.txt 2>&1; tail -30 $OUT/speed/log.txt
-timeout 190 python3 benchmarks/gpu_delta.py $OUT/delta --only mixer --budget 180 > $OUT/delta/log.txt 2>&1; tail -12 $OUT/delta/log.txt
+timeout 190 python3 benchmarks/gpu_delta.py $OUT/delta --only "mixer,time decode" --budget 180 > $OUT/delta/log.txt 2>&1; tail -12 $OUT/delta/log.txt
 cd $OUT && tar czf /tmp/all.tgz safe_log.txt speed delta; rm -rf $OUT/*; mv /tmp/all.tgz $OUT/

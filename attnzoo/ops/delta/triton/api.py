@@ -190,7 +190,6 @@ def triton_delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None, 
     scale = K ** -0.5 if scale is None else float(scale)
     packed = lambda x: x.reshape(B * T, *x.shape[2:]).contiguous()  # noqa: E731
     qp, kp, vp, bp = packed(q), packed(k), packed(v), packed(beta)
-    gp = packed(g.float()) if g is not None else None
     h0 = initial_state.float().contiguous() if initial_state is not None else None
     cu = cu_seqlens.to(device=q.device, dtype=torch.int32) if cu_seqlens is not None else None
     needs_grad = torch.is_grad_enabled() and any(
@@ -198,11 +197,12 @@ def triton_delta_rule(q, k, v, beta, g=None, *, scale=None, initial_state=None, 
     if not needs_grad and T <= DECODE_MAX_T * (1 if cu is None else cu.shape[0] - 1):
         from attnzoo.ops.delta.triton.recurrent import recurrent_delta_fwd
 
-        if cu is None:
-            cu = torch.arange(B + 1, device=q.device, dtype=torch.int32) * T
-        o, ht = recurrent_delta_fwd(qp, kp, vp, bp, gp, scale=scale, initial_state=h0,
-                                    output_final_state=output_final_state, cu_seqlens=cu, n_seqs=cu.shape[0] - 1)
-    elif compiling():
+        o, ht = recurrent_delta_fwd(qp, kp, vp, bp, None if g is None else packed(g), scale=scale, initial_state=h0,
+                                    output_final_state=output_final_state, cu_seqlens=cu,
+                                    n_seqs=B if cu is None else cu.shape[0] - 1)
+        return o.reshape(B, T, H, V), ht
+    gp = packed(g.float()) if g is not None else None
+    if compiling():
         o, ht = delta_chunk(qp, kp, vp, bp, gp, h0, cu, B, scale, output_final_state)
         ht = ht if output_final_state else None
     else:

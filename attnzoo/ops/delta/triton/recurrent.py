@@ -4,8 +4,10 @@
 
 computed as S <- e^{g_t} S;  S <- S + β_t k_t (v_t - k_tᵀ S)ᵀ. One program per (V block, sequence,
 head) keeps S [K, BV] in float32 registers (all of K: the recall k_tᵀ S sums over it) and walks the
-sequence's tokens; packed layout and cu_seqlens as in wy.py. Forward only: a call that needs
-gradients takes the chunked path. Cost per token is O(K·V) whatever the context length.
+sequence's tokens; packed layout and cu_seqlens as in wy.py, or (VARLEN off) n_seqs regular
+sequences of T tokens, so that a decode step launches this kernel alone (no offsets tensor is built;
+the gate is read in its own dtype, not cast first). Forward only: a call that needs gradients takes
+the chunked path. Cost per token is O(K·V) whatever the context length.
 """
 
 from __future__ import annotations
@@ -22,14 +24,18 @@ TUNE = {"bv": 32, "num_warps": 4}
 
 @triton.jit
 def delta_recurrent_fwd_kernel(
-    q, k, v, beta, g, o, h0, ht, cu_seqlens, scale,
+    q, k, v, beta, g, o, h0, ht, cu_seqlens, T, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    GATE: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
+    GATE: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, VARLEN: tl.constexpr,
 ):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     n, i_h = i_nh // H, i_nh % H
-    bos = tl.load(cu_seqlens + n).to(tl.int64)
-    eos = tl.load(cu_seqlens + n + 1).to(tl.int64)
+    if VARLEN:
+        bos = tl.load(cu_seqlens + n).to(tl.int64)
+        eos = tl.load(cu_seqlens + n + 1).to(tl.int64)
+    else:
+        bos = n.to(tl.int64) * T
+        eos = bos + T
     kk = tl.arange(0, BK)
     vv = i_v * BV + tl.arange(0, BV)
     mk, mv = kk < K, vv < V
@@ -44,7 +50,7 @@ def delta_recurrent_fwd_kernel(
         vt = tl.load(v + t * (H * V) + i_h * V + vv, mask=mv, other=0.0).to(tl.float32)
         bt = tl.load(beta + t * H + i_h).to(tl.float32)
         if GATE == 1:
-            S *= tl.exp(tl.load(g + t * H + i_h))
+            S *= tl.exp(tl.load(g + t * H + i_h).to(tl.float32))
         pred = tl.sum(S * kt[:, None], axis=0)  # what the state recalls for k_t
         S += kt[:, None] * (bt * (vt - pred))[None, :]
         tl.store(o + t * (H * V) + i_h * V + vv, (tl.sum(S * qt[:, None], axis=0) * scale).to(o.dtype.element_ty),
@@ -54,7 +60,8 @@ def delta_recurrent_fwd_kernel(
 
 
 def recurrent_delta_fwd(q, k, v, beta, g, *, scale, initial_state, output_final_state, cu_seqlens, n_seqs):
-    """Packed q, k [N_tok, H, K], v [N_tok, H, V], beta [N_tok, H]; g [N_tok, H] float32 or None."""
+    """Packed q, k [N_tok, H, K], v [N_tok, H, V], beta [N_tok, H]; g [N_tok, H] (any float dtype) or None;
+    cu_seqlens int32 [n_seqs + 1], or None for n_seqs sequences of N_tok / n_seqs tokens each."""
     N_tok, H, K = q.shape
     V = v.shape[-1]
     BK = triton.next_power_of_2(K)
@@ -63,8 +70,8 @@ def recurrent_delta_fwd(q, k, v, beta, g, *, scale, initial_state, output_final_
     ht = q.new_empty(n_seqs, H, K, V, dtype=torch.float32) if output_final_state else None
     delta_recurrent_fwd_kernel[(triton.cdiv(V, BV), n_seqs * H)](
         q, k, v, beta, g if g is not None else q, o, initial_state if initial_state is not None else q,
-        ht if ht is not None else q, cu_seqlens, scale,
+        ht if ht is not None else q, q if cu_seqlens is None else cu_seqlens, N_tok // n_seqs, scale,
         H=H, K=K, V=V, BK=BK, BV=BV, GATE=0 if g is None else 1, HAS_H0=initial_state is not None,
-        STORE_HT=output_final_state, num_warps=TUNE["num_warps"],
+        STORE_HT=output_final_state, VARLEN=cu_seqlens is not None, num_warps=TUNE["num_warps"],
     )
     return o, ht
