@@ -23,8 +23,8 @@ from attnzoo.ops.common.checks import check_scan_inputs
 from attnzoo.ops.common.dispatch import resolve_impl
 from attnzoo.ops.common.precision import without_autocast
 
-# "auto" takes the Triton kernel on CUDA only once a GPU run has checked it at real shapes (benchmarks/gpu_scan.py)
-SCAN_TRITON_AUTO = False
+# "auto" takes the Triton kernel on CUDA (checked and timed on an H100: benchmarks/results/scan_gpu/, 4-45x)
+SCAN_TRITON_AUTO = True
 
 
 @without_autocast  # computes in float32 (the state) whatever the caller's autocast
