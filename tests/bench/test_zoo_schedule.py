@@ -137,3 +137,17 @@ def test_shared_gpu_runs_plan_fewer_steps_than_cpu_runs():
     b = SweepBudget(preset, 8, time.perf_counter(), contention=gpu)  # cheap and dear runs in one sweep
     b.order([{"mixer": "cheap"}, {"mixer": "dear"}], [0.002, 0.05], None)
     assert math.isclose(b.expected[1] / b.expected[0], 8 * CUDA_SHARED_FLOOR_PER_RUN / (0.05 * CUDA_SHARED_SLOPE))
+
+
+def test_leaderboard_state_column_names_the_width_when_a_mixer_lacks_the_widest():
+    """The state column is for the widest d_model; a mixer not run there shows its own widest run's state,
+    labelled with that width (never another width's state under the column's name)."""
+    base = {"task": "mqar", "seq_len": 16, "num_pairs": 2, "vocab_size": 32, "lr": 1e-3, "machine": "x",
+            "max_steps": 300, "target_accuracy": 0.99, "seconds": 5.0, "steps": 300, "stopped": "steps"}
+    recs = [dict(base, mixer="a", d_model=16, accuracy=0.5, state_bytes=1024),
+            dict(base, mixer="a", d_model=32, accuracy=0.6, state_bytes=2048),
+            dict(base, mixer="b", d_model=16, accuracy=0.4, state_bytes=4096)]
+    md = leaderboard_markdown(recs)
+    row = {line.split("`")[1]: line for line in md.splitlines() if line.startswith("| ") and "`" in line}
+    assert "state @T=16, d=32" in md
+    assert "| 2.0 KiB |" in row["a"] and "| 4.0 KiB (d=16) |" in row["b"]

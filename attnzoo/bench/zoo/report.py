@@ -86,9 +86,11 @@ def leaderboard_markdown(records: list[dict]) -> str:
                 cut = "" if r is None else ("‡" if _capped(r) else "") + (
                     "†" if r.get("stopped") == "time" and r.get("max_steps") else "")
                 cells.append("—" if r is None else f"{r['accuracy']:.3f} ({r['lr']:.2g}, {r['steps']}{cut})")
-            last = by_mixer[m].get(d_models[-1]) or next(iter(by_mixer[m].values()))
+            last_d = max(by_mixer[m])  # the state column's width, or the widest this mixer ran (then named)
+            last = by_mixer[m][last_d]
             wall = f"{last['seconds']:.0f}" if "seconds" in last else "—"
-            lines.append(f"| {i} | `{m}` | " + " | ".join(cells) + f" | {human_bytes(last['state_bytes'])} | {wall} |")
+            state = human_bytes(last["state_bytes"]) + ("" if last_d == d_models[-1] else f" (d={last_d})")
+            lines.append(f"| {i} | `{m}` | " + " | ".join(cells) + f" | {state} | {wall} |")
         lines.append("")
     if failed:
         lines += ["## Runs that failed", ""] + [f"- `{m}`: {e}" for m, e in failed] + [""]
