@@ -130,3 +130,71 @@ def test_bad_shapes_raise():
         long_causal_conv(x, rand(3, 5), fft="yes")
     with pytest.raises(ValueError, match="initial_state"):
         causal_conv1d(x, rand(3, 4), initial_state=rand(2, 2, 3))
+
+
+@pytest.mark.parametrize("T,L", [(1, 1), (7, 3), (21, 16), (33, 33), (40, 90)])
+def test_toeplitz_direct_form_equals_conv1d_with_gradients(monkeypatch, T, L):
+    """LONG_CONV_DIRECT = "toeplitz": the same sums as one matmul per channel: outputs (every n_out) and the
+    gradients of x and the kernel equal F.conv1d's; exactly causal (a later input moves no earlier output)."""
+    import attnzoo.ops.conv.long as long_mod
+
+    x, k = rand(2, T, 5, seed=T), rand(5, L, seed=L + 1)
+    ref = hand_conv(x, k[:, :T])
+    dy = rand(2, T, 5, seed=3)
+    monkeypatch.setattr(long_mod, "LONG_CONV_DIRECT", "toeplitz")
+    for n_out in {1, T // 2 + 1, T}:
+        assert torch.allclose(fast_causal_conv(x, k, fft=False, n_out=n_out), ref[:, T - n_out:], atol=1e-12)
+    grads = []
+    for path in ("toeplitz", "conv1d"):
+        monkeypatch.setattr(long_mod, "LONG_CONV_DIRECT", path)
+        xl, kl = x.clone().requires_grad_(), k.clone().requires_grad_()
+        grads.append(torch.autograd.grad((fast_causal_conv(xl, kl, fft=False) * dy).sum(), [xl, kl]))
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-11)
+    monkeypatch.setattr(long_mod, "LONG_CONV_DIRECT", "toeplitz")
+    x2 = x.clone()
+    x2[:, -1] += 1.0
+    assert torch.equal(fast_causal_conv(x2, k, fft=False)[:, :-1], fast_causal_conv(x, k, fft=False)[:, :-1])
+
+
+def test_toeplitz_under_vmap_with_a_kernel_per_member(monkeypatch):
+    """The zoo's groups (torch.func.vmap over members, each its own kernel) through the Toeplitz form."""
+    import attnzoo.ops.conv.long as long_mod
+
+    monkeypatch.setattr(long_mod, "LONG_CONV_DIRECT", "toeplitz")
+    x, k = rand(3, 2, 11, 4, seed=5), rand(3, 4, 11, seed=6)
+    got = torch.func.vmap(lambda x, k: fast_causal_conv(x, k, fft=False))(x, k)
+    assert torch.allclose(got, torch.stack([hand_conv(x[i], k[i]) for i in range(3)]), atol=1e-12)
+
+
+def test_toeplitz_switch_falls_back_past_its_length_and_refuses_unknown_words(monkeypatch):
+    import attnzoo.ops.conv.long as long_mod
+
+    called = []
+    monkeypatch.setattr(long_mod, "_toeplitz_conv", lambda *a: called.append(1))
+    monkeypatch.setattr(long_mod, "LONG_CONV_DIRECT", "toeplitz")
+    monkeypatch.setattr(long_mod, "TOEPLITZ_MAX_T", 8)
+    x, k = rand(1, 9, 2), rand(2, 3)
+    assert torch.allclose(fast_causal_conv(x, k, fft=False), hand_conv(x, k), atol=1e-12) and not called
+    monkeypatch.setattr(long_mod, "LONG_CONV_DIRECT", "matmul")
+    with pytest.raises(ValueError, match="LONG_CONV_DIRECT"):
+        fast_causal_conv(x, k, fft=False)
+
+
+def test_long_short_conv_takes_the_toeplitz_form_when_switched_on(monkeypatch):
+    """causal_conv1d with W > 8 (H3's shift SSM) under LONG_CONV_DIRECT = "toeplitz": outputs, the final state
+    and the gradients equal the F.conv1d path, with a bias and an initial state."""
+    import attnzoo.ops.conv.long as long_mod
+
+    x, w, b, s = rand(2, 13, 3, seed=1), rand(3, 12, seed=2), rand(3, seed=3), rand(2, 11, 3, seed=4)
+    calls, toeplitz = [], long_mod._toeplitz_conv
+    monkeypatch.setattr(long_mod, "_toeplitz_conv", lambda *a: calls.append(1) or toeplitz(*a))
+    outs = []
+    for path in ("conv1d", "toeplitz"):
+        monkeypatch.setattr(long_mod, "LONG_CONV_DIRECT", path)
+        leaves = [t.clone().requires_grad_() for t in (x, w, b, s)]
+        y, S = causal_conv1d(*leaves[:3], initial_state=leaves[3], output_final_state=True, impl="torch")
+        outs.append([y, S, *torch.autograd.grad((y * y).sum(), leaves)])
+    assert calls == [1]  # the toeplitz pass took the matmul, the conv1d pass did not
+    for a, c in zip(*outs):
+        assert torch.allclose(a, c, atol=1e-11)

@@ -25,7 +25,9 @@ F.conv1d over a transposed [B, C, T] copy or a shift-and-add over time, y = Σ_j
 5.8 ms of a 16.3 ms deltanet layer on the H100: benchmarks/results/short_conv/).
 "auto" takes the kernel on CUDA when SHORT_CONV_TRITON_AUTO is on (it is since the H100 run of
 benchmarks/results/short_conv/: outputs and all gradients within 2.6e-3 of float32 in bf16, 2.3x F.conv1d
-fwd+bwd alone, whole deltanet layers 1.55x faster). A long conv has no Triton kernel.
+fwd+bwd alone, whole deltanet layers 1.55x faster). A long conv has no Triton kernel; its direct form is
+F.conv1d or, with long.LONG_CONV_DIRECT = "toeplitz", one matmul per channel (long.py), which the short
+conv's torch path also takes for W > MAX_W (H3's shift SSM, W = d_state) when that switch is on.
 """
 
 from __future__ import annotations
@@ -34,10 +36,11 @@ import torch
 import torch.nn.functional as F
 
 from attnzoo.ops.common.dispatch import op_override, resolve_impl
+from attnzoo.ops.conv import long as long_conv
 from attnzoo.ops.conv.long import fast_causal_conv
 from attnzoo.ops.conv.padding import last_real_inputs, previous_inputs, real_tokens_first, restore_token_order
 from attnzoo.ops.conv.reference import check_conv_inputs, direct_causal_conv
-from attnzoo.ops.conv.triton import triton_short_conv, triton_short_supported
+from attnzoo.ops.conv.triton import MAX_W, triton_short_conv, triton_short_supported
 
 # impl="auto" takes the Triton short conv on CUDA: checked and timed on an H100 by benchmarks/gpu_short_conv.py
 # (2026-12-07, benchmarks/results/short_conv/); False returns "auto" to the torch path.
@@ -112,6 +115,9 @@ def causal_conv1d(x, weight, bias=None, *, initial_state=None, output_final_stat
         xc = torch.cat([state.to(x.dtype), x], 1)  # [B, W-1+T, C]
         if impl == "reference":
             y = direct_causal_conv(xc, weight.flip(-1))[:, W - 1:]
+            y = y if bias is None else y + bias.to(x.dtype)
+        elif W > MAX_W and long_conv.LONG_CONV_DIRECT == "toeplitz":  # H3's shift SSM (W = d_state): a matmul
+            y = fast_causal_conv(xc, weight.flip(-1), fft=False, n_out=T)
             y = y if bias is None else y + bias.to(x.dtype)
         elif SHORT_CONV_TORCH == "shift":
             y = shift_conv(xc, weight, bias)

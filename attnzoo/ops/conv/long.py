@@ -9,8 +9,13 @@ truncated to T; a kernel shorter than T is zero beyond L (the receptive field is
 - FFT: spectra multiplied at a size n >= 2T (a power of two), so the circular convolution equals
   the linear one on the first T outputs: O(T log T) per channel; causal only up to rounding (later
   inputs perturb earlier outputs at the level of machine epsilon times the output scale).
-- fft=None picks F.conv1d while the outputs asked for, or the kernel, are at most DIRECT_MAX_T
-  long (where it is also the faster one on CPU), FFT beyond.
+- Toeplitz: the same sums as one batched matmul per channel, y[:, t, c] = Σ_s K_c[t, s] x[:, s, c] with
+  K_c[t, s] = kernel[c, t - s] (0 <= t - s < L): exactly causal, O(T·n_out) per channel like F.conv1d,
+  but on the matmul units (cuDNN's depthwise conv with a long kernel is a slow path on GPUs). Builds
+  K [C, n_out, T], so only while T <= TOEPLITZ_MAX_T.
+- fft=None picks the direct form (F.conv1d, or Toeplitz when LONG_CONV_DIRECT = "toeplitz") while the
+  outputs asked for, or the kernel, are at most DIRECT_MAX_T long (where it is also the faster one on
+  CPU), FFT beyond.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ from attnzoo.ops.conv.reference import check_conv_inputs
 __all__ = ["fast_causal_conv"]
 
 DIRECT_MAX_T = 64
+# the direct form: "conv1d" (F.conv1d, groups=C) or "toeplitz" (a batched matmul per channel, T <= TOEPLITZ_MAX_T)
+LONG_CONV_DIRECT = "conv1d"
+TOEPLITZ_MAX_T = 256
 
 
 def _fft_size(T: int) -> int:
@@ -52,15 +60,38 @@ def _conv1d_conv(x: torch.Tensor, kernel: torch.Tensor, n_out: int) -> torch.Ten
     return y.to(x.dtype)
 
 
+def _toeplitz_conv(x: torch.Tensor, kernel: torch.Tensor, n_out: int) -> torch.Tensor:
+    """The last n_out outputs as one matmul per channel against the lower-triangular Toeplitz matrix
+    K_c[t, s] = kernel[c, t - s] (zero where t - s is negative or >= L)."""
+    ct = compute_dtype(x, kernel)
+    T = x.shape[1]
+    k = kernel[:, :T].to(ct)
+    L = k.shape[1]
+    t = torch.arange(T - n_out, T, device=x.device)[:, None]
+    lag = t - torch.arange(T, device=x.device)[None, :]  # [n_out, T]
+    valid = (lag >= 0) & (lag < L)
+    K = k[:, lag.clamp(0, L - 1)] * valid.to(ct)  # [C, n_out, T]
+    return torch.einsum("cts,bsc->btc", K, x.to(ct)).to(x.dtype)
+
+
+def _direct(x, kernel, n_out):
+    if LONG_CONV_DIRECT not in ("conv1d", "toeplitz"):
+        raise ValueError(f'LONG_CONV_DIRECT must be "conv1d" or "toeplitz", got {LONG_CONV_DIRECT!r}')
+    if LONG_CONV_DIRECT == "toeplitz" and x.shape[1] <= TOEPLITZ_MAX_T:
+        return _toeplitz_conv(x, kernel, n_out)
+    return _conv1d_conv(x, kernel, n_out)
+
+
 @without_autocast  # float32 (float64) as stated, whatever the caller's autocast
 def fast_causal_conv(x: torch.Tensor, kernel: torch.Tensor, *, fft: bool | None = None,
                      n_out: int | None = None) -> torch.Tensor:
     """The last n_out (default all T) outputs [B, n_out, C] of the causal conv, in x's dtype.
 
-    fft: True (FFT), False (F.conv1d) or None (F.conv1d while n_out or L <= DIRECT_MAX_T, else FFT)."""
+    fft: True (FFT), False (the direct form: F.conv1d or Toeplitz, LONG_CONV_DIRECT) or None (direct while
+    n_out or L <= DIRECT_MAX_T, else FFT)."""
     check_conv_inputs(x, kernel)
     T = x.shape[1]
     n_out = T if n_out is None else n_out
     if fft is False or (fft is None and (n_out <= DIRECT_MAX_T or kernel.shape[1] <= DIRECT_MAX_T)):
-        return _conv1d_conv(x, kernel, n_out)
+        return _direct(x, kernel, n_out)
     return _fft_conv(x, kernel)[:, T - n_out :]
