@@ -173,17 +173,20 @@ def build_parser() -> argparse.ArgumentParser:
     pbo.add_argument("--ref-max-t", type=int, default=2048, help="largest T at which to run the reference")
     pbo.add_argument("--out", default="benchmarks/results/ops_cpu.jsonl", help="JSON lines appended here")
     pbo.set_defaults(func=cmd_bench_ops)
-    pbs = bsub.add_parser("speed", help="GPU: Triton GLA ops vs SDPA backends and fla; ms, TFLOP/s, memory")
+    pbs = bsub.add_parser("speed", help="GPU: Triton GLA and delta-rule ops vs SDPA backends and fla; ms, TFLOP/s, "
+                          "memory")
     pbs.add_argument("--shapes", help="comma list of T or TxB (default: T 1k..64k with B·T = --tokens)")
     pbs.add_argument("--tokens", type=int, default=16384, help="B·T for shapes given as T alone")
     pbs.add_argument("--heads", type=int, default=16)
     pbs.add_argument("--head-dim", type=int, default=128)
     pbs.add_argument("--providers", default=None,
-                     help="comma list (default: all ops that run); mixer:NAME times a whole mixer, e.g. mixer:gla")
+                     help="comma list (default: all ops that run: attnzoo_scalar, attnzoo_vector, "
+                     "attnzoo_gated_delta, attnzoo_delta, sdpa_*, fla_simple_gla, fla_gla, fla_gated_delta, "
+                     "fla_delta); mixer:NAME times a whole mixer, e.g. mixer:gla")
     pbs.add_argument("--modes", default="fwd,fwdbwd,decode", help="comma list of fwd, fwdbwd, decode")
     pbs.add_argument("--rounds", type=int, default=3,
                      help="interleaved timing rounds per case (providers rotated; the median is reported)")
-    pbs.add_argument("--gates", default="weak", help="comma list of gate regimes for the GLA ops: weak "
+    pbs.add_argument("--gates", default="weak", help="comma list of gate regimes for the gated ops: weak "
                      "(logsigmoid(x)/16, GLA's own), strong (logsigmoid(x)); a table row per regime")
     pbs.add_argument("--out", default="benchmarks/results/speed", help="folder for speed.jsonl/.md/.png")
     pbs.set_defaults(func=cmd_bench_speed)

@@ -32,12 +32,14 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from attnzoo.bench.speed_delta import DELTA, GATED_DELTA, delta_call, fla_delta_ops
+
 DEFAULT_T = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
 PROVIDERS = ("attnzoo_scalar", "attnzoo_vector", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient",
-             "fla_simple_gla", "fla_gla")
+             "fla_simple_gla", "fla_gla", *DELTA)
 MODES = ("fwd", "fwdbwd", "decode")
 GATES = {"weak": 16.0, "strong": 1.0}   # regime: g = logsigmoid(randn) / divisor
-GATED = ("attnzoo_scalar", "attnzoo_vector", "fla_simple_gla", "fla_gla")
+GATED = ("attnzoo_scalar", "attnzoo_vector", "fla_simple_gla", "fla_gla", *GATED_DELTA)
 
 
 @dataclass
@@ -93,14 +95,16 @@ def sdpa_flops(s: Shape, mode):
 
 
 def fla_module():
+    """fla's ops by provider (decode ops under "<provider>:decode"), or None when fla is missing."""
     try:
         import fla.ops.common.chunk_o as chunk_o
-        from fla.ops.gla import chunk_gla
-        from fla.ops.simple_gla import chunk_simple_gla
+        from fla.ops.gla import chunk_gla, fused_recurrent_gla
+        from fla.ops.simple_gla import chunk_simple_gla, fused_recurrent_simple_gla
     except Exception:
         return None
     chunk_o.TRITON_ABOVE_3_7_1 = True  # lift the Hopper guard: speed only
-    return {"fla_simple_gla": chunk_simple_gla, "fla_gla": chunk_gla}
+    return {"fla_simple_gla": chunk_simple_gla, "fla_gla": chunk_gla, "fla_simple_gla:decode":
+            fused_recurrent_simple_gla, "fla_gla:decode": fused_recurrent_gla, **fla_delta_ops()}
 
 
 def make_mixer_call(name, s: Shape, mode, dtype=torch.bfloat16, device="cuda"):
@@ -139,6 +143,8 @@ def make_call(provider, s: Shape, mode, dtype=torch.bfloat16, fla=None, gates="w
         return make_mixer_call(provider.split(":", 1)[1], s, mode, dtype)
     dev = "cuda"
     B, T, H, D = s.B, s.T, s.H, s.D
+    if provider in DELTA:
+        return delta_call(provider, B, T, H, D, mode, dtype=dtype, fla=fla, divisor=GATES[gates])
     rg = mode == "fwdbwd"
     rnd = lambda *shape: torch.randn(*shape, device=dev, dtype=dtype).requires_grad_(rg)  # noqa: E731
     if provider.startswith("sdpa_"):
@@ -162,15 +168,18 @@ def make_call(provider, s: Shape, mode, dtype=torch.bfloat16, fla=None, gates="w
         return fn, sdpa_flops(s, mode)
     vector = provider in ("attnzoo_vector", "fla_gla")
     if mode == "decode":
-        if not provider.startswith("attnzoo"):
-            return None
         from attnzoo.ops.linear import gated_linear_attention
 
         q, k, v = rnd(B, 1, H, D), rnd(B, 1, H, D), rnd(B, 1, H, D)
         g = -torch.rand(B, 1, H, *((D,) if vector else ()), device=dev) * 0.1
         S = torch.randn(B, H, D, D, device=dev)
-        return (lambda: gated_linear_attention(q, k, v, g, initial_state=S, output_final_state=True,
-                                               impl="triton")), 4 * B * H * D * D
+        if provider.startswith("attnzoo"):
+            return (lambda: gated_linear_attention(q, k, v, g, initial_state=S, output_final_state=True,
+                                                   impl="triton")), 4 * B * H * D * D
+        if fla is None or provider + ":decode" not in fla:
+            return None
+        f, gk = fla[provider + ":decode"], ({"gk": g} if vector else {"g": g})
+        return (lambda: f(q, k, v, **gk, scale=D ** -0.5, initial_state=S, output_final_state=True)), 4 * B * H * D * D
     q, k, v = rnd(B, T, H, D), rnd(B, T, H, D), rnd(B, T, H, D)
     g = torch.nn.functional.logsigmoid(torch.randn(B, T, H, *((D,) if vector else ()), device=dev)) / GATES[gates]
     g.requires_grad_(rg)
@@ -287,9 +296,11 @@ def markdown(records):
             rows.setdefault((*case, g), {})[r["provider"]] = r
     with_gates = any(regs.values())
     provs = [p for p in PROVIDERS + _mixer_providers(records) if any(p in v for v in rows.values())]
+    delta = any(p in DELTA for p in provs)
     head = ("| mode | T | B | " + ("gates | " if with_gates else "") + " | ".join(f"{p} ms" for p in provs)
-            + " | scalar/fla | vector/fla | scalar/best SDPA | vector/best SDPA |")
-    lines = [head, "|" + "---|" * (3 + with_gates + len(provs) + 4)]
+            + " | scalar/fla | vector/fla | scalar/best SDPA | vector/best SDPA |"
+            + (" gated delta/fla | delta/fla |" if delta else ""))
+    lines = [head, "|" + "---|" * (3 + with_gates + len(provs) + 4 + 2 * delta)]
     for (mode, T, B, gates), v in sorted(rows.items()):
         sd = [v[p]["ms"] for p in v if p.startswith("sdpa_")]
         best = min(sd) if sd else None
@@ -299,6 +310,9 @@ def markdown(records):
         cells = [f"{v[p]['ms']:.3f}" if p in v else "-" for p in provs]
         ratios = [ratio("attnzoo_scalar", fs), ratio("attnzoo_vector", fv), ratio("attnzoo_scalar", best),
                   ratio("attnzoo_vector", best)]
+        if delta:
+            ratios += [ratio(f"attnzoo_{n}", v[f"fla_{n}"]["ms"] if f"fla_{n}" in v else None)
+                       for n in ("gated_delta", "delta")]
         lines.append(f"| {mode} | {T} | {B} | " + (f"{gates or '-'} | " if with_gates else "")
                      + " | ".join(cells + ratios) + " |")
     return "\n".join(lines) + "\n\nRatios are time(ours) / time(baseline): below 1 means ours is faster.\n"
