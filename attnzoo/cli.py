@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     pzt.add_argument("--d-models", type=_ints, default=(64, 256))
     pzt.add_argument("--seq-lens", type=_ints, default=(64, 256))
     pzt.add_argument("--paths", default="process,group,group_graph,group_procs",
-                     help="comma list of process, group, group_graph, group_procs")
+                     help="comma list of process, group, group_graph, group_procs, group_graph_compiled")
     pzt.add_argument("--steps", type=int, default=20, help="timed steps per case (after --warmup)")
     pzt.add_argument("--warmup", type=int, default=5)
     pzt.add_argument("--group-size", type=int, default=4, help="models per group (Zoology: its 4 learning rates)")

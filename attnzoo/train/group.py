@@ -135,13 +135,15 @@ def evaluate_group(group: GroupModel, inputs, labels, *, batch_size: int, device
 
 
 def train_group(models: list[nn.Module], *, lrs, train, test, config: TrainConfig, on_step=None,
-                on_eval=None, graph: bool = False, report_every: float = 0.5) -> list[TrainResult]:
+                on_eval=None, graph: bool = False, report_every: float = 0.5,
+                compile: bool | str = False) -> list[TrainResult]:
     """Train every model of `models` (same architecture) with its own lr; the rest of `config` is shared.
 
     Returns one TrainResult per model, in order; each model's weights are updated in place at the end.
     on_step(step, losses [per active member]) (at most every report_every seconds: reading the losses
     waits for the device) and on_eval(step, member, loss, accuracy) are callbacks. graph=True replays
-    each step from a CUDA graph where it can (group_step.py; train_group.graph_note says why not)."""
+    each step from a CUDA graph where it can (group_step.py; train_group.graph_note says why not);
+    compile=True traces each step's forward and backward with torch.compile (inductor; a string: that backend)."""
     config.check()
     lrs = [float(v) for v in lrs]
     if len(lrs) != len(models):
@@ -164,7 +166,7 @@ def train_group(models: list[nn.Module], *, lrs, train, test, config: TrainConfi
     if device.type != "cpu":
         x_all, y_all = x_all.to(device), y_all.to(device)
     stepper = GroupStep(group, opt, x_all, y_all, batch_size=config.batch_size, grad_clip=config.grad_clip,
-                        amp=config.amp, device=device, graph=graph)
+                        amp=config.amp, device=device, graph=graph, compile=compile)
     n, step, t0, warmup = x_all.shape[0], 0, time.perf_counter(), None
     losses = [float("nan")] * len(models)
     mean = None
@@ -243,7 +245,7 @@ def group_error(models: list[nn.Module], *, sample_ids: torch.Tensor, device="cp
 
 
 def train_many(models: list[nn.Module], *, lrs, train, test, config: TrainConfig, on_step=None,
-               on_eval=None, graph: bool = False) -> tuple[list[TrainResult], str | None]:
+               on_eval=None, graph: bool = False, compile: bool | str = False) -> tuple[list[TrainResult], str | None]:
     """train_group where the models can be grouped, else each alone with train_lm (in order).
 
     Returns (results, note): note None when grouped, else why the models ran one at a time.
@@ -254,7 +256,7 @@ def train_many(models: list[nn.Module], *, lrs, train, test, config: TrainConfig
     if note is None:
         try:
             results = train_group(models, lrs=lrs, train=train, test=test, config=config, on_step=on_step,
-                                  on_eval=on_eval, graph=graph)
+                                  on_eval=on_eval, graph=graph, compile=compile)
             train_many.graph_note = train_group.graph_note if graph else None
             return results, None
         except RuntimeError as e:          # a batch the probe did not meet (the models are untouched)

@@ -47,8 +47,12 @@ def scored_table(labels: torch.Tensor):
 
 class GroupStep:
     def __init__(self, group, opt, x_all, y_all, *, batch_size: int, grad_clip: float, amp, device,
-                 graph: bool = False, warmup: int = 3):
+                 graph: bool = False, warmup: int = 3, compile: bool | str = False):
         self.group, self.opt, self.x_all, self.y_all = group, opt, x_all, y_all
+        # compile: the forward and loss (and through AOTAutograd the backward) under torch.compile, to fuse the
+        # step's many small kernels; True = inductor, a string names another backend (the CPU tests' aot_eager)
+        self._losses = self._eager_losses if not compile else torch.compile(
+            self._eager_losses, backend="inductor" if compile is True else compile, dynamic=False)
         self.grad_clip, self.amp, self.device, self._clip = grad_clip, amp, torch.device(device), clip_member_grads_
         self.table = scored_table(y_all)
         self.rows = torch.arange(batch_size, device=self.device)[:, None]
@@ -72,17 +76,20 @@ class GroupStep:
         else:
             rows, cols = (self.y_all[idx] != IGNORE_INDEX).nonzero(as_tuple=True)
             target = self.y_all[idx][rows, cols]
-        count = max(1, target.numel())
-        G = self.group.size
-        with _autocast(self.device, self.amp):
-            logits, aux = self.group.scored_logits(x, rows, cols, training=True)
-        ce = F.cross_entropy(at_least_float32(logits).flatten(0, 1), target.repeat(G), reduction="none")
-        mean = ce.view(G, -1).sum(1) / count
+        mean, aux = self._losses(x, rows, cols, target, max(1, target.numel()))
         (mean + aux).sum().backward()         # members are independent: each gets its own gradient
         if self.grad_clip:
             self._clip(self.group.params, self.grad_clip)
         self.opt.step(self.group.params, lr)
         return mean.detach()
+
+    def _eager_losses(self, x, rows, cols, target, count: int):
+        """Each member's mean cross-entropy at the scored positions [G], and its aux loss [G]."""
+        G = self.group.size
+        with _autocast(self.device, self.amp):
+            logits, aux = self.group.scored_logits(x, rows, cols, training=True)
+        ce = F.cross_entropy(at_least_float32(logits).flatten(0, 1), target.repeat(G), reduction="none")
+        return ce.view(G, -1).sum(1) / count, aux
 
     def step(self, idx: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
         if not self.want_graph:

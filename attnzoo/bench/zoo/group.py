@@ -57,8 +57,9 @@ def run_group(spec: dict, preset: ZooPreset, *, device: str, max_seconds: float 
                           eval_every=preset.eval_every, target_accuracy=preset.target_accuracy,
                           max_seconds=max_seconds, seed=preset.seed, device=device)
         graph = torch.device(device).type == "cuda"
+        compiled = spec["mixer"] in preset.compile or "all" in preset.compile
         results, note = train_many(lms, lrs=[m["lr"] for m in members], train=data.train, test=data.test,
-                                   config=cfg, graph=graph,
+                                   config=cfg, graph=graph, compile=compiled,
                                    on_step=None if on_step is None else (lambda s, losses: on_step(s, min(losses))),
                                    on_eval=None if on_eval is None else (lambda s, i, lo, a: on_eval(s, lo, a)))
         recs = []
@@ -67,7 +68,8 @@ def run_group(spec: dict, preset: ZooPreset, *, device: str, max_seconds: float 
                        stopped=res.stopped, warmup_s=round(res.warmup_seconds, 3),
                        state_bytes=int(lm.state_bytes(spec["seq_len"])),
                        params=sum(p.numel() for p in lm.parameters()), group_note=note,
-                       graph_note=getattr(train_many, "graph_note", None))
+                       graph_note=getattr(train_many, "graph_note", None),
+                       **({"compiled": True} if compiled and note is None else {}))
             if spec["task"] == "bytes":
                 rec["bits_per_byte"] = round(res.loss / math.log(2), 4)
             recs.append(rec)

@@ -95,7 +95,8 @@ class ZooPreset:
     mixers: tuple | None = None             # the mixers swept when none are named (None: every causal mixer)
     random_non_queries: bool = True         # MQAR fillers random tokens (True) or zeros (Zoology's Figure 2: False)
     compile: tuple = ()                     # mixers (or patterns) whose runs train under torch.compile ("all": every
-    # run; not group runs), an opt-in: on a CPU it paid for kda, rwkv7, hgrn, gaam (benchmarks/results/compile/)
+    # run; a group's step is compiled whole, GroupStep(compile=True)), an opt-in: on a CPU it paid for kda, rwkv7,
+    # hgrn, gaam alone (benchmarks/results/compile/); compiled groups are not yet timed on a GPU
     time_cap_ratio: float | None = None     # a run whose steps would take more than this many times the median
     # run's (probed) time gets the steps that time buys (schedule.capped_steps); None: equal steps for all
     schedule_steps: int | None = None       # the cosine spans this many steps while a run stops at `steps`

@@ -12,6 +12,8 @@ sizes and (T, pairs)); a model-step is one optimizer step of one model. Timed af
   repeated) stepped by train.group_step.GroupStep, eager or from a CUDA graph.
 - group_procs: `group_workers` processes at once (default: the preset's workers, as its grid runs them),
   each a group of `group_size` models from a CUDA graph (eager off CUDA); steps/s = the sum over them.
+- group_graph_compiled: group_graph with the step's forward and backward under torch.compile (inductor),
+  which fuses the step's small elementwise kernels; the compile happens in the warm-up steps.
 
 Results: <out>/throughput.jsonl (one line per case and path, with the machine line) and
 <out>/throughput.md (the table with the ratios to the process path).
@@ -30,7 +32,7 @@ from attnzoo.bench.zoo.presets import get_preset
 
 DEFAULT_MIXERS = ("softmax", "gla", "gated_deltanet", "deltanet", "mamba", "based", "base_conv", "h3")
 PAIRS = {64: 4, 128: 8, 256: 16, 512: 64}
-PATHS = ("process", "group", "group_graph", "group_procs")
+PATHS = ("process", "group", "group_graph", "group_procs", "group_graph_compiled")
 
 
 def paper_batch(seq_len: int) -> int:
@@ -64,7 +66,7 @@ def _sync(device):
 
 
 def time_group(spec, preset, *, device, group_size: int, graph: bool, steps: int, warmup: int,
-               before_timing=None) -> float:
+               before_timing=None, compile: bool | str = False) -> float:
     """Seconds per group step (group_size models), after `warmup` steps (capture included);
     before_timing() runs between the two (the group_procs path's barrier)."""
     from attnzoo.train.group import GroupAdamW, GroupModel
@@ -76,7 +78,8 @@ def time_group(spec, preset, *, device, group_size: int, graph: bool, steps: int
     x, y = (t.to(device) for t in data.train)
     group = GroupModel(_models(spec, preset, group_size), device)
     opt = GroupAdamW(group.params, weight_decay=0.1)
-    stepper = GroupStep(group, opt, x, y, batch_size=batch, grad_clip=1.0, amp=None, device=device, graph=graph)
+    stepper = GroupStep(group, opt, x, y, batch_size=batch, grad_clip=1.0, amp=None, device=device, graph=graph,
+                        compile=compile)
     lr = torch.full((group_size,), 1e-3, dtype=torch.float64, device=device)
     idx = [batch_indices(i, n=x.shape[0], batch_size=batch, seed=0).to(device) for i in range(warmup + steps)]
     for i in range(warmup):
@@ -249,10 +252,10 @@ def run_throughput(*, mixers=DEFAULT_MIXERS, d_models=(64, 256), seq_lens=(64, 2
             emit(spec, "group_procs", sec, workers=group_workers, group_size=group_size,
                  graph=torch.device(device).type == "cuda")
     for spec in specs:
-        for how in [p for p in paths if p in ("group", "group_graph")]:
+        for how in [p for p in paths if p in ("group", "group_graph", "group_graph_compiled")]:
             try:
-                sec = time_group(spec, pre, device=device, group_size=group_size, graph=how == "group_graph",
-                                 steps=steps, warmup=warmup) / group_size
+                sec = time_group(spec, pre, device=device, group_size=group_size, graph=how != "group",
+                                 steps=steps, warmup=warmup, compile=how == "group_graph_compiled") / group_size
             except Exception as e:  # noqa: BLE001 -- one case failing must not lose the others
                 sec = f"{type(e).__name__}: {e}"[:300]
             emit(spec, how, sec, group_size=group_size)
