@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import attnzoo.ops.conv.long as long_mod  # noqa: E402
-from attnzoo.bench.cases import CaseLog, script_args  # noqa: E402
+from attnzoo.bench.cases import CaseLog, cuda_peak_mb as peak_mb, rel_err as rel, script_args  # noqa: E402
 from attnzoo.bench.machine import machine_line  # noqa: E402
 from attnzoo.bench.timing import ms_timer  # noqa: E402
 from attnzoo.ops.conv.long import fast_causal_conv  # noqa: E402
@@ -37,11 +37,6 @@ SMOKE = "--smoke" in sys.argv
 DEV = "cpu" if SMOKE else "cuda"
 T0 = time.time()
 bench = ms_timer(DEV, cpu_repeats=1, cpu_warmup=0)
-
-
-def rel(a, b) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 @contextlib.contextmanager
@@ -75,17 +70,6 @@ def check(B, T, C, dtype) -> dict:
     errs = {f"{n}_rel": rel(a, b) for n, a, b in zip(("y", "dx", "dk"), out["toeplitz"], out["ref"])}
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     return {"B": B, "T": T, "C": C, "dtype": str(dtype), **errs, "tol": tol, "ok": all(v < tol for v in errs.values())}
-
-
-def peak_mb(fn):
-    if DEV != "cuda":
-        return None
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    return round((torch.cuda.max_memory_allocated() - base) / 2**20, 1)
 
 
 def timing(B, T, C, dtype) -> dict:
@@ -137,14 +121,9 @@ def main():
     log.run("time T=256 fp32", lambda: timing(*(s or (1024, 256, 512)), torch.float32))
     for mixer in ("h3", "hyena", "base_conv", "base_conv,based"):
         log.run(f"zoo {mixer} d=256", lambda: zoo_group(mixer, 16 if SMOKE else 256, T=16 if SMOKE else 64))
-    print("\n| case | result |\n|---|---|")
-    for r in log.records:
-        keys = [k for k in ("ok", "conv1d_fwdbwd_ms", "toeplitz_fwdbwd_ms", "fft_fwdbwd_ms", "toeplitz_speedup_fwdbwd",
-                            "conv1d_s_per_step", "toeplitz_s_per_step", "speedup", "error", "skipped") if k in r]
-        worst = max((v for k, v in r.items() if k.endswith("_rel")), default=None)
-        cells = [f"{k} {r[k]:.3g}" if isinstance(r[k], float) else f"{k} {r[k]}" for k in keys]
-        print(f"| {r['case']} | {'; '.join(cells)}{'' if worst is None else f'; worst rel {worst:.2e}'} |")
-
+    print()
+    print(log.summary(("ok", "conv1d_fwdbwd_ms", "toeplitz_fwdbwd_ms", "fft_fwdbwd_ms",
+                      "toeplitz_speedup_fwdbwd", "conv1d_s_per_step", "toeplitz_s_per_step", "speedup")))
 
 if __name__ == "__main__":
     main()

@@ -34,7 +34,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import attnzoo.ops.scan.api as scan_api  # noqa: E402
-from attnzoo.bench.cases import CaseLog, script_args  # noqa: E402
+from attnzoo.bench.cases import CaseLog, cuda_peak_mb as peak_mb, rel_err as rel, script_args  # noqa: E402
 from attnzoo.bench.machine import machine_line  # noqa: E402
 from attnzoo.bench.timing import ms_timer  # noqa: E402
 from attnzoo.ops.scan import selective_scan  # noqa: E402
@@ -44,11 +44,6 @@ DEV = "cpu" if SMOKE else "cuda"
 T0 = time.time()
 bench = ms_timer(DEV, cpu_repeats=1, cpu_warmup=0)
 NAMES = ("y", "final", "du", "ddelta", "dA", "dB", "dC", "dD", "dh0")
-
-
-def rel(a, b) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def inputs(Bsz, T, Dm, N, *, strength=1.0, seed=0, dtype=torch.bfloat16):
@@ -96,17 +91,6 @@ def check_vmap(G=4, Bsz=8, T=64, Dm=64, N=4) -> dict:
         res[impl] = [y, h, *torch.autograd.grad(y.square().sum() + h.sum(), leaves)]
     errs = {f"{k}_rel": rel(a, b) for k, a, b in zip(NAMES, res["triton"], res["torch"])}
     return {"G": G, "B": Bsz, "T": T, "D": Dm, "N": N, **errs, "ok": all(v < 1e-4 for v in errs.values())}
-
-
-def peak_mb(fn) -> float | None:
-    if DEV != "cuda":
-        return None
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    return round((torch.cuda.max_memory_allocated() - base) / 2**20, 1)
 
 
 def timing(Bsz, T, Dm, N, dtype) -> dict:
@@ -173,14 +157,9 @@ def main():
             timing(2048, 64, 256, 4, torch.float32))
     for d in ((16,) if small else (128, 256)):
         log.run(f"zoo mamba d={d}", lambda: zoo_group(d, T=16 if small else 64))
-    print("\n| case | result |\n|---|---|")
-    for r in log.records:
-        keys = [k for k in ("ok", "speedup_fwd", "speedup_fwdbwd", "triton_fwdbwd_ms", "torch_fwdbwd_ms",
-                            "torch_s_per_step", "triton_s_per_step", "speedup", "error", "skipped") if k in r]
-        worst = max((v for k, v in r.items() if k.endswith("_rel")), default=None)
-        cells = [f"{k} {r[k]:.3g}" if isinstance(r[k], float) else f"{k} {r[k]}" for k in keys]
-        print(f"| {r['case']} | {'; '.join(cells)}{'' if worst is None else f'; worst rel {worst:.2e}'} |")
-
+    print()
+    print(log.summary(("ok", "speedup_fwd", "speedup_fwdbwd", "triton_fwdbwd_ms", "torch_fwdbwd_ms",
+                      "torch_s_per_step", "triton_s_per_step", "speedup")))
 
 if __name__ == "__main__":
     main()

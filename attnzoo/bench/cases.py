@@ -69,6 +69,35 @@ class CaseLog:
     def skipped(self) -> list[str]:
         return [r["case"] for r in self.records if "skipped" in r]
 
+    def summary(self, keys) -> str:
+        """A Markdown table, a row per case: the values of `keys` it has (and error / skipped), and its worst
+        `*_rel` error; what a script prints last."""
+        lines = ["| case | result |", "|---|---|"]
+        for r in self.records:
+            shown = [k for k in (*keys, "error", "skipped") if k in r]
+            worst = max((v for k, v in r.items() if k.endswith("_rel")), default=None)
+            cells = [f"{k} {r[k]:.3g}" if isinstance(r[k], float) else f"{k} {r[k]}" for k in shown]
+            lines.append(f"| {r['case']} | {'; '.join(cells)}{'' if worst is None else f'; worst rel {worst:.2e}'} |")
+        return "\n".join(lines)
+
+
+def rel_err(a, b) -> float:
+    """||a - b|| / ||b|| in float64 (a script's relative error against a reference)."""
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def cuda_peak_mb(fn):
+    """MiB allocated by fn() above what was allocated before it (None off CUDA)."""
+    if not torch.cuda.is_available():
+        return None
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return round((torch.cuda.max_memory_allocated() - base) / 2**20, 1)
+
 
 def script_args(doc: str, *, budget: float | None = None, only: bool = False, argv=None) -> argparse.Namespace:
     """The command line of a one-call benchmark script: OUT (a folder, created), --smoke (tiny shapes on the

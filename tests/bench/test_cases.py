@@ -56,3 +56,21 @@ def test_script_args_makes_the_folder_parses_only_and_needs_cuda_or_smoke(tmp_pa
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit, match="needs CUDA"):
             script_args("doc", argv=[str(tmp_path / "q")])
+
+
+def test_summary_table_shows_the_chosen_keys_errors_and_the_worst_relative_error(tmp_path):
+    import torch
+
+    from attnzoo.bench.cases import cuda_peak_mb, rel_err
+
+    log = CaseLog(tmp_path / "x.json", {}, budget_s=None)
+    log.run("a", lambda: {"ok": True, "y_rel": 1e-3, "dx_rel": 4e-3, "ms": 2.0, "other": 5})
+    log.run("b", lambda: 1 / 0)
+    md = log.summary(("ok", "ms"))
+    assert md.splitlines()[:2] == ["| case | result |", "|---|---|"]
+    assert "| a | ok True; ms 2; worst rel 4.00e-03 |" in md and "other" not in md
+    assert "| b | error ZeroDivisionError" in md
+    assert rel_err(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.0])) == 0.0
+    assert abs(rel_err(torch.tensor([3.0, 4.0]), torch.tensor([0.0, 0.0]) + torch.tensor([3.0, 0.0])) - 4 / 3) < 1e-9
+    if not torch.cuda.is_available():
+        assert cuda_peak_mb(lambda: None) is None

@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from attnzoo.ops.linear.triton.fused_common import _bounds
+
 # Launch config of the decode kernel: V block and warps (a dict so that benchmarks/gpu_profile_gaps.py can
 # time others in one process). First guesses: the H100 run of 2026-12-07 found this kernel 2x slower than
 # fla's fused_recurrent_gated_delta_rule at B = 64 (0.153 vs 0.078 ms), about 0.9 TB/s of state traffic.
@@ -30,12 +32,7 @@ def delta_recurrent_fwd_kernel(
 ):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     n, i_h = i_nh // H, i_nh % H
-    if VARLEN:
-        bos = tl.load(cu_seqlens + n).to(tl.int64)
-        eos = tl.load(cu_seqlens + n + 1).to(tl.int64)
-    else:
-        bos = n.to(tl.int64) * T
-        eos = bos + T
+    bos, eos = _bounds(cu_seqlens, n, T, VARLEN)
     kk = tl.arange(0, BK)
     vv = i_v * BV + tl.arange(0, BV)
     mk, mv = kk < K, vv < V

@@ -42,20 +42,28 @@ def _step_inputs(u_ptr, dt_ptr, B_ptr, C_ptr, b, t, d, n, T, Dm, N):
 
 
 @triton.jit
+def _program_tile(A_ptr, D_ptr, pid_d, b, Dm, N, R, HAS_D: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr):
+    """A program's channels d [BD] and states n [NP], their masks (dm [BD], m2 [BD, NP]), the state offsets
+    sd [BD, NP], and its batch row's group's A [BD, NP] and Dskip [BD] (zeros without D), float32."""
+    d = pid_d * BD + tl.arange(0, BD)
+    n = tl.arange(0, NP)
+    dm = d < Dm
+    m2 = dm[:, None] & (n < N)[None, :]
+    grp = b // R
+    A = tl.load(A_ptr + grp * Dm * N + d[:, None] * N + n[None, :], mask=m2, other=0.0).to(tl.float32)
+    Dk = tl.zeros((BD,), dtype=tl.float32)
+    if HAS_D:
+        Dk = tl.load(D_ptr + grp * Dm + d, mask=dm, other=0.0).to(tl.float32)
+    return d, n, dm, m2, d[:, None] * N + n[None, :], A, Dk
+
+
+@triton.jit
 def scan_fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, h0_ptr, y_ptr, hT_ptr, ck_ptr, T, Dm, N, R,
                     L: tl.constexpr, HAS_D: tl.constexpr, HAS_H0: tl.constexpr, SAVE: tl.constexpr,
                     BD: tl.constexpr, NP: tl.constexpr):
     """Grid (cdiv(D, BD), B): y [B, T, D] (u's dtype), hT [B, D, N] and, with SAVE, ckpt [B, nC, D, N]."""
     pid_d, b = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    d = pid_d * BD + tl.arange(0, BD)
-    n = tl.arange(0, NP)
-    dm, nm = d < Dm, n < N
-    m2 = dm[:, None] & nm[None, :]
-    grp = b // R
-    A = tl.load(A_ptr + grp * Dm * N + d[:, None] * N + n[None, :], mask=m2, other=0.0).to(tl.float32)
-    if HAS_D:
-        Dk = tl.load(D_ptr + grp * Dm + d, mask=dm, other=0.0).to(tl.float32)
-    sd = d[:, None] * N + n[None, :]
+    d, n, dm, m2, sd, A, Dk = _program_tile(A_ptr, D_ptr, pid_d, b, Dm, N, R, HAS_D, BD, NP)
     if HAS_H0:
         h = tl.load(h0_ptr + b * Dm * N + sd, mask=m2, other=0.0).to(tl.float32)
     else:
@@ -84,15 +92,7 @@ def scan_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, ck_ptr, dy_ptr, d
     dh0 [B, D, N] float32. sc: scratch [P, L, BD, NP] float32."""
     pid_d, b = tl.program_id(0), tl.program_id(1).to(tl.int64)
     p = b * tl.num_programs(0) + pid_d
-    d = pid_d * BD + tl.arange(0, BD)
-    n = tl.arange(0, NP)
-    dm, nm = d < Dm, n < N
-    m2 = dm[:, None] & nm[None, :]
-    grp = b // R
-    A = tl.load(A_ptr + grp * Dm * N + d[:, None] * N + n[None, :], mask=m2, other=0.0).to(tl.float32)
-    if HAS_D:
-        Dk = tl.load(D_ptr + grp * Dm + d, mask=dm, other=0.0).to(tl.float32)
-    sd = d[:, None] * N + n[None, :]
+    d, n, dm, m2, sd, A, Dk = _program_tile(A_ptr, D_ptr, pid_d, b, Dm, N, R, HAS_D, BD, NP)
     loc = tl.arange(0, BD)[:, None] * NP + n[None, :]  # a scratch row's layout [BD, NP]
     scb = sc_ptr + p * L * BD * NP
     if HAS_DHT:
