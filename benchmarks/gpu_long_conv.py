@@ -17,7 +17,6 @@ If the checks pass and the Toeplitz form is faster, set LONG_CONV_DIRECT = "toep
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import attnzoo.ops.conv.long as long_mod  # noqa: E402
 from attnzoo.bench.cases import CaseLog, cuda_peak_mb as peak_mb, rel_err as rel, script_args  # noqa: E402
 from attnzoo.bench.machine import machine_line  # noqa: E402
-from attnzoo.bench.timing import ms_timer  # noqa: E402
+from attnzoo.bench.timing import ms_timer, switched  # noqa: E402
 from attnzoo.ops.conv.long import fast_causal_conv  # noqa: E402
 from attnzoo.ops.conv.reference import direct_causal_conv  # noqa: E402
 
@@ -39,14 +38,8 @@ T0 = time.time()
 bench = ms_timer(DEV, cpu_repeats=1, cpu_warmup=0)
 
 
-@contextlib.contextmanager
 def direct(path: str):
-    old = long_mod.LONG_CONV_DIRECT
-    long_mod.LONG_CONV_DIRECT = path
-    try:
-        yield
-    finally:
-        long_mod.LONG_CONV_DIRECT = old
+    return switched(long_mod, LONG_CONV_DIRECT=path)
 
 
 def inputs(B, T, C, dtype):

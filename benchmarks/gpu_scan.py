@@ -19,7 +19,6 @@ If every check passes and the kernel is faster, set SCAN_TRITON_AUTO = True in o
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import time
@@ -36,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import attnzoo.ops.scan.api as scan_api  # noqa: E402
 from attnzoo.bench.cases import CaseLog, cuda_peak_mb as peak_mb, rel_err as rel, script_args  # noqa: E402
 from attnzoo.bench.machine import machine_line  # noqa: E402
-from attnzoo.bench.timing import ms_timer  # noqa: E402
+from attnzoo.bench.timing import ms_timer, switched  # noqa: E402
 from attnzoo.ops.scan import selective_scan  # noqa: E402
 from attnzoo.ops.scan.triton import api as tri  # noqa: E402
 
@@ -114,14 +113,8 @@ def timing(Bsz, T, Dm, N, dtype) -> dict:
     return res
 
 
-@contextlib.contextmanager
 def scan_auto(on: bool):
-    old = scan_api.SCAN_TRITON_AUTO
-    scan_api.SCAN_TRITON_AUTO = on
-    try:
-        yield
-    finally:
-        scan_api.SCAN_TRITON_AUTO = old
+    return switched(scan_api, SCAN_TRITON_AUTO=on)
 
 
 def zoo_group(d_model, T=64) -> dict:

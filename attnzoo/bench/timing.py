@@ -116,3 +116,20 @@ def tuned(table: dict, **changes):
     finally:
         table.clear()
         table.update(old)
+
+
+@contextlib.contextmanager
+def switched(module, **values):
+    """A module's switches (module-level names read at each call, e.g. ops.scan.api.SCAN_TRITON_AUTO) set to
+    `values` inside the block and restored after, also when the block raises."""
+    missing = [k for k in values if not hasattr(module, k)]
+    if missing:
+        raise AttributeError(f"{module.__name__} has no {missing}")
+    old = {k: getattr(module, k) for k in values}
+    for k, v in values.items():
+        setattr(module, k, v)
+    try:
+        yield module
+    finally:
+        for k, v in old.items():
+            setattr(module, k, v)
