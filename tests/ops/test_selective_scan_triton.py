@@ -224,3 +224,14 @@ def test_bad_inputs_raise():
         triton_selective_scan(u, delta, A, B, C, initial_state=h0[:1])
     with pytest.raises(ValueError, match="cu_seqlens"):
         selective_scan(u[:1], delta[:1], A, B[:1], C[:1], cu_seqlens=torch.tensor([0, 2, 5]), impl="triton")
+
+
+def test_wide_states_shrink_the_channel_tile():
+    """BD x NP stays within TUNE["STATE"] (registers): N = 64 takes 8 channels per program at the shipped
+    tiles, N = 16 the full 32; the result is the same whatever the tile (several channel programs here)."""
+    assert tri._tiles(256, 16)[0] == min(8, 512 // 16)  # the fixture's BD = 8
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(tri.TUNE, "BD", 32)
+        assert tri._tiles(256, 16) == (32, 16) and tri._tiles(256, 64) == (8, 64) and tri._tiles(4, 200) == (2, 256)
+        mp.setitem(tri.TUNE, "STATE", 64)
+        check(1, 9, 12, 20, seed=11)  # NP = 32: 2 channels per program, 6 programs

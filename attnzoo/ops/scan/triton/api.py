@@ -27,8 +27,10 @@ from attnzoo.ops.common.dispatch import triton_interpret
 from attnzoo.ops.common.opaque import compiling, empty_like_none, none_if_empty
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-# BD channels per program; L steps per checkpointed chunk (the backward's scratch holds L states per program)
-TUNE = {"BD": 32, "L": 64, "num_warps": 4}
+# BD channels per program (fewer for wide states: at most STATE state elements per program); L steps per
+# checkpointed chunk (the backward's scratch holds L states per program). BD 32 x N 16 was timed on an H100
+# (benchmarks/results/scan_gpu/); STATE = 512 keeps that tile and caps wider ones (N = 64: BD 8) untimed.
+TUNE = {"BD": 32, "L": 64, "STATE": 512, "num_warps": 4}
 
 
 def _limits(u, delta, A, B, C) -> str | None:
@@ -56,9 +58,12 @@ def _check(u, delta, A, B, C):
 
 
 def _tiles(Dm, N):
+    """(BD, NP): channels per program and the padded state count; BD shrinks for wide states so that a
+    program's [BD, NP] state tiles stay within TUNE["STATE"] elements (the registers of its warps)."""
     from attnzoo.ops.scan.triton.kernels import next_pow2
 
-    return min(TUNE["BD"], next_pow2(Dm)), next_pow2(N)
+    npw = next_pow2(N)
+    return max(1, min(TUNE["BD"], next_pow2(Dm), TUNE["STATE"] // npw)), npw
 
 
 def _fwd(u, dt, A, B, C, D, h0, save):
