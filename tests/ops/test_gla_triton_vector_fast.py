@@ -239,3 +239,43 @@ def test_vector_dg_assemblies_mixed_chunks_and_varlen(fused, monkeypatch):
     monkeypatch.setitem(tc.TUNE, "vector_fused_dg", fused)
     test_mixed_heads_and_chunks_in_one_launch()
     test_varlen_partial_last_chunks_match_one_by_one()
+
+
+def test_float32_backward_factors_match_the_reference(monkeypatch):
+    """TUNE["vector_bwd_factor_f32"]: the backward's two factorised products in float32 (what bf16 inputs would
+    take on a GPU; the interpreter runs fp32 and fp16 here, where it must not change the result): mixed safe
+    and unsafe chunks, and varlen, against the float64 loop."""
+    monkeypatch.setitem(tc.TUNE, "vector_bwd_factor_f32", True)
+    test_mixed_heads_and_chunks_in_one_launch()
+    test_varlen_partial_last_chunks_match_one_by_one()
+
+
+SM90_DQDK = """
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource, compile
+from attnzoo.ops.linear.triton.vector_fast import chunk_vector_fast_dqdk_kernel as fn
+names = ["q", "k", "v", "do", "b", "h", "dh", "dq", "dk", "db", "cu_seqlens", "chunk_seq", "chunk_idx"]
+half = ("q", "k", "v", "do", "dq", "dk")
+for f32 in (False, True):
+    sig = {n: "*bf16" if n in half else ("*i32" if n in names[-3:] else "*fp32") for n in names}
+    sig["scale"] = "fp32"
+    const = {"H": 16, "K": 128, "V": 128, "BT": 64, "BK": 64, "BV": 32, "FUSED_DG": False, "F32": f32}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, (k, v) in enumerate(sig.items()) if v[0] == "*"}
+    src = ASTSource(fn, {**sig, **{k: "constexpr" for k in const}}, constexprs=const, attrs=attrs)
+    out = compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
+    assert out.asm["cubin"], f32
+print("compiled")
+"""
+
+
+def test_fast_dqdk_kernel_compiles_for_sm90_with_either_factor_precision():
+    """bf16 inputs with bf16 or float32 (tf32) backward factors, at the launch's shapes (K = V = 128):
+    sm_90 cubins without a GPU (a process without TRITON_INTERPRET)."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton.backends.nvidia")
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    r = subprocess.run([sys.executable, "-c", SM90_DQDK], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and "compiled" in r.stdout, r.stderr[-3000:]

@@ -101,7 +101,7 @@ def _state_dtype(q):
 # term only for sub-chunk chunks) was slower, 2.24/2.52/2.55/5.23: off, kept as a tested alternative.
 TUNE = dict(state_bk=64, state_bv=32, state_warps=4, state_stages=3, scalar_out_warps=4, scalar_fused_dg=True,
             state_bv_vector=32, state_bv_vector_few=64, state_warps_vector=4, state_stages_vector=2,
-            vector_fused_dg=False)
+            vector_fused_dg=False, vector_bwd_factor_f32=False)
 
 
 def _state_config(K, V, gate=1, n_heads_seqs=None):
@@ -270,7 +270,8 @@ def chunk_backward(q, k, v, g, do, dht, *, scale, initial_state, tab, saved=None
         )
         chunk_vector_fast_dqdk_kernel[(tab.n_chunks, triton.cdiv(K, BK), H)](
             q, k, v, do, b, h, dh, dq, dk, db, tab.cu_seqlens, tab.chunk_seq, tab.chunk_idx, scale,
-            H=H, K=K, V=V, BT=BT, BK=BK, BV=min(BV, 32), FUSED_DG=TUNE["vector_fused_dg"], num_warps=8,
+            H=H, K=K, V=V, BT=BT, BK=BK, BV=min(BV, 32), FUSED_DG=TUNE["vector_fused_dg"],
+            F32=TUNE["vector_bwd_factor_f32"], num_warps=8,
         )
     else:
         chunk_scalar_dqdk_kernel[(tab.n_chunks, H)](

@@ -26,8 +26,10 @@ there stays unread (tested). fp16 inputs take float32 factors (factor_cast). Gat
 token) gives min_k b_l from −52 to −74 (K = 128, over 4096 (chunk, head)s). SAFE_LOG is 20 for now (the
 bound of the uncentred form, c = 0, checked on the GPU): every strong chunk then takes the sub-chunk path
 of vector.py, 3x slower (the 2026-12-07 H100 profile: 6.45 against 2.15 ms fwd+bwd). 80, which the centred
-factors allow and which factorises every strong chunk, is checked in the interpreter (fp32, fp16) and
-waits for a bf16 check on the GPU (benchmarks/gpu_gla.py's vector_logsig cases, gpu_profile_gaps.py).
+factors allow and which factorises every strong chunk, passed in the interpreter (fp32, fp16) and on an
+H100 in fp16, but bf16's dg came to 2.1e-2 against its 2e-2 tolerance (benchmarks/results/gla_safe80/):
+the backward's factorised products take bf16 operands; chunk.TUNE["vector_bwd_factor_f32"] makes them
+float32 (tf32 dots, as the forward's FACTOR_F32), not yet checked or timed on a GPU.
 Gates that forget harder than −SAFE_LOG per chunk keep the sub-chunk path.
 Every kernel that branches calls `chunk_is_safe` on the same b buffer: a minimum is exact in any
 order, so all kernels take the same branch for a chunk
@@ -91,13 +93,14 @@ def chunk_safe_mask(b: torch.Tensor, tables, BT: int) -> torch.Tensor:
 def chunk_vector_fast_dqdk_kernel(
     q, k, v, do, b, h, dh, dq, dk, db, cu_seqlens, chunk_seq, chunk_idx, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-    BV: tl.constexpr, FUSED_DG: tl.constexpr = False,
+    BV: tl.constexpr, FUSED_DG: tl.constexpr = False, F32: tl.constexpr = False,
 ):
     """dq, dk [N_tok, H, K] and db (float32) for the rows of one SAFE (chunk, head) and K block
     (db is per channel, so K blocks are independent; dA = do vᵀ is recomputed per block). FUSED_DG:
     write the final dg instead of db, as the scalar kernel does (scalar_bwd.py): the in-chunk
     reverse cumsum plus <S_c, dS_c> per channel, e^{b_c} Σ_v S_0 ⊙ dS_c + Σ_j k_j ⊙ (dk's inter-chunk
-    term); chunk_reverse_cumsum then skips safe chunks."""
+    term); chunk_reverse_cumsum then skips safe chunks. F32: the two factorised products' operands in
+    float32 (tf32 dots; chunk.TUNE["vector_bwd_factor_f32"]), for bf16 inputs' dg (module docstring)."""
     i_c, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bos, eos, t0 = chunk_rows(cu_seqlens, chunk_seq, chunk_idx, i_c, BT)
     last = tl.minimum(t0 + BT, eos) - 1
@@ -121,12 +124,12 @@ def chunk_vector_fast_dqdk_kernel(
         kt = tl.load(k + off, mask=mtk, other=0.0)
         bl = tl.load(b + last * (H * K) + i_h * K + kk, mask=mk, other=0.0)
         c = 0.5 * bl  # the factors' centre: |b − c| <= SAFE_LOG / 2 on a safe chunk
-        kh = factor_cast(kt * tl.exp(c[None, :] - bt), kt)
+        kh = factor_cast(kt * tl.exp(c[None, :] - bt), kt, F32)
         acc_dq = tl.exp(bt) * acc_dq * scale + tl.exp(bt - c[None, :]) * tl.dot(ds.to(kh.dtype), kh)
         tl.store(dq + off, acc_dq.to(dq.dtype.element_ty), mask=mtk)
         qt = tl.load(q + off, mask=mtk, other=0.0)
         dbt = qt.to(tl.float32) * acc_dq
-        qh = factor_cast(qt * tl.exp(bt - c[None, :]), qt)
+        qh = factor_cast(qt * tl.exp(bt - c[None, :]), qt, F32)
         acc_dk = tl.exp(tl.where(mtk, bl[None, :] - bt, 0.0)) * acc_dk
         if FUSED_DG:  # everything after the chunk, per channel: <S_c, dS_c> with S_c = e^{b_c} S_0 + Σ_j ...
             after = tl.exp(bl) * hdh + tl.sum(kt.to(tl.float32) * acc_dk, axis=0)
