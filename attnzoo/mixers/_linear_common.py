@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnzoo.mixers.base import RecurrentState, drop_padding
+from attnzoo.ops.norm import l2_norm
 
 FEATURE_MAPS = ("identity", "elu", "relu", "taylor")
 
@@ -29,8 +30,8 @@ def mask_steps(t: torch.Tensor | None, mask: torch.Tensor | None):
 
 
 def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """x / sqrt(|x|^2 + eps) over the last dim."""
-    return x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + eps)
+    """x / sqrt(|x|^2 + eps) over the last dim (ops.norm.l2_norm: fused on CUDA when NORM_TRITON_AUTO is on)."""
+    return l2_norm(x, eps)
 
 
 def taylor_feature_map(x: torch.Tensor) -> torch.Tensor:

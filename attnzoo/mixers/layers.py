@@ -7,6 +7,7 @@ from torch import nn
 
 from attnzoo.ops.common.dispatch import op_override
 from attnzoo.ops.common.opaque import compiling
+from attnzoo.ops.norm import gated_rms_norm
 
 
 class RMSNorm(nn.Module):
@@ -26,14 +27,17 @@ class RMSNorm(nn.Module):
 
 
 class GatedRMSNorm(RMSNorm):
-    """RMSNorm(x) * act(gate), per head (Mamba-2 / Gated DeltaNet output norm)."""
+    """RMSNorm(x) * act(gate), per head (Mamba-2 / Gated DeltaNet output norm): ops.norm.gated_rms_norm
+    (fused on CUDA when NORM_TRITON_AUTO is on)."""
 
     def __init__(self, dim: int, eps: float = 1e-6, activation: str = "silu"):
         super().__init__(dim, eps)
-        self.act = {"silu": nn.functional.silu, "sigmoid": torch.sigmoid}[activation]
+        if activation not in ("silu", "sigmoid"):
+            raise KeyError(activation)
+        self.activation = activation
 
     def forward(self, x, gate):
-        return super().forward(x) * self.act(gate)
+        return gated_rms_norm(x, self.weight, gate, self.eps, self.activation)
 
 
 def rope_frequencies(head_dim: int, theta: float = 10000.0, device=None) -> torch.Tensor:
