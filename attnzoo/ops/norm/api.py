@@ -8,8 +8,10 @@ x, gate [..., D] (same shape); weight [D]; activation "silu" or "sigmoid"; y in 
 impl: "torch" (the unfused formulas: l2 in x's dtype; the gated norm in float32, rounded to x's dtype, then
 times act(gate), as mixers.layers.GatedRMSNorm always computed), "reference" (the same in float32 / float64
 throughout), "triton" (one fused kernel forward and one backward each, ops/norm/triton.py; D <= 256),
-"auto" (Triton on CUDA while NORM_TRITON_AUTO is on, else torch). The delta-rule layers spend about 4 of
-their 11 ms (fwd+bwd, d_model 2048, H100) in such unfused elementwise passes (results/short_conv/).
+"auto" (Triton on CUDA while NORM_TRITON_AUTO is on, else torch; under torch.compile always torch: inductor
+fuses those formulas itself, and dynamo need not trace the kernels' autograd.Function). The delta-rule
+layers spend about 4 of their 11 ms (fwd+bwd, d_model 2048, H100) in such unfused elementwise passes
+(results/short_conv/).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from attnzoo.ops.common.dispatch import resolve_impl, triton_interpret
+from attnzoo.ops.common.opaque import compiling
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 ACTIVATIONS = {"silu": F.silu, "sigmoid": torch.sigmoid}
@@ -28,8 +31,8 @@ NORM_TRITON_AUTO = False
 def _fits(x) -> bool:
     from attnzoo.ops.common.dispatch import triton_available
 
-    return (NORM_TRITON_AUTO and x.is_cuda and x.dtype in DTYPES and 0 < x.shape[-1] <= 256 and x.numel() > 0
-            and triton_available())
+    return (NORM_TRITON_AUTO and not compiling() and x.is_cuda and x.dtype in DTYPES and 0 < x.shape[-1] <= 256
+            and x.numel() > 0 and triton_available())
 
 
 def _check_triton(*ts):
