@@ -11,8 +11,8 @@ several times: the zoo's Mamba groups were the slowest of the grid, benchmarks/r
 Under torch.compile the op is the custom op `attnzoo::selective_scan` (backward
 `attnzoo::selective_scan_backward`); in eager mode the same kernels run from an autograd.Function whose
 vmap rule (torch.func.vmap, attnzoo.train.group) folds the vmapped dim into the batch: A and D per member
-become [G, D, N] and [G, D], each batch row reading its member's (kernels.py). Varlen (cu_seqlens),
-float64 and the decode step stay on the torch paths (ops/scan/api.py).
+become [G, D, N] and [G, D], each batch row reading its member's (kernels.py). Varlen (cu_seqlens) and
+float64 stay on the torch paths (ops/scan/api.py); a decode step (T = 1) runs the same kernels.
 """
 
 from __future__ import annotations
