@@ -1,7 +1,7 @@
 """hybrid-ratio: linear:full layer ratios (A Systematic Analysis of Hybrid Linear Attention, arXiv:2507.06457).
 
-For each linear mixer of a size (the issue names gla, hgrn2, deltanet, gated_deltanet, retnet; each size
-runs a subset, see below) a stack of n_layers at linear:full = pure, 7:1, 3:1, 1:1 (the size's ratios;
+For each linear mixer of a size (the issue names gla, hgrn2, deltanet, gated_deltanet, retnet; the full
+size runs all five, the CPU sizes a subset, see below) a stack of n_layers at linear:full = pure, 7:1, 3:1, 1:1 (the size's ratios;
 one softmax layer closing each unit of r+1 layers, the
 paper's interleaving) and an all-softmax stack, same width, tokens and seed. Each model is trained twice
 from the same initialisation seed: on MQAR (Zoology, arXiv:2312.04927) mixing two difficulties (few and
@@ -57,6 +57,11 @@ all finished at the 470 s cap, so nothing came back (results then arrived only a
 each run is recorded as it finishes (results.jsonl kind "run") and `--resume` skips the runs on record,
 so the full size may take two device calls. The next full run (2026-12-07, the same H100 kind, alone)
 finished all 14 runs in 437 s within one call (results/repro/hybrid-ratio/full-h100-3000steps/).
+Since 2026-12-07's fourth session the full size is the issue's whole matrix: gla, hgrn2, deltanet,
+gated_deltanet and retnet at pure, 7:1, 3:1 and 1:1, plus the all-softmax stack (21 stacks, 42 runs, the
+same fixed plan). The 14 runs on record keep their keys (pattern, task, steps), so a `--resume` from that
+run's results.jsonl trains only the other 28 (~15 min of one H100 at 8 at once, by the 437 s of the 14:
+two device calls, each keeping what it finished).
 """
 
 from __future__ import annotations
@@ -98,8 +103,9 @@ SIZES = {
                    n_heads=2, seq_len=64, pairs=(4, 12), vocab=128, n_train=8192, batch=32, steps=400, lr=3e-3,
                    budget_seconds=200.0, cuda_workers=1, bytes_share=1.0, min_steps=10),
     # the full size's plan is fixed (min_steps = steps): 3000 MQAR / 1000 bytes steps per stack; see the docstring
-    "full": dict(variants=("hgrn2", "gated_deltanet"), ratios=("pure", "7:1", "3:1"), n_layers=8, d_model=128,
-                 n_heads=4, seq_len=128, pairs=(8, 32), vocab=512, n_train=65536, batch=64, steps=3000, lr=2e-3,
+    "full": dict(variants=("gla", "hgrn2", "deltanet", "gated_deltanet", "retnet"),
+                 ratios=("pure", "7:1", "3:1", "1:1"), n_layers=8, d_model=128, n_heads=4, seq_len=128, pairs=(8, 32),
+                 vocab=512, n_train=65536, batch=64, steps=3000, lr=2e-3,
                  budget_seconds=300.0, cuda_workers=8, bytes_share=1 / 3, min_steps=3000),
 }
 

@@ -90,8 +90,9 @@ def test_quick_smoke(tmp_path):
 def test_full_size_plan_is_fixed_and_names_the_claim_3_mixers():
     p = hr.SIZES["full"]
     stacks = hr._stacks(p)
-    assert len(stacks) == 7 and ("gated_deltanet", "3:1", "gated_deltanet*3,softmax") in stacks
-    assert {"hgrn2", "gated_deltanet"} <= set(p["variants"]) and p["min_steps"] == p["steps"] == 3000
+    assert len(stacks) == 21 and ("gated_deltanet", "3:1", "gated_deltanet*3,softmax") in stacks
+    assert set(p["variants"]) == {"gla", "hgrn2", "deltanet", "gated_deltanet", "retnet"}  # the matrix
+    assert p["ratios"] == ("pure", "7:1", "3:1", "1:1") and p["min_steps"] == p["steps"] == 3000
     # however slow the probes, the plan stays 3000 MQAR steps (and a third of it on bytes)
     assert equal_steps([1.0] * 14, budget_seconds=p["budget_seconds"], most=p["steps"], least=p["min_steps"]) == 3000
     assert round(3000 * p["bytes_share"]) == 1000
