@@ -12,6 +12,7 @@ Cases (each its own try/except; OUT_DIR/gpu_scan.json, machine line and records,
   models as one batch: B = 2048, T = 64, D = 256, N = 4) and strong decays (Δ x 30);
 - vmap: torch.func.vmap over 4 members with A and D per member, kernel against the torch path;
 - time: fwd and fwd+bwd of the kernel and of the torch chunked path (do_bench medians), peak memory;
+- tiles: the kernel at other channel tiles and warp counts (TUNE) at the Mamba shape;
 - zoo: seconds per step of the zoo's mamba group (paper preset, 4 learning rates as one model, CUDA graph)
   at d = 128 and 256, T = 64, torch path then the kernel (SCAN_TRITON_AUTO), the same batches.
 If every check passes and the kernel is faster, set SCAN_TRITON_AUTO = True in ops/scan/api.py.
@@ -35,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import attnzoo.ops.scan.api as scan_api  # noqa: E402
 from attnzoo.bench.cases import CaseLog, cuda_peak_mb as peak_mb, rel_err as rel, script_args  # noqa: E402
 from attnzoo.bench.machine import machine_line  # noqa: E402
-from attnzoo.bench.timing import ms_timer, switched  # noqa: E402
+from attnzoo.bench.timing import ms_timer, switched, tuned  # noqa: E402
 from attnzoo.ops.scan import selective_scan  # noqa: E402
 from attnzoo.ops.scan.triton import api as tri  # noqa: E402
 
@@ -113,6 +114,24 @@ def timing(Bsz, T, Dm, N, dtype) -> dict:
     return res
 
 
+def tile_sweep(Bsz, T, Dm, N, dtype) -> dict:
+    """fwd and fwd+bwd of the kernel at other tiles (TUNE BD x num_warps): at a small batch the sequential
+    loop is latency-bound (~1 µs per step with 2 programs per SM at B=4, D=2048), more, narrower programs
+    may hide it."""
+    ins = inputs(Bsz, T, Dm, N, dtype=dtype)
+    leaves = [t.clone().requires_grad_(True) for t in ins]
+    out = {"B": Bsz, "T": T, "D": Dm, "N": N, "variants": []}
+    for bd, warps in ((32, 4), (16, 2), (8, 1), (16, 4), (8, 2)):
+        with tuned(tri.TUNE, BD=bd, num_warps=warps):
+            fwd = bench(lambda: selective_scan(*ins[:6], initial_state=ins[6], impl="triton")[0])
+            fb = bench(lambda: torch.autograd.grad(
+                selective_scan(*leaves[:6], initial_state=leaves[6], impl="triton")[0].float().square().sum(), leaves))
+        out["variants"].append({"BD": bd, "num_warps": warps, "fwd_ms": fwd, "fwdbwd_ms": fb})
+    best = min(out["variants"], key=lambda v: v["fwdbwd_ms"])
+    out["best"] = f"BD {best['BD']} warps {best['num_warps']}: {best['fwd_ms']:.3f} / {best['fwdbwd_ms']:.3f} ms"
+    return out
+
+
 def scan_auto(on: bool):
     return switched(scan_api, SCAN_TRITON_AUTO=on)
 
@@ -148,11 +167,13 @@ def main():
             timing(4, 2048, 2048, 16, torch.bfloat16))
     log.run("time zoo fp32", lambda: timing(8, 16, 20, 4, torch.float32) if small else
             timing(2048, 64, 256, 4, torch.float32))
+    log.run("tiles mamba bf16", lambda: tile_sweep(1, 40, 16, 16, torch.bfloat16) if small else
+            tile_sweep(4, 2048, 2048, 16, torch.bfloat16))
     for d in ((16,) if small else (128, 256)):
         log.run(f"zoo mamba d={d}", lambda: zoo_group(d, T=16 if small else 64))
     print()
     print(log.summary(("ok", "speedup_fwd", "speedup_fwdbwd", "triton_fwdbwd_ms", "torch_fwdbwd_ms",
-                      "torch_s_per_step", "triton_s_per_step", "speedup")))
+                      "torch_s_per_step", "triton_s_per_step", "speedup", "best")))
 
 if __name__ == "__main__":
     main()
