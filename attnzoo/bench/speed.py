@@ -365,8 +365,11 @@ def run_speed(shapes, out_dir, providers=PROVIDERS, modes=("fwd", "fwdbwd"), pro
     jl = os.path.join(out_dir, "speed.jsonl")
     fla = fla_module() if any(p.startswith("fla_") for p in providers) else None
     records = []
+    from attnzoo.bench.speed_rates import measure_ceilings
+
+    ceilings = measure_ceilings()
     with open(jl, "a") as f:
-        f.write(json.dumps({**machine_line(), "rounds": rounds}) + "\n")
+        f.write(json.dumps({**machine_line(), "rounds": rounds, "ceilings": ceilings}) + "\n")
         for mode in modes:
             for s in shapes:
                 entries = [e for p in providers if not (p.startswith("fla_") and fla is None)
@@ -380,13 +383,18 @@ def run_speed(shapes, out_dir, providers=PROVIDERS, modes=("fwd", "fwdbwd"), pro
                                 else rec["error"]))
                 f.flush()
                 del entries
-    return records, write_report(records, out_dir)
+    return records, write_report(records, out_dir, ceilings)
 
 
-def write_report(records, out_dir) -> str:
-    """out_dir/speed.md (the Markdown table, returned) and out_dir/speed.png from the records."""
+def write_report(records, out_dir, ceilings=None) -> str:
+    """out_dir/speed.md (the Markdown table, returned), out_dir/speed_rates.md (achieved rates against the
+    ceilings, bench/speed_rates.py) and out_dir/speed.png from the records."""
+    from attnzoo.bench.speed_rates import rates_markdown
+
     md = markdown(records)
     with open(os.path.join(out_dir, "speed.md"), "w") as f:
         f.write(md)
+    with open(os.path.join(out_dir, "speed_rates.md"), "w") as f:
+        f.write(rates_markdown(records, ceilings))
     plot(records, os.path.join(out_dir, "speed.png"))
     return md
