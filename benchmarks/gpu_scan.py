@@ -121,7 +121,7 @@ def tile_sweep(Bsz, T, Dm, N, dtype) -> dict:
     ins = inputs(Bsz, T, Dm, N, dtype=dtype)
     leaves = [t.clone().requires_grad_(True) for t in ins]
     out = {"B": Bsz, "T": T, "D": Dm, "N": N, "variants": []}
-    for bd, warps in ((32, 4), (16, 2), (8, 1), (16, 4), (8, 2)):
+    for bd, warps in ((32, 4), (16, 2), (8, 1), (16, 4), (8, 2), (4, 1), (2, 1)):
         with tuned(tri.TUNE, BD=bd, num_warps=warps):
             fwd = bench(lambda: selective_scan(*ins[:6], initial_state=ins[6], impl="triton")[0])
             fb = bench(lambda: torch.autograd.grad(
