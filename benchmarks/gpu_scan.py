@@ -115,20 +115,22 @@ def timing(Bsz, T, Dm, N, dtype) -> dict:
 
 
 def tile_sweep(Bsz, T, Dm, N, dtype) -> dict:
-    """fwd and fwd+bwd of the kernel at other tiles (TUNE BD x num_warps): at a small batch the sequential
+    """fwd and fwd+bwd of the kernel at other tiles (TUNE BD x num_warps, PREFETCH): at a small batch the sequential
     loop is latency-bound (~1 µs per step with 2 programs per SM at B=4, D=2048), more, narrower programs
     may hide it."""
     ins = inputs(Bsz, T, Dm, N, dtype=dtype)
     leaves = [t.clone().requires_grad_(True) for t in ins]
     out = {"B": Bsz, "T": T, "D": Dm, "N": N, "variants": []}
-    for bd, warps in ((32, 4), (16, 2), (8, 1), (16, 4), (8, 2), (4, 1), (2, 1)):
-        with tuned(tri.TUNE, BD=bd, num_warps=warps):
+    for bd, warps, pre in ((32, 4, False), (32, 4, True), (16, 2, False), (8, 1, False), (8, 1, True), (16, 4, False),
+                           (8, 2, False), (4, 1, False), (4, 1, True), (2, 1, False)):
+        with tuned(tri.TUNE, BD=bd, num_warps=warps, PREFETCH=pre):
             fwd = bench(lambda: selective_scan(*ins[:6], initial_state=ins[6], impl="triton")[0])
             fb = bench(lambda: torch.autograd.grad(
                 selective_scan(*leaves[:6], initial_state=leaves[6], impl="triton")[0].float().square().sum(), leaves))
-        out["variants"].append({"BD": bd, "num_warps": warps, "fwd_ms": fwd, "fwdbwd_ms": fb})
+        out["variants"].append({"BD": bd, "num_warps": warps, "prefetch": pre, "fwd_ms": fwd, "fwdbwd_ms": fb})
     best = min(out["variants"], key=lambda v: v["fwdbwd_ms"])
-    out["best"] = f"BD {best['BD']} warps {best['num_warps']}: {best['fwd_ms']:.3f} / {best['fwdbwd_ms']:.3f} ms"
+    out["best"] = (f"BD {best['BD']} warps {best['num_warps']} prefetch {best['prefetch']}: {best['fwd_ms']:.3f} / "
+                   f"{best['fwdbwd_ms']:.3f} ms")
     return out
 
 

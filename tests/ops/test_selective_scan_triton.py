@@ -179,10 +179,10 @@ SM90_COMPILE = """
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, compile
 from attnzoo.ops.scan.triton import api, kernels
-for which in ("fwd", "bwd"):
-    if which == "fwd":
+for which in ("fwd", "fwd_prefetch", "bwd"):
+    if which.startswith("fwd"):
         names = ["u", "dt", "A", "B", "C", "D", "h0", "y", "hT", "ck"]
-        fn, const = kernels.scan_fwd_kernel, {"HAS_H0": True, "SAVE": True}
+        fn, const = kernels.scan_fwd_kernel, {"HAS_H0": True, "SAVE": True, "PREFETCH": which == "fwd_prefetch"}
     else:
         names = ["u", "dt", "A", "B", "C", "D", "ck", "dy", "dhT", "sc", "du", "ddt", "dB", "dC", "dA", "dD", "dh0"]
         fn, const = kernels.scan_bwd_kernel, {"HAS_DHT": True}
@@ -265,3 +265,11 @@ def test_mamba_mixer_with_the_kernel_matches_the_torch_scan():
             yt, state = ker(x[:, t:t + 1], state=state, return_state=True)
             steps.append(yt)
     assert rel(torch.cat(steps, 1), full) < 1e-5
+
+
+def test_prefetching_forward_matches_the_reference(monkeypatch):
+    """TUNE["PREFETCH"]: step t+1's inputs loaded before step t computes; the same results (chunks, a partial
+    last chunk, T = 1)."""
+    monkeypatch.setitem(tri.TUNE, "PREFETCH", True)
+    check(2, 11, 12, 3, seed=21)
+    check(1, 1, 3, 5, seed=22)

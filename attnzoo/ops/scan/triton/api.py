@@ -30,7 +30,8 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # BD channels per program (fewer for wide states: at most STATE state elements per program); L steps per
 # checkpointed chunk (the backward's scratch holds L states per program). BD 32 x N 16 was timed on an H100
 # (benchmarks/results/scan_gpu/); STATE = 512 keeps that tile and caps wider ones (N = 64: BD 8) untimed.
-TUNE = {"BD": 32, "L": 64, "STATE": 512, "num_warps": 4}
+# PREFETCH: the forward loads step t+1's inputs before step t computes (off until a GPU times it).
+TUNE = {"BD": 32, "L": 64, "STATE": 512, "num_warps": 4, "PREFETCH": False}
 
 
 def _limits(u, delta, A, B, C) -> str | None:
@@ -79,7 +80,8 @@ def _fwd(u, dt, A, B, C, D, h0, save):
     ck = u.new_empty(Bsz, -(-T // L), Dm, N, dtype=torch.float32) if save else hT
     scan_fwd_kernel[(-(-Dm // bd), Bsz)](
         u, dt, A, B, C, A if D is None else D, hT if h0 is None else h0, y, hT, ck, T, Dm, N, Bsz // A.shape[0],
-        L=L, HAS_D=D is not None, HAS_H0=h0 is not None, SAVE=save, BD=bd, NP=npw, num_warps=TUNE["num_warps"])
+        L=L, HAS_D=D is not None, HAS_H0=h0 is not None, SAVE=save, BD=bd, NP=npw, PREFETCH=bool(TUNE["PREFETCH"]),
+        num_warps=TUNE["num_warps"])
     return y, hT, (ck if save else empty_like_none(u))
 
 

@@ -60,8 +60,9 @@ def _program_tile(A_ptr, D_ptr, pid_d, b, Dm, N, R, HAS_D: tl.constexpr, BD: tl.
 @triton.jit
 def scan_fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, h0_ptr, y_ptr, hT_ptr, ck_ptr, T, Dm, N, R,
                     L: tl.constexpr, HAS_D: tl.constexpr, HAS_H0: tl.constexpr, SAVE: tl.constexpr,
-                    BD: tl.constexpr, NP: tl.constexpr):
-    """Grid (cdiv(D, BD), B): y [B, T, D] (u's dtype), hT [B, D, N] and, with SAVE, ckpt [B, nC, D, N]."""
+                    BD: tl.constexpr, NP: tl.constexpr, PREFETCH: tl.constexpr = False):
+    """Grid (cdiv(D, BD), B): y [B, T, D] (u's dtype), hT [B, D, N] and, with SAVE, ckpt [B, nC, D, N].
+    PREFETCH: step t+1's inputs are loaded before step t computes (their latency overlaps a step)."""
     pid_d, b = tl.program_id(0), tl.program_id(1).to(tl.int64)
     d, n, dm, m2, sd, A, Dk = _program_tile(A_ptr, D_ptr, pid_d, b, Dm, N, R, HAS_D, BD, NP)
     if HAS_H0:
@@ -69,11 +70,17 @@ def scan_fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, h0_ptr, y_ptr, hT
     else:
         h = tl.zeros((BD, NP), dtype=tl.float32)
     nC = tl.cdiv(T, L)
+    if PREFETCH:
+        un, dtn, Bn, Cn = _step_inputs(u_ptr, dt_ptr, B_ptr, C_ptr, b, 0, d, n, T, Dm, N)
     for t in range(0, T):
         if SAVE:
             if t % L == 0:
                 tl.store(ck_ptr + (b * nC + t // L) * Dm * N + sd, h, mask=m2)
-        u, dt, Bt, Ct = _step_inputs(u_ptr, dt_ptr, B_ptr, C_ptr, b, t, d, n, T, Dm, N)
+        if PREFETCH:  # the last step reloads itself (t + 1 clamped): harmless, and no load past the sequence
+            u, dt, Bt, Ct = un, dtn, Bn, Cn
+            un, dtn, Bn, Cn = _step_inputs(u_ptr, dt_ptr, B_ptr, C_ptr, b, tl.minimum(t + 1, T - 1), d, n, T, Dm, N)
+        else:
+            u, dt, Bt, Ct = _step_inputs(u_ptr, dt_ptr, B_ptr, C_ptr, b, t, d, n, T, Dm, N)
         h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bt[None, :]
         y = tl.sum(h * Ct[None, :], axis=1)
         if HAS_D:
