@@ -88,7 +88,8 @@ def gated_bwd_kernel(X, Z, W, DY, DX, DZ, DW, M, D, R, eps, SILU: tl.constexpr, 
 
 
 def _rows(R: int) -> int:
-    """Rows per program: the largest power of two <= BR_MAX dividing R (so a program never spans two groups)."""
+    """Rows per program with G > 1 groups of R rows: the largest power of two <= BR_MAX dividing R (so a program
+    never spans two groups; one group takes BR_MAX, its last program masked)."""
     br = BR_MAX
     while R % br:
         br //= 2
@@ -119,7 +120,7 @@ def gated_fwd(x, z, w, eps, silu):
     """x, z [M, D] (rows), w [G, D] (G groups of M / G rows)."""
     M, D = x.shape
     y = torch.empty_like(x)
-    br = _rows(M // w.shape[0])
+    br = BR_MAX if w.shape[0] == 1 else _rows(M // w.shape[0])
     grid, kw = _launch(M, D, br)
     gated_fwd_kernel[grid](x, z, w, y, M, D, M // w.shape[0], eps, SILU=silu, **kw)
     return y
@@ -128,7 +129,7 @@ def gated_fwd(x, z, w, eps, silu):
 def gated_bwd(x, z, w, dy, eps, silu):
     M, D = x.shape
     G = w.shape[0]
-    br = _rows(M // G)
+    br = BR_MAX if G == 1 else _rows(M // G)
     grid, kw = _launch(M, D, br)
     dx, dz = torch.empty_like(x), torch.empty_like(z)
     dwp = x.new_empty(grid[0], D, dtype=torch.float32)
