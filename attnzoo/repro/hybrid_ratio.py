@@ -1,10 +1,10 @@
 """hybrid-ratio: linear:full layer ratios (A Systematic Analysis of Hybrid Linear Attention, arXiv:2507.06457).
 
 For each linear mixer of a size (the issue names gla, hgrn2, deltanet, gated_deltanet, retnet; the full
-size runs all five, the CPU sizes a subset, see below) a stack of n_layers at linear:full = pure, 7:1, 3:1, 1:1 (the size's ratios;
-one softmax layer closing each unit of r+1 layers, the
-paper's interleaving) and an all-softmax stack, same width, tokens and seed. Each model is trained twice
-from the same initialisation seed: on MQAR (Zoology, arXiv:2312.04927) mixing two difficulties (few and
+size runs all five, the CPU sizes a subset, see below) a stack of n_layers at linear:full = pure, 7:1, 3:1,
+1:1 (the size's ratios; one softmax layer closing each unit of r+1 layers, the paper's interleaving) and
+an all-softmax stack, same width, tokens and seed. Each model is trained twice from the same initialisation
+seed: on MQAR (Zoology, arXiv:2312.04927) mixing two difficulties (few and
 many key-value pairs at one length; recall = accuracy on each difficulty's test set) and on stdlib bytes
 (validation bits per byte). The paper's 12:1 and 24:1 need deeper stacks and are not run.
 
