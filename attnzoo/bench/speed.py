@@ -32,14 +32,15 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from attnzoo.bench.speed_delta import DELTA, GATED_DELTA, delta_call, fla_delta_ops
+from attnzoo.bench.speed_delta import DELTA, delta_call, fla_delta_ops
+from attnzoo.bench.speed_rates import GATED, measure_ceilings, rates_markdown
+from attnzoo.bench.timing import do_bench_ms
 
 DEFAULT_T = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
 PROVIDERS = ("attnzoo_scalar", "attnzoo_vector", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient",
              "fla_simple_gla", "fla_gla", *DELTA)
 MODES = ("fwd", "fwdbwd", "decode")
 GATES = {"weak": 16.0, "strong": 1.0}   # regime: g = logsigmoid(randn) / divisor
-GATED = ("attnzoo_scalar", "attnzoo_vector", "fla_simple_gla", "fla_gla", *GATED_DELTA)
 
 
 @dataclass
@@ -236,12 +237,6 @@ def prepare(provider, s, mode, fla=None, gates=None):
         return rec, None
 
 
-def do_bench_ms(fn) -> float:
-    import triton
-
-    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
-
-
 def timed_rounds(entries, rounds: int, timer=do_bench_ms):
     """Times every (record, fn) of one shape and mode `rounds` times, the providers interleaved
     and their order rotated each round (so a drift of clocks or host load is shared, not pinned on
@@ -365,8 +360,6 @@ def run_speed(shapes, out_dir, providers=PROVIDERS, modes=("fwd", "fwdbwd"), pro
     jl = os.path.join(out_dir, "speed.jsonl")
     fla = fla_module() if any(p.startswith("fla_") for p in providers) else None
     records = []
-    from attnzoo.bench.speed_rates import measure_ceilings
-
     ceilings = measure_ceilings()
     with open(jl, "a") as f:
         f.write(json.dumps({**machine_line(), "rounds": rounds, "ceilings": ceilings}) + "\n")
@@ -389,8 +382,6 @@ def run_speed(shapes, out_dir, providers=PROVIDERS, modes=("fwd", "fwdbwd"), pro
 def write_report(records, out_dir, ceilings=None) -> str:
     """out_dir/speed.md (the Markdown table, returned), out_dir/speed_rates.md (achieved rates against the
     ceilings, bench/speed_rates.py) and out_dir/speed.png from the records."""
-    from attnzoo.bench.speed_rates import rates_markdown
-
     md = markdown(records)
     with open(os.path.join(out_dir, "speed.md"), "w") as f:
         f.write(md)

@@ -16,9 +16,10 @@ for 16k tokens).
 
 from __future__ import annotations
 
-from attnzoo.bench.speed import GATED
-from attnzoo.bench.speed_delta import DELTA
+from attnzoo.bench.speed_delta import DELTA, GATED_DELTA
 
+GLA = ("attnzoo_scalar", "attnzoo_vector", "fla_simple_gla", "fla_gla")
+GATED = (*GLA, *GATED_DELTA)                                     # the providers timed in each gate regime
 VECTOR = ("attnzoo_vector", "fla_gla")
 
 
@@ -26,7 +27,7 @@ def measure_ceilings() -> dict:
     """{"copy_TBps", "bf16_matmul_TFLOPs"} of the current CUDA device."""
     import torch
 
-    from attnzoo.bench.speed import do_bench_ms
+    from attnzoo.bench.timing import do_bench_ms
 
     x = torch.empty(2 ** 30, dtype=torch.uint8, device="cuda").random_(0, 255)
     y = torch.empty_like(x)

@@ -79,13 +79,18 @@ def summary(times: dict) -> dict:
     return {f"{c}_{s}_s": (median(v) if s == "median" else min(v)) for c, v in times.items() for s in ("median", "min")}
 
 
+def do_bench_ms(fn) -> float:
+    """Milliseconds of one fn() on a GPU: triton.testing.do_bench's median (25 ms warm-up, 100 ms of runs)."""
+    import triton
+
+    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
 def ms_timer(device, *, cpu_repeats: int = 3, cpu_warmup: int = 1):
     """A function fn -> milliseconds of one fn() for the scripts that time on either device: on CUDA
     triton's do_bench median (attnzoo.bench.speed.do_bench_ms), on the CPU the median of `cpu_repeats`
     calls after `cpu_warmup` (a smoke run through the Triton interpreter takes one call, no warm-up)."""
     if torch.device(device).type == "cuda":
-        from attnzoo.bench.speed import do_bench_ms
-
         return do_bench_ms
     return lambda fn: 1e3 * median(call_times(fn, repeats=cpu_repeats, warmup=cpu_warmup))
 
