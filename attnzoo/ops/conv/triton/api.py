@@ -28,6 +28,7 @@ import torch
 
 from attnzoo.ops.common.dispatch import triton_interpret
 from attnzoo.ops.common.opaque import compiling
+from attnzoo.ops.common.tiles import cdiv, next_pow2
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_W = 8
@@ -79,8 +80,6 @@ def _check(x, weight, bias, initial_state, activation):
 
 def _blocks(T, C, W, key="BLOCK_T"):
     """(rows per tile, channels per tile, rows per backward program) for this shape."""
-    from attnzoo.ops.conv.triton.kernels import next_pow2
-
     bt = min(TUNE[key], next_pow2(T + W - 1))
     return bt, min(TUNE["BLOCK_C"], next_pow2(C)), max(bt, TUNE["BWD_ROWS"] // bt * bt)
 
@@ -99,33 +98,29 @@ def _fwd(x, weight, bias, state, silu):
     bt, bc, _ = _blocks(T, C, W)
     y = torch.empty_like(x)
     b_arg, s_arg, flags = _flags(x, bias, state, silu)
-    grid = (triton_cdiv(T, bt), triton_cdiv(C, bc), B)
+    grid = (cdiv(T, bt), cdiv(C, bc), B)
     short_conv_fwd_kernel[grid](x, weight, b_arg, s_arg, y, T, C, W=W, BT=bt, BC=bc,
                                 num_warps=TUNE["num_warps"], **flags)
     return y
 
 
 def _bwd(x, weight, bias, state, silu, dy):
-    from attnzoo.ops.conv.triton.kernels import next_pow2, short_conv_bwd_kernel
+    from attnzoo.ops.conv.triton.kernels import short_conv_bwd_kernel
 
     B, T, C = x.shape
     W = weight.shape[1]
     bt, bc, rows = _blocks(T, C, W, "BWD_BLOCK_T")
-    n_t = triton_cdiv(T + W - 1, rows)
+    n_t = cdiv(T + W - 1, rows)
     dx = torch.empty_like(x)
     ds = torch.empty_like(state) if state is not None else None
     dw = x.new_empty(B * n_t, C, W, dtype=torch.float32)
     db = x.new_empty(B * n_t, C, dtype=torch.float32) if bias is not None else None
     b_arg, s_arg, flags = _flags(x, bias, state, silu)
-    short_conv_bwd_kernel[(n_t, triton_cdiv(C, bc), B)](
+    short_conv_bwd_kernel[(n_t, cdiv(C, bc), B)](
         x, weight, b_arg, s_arg, dy, dx, x if ds is None else ds, dw, dw if db is None else db, T, C, W=W,
         BT=bt, BC=bc, ROWS=rows, WP=next_pow2(W), num_warps=TUNE["num_warps"], **flags)
     dw = dw.sum(0).to(weight.dtype)
     return dx, dw, (db.sum(0).to(bias.dtype) if db is not None else None), ds
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 @torch.library.custom_op("attnzoo::short_conv", mutates_args=())

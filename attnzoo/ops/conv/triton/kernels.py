@@ -116,7 +116,3 @@ def short_conv_bwd_kernel(x_ptr, w_ptr, b_ptr, s_ptr, dy_ptr, dx_ptr, ds_ptr, dw
     tl.store(dw_ptr + (p * C + c[None, :]) * W + taps[:, None], dw, mask=cm[None, :] & (taps[:, None] < W))
     if HAS_BIAS:
         tl.store(db_ptr + p * C + c, db, mask=cm)
-
-
-def next_pow2(n: int) -> int:
-    return triton.next_power_of_2(max(1, int(n)))

@@ -25,6 +25,7 @@ import attnzoo.ops.linear.triton.api  # noqa: F401  (applies the interpreter pat
 from attnzoo.ops.common.checks import check_scan_inputs
 from attnzoo.ops.common.dispatch import triton_interpret
 from attnzoo.ops.common.opaque import compiling, empty_like_none, none_if_empty
+from attnzoo.ops.common.tiles import cdiv, next_pow2
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # BD channels per program (fewer for wide states: at most STATE state elements per program); L steps per
@@ -61,8 +62,6 @@ def _check(u, delta, A, B, C):
 def _tiles(Dm, N):
     """(BD, NP): channels per program and the padded state count; BD shrinks for wide states so that a
     program's [BD, NP] state tiles stay within TUNE["STATE"] elements (the registers of its warps)."""
-    from attnzoo.ops.scan.triton.kernels import next_pow2
-
     npw = next_pow2(N)
     return max(1, min(TUNE["BD"], next_pow2(Dm), TUNE["STATE"] // npw)), npw
 
@@ -77,8 +76,8 @@ def _fwd(u, dt, A, B, C, D, h0, save):
     L = TUNE["L"]
     y = torch.empty_like(u)
     hT = u.new_empty(Bsz, Dm, N, dtype=torch.float32)
-    ck = u.new_empty(Bsz, -(-T // L), Dm, N, dtype=torch.float32) if save else hT
-    scan_fwd_kernel[(-(-Dm // bd), Bsz)](
+    ck = u.new_empty(Bsz, cdiv(T, L), Dm, N, dtype=torch.float32) if save else hT
+    scan_fwd_kernel[(cdiv(Dm, bd), Bsz)](
         u, dt, A, B, C, A if D is None else D, hT if h0 is None else h0, y, hT, ck, T, Dm, N, Bsz // A.shape[0],
         L=L, HAS_D=D is not None, HAS_H0=h0 is not None, SAVE=save, BD=bd, NP=npw, PREFETCH=bool(TUNE["PREFETCH"]),
         num_warps=TUNE["num_warps"])
@@ -92,7 +91,7 @@ def _bwd(u, dt, A, B, C, D, ck, dy, dhT):
     G, N = A.shape[0], A.shape[-1]
     bd, npw = _tiles(Dm, N)
     L = TUNE["L"]
-    nd = -(-Dm // bd)
+    nd = cdiv(Dm, bd)
     P = Bsz * nd
     f32 = dict(dtype=torch.float32)
     sc = u.new_empty(P, L, bd, npw, **f32)
@@ -122,7 +121,7 @@ def scan_op(u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
 def _(u, dt, A, B, C, D, h0, save):
     Bsz, T, Dm = u.shape
     N, L = A.shape[-1], TUNE["L"]
-    ck = u.new_empty(Bsz, -(-T // L), Dm, N, dtype=torch.float32) if save else empty_like_none(u)
+    ck = u.new_empty(Bsz, cdiv(T, L), Dm, N, dtype=torch.float32) if save else empty_like_none(u)
     return torch.empty_like(u), u.new_empty(Bsz, Dm, N, dtype=torch.float32), ck
 
 

@@ -153,7 +153,3 @@ def scan_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, ck_ptr, dy_ptr, d
     tl.store(dh0_ptr + b * Dm * N + sd, g, mask=m2)
     if HAS_D:
         tl.store(dD_ptr + b * Dm + d, dD, mask=dm)
-
-
-def next_pow2(n: int) -> int:
-    return triton.next_power_of_2(max(1, int(n)))
