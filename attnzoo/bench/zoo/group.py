@@ -57,7 +57,7 @@ def run_group(spec: dict, preset: ZooPreset, *, device: str, max_seconds: float 
                           eval_every=preset.eval_every, target_accuracy=preset.target_accuracy,
                           max_seconds=max_seconds, seed=preset.seed, device=device)
         graph = torch.device(device).type == "cuda"
-        compiled = spec["mixer"] in preset.compile or "all" in preset.compile
+        compiled = preset.compiles(spec["mixer"])
         results, note = train_many(lms, lrs=[m["lr"] for m in members], train=data.train, test=data.test,
                                    config=cfg, graph=graph, compile=compiled,
                                    on_step=None if on_step is None else (lambda s, losses: on_step(s, min(losses))),

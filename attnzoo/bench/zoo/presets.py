@@ -106,6 +106,10 @@ class ZooPreset:
     def batch_for(self, seq_len: int) -> int:
         return int((self.batch_sizes or {}).get(seq_len, self.batch_size))
 
+    def compiles(self, mixer: str) -> bool:
+        """Whether `mixer`'s runs (alone or as a group) train under torch.compile (`compile`)."""
+        return mixer in self.compile or "all" in self.compile
+
     def __post_init__(self):
         """Settings no run could use fail here, before any run, naming what was expected."""
         checks = [

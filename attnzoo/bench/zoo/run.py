@@ -76,7 +76,7 @@ def run_one(spec: dict, preset: ZooPreset, *, device: str, max_seconds: float | 
                           weight_decay=preset.weight_decay, warmup_steps=preset.warmup_steps,
                           eval_every=preset.eval_every, target_accuracy=preset.target_accuracy,
                           max_seconds=max_seconds, seed=preset.seed, device=device,
-                          compile=spec["mixer"] in preset.compile or "all" in preset.compile)
+                          compile=preset.compiles(spec["mixer"]))
         if cfg.compile:
             rec["compiled"] = True
         res = train_lm(lm, train=data.train, test=data.test, config=cfg, on_step=on_step, on_eval=on_eval)
