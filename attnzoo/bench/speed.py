@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from attnzoo.bench.speed_delta import DELTA, delta_call, fla_delta_ops
-from attnzoo.bench.speed_rates import GATED, measure_ceilings, rates_markdown
+from attnzoo.bench.speed_rates import GATED, VECTOR, measure_ceilings, rates_markdown
 from attnzoo.bench.timing import do_bench_ms
 
 DEFAULT_T = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
@@ -167,7 +167,7 @@ def make_call(provider, s: Shape, mode, dtype=torch.bfloat16, fla=None, gates="w
             if rg:
                 torch.autograd.grad(o, (q, k, v), do)
         return fn, sdpa_flops(s, mode)
-    vector = provider in ("attnzoo_vector", "fla_gla")
+    vector = provider in VECTOR
     if mode == "decode":
         from attnzoo.ops.linear import gated_linear_attention
 
