@@ -7,7 +7,8 @@ from torch import nn
 
 from attnzoo.ops.common.dispatch import op_override
 from attnzoo.ops.common.opaque import compiling
-from attnzoo.ops.norm import gated_rms_norm
+from attnzoo.ops.norm import gated_rms_norm, rms_norm
+from attnzoo.ops.norm.api import ACTIVATIONS
 
 
 class RMSNorm(nn.Module):
@@ -19,11 +20,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim)) if elementwise_affine else None
 
     def forward(self, x):
-        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        if self.weight is not None:
-            y = y * self.weight.to(y.dtype)
-        return y.to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
 
 
 class GatedRMSNorm(RMSNorm):
@@ -32,7 +29,7 @@ class GatedRMSNorm(RMSNorm):
 
     def __init__(self, dim: int, eps: float = 1e-6, activation: str = "silu"):
         super().__init__(dim, eps)
-        if activation not in ("silu", "sigmoid"):
+        if activation not in ACTIVATIONS:
             raise KeyError(activation)
         self.activation = activation
 

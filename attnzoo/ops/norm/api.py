@@ -43,6 +43,16 @@ def _check_triton(*ts):
         raise ValueError("triton norms need CUDA tensors (or TRITON_INTERPRET=1)")
 
 
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """x / sqrt(mean x² + eps) · weight (weight None: no scale) over the last dim, in float32 for 16-bit x,
+    rounded to x's dtype: mixers.layers.RMSNorm's formula, and the gated norm's torch path before its gate."""
+    xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    if weight is not None:
+        y = y * weight.to(y.dtype)
+    return y.to(x.dtype)
+
+
 def l2_norm(x: torch.Tensor, eps: float = 1e-6, *, impl: str = "auto") -> torch.Tensor:
     """x / sqrt(Σ x² + eps) over the last dim (module docstring)."""
     impl = resolve_impl(impl, x, triton_supported=_fits(x))
@@ -66,11 +76,11 @@ def gated_rms_norm(x: torch.Tensor, weight: torch.Tensor, gate: torch.Tensor, ep
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
     impl = resolve_impl(impl, x, gate, triton_supported=_fits(x) and gate.dtype in DTYPES)
-    if impl in ("torch", "reference"):
+    if impl == "torch":
+        return rms_norm(x, weight, eps) * ACTIVATIONS[activation](gate)
+    if impl == "reference":
         wide = x.double() if x.dtype == torch.float64 else x.float()
         n = wide * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + eps) * weight.to(wide.dtype)
-        if impl == "torch":
-            return n.to(x.dtype) * ACTIVATIONS[activation](gate)
         return (n * ACTIVATIONS[activation](gate.to(wide.dtype))).to(x.dtype)
     _check_triton(x, gate)
     from attnzoo.ops.norm.triton import GatedRMSNorm
