@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from attnzoo.ops.common.dispatch import resolve_impl, triton_interpret
+from attnzoo.ops.common.dispatch import resolve_impl, triton_available, triton_interpret
 from attnzoo.ops.common.opaque import compiling
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -29,8 +29,6 @@ NORM_TRITON_AUTO = False
 
 
 def _fits(x) -> bool:
-    from attnzoo.ops.common.dispatch import triton_available
-
     return (NORM_TRITON_AUTO and not compiling() and x.is_cuda and x.dtype in DTYPES and 0 < x.shape[-1] <= 256
             and x.numel() > 0 and triton_available())
 

@@ -20,7 +20,7 @@ chunk_size is not used), "auto" (triton on CUDA when SCAN_TRITON_AUTO is on and 
 from __future__ import annotations
 
 from attnzoo.ops.common.checks import check_scan_inputs
-from attnzoo.ops.common.dispatch import resolve_impl
+from attnzoo.ops.common.dispatch import resolve_impl, triton_available
 from attnzoo.ops.common.precision import without_autocast
 
 # "auto" takes the Triton kernel on CUDA (checked and timed on an H100: benchmarks/results/scan_gpu/, 4-45x)
@@ -70,8 +70,6 @@ def selective_scan(u, delta, A, B, C, D=None, *, initial_state=None, output_fina
 
 
 def _fits(u, delta, A, B, C) -> bool:
-    from attnzoo.ops.common.dispatch import triton_available
-
     if not triton_available():
         return False
     from attnzoo.ops.scan.triton import triton_scan_supported
