@@ -93,3 +93,15 @@ def test_impossible_task_settings_fail_before_any_run(tmp_path):
     with pytest.raises(ValueError, match="seq_len must be >="):
         run_zoo(preset=TINY, out=str(tmp_path), mixers=["softmax"], task="passkey", quiet=True, workers=1)
     assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_an_error_record_names_where_in_attnzoo_it_was_raised():
+    from attnzoo.registry import build
+
+    try:
+        build("mamba2", d_model=24, head_dim=7)     # d_inner 48 is not divisible by 7
+    except ValueError as e:
+        text = zoo_models.error_text(e)
+    assert text.startswith("ValueError: d_inner") and "[at mixers/mamba2.py:" in text and "in __init__]" in text
+    long = zoo_models.error_text(RuntimeError("x" * 2000))          # no attnzoo frame: the message, capped
+    assert long == "RuntimeError: " + "x" * 486 and len(long) == 500

@@ -69,9 +69,9 @@ def test_vmap_matches_members_one_by_one(per_member):
     assert all(rel(a, b) < 1e-6 for a, b in zip(got, want))
 
 
-def test_torch_path_is_the_mixers_formula_and_auto_stays_on_it_by_default():
+def test_torch_path_is_the_mixers_formula_and_auto_takes_it_on_the_cpu():
     """impl="torch" is what mixers.layers.GatedRMSNorm and _linear_common.l2_normalize computed before the
-    op existed (bit for bit); "auto" takes it while NORM_TRITON_AUTO is off, and on the CPU."""
+    op existed (bit for bit); "auto" takes it on the CPU (the fused kernels only on CUDA, NORM_TRITON_AUTO)."""
     g = torch.Generator().manual_seed(3)
     x, z = torch.randn(4, 8, generator=g).bfloat16(), torch.randn(4, 8, generator=g).bfloat16()
     w = torch.randn(8, generator=g)
@@ -79,7 +79,7 @@ def test_torch_path_is_the_mixers_formula_and_auto_stays_on_it_by_default():
     old = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-5) * w).to(x.dtype) * torch.nn.functional.silu(z)
     assert torch.equal(gated_rms_norm(x, w, z, 1e-5), old)
     assert torch.equal(l2_norm(x), x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + 1e-6))
-    assert norm_api.NORM_TRITON_AUTO is False
+    assert norm_api.NORM_TRITON_AUTO is True and not norm_api._fits(x)
 
 
 def test_rows_per_program_never_span_two_groups():

@@ -76,7 +76,7 @@ def run_group(spec: dict, preset: ZooPreset, *, device: str, max_seconds: float 
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as e:  # noqa: BLE001 -- a broken mixer must not stop the sweep: record why and go on
-        recs = [dict(r, accuracy=None, error=f"{type(e).__name__}: {e}"[:500], steps=0, stopped="error")
+        recs = [dict(r, accuracy=None, error=models.error_text(e), steps=0, stopped="error")
                 for r in base]
     seconds = round(time.perf_counter() - t0, 2)
     return [dict(r, seconds=seconds) for r in recs]

@@ -8,6 +8,8 @@ probe, the throughput bench); tests patch it here.
 from __future__ import annotations
 
 
+import traceback
+
 import torch
 
 from attnzoo.bench.machine import machine_line  # noqa: F401  (re-exported)
@@ -84,3 +86,13 @@ def check_mixers(mixers: list[str]):
                 raise ValueError(
                     f"mixer {name!r}{where} is not causal: the zoo trains next-token language models, where a "
                     "non-causal mixer sees the token it predicts; expected causal mixers (`attnzoo list`)")
+
+
+def error_text(e: BaseException, limit: int = 500) -> str:
+    """A failed run's record: the exception and where in attnzoo it was raised (the innermost attnzoo
+    frame, e.g. the kernel launch that failed), so a grid's error says where without a rerun."""
+    where = [f for f in traceback.extract_tb(e.__traceback__) if "/attnzoo/" in f.filename.replace("\\", "/")]
+    at = f" [at {where[-1].filename.rsplit('attnzoo', 1)[-1].lstrip('/')}:{where[-1].lineno} in {where[-1].name}]" \
+        if where else ""
+    text = f"{type(e).__name__}: {e}"
+    return (text[: max(0, limit - len(at))] + at) if at else text[:limit]

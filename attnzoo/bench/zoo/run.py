@@ -89,7 +89,7 @@ def run_one(spec: dict, preset: ZooPreset, *, device: str, max_seconds: float | 
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as e:  # noqa: BLE001 -- a broken mixer must not stop the sweep: record why and go on
-        rec.update(accuracy=None, error=f"{type(e).__name__}: {e}"[:500], steps=0, stopped="error")
+        rec.update(accuracy=None, error=models.error_text(e), steps=0, stopped="error")
     rec["seconds"] = round(time.perf_counter() - t0, 2)
     return rec
 

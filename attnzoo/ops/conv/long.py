@@ -13,9 +13,10 @@ truncated to T; a kernel shorter than T is zero beyond L (the receptive field is
   K_c[t, s] = kernel[c, t - s] (0 <= t - s < L): exactly causal, O(T·n_out) per channel like F.conv1d,
   but on the matmul units (cuDNN's depthwise conv with a long kernel is a slow path on GPUs). Builds
   K [C, n_out, T], so only while T <= TOEPLITZ_MAX_T.
-- fft=None picks the direct form (F.conv1d, or Toeplitz when LONG_CONV_DIRECT = "toeplitz") while the
+- fft=None picks the direct form (Toeplitz, or F.conv1d when LONG_CONV_DIRECT = "conv1d") while the
   outputs asked for, or the kernel, are at most DIRECT_MAX_T long (where it is also the faster one on
-  CPU), FFT beyond.
+  CPU), FFT beyond; on CUDA the Toeplitz form stays the direct one up to TOEPLITZ_MAX_T (1.5x faster than
+  the FFT at T=256 on an H100, where the CPU's FFT is 4x faster than it).
 """
 
 from __future__ import annotations
@@ -28,8 +29,11 @@ from attnzoo.ops.conv.reference import check_conv_inputs
 __all__ = ["fast_causal_conv"]
 
 DIRECT_MAX_T = 64
-# the direct form: "conv1d" (F.conv1d, groups=C) or "toeplitz" (a batched matmul per channel, T <= TOEPLITZ_MAX_T)
-LONG_CONV_DIRECT = "conv1d"
+# the direct form: "conv1d" (F.conv1d, groups=C) or "toeplitz" (a batched matmul per channel, T <= TOEPLITZ_MAX_T).
+# Toeplitz since the 2026-12-07 H100 check (benchmarks/results/long_conv/): within 8.1e-7 (fp32) / 2.3e-3 (bf16)
+# of F.conv1d, fwd+bwd 4.6x F.conv1d at T=64 and 5.2x at T=256 (1.5x the FFT there, a quarter of its memory);
+# the zoo's h3 / hyena / base_conv / Based group steps 1.17-1.64x. On this CPU it is ~2x F.conv1d at T=64 too.
+LONG_CONV_DIRECT = "toeplitz"
 TOEPLITZ_MAX_T = 256
 
 
@@ -92,6 +96,7 @@ def fast_causal_conv(x: torch.Tensor, kernel: torch.Tensor, *, fft: bool | None 
     check_conv_inputs(x, kernel)
     T = x.shape[1]
     n_out = T if n_out is None else n_out
-    if fft is False or (fft is None and (n_out <= DIRECT_MAX_T or kernel.shape[1] <= DIRECT_MAX_T)):
+    limit = TOEPLITZ_MAX_T if LONG_CONV_DIRECT == "toeplitz" and x.is_cuda else DIRECT_MAX_T
+    if fft is False or (fft is None and (n_out <= limit or kernel.shape[1] <= limit)):
         return _direct(x, kernel, n_out)
     return _fft_conv(x, kernel)[:, T - n_out :]
