@@ -28,7 +28,7 @@ import torch
 
 from attnzoo.ops.common.dispatch import triton_interpret
 from attnzoo.ops.common.opaque import compiling
-from attnzoo.ops.common.tiles import cdiv, next_pow2
+from attnzoo.ops.common.tiles import MAX_GRID_YZ, cdiv, next_pow2
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_W = 8
@@ -48,6 +48,8 @@ def _limits(x, weight) -> str | None:
         return f"needs weight [C, W] with 1 <= W <= {MAX_W}, got {tuple(weight.shape)} (impl='torch' takes any W)"
     if x.dim() == 3 and x.shape[1] * x.shape[2] >= 2 ** 31:
         return f"needs T * C < 2^31 (int32 offsets inside a sequence), got T={x.shape[1]}, C={x.shape[2]}"
+    if x.dim() == 3 and x.shape[0] > MAX_GRID_YZ:
+        return f"needs B <= {MAX_GRID_YZ} sequences (the grid's third axis), got {x.shape[0]}"
     return None
 
 

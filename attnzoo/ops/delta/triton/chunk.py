@@ -53,7 +53,7 @@ def _state_launch(V, n_seqs, H, dtype):
     if triton.cdiv(V, BV) * n_seqs * H < TUNE["state_min_programs"]:
         BV = _bv(V, TUNE["state_bv_few"])
     stages = TUNE["state_stages_f32" if dtype == torch.float32 else "state_stages"]
-    return BV, (triton.cdiv(V, BV), n_seqs * H), dict(num_warps=TUNE["state_warps"], num_stages=stages)
+    return BV, (n_seqs * H, triton.cdiv(V, BV)), dict(num_warps=TUNE["state_warps"], num_stages=stages)
 
 
 def _state_dtype(x):

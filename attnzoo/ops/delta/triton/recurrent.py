@@ -30,7 +30,7 @@ def delta_recurrent_fwd_kernel(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     GATE: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, VARLEN: tl.constexpr,
 ):
-    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_nh, i_v = tl.program_id(0), tl.program_id(1)
     n, i_h = i_nh // H, i_nh % H
     bos, eos = _bounds(cu_seqlens, n, T, VARLEN)
     kk = tl.arange(0, BK)
@@ -65,7 +65,7 @@ def recurrent_delta_fwd(q, k, v, beta, g, *, scale, initial_state, output_final_
     BV = min(TUNE["bv"], triton.next_power_of_2(V))
     o = torch.empty_like(v)
     ht = q.new_empty(n_seqs, H, K, V, dtype=torch.float32) if output_final_state else None
-    delta_recurrent_fwd_kernel[(triton.cdiv(V, BV), n_seqs * H)](
+    delta_recurrent_fwd_kernel[(n_seqs * H, triton.cdiv(V, BV))](
         q, k, v, beta, g if g is not None else q, o, initial_state if initial_state is not None else q,
         ht if ht is not None else q, q if cu_seqlens is None else cu_seqlens, N_tok // n_seqs, scale,
         H=H, K=K, V=V, BK=BK, BV=BV, GATE=0 if g is None else 1, HAS_H0=initial_state is not None,

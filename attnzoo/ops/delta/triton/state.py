@@ -22,7 +22,7 @@ import triton.language as tl
 
 @triton.jit
 def _seq(cu_seqlens, chunk_offsets, H: tl.constexpr, BT: tl.constexpr):
-    i_nh = tl.program_id(1)
+    i_nh = tl.program_id(0)
     n, i_h = i_nh // H, i_nh % H
     bos = tl.load(cu_seqlens + n).to(tl.int64)
     eos = tl.load(cu_seqlens + n + 1).to(tl.int64)
@@ -37,7 +37,7 @@ def delta_state_fwd_kernel(
 ):
     n, i_h, bos, eos, n_chunks, c0 = _seq(cu_seqlens, chunk_offsets, H=H, BT=BT)
     kk = tl.arange(0, BK)
-    vv = tl.program_id(0) * BV + tl.arange(0, BV)
+    vv = tl.program_id(1) * BV + tl.arange(0, BV)
     mk, mv = kk < K, vv < V
     s_off = i_h * K * V + kk[:, None] * V + vv[None, :]
     S = tl.zeros([BK, BV], dtype=tl.float32)
@@ -74,7 +74,7 @@ def delta_state_bwd_kernel(
 ):
     n, i_h, bos, eos, n_chunks, c0 = _seq(cu_seqlens, chunk_offsets, H=H, BT=BT)
     kk = tl.arange(0, BK)
-    vv = tl.program_id(0) * BV + tl.arange(0, BV)
+    vv = tl.program_id(1) * BV + tl.arange(0, BV)
     mk, mv = kk < K, vv < V
     s_off = i_h * K * V + kk[:, None] * V + vv[None, :]
     dS = tl.zeros([BK, BV], dtype=tl.float32)

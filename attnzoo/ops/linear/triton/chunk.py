@@ -153,11 +153,11 @@ def _segments(BK, BV, K, V, H, gate, tab, seg, x):
         n_programs=kb * vb * tab.n_seqs * H, max_chunks=tab.max_chunks, seg=seg,
         min_programs=triton_state.MIN_PROGRAMS if gate == 2 else triton_state.MIN_PROGRAMS_SCALAR)
     if not SEG:
-        return (kb, vb, tab.n_seqs * H), 0, 1, x, x
+        return (tab.n_seqs * H, kb, vb), 0, 1, x, x
     nsmax = triton.cdiv(tab.max_chunks, SEG)
     E = x.new_empty(tab.n_seqs, nsmax, H, K, V, dtype=torch.float32)
     G = x.new_empty(tab.n_seqs, nsmax, H, *((K,) if gate == 2 else ()), dtype=torch.float32) if gate else x
-    return (kb, vb, tab.n_seqs * H * nsmax), SEG, nsmax, E, G
+    return (tab.n_seqs * H * nsmax, kb, vb), SEG, nsmax, E, G
 
 
 def _states(k, v, b, gate, h0, tab, store_ht, seg=None):
@@ -188,9 +188,9 @@ def _dstates(q, do, b, gate, dht, h, ht, tab, scale, want_dh0, seg=None):
     grid, SEG, nsmax, E, G = _segments(BK, BV, K, V, H, gate, tab, seg, q)
     term = None
     if gate == 1 and not TUNE["scalar_fused_dg"]:
-        term = q.new_empty(grid[0] * grid[1], tab.n_chunks, H, dtype=torch.float32)
+        term = q.new_empty(grid[1] * grid[2], tab.n_chunks, H, dtype=torch.float32)
     elif gate == 2:
-        term = q.new_empty(grid[1], tab.n_chunks, H, K, dtype=torch.float32)
+        term = q.new_empty(grid[2], tab.n_chunks, H, K, dtype=torch.float32)
         if triton_interpret():  # CPU tests: a row of term read but never written shows up as NaN
             term.fill_(float("nan"))
     for mode in ((1, 2) if SEG else (0,)):

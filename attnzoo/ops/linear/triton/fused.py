@@ -92,8 +92,8 @@ def fused_fwd_kernel(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     GATE: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, VARLEN: tl.constexpr,
 ):
-    """Grid (V / BV, N·H): o and the final state of one sequence, head and V block."""
-    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    """Grid (N·H, V / BV): o and the final state of one sequence, head and V block."""
+    i_nh, i_v = tl.program_id(0), tl.program_id(1)
     n, i_h = i_nh // H, i_nh % H
     bos, eos = _bounds(cu_seqlens, n, T, VARLEN)
     kk = tl.arange(0, BK)
@@ -184,7 +184,7 @@ def fused_forward(q, k, v, g, *, scale, initial_state, output_final_state, batch
     key = ("fwd", gate, q.dtype, K, V, tuple(sorted(TUNE.items())))
     if key in FAILED:
         return None
-    launch = fused_fwd_kernel[(triton.cdiv(V, BV), N * H)]
+    launch = fused_fwd_kernel[(N * H, triton.cdiv(V, BV))]
     ok = _launch(key, launch, (
         q, k, v, g if g is not None else q, o, initial_state if initial_state is not None else q,
         ht if ht is not None else q, cu, T, scale,
@@ -222,7 +222,7 @@ def fused_backward(q, k, v, g, do, dht, *, scale, initial_state, batch, cu_seqle
     else:
         E = torch.empty_like(dg) if dg is not None else None
         tot = q.new_empty(N * H, *((K,) if gate == 2 else ()), dtype=torch.float32) if dg is not None else None
-        ok = _launch(key, fused_bwd.fused_bwd_split_kernel[(2, N * H)], (*args, ptr(E), ptr(tot), cu, T, scale),
+        ok = _launch(key, fused_bwd.fused_bwd_split_kernel[(N * H, 2)], (*args, ptr(E), ptr(tot), cu, T, scale),
                      {**kw, **opts})
         if ok and dg is not None:
             G = K if gate == 2 else 1

@@ -234,11 +234,11 @@ def fused_bwd_split_kernel(
     GATE: tl.constexpr, HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
     VARLEN: tl.constexpr,
 ):
-    """Grid (2, N·H): program (0, ·) pass 1 (dq; E, tot), program (1, ·) pass 2 (dk, dv, −Σ_{s>=t} y_s
+    """Grid (N·H, 2): program (·, 0) pass 1 (dq; E, tot), program (·, 1) pass 2 (dk, dv, −Σ_{s>=t} y_s
     into dg, dh0). tot [N·H] (scalar gate) or [N·H, K] float32."""
-    i_nh = tl.program_id(1)
+    i_nh = tl.program_id(0)
     n, i_h, bos, eos, kk, vv, s_off, mkv = _setup(cu_seqlens, T, i_nh, H, K, V, BK, BV, VARLEN)
-    if tl.program_id(0) == 0:
+    if tl.program_id(1) == 0:
         S = tl.zeros([BK, BV], dtype=tl.float32)
         if HAS_H0:
             S += tl.load(h0 + s_off, mask=mkv, other=0.0)

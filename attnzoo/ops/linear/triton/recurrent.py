@@ -22,7 +22,7 @@ def recurrent_fwd_kernel(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     GATE: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
 ):
-    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_nh, i_v = tl.program_id(0), tl.program_id(1)
     n, i_h = i_nh // H, i_nh % H
     bos = tl.load(cu_seqlens + n).to(tl.int64)
     eos = tl.load(cu_seqlens + n + 1).to(tl.int64)
@@ -58,7 +58,7 @@ def recurrent_gla_fwd(q, k, v, g, *, scale, initial_state, output_final_state, c
     o = torch.empty_like(v)
     ht = q.new_empty(n_seqs, H, K, V, dtype=torch.float32) if output_final_state else None
     gate = 0 if g is None else (1 if g.dim() == 2 else 2)
-    grid = (triton.cdiv(V, BV), n_seqs * H)
+    grid = (n_seqs * H, triton.cdiv(V, BV))
     recurrent_fwd_kernel[grid](
         q, k, v, g if g is not None else q, o, initial_state if initial_state is not None else q,
         ht if ht is not None else q, cu_seqlens, scale,

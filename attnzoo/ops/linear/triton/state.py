@@ -25,7 +25,8 @@ segment is summarised by E_s (its recurrence run from S = 0) and G_s = Σ_{c in 
 MODE=1 (summary launch) writes E (or D) [N, NSMAX, H, K, V] and G ([N, NSMAX, H] or
 [N, NSMAX, H, K]) float32, one program per segment; MODE=2 (run launch) builds each segment's
 entry state from h0 (dht) and the summaries of the segments before (after) it, then runs its
-chunks exactly like MODE=0. Both launches have grid (KB, VB, N·H·NSMAX). choose_segment picks SEG.
+chunks exactly like MODE=0. Both launches have grid (N·H·NSMAX, KB, VB): the long axis first (axes 1
+and 2 allow 65,535 programs). choose_segment picks SEG.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def chunk_rows(cu_seqlens, chunk_seq, chunk_idx, i_c, BT: tl.constexpr):
 @triton.jit
 def _program(cu_seqlens, SEG, NSMAX, H: tl.constexpr, BT: tl.constexpr, MODE: tl.constexpr):
     """(n, i_h, s, bos, eos, chunks of the sequence, first chunk, end chunk of this program)."""
-    pid = tl.program_id(2)
+    pid = tl.program_id(0)  # axis 0: N·H(·NSMAX) may pass the 65,535 programs axes 1 and 2 allow
     if MODE == 0:
         i_nh = pid
         s = 0
@@ -120,10 +121,10 @@ def _store_summary(E, G, S, gsum, n, s, i_h, kk, s_off, mkv, NSMAX,
     """E[n, s] = S; G[n, s] = gsum (scalar gate: by the (0, 0) block program; vector: i_v == 0)."""
     tl.store(E + (n * NSMAX + s) * H * K * V + s_off, S, mask=mkv)
     if GATE == 1:
-        if (tl.program_id(0) == 0) & (tl.program_id(1) == 0):
+        if (tl.program_id(1) == 0) & (tl.program_id(2) == 0):
             tl.store(G + (n * NSMAX + s) * H + i_h, gsum)
     elif GATE == 2:
-        if tl.program_id(1) == 0:
+        if tl.program_id(2) == 0:
             tl.store(G + ((n * NSMAX + s) * H + i_h) * K + kk, gsum, mask=kk < K)
 
 
@@ -203,8 +204,8 @@ def chunk_state_fwd_kernel(
         if (s > 0) & (c_lo >= n_chunks):  # past this sequence's last segment (segment 0 always runs)
             return
     c0 = tl.load(chunk_offsets + n).to(tl.int64)
-    kk = tl.program_id(0) * BK + tl.arange(0, BK)
-    vv = tl.program_id(1) * BV + tl.arange(0, BV)
+    kk = tl.program_id(1) * BK + tl.arange(0, BK)
+    vv = tl.program_id(2) * BV + tl.arange(0, BV)
     mkv = (kk < K)[:, None] & (vv < V)[None, :]
     s_off = i_h * K * V + kk[:, None] * V + vv[None, :]
     S = tl.zeros([BK, BV], dtype=tl.float32)
@@ -255,8 +256,8 @@ def chunk_state_bwd_kernel(
         if (s > 0) & (c_lo >= n_chunks):
             return
     c0 = tl.load(chunk_offsets + n).to(tl.int64)
-    kk = tl.program_id(0) * BK + tl.arange(0, BK)
-    vv = tl.program_id(1) * BV + tl.arange(0, BV)
+    kk = tl.program_id(1) * BK + tl.arange(0, BK)
+    vv = tl.program_id(2) * BV + tl.arange(0, BV)
     mkv = (kk < K)[:, None] & (vv < V)[None, :]
     s_off = i_h * K * V + kk[:, None] * V + vv[None, :]
     dS = tl.zeros([BK, BV], dtype=tl.float32)
@@ -285,13 +286,13 @@ def chunk_state_bwd_kernel(
                                                    other=0.0)
                 part = tl.sum(S_c * dS, axis=1)
                 if GATE == 1:
-                    tl.store(term + ((tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) * NC + c0 + i) * H
+                    tl.store(term + ((tl.program_id(1) * tl.num_programs(2) + tl.program_id(2)) * NC + c0 + i) * H
                              + i_h, tl.sum(part, axis=0))
                 elif TERM == 2:
-                    tl.store(term + ((tl.program_id(1) * NC + c0 + i) * H + i_h) * K + kk, part,
+                    tl.store(term + ((tl.program_id(2) * NC + c0 + i) * H + i_h) * K + kk, part,
                              mask=(kk < K) & unsafe)
                 else:
-                    tl.store(term + ((tl.program_id(1) * NC + c0 + i) * H + i_h) * K + kk, part, mask=kk < K)
+                    tl.store(term + ((tl.program_id(2) * NC + c0 + i) * H + i_h) * K + kk, part, mask=kk < K)
         dS, bl = _bwd_chunk(q, do, b, dS, bos, eos, i, i_h, kk, vv, scale, H=H, K=K, V=V, BT=BT, GATE=GATE)
         if MODE == 1:
             if GATE > 0:

@@ -25,7 +25,7 @@ import attnzoo.ops.linear.triton.api  # noqa: F401  (applies the interpreter pat
 from attnzoo.ops.common.checks import check_scan_inputs
 from attnzoo.ops.common.dispatch import triton_interpret
 from attnzoo.ops.common.opaque import compiling, empty_like_none, none_if_empty
-from attnzoo.ops.common.tiles import cdiv, next_pow2
+from attnzoo.ops.common.tiles import MAX_GRID_YZ, cdiv, next_pow2
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # BD channels per program (fewer for wide states: at most STATE state elements per program); L steps per
@@ -43,6 +43,8 @@ def _limits(u, delta, A, B, C) -> str | None:
         return f"needs B >= 1 and T >= 1, got {tuple(u.shape[:2])}"
     if A.dim() == 2 and A.shape[1] > 256:
         return f"needs N <= 256 states per channel, got {A.shape[1]}"
+    if u.dim() == 3 and u.shape[0] > MAX_GRID_YZ:
+        return f"needs B <= {MAX_GRID_YZ} sequences (the grid's second axis), got {u.shape[0]}"
     return None
 
 
