@@ -105,3 +105,21 @@ def test_an_error_record_names_where_in_attnzoo_it_was_raised():
     assert text.startswith("ValueError: d_inner") and "[at mixers/mamba2.py:" in text and "in __init__]" in text
     long = zoo_models.error_text(RuntimeError("x" * 2000))          # no attnzoo frame: the message, capped
     assert long == "RuntimeError: " + "x" * 486 and len(long) == 500
+
+
+def test_plot_gives_a_mixer_the_same_colour_in_every_panel(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    from attnzoo.bench.zoo.report import plot_zoo
+
+    figs = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda self, *a, **k: figs.append(self))
+    rec = lambda m, T, d, acc: dict(task="mqar", mixer=m, seq_len=T, num_pairs=T // 16, d_model=d,  # noqa: E731
+                                    lr=1e-3, accuracy=acc, state_bytes=d * 100, steps=10)
+    recs = [rec("a", 64, 64, 0.5), rec("b", 64, 64, 0.6), rec("c", 64, 64, 0.7), rec("c", 128, 64, 0.2)]
+    plot_zoo(recs, str(tmp_path / "z.png"))
+    colour = {}
+    for ax in figs[0].axes:
+        for line in ax.get_lines():
+            colour.setdefault(line.get_label(), set()).add(line.get_color())
+    assert set(colour) == {"a", "b", "c"} and all(len(c) == 1 for c in colour.values()), colour

@@ -108,11 +108,12 @@ def plot_zoo(records: list[dict], path: str) -> str | None:
     if not settings:
         return None
     fig, axes = plt.subplots(len(settings), 2, figsize=(12, 4.2 * len(settings)), squeeze=False)
+    colors = plt.get_cmap("tab20")
+    index = {m: i for i, m in enumerate(sorted({r["mixer"] for r in rows}))}   # one style per mixer in every panel
     for (task, T, D), (ax_s, ax_d) in zip(settings, axes):
         sub = [r for r in rows if (r["task"], r["seq_len"], r["num_pairs"]) == (task, T, D)]
-        names = sorted({r["mixer"] for r in sub})
-        colors = plt.get_cmap("tab20")
-        for i, m in enumerate(names):
+        for m in sorted({r["mixer"] for r in sub}):
+            i = index[m]
             pts = sorted((r for r in sub if r["mixer"] == m), key=lambda r: r["d_model"])
             style = {"marker": "osD^v<>"[i // 20 % 7], "color": colors(i % 20), "label": m}
             ax_s.plot([r["state_bytes"] for r in pts], [r["accuracy"] for r in pts], "-", **style)
