@@ -56,7 +56,7 @@ def cmd_zoo(args):
     compile_ = tuple(m.strip() for m in args.compile.split(",") if m.strip()) if args.compile else None
     preset = get_preset(args.preset, d_models=args.d_models, lrs=args.lrs, steps=args.steps,
                         schedule_steps=args.schedule_steps,
-                        total_seconds=args.total_seconds, grid=args.grid, compile=compile_)
+                        total_seconds=args.total_seconds, grid=args.grid, compile=compile_, init=args.init)
     mixers = _zoo_mixers(args.mixers)
     if note := floor_note(args.preset, args.steps):
         print(note, file=sys.stderr)
@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     pz.add_argument("--threads", type=int, help="torch CPU threads per run")
     pz.add_argument("--compile", help="comma list of mixers/patterns whose runs train under torch.compile, or 'all' "
                     "(off by default; CPU: it paid for kda, rwkv7, hgrn, gaam; benchmarks/results/compile/)")
+    pz.add_argument("--init", choices=["default", "gpt2"],
+                    help="override the preset's model init: default (nn.Linear's) or gpt2 (N(0, 0.02), residual "
+                         "outputs / sqrt(2 n_layers): Zoology's); a results folder should hold one init")
     pz.set_defaults(func=cmd_zoo)
 
     pb = sub.add_parser("bench", help="speed benches")

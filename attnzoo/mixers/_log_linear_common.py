@@ -79,6 +79,7 @@ class LevelWeights(nn.Module):
         self.n_heads, self.n_levels = n_heads, check_n_levels(n_levels)
         self.proj = nn.Linear(d_model, n_heads * n_levels, bias=True)
         nn.init.constant_(self.proj.bias, math.log(math.e - 1.0))    # softplus(b) = 1
+        self.proj._keep_init = True           # LanguageModel(init="gpt2") leaves it
 
     def forward(self, x):
         B, T, _ = x.shape

@@ -84,6 +84,7 @@ class Mamba(Mixer):
         self.conv_bias = nn.Parameter(torch.zeros(di)) if conv_bias else None
         self.x_proj = nn.Linear(di, self.dt_rank + 2 * d_state, bias=False)
         self.dt_proj = nn.Linear(self.dt_rank, di, bias=True)
+        self.dt_proj._keep_init = True        # its init sets dt (LanguageModel(init="gpt2") leaves it)
         with torch.no_grad():
             r = self.dt_rank**-0.5
             self.dt_proj.weight.uniform_(-r, r)

@@ -33,15 +33,16 @@ def hybrid_pattern(linear: str, ratio: int | None) -> str:
 
 
 def small_lm(pattern: str, *, vocab: int, d_model: int, n_layers: int, n_heads: int, mlp_ratio: float = 2.0,
-             mixer_kwargs: dict | None = None) -> LanguageModel:
-    """A LanguageModel whose every mixer gets n_heads (softmax: as many kv heads) plus mixer_kwargs[name]."""
+             mixer_kwargs: dict | None = None, init: str = "default") -> LanguageModel:
+    """A LanguageModel whose every mixer gets n_heads (softmax: as many kv heads) plus mixer_kwargs[name];
+    init as LanguageModel's ("default" or "gpt2")."""
     from attnzoo.models.lm import pattern_unit
 
     kw = {}
     for name in set(pattern_unit(pattern)):
         kw[name] = {"n_heads": n_heads, **({"n_kv_heads": n_heads} if name == "softmax" else {}),
                     **(mixer_kwargs or {}).get(name, {})}
-    return LanguageModel(vocab, d_model, n_layers, pattern, mixer_kwargs=kw, mlp_ratio=mlp_ratio)
+    return LanguageModel(vocab, d_model, n_layers, pattern, mixer_kwargs=kw, mlp_ratio=mlp_ratio, init=init)
 
 
 @functools.lru_cache(maxsize=2)

@@ -123,3 +123,16 @@ def test_plot_gives_a_mixer_the_same_colour_in_every_panel(tmp_path, monkeypatch
         for line in ax.get_lines():
             colour.setdefault(line.get_label(), set()).add(line.get_color())
     assert set(colour) == {"a", "b", "c"} and all(len(c) == 1 for c in colour.values()), colour
+
+
+def test_preset_init_reaches_the_models_and_the_records(tmp_path):
+    with pytest.raises(ValueError, match="init must be"):
+        get_preset("quick", init="xavier")
+    spec = dict(task="mqar", mixer="softmax", d_model=64, lr=1e-3, seq_len=32, num_pairs=4, vocab_size=64)
+    lm = zoo_models.build_model(spec, get_preset("quick", init="gpt2"))
+    assert abs(lm.blocks[0].mixer.o_proj.weight.std().item() / 0.01 - 1) < 0.15    # 0.02 / sqrt(2 x 2 layers)
+    default = zoo_models.build_model(spec, get_preset("quick"))
+    assert default.blocks[0].mixer.o_proj.weight.std().item() > 0.05
+    recs = run_zoo(preset=get_preset("quick", init="gpt2", steps=2, d_models=(16,)), out=str(tmp_path),
+                   mixers=["softmax"], quiet=True, workers=1)
+    assert recs and all(r["init"] == "gpt2" for r in recs)

@@ -74,3 +74,38 @@ def test_learned_positions_and_layer_kwargs_round_trip_and_decode(tmp_path):
         LanguageModel(64, 16, 2, "softmax", layer_kwargs={"gla": [{}]})
     with pytest.raises(ValueError, match="max_positions must be an integer"):
         LanguageModel(64, 16, 2, "softmax", max_positions=0)
+
+
+def test_gpt2_init_scales_linear_weights_and_the_residual_outputs(tmp_path):
+    import math
+
+    torch.manual_seed(0)
+    default = LanguageModel(64, 128, 4, "softmax", mlp_ratio=4.0)
+    torch.manual_seed(0)
+    same = LanguageModel(64, 128, 4, "softmax", mlp_ratio=4.0, init="default")
+    assert all(torch.equal(a, b) for a, b in zip(default.state_dict().values(), same.state_dict().values()))
+    lm = LanguageModel(64, 128, 4, "softmax", mlp_ratio=4.0, init="gpt2")
+    for name, p in lm.named_parameters():
+        if name.endswith(("o_proj.weight", "w2.weight")):
+            assert abs(p.std().item() / (0.02 / math.sqrt(8)) - 1) < 0.1, name
+        elif name.endswith(("q_proj.weight", "w13.weight")):
+            assert abs(p.std().item() / 0.02 - 1) < 0.1, name
+    assert abs(default.blocks[0].mixer.q_proj.weight.std().item() / 0.02 - 1) > 1.0   # nn.Linear's: ~0.05
+    lm.save_pretrained(tmp_path)
+    assert '"gpt2"' in (tmp_path / "config.json").read_text()
+    back = LanguageModel.from_pretrained(tmp_path)
+    x = torch.randint(0, 64, (2, 9))
+    assert back.init_config["init"] == "gpt2" and torch.equal(back(x), lm(x))
+    with pytest.raises(ValueError, match="init must be one of"):
+        LanguageModel(64, 32, 1, "softmax", init="xavier")
+
+
+def test_gpt2_init_keeps_the_rate_setting_linears_of_mixers():
+    torch.manual_seed(0)
+    a = LanguageModel(32, 32, 2, "mamba", mlp_ratio=0.0)
+    torch.manual_seed(0)
+    b = LanguageModel(32, 32, 2, "mamba", mlp_ratio=0.0, init="gpt2")
+    for blk_a, blk_b in zip(a.blocks, b.blocks):
+        assert torch.equal(blk_a.mixer.dt_proj.bias, blk_b.mixer.dt_proj.bias)
+        assert torch.equal(blk_a.mixer.dt_proj.weight, blk_b.mixer.dt_proj.weight)
+        assert not torch.equal(blk_a.mixer.out_proj.weight, blk_b.mixer.out_proj.weight)

@@ -44,7 +44,7 @@ def run_group(spec: dict, preset: ZooPreset, *, device: str, max_seconds: float 
     from attnzoo.train.group import train_many
 
     members = member_specs(spec)
-    base = [dict(m, preset=preset.name, machine=machine_line(device), max_steps=preset.steps,
+    base = [dict(m, preset=preset.name, init=preset.init, machine=machine_line(device), max_steps=preset.steps,
                **({"schedule_steps": preset.schedule_steps} if preset.schedule_steps else {}),
                  target_accuracy=preset.target_accuracy, group_size=len(members)) for m in members]
     t0 = time.perf_counter()

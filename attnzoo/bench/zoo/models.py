@@ -61,7 +61,7 @@ def build_model(spec: dict, preset: ZooPreset):
     torch.manual_seed(preset.seed)
     positions = spec["seq_len"] if any(n in preset.positions for n in names) else None
     return LanguageModel(spec["vocab_size"], spec["d_model"], n_layers, spec["mixer"], mixer_kwargs=kwargs,
-                         mlp_ratio=0, max_positions=positions, layer_kwargs=layer_kwargs)
+                         mlp_ratio=0, max_positions=positions, layer_kwargs=layer_kwargs, init=preset.init)
 
 
 def mixer_kwargs(name: str, preset: ZooPreset, seq_len: int | None = None) -> dict:

@@ -99,6 +99,7 @@ class ZooPreset:
     # hgrn, gaam alone (benchmarks/results/compile/); compiled groups are not yet timed on a GPU
     time_cap_ratio: float | None = None     # a run whose steps would take more than this many times the median
     # run's (probed) time gets the steps that time buys (schedule.capped_steps); None: equal steps for all
+    init: str = "default"                   # models.LanguageModel's init: "default" or "gpt2" (Zoology's)
     schedule_steps: int | None = None       # the cosine spans this many steps while a run stops at `steps`
     # (None: steps): e.g. Zoology's 12,500-step schedule under a session's compute cap; a run that reaches the
     # target before the cap is exactly the full recipe's, one cut at the cap a lower bound of it
@@ -129,6 +130,7 @@ class ZooPreset:
               for k in ("total_seconds", "run_seconds")),
             ("time_cap_ratio", self.time_cap_ratio is None or _positive(self.time_cap_ratio), "None or a number > 0"),
             ("mixer_kwargs", self.mixer_kwargs is None or isinstance(self.mixer_kwargs, dict), "None or a dict"),
+            ("init", self.init in ("default", "gpt2"), "'default' or 'gpt2'"),
             ("compile", isinstance(self.compile, (tuple, list)) and all(isinstance(m, str) for m in self.compile),
              "a tuple of mixer names or patterns (or 'all')"),
             ("batch_sizes", self.batch_sizes is None or (isinstance(self.batch_sizes, dict) and all(

@@ -64,7 +64,7 @@ def run_one(spec: dict, preset: ZooPreset, *, device: str, max_seconds: float | 
     if "lrs" in spec:
         return run_group(spec, preset, device=device, max_seconds=max_seconds, on_step=on_step, on_eval=on_eval)
 
-    rec = dict(spec, preset=preset.name, machine=machine_line(device), max_steps=preset.steps,
+    rec = dict(spec, preset=preset.name, init=preset.init, machine=machine_line(device), max_steps=preset.steps,
                **({"schedule_steps": preset.schedule_steps} if preset.schedule_steps else {}),
                target_accuracy=preset.target_accuracy)
     t0 = time.perf_counter()
