@@ -32,17 +32,6 @@ from attnzoo.train import TrainConfig
 from attnzoo.train.group import train_many
 
 
-def gpt2_init_(model: torch.nn.Module, n_layers: int):
-    """GPT-2's initialisation (Radford et al. 2019): every Linear weight ~ N(0, 0.02), the projections that
-    write into the residual stream (attention o_proj, MLP w2) ~ N(0, 0.02 / sqrt(2 n_layers)); biases 0."""
-    for name, mod in model.named_modules():
-        if isinstance(mod, torch.nn.Linear):
-            std = 0.02 / (2 * n_layers) ** 0.5 if name.endswith(("o_proj", "w2")) else 0.02
-            torch.nn.init.normal_(mod.weight, std=std)
-            if mod.bias is not None:
-                torch.nn.init.zeros_(mod.bias)
-
-
 def _plot(rows: list[dict], path: str):
     import matplotlib
 
@@ -84,9 +73,8 @@ def main(argv=None):
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--target", type=float, default=0.99, help="a member stops at this hard recall")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--init", choices=("default", "scaled"), default="default",
-                    help="default: the library's (nn.Linear's); scaled: GPT-2's (every Linear ~ N(0, 0.02), the "
-                         "residual-branch output projections / sqrt(2 x layers)), to test whether depth fails by init")
+    ap.add_argument("--init", choices=("default", "gpt2"), default="default",
+                    help="LanguageModel's init: default (nn.Linear's) or gpt2 (N(0, 0.02), residual outputs scaled)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--budget", type=float, default=None, help="seconds; later (layers, steps) groups are skipped")
     ap.add_argument("--out", default=None, help="JSON lines file to append to")
@@ -119,9 +107,8 @@ def main(argv=None):
             models = []
             for _ in lrs:                     # one initialisation for every lr, as the study builds a stack
                 torch.manual_seed(a.seed)
-                models.append(small_lm("softmax", vocab=a.vocab, d_model=a.d_model, n_layers=layers, n_heads=a.heads))
-                if a.init == "scaled":
-                    gpt2_init_(models[-1], layers)
+                models.append(small_lm("softmax", vocab=a.vocab, d_model=a.d_model, n_layers=layers, n_heads=a.heads,
+                                       init=a.init))
             cfg = TrainConfig(steps=steps, batch_size=a.batch, lr=lrs[0], weight_decay=0.1,
                               warmup_steps=max(1, steps // 10), eval_every=a.eval_every, eval_batch_size=64,
                               target_accuracy=a.target, seed=a.seed, device=a.device)
