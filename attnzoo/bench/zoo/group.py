@@ -16,7 +16,7 @@ import time
 import torch
 
 from attnzoo.bench.zoo import models
-from attnzoo.bench.zoo.models import machine_line, task_data
+from attnzoo.bench.zoo.models import task_data
 from attnzoo.bench.zoo.presets import ZooPreset
 
 
@@ -44,9 +44,7 @@ def run_group(spec: dict, preset: ZooPreset, *, device: str, max_seconds: float 
     from attnzoo.train.group import train_many
 
     members = member_specs(spec)
-    base = [dict(m, preset=preset.name, init=preset.init, machine=machine_line(device), max_steps=preset.steps,
-               **({"schedule_steps": preset.schedule_steps} if preset.schedule_steps else {}),
-                 target_accuracy=preset.target_accuracy, group_size=len(members)) for m in members]
+    base = [dict(models.base_record(m, preset, device), group_size=len(members)) for m in members]
     t0 = time.perf_counter()
     try:
         data = task_data(spec, preset)

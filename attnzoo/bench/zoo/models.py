@@ -88,6 +88,14 @@ def check_mixers(mixers: list[str]):
                     "non-causal mixer sees the token it predicts; expected causal mixers (`attnzoo list`)")
 
 
+def base_record(spec: dict, preset: ZooPreset, device: str) -> dict:
+    """What every record of a run says before its results: the spec, the preset's name, init, steps and
+    target, and the machine (run.run_one, group.run_group and a broken pool's error records share it)."""
+    return dict(spec, preset=preset.name, init=preset.init, machine=machine_line(device), max_steps=preset.steps,
+                **({"schedule_steps": preset.schedule_steps} if preset.schedule_steps else {}),
+                target_accuracy=preset.target_accuracy)
+
+
 def error_text(e: BaseException, limit: int = 500) -> str:
     """A failed run's record: the exception and where in attnzoo it was raised (the innermost attnzoo
     frame, e.g. the kernel launch that failed), so a grid's error says where without a rerun."""

@@ -25,7 +25,7 @@ import torch
 
 from attnzoo.bench.zoo import models
 from attnzoo.bench.zoo.group import group_specs, member_specs, run_group
-from attnzoo.bench.zoo.models import check_mixers, default_mixers, machine_line, task_data
+from attnzoo.bench.zoo.models import check_mixers, default_mixers, task_data
 from attnzoo.bench.zoo.presets import ZooPreset
 from attnzoo.bench.zoo.results import KEY_FIELDS, RESULTS, append_result, read_results, run_key
 from attnzoo.bench.zoo.schedule import SweepBudget, contention_for, probe_step_seconds
@@ -64,9 +64,7 @@ def run_one(spec: dict, preset: ZooPreset, *, device: str, max_seconds: float | 
     if "lrs" in spec:
         return run_group(spec, preset, device=device, max_seconds=max_seconds, on_step=on_step, on_eval=on_eval)
 
-    rec = dict(spec, preset=preset.name, init=preset.init, machine=machine_line(device), max_steps=preset.steps,
-               **({"schedule_steps": preset.schedule_steps} if preset.schedule_steps else {}),
-               target_accuracy=preset.target_accuracy)
+    rec = models.base_record(spec, preset, device)
     t0 = time.perf_counter()
     try:
         data = task_data(spec, preset)
@@ -286,9 +284,8 @@ def _run_parallel(pending, preset, device, workers, threads, path, prog, budget,
                         if broken[key] < 2:
                             todo.insert(0, (key, pending[key]))
                             continue
-                        rec = [dict(m, preset=preset.name, machine=machine_line(device), accuracy=None,
+                        rec = [dict(models.base_record(m, budget.preset_for(key), device), accuracy=None,
                                     steps=0, stopped="error", seconds=0.0,
-                                    max_steps=budget.preset_for(key).steps,
                                     error="BrokenProcessPool: the worker process died (killed, out of memory?)")
                                for m in member_specs(pending[key])]
                     _append(path, rec, budget, key, prog)
