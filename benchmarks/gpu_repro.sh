@@ -42,6 +42,7 @@ DEVICE_ARGS=()
 [ -n "${REPRO_DEVICE:-}" ] && DEVICE_ARGS=(--device "$REPRO_DEVICE")
 # REPRO_RESUME=1 with $OUT/repro/<name>/results.jsonl copied in: a study that records its runs as they
 # finish (hybrid-ratio) runs only those not on record (a call cut short continues in the next one)
+# (it then needs only the time of one run: REPRO_NEED_SECONDS, default 60, replaces NEED for it)
 [ -n "${REPRO_RESUME:-}" ] && DEVICE_ARGS+=(--resume)
 
 mkdir -p "$OUT/repro/logs"
@@ -61,6 +62,7 @@ cat "$OUT/repro/machine.txt"
 for name in "${STUDIES[@]}"; do
   need=${NEED[$name]:-120}; cap=${CAP[$name]:-240}
   [ "$SIZE" = full ] || need=0
+  [ -n "${REPRO_RESUME:-}" ] && need=${REPRO_NEED_SECONDS:-60}
   left=$(( TOTAL - ($(date +%s) - START) ))
   if [ "$left" -lt "$need" ]; then
     echo "$name: skipped (needs ~${need} s, ${left} s left)" | tee -a "$OUT/repro/status.txt"
