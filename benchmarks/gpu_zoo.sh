@@ -14,7 +14,9 @@ if [ "$what" = throughput ]; then
   tail -n 45 "$OUT/zt.log"
 else
   mkdir -p "$OUT/grid"
-  [ -f benchmarks/results/zoo_paper/results.jsonl ] && cp benchmarks/results/zoo_paper/results.jsonl "$OUT/grid/"
+  # ZOO_FROM: the committed results to resume (default zoo_paper's; "none": a fresh folder, e.g. for --init gpt2)
+  from=${ZOO_FROM:-benchmarks/results/zoo_paper/results.jsonl}
+  [ "$from" != none ] && [ -f "$from" ] && cp "$from" "$OUT/grid/results.jsonl"
   timeout "${GRID_SECONDS:-500}" python3 -m attnzoo.cli zoo --preset paper --out "$OUT/grid" --resume "$@" \
     > "$OUT/grid.log" 2>&1
   echo "zoo rc=$?"

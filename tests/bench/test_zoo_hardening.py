@@ -67,6 +67,16 @@ def test_resume_keeps_every_record_after_a_cut_or_foreign_last_line(tmp_path, on
     assert again == recs
 
 
+def test_resume_refuses_a_results_file_of_another_init(tmp_path, one_finished):
+    # the run key has no init: resuming a default-init file with init="gpt2" would skip its runs
+    (tmp_path / "results.jsonl").write_text(one_finished)
+    assert json.loads(one_finished)["init"] == "default"
+    with pytest.raises(ValueError, match="init 'default'.*another --out"):
+        run_zoo(preset=replace(TINY, init="gpt2"), out=str(tmp_path), mixers=["softmax"], quiet=True, resume=True,
+                workers=1)
+    assert (tmp_path / "results.jsonl").read_text() == one_finished                # untouched
+
+
 def test_append_result_writes_one_whole_line_after_a_newline(tmp_path, monkeypatch):
     path = str(tmp_path / "r.jsonl")
     rec = {"task": "mqar", "mixer": "m", "d_model": 16, "lr": 1e-3, "seq_len": 16, "num_pairs": 2,

@@ -164,7 +164,12 @@ def run_zoo(*, preset: ZooPreset, out: str, mixers: list[str] | None = None, tas
     path = os.path.join(out, RESULTS)
     if not resume and os.path.exists(path):
         os.replace(path, path + ".previous")
-    done = {run_key(r) for r in read_results(path)}
+    on_record = read_results(path)
+    other = sorted({r.get("init", "default") for r in on_record} - {preset.init})
+    if other:                        # the run key has no init: a resume would skip runs of another init
+        raise ValueError(f"{path} holds runs with init {', '.join(map(repr, other))}; this sweep uses init "
+                         f"{preset.init!r}: give it another --out (one init per results file)")
+    done = {run_key(r) for r in on_record}
     t_start = time.perf_counter()
     pending = [s for s in plan_runs(preset, mixers, task) if run_key(s) not in done]
     _check_settings(pending)
