@@ -10,8 +10,8 @@ T0=$(date +%s)
 mkdir -p $OUT/axis
 timeout 55 python3 benchmarks/gpu_gla.py --out $OUT/axis/gla --no-bench --only scalar_16k_D128,vector_16k_D128,vector_strong_2049_D128,varlen_vector,decode > $OUT/axis/gla.log 2>&1; tail -1 $OUT/axis/gla.log
 timeout 45 python3 benchmarks/gpu_delta.py $OUT/axis/delta --only "check chunked,check decode" --budget 35 > $OUT/axis/delta.log 2>&1; grep "ok=" $OUT/axis/delta.log | tail -4
-ZT_SECONDS=200 bash benchmarks/gpu_zoo.sh throughput --paths group_graph,group_graph_compiled --mixers softmax,gla,gated_deltanet --d-models 64 --seq-lens 64 --steps 15 --warmup 4 | tail -12
-LEFT=$(( 570 - ($(date +%s) - T0) ))
+ZT_SECONDS=${ZT_SECONDS:-200} bash benchmarks/gpu_zoo.sh throughput --paths group_graph,group_graph_compiled --mixers softmax,gla,gated_deltanet --d-models 64 --seq-lens 64 --steps 15 --warmup 4 | tail -12
+LEFT=$(( ${CALL_SECONDS:-570} - ($(date +%s) - T0) ))
 echo "grid budget $LEFT s"
 ZOO_FROM=none GRID_SECONDS=$LEFT bash benchmarks/gpu_zoo.sh grid --grid 64:4 --d-models 64 --steps 1500 \
   --init gpt2 --mixers "softmax;base_conv,based;gla;gated_deltanet;mamba2;mamba;deltanet;rwkv6;h3;hyena;base_conv" | tail -16

@@ -8,9 +8,9 @@
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 T0=$(date +%s)
 mkdir -p $OUT/axis
-timeout 100 python3 benchmarks/gpu_gla.py --out $OUT/axis/gla --no-bench > $OUT/axis/gla.log 2>&1; tail -2 $OUT/axis/gla.log
-timeout 90 python3 benchmarks/gpu_delta.py $OUT/axis/delta --only check --budget 80 > $OUT/axis/delta.log 2>&1; grep -i "check\|fail" $OUT/axis/delta.log | tail -14
-timeout 80 python3 -m attnzoo.cli bench speed --providers attnzoo_scalar,attnzoo_vector,attnzoo_gated_delta,attnzoo_delta --modes fwdbwd --gates weak,strong --shapes 1024,16384 --out $OUT/axis/speed > $OUT/axis/speed.log 2>&1; tail -12 $OUT/axis/speed.log
+timeout 80 python3 benchmarks/gpu_gla.py --out $OUT/axis/gla --no-bench --only scalar_16k_D128,vector_16k_D128,vector_strong_2049_D128,gamma_4k_D64,vector_gla_8k_D128,varlen_vector,decode > $OUT/axis/gla.log 2>&1; tail -2 $OUT/axis/gla.log
+timeout 75 python3 benchmarks/gpu_delta.py $OUT/axis/delta --only "check chunked,check varlen,check decode" --budget 60 > $OUT/axis/delta.log 2>&1; grep -i "check\|fail" $OUT/axis/delta.log | tail -14
+timeout 70 python3 -m attnzoo.cli bench speed --providers attnzoo_scalar,attnzoo_vector,attnzoo_gated_delta,attnzoo_delta --modes fwdbwd --gates weak,strong --shapes 1024,16384 --out $OUT/axis/speed > $OUT/axis/speed.log 2>&1; tail -12 $OUT/axis/speed.log
 LEFT=$(( 575 - ($(date +%s) - T0) ))
 echo "hybrid-ratio budget $LEFT s"
 mkdir -p $OUT/repro/hybrid-ratio && cp resume/results.jsonl $OUT/repro/hybrid-ratio/
