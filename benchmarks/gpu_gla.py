@@ -48,11 +48,13 @@ def inputs(B, T, H, D, gate, dtype, strength, n_state=None, seed=0):
         g = -strength * torch.rand(B, T, H, D, device=dev)
     elif gate in ("vector_gla", "vector_mixed"):  # GLA's gate: logsigmoid(x) / 16, chunk totals ~ -3..-10
         g = torch.nn.functional.logsigmoid(torch.randn(B, T, H, D, device=dev)) / 16
-    elif gate == "vector_logsig":  # the "strong" regime of issue #22: logsigmoid(x), chunk totals ~ -52..-74
-        g = torch.nn.functional.logsigmoid(torch.randn(B, T, H, D, device=dev))
         if gate == "vector_mixed":  # odd heads forget strongly (-U(0, strength) per token) in every other chunk
+            # (until 2026-12-07's sixth session this sat under the vector_logsig branch and never ran: the
+            # vector_mixed checks before then had GLA gates only)
             sel = ((torch.arange(T, device=dev) // 64) % 2 == 1)[:, None] & (torch.arange(H, device=dev) % 2 == 1)
             g = torch.where(sel[None, :, :, None], -strength * torch.rand(B, T, H, D, device=dev), g)
+    elif gate == "vector_logsig":  # the "strong" regime of issue #22: logsigmoid(x), chunk totals ~ -52..-74
+        g = torch.nn.functional.logsigmoid(torch.randn(B, T, H, D, device=dev))
     elif gate == "gamma":
         gg = -strength * torch.rand(H, device=dev)
     h0 = torch.randn(n_state or B, H, D, D, device=dev)

@@ -279,3 +279,31 @@ def test_fast_dqdk_kernel_compiles_for_sm90_with_either_factor_precision():
     env = {**os.environ, "TRITON_INTERPRET": "0"}
     r = subprocess.run([sys.executable, "-c", SM90_DQDK], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0 and "compiled" in r.stdout, r.stderr[-3000:]
+
+
+@pytest.mark.parametrize("per_step,expect", [(0.8, "factor"), (5.0, "pairwise"), ("mixed", "both")])
+def test_subchunk_diagonal_blocks_factorised_about_their_midpoint(monkeypatch, per_step, expect):
+    """TUNE["vector_sub_factor"]: inside chunks past SAFE_LOG, a 16-row diagonal block whose own decay is
+    >= −SUB_SAFE_LOG is one product about its midpoint; harder ones stay pairwise. Per-step decay 0.8
+    (~ −13 per block, the logsigmoid regime) factorises every block, 5.0 (~ −80) none (T = 128: no tail,
+    whose short last block would pass), "mixed" puts the two side by side in one launch, with a 22-row
+    tail chunk. Forward and every gradient against the float64 loop; K = 40 gives the dq/dk kernel two K
+    blocks, each deciding for itself."""
+    from attnzoo.ops.linear.triton.safe import SUB_SAFE_LOG
+
+    monkeypatch.setitem(tc.TUNE, "vector_sub_factor", True)
+    T, K = (128 if per_step == 5.0 else 150), 40
+    q, k, v, h0, gen = qkv(1, T, K, 24, torch.float32, seed=21)
+    if per_step == "mixed":
+        ps = torch.full((T, H), 0.8)
+        ps[16:32, 0] = 5.0          # one block of head 0 forgets too hard to factorise
+        ps[64:100, 1] = 5.0
+    else:
+        ps = torch.full((T, H), per_step)
+    g = gate(1, T, K, ps, gen)
+    assert not safe_mask(g)[:2].any()       # both full chunks on the sub-chunk path (the 22-row tail may not be)
+    blocks = torch.cumsum(g[0], 0)                          # block decay: b at its last row minus its first
+    dec = torch.stack([blocks[s + 15] - blocks[s] for s in range(0, 128, 16)]).amin(-1)  # [blocks, H]
+    ok = dec >= -float(SUB_SAFE_LOG.value)
+    assert {"factor": ok.all(), "pairwise": not ok.any(), "both": ok.any() and not ok.all()}[expect]
+    check(q, k, v, g, h0, 1e-4)

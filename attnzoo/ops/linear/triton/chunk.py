@@ -101,7 +101,7 @@ def _state_dtype(q):
 # term only for sub-chunk chunks) was slower, 2.24/2.52/2.55/5.23: off, kept as a tested alternative.
 TUNE = dict(state_bk=64, state_bv=32, state_warps=4, state_stages=3, scalar_out_warps=4, scalar_fused_dg=True,
             state_bv_vector=32, state_bv_vector_few=64, state_warps_vector=4, state_stages_vector=2,
-            vector_fused_dg=False, vector_bwd_factor_f32=False)
+            vector_fused_dg=False, vector_bwd_factor_f32=False, vector_sub_factor=False)
 
 
 def _state_config(K, V, gate=1, n_heads_seqs=None):
@@ -211,7 +211,7 @@ def _intra(q, k, b, tab):
         A.fill_(float("nan"))
     chunk_intra_kernel[(tab.n_chunks, H)](
         q, k, b, A, tab.cu_seqlens, tab.chunk_seq, tab.chunk_idx, H=H, K=K, BT=BT, BC=BC,
-        BK=min(32, max(16, triton.next_power_of_2(K))), num_warps=4,
+        BK=min(32, max(16, triton.next_power_of_2(K))), SUB_FACTOR=TUNE["vector_sub_factor"], num_warps=4,
     )
     return A
 
@@ -266,7 +266,7 @@ def chunk_backward(q, k, v, g, do, dht, *, scale, initial_state, tab, saved=None
         BKv = min(32, max(16, triton.next_power_of_2(K)))
         chunk_vector_dqdk_kernel[(tab.n_chunks, triton.cdiv(K, BKv), H)](
             q, k, v, do, b, h, dh, dq, dk, db, tab.cu_seqlens, tab.chunk_seq, tab.chunk_idx, scale,
-            H=H, K=K, V=V, BT=BT, BC=BC, BK=BKv, BV=BV, num_warps=4,
+            H=H, K=K, V=V, BT=BT, BC=BC, BK=BKv, BV=BV, SUB_FACTOR=TUNE["vector_sub_factor"], num_warps=4,
         )
         chunk_vector_fast_dqdk_kernel[(tab.n_chunks, triton.cdiv(K, BK), H)](
             q, k, v, do, b, h, dh, dq, dk, db, tab.cu_seqlens, tab.chunk_seq, tab.chunk_idx, scale,

@@ -19,6 +19,11 @@ import triton.language as tl
 # −52..−74); it stays 20: the H100 check at 80 put bf16 dg at 2.1e-2, over its 2e-2 tolerance (everything
 # else within 3.7e-3; benchmarks/results/gla_safe80/, notes/triton_gla.md).
 SAFE_LOG = tl.constexpr(20.0)
+# inside a chunk that is not safe, the sub-chunk kernels (vector.py) may factorise a 16-row diagonal block
+# about its own midpoint (chunk.TUNE["vector_sub_factor"]) when its decay is >= −SUB_SAFE_LOG in every channel
+# of the K block: factors within e^{±SUB_SAFE_LOG / 2} = e^{±20}, the range of the uncentred SAFE_LOG = 20
+# factors checked on the GPU, with float32 operands. logsigmoid(x) gates decay ~ −13 per 16 tokens.
+SUB_SAFE_LOG = tl.constexpr(40.0)
 
 
 @triton.jit

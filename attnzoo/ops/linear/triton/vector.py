@@ -10,6 +10,18 @@ sub-chunk I with first row r and last row r', every exponent stays <= 0 (CHUNKED
 and in the backward the same split gives dq_I (reference r) and dk_I (reference r', rows i > r').
 Nothing forms e^{-b}, so a chunk that forgets strongly (g ~ -10 per token) stays finite.
 
+SUB_FACTOR (chunk.TUNE["vector_sub_factor"]): a diagonal block whose own decay, min over the K block's
+channels of b_{r'} − b_r, is >= −SUB_SAFE_LOG (safe.py) is one product instead of the pairwise sum,
+factorised about the block's midpoint c = (b_r + b_{r'}) / 2 (every exponent within ±SUB_SAFE_LOG / 2):
+
+    A_II = (q_I ⊙ e^{b_I − c}) (k_I ⊙ e^{c − b_I})ᵀ, masked to i >= j
+    dq_I += e^{b_I − c} ⊙ (dA_II (k_I ⊙ e^{c − b_I})),   dk_I += e^{c − b_I} ⊙ (dA_IIᵀ (q_I ⊙ e^{b_I − c}))
+
+with float32 operands (tf32 dots on the GPU) and dA_IIᵀ from transposed loads. The pairwise form (a
+[BC, BC, BK] broadcast) stays for blocks that forget harder (2026-12-07 H100 profile: the two sub-chunk
+kernels took 5.1 of the strong-gate op's 6.45 ms). The decision is per (sub-chunk, K block), so the two
+kernels may take different branches for one block; each branch is exact in exact arithmetic.
+
 These kernels serve only the chunks whose total decay exceeds SAFE_LOG (min_k b at the last valid
 row < −SAFE_LOG); on the others both return at once, and the factorised path of
 vector_fast.py (A in output's kernels, dq/dk/db in chunk_vector_fast_dqdk_kernel)
@@ -36,13 +48,14 @@ import triton
 import triton.language as tl
 
 from attnzoo.ops.linear.triton.state import chunk_rows
-from attnzoo.ops.linear.triton.safe import chunk_is_safe
+from attnzoo.ops.linear.triton.safe import SUB_SAFE_LOG, chunk_is_safe
 
 
 @triton.jit
 def chunk_intra_kernel(
     q, k, b, A, cu_seqlens, chunk_seq, chunk_idx,
     H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SUB_FACTOR: tl.constexpr = False,
 ):
     """A [N_tok, H, BT] float32: row i holds A_ij for the chunk's columns j (zero above the diagonal).
     Grid (n_chunks, H)."""
@@ -52,18 +65,20 @@ def chunk_intra_kernel(
         return  # the output and dv kernels form this chunk's A by the factorised product
     n_sub = tl.cdiv(tl.minimum(eos - t0, BT), BC).to(tl.int32)  # the sub-chunks that hold valid rows
     for s in tl.range(n_sub, num_stages=1):  # not software-pipelined: that adds shared-memory buffers
-        _intra_subchunk(q, k, b, A, cu_seqlens, chunk_seq, chunk_idx, i_c, s, i_h, H, K, BT, BC, BK)
+        _intra_subchunk(q, k, b, A, cu_seqlens, chunk_seq, chunk_idx, i_c, s, i_h, H, K, BT, BC, BK, SUB_FACTOR)
 
 
 @triton.jit
 def _intra_subchunk(
     q, k, b, A, cu_seqlens, chunk_seq, chunk_idx, i_c, s, i_h,
     H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    SUB_FACTOR: tl.constexpr,
 ):
     """The rows of sub-chunk s of chunk i_c (head i_h): A_off against the chunk's earlier columns
     and the diagonal block A_d, stored into A."""
     bos, eos, t0 = chunk_rows(cu_seqlens, chunk_seq, chunk_idx, i_c, BT)
     r = t0 + s * BC
+    re = tl.minimum(r + BC, eos) - 1
     ti = r + tl.arange(0, BC)
     mi = ti < eos
     tj = t0 + tl.arange(0, BT)
@@ -86,13 +101,28 @@ def _intra_subchunk(
         bT = tl.load(b + tj[None, :] * (H * K) + i_h * K + kk[:, None], mask=mjk, other=0.0)
         kh = tl.where(mjk, kT * tl.exp(tl.where(mjk, br[:, None] - bT, 0.0)), 0.0)
         A_off += tl.dot(qh.to(qI.dtype), kh.to(qI.dtype))
-        d = tl.where(m3, bI[:, None, :] - bI[None, :, :], 0.0)
-        e = tl.where(m3, tl.exp(d), 0.0)
-        A_d += tl.sum(qI.to(tl.float32)[:, None, :] * kI.to(tl.float32)[None, :, :] * e, axis=2)
+        factor = False
+        if SUB_FACTOR:
+            bre = tl.load(b + re * (H * K) + i_h * K + kk, mask=mk & (r < eos), other=0.0)
+            factor = tl.min(tl.where(mk, bre - br, 0.0), axis=0) >= -SUB_SAFE_LOG
+        if factor:  # about the block's midpoint: exponents within ±SUB_SAFE_LOG / 2
+            cI = 0.5 * (br + bre)
+            qf = tl.where(mik, qI.to(tl.float32) * tl.exp(tl.where(mik, bI - cI[None, :], 0.0)), 0.0)
+            mikT = mk[:, None] & mi[None, :]
+            kIT = tl.load(k + ti[None, :] * (H * K) + i_h * K + kk[:, None], mask=mikT, other=0.0)
+            bIT = tl.load(b + ti[None, :] * (H * K) + i_h * K + kk[:, None], mask=mikT, other=0.0)
+            kf = tl.where(mikT, kIT.to(tl.float32) * tl.exp(tl.where(mikT, cI[:, None] - bIT, 0.0)), 0.0)
+            A_d += tl.dot(qf, kf)
+        else:
+            d = tl.where(m3, bI[:, None, :] - bI[None, :, :], 0.0)
+            e = tl.where(m3, tl.exp(d), 0.0)
+            A_d += tl.sum(qI.to(tl.float32)[:, None, :] * kI.to(tl.float32)[None, :, :] * e, axis=2)
     cols = tl.arange(0, BT)
     in_diag = (cols >= s * BC) & (cols < s * BC + BC)
     base = A + ti[:, None] * (H * BT) + i_h * BT
     tl.store(base + cols[None, :], A_off, mask=mi[:, None] & ~in_diag[None, :])
+    # the factorised blocks' masked pairs (i < j) hold e^{b_i − b_j} > 1 products: dropped here
+    A_d = tl.where((ac[:, None] >= ac[None, :]) & mi[:, None] & mi[None, :], A_d, 0.0)
     tl.store(base + s * BC + ac[None, :], A_d, mask=mi[:, None])
 
 
@@ -100,7 +130,7 @@ def _intra_subchunk(
 def chunk_vector_dqdk_kernel(
     q, k, v, do, b, h, dh, dq, dk, db, cu_seqlens, chunk_seq, chunk_idx, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
-    BK: tl.constexpr, BV: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, SUB_FACTOR: tl.constexpr = False,
 ):
     """dq, dk [N_tok, H, K] and db = q ⊙ dq − k ⊙ dk (float32) for the chunk's rows and K block.
     Grid (n_chunks, K/BK, H)."""
@@ -111,14 +141,14 @@ def chunk_vector_dqdk_kernel(
     n_sub = tl.cdiv(tl.minimum(eos - t0, BT), BC).to(tl.int32)  # the sub-chunks that hold valid rows
     for s in tl.range(n_sub, num_stages=1):  # not software-pipelined: that adds shared-memory buffers
         _dqdk_subchunk(q, k, v, do, b, h, dh, dq, dk, db, cu_seqlens, chunk_seq, chunk_idx, scale,
-                       i_c, s, i_k, i_h, H, K, V, BT, BC, BK, BV)
+                       i_c, s, i_k, i_h, H, K, V, BT, BC, BK, BV, SUB_FACTOR)
 
 
 @triton.jit(noinline=True)
 def _dqdk_subchunk(
     q, k, v, do, b, h, dh, dq, dk, db, cu_seqlens, chunk_seq, chunk_idx, scale, i_c, s, i_k, i_h,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
-    BK: tl.constexpr, BV: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, SUB_FACTOR: tl.constexpr,
 ):
     """dq, dk, db of sub-chunk s's rows and K block i_k in chunk i_c, head i_h. Not inlined: this body
     alone sits at the 255-register limit and spills (~1 KB at K = V = 128, as when it was the whole
@@ -144,6 +174,7 @@ def _dqdk_subchunk(
     dA_row = tl.zeros([BC, BT], dtype=tl.float32)   # [i in I, j in chunk] = do_i · v_j
     dA_colT = tl.zeros([BC, BT], dtype=tl.float32)  # [j in I, i in chunk] = v_j · do_i
     dA_d = tl.zeros([BC, BC], dtype=tl.float32)     # [i in I, j in I] = do_i · v_j
+    dA_dT = tl.zeros([BC, BC], dtype=tl.float32)    # [j in I, i in I] = v_j · do_i (SUB_FACTOR only)
     for i_v in range(tl.cdiv(V, BV)):
         vv = i_v * BV + tl.arange(0, BV)
         mv = vv < V
@@ -160,6 +191,10 @@ def _dqdk_subchunk(
         dA_row += tl.dot(doI, vT)
         dA_colT += tl.dot(vI, doT)
         dA_d += tl.dot(doI, vIT)
+        if SUB_FACTOR:
+            doIT = tl.load(do + ti[None, :] * (H * V) + i_h * V + vv[:, None], mask=mv[:, None] & mi[None, :],
+                           other=0.0)
+            dA_dT += tl.dot(vI, doIT)
     off_I = ti[:, None] * (H * K) + i_h * K + kk[None, :]
     qI = tl.load(q + off_I, mask=mik, other=0.0)
     kI = tl.load(k + off_I, mask=mik, other=0.0)
@@ -182,15 +217,28 @@ def _dqdk_subchunk(
     ml = mck & (tc > re)[:, None]
     qh = tl.where(ml, qc * tl.exp(tl.where(ml, bc - bre[None, :], 0.0)), 0.0)
     dk_acc += tl.exp(tl.where(mik, bre[None, :] - bI, 0.0)) * tl.dot((dA_colT * scale).to(qc.dtype), qh.to(qc.dtype))
-    # the diagonal block, pairwise
+    # the diagonal block: factorised about its midpoint where its decay allows (SUB_FACTOR), else pairwise
     ac = tl.arange(0, BC)
-    m3 = ((ac[:, None] >= ac[None, :]) & mi[:, None] & mi[None, :])[:, :, None]
-    e = tl.where(m3, tl.exp(tl.where(m3, bI[:, None, :] - bI[None, :, :], 0.0)), 0.0)  # [i, j, k]
-    w = (dA_d * scale)[:, :, None] * e
     qf = qI.to(tl.float32)
     kf = kI.to(tl.float32)
-    dq_acc += tl.sum(w * kf[None, :, :], axis=1)
-    dk_acc += tl.sum(w * qf[:, None, :], axis=0)
+    factor = False
+    if SUB_FACTOR:
+        factor = tl.min(tl.where(mk, bre - br, 0.0), axis=0) >= -SUB_SAFE_LOG
+    if factor:
+        cI = 0.5 * (br + bre)
+        causal = (ac[:, None] >= ac[None, :]) & mi[:, None] & mi[None, :]       # [i, j]
+        w = tl.where(causal, dA_d * scale, 0.0)
+        wT = tl.where((ac[:, None] <= ac[None, :]) & mi[:, None] & mi[None, :], dA_dT * scale, 0.0)  # [j, i]
+        eq = tl.exp(tl.where(mik, bI - cI[None, :], 0.0))
+        ek = tl.exp(tl.where(mik, cI[None, :] - bI, 0.0))
+        dq_acc += eq * tl.dot(w, tl.where(mik, kf * ek, 0.0))
+        dk_acc += ek * tl.dot(wT, tl.where(mik, qf * eq, 0.0))
+    else:
+        m3 = ((ac[:, None] >= ac[None, :]) & mi[:, None] & mi[None, :])[:, :, None]
+        e = tl.where(m3, tl.exp(tl.where(m3, bI[:, None, :] - bI[None, :, :], 0.0)), 0.0)  # [i, j, k]
+        w3 = (dA_d * scale)[:, :, None] * e
+        dq_acc += tl.sum(w3 * kf[None, :, :], axis=1)
+        dk_acc += tl.sum(w3 * qf[:, None, :], axis=0)
     tl.store(dq + off_I, dq_acc.to(dq.dtype.element_ty), mask=mik)
     tl.store(dk + off_I, dk_acc.to(dk.dtype.element_ty), mask=mik)
     tl.store(db + off_I, qf * dq_acc - kf * dk_acc, mask=mik)
