@@ -69,6 +69,26 @@ def chunk_intra_kernel(
 
 
 @triton.jit
+def _intra_diag_pairwise(qI, kI, bI, m3):
+    """Σ_k q_ik k_jk e^{b_ik − b_jk} for i >= j of one diagonal block and K block ([BC, BC, BK] broadcast)."""
+    e = tl.where(m3, tl.exp(tl.where(m3, bI[:, None, :] - bI[None, :, :], 0.0)), 0.0)
+    return tl.sum(qI.to(tl.float32)[:, None, :] * kI.to(tl.float32)[None, :, :] * e, axis=2)
+
+
+@triton.jit
+def _intra_diag_factored(k, b, qI, bI, br, bre, ti, mi, kk, mk, mik, i_h, H: tl.constexpr, K: tl.constexpr):
+    """The same block as one product about its midpoint c = (b_r + b_r') / 2, float32 operands; the pairs
+    i < j are NOT masked here (the caller drops them)."""
+    cI = 0.5 * (br + bre)
+    qf = tl.where(mik, qI.to(tl.float32) * tl.exp(tl.where(mik, bI - cI[None, :], 0.0)), 0.0)
+    mikT = mk[:, None] & mi[None, :]
+    kIT = tl.load(k + ti[None, :] * (H * K) + i_h * K + kk[:, None], mask=mikT, other=0.0)
+    bIT = tl.load(b + ti[None, :] * (H * K) + i_h * K + kk[:, None], mask=mikT, other=0.0)
+    kf = tl.where(mikT, kIT.to(tl.float32) * tl.exp(tl.where(mikT, cI[:, None] - bIT, 0.0)), 0.0)
+    return tl.dot(qf, kf)
+
+
+@triton.jit
 def _intra_subchunk(
     q, k, b, A, cu_seqlens, chunk_seq, chunk_idx, i_c, s, i_h,
     H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
@@ -101,22 +121,16 @@ def _intra_subchunk(
         bT = tl.load(b + tj[None, :] * (H * K) + i_h * K + kk[:, None], mask=mjk, other=0.0)
         kh = tl.where(mjk, kT * tl.exp(tl.where(mjk, br[:, None] - bT, 0.0)), 0.0)
         A_off += tl.dot(qh.to(qI.dtype), kh.to(qI.dtype))
-        factor = False
+        # SUB_FACTOR is a constexpr: without it only the pairwise form is compiled (a runtime `if` on a
+        # Python False still compiles both branches: Triton 3.6 on sm_90 then rejected the unset names)
         if SUB_FACTOR:
             bre = tl.load(b + re * (H * K) + i_h * K + kk, mask=mk & (r < eos), other=0.0)
-            factor = tl.min(tl.where(mk, bre - br, 0.0), axis=0) >= -SUB_SAFE_LOG
-        if factor:  # about the block's midpoint: exponents within ±SUB_SAFE_LOG / 2
-            cI = 0.5 * (br + bre)
-            qf = tl.where(mik, qI.to(tl.float32) * tl.exp(tl.where(mik, bI - cI[None, :], 0.0)), 0.0)
-            mikT = mk[:, None] & mi[None, :]
-            kIT = tl.load(k + ti[None, :] * (H * K) + i_h * K + kk[:, None], mask=mikT, other=0.0)
-            bIT = tl.load(b + ti[None, :] * (H * K) + i_h * K + kk[:, None], mask=mikT, other=0.0)
-            kf = tl.where(mikT, kIT.to(tl.float32) * tl.exp(tl.where(mikT, cI[:, None] - bIT, 0.0)), 0.0)
-            A_d += tl.dot(qf, kf)
+            if tl.min(tl.where(mk, bre - br, 0.0), axis=0) >= -SUB_SAFE_LOG:  # about the block's midpoint
+                A_d += _intra_diag_factored(k, b, qI, bI, br, bre, ti, mi, kk, mk, mik, i_h, H, K)
+            else:
+                A_d += _intra_diag_pairwise(qI, kI, bI, m3)
         else:
-            d = tl.where(m3, bI[:, None, :] - bI[None, :, :], 0.0)
-            e = tl.where(m3, tl.exp(d), 0.0)
-            A_d += tl.sum(qI.to(tl.float32)[:, None, :] * kI.to(tl.float32)[None, :, :] * e, axis=2)
+            A_d += _intra_diag_pairwise(qI, kI, bI, m3)
     cols = tl.arange(0, BT)
     in_diag = (cols >= s * BC) & (cols < s * BC + BC)
     base = A + ti[:, None] * (H * BT) + i_h * BT
@@ -124,6 +138,16 @@ def _intra_subchunk(
     # the factorised blocks' masked pairs (i < j) hold e^{b_i − b_j} > 1 products: dropped here
     A_d = tl.where((ac[:, None] >= ac[None, :]) & mi[:, None] & mi[None, :], A_d, 0.0)
     tl.store(base + s * BC + ac[None, :], A_d, mask=mi[:, None])
+
+
+@triton.jit
+def _dqdk_diag_pairwise(w, qf, kf, bI, causal, dq_acc, dk_acc):
+    """dq_i += Σ_j w_ij k_j e^{b_i − b_j}, dk_j += Σ_i w_ij q_i e^{b_i − b_j} over one diagonal block
+    (w = scale · dA, zero for i < j), pairwise ([BC, BC, BK] broadcast)."""
+    m3 = causal[:, :, None]
+    e = tl.where(m3, tl.exp(tl.where(m3, bI[:, None, :] - bI[None, :, :], 0.0)), 0.0)  # [i, j, k]
+    w3 = w[:, :, None] * e
+    return dq_acc + tl.sum(w3 * kf[None, :, :], axis=1), dk_acc + tl.sum(w3 * qf[:, None, :], axis=0)
 
 
 @triton.jit
@@ -221,24 +245,20 @@ def _dqdk_subchunk(
     ac = tl.arange(0, BC)
     qf = qI.to(tl.float32)
     kf = kI.to(tl.float32)
-    factor = False
-    if SUB_FACTOR:
-        factor = tl.min(tl.where(mk, bre - br, 0.0), axis=0) >= -SUB_SAFE_LOG
-    if factor:
-        cI = 0.5 * (br + bre)
-        causal = (ac[:, None] >= ac[None, :]) & mi[:, None] & mi[None, :]       # [i, j]
-        w = tl.where(causal, dA_d * scale, 0.0)
-        wT = tl.where((ac[:, None] <= ac[None, :]) & mi[:, None] & mi[None, :], dA_dT * scale, 0.0)  # [j, i]
-        eq = tl.exp(tl.where(mik, bI - cI[None, :], 0.0))
-        ek = tl.exp(tl.where(mik, cI[None, :] - bI, 0.0))
-        dq_acc += eq * tl.dot(w, tl.where(mik, kf * ek, 0.0))
-        dk_acc += ek * tl.dot(wT, tl.where(mik, qf * eq, 0.0))
+    causal = (ac[:, None] >= ac[None, :]) & mi[:, None] & mi[None, :]       # [i, j]
+    w = tl.where(causal, dA_d * scale, 0.0)
+    if SUB_FACTOR:  # a constexpr: without it only the pairwise form is compiled
+        if tl.min(tl.where(mk, bre - br, 0.0), axis=0) >= -SUB_SAFE_LOG:
+            cI = 0.5 * (br + bre)
+            wT = tl.where((ac[:, None] <= ac[None, :]) & mi[:, None] & mi[None, :], dA_dT * scale, 0.0)  # [j, i]
+            eq = tl.exp(tl.where(mik, bI - cI[None, :], 0.0))
+            ek = tl.exp(tl.where(mik, cI[None, :] - bI, 0.0))
+            dq_acc += eq * tl.dot(w, tl.where(mik, kf * ek, 0.0))
+            dk_acc += ek * tl.dot(wT, tl.where(mik, qf * eq, 0.0))
+        else:
+            dq_acc, dk_acc = _dqdk_diag_pairwise(w, qf, kf, bI, causal, dq_acc, dk_acc)
     else:
-        m3 = ((ac[:, None] >= ac[None, :]) & mi[:, None] & mi[None, :])[:, :, None]
-        e = tl.where(m3, tl.exp(tl.where(m3, bI[:, None, :] - bI[None, :, :], 0.0)), 0.0)  # [i, j, k]
-        w3 = (dA_d * scale)[:, :, None] * e
-        dq_acc += tl.sum(w3 * kf[None, :, :], axis=1)
-        dk_acc += tl.sum(w3 * qf[:, None, :], axis=0)
+        dq_acc, dk_acc = _dqdk_diag_pairwise(w, qf, kf, bI, causal, dq_acc, dk_acc)
     tl.store(dq + off_I, dq_acc.to(dq.dtype.element_ty), mask=mik)
     tl.store(dk + off_I, dk_acc.to(dk.dtype.element_ty), mask=mik)
     tl.store(db + off_I, qf * dq_acc - kf * dk_acc, mask=mik)
