@@ -52,6 +52,8 @@ def test_best_lr_kept_per_mixer_and_width():
     assert len(best) == 1 and best[0]["lr"] == 3e-3
     md = leaderboard_markdown(recs)
     assert "0.900 (0.003, 3)" in md and "`broken`: ValueError: boom" in md
+    assert "Initialisation" not in md                    # records without an init field: the default
+    assert "Initialisation: gpt2" in leaderboard_markdown([dict(r, init="gpt2") for r in recs])
 
 
 def test_a_failing_mixer_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):

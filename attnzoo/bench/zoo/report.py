@@ -68,6 +68,9 @@ def leaderboard_markdown(records: list[dict]) -> str:
     lines = ["# attnzoo zoo leaderboard", "",
              "Best learning rate per (mixer, d_model), as Zoology reports; accuracy on held-out sequences.", "",
              "Machine: " + "; ".join(machines), ""]
+    inits = sorted({r.get("init", "default") for r in records})
+    if inits != ["default"]:         # models.LanguageModel's init; records before it existed are "default"
+        lines += ["Initialisation: " + ", ".join(inits) + (" (GPT-2's, as Zoology)" if inits == ["gpt2"] else ""), ""]
     lines += budget_sentence(rows)
     for task, T, D in _settings(rows):
         sub = [r for r in rows if (r["task"], r["seq_len"], r["num_pairs"]) == (task, T, D)]
