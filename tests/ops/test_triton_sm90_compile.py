@@ -1,4 +1,5 @@
-"""The GLA and delta-rule Triton kernels compile for Hopper (sm_90) with Triton's own compiler and ptxas,
+"""The GLA, delta-rule, selective-scan, short-conv and row-norm Triton kernels compile for Hopper (sm_90)
+with Triton's own compiler and ptxas,
 without a GPU. The interpreter tests run the kernels as Python, which accepts code the compiler rejects:
 with TUNE["vector_sub_factor"] off, a runtime `if` on a Python False left a name set only under a constexpr
 branch; it ran in the interpreter and failed to compile on an H100 (2026-12-07).
@@ -78,6 +79,26 @@ SCRIPT = textwrap.dedent("""
                                             initial_state=h0, output_final_state=True)
     gla_chunk.TUNE["vector_sub_factor"] = False
 
+    # the selective scan, the short conv and the fused row norms (each on by default on CUDA)
+    import attnzoo.ops.conv.triton.api as conv_api
+    import attnzoo.ops.scan.triton.api as scan_api
+    from attnzoo.ops.norm import triton as norm_triton
+
+    scan_api._check = conv_api._check = lambda *a, **k: None
+    for T in (130, 4100):
+        u, dt, Bm, Cm = t(2, T, 256), t(2, T, 256), t(2, T, 16), t(2, T, 16)
+        A, Dv = -torch.rand(256, 16).requires_grad_(True), torch.randn(256, requires_grad=True)
+        y, hT = scan_api.triton_selective_scan(u, dt, A, Bm, Cm, Dv)
+        (y.float().sum() + hT.sum()).backward()
+        w, bias = torch.randn(256, 4).bfloat16().requires_grad_(True), torch.randn(256).bfloat16().requires_grad_(True)
+        conv_api.triton_short_conv(t(2, T, 256), w, bias, activation="silu").float().sum().backward()
+    x, z, dy = torch.randn(64, 128).bfloat16(), torch.randn(64, 128).bfloat16(), torch.randn(64, 128).bfloat16()
+    wn = torch.ones(1, 128)                                  # w [G, D]: one group
+    norm_triton.l2_fwd(x, 1e-6)
+    norm_triton.l2_bwd(x, dy, 1e-6)
+    norm_triton.gated_fwd(x, z, wn, 1e-6, True)
+    norm_triton.gated_bwd(x, z, wn, dy, 1e-6, True)
+
     DT = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.int32: "i32",
           torch.int64: "i64", torch.bool: "i1"}
     failed = []
@@ -113,4 +134,4 @@ def test_gla_and_delta_kernels_compile_for_sm90():
     assert r.returncode == 0, r.stderr[-3000:]
     assert "ALL OK" in r.stdout, r.stdout[-4000:]
     n_kernels = int(r.stdout.split("kernels ")[1].split()[0])
-    assert n_kernels >= 19, r.stdout            # the capture saw the launches (fused, chunked, decode, delta)
+    assert n_kernels >= 27, r.stdout            # the capture saw every op's launches
