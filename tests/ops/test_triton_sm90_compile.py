@@ -1,5 +1,6 @@
 """The GLA, delta-rule, selective-scan, short-conv and row-norm Triton kernels compile for Hopper (sm_90)
-with Triton's own compiler and ptxas, without a GPU. The interpreter tests run the kernels as Python, which accepts code the compiler rejects:
+with Triton's own compiler and ptxas, without a GPU. The interpreter tests run the kernels as Python, which
+accepts code the compiler rejects:
 with TUNE["vector_sub_factor"] off, a runtime `if` on a Python False left a name set only under a constexpr
 branch; it ran in the interpreter and failed to compile on an H100 (2026-12-07).
 
