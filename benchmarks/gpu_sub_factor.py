@@ -18,8 +18,9 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 
-from gpu_gla import check, fwd_bwd, tri  # noqa: E402
+from gpu_gla import check, fwd_bwd, inputs, tri  # noqa: E402
 
+from attnzoo.bench.machine import machine_line  # noqa: E402
 from attnzoo.bench.speed import do_bench_ms  # noqa: E402
 from attnzoo.ops.linear.triton import chunk as tc  # noqa: E402
 
@@ -32,12 +33,10 @@ CHECKS = [("vector_logsig_8k_D128", 2, 8192, 4, 128, "vector_logsig"),
 
 def timing(T, regime, H=16, D=128):
     B = 16384 // T
-    gen = torch.Generator(device="cuda").manual_seed(T)
-    r = lambda: torch.randn(B, T, H, D, device="cuda", generator=gen)  # noqa: E731
-    q, k, v = (r().bfloat16() for _ in range(3))
-    g = torch.nn.functional.logsigmoid(r()) / (16 if regime == "weak" else 1)
-    do, dS = r().bfloat16(), torch.randn(B, H, D, D, device="cuda")
-    h0 = torch.randn(B, H, D, D, device="cuda")
+    # gpu_gla's gates: "vector_gla" = logsigmoid(x) / 16 (weak), "vector_logsig" = logsigmoid(x) (strong)
+    q, k, v, g, _, h0 = inputs(B, T, H, D, "vector_gla" if regime == "weak" else "vector_logsig", torch.bfloat16,
+                               1.0, seed=T)
+    do, dS = torch.randn(B, T, H, D, device="cuda").bfloat16(), torch.randn(B, H, D, D, device="cuda")
     out = {"T": T, "B": B, "gates": regime}
     for _ in range(3):
         for flag in (False, True):
@@ -56,10 +55,7 @@ def main():
     budget = float(sys.argv[sys.argv.index("--budget") + 1]) if "--budget" in sys.argv else 240.0
     os.makedirs(out_dir, exist_ok=True)
     t0 = time.time()
-    rec = {"machine": f"{torch.cuda.get_device_name()} · torch {torch.__version__} · CUDA {torch.version.cuda}",
-           "checks": [], "timing": []}
-    import triton
-    rec["machine"] += f" · Triton {triton.__version__}"
+    rec = {"machine": machine_line("cuda"), "checks": [], "timing": []}
     for flag in (True, False):
         for c in CHECKS if flag else CHECKS[:1]:
             tc.TUNE["vector_sub_factor"] = flag

@@ -7,6 +7,7 @@ import os
 from collections import defaultdict
 
 from attnzoo.bench.table import human_bytes
+from attnzoo.bench.zoo.results import record_init
 
 
 def best_runs(records: list[dict]) -> list[dict]:
@@ -68,8 +69,8 @@ def leaderboard_markdown(records: list[dict]) -> str:
     lines = ["# attnzoo zoo leaderboard", "",
              "Best learning rate per (mixer, d_model), as Zoology reports; accuracy on held-out sequences.", "",
              "Machine: " + "; ".join(machines), ""]
-    inits = sorted({r.get("init", "default") for r in records})
-    if inits != ["default"]:         # models.LanguageModel's init; records before it existed are "default"
+    inits = sorted({record_init(r) for r in records})
+    if inits != ["default"]:
         lines += ["Initialisation: " + ", ".join(inits) + (" (GPT-2's, as Zoology)" if inits == ["gpt2"] else ""), ""]
     lines += budget_sentence(rows)
     for task, T, D in _settings(rows):

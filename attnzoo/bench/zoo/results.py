@@ -27,6 +27,12 @@ def run_key(rec: dict) -> tuple:
     return tuple(round(rec[k], 12) if isinstance(rec[k], float) else rec[k] for k in KEY_FIELDS)
 
 
+def record_init(rec: dict) -> str:
+    """The model init a record was trained with (LanguageModel's init); records from before the field are
+    "default"."""
+    return rec.get("init", "default")
+
+
 _JSON_NAMES = {type(None): "null", bool: "boolean", int: "number", float: "number", str: "string", list: "array"}
 
 

@@ -27,7 +27,7 @@ from attnzoo.bench.zoo import models
 from attnzoo.bench.zoo.group import group_specs, member_specs, run_group
 from attnzoo.bench.zoo.models import check_mixers, default_mixers, task_data
 from attnzoo.bench.zoo.presets import ZooPreset
-from attnzoo.bench.zoo.results import KEY_FIELDS, RESULTS, append_result, read_results, run_key
+from attnzoo.bench.zoo.results import KEY_FIELDS, RESULTS, append_result, read_results, record_init, run_key
 from attnzoo.bench.zoo.schedule import SweepBudget, contention_for, probe_step_seconds
 
 __all__ = ["KEY_FIELDS", "RESULTS", "ZooInterrupted", "append_result", "check_mixers", "read_results", "run_key",
@@ -165,7 +165,7 @@ def run_zoo(*, preset: ZooPreset, out: str, mixers: list[str] | None = None, tas
     if not resume and os.path.exists(path):
         os.replace(path, path + ".previous")
     on_record = read_results(path)
-    other = sorted({r.get("init", "default") for r in on_record} - {preset.init})
+    other = sorted({record_init(r) for r in on_record} - {preset.init})
     if other:                        # the run key has no init: a resume would skip runs of another init
         raise ValueError(f"{path} holds runs with init {', '.join(map(repr, other))}; this sweep uses init "
                          f"{preset.init!r}: give it another --out (one init per results file)")

@@ -34,3 +34,11 @@ def chunk_is_safe(b, last, i_h, H: tl.constexpr, K: tl.constexpr, BK: tl.constex
         kk = i_k * BK + tl.arange(0, BK)
         lo = tl.minimum(lo, tl.load(b + last * (H * K) + i_h * K + kk, mask=kk < K, other=0.0))
     return tl.min(lo, axis=0) >= -SAFE_LOG
+
+
+@triton.jit
+def block_is_factorable(br, bre, mk):
+    """True when a sub-chunk's own decay b_{r'} − b_r (br, bre [BK]: b at its first and last valid row) is
+    >= −SUB_SAFE_LOG in every channel of the K block (mask mk): its diagonal block may be factorised about
+    its midpoint (vector.py, SUB_FACTOR)."""
+    return tl.min(tl.where(mk, bre - br, 0.0), axis=0) >= -SUB_SAFE_LOG

@@ -48,7 +48,7 @@ import triton
 import triton.language as tl
 
 from attnzoo.ops.linear.triton.state import chunk_rows
-from attnzoo.ops.linear.triton.safe import SUB_SAFE_LOG, chunk_is_safe
+from attnzoo.ops.linear.triton.safe import block_is_factorable, chunk_is_safe
 
 
 @triton.jit
@@ -69,10 +69,15 @@ def chunk_intra_kernel(
 
 
 @triton.jit
+def _pair_decay(bI, m3):
+    """e^{b_ik − b_jk} [i, j, k] over one diagonal block, zero outside the mask m3 [i, j, 1] (i >= j, valid)."""
+    return tl.where(m3, tl.exp(tl.where(m3, bI[:, None, :] - bI[None, :, :], 0.0)), 0.0)
+
+
+@triton.jit
 def _intra_diag_pairwise(qI, kI, bI, m3):
     """Σ_k q_ik k_jk e^{b_ik − b_jk} for i >= j of one diagonal block and K block ([BC, BC, BK] broadcast)."""
-    e = tl.where(m3, tl.exp(tl.where(m3, bI[:, None, :] - bI[None, :, :], 0.0)), 0.0)
-    return tl.sum(qI.to(tl.float32)[:, None, :] * kI.to(tl.float32)[None, :, :] * e, axis=2)
+    return tl.sum(qI.to(tl.float32)[:, None, :] * kI.to(tl.float32)[None, :, :] * _pair_decay(bI, m3), axis=2)
 
 
 @triton.jit
@@ -125,7 +130,7 @@ def _intra_subchunk(
         # Python False still compiles both branches: Triton 3.6 on sm_90 then rejected the unset names)
         if SUB_FACTOR:
             bre = tl.load(b + re * (H * K) + i_h * K + kk, mask=mk & (r < eos), other=0.0)
-            if tl.min(tl.where(mk, bre - br, 0.0), axis=0) >= -SUB_SAFE_LOG:  # about the block's midpoint
+            if block_is_factorable(br, bre, mk):  # about the block's midpoint
                 A_d += _intra_diag_factored(k, b, qI, bI, br, bre, ti, mi, kk, mk, mik, i_h, H, K)
             else:
                 A_d += _intra_diag_pairwise(qI, kI, bI, m3)
@@ -144,9 +149,7 @@ def _intra_subchunk(
 def _dqdk_diag_pairwise(w, qf, kf, bI, causal, dq_acc, dk_acc):
     """dq_i += Σ_j w_ij k_j e^{b_i − b_j}, dk_j += Σ_i w_ij q_i e^{b_i − b_j} over one diagonal block
     (w = scale · dA, zero for i < j), pairwise ([BC, BC, BK] broadcast)."""
-    m3 = causal[:, :, None]
-    e = tl.where(m3, tl.exp(tl.where(m3, bI[:, None, :] - bI[None, :, :], 0.0)), 0.0)  # [i, j, k]
-    w3 = w[:, :, None] * e
+    w3 = w[:, :, None] * _pair_decay(bI, causal[:, :, None])  # [i, j, k]
     return dq_acc + tl.sum(w3 * kf[None, :, :], axis=1), dk_acc + tl.sum(w3 * qf[:, None, :], axis=0)
 
 
@@ -248,7 +251,7 @@ def _dqdk_subchunk(
     causal = (ac[:, None] >= ac[None, :]) & mi[:, None] & mi[None, :]       # [i, j]
     w = tl.where(causal, dA_d * scale, 0.0)
     if SUB_FACTOR:  # a constexpr: without it only the pairwise form is compiled
-        if tl.min(tl.where(mk, bre - br, 0.0), axis=0) >= -SUB_SAFE_LOG:
+        if block_is_factorable(br, bre, mk):
             cI = 0.5 * (br + bre)
             wT = tl.where((ac[:, None] <= ac[None, :]) & mi[:, None] & mi[None, :], dA_dT * scale, 0.0)  # [j, i]
             eq = tl.exp(tl.where(mik, bI - cI[None, :], 0.0))
