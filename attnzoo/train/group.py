@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 import time
 
 import torch
@@ -31,14 +30,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from attnzoo.train.group_step import GroupStep, clip_member_grads_  # noqa: F401 (re-export)
-from attnzoo.train.lamb import NO_DECAY_PATTERNS
+from attnzoo.train.group_optim import FlatParams, GroupAdamW, clip_member_grads_  # noqa: F401 (re-export)
+from attnzoo.train.group_step import GroupStep
 from attnzoo.train.optim import warmup_cosine
 from attnzoo.train.trainer import IGNORE_INDEX, TrainConfig, TrainResult, _autocast, at_least_float32, batch_indices
 
 
 class GroupModel:
-    """G models of one architecture as stacked tensors: params[name] [G, ...], run under vmap."""
+    """G models of one architecture as stacked tensors: params[name] [G, ...] (views of one flat buffer,
+    self.flat: group_optim.FlatParams), run under vmap."""
 
     def __init__(self, models: list[nn.Module], device):
         if not models:
@@ -47,9 +47,14 @@ class GroupModel:
         if any(s != shapes[0] for s in shapes[1:]):
             raise ValueError("every model of a group must have the same parameter names and shapes")
         models = [m.to(device) for m in models]
-        self.params, self.buffers = stack_module_state(models)
+        params, self.buffers = stack_module_state(models)
+        self.flat = FlatParams(params)
         self.template = copy.deepcopy(models[0]).to("meta")
         self.size = len(models)
+
+    @property
+    def params(self) -> dict:
+        return self.flat.params
 
     def scored_logits(self, ids, rows, cols, *, training: bool):
         """logits [G, n, vocab] at the scored positions (rows, cols) of ids [B, T], and aux [G]."""
@@ -69,50 +74,13 @@ class GroupModel:
 
     def keep(self, members: torch.Tensor):
         """Keep only `members` (indices into the current group)."""
-        self.params = {k: v[members].detach().requires_grad_(True) for k, v in self.params.items()}
+        self.flat.keep(members)
         self.buffers = {k: v[members] for k, v in self.buffers.items()}
         self.size = int(members.numel())
 
     def member_state_dict(self, i: int) -> dict:
         return {**{k: v[i].detach().clone() for k, v in self.params.items()},
                 **{k: v[i].clone() for k, v in self.buffers.items()}}
-
-
-class GroupAdamW:
-    """torch.optim.AdamW's update (not fused, not amsgrad) on stacked [G, ...] tensors, a learning
-    rate per member; weight decay on the tensors build_optimizer decays (>= 2-D, not norm/bias). The
-    step count is a device tensor, so that a step can be captured in a CUDA graph (group_step.py)."""
-
-    def __init__(self, params: dict, *, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8):
-        self.betas, self.eps, self.wd = betas, eps, weight_decay
-        self.decay = {k: v.dim() - 1 >= 2 and not any(re.search(p, k) for p in NO_DECAY_PATTERNS)
-                      for k, v in params.items()}
-        self.m = {k: torch.zeros_like(v) for k, v in params.items()}
-        self.v = {k: torch.zeros_like(v) for k, v in params.items()}
-        self.t = torch.zeros((), dtype=torch.float64, device=next(iter(params.values())).device)
-
-    def keep(self, members):
-        self.m = {k: v[members] for k, v in self.m.items()}
-        self.v = {k: v[members] for k, v in self.v.items()}
-
-    @torch.no_grad()
-    def step(self, params: dict, lr: torch.Tensor):
-        """lr [G] (this step's, schedule applied)."""
-        self.t += 1
-        b1, b2 = self.betas
-        bc1, bc2_sqrt = 1 - b1 ** self.t, (1 - b2 ** self.t).sqrt()
-        for k, p in params.items():
-            if p.grad is None:
-                continue
-            lr_b = lr.view(-1, *([1] * (p.dim() - 1))).to(torch.float64)
-            g = p.grad
-            if self.decay[k] and self.wd:
-                p.mul_((1 - lr_b * self.wd).to(p.dtype))
-            self.m[k].lerp_(g, 1 - b1)
-            self.v[k].mul_(b2).addcmul_(g, g, value=1 - b2)
-            denom = (self.v[k].sqrt() / bc2_sqrt.to(p.dtype)).add_(self.eps)
-            p.sub_((lr_b / bc1).to(p.dtype) * self.m[k] / denom)
-            p.grad = None
 
 
 @torch.no_grad()
@@ -157,7 +125,7 @@ def train_group(models: list[nn.Module], *, lrs, train, test, config: TrainConfi
     device = torch.device(config.device)
     torch.manual_seed(config.seed)
     group = GroupModel(models, device)
-    opt = GroupAdamW(group.params, weight_decay=config.weight_decay)
+    opt = GroupAdamW(group.flat, weight_decay=config.weight_decay)
     active = list(range(len(models)))                     # model index of each group member
     peak = torch.tensor(lrs, device=device, dtype=torch.float64)
     results: list[TrainResult | None] = [None] * len(models)

@@ -2,8 +2,9 @@
 
 step(idx, lr) gathers the batch idx [B] from the training set (on the device), forms the logits at
 the scored positions, backpropagates the members' summed losses, clips each member's gradients and
-applies GroupAdamW with lr [G]; it returns each member's mean cross-entropy [G] as a device tensor
-(no host synchronisation: the caller reads it when it reports).
+applies GroupAdamW with lr [G] (both once over the group's flat [G, P] buffer, group_optim.py); it
+returns each member's mean cross-entropy [G] as a device tensor (no host synchronisation: the caller
+reads it when it reports).
 
 A task that scores the same number P of positions in every sequence (MQAR: its num_pairs queries)
 has a static scored table (cols [N, P], targets [N, P]), so a step has static shapes and, on CUDA
@@ -19,18 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from attnzoo.train.group_optim import clip_member_grads_
 from attnzoo.train.trainer import IGNORE_INDEX, _autocast, at_least_float32
-
-
-def clip_member_grads_(params: dict, max_norm: float):
-    """Each member's gradients scaled as torch.nn.utils.clip_grad_norm_ would scale that model's."""
-    grads = [p.grad for p in params.values() if p.grad is not None]
-    if not grads:
-        return
-    sq = torch.stack([at_least_float32(g.flatten(1)).pow(2).sum(1) for g in grads]).sum(0)       # [G]
-    coef = (max_norm / (sq.sqrt() + 1e-6)).clamp_max(1.0)
-    for g in grads:
-        g.mul_(coef.view(-1, *([1] * (g.dim() - 1))).to(g.dtype))
 
 
 def scored_table(labels: torch.Tensor):
@@ -78,9 +69,11 @@ class GroupStep:
             target = self.y_all[idx][rows, cols]
         mean, aux = self._losses(x, rows, cols, target, max(1, target.numel()))
         (mean + aux).sum().backward()         # members are independent: each gets its own gradient
+        grad = self.group.flat.grad()         # [G, P]: clip and update run once over every parameter
+        self.group.flat.clear_grads()
         if self.grad_clip:
-            self._clip(self.group.params, self.grad_clip)
-        self.opt.step(self.group.params, lr)
+            self._clip(grad, self.grad_clip)
+        self.opt.step(grad, lr)
         return mean.detach()
 
     def _eager_losses(self, x, rows, cols, target, count: int):
@@ -129,18 +122,16 @@ class GroupStep:
     def _snapshot(self):
         """Capture does not run the step, but a failed capture may leave tensors half-written."""
         g, o = self.group, self.opt
-        return ({k: v.detach().clone() for k, v in g.params.items()}, {k: v.clone() for k, v in g.buffers.items()},
-                {k: v.clone() for k, v in o.m.items()}, {k: v.clone() for k, v in o.v.items()}, o.t.clone())
+        return (g.flat.data.clone(), {k: v.clone() for k, v in g.buffers.items()}, o.m.clone(), o.v.clone(),
+                o.t.clone())
 
     def _restore(self, snap):
         params, buffers, m, v, t = snap
         with torch.no_grad():
-            for k, p in self.group.params.items():
-                p.copy_(params[k])
-                p.grad = None
+            self.group.flat.data.copy_(params)
+            self.group.flat.clear_grads()
             for k, b in self.group.buffers.items():
                 b.copy_(buffers[k])
-            for k in m:
-                self.opt.m[k].copy_(m[k])
-                self.opt.v[k].copy_(v[k])
+            self.opt.m.copy_(m)
+            self.opt.v.copy_(v)
             self.opt.t.copy_(t)

@@ -11,6 +11,7 @@ from attnzoo.models import LanguageModel
 from attnzoo.tasks import token_task
 from attnzoo.train import TrainConfig, train_lm
 from attnzoo.train.group import GroupAdamW, group_error, train_group, train_many
+from attnzoo.train.group_optim import FlatParams, clip_member_grads_
 
 LRS = (1e-3, 3e-3, 1e-2)
 
@@ -83,19 +84,45 @@ def test_a_member_that_reaches_the_target_stops_and_the_rest_go_on():
 def test_group_adamw_matches_torch_adamw_per_member():
     torch.manual_seed(0)
     ws = [torch.randn(4, 3, dtype=torch.float64) for _ in range(2)]
-    stacked = {"w.weight": torch.stack(ws).requires_grad_(True)}
-    opt = GroupAdamW(stacked, weight_decay=0.1)
+    fp = FlatParams({"w.weight": torch.stack(ws), "norm.weight": torch.stack([w[0] for w in ws])})
+    stacked = fp.params
+    opt = GroupAdamW(fp, weight_decay=0.1)
     ref = [torch.nn.Parameter(w.clone()) for w in ws]
-    ref_opts = [torch.optim.AdamW([r], lr=lr, weight_decay=0.1) for r, lr in zip(ref, (1e-2, 3e-1))]
+    ref_n = [torch.nn.Parameter(w[0].clone()) for w in ws]        # a norm weight: no weight decay
+    ref_opts = [torch.optim.AdamW([{"params": [r]}, {"params": [n], "weight_decay": 0.0}], lr=lr, weight_decay=0.1)
+                for r, n, lr in zip(ref, ref_n, (1e-2, 3e-1))]
     for _ in range(5):
-        g = torch.randn(2, 4, 3, dtype=torch.float64)
-        stacked["w.weight"].grad = g.clone()
-        opt.step(stacked, torch.tensor([1e-2, 3e-1], dtype=torch.float64))
-        for r, o, gi in zip(ref, ref_opts, g):
-            r.grad = gi.clone()
+        g, gn = torch.randn(2, 4, 3, dtype=torch.float64), torch.randn(2, 3, dtype=torch.float64)
+        stacked["w.weight"].grad, stacked["norm.weight"].grad = g.clone(), gn.clone()
+        grad = fp.grad()
+        fp.clear_grads()
+        opt.step(grad, torch.tensor([1e-2, 3e-1], dtype=torch.float64))
+        for r, n, o, gi, gni in zip(ref, ref_n, ref_opts, g, gn):
+            r.grad, n.grad = gi.clone(), gni.clone()
             o.step()
     for i in range(2):
         torch.testing.assert_close(stacked["w.weight"][i].detach(), ref[i].detach(), rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(stacked["norm.weight"][i].detach(), ref_n[i].detach(), rtol=1e-12, atol=1e-14)
+    assert fp.data.data_ptr() == stacked["w.weight"].data_ptr()     # the params are views of the flat buffer
+
+
+def test_flat_clip_matches_torch_per_member():
+    torch.manual_seed(1)
+    fp = FlatParams({"a": torch.randn(3, 4, 5, dtype=torch.float64), "b": torch.randn(3, 7, dtype=torch.float64)})
+    grads = {"a": torch.randn(3, 4, 5, dtype=torch.float64) * torch.tensor([0.01, 1.0, 10.0])[:, None, None],
+             "b": torch.randn(3, 7, dtype=torch.float64)}
+    for k, p in fp.params.items():
+        p.grad = grads[k].clone()
+    flat = fp.grad()
+    clip_member_grads_(flat, 1.0)
+    for i in range(3):
+        ref = [torch.nn.Parameter(torch.zeros_like(grads[k][i])) for k in ("a", "b")]
+        for r, k in zip(ref, ("a", "b")):
+            r.grad = grads[k][i].clone()
+        torch.nn.utils.clip_grad_norm_(ref, 1.0)
+        torch.testing.assert_close(flat[i], torch.cat([r.grad.flatten() for r in ref]), rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="one dtype"):
+        FlatParams({"a": torch.zeros(2, 3), "b": torch.zeros(2, 3, dtype=torch.float64)})
 
 
 def test_bad_groups_are_refused():

@@ -29,7 +29,7 @@ def run(mixer, compile, steps=3):
     data = token_task("mqar", seq_len=32, num_train=64, num_test=8, seed=0, num_pairs=4, vocab_size=64)
     x, y = data.train
     group = GroupModel(members(mixer), "cpu")
-    opt = GroupAdamW(group.params, weight_decay=0.1)
+    opt = GroupAdamW(group.flat, weight_decay=0.1)
     step = GroupStep(group, opt, x, y, batch_size=16, grad_clip=1.0, amp=None, device="cpu", compile=compile)
     lr = torch.tensor([1e-3, 3e-3], dtype=torch.float64)
     losses = [step.step(torch.arange(16) + 16 * i, lr) for i in range(steps)]

@@ -77,7 +77,7 @@ def time_group(spec, preset, *, device, group_size: int, graph: bool, steps: int
     data = _data(spec, max(4 * batch, 2048))
     x, y = (t.to(device) for t in data.train)
     group = GroupModel(_models(spec, preset, group_size), device)
-    opt = GroupAdamW(group.params, weight_decay=0.1)
+    opt = GroupAdamW(group.flat, weight_decay=0.1)
     stepper = GroupStep(group, opt, x, y, batch_size=batch, grad_clip=1.0, amp=None, device=device, graph=graph,
                         compile=compile)
     lr = torch.full((group_size,), 1e-3, dtype=torch.float64, device=device)

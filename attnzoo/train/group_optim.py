@@ -1,0 +1,117 @@
+"""A model group's parameters as one flat buffer, and the per-member AdamW and clipping that update it.
+
+    fp = FlatParams(stacked)            # stacked: {name: [G, ...]} (torch.func.stack_module_state)
+    fp.params                           # {name: [G, ...]} leaves, views of fp.data [G, P]
+    g = fp.grad()                       # [G, P]: the params' .grad concatenated (one copy)
+    clip_member_grads_(g, 1.0)          # each member's gradient scaled by its own global norm
+    GroupAdamW(fp, weight_decay=0.1).step(g, lr)        # lr [G]; then fp.clear_grads()
+
+Why flat: a group's update per tensor cost ~12 elementwise launches per parameter tensor (a 2-layer
+softmax LM has 12 tensors, GLA 26), about half of a whole graphed d=64 training step's ~500 launches
+(counted on the CPU profiler, 2026-12-07). On one [G, P] buffer the clip and the update are ~30 launches
+whatever the model, with the same elementwise arithmetic as torch.optim.AdamW and
+torch.nn.utils.clip_grad_norm_ per member (tests/train/test_group.py: a member equals its model trained
+alone).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+
+from attnzoo.train.lamb import NO_DECAY_PATTERNS
+
+
+class FlatParams:
+    """G members' parameters as views of one [G, P] buffer `data` (every tensor of one dtype and device).
+
+    params[name] is a leaf tensor [G, *shape] that shares data's storage, so an in-place update of data
+    (the optimizer's) is an update of every parameter; autograd fills each leaf's own .grad as usual."""
+
+    def __init__(self, stacked: dict):
+        if not stacked:
+            raise ValueError("a flat parameter buffer needs at least one tensor")
+        first = next(iter(stacked.values()))
+        kinds = {(v.dtype, v.device) for v in stacked.values()}
+        if len(kinds) > 1:
+            raise ValueError(f"every parameter of a group must have one dtype and device, got "
+                             f"{sorted(map(str, kinds))}")
+        self.G = first.shape[0]
+        if any(v.dim() == 0 or v.shape[0] != self.G for v in stacked.values()):
+            raise ValueError("every stacked parameter needs the same leading member dim")
+        self.names = list(stacked)
+        self.shapes = [tuple(stacked[k].shape[1:]) for k in self.names]
+        self.sizes = [math.prod(s) for s in self.shapes]
+        data = torch.cat([stacked[k].detach().reshape(self.G, -1) for k in self.names], 1)
+        self._adopt(data)
+
+    def _adopt(self, data: torch.Tensor):
+        self.data = data
+        self.params, off = {}, 0
+        for k, shape, n in zip(self.names, self.shapes, self.sizes):
+            self.params[k] = data[:, off:off + n].view(self.G, *shape).detach().requires_grad_(True)
+            off += n
+
+    def keep(self, members: torch.Tensor):
+        """Keep only `members` (indices into the current group); new leaves, new storage."""
+        self.G = int(members.numel())
+        self._adopt(self.data[members].contiguous())
+
+    def grad(self) -> torch.Tensor:
+        """The gradients [G, P] (zeros where a parameter got none), in data's layout."""
+        return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(self.G, -1)
+                          for p in self.params.values()], 1)
+
+    def clear_grads(self):
+        for p in self.params.values():
+            p.grad = None
+
+    def mask(self, keep) -> torch.Tensor:
+        """[P] bool: True on the entries of the parameters for which keep(name, shape) holds."""
+        return torch.cat([torch.full((n,), bool(keep(k, s)), device=self.data.device)
+                          for k, s, n in zip(self.names, self.shapes, self.sizes)])
+
+
+def clip_member_grads_(grad: torch.Tensor, max_norm: float):
+    """grad [G, P] scaled per member as torch.nn.utils.clip_grad_norm_ would scale that model's gradients."""
+    sq = grad.float().pow(2).sum(1) if grad.dtype in (torch.float16, torch.bfloat16) else grad.pow(2).sum(1)
+    coef = (max_norm / (sq.sqrt() + 1e-6)).clamp_max(1.0)
+    grad.mul_(coef[:, None].to(grad.dtype))
+
+
+def decays(name: str, shape: tuple) -> bool:
+    """build_optimizer's weight-decay rule: tensors of >= 2 dims that are not norms or biases."""
+    return len(shape) >= 2 and not any(re.search(p, name) for p in NO_DECAY_PATTERNS)
+
+
+class GroupAdamW:
+    """torch.optim.AdamW's update (not fused, not amsgrad) on a FlatParams buffer, a learning rate per
+    member; weight decay on the tensors build_optimizer decays. The step count is a device tensor, so that
+    a step can be captured in a CUDA graph (group_step.py)."""
+
+    def __init__(self, fp: FlatParams, *, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.fp, self.betas, self.eps, self.wd = fp, betas, eps, weight_decay
+        self.decay = fp.mask(decays)[None] if weight_decay else None          # [1, P]
+        self.m, self.v = torch.zeros_like(fp.data), torch.zeros_like(fp.data)
+        self.t = torch.zeros((), dtype=torch.float64, device=fp.data.device)
+        self._one = torch.ones((), dtype=fp.data.dtype, device=fp.data.device)
+
+    def keep(self, members):
+        self.m, self.v = self.m[members], self.v[members]
+
+    @torch.no_grad()
+    def step(self, grad: torch.Tensor, lr: torch.Tensor):
+        """grad [G, P] (fp.grad(), clipped); lr [G] (this step's, schedule applied)."""
+        p = self.fp.data
+        self.t += 1
+        b1, b2 = self.betas
+        bc1, bc2_sqrt = 1 - b1 ** self.t, (1 - b2 ** self.t).sqrt()
+        lr_b = lr.view(-1, 1).to(torch.float64)
+        if self.decay is not None:      # (1 - lr wd) on the decayed entries, exactly 1 elsewhere
+            p.mul_(torch.where(self.decay, (1 - lr_b * self.wd).to(p.dtype), self._one))
+        self.m.lerp_(grad, 1 - b1)
+        self.v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        denom = (self.v.sqrt() / bc2_sqrt.to(p.dtype)).add_(self.eps)
+        p.sub_((lr_b / bc1).to(p.dtype) * self.m / denom)
