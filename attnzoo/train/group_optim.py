@@ -4,7 +4,7 @@
     fp.params                           # {name: [G, ...]} leaves, views of fp.data [G, P]
     g = fp.grad()                       # [G, P]: the params' .grad concatenated (one copy)
     clip_member_grads_(g, 1.0)          # each member's gradient scaled by its own global norm
-    GroupAdamW(fp, weight_decay=0.1).step(g, lr)        # lr [G]; then fp.clear_grads()
+    GroupAdamW(fp, weight_decay=0.1).step(g, lr, fp.with_grad)        # lr [G]; then fp.clear_grads()
 
 Why flat: a group's update per tensor cost ~12 elementwise launches per parameter tensor (a 2-layer
 softmax LM has 12 tensors, GLA 26), about half of a whole graphed d=64 training step's ~500 launches
@@ -60,7 +60,11 @@ class FlatParams:
         self._adopt(self.data[members].contiguous())
 
     def grad(self) -> torch.Tensor:
-        """The gradients [G, P] (zeros where a parameter got none), in data's layout."""
+        """The gradients [G, P] (zeros where a parameter got none), in data's layout. Sets self.with_grad:
+        None when every parameter has a gradient, else [P] bool, True on those that have one (what
+        torch.optim skips: a parameter without a gradient is not updated, GroupAdamW.step's `where`)."""
+        missing = {k for k, p in self.params.items() if p.grad is None}
+        self.with_grad = self.mask(lambda k, _: k not in missing) if missing else None
         return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(self.G, -1)
                           for p in self.params.values()], 1)
 
@@ -89,7 +93,9 @@ def decays(name: str, shape: tuple) -> bool:
 class GroupAdamW:
     """torch.optim.AdamW's update (not fused, not amsgrad) on a FlatParams buffer, a learning rate per
     member; weight decay on the tensors build_optimizer decays. The step count is a device tensor, so that
-    a step can be captured in a CUDA graph (group_step.py)."""
+    a step can be captured in a CUDA graph (group_step.py). It is one count for all parameters, where
+    torch.optim counts each parameter's own steps: the two differ only for a parameter that gets a
+    gradient at some steps and none at others (one that never gets one stays untouched in both)."""
 
     def __init__(self, fp: FlatParams, *, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8):
         self.fp, self.betas, self.eps, self.wd = fp, betas, eps, weight_decay
@@ -102,9 +108,12 @@ class GroupAdamW:
         self.m, self.v = self.m[members], self.v[members]
 
     @torch.no_grad()
-    def step(self, grad: torch.Tensor, lr: torch.Tensor):
-        """grad [G, P] (fp.grad(), clipped); lr [G] (this step's, schedule applied)."""
+    def step(self, grad: torch.Tensor, lr: torch.Tensor, where: torch.Tensor | None = None):
+        """grad [G, P] (fp.grad(), clipped); lr [G] (this step's, schedule applied); where [P] bool: update
+        only these entries (fp.with_grad: torch.optim leaves a parameter without a gradient untouched)."""
         p = self.fp.data
+        if where is not None:
+            before = (p.clone(), self.m.clone(), self.v.clone())
         self.t += 1
         b1, b2 = self.betas
         bc1, bc2_sqrt = 1 - b1 ** self.t, (1 - b2 ** self.t).sqrt()
@@ -115,3 +124,6 @@ class GroupAdamW:
         self.v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
         denom = (self.v.sqrt() / bc2_sqrt.to(p.dtype)).add_(self.eps)
         p.sub_((lr_b / bc1).to(p.dtype) * self.m / denom)
+        if where is not None:
+            for x, old in zip((p, self.m, self.v), before):
+                x.copy_(torch.where(where, x, old))

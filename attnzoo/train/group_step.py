@@ -73,7 +73,7 @@ class GroupStep:
         self.group.flat.clear_grads()
         if self.grad_clip:
             self._clip(grad, self.grad_clip)
-        self.opt.step(grad, lr)
+        self.opt.step(grad, lr, self.group.flat.with_grad)
         return mean.detach()
 
     def _eager_losses(self, x, rows, cols, target, count: int):

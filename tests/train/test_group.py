@@ -84,7 +84,10 @@ def test_a_member_that_reaches_the_target_stops_and_the_rest_go_on():
 def test_group_adamw_matches_torch_adamw_per_member():
     torch.manual_seed(0)
     ws = [torch.randn(4, 3, dtype=torch.float64) for _ in range(2)]
-    fp = FlatParams({"w.weight": torch.stack(ws), "norm.weight": torch.stack([w[0] for w in ws])})
+    unused = torch.randn(2, 5, 2, dtype=torch.float64)
+    fp = FlatParams({"w.weight": torch.stack(ws), "unused.weight": unused.clone(),
+                     "norm.weight": torch.stack([w[0] for w in ws])})
+    # unused.weight never gets a gradient: torch.optim leaves it untouched (weight decay included)
     stacked = fp.params
     opt = GroupAdamW(fp, weight_decay=0.1)
     ref = [torch.nn.Parameter(w.clone()) for w in ws]
@@ -95,14 +98,16 @@ def test_group_adamw_matches_torch_adamw_per_member():
         g, gn = torch.randn(2, 4, 3, dtype=torch.float64), torch.randn(2, 3, dtype=torch.float64)
         stacked["w.weight"].grad, stacked["norm.weight"].grad = g.clone(), gn.clone()
         grad = fp.grad()
+        assert fp.with_grad is not None and int(fp.with_grad.sum()) == 12 + 3
         fp.clear_grads()
-        opt.step(grad, torch.tensor([1e-2, 3e-1], dtype=torch.float64))
+        opt.step(grad, torch.tensor([1e-2, 3e-1], dtype=torch.float64), fp.with_grad)
         for r, n, o, gi, gni in zip(ref, ref_n, ref_opts, g, gn):
             r.grad, n.grad = gi.clone(), gni.clone()
             o.step()
     for i in range(2):
         torch.testing.assert_close(stacked["w.weight"][i].detach(), ref[i].detach(), rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(stacked["norm.weight"][i].detach(), ref_n[i].detach(), rtol=1e-12, atol=1e-14)
+    assert torch.equal(stacked["unused.weight"].detach(), unused)
     assert fp.data.data_ptr() == stacked["w.weight"].data_ptr()     # the params are views of the flat buffer
 
 
