@@ -46,6 +46,7 @@ class FlatParams:
         self.sizes = [math.prod(s) for s in self.shapes]
         data = torch.cat([stacked[k].detach().reshape(self.G, -1) for k in self.names], 1)
         self._adopt(data)
+        self._missing, self.with_grad = frozenset(), None
 
     def _adopt(self, data: torch.Tensor):
         self.data = data
@@ -63,8 +64,10 @@ class FlatParams:
         """The gradients [G, P] (zeros where a parameter got none), in data's layout. Sets self.with_grad:
         None when every parameter has a gradient, else [P] bool, True on those that have one (what
         torch.optim skips: a parameter without a gradient is not updated, GroupAdamW.step's `where`)."""
-        missing = {k for k, p in self.params.items() if p.grad is None}
-        self.with_grad = self.mask(lambda k, _: k not in missing) if missing else None
+        missing = frozenset(k for k, p in self.params.items() if p.grad is None)
+        if missing != self._missing:            # the mask is built once per set of missing gradients
+            self._missing = missing
+            self.with_grad = self.mask(lambda k, _: k not in missing) if missing else None
         return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(self.G, -1)
                           for p in self.params.values()], 1)
 
