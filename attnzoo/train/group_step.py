@@ -42,8 +42,10 @@ class GroupStep:
         self.group, self.opt, self.x_all, self.y_all = group, opt, x_all, y_all
         # compile: the forward and loss (and through AOTAutograd the backward) under torch.compile, to fuse the
         # step's many small kernels; True = inductor, a string names another backend (the CPU tests' aot_eager)
-        self._losses = self._eager_losses if not compile else torch.compile(
-            self._eager_losses, backend="inductor" if compile is True else compile, dynamic=False)
+        # (and the clip + AdamW update on the flat buffer: ~30 elementwise launches fused)
+        traced = (lambda f: f) if not compile else (lambda f: torch.compile(
+            f, backend="inductor" if compile is True else compile, dynamic=False))
+        self._losses, self._update = traced(self._eager_losses), traced(self._eager_update)
         self.grad_clip, self.amp, self.device, self._clip = grad_clip, amp, torch.device(device), clip_member_grads_
         self.table = scored_table(y_all)
         self.rows = torch.arange(batch_size, device=self.device)[:, None]
@@ -71,10 +73,13 @@ class GroupStep:
         (mean + aux).sum().backward()         # members are independent: each gets its own gradient
         grad = self.group.flat.grad()         # [G, P]: clip and update run once over every parameter
         self.group.flat.clear_grads()
+        self._update(grad, lr, self.group.flat.with_grad)
+        return mean.detach()
+
+    def _eager_update(self, grad, lr, where):
         if self.grad_clip:
             self._clip(grad, self.grad_clip)
-        self.opt.step(grad, lr, self.group.flat.with_grad)
-        return mean.detach()
+        self.opt.step(grad, lr, where)
 
     def _eager_losses(self, x, rows, cols, target, count: int):
         """Each member's mean cross-entropy at the scored positions [G], and its aux loss [G]."""
