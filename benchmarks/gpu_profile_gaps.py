@@ -32,6 +32,8 @@ import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import gpu_delta_setup  # noqa: E402 (its inputs; same device, dtype, H and D rule as this script's)
+
 from attnzoo.bench.cases import CaseLog, script_args  # noqa: E402
 from attnzoo.bench.machine import machine_line  # noqa: E402
 from attnzoo.bench.timing import capture_cuda_graph, ms_timer, tuned  # noqa: E402
@@ -109,12 +111,9 @@ def gla_regimes():
 def delta_regimes():
     out = {}
     for B, T in ((1, 40),) if SMOKE else ((16, 1024), (1, 16384)):
-        gen = torch.Generator(device=DEV).manual_seed(T)
-        r = lambda *s: torch.randn(*s, device=DEV, generator=gen)  # noqa: E731
-        q, v = (r(B, T, H, D).to(DT).requires_grad_() for _ in range(2))
-        k = F.normalize(r(B, T, H, D), dim=-1).to(DT).requires_grad_()
-        beta = torch.sigmoid(r(B, T, H)).to(DT).requires_grad_()
-        g = (F.logsigmoid(r(B, T, H)) / 16).requires_grad_()
+        q, k, v, beta, g, _ = gpu_delta_setup.inputs(B, T, "strong", seed=T)   # g = logsigmoid(x)
+        g = g / 16                                       # the speed table's weak gates, logsigmoid(x) / 16
+        q, k, v, beta, g = (x.requires_grad_() for x in (q, k, v, beta, g))
         do = torch.randn_like(v)
 
         def fwd(q=q, k=k, v=v, beta=beta, g=g):

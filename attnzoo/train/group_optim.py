@@ -17,11 +17,11 @@ alone).
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 
-from attnzoo.train.lamb import NO_DECAY_PATTERNS
+from attnzoo.train.lamb import decays
+from attnzoo.train.trainer import at_least_float32
 
 
 class FlatParams:
@@ -58,7 +58,7 @@ class FlatParams:
     def keep(self, members: torch.Tensor):
         """Keep only `members` (indices into the current group); new leaves, new storage."""
         self.G = int(members.numel())
-        self._adopt(self.data[members].contiguous())
+        self._adopt(self.data[members])       # (indexing copies)
 
     def grad(self) -> torch.Tensor:
         """The gradients [G, P] (zeros where a parameter got none), in data's layout. Sets self.with_grad:
@@ -83,14 +83,9 @@ class FlatParams:
 
 def clip_member_grads_(grad: torch.Tensor, max_norm: float):
     """grad [G, P] scaled per member as torch.nn.utils.clip_grad_norm_ would scale that model's gradients."""
-    sq = grad.float().pow(2).sum(1) if grad.dtype in (torch.float16, torch.bfloat16) else grad.pow(2).sum(1)
+    sq = at_least_float32(grad).pow(2).sum(1)
     coef = (max_norm / (sq.sqrt() + 1e-6)).clamp_max(1.0)
     grad.mul_(coef[:, None].to(grad.dtype))
-
-
-def decays(name: str, shape: tuple) -> bool:
-    """build_optimizer's weight-decay rule: tensors of >= 2 dims that are not norms or biases."""
-    return len(shape) >= 2 and not any(re.search(p, name) for p in NO_DECAY_PATTERNS)
 
 
 class GroupAdamW:
@@ -102,7 +97,8 @@ class GroupAdamW:
 
     def __init__(self, fp: FlatParams, *, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8):
         self.fp, self.betas, self.eps, self.wd = fp, betas, eps, weight_decay
-        self.decay = fp.mask(decays)[None] if weight_decay else None          # [1, P]
+        # [1, P]: build_optimizer's rule (lamb.decays) on each member's tensor
+        self.decay = fp.mask(lambda name, shape: decays(name, len(shape)))[None] if weight_decay else None
         self.m, self.v = torch.zeros_like(fp.data), torch.zeros_like(fp.data)
         self.t = torch.zeros((), dtype=torch.float64, device=fp.data.device)
         self._one = torch.ones((), dtype=fp.data.dtype, device=fp.data.device)

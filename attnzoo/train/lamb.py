@@ -44,14 +44,18 @@ from torch import nn
 NO_DECAY_PATTERNS = (r"norm", r"bias")
 
 
+def decays(name: str, ndim: int, exclude=NO_DECAY_PATTERNS) -> bool:
+    """The weight-decay rule: tensors of >= 2 dims whose names match none of `exclude` (norms, biases)."""
+    return ndim >= 2 and not any(re.search(pat, name) for pat in exclude)
+
+
 def lamb_param_groups(model: nn.Module, *, weight_decay: float, exclude=NO_DECAY_PATTERNS) -> list[dict]:
     """Two groups: decayed + adapted tensors, and excluded ones (names matching `exclude`, or 1-D)."""
     decay, keep = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        excluded = p.dim() < 2 or any(re.search(pat, name) for pat in exclude)
-        (keep if excluded else decay).append(p)
+        (decay if decays(name, p.dim(), exclude) else keep).append(p)
     groups = []
     if decay:
         groups.append({"params": decay, "weight_decay": weight_decay, "adapt": True})
