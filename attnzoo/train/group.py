@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from attnzoo.train.group_optim import FlatParams, GroupAdamW, clip_member_grads_  # noqa: F401 (re-export)
+from attnzoo.train.group_optim import FlatParams, GroupAdamW, clip_member_grads  # noqa: F401 (re-export)
 from attnzoo.train.group_step import GroupStep
 from attnzoo.train.optim import warmup_cosine
 from attnzoo.train.trainer import IGNORE_INDEX, TrainConfig, TrainResult, _autocast, at_least_float32, batch_indices

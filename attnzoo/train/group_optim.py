@@ -3,7 +3,7 @@
     fp = FlatParams(stacked)            # stacked: {name: [G, ...]} (torch.func.stack_module_state)
     fp.params                           # {name: [G, ...]} leaves, views of fp.data [G, P]
     g = fp.grad()                       # [G, P]: the params' .grad concatenated (one copy)
-    clip_member_grads_(g, 1.0)          # each member's gradient scaled by its own global norm
+    g = clip_member_grads(g, 1.0)       # each member's gradient scaled by its own global norm
     GroupAdamW(fp, weight_decay=0.1).step(g, lr, fp.with_grad)        # lr [G]; then fp.clear_grads()
 
 Why flat: a group's update per tensor cost ~12 elementwise launches per parameter tensor (a 2-layer
@@ -81,11 +81,13 @@ class FlatParams:
                           for k, s, n in zip(self.names, self.shapes, self.sizes)])
 
 
-def clip_member_grads_(grad: torch.Tensor, max_norm: float):
-    """grad [G, P] scaled per member as torch.nn.utils.clip_grad_norm_ would scale that model's gradients."""
+def clip_member_grads(grad: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """grad [G, P] scaled per member as torch.nn.utils.clip_grad_norm_ would scale that model's gradients
+    (a new tensor: scaling the input in place broke inductor's CPU code generation in torch 2.13 when the
+    update is compiled after it, `KeyError: 'buf5'`)."""
     sq = at_least_float32(grad).pow(2).sum(1)
     coef = (max_norm / (sq.sqrt() + 1e-6)).clamp_max(1.0)
-    grad.mul_(coef[:, None].to(grad.dtype))
+    return grad * coef[:, None].to(grad.dtype)
 
 
 class GroupAdamW:

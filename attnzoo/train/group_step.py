@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from attnzoo.train.group_optim import clip_member_grads_
+from attnzoo.train.group_optim import clip_member_grads
 from attnzoo.train.trainer import IGNORE_INDEX, _autocast, at_least_float32
 
 
@@ -46,7 +46,7 @@ class GroupStep:
         traced = (lambda f: f) if not compile else (lambda f: torch.compile(
             f, backend="inductor" if compile is True else compile, dynamic=False))
         self._losses, self._update = traced(self._eager_losses), traced(self._eager_update)
-        self.grad_clip, self.amp, self.device, self._clip = grad_clip, amp, torch.device(device), clip_member_grads_
+        self.grad_clip, self.amp, self.device, self._clip = grad_clip, amp, torch.device(device), clip_member_grads
         self.table = scored_table(y_all)
         self.rows = torch.arange(batch_size, device=self.device)[:, None]
         self.want_graph = graph and self.device.type == "cuda" and self.table is not None
@@ -78,7 +78,7 @@ class GroupStep:
 
     def _eager_update(self, grad, lr, where):
         if self.grad_clip:
-            self._clip(grad, self.grad_clip)
+            grad = self._clip(grad, self.grad_clip)
         self.opt.step(grad, lr, where)
 
     def _eager_losses(self, x, rows, cols, target, count: int):
