@@ -12,6 +12,7 @@ import attnzoo
 from attnzoo.models import LanguageModel
 from attnzoo.tasks import token_task
 from attnzoo.train.group import GroupAdamW, GroupModel
+from attnzoo.train.group_optim import clip_member_grads
 from attnzoo.train.group_step import GroupStep
 
 
@@ -47,3 +48,30 @@ def test_compiled_group_step_matches_eager(mixer):
     assert torch.allclose(got_loss, want_loss, rtol=1e-5, atol=1e-6), (got_loss, want_loss)
     for k in want_params:
         assert torch.allclose(got_params[k], want_params[k], rtol=1e-4, atol=1e-6), k
+
+
+def test_inductor_compiles_the_flat_update():
+    """The clip + AdamW update compiled by inductor (real code generation, which aot_eager skips) gives the
+    eager update's weights: an in-place clip once broke inductor's CPU codegen here (KeyError 'buf5')."""
+    from attnzoo.train.group_optim import FlatParams
+
+    def state(seed):
+        torch.manual_seed(seed)
+        fp = FlatParams({"w.weight": torch.randn(2, 6, 5), "norm.weight": torch.randn(2, 5)})
+        return fp, GroupAdamW(fp, weight_decay=0.1)
+
+    class Host:  # what GroupStep._eager_update reads
+        def __init__(self, opt):
+            self.grad_clip, self._clip, self.opt = 1.0, clip_member_grads, opt
+
+    torch._dynamo.reset()
+    (fa, oa), (fb, ob) = state(0), state(0)
+    compiled = torch.compile(lambda g, lr: GroupStep._eager_update(Host(ob), g, lr, None), backend="inductor")
+    lr = torch.tensor([1e-2, 3e-2], dtype=torch.float64)
+    for i in range(3):
+        torch.manual_seed(10 + i)
+        g = torch.randn(2, 35) * torch.tensor([[0.01], [10.0]])     # one member clipped, one not
+        GroupStep._eager_update(Host(oa), g.clone(), lr, None)
+        compiled(g.clone(), lr)
+    torch.testing.assert_close(fb.data, fa.data, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ob.v, oa.v, rtol=1e-5, atol=1e-9)
