@@ -88,10 +88,10 @@ def timing(B, T, C, dtype) -> dict:
 
 def zoo_group(mixer, d_model, T=64) -> dict:
     from attnzoo.bench.zoo.presets import get_preset
-    from attnzoo.bench.zoo.throughput import _case_spec, time_group
+    from attnzoo.bench.zoo.throughput import case_spec, time_group
 
     preset = get_preset("paper")
-    spec = _case_spec(mixer, d_model, T, preset.vocab_size, batch=8 if SMOKE else None)
+    spec = case_spec(mixer, d_model, T, preset.vocab_size, batch=8 if SMOKE else None)
     res = {"mixer": mixer, "d_model": d_model, "T": T, "batch": spec["batch"], "group_size": 4}
     for path in ("conv1d", "toeplitz"):
         with direct(path):

@@ -140,10 +140,10 @@ def scan_auto(on: bool):
 
 def zoo_group(d_model, T=64) -> dict:
     from attnzoo.bench.zoo.presets import get_preset
-    from attnzoo.bench.zoo.throughput import _case_spec, time_group
+    from attnzoo.bench.zoo.throughput import case_spec, time_group
 
     preset = get_preset("paper")
-    spec = _case_spec("mamba", d_model, T, preset.vocab_size, batch=16 if SMOKE else None)
+    spec = case_spec("mamba", d_model, T, preset.vocab_size, batch=16 if SMOKE else None)
     res = {"d_model": d_model, "T": T, "batch": spec["batch"], "group_size": 4}
     for name, on in (("torch", False), ("triton", True)):
         with scan_auto(on):

@@ -99,11 +99,13 @@ def cuda_peak_mb(fn):
     return round((torch.cuda.max_memory_allocated() - base) / 2**20, 1)
 
 
-def script_args(doc: str, *, budget: float | None = None, only: bool = False, argv=None) -> argparse.Namespace:
+def script_args(doc: str, *, budget: float | None = None, only: bool = False, extra=None,
+                argv=None) -> argparse.Namespace:
     """The command line of a one-call benchmark script: OUT (a folder, created), --smoke (tiny shapes on the
     CPU through the Triton interpreter), --budget SECONDS (when the script has a time budget, default
-    `budget`), --only PREFIXES (with only: a comma list, parsed to a tuple for CaseLog's only=). Exits with
-    a message unless CUDA is available or --smoke is given."""
+    `budget`), --only PREFIXES (with only: a comma list, parsed to a tuple for CaseLog's only=), and what
+    extra(parser) adds (the script's own options). Exits with a message unless CUDA is available or --smoke
+    is given."""
     p = argparse.ArgumentParser(description=doc.split("\n")[0])
     p.add_argument("out", type=Path)
     p.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU through the Triton interpreter")
@@ -112,6 +114,8 @@ def script_args(doc: str, *, budget: float | None = None, only: bool = False, ar
     if only:
         p.add_argument("--only", default="", help="comma-separated case-name prefixes to run (e.g. 'time,mixer'): "
                        "a rerun")
+    if extra is not None:
+        extra(p)
     a = p.parse_args(argv)
     if not a.smoke and not torch.cuda.is_available():
         sys.exit("needs CUDA (or --smoke)")

@@ -40,7 +40,7 @@ def paper_batch(seq_len: int) -> int:
     return 512 if seq_len <= 128 else (256 if seq_len <= 256 else 128)
 
 
-def _case_spec(mixer: str, d_model: int, seq_len: int, vocab: int, batch: int | None = None) -> dict:
+def case_spec(mixer: str, d_model: int, seq_len: int, vocab: int, batch: int | None = None) -> dict:
     return {"task": "mqar", "mixer": mixer, "d_model": d_model, "lr": 1e-3, "seq_len": seq_len,
             "num_pairs": PAIRS.get(seq_len, max(1, seq_len // 16)), "vocab_size": vocab,
             "batch": batch or paper_batch(seq_len)}
@@ -65,10 +65,9 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_group(spec, preset, *, device, group_size: int, graph: bool, steps: int, warmup: int,
-               before_timing=None, compile: bool | str = False) -> float:
-    """Seconds per group step (group_size models), after `warmup` steps (capture included);
-    before_timing() runs between the two (the group_procs path's barrier)."""
+def group_stepper(spec, preset, *, device, group_size: int, graph: bool, compile: bool | str = False, n_idx: int):
+    """(GroupStep, lr [G], batch indices [n_idx] of [B]): a group of group_size models of spec as the zoo
+    builds them, on its MQAR data (the time_group bench's, and benchmarks/gpu_group_profile.py's)."""
     from attnzoo.train.group import GroupAdamW, GroupModel
     from attnzoo.train.group_step import GroupStep
     from attnzoo.train.trainer import batch_indices
@@ -81,7 +80,16 @@ def time_group(spec, preset, *, device, group_size: int, graph: bool, steps: int
     stepper = GroupStep(group, opt, x, y, batch_size=batch, grad_clip=1.0, amp=None, device=device, graph=graph,
                         compile=compile)
     lr = torch.full((group_size,), 1e-3, dtype=torch.float64, device=device)
-    idx = [batch_indices(i, n=x.shape[0], batch_size=batch, seed=0).to(device) for i in range(warmup + steps)]
+    idx = [batch_indices(i, n=x.shape[0], batch_size=batch, seed=0).to(device) for i in range(n_idx)]
+    return stepper, lr, idx
+
+
+def time_group(spec, preset, *, device, group_size: int, graph: bool, steps: int, warmup: int,
+               before_timing=None, compile: bool | str = False) -> float:
+    """Seconds per group step (group_size models), after `warmup` steps (capture included);
+    before_timing() runs between the two (the group_procs path's barrier)."""
+    stepper, lr, idx = group_stepper(spec, preset, device=device, group_size=group_size, graph=graph,
+                                     compile=compile, n_idx=warmup + steps)
     for i in range(warmup):
         stepper.step(idx[i], lr)
     _sync(device)
@@ -227,7 +235,7 @@ def run_throughput(*, mixers=DEFAULT_MIXERS, d_models=(64, 256), seq_lens=(64, 2
     group_workers = group_workers or pre.workers
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, "throughput.jsonl")
-    specs = [_case_spec(m, d, T, pre.vocab_size, batch) for m in mixers for d in d_models for T in seq_lens]
+    specs = [case_spec(m, d, T, pre.vocab_size, batch) for m in mixers for d in d_models for T in seq_lens]
     rows = []
 
     def emit(spec, how, sec, **extra):
