@@ -75,6 +75,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--init", choices=("default", "gpt2"), default="default",
                     help="LanguageModel's init: default (nn.Linear's) or gpt2 (N(0, 0.02), residual outputs scaled)")
+    ap.add_argument("--mlp-ratio", type=float, default=2.0, help="the blocks' MLP ratio (the study's: 2; 0: none)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--budget", type=float, default=None, help="seconds; later (layers, steps) groups are skipped")
     ap.add_argument("--out", default=None, help="JSON lines file to append to")
@@ -108,7 +109,7 @@ def main(argv=None):
             for _ in lrs:                     # one initialisation for every lr, as the study builds a stack
                 torch.manual_seed(a.seed)
                 models.append(small_lm("softmax", vocab=a.vocab, d_model=a.d_model, n_layers=layers, n_heads=a.heads,
-                                       init=a.init))
+                                       mlp_ratio=a.mlp_ratio, init=a.init))
             cfg = TrainConfig(steps=steps, batch_size=a.batch, lr=lrs[0], weight_decay=0.1,
                               warmup_steps=max(1, steps // 10), eval_every=a.eval_every, eval_batch_size=64,
                               target_accuracy=a.target, seed=a.seed, device=a.device)

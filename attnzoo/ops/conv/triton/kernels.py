@@ -93,25 +93,28 @@ def short_conv_bwd_kernel(x_ptr, w_ptr, b_ptr, s_ptr, dy_ptr, dx_ptr, ds_ptr, dw
     taps = tl.arange(0, WP)
     dw = tl.zeros((WP, BC), dtype=tl.float32)
     db = tl.zeros((BC,), dtype=tl.float32)
+    # BT rows at a time; strips past the sequence's end are skipped (ROWS = 512 over a T = 64 sequence ran 27
+    # of its 32 strips fully masked: the zoo's T = 64 group step spent a quarter of its time there)
     for i in range(0, ROWS, BT):
         s0 = pid_t * ROWS + i - (W - 1)
-        s = s0 + tl.arange(0, BT)  # input rows, from -(W-1) to T-1 over all programs
-        # output rows r = s + W - 1 (each output row once over all programs): tap 0 of dx, db and dw
-        g = _dpre(xb, sb, dyb, w_ptr, b_ptr, s + W - 1, s0 + W - 1, c, T, C, W, HAS_BIAS, HAS_STATE, SILU)
-        dxa = tl.load(w_ptr + c * W, mask=cm, other=0.0).to(tl.float32)[None, :] * g
-        db += tl.sum(g, axis=0)
-        for j in tl.static_range(W):
-            xs = _inputs(xb, sb, s + j, s0 + j, c, T, C, W, HAS_STATE)  # x_{r-W+1+j}
-            dw += tl.where(taps[:, None] == j, tl.sum(g * xs, axis=0)[None, :], 0.0)
-        for k in range(W - 1):  # the other taps: output rows s + k (a loop, not unrolled: fewer registers)
-            g = _dpre(xb, sb, dyb, w_ptr, b_ptr, s + k, s0 + k, c, T, C, W, HAS_BIAS, HAS_STATE, SILU)
-            dxa += tl.load(w_ptr + c * W + (W - 1 - k), mask=cm, other=0.0).to(tl.float32)[None, :] * g
-        mx = ((s >= 0) & (s < T))[:, None] & cm[None, :]
-        tl.store(dxb + s[:, None] * C + c[None, :], dxa.to(dx_ptr.dtype.element_ty), mask=mx)
-        if HAS_STATE:
-            if s0 < 0:  # the first rows of the first program
-                ms = ((s < 0) & (s >= 1 - W))[:, None] & cm[None, :]
-                tl.store(dsb + (s + W - 1)[:, None] * C + c[None, :], dxa.to(ds_ptr.dtype.element_ty), mask=ms)
+        if s0 < T:  # some row of this strip exists
+            s = s0 + tl.arange(0, BT)  # input rows, from -(W-1) to T-1 over all programs
+            # output rows r = s + W - 1 (each output row once over all programs): tap 0 of dx, db and dw
+            g = _dpre(xb, sb, dyb, w_ptr, b_ptr, s + W - 1, s0 + W - 1, c, T, C, W, HAS_BIAS, HAS_STATE, SILU)
+            dxa = tl.load(w_ptr + c * W, mask=cm, other=0.0).to(tl.float32)[None, :] * g
+            db += tl.sum(g, axis=0)
+            for j in tl.static_range(W):
+                xs = _inputs(xb, sb, s + j, s0 + j, c, T, C, W, HAS_STATE)  # x_{r-W+1+j}
+                dw += tl.where(taps[:, None] == j, tl.sum(g * xs, axis=0)[None, :], 0.0)
+            for k in range(W - 1):  # the other taps: output rows s + k (a loop, not unrolled: fewer registers)
+                g = _dpre(xb, sb, dyb, w_ptr, b_ptr, s + k, s0 + k, c, T, C, W, HAS_BIAS, HAS_STATE, SILU)
+                dxa += tl.load(w_ptr + c * W + (W - 1 - k), mask=cm, other=0.0).to(tl.float32)[None, :] * g
+            mx = ((s >= 0) & (s < T))[:, None] & cm[None, :]
+            tl.store(dxb + s[:, None] * C + c[None, :], dxa.to(dx_ptr.dtype.element_ty), mask=mx)
+            if HAS_STATE:
+                if s0 < 0:  # the first rows of the first program
+                    ms = ((s < 0) & (s >= 1 - W))[:, None] & cm[None, :]
+                    tl.store(dsb + (s + W - 1)[:, None] * C + c[None, :], dxa.to(ds_ptr.dtype.element_ty), mask=ms)
     p = b * tl.num_programs(0) + pid_t
     tl.store(dw_ptr + (p * C + c[None, :]) * W + taps[:, None], dw, mask=cm[None, :] & (taps[:, None] < W))
     if HAS_BIAS:
