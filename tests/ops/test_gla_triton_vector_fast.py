@@ -281,17 +281,18 @@ def test_fast_dqdk_kernel_compiles_for_sm90_with_either_factor_precision():
     assert r.returncode == 0 and "compiled" in r.stdout, r.stderr[-3000:]
 
 
+@pytest.mark.parametrize("sub", [True, False], ids=["sub_factor", "pairwise_only"])
 @pytest.mark.parametrize("per_step,expect", [(0.8, "factor"), (5.0, "pairwise"), ("mixed", "both")])
-def test_subchunk_diagonal_blocks_factorised_about_their_midpoint(monkeypatch, per_step, expect):
+def test_subchunk_diagonal_blocks_factorised_about_their_midpoint(monkeypatch, per_step, expect, sub):
     """TUNE["vector_sub_factor"]: inside chunks past SAFE_LOG, a 16-row diagonal block whose own decay is
     >= −SUB_SAFE_LOG is one product about its midpoint; harder ones stay pairwise. Per-step decay 0.8
     (~ −13 per block, the logsigmoid regime) factorises every block, 5.0 (~ −80) none (T = 128: no tail,
     whose short last block would pass), "mixed" puts the two side by side in one launch, with a 22-row
     tail chunk. Forward and every gradient against the float64 loop; K = 40 gives the dq/dk kernel two K
-    blocks, each deciding for itself."""
+    blocks, each deciding for itself. The flag is on by default (2026-12-08); off, every block is pairwise."""
     from attnzoo.ops.linear.triton.safe import SUB_SAFE_LOG
 
-    monkeypatch.setitem(tc.TUNE, "vector_sub_factor", True)
+    monkeypatch.setitem(tc.TUNE, "vector_sub_factor", sub)
     T, K = (128 if per_step == 5.0 else 150), 40
     q, k, v, h0, gen = qkv(1, T, K, 24, torch.float32, seed=21)
     if per_step == "mixed":

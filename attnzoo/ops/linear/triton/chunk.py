@@ -99,9 +99,12 @@ def _state_dtype(q):
 # against 32's 2.01/2.31/2.34/4.83, hence 64 only where 32 would leave few programs
 # (state_bv_vector_few); vector_fused_dg (the fast path's dq/dk kernel writes dg, the state backward
 # term only for sub-chunk chunks) was slower, 2.24/2.52/2.55/5.23: off, kept as a tested alternative.
+# vector_sub_factor (vector.py's SUB_FACTOR), H100 2026-12-08 (benchmarks/results/sub_factor_gpu/): vector
+# fwd+bwd with strong gates (logsigmoid(x)) 1.39-1.41x faster at 1k-16k tokens (7.0-7.4 -> 5.0-5.3 ms), weak
+# gates unchanged (1.00x), within the float64 loop's tolerance in every check: on.
 TUNE = dict(state_bk=64, state_bv=32, state_warps=4, state_stages=3, scalar_out_warps=4, scalar_fused_dg=True,
             state_bv_vector=32, state_bv_vector_few=64, state_warps_vector=4, state_stages_vector=2,
-            vector_fused_dg=False, vector_bwd_factor_f32=False, vector_sub_factor=False)
+            vector_fused_dg=False, vector_bwd_factor_f32=False, vector_sub_factor=True)
 
 
 def _state_config(K, V, gate=1, n_heads_seqs=None):
