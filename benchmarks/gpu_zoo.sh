@@ -14,8 +14,9 @@ if [ "$what" = throughput ]; then
   tail -n 45 "$OUT/zt.log"
 else
   mkdir -p "$OUT/grid"
-  # ZOO_FROM: the committed results to resume (default zoo_paper's; "none": a fresh folder, e.g. for --init gpt2)
-  from=${ZOO_FROM:-benchmarks/results/zoo_paper/results.jsonl}
+  # ZOO_FROM: the committed results to resume (default zoo_paper_gpt2's, the paper preset's init since 2026-12-08;
+  # zoo_paper's with --init default; "none": a fresh folder)
+  from=${ZOO_FROM:-benchmarks/results/zoo_paper_gpt2/results.jsonl}
   [ "$from" != none ] && [ -f "$from" ] && cp "$from" "$OUT/grid/results.jsonl"
   timeout "${GRID_SECONDS:-500}" python3 -m attnzoo.cli zoo --preset paper --out "$OUT/grid" --resume "$@" \
     > "$OUT/grid.log" 2>&1

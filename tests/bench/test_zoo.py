@@ -80,6 +80,7 @@ def test_presets_and_errors():
     assert paper.lrs == pytest.approx((1e-4, 10 ** (-4 + 2 / 3), 10 ** (-4 + 4 / 3), 1e-2))   # logspace(-4, -2, 4)
     assert [paper.batch_for(T) for T in (64, 128, 256, 512)] == [512, 512, 256, 128]
     assert paper.group and not paper.random_non_queries and paper.positions == ("softmax",)
+    assert paper.init == "gpt2" and get_preset("quick").init == "default"    # Zoology's init; the demo keeps its own
     with pytest.raises(ValueError, match="preset must be one of"):
         get_preset("huge")
     with pytest.raises(ValueError, match="unknown mixer"):
