@@ -26,3 +26,14 @@ def test_unknown_path_refused(tmp_path):
 
     with pytest.raises(ValueError, match="paths must be among"):
         run_throughput(mixers=["softmax"], paths=("nope",), out=str(tmp_path))
+
+
+def test_table_columns_match_with_and_without_the_process_path(tmp_path):
+    from attnzoo.bench.zoo.throughput import write_throughput_table
+
+    row = lambda path, v: {"mixer": "softmax", "d_model": 64, "seq_len": 64, "path": path, "model_steps_per_s": v}  # noqa: E731
+    for rows, ratio in (([row("process", 100.0), row("group_graph", 640.0)], "6.4x"),
+                        ([row("group_graph", 856.6), row("group_graph_compiled", 1041.3)], None)):
+        lines = write_throughput_table(rows, str(tmp_path)).splitlines()
+        assert all(line.count("|") == lines[0].count("|") for line in lines), lines
+        assert (ratio in lines[2]) if ratio else "/process" not in lines[0]

@@ -272,16 +272,17 @@ def run_throughput(*, mixers=DEFAULT_MIXERS, d_models=(64, 256), seq_lens=(64, 2
 
 
 def write_throughput_table(rows: list[dict], out: str) -> str:
+    """<out>/throughput.md: model-steps/s per path, and each path's ratio to the process path where it ran."""
     paths = [p for p in PATHS if any(r["path"] == p for r in rows)]
-    head = "| mixer | d | T | " + " | ".join(f"{p} steps/s" for p in paths) + " | " + \
-        " | ".join(f"{p}/process" for p in paths if p != "process") + " |"
-    lines = [head, "|" + "---|" * (3 + len(paths) + len(paths) - 1)]
+    ratio_paths = [p for p in paths if p != "process"] if "process" in paths else []
+    cols = ["mixer", "d", "T", *(f"{p} steps/s" for p in paths), *(f"{p}/process" for p in ratio_paths)]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     keys = sorted({(r["mixer"], r["d_model"], r["seq_len"]) for r in rows}, key=lambda k: (k[0], k[1], k[2]))
     for key in keys:
         got = {r["path"]: r.get("model_steps_per_s") for r in rows if (r["mixer"], r["d_model"], r["seq_len"]) == key}
         cells = [f"{got[p]:.1f}" if got.get(p) else "error" for p in paths]
         base = got.get("process")
-        ratios = [f"{got[p] / base:.1f}x" if got.get(p) and base else "-" for p in paths if p != "process"]
+        ratios = [f"{got[p] / base:.1f}x" if got.get(p) and base else "-" for p in ratio_paths]
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(cells + ratios) + " |")
     md = "\n".join(lines) + "\n"
     with open(os.path.join(out, "throughput.md"), "w", encoding="utf-8") as f:
