@@ -7,7 +7,8 @@ profiler), by total time and by kind, against the step's eager and graphed wall 
 
 The paper preset's models and MQAR batch (Zoology's: 512 at T = 64), a group of --group-size models. A graphed
 step whose time is close to the kernels' sum is GPU-bound: more members or processes cannot help it, only
-fewer bytes (fusion, bf16) or fewer kernels can; the kinds say which. Writes OUT_DIR/group_profile.json
+fewer bytes (fusion, bf16) or fewer kernels can; the kinds say which. --pad-narrow runs the mixers' narrow
+projections (AlignedLinear) on padded widths, to time that against the default. Writes OUT_DIR/group_profile.json
 (machine line, per mixer: eager and graph ms per step, kernel ms per step by kind and the top kernels).
 """
 
@@ -94,9 +95,15 @@ def main():
     a = script_args(__doc__, extra=lambda ap: (
         ap.add_argument("--mixers", default="softmax,gla,gated_deltanet"),
         ap.add_argument("--d-model", type=int, default=64), ap.add_argument("--seq-len", type=int, default=64),
-        ap.add_argument("--group-size", type=int, default=4)))
+        ap.add_argument("--group-size", type=int, default=4),
+        ap.add_argument("--pad-narrow", action="store_true", help="mixers.layers.NARROW['pad'] = 'always': the "
+                        "narrow projections' GEMMs on widths padded to multiples of 8 (AlignedLinear)")))
+    if a.pad_narrow:
+        from attnzoo.mixers import layers
+
+        layers.NARROW["pad"] = "always"
     dev = "cpu" if a.smoke else "cuda"
-    log = CaseLog(a.out / "group_profile.json", {"machine": machine_line(dev)})
+    log = CaseLog(a.out / "group_profile.json", {"machine": machine_line(dev), "pad_narrow": a.pad_narrow})
     res = {m: log.run(m, lambda m=m: profile_mixer(m, d_model=a.d_model, seq_len=a.seq_len,
                                                    group_size=a.group_size, smoke=a.smoke))
            for m in a.mixers.split(",")}

@@ -12,8 +12,12 @@
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 T0=$(date +%s)
 left() { echo $(( ${CALL_SECONDS:-570} - ($(date +%s) - T0) - 15 )); }
-[ $(left) -gt 60 ] && timeout 60 python3 benchmarks/gpu_group_profile.py $OUT/profile --mixers gated_deltanet,softmax > $OUT/profile.log 2>&1
+[ $(left) -gt 60 ] && timeout 60 python3 benchmarks/gpu_group_profile.py $OUT/profile --mixers gated_deltanet,gla,softmax > $OUT/profile.log 2>&1
 grep -A9 "^gated\|^softmax" $OUT/profile.log | head -24
+# (1') the narrow projections on padded widths (AlignedLinear, mixers/layers.NARROW; off by default): if the
+# align2 GEMM leaves and the step is faster, turn NARROW["pad"] to "cuda"
+[ $(left) -gt 90 ] && timeout 50 python3 benchmarks/gpu_group_profile.py $OUT/profile_pad --mixers gated_deltanet,gla --pad-narrow > $OUT/profile_pad.log 2>&1
+grep -A9 "^gated\|^gla" $OUT/profile_pad.log | head -24
 [ $(left) -gt 90 ] && timeout 80 python3 benchmarks/gpu_short_conv.py $OUT/short_conv > $OUT/short_conv.log 2>&1
 tail -12 $OUT/short_conv.log
 L=$(left); [ $L -gt 150 ] && timeout $(( L < 300 ? L - 20 : 280 )) python3 -m attnzoo.cli bench zoo-throughput --out $OUT/zt \
@@ -22,4 +26,4 @@ L=$(left); [ $L -gt 150 ] && timeout $(( L < 300 ? L - 20 : 280 )) python3 -m at
 L=$(left); echo "grid budget $L s"
 [ $L -gt 90 ] && GRID_SECONDS=$L bash benchmarks/gpu_zoo.sh grid --grid 64:4 --d-models 128 --steps 1500 \
   --mixers "softmax;gla;base_conv,based;h3;hyena;base_conv;mamba;mamba2;gated_deltanet;deltanet;rwkv6" | tail -16
-cd $OUT && tar czf /tmp/all.tgz profile profile.log short_conv short_conv.log zt zt.log grid grid.log 2>/dev/null; rm -rf $OUT/*; mv /tmp/all.tgz $OUT/
+cd $OUT && tar czf /tmp/all.tgz profile profile.log profile_pad profile_pad.log short_conv short_conv.log zt zt.log grid grid.log 2>/dev/null; rm -rf $OUT/*; mv /tmp/all.tgz $OUT/

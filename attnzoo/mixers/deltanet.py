@@ -23,7 +23,7 @@ from attnzoo.mixers._linear_common import (
     recurrent_state_bytes,
 )
 from attnzoo.mixers.base import Mixer, RecurrentState, check_heads
-from attnzoo.mixers.layers import RMSNorm
+from attnzoo.mixers.layers import AlignedLinear, RMSNorm
 from attnzoo.mixers.short_conv import ShortConv
 from attnzoo.ops.delta import delta_rule
 from attnzoo.registry import Card, Paper, register
@@ -63,7 +63,7 @@ class DeltaNet(Mixer):
         self.q_proj = nn.Linear(d_model, width, bias=False)
         self.k_proj = nn.Linear(d_model, width, bias=False)
         self.v_proj = nn.Linear(d_model, width, bias=False)
-        self.b_proj = nn.Linear(d_model, n_heads, bias=True)
+        self.b_proj = AlignedLinear(d_model, n_heads, bias=True)
         self.conv = ShortConv(3 * width, kernel_size=conv_kernel, activation="silu")
         self.o_proj = nn.Linear(width, d_model, bias=False)
         self.build_output_norm()

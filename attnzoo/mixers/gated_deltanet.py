@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnzoo.mixers.deltanet import DeltaNet, deltanet_state_bytes
-from attnzoo.mixers.layers import GatedRMSNorm
+from attnzoo.mixers.layers import AlignedLinear, GatedRMSNorm
 from attnzoo.registry import Card, Paper, register
 
 
@@ -43,7 +43,7 @@ class GatedDeltaNet(DeltaNet):
     ):
         super().__init__(d_model, n_heads=n_heads, head_dim=head_dim, conv_kernel=conv_kernel, impl=impl)
         H = self.n_heads
-        self.a_proj = nn.Linear(d_model, H, bias=False)
+        self.a_proj = AlignedLinear(d_model, H, bias=False)
         dt = torch.exp(torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus(dt_bias) = dt
         self.A_log = nn.Parameter(torch.log(torch.empty(H).uniform_(1.0, 16.0)))

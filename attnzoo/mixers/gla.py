@@ -17,6 +17,7 @@ from torch import nn
 
 from attnzoo.mixers._linear_common import HeadNorm, check_recurrent_state, mask_steps, recurrent_state_bytes
 from attnzoo.mixers.base import Mixer, RecurrentState
+from attnzoo.mixers.layers import AlignedLinear
 from attnzoo.ops.linear import gated_linear_attention
 from attnzoo.registry import Card, Paper, register
 
@@ -62,8 +63,8 @@ class GatedLinearAttention(Mixer):
         self.q_proj = nn.Linear(d_model, hk, bias=False)
         self.k_proj = nn.Linear(d_model, hk, bias=False)
         self.v_proj = nn.Linear(d_model, hv, bias=False)
-        self.gk_down = nn.Linear(d_model, gate_rank, bias=False)
-        self.gk_up = nn.Linear(gate_rank, hk, bias=True)
+        self.gk_down = AlignedLinear(d_model, gate_rank, bias=False)
+        self.gk_up = AlignedLinear(gate_rank, hk, bias=True)
         self.r_proj = nn.Linear(d_model, hv, bias=True)
         self.o_proj = nn.Linear(hv, d_model, bias=False)
         self.group_norm = HeadNorm(n_heads, self.value_dim, kind="layer")

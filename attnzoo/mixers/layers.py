@@ -1,8 +1,10 @@
-"""Small building blocks shared by mixers: RMSNorm, gated RMSNorm, rotary embeddings, KV caches."""
+"""Small building blocks shared by mixers: RMSNorm, gated RMSNorm, rotary embeddings, KV caches, a Linear for
+narrow widths."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from attnzoo.ops.common.dispatch import op_override
@@ -35,6 +37,31 @@ class GatedRMSNorm(RMSNorm):
 
     def forward(self, x, gate):
         return gated_rms_norm(x, self.weight, gate, self.eps, self.activation)
+
+
+# AlignedLinear's padding: "off", "cuda" (CUDA inputs only) or "always" (the CPU tests). Off until a GPU timing:
+# the zoo's group-step profile (H100, 2026-12-08, benchmarks/results/zoo_throughput/) spent 1.3-1.4 ms of a 9.5-12.7
+# ms step in a cuBLAS GEMM for 2- or 4-wide projections (align2 tiles), which padded widths would avoid.
+NARROW = {"pad": "off"}
+
+
+class AlignedLinear(nn.Linear):
+    """nn.Linear for narrow projections (a per-head gate or step size: 1-4 outputs; a low-rank bottleneck):
+    with NARROW["pad"] on, the product runs with in and out features zero-padded to multiples of 8 and the padded
+    outputs sliced off, so cuBLAS sees aligned widths; outputs and gradients are those of nn.Linear (the padding
+    adds zeros only). Its parameters and state_dict are nn.Linear's."""
+
+    def forward(self, x):
+        mode = NARROW["pad"]
+        if mode == "off" or (mode == "cuda" and not x.is_cuda):
+            return super().forward(x)
+        po, pi = -self.out_features % 8, -self.in_features % 8
+        if not (po or pi):
+            return super().forward(x)
+        w = F.pad(self.weight, (0, pi, 0, po))
+        b = None if self.bias is None else F.pad(self.bias, (0, po))
+        y = F.linear(F.pad(x, (0, pi)) if pi else x, w, b)
+        return y[..., : self.out_features] if po else y
 
 
 def rope_frequencies(head_dim: int, theta: float = 10000.0, device=None) -> torch.Tensor:
