@@ -17,7 +17,8 @@ def pad(monkeypatch):
     monkeypatch.setitem(layers.NARROW, "pad", "always")
 
 
-@pytest.mark.parametrize("fan_in,fan_out,bias", [(64, 2, True), (64, 4, False), (4, 32, True), (5, 3, True), (16, 8, False)])
+@pytest.mark.parametrize("fan_in,fan_out,bias",
+                         [(64, 2, True), (64, 4, False), (4, 32, True), (5, 3, True), (16, 8, False)])
 def test_padded_product_equals_linear(pad, fan_in, fan_out, bias):
     torch.manual_seed(0)
     m = AlignedLinear(fan_in, fan_out, bias=bias).double()
