@@ -94,7 +94,7 @@ def short_conv_bwd_kernel(x_ptr, w_ptr, b_ptr, s_ptr, dy_ptr, dx_ptr, ds_ptr, dw
     dw = tl.zeros((WP, BC), dtype=tl.float32)
     db = tl.zeros((BC,), dtype=tl.float32)
     # BT rows at a time; strips past the sequence's end are skipped (ROWS = 512 over a T = 64 sequence ran 27
-    # of its 32 strips fully masked: the zoo's T = 64 group step spent a quarter of its time there)
+    # of its 32 strips fully masked: a zoo gated_deltanet group step at T = 64 spent a quarter of its time there)
     for i in range(0, ROWS, BT):
         s0 = pid_t * ROWS + i - (W - 1)
         if s0 < T:  # some row of this strip exists
