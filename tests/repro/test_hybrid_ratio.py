@@ -121,3 +121,31 @@ def test_resume_runs_only_the_runs_not_on_record(tmp_path, monkeypatch):
         key = "recall_hard" if r["task"] == "mqar" else "bpb"
         assert stacks[r["pattern"]][key] == first[r["pattern"]][key]
     assert sum("claim" in r for r in again) == len(claims)
+
+
+def test_full_size_mqar_models_use_zoologys_recipe_and_resume_checks_it(tmp_path, monkeypatch):
+    import json
+
+    from attnzoo.repro.base import run_study
+
+    full = hr.SIZES["full"]
+    small = dict(full, d_model=16, n_heads=2, n_layers=2, vocab=32)
+    mq, by = hr._build(small, "softmax", "mqar", 0), hr._build(small, "softmax", "bytes", 0)
+    assert all(b.mlp is None for b in mq.blocks) and all(b.mlp is not None for b in by.blocks)
+    assert mq.init_config.get("init") == "gpt2" and by.init_config.get("init", "default") == "default"
+    assert hr.recipe_label(full, "mqar") == "mlp 0, init gpt2" and hr.recipe_label(full, "bytes") == hr.OLD_RECIPE
+    # a run recorded under another recipe is trained again on --resume; one under the current recipe is kept
+    monkeypatch.setitem(hr.SIZES, "quick", dict(hr.SIZES["quick"], mqar_mlp_ratio=0.0, mqar_init="gpt2"))
+    run_quick("hybrid-ratio", tmp_path)
+    path = tmp_path / "hybrid-ratio" / "results.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    runs = [r for r in rows if r.get("kind") == "run"]
+    assert {r["recipe"] for r in runs if r["task"] == "mqar"} == {"mlp 0, init gpt2"}
+    plan = [r for r in rows if "claim" not in r and r.get("kind") != "run" and "pattern" not in r]
+    old = [{k: v for k, v in r.items() if k != "recipe"} for r in runs]      # as recorded before the field
+    path.write_text("".join(json.dumps(r) + "\n" for r in plan + old))
+    calls = []
+    real = hr.train_run
+    monkeypatch.setattr(hr, "train_run", lambda job: calls.append((job["pattern"], job["task"])) or real(job))
+    run_study("hybrid-ratio", out=tmp_path, size="quick", quiet=True, resume=True)
+    assert sorted(calls) == sorted((r["pattern"], "mqar") for r in runs if r["task"] == "mqar")
