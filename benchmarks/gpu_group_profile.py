@@ -15,6 +15,7 @@ projections (AlignedLinear) on padded widths, to time that against the default. 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -41,6 +42,18 @@ def kind_of(name: str) -> str:
     return next((k for k, pats in KINDS if any(p in low for p in pats)), "other")
 
 
+def ms_per_step(stepper, lr, idx, warmup: int, sync) -> float:
+    """ms per step over idx[warmup:], after `warmup` steps (CUDA graph capture included)."""
+    for i in range(warmup):
+        stepper.step(idx[i], lr)
+    sync()
+    t0 = time.perf_counter()
+    for i in range(warmup, len(idx)):
+        stepper.step(idx[i], lr)
+    sync()
+    return (time.perf_counter() - t0) / (len(idx) - warmup) * 1e3
+
+
 def profile_mixer(mixer: str, *, d_model: int, seq_len: int, group_size: int, smoke: bool) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
@@ -50,16 +63,8 @@ def profile_mixer(mixer: str, *, d_model: int, seq_len: int, group_size: int, sm
     steps = 2 if smoke else 10
     stepper, lr, idx = group_stepper(spec, preset, device=dev, group_size=group_size, graph=False, n_idx=3 + steps)
     sync = (lambda: None) if smoke else torch.cuda.synchronize
-    timer = __import__("time").perf_counter
-    for i in range(3):
-        stepper.step(idx[i], lr)
-    sync()
-    t0 = timer()
-    for i in range(3, 3 + steps):
-        stepper.step(idx[i], lr)
-    sync()
     out = {"mixer": mixer, "d_model": d_model, "seq_len": seq_len, "batch": spec["batch"], "group_size": group_size,
-           "eager_ms": (timer() - t0) / steps * 1e3}
+           "eager_ms": ms_per_step(stepper, lr, idx, 3, sync)}
     with profile(activities=[ProfilerActivity.CPU] if smoke else [ProfilerActivity.CUDA]) as prof:
         for i in range(3, 3 + steps):
             stepper.step(idx[i], lr)
@@ -80,14 +85,8 @@ def profile_mixer(mixer: str, *, d_model: int, seq_len: int, group_size: int, sm
                by_kind=dict(sorted(by_kind.items(), key=lambda kv: -kv[1]["ms"])), top=rows[:25])
     if not smoke:
         g, lr_g, idx_g = group_stepper(spec, preset, device=dev, group_size=group_size, graph=True, n_idx=6 + steps)
-        for i in range(6):
-            g.step(idx_g[i], lr_g)
-        sync()
-        t0 = timer()
-        for i in range(6, 6 + steps):
-            g.step(idx_g[i], lr_g)
-        sync()
-        out["graph_ms"] = (timer() - t0) / steps * 1e3 if g.graph is not None else g.graph_note
+        ms = ms_per_step(g, lr_g, idx_g, 6, sync)
+        out["graph_ms"] = ms if g.graph is not None else g.graph_note
     return out
 
 
