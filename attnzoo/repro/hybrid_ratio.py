@@ -212,16 +212,17 @@ def _run(ctx):
     jobs = [{"size": ctx.size, "seed": ctx.seed, "device": dev, "task": task, "pattern": s[2],
              "steps": task_steps[task], "cap": cap} for s, task in runs]
     # runs already on record with this plan (--resume after a call that was cut short) are not run again
+    recipes = {t: recipe_label(p, t) for t in share}   # what each task's models are (recorded with every run)
     kept = {(r["pattern"], r["task"]): {k: v for k, v in r.items() if k not in RUN_KEYS}
             for r in ctx.previous if r.get("kind") == "run" and r.get(f"{r['task']}_steps") == task_steps[r["task"]]
-            and r.get("recipe", OLD_RECIPE) == recipe_label(p, r["task"])}
+            and r.get("recipe", OLD_RECIPE) == recipes[r["task"]]}
     todo = [j for j in jobs if (j["pattern"], j["task"]) not in kept]
     if kept:
         ctx.log(f"resumed: {len(kept)} runs on record, {len(todo)} to run")
 
     def done(i, out):   # each run on record as it finishes: a call cut short keeps the finished runs
-        ctx.record(kind="run", pattern=todo[i]["pattern"], task=todo[i]["task"],
-                   recipe=recipe_label(p, todo[i]["task"]), **out)
+        ctx.record(kind="run", pattern=todo[i]["pattern"], task=todo[i]["task"], recipe=recipes[todo[i]["task"]],
+                   **out)
         ctx.log(f"done {todo[i]['pattern']} {todo[i]['task']}: {out}")
 
     done_runs = {**kept, **{(j["pattern"], j["task"]): out for j, out in
