@@ -15,17 +15,15 @@ projections (AlignedLinear) on padded widths, to time that against the default. 
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
-
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attnzoo.bench.cases import CaseLog, script_args  # noqa: E402
 from attnzoo.bench.machine import machine_line  # noqa: E402
 from attnzoo.bench.zoo.presets import get_preset  # noqa: E402
-from attnzoo.bench.zoo.throughput import case_spec, group_stepper  # noqa: E402
+from attnzoo.bench.timing import device_us, sync  # noqa: E402
+from attnzoo.bench.zoo.throughput import case_spec, group_stepper, time_steps  # noqa: E402
 
 # kernel kinds, by the first pattern found in the kernel's name (lower case)
 KINDS = (("gemm", ("gemm", "matmul", "cutlass", "sm90_", "ampere_", "cublas", "nvjet")),
@@ -42,18 +40,6 @@ def kind_of(name: str) -> str:
     return next((k for k, pats in KINDS if any(p in low for p in pats)), "other")
 
 
-def ms_per_step(stepper, lr, idx, warmup: int, sync) -> float:
-    """ms per step over idx[warmup:], after `warmup` steps (CUDA graph capture included)."""
-    for i in range(warmup):
-        stepper.step(idx[i], lr)
-    sync()
-    t0 = time.perf_counter()
-    for i in range(warmup, len(idx)):
-        stepper.step(idx[i], lr)
-    sync()
-    return (time.perf_counter() - t0) / (len(idx) - warmup) * 1e3
-
-
 def profile_mixer(mixer: str, *, d_model: int, seq_len: int, group_size: int, smoke: bool) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
@@ -62,16 +48,15 @@ def profile_mixer(mixer: str, *, d_model: int, seq_len: int, group_size: int, sm
     spec = case_spec(mixer, d_model, seq_len, preset.vocab_size, batch=8 if smoke else None)
     steps = 2 if smoke else 10
     stepper, lr, idx = group_stepper(spec, preset, device=dev, group_size=group_size, graph=False, n_idx=3 + steps)
-    sync = (lambda: None) if smoke else torch.cuda.synchronize
     out = {"mixer": mixer, "d_model": d_model, "seq_len": seq_len, "batch": spec["batch"], "group_size": group_size,
-           "eager_ms": ms_per_step(stepper, lr, idx, 3, sync)}
+           "eager_ms": time_steps(stepper, lr, idx, warmup=3, device=dev) * 1e3}
     with profile(activities=[ProfilerActivity.CPU] if smoke else [ProfilerActivity.CUDA]) as prof:
         for i in range(3, 3 + steps):
             stepper.step(idx[i], lr)
-        sync()
+        sync(dev)
     rows = []
     for e in prof.key_averages():
-        us = e.self_cpu_time_total if smoke else getattr(e, "self_device_time_total", 0)
+        us = e.self_cpu_time_total if smoke else device_us(e)
         if us > 0:
             rows.append({"name": e.key[:100], "kind": kind_of(e.key), "ms": us / 1e3 / steps,
                          "launches": e.count / steps})
@@ -85,7 +70,7 @@ def profile_mixer(mixer: str, *, d_model: int, seq_len: int, group_size: int, sm
                by_kind=dict(sorted(by_kind.items(), key=lambda kv: -kv[1]["ms"])), top=rows[:25])
     if not smoke:
         g, lr_g, idx_g = group_stepper(spec, preset, device=dev, group_size=group_size, graph=True, n_idx=6 + steps)
-        ms = ms_per_step(g, lr_g, idx_g, 6, sync)
+        ms = time_steps(g, lr_g, idx_g, warmup=6, device=dev) * 1e3
         out["graph_ms"] = ms if g.graph is not None else g.graph_note
     return out
 

@@ -36,7 +36,7 @@ import gpu_delta_setup  # noqa: E402 (its inputs; same device, dtype, H and D ru
 
 from attnzoo.bench.cases import CaseLog, script_args  # noqa: E402
 from attnzoo.bench.machine import machine_line  # noqa: E402
-from attnzoo.bench.timing import capture_cuda_graph, ms_timer, tuned  # noqa: E402
+from attnzoo.bench.timing import capture_cuda_graph, device_us, ms_timer, tuned  # noqa: E402
 from attnzoo.ops.delta import delta_rule  # noqa: E402
 from attnzoo.ops.linear import gated_linear_attention  # noqa: E402
 
@@ -46,12 +46,6 @@ H, D = (2, 16) if SMOKE else (16, 128)
 
 
 bench = ms_timer(DEV, cpu_repeats=1, cpu_warmup=0)  # smoke: one interpreter call, meaningless as a time
-
-
-def device_us(e) -> float:
-    """An averaged profiler event's own device time: self_device_time_total (torch >= 2.4) or the older
-    self_cuda_time_total (getattr's default would be evaluated, and fail, where only the new one exists)."""
-    return e.self_device_time_total if hasattr(e, "self_device_time_total") else e.self_cuda_time_total
 
 
 def kernels(fn, calls: int = 3, top: int = 15) -> list[dict]:

@@ -31,6 +31,12 @@ def sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
+def device_us(event) -> float:
+    """A torch.profiler averaged event's own device time in µs: self_device_time_total (torch >= 2.4) or the
+    older self_cuda_time_total (getattr's default would be evaluated, and fail, where only the new one exists)."""
+    return event.self_device_time_total if hasattr(event, "self_device_time_total") else event.self_cuda_time_total
+
+
 def call_times(fn, *, repeats: int = 3, warmup: int = 1, device="cpu", clock: str = "wall") -> list[float]:
     """Seconds of each of `repeats` calls of fn() after `warmup` untimed calls."""
     if repeats < 1 or warmup < 0:

@@ -28,6 +28,7 @@ import time
 
 import torch
 
+from attnzoo.bench.timing import sync
 from attnzoo.bench.zoo.presets import get_preset
 
 DEFAULT_MIXERS = ("softmax", "gla", "gated_deltanet", "deltanet", "mamba", "based", "base_conv", "h3")
@@ -60,11 +61,6 @@ def _models(spec: dict, preset, n: int):
     return [models.build_model(spec, preset) for _ in range(n)]
 
 
-def _sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def group_stepper(spec, preset, *, device, group_size: int, graph: bool, compile: bool | str = False, n_idx: int):
     """(GroupStep, lr [G], batch indices [n_idx] of [B]): a group of group_size models of spec as the zoo
     builds them, on its MQAR data (the time_group bench's, and benchmarks/gpu_group_profile.py's)."""
@@ -84,24 +80,31 @@ def group_stepper(spec, preset, *, device, group_size: int, graph: bool, compile
     return stepper, lr, idx
 
 
+def time_steps(stepper, lr, idx, *, warmup: int, device, before_timing=None) -> float:
+    """Seconds per step of stepper over idx[warmup:], after `warmup` steps (CUDA graph capture included);
+    before_timing() runs between the two."""
+    for i in range(warmup):
+        stepper.step(idx[i], lr)
+    sync(device)
+    if before_timing is not None:
+        before_timing()
+    t0 = time.perf_counter()
+    for i in range(warmup, len(idx)):
+        stepper.step(idx[i], lr)
+    sync(device)
+    return (time.perf_counter() - t0) / (len(idx) - warmup)
+
+
 def time_group(spec, preset, *, device, group_size: int, graph: bool, steps: int, warmup: int,
                before_timing=None, compile: bool | str = False) -> float:
     """Seconds per group step (group_size models), after `warmup` steps (capture included);
     before_timing() runs between the two (the group_procs path's barrier)."""
     stepper, lr, idx = group_stepper(spec, preset, device=device, group_size=group_size, graph=graph,
                                      compile=compile, n_idx=warmup + steps)
-    for i in range(warmup):
-        stepper.step(idx[i], lr)
-    _sync(device)
-    if before_timing is not None:
-        before_timing()
-    t0 = time.perf_counter()
-    for i in range(warmup, warmup + steps):
-        stepper.step(idx[i], lr)
-    _sync(device)
+    sec = time_steps(stepper, lr, idx, warmup=warmup, device=device, before_timing=before_timing)
     if graph and stepper.graph is None:
         raise RuntimeError(stepper.graph_note or "no CUDA graph was captured")
-    return (time.perf_counter() - t0) / steps
+    return sec
 
 
 def _group_process_worker(specs, preset_name, device, steps, warmup, seed, barrier, queue, group_size):
@@ -147,11 +150,11 @@ def _process_worker(specs, preset_name, device, steps, warmup, seed, barrier, qu
 
         def on_step(step, loss, marks=marks):
             if step == warmup:
-                _sync(device)
+                sync(device)
                 barrier.wait(timeout=600)        # a peer that died breaks the barrier: this case errs
                 marks["t0"] = time.perf_counter()
             elif step == warmup + steps:
-                _sync(device)
+                sync(device)
                 marks["t1"] = time.perf_counter()
 
         if data is None:
