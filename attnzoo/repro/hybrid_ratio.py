@@ -71,10 +71,10 @@ GPT-2's init 4 layers reached 0.998 in 1250 steps and 8 layers 0.92 by step 2500
 MLP, 4 layers: 0.094). The change was chosen by the control alone (it must learn for rules 2-4 to be
 testable), applies to every stack alike, and leaves the verdict rules as they were. It is not enough at the
 full size's own setting: on the CPU its 8-layer d=128 control at T=128 / 32 pairs stayed at 0.044 after 3000
-steps with it (same file), so the control's onset over longer schedules is the next measurement, on the GPU,
-before the matrix is rerun. MQAR runs are recorded
-with their recipe, and `--resume` keeps only runs of the current one (the 7 bytes runs of the earlier full
-run stay valid; its MQAR runs do not).
+steps with it (same file); at T=64 an 8-layer d=128 control learned with 1 or 2 heads and not with the full
+size's 4. So the control's onset (heads, longer schedules) is the next measurement, on the GPU, before the
+matrix is rerun (notes/hybrid_ratio_next.md). MQAR runs are recorded with their recipe, and `--resume` keeps
+only runs of the current one (the 7 bytes runs of the earlier full run stay valid; its MQAR runs do not).
 """
 
 from __future__ import annotations
